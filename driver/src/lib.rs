@@ -1,0 +1,22 @@
+//! `kepoch.sys`, the WDM driver that runs the kepoch core on the NT kernel.
+//!
+//! Layout:
+//! - [`nt`]: the binding facade (own `raw-dylib` declarations, or `wdk-sys` with the `wdk` feature);
+//! - [`platform`]: `NtPlatform`, the core's platform trait on NT;
+//! - [`driver`]: `DriverEntry`/`DriverUnload` bodies and the control device;
+//! - [`support`]: target-independent helpers, unit-tested on the host.
+//!
+//! The image itself is the `kepoch` binary (`driver/src/main.rs`). On hosts other than
+//! `x86_64-pc-windows-msvc` only [`support`] is compiled, so the workspace builds and tests anywhere.
+#![no_std]
+
+pub use kepoch;
+
+pub mod support;
+
+#[cfg(all(target_os = "windows", target_env = "msvc", target_arch = "x86_64"))]
+pub mod driver;
+#[cfg(all(target_os = "windows", target_env = "msvc", target_arch = "x86_64"))]
+pub mod nt;
+#[cfg(all(target_os = "windows", target_env = "msvc", target_arch = "x86_64"))]
+pub mod platform;

@@ -1,0 +1,145 @@
+//! The binding facade: the only place with raw NT declarations.
+//!
+//! Two interchangeable backends provide the same names (the C names, bindgen-style types, as wdk-sys
+//! spells them):
+//! - `raw` (default): the project's own minimal declarations, imported with
+//!   `#[link(kind = "raw-dylib", modifiers = "+verbatim")]` from `ntoskrnl.exe`, so the driver links on
+//!   any host with rust-lld and no WDK;
+//! - `wdk` (feature `wdk`, Windows host with the WDK only): re-exports of the same items from `wdk-sys`.
+//!
+//! Shared by both: numeric constants, IRQL access through CR8 (what the WDK headers inline on x64), and
+//! the routines resolved at run time with `MmGetSystemRoutineAddress` (they must never be imported:
+//! older kernels and Wine lack them, and an unresolved import fails the load).
+//! Everything above this module (the platform, the driver) uses safe wrappers or documented `unsafe`.
+#![allow(non_camel_case_types, non_snake_case, clippy::upper_case_acronyms)]
+
+pub mod irql;
+
+#[cfg(not(feature = "wdk"))]
+mod raw;
+#[cfg(not(feature = "wdk"))]
+pub use raw::*;
+
+#[cfg(feature = "wdk")]
+mod wdk;
+#[cfg(feature = "wdk")]
+pub use wdk::*;
+
+use core::ffi::c_void;
+
+use static_assertions::{assert_eq_align, assert_eq_size, const_assert_eq};
+
+// ---- constants (values from reference/nt-apis.md; identical on both backends) ----
+
+/// `STATUS_SUCCESS`.
+pub const STATUS_SUCCESS: NTSTATUS = 0;
+/// `ALL_PROCESSOR_GROUPS` for the `Ke*ProcessorCountEx` queries.
+pub const ALL_PROCESSOR_GROUPS: u16 = 0xFFFF;
+/// `KE_PROCESSOR_CHANGE_ADD_EXISTING`: replay AddStart/AddComplete for running processors.
+pub const KE_PROCESSOR_CHANGE_ADD_EXISTING: u32 = 1;
+/// `POOL_FLAG_UNINITIALIZED` (ExAllocatePool2).
+pub const POOL_FLAG_UNINITIALIZED: u64 = 0x2;
+/// `POOL_FLAG_NON_PAGED` (ExAllocatePool2).
+pub const POOL_FLAG_NON_PAGED: u64 = 0x40;
+/// `NonPagedPoolNx` (`POOL_TYPE`, ExAllocatePoolWithTag).
+pub const NON_PAGED_POOL_NX: i32 = 512;
+/// `NotificationEvent` (`EVENT_TYPE`).
+pub const NOTIFICATION_EVENT: i32 = 0;
+/// `NotificationTimer` (`TIMER_TYPE`).
+pub const NOTIFICATION_TIMER: i32 = 0;
+/// `Executive` (`KWAIT_REASON`).
+pub const EXECUTIVE: i32 = 0;
+/// `KernelMode` (`KPROCESSOR_MODE`).
+pub const KERNEL_MODE: i8 = 0;
+/// `DelayedWorkQueue` (`WORK_QUEUE_TYPE`).
+pub const DELAYED_WORK_QUEUE: i32 = 1;
+/// `FILE_DEVICE_UNKNOWN`.
+pub const FILE_DEVICE_UNKNOWN: u32 = 0x22;
+/// `FILE_DEVICE_SECURE_OPEN`: the device's security descriptor also guards opens of names below it.
+pub const FILE_DEVICE_SECURE_OPEN: u32 = 0x100;
+/// `IRP_MJ_CREATE`.
+pub const IRP_MJ_CREATE: usize = 0;
+/// `IRP_MJ_CLOSE`.
+pub const IRP_MJ_CLOSE: usize = 2;
+/// `IO_NO_INCREMENT`.
+pub const IO_NO_INCREMENT: i8 = 0;
+/// `DPFLTR_IHVDRIVER_ID`: the DbgPrintEx component for third-party drivers.
+pub const DPFLTR_IHVDRIVER_ID: u32 = 77;
+/// `DPFLTR_ERROR_LEVEL`.
+pub const DPFLTR_ERROR_LEVEL: u32 = 0;
+/// `DPFLTR_WARNING_LEVEL`.
+pub const DPFLTR_WARNING_LEVEL: u32 = 1;
+/// `DPFLTR_INFO_LEVEL`.
+pub const DPFLTR_INFO_LEVEL: u32 = 3;
+/// Bug check code of a Rust panic in kepoch.sys ("RPNC", the value wdk-panic uses too).
+pub const BUGCHECK_RUST_PANIC: u32 = 0x5250_4E43;
+
+// ---- routines resolved at run time (never imported) ----
+
+/// `KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT` (wdm.h, NTDDI >= WIN7).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT {
+    /// `KE_PROCESSOR_CHANGE_NOTIFY_STATE`: 0 AddStart, 1 AddComplete, 2 AddFailure.
+    pub State: u32,
+    /// System-wide index of the processor.
+    pub NtNumber: u32,
+    /// Failure status (AddFailure only).
+    pub Status: NTSTATUS,
+    /// Group and group-relative number.
+    pub ProcNumber: PROCESSOR_NUMBER,
+}
+assert_eq_size!(KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT, [u8; 16]);
+assert_eq_align!(KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT, u32);
+const_assert_eq!(
+    core::mem::offset_of!(KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT, Status),
+    8
+);
+const_assert_eq!(
+    core::mem::offset_of!(KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT, ProcNumber),
+    12
+);
+
+/// `PROCESSOR_CALLBACK_FUNCTION`.
+pub type ProcessorCallbackFn = unsafe extern "system" fn(
+    context: *mut c_void,
+    change: *mut KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT,
+    operation_status: *mut NTSTATUS,
+);
+/// `KeRegisterProcessorChangeCallback`.
+pub type KeRegisterProcessorChangeCallbackFn = unsafe extern "system" fn(
+    callback: ProcessorCallbackFn,
+    context: *mut c_void,
+    flags: u32,
+) -> *mut c_void;
+/// `KeDeregisterProcessorChangeCallback`.
+pub type KeDeregisterProcessorChangeCallbackFn = unsafe extern "system" fn(handle: *mut c_void);
+/// `ExAllocatePool2` (Windows 10 2004+).
+pub type ExAllocatePool2Fn =
+    unsafe extern "system" fn(flags: u64, bytes: usize, tag: u32) -> *mut c_void;
+/// `KeGetProcessorNumberFromIndex`.
+pub type KeGetProcessorNumberFromIndexFn =
+    unsafe extern "system" fn(index: u32, number: *mut PROCESSOR_NUMBER) -> NTSTATUS;
+
+// ---- layouts shared by both backends (the backend modules pin their own structs) ----
+
+assert_eq_size!(PROCESSOR_NUMBER, [u8; 4]);
+assert_eq_align!(PROCESSOR_NUMBER, u16);
+assert_eq_size!(UNICODE_STRING, [u8; 16]);
+assert_eq_size!(KDPC, [u8; 0x40]);
+assert_eq_size!(KTIMER, [u8; 0x40]);
+assert_eq_size!(KEVENT, [u8; 0x18]);
+assert_eq_size!(LARGE_INTEGER, i64);
+assert_eq_size!(DRIVER_OBJECT, [u8; 0x150]);
+assert_eq_size!(DEVICE_OBJECT, [u8; 0x150]);
+assert_eq_size!(IRP, [u8; 0xD0]);
+assert_eq_size!(OBJECT_ATTRIBUTES, [u8; 0x30]);
+const_assert_eq!(core::mem::offset_of!(UNICODE_STRING, Buffer), 8);
+const_assert_eq!(core::mem::offset_of!(DRIVER_OBJECT, DeviceObject), 0x08);
+const_assert_eq!(core::mem::offset_of!(DRIVER_OBJECT, DriverUnload), 0x68);
+const_assert_eq!(core::mem::offset_of!(DRIVER_OBJECT, MajorFunction), 0x70);
+const_assert_eq!(core::mem::offset_of!(DEVICE_OBJECT, Flags), 0x30);
+const_assert_eq!(core::mem::offset_of!(DEVICE_OBJECT, DeviceExtension), 0x40);
+const_assert_eq!(core::mem::offset_of!(IRP, IoStatus), 0x30);
+const_assert_eq!(core::mem::offset_of!(OBJECT_ATTRIBUTES, ObjectName), 0x10);
+const_assert_eq!(core::mem::offset_of!(OBJECT_ATTRIBUTES, Attributes), 0x18);

@@ -1,0 +1,133 @@
+//! Retired items: the header every retirable block starts with, and the per-participant FIFO of
+//! retired items waiting for their epoch to be released.
+
+use crate::sync::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
+use core::alloc::Layout;
+use core::ptr;
+
+/// Lifecycle of a retirable block, used for double-retire detection.
+pub(crate) mod state {
+    /// Allocated, reachable by its owner, not retired.
+    pub(crate) const LIVE: u8 = 0;
+    /// Retired (memory) or scheduled (work item): in some retired list.
+    pub(crate) const RETIRED: u8 = 1;
+    /// Work item handed to a passive thread.
+    pub(crate) const QUEUED: u8 = 2;
+    /// Work item whose schedule was cancelled before it was handed over; still in a retired list.
+    pub(crate) const CANCELLED: u8 = 3;
+}
+
+/// How a retired block is disposed of once its epoch is released.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Run the destructor and free the memory.
+    Memory,
+    /// Queue the work item to a passive thread.
+    Work,
+}
+
+/// Disposes of a block: drops the value and frees it (memory), or hands it to a passive thread (work).
+/// The second argument is the domain the block belongs to.
+pub(crate) type DisposeFn = unsafe fn(*mut RetireHeader, *const ());
+
+/// The header at the start of every retirable block.
+#[repr(C)]
+pub(crate) struct RetireHeader {
+    next: AtomicPtr<RetireHeader>,
+    /// Global epoch at retirement.
+    stamp: AtomicU64,
+    /// See [`state`].
+    pub(crate) state: AtomicU8,
+    pub(crate) kind: Kind,
+    pub(crate) dispose: DisposeFn,
+    /// Layout of the whole block (header included).
+    pub(crate) layout: Layout,
+}
+
+impl RetireHeader {
+    /// A live header for a block of `layout`.
+    pub(crate) fn new(kind: Kind, dispose: DisposeFn, layout: Layout) -> Self {
+        RetireHeader {
+            next: AtomicPtr::new(ptr::null_mut()),
+            stamp: AtomicU64::new(0),
+            state: AtomicU8::new(state::LIVE),
+            kind,
+            dispose,
+            layout,
+        }
+    }
+
+    /// The epoch the block was retired in.
+    pub(crate) fn stamp(&self) -> u64 {
+        self.stamp.load(Ordering::Relaxed)
+    }
+}
+
+/// Retired items of one participant, oldest first. Stamps are non-decreasing along the list because
+/// the global epoch only grows and one owner appends at a time. Owner only (or under a lock).
+pub(crate) struct RetiredList {
+    head: AtomicPtr<RetireHeader>,
+    tail: AtomicPtr<RetireHeader>,
+    len: AtomicU64,
+}
+
+impl RetiredList {
+    /// An empty list.
+    pub(crate) fn new() -> Self {
+        RetiredList {
+            head: AtomicPtr::new(ptr::null_mut()),
+            tail: AtomicPtr::new(ptr::null_mut()),
+            len: AtomicU64::new(0),
+        }
+    }
+
+    /// Number of items waiting.
+    pub(crate) fn len(&self) -> u64 {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether nothing is waiting.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends `item` with `stamp`.
+    ///
+    /// # Safety
+    /// `item` is a valid header not in any list; the caller is the list's owner.
+    pub(crate) unsafe fn push(&self, item: *mut RetireHeader, stamp: u64) {
+        // SAFETY: the caller passes a valid header that nobody else links.
+        let header = unsafe { &*item };
+        header.stamp.store(stamp, Ordering::Relaxed);
+        header.next.store(ptr::null_mut(), Ordering::Relaxed);
+        let tail = self.tail.load(Ordering::Relaxed);
+        if tail.is_null() {
+            self.head.store(item, Ordering::Relaxed);
+        } else {
+            // SAFETY: `tail` is the last item of this list, alive until popped.
+            unsafe { &*tail }.next.store(item, Ordering::Relaxed);
+        }
+        self.tail.store(item, Ordering::Relaxed);
+        self.len.store(self.len() + 1, Ordering::Relaxed);
+    }
+
+    /// Removes and returns the oldest item if its stamp is at most `released`.
+    pub(crate) fn pop_released(&self, released: u64) -> Option<*mut RetireHeader> {
+        let head = self.head.load(Ordering::Relaxed);
+        if head.is_null() {
+            return None;
+        }
+        // SAFETY: items in the list stay valid until popped by the owner (us).
+        let header = unsafe { &*head };
+        if header.stamp() > released {
+            return None;
+        }
+        let next = header.next.load(Ordering::Relaxed);
+        self.head.store(next, Ordering::Relaxed);
+        if next.is_null() {
+            self.tail.store(ptr::null_mut(), Ordering::Relaxed);
+        }
+        self.len.store(self.len() - 1, Ordering::Relaxed);
+        Some(head)
+    }
+}

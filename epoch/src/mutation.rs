@@ -1,0 +1,60 @@
+//! Known bug shapes that tests re-introduce on purpose, to prove the checks catch them.
+//!
+//! A domain honours the mutations in its [`Config`](crate::Config) only when the crate is built with
+//! the `mutations` feature; otherwise every check below is a compile-time `false` and the code is gone.
+
+use core::fmt;
+
+/// One re-introduced bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Mutation {
+    /// The loop over a processor's readers never runs: cycles ignore every reader.
+    SkipReaderScan = 1 << 0,
+    /// Retirement is stamped with the processor's lagging local epoch instead of the global epoch.
+    LocalEpochStamp = 1 << 1,
+}
+
+impl Mutation {
+    /// Every mutation.
+    pub const ALL: [Mutation; 2] = [Mutation::SkipReaderScan, Mutation::LocalEpochStamp];
+
+    /// Command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutation::SkipReaderScan => "skip-reader-scan",
+            Mutation::LocalEpochStamp => "local-epoch-stamp",
+        }
+    }
+
+    /// The mutation with this command-line name.
+    pub fn from_name(name: &str) -> Option<Mutation> {
+        Mutation::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+impl fmt::Display for Mutation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of mutations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mutations(u32);
+
+impl Mutations {
+    /// No mutation: the correct protocol.
+    pub const NONE: Mutations = Mutations(0);
+
+    /// This set plus `mutation`.
+    pub fn with(self, mutation: Mutation) -> Mutations {
+        Mutations(self.0 | mutation as u32)
+    }
+
+    /// Whether `mutation` is in effect: in the set and compiled in.
+    #[inline(always)]
+    pub fn active(self, mutation: Mutation) -> bool {
+        cfg!(feature = "mutations") && self.0 & mutation as u32 != 0
+    }
+}

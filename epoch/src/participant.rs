@@ -1,0 +1,57 @@
+//! Per-participant state: a prepared processor's slot, or the shared overflow slot that serves
+//! processors without one (S2: enter never fails).
+
+use crate::deferred::RetiredList;
+use crate::domain::Domain;
+use crate::platform::{Platform, ProcessorNumber};
+use crate::readers::ReaderTable;
+use crate::stats::ParticipantCounters;
+use crate::sync::{AtomicBool, AtomicPtr, AtomicU64};
+use core::mem::MaybeUninit;
+
+/// What every participant of the reclamation cycle has: readers, retired items, its copy of the
+/// epoch and whether it takes part in cycles.
+pub(crate) struct Participant {
+    pub(crate) readers: ReaderTable,
+    /// The epoch new readers here enter: set by the cycle's visit and on joining.
+    pub(crate) local_epoch: AtomicU64,
+    /// In the cycle: written only by the owner (join on first use, leave when idle during a visit).
+    pub(crate) participating: AtomicBool,
+    pub(crate) retired: RetiredList,
+    pub(crate) counters: ParticipantCounters,
+    /// Oldest reader epoch already reported as stalled, so that a stall is reported once.
+    pub(crate) stall_reported: AtomicU64,
+}
+
+impl Participant {
+    /// A participant that is not in the cycle.
+    pub(crate) fn new() -> Self {
+        Participant {
+            readers: ReaderTable::new(),
+            local_epoch: AtomicU64::new(0),
+            participating: AtomicBool::new(false),
+            retired: RetiredList::new(),
+            counters: ParticipantCounters::default(),
+            stall_reported: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+/// The per-CPU slot of one prepared processor. Cache-line aligned; allocated through the platform and
+/// never moved (its message object is bound in place).
+#[repr(C, align(64))]
+pub(crate) struct Slot<P: Platform> {
+    pub(crate) part: Participant,
+    /// Ready to receive messages: set at once for `lazy`/`eager`, at AddComplete for `callback`.
+    pub(crate) ready: AtomicBool,
+    /// The processor this slot belongs to.
+    pub(crate) processor: ProcessorNumber,
+    /// The domain that owns the slot (message handlers find it here).
+    pub(crate) domain: *const Domain<P>,
+    /// Next member of the in-flight cycle's ring; written only when a cycle starts.
+    pub(crate) next_in_cycle: AtomicPtr<Slot<P>>,
+    /// Next slot in the domain's registry (under the registry lock).
+    pub(crate) next_registered: AtomicPtr<Slot<P>>,
+    /// The per-CPU message (DPC) bound to `processor`.
+    pub(crate) message: MaybeUninit<P::Message>,
+}

@@ -1,0 +1,280 @@
+//! The one trait through which the core reaches its host: the NT kernel in `kepoch.sys`, the simulated
+//! machine in `kepoch-sim`. Nothing else in the core knows which one it runs on.
+//!
+//! Objects that the kernel requires to stay at a fixed address (KDPC, timers, work items, events) are
+//! associated types stored *inline* in core structures that never move, and are initialised in place.
+
+use core::alloc::Layout;
+use core::fmt;
+use core::ptr::NonNull;
+
+/// A processor as NT names it: a group and a group-relative number (`PROCESSOR_NUMBER`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessorNumber {
+    /// Processor group (`PROCESSOR_NUMBER.Group`).
+    pub group: u16,
+    /// Group-relative number, `0..64` (`PROCESSOR_NUMBER.Number`).
+    pub number: u8,
+}
+
+impl ProcessorNumber {
+    /// Builds a processor number.
+    pub const fn new(group: u16, number: u8) -> Self {
+        Self { group, number }
+    }
+}
+
+impl fmt::Display for ProcessorNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.group, self.number)
+    }
+}
+
+/// The processor the caller runs on: its number and its system-wide index
+/// (`KeGetCurrentProcessorNumberEx`). The index may be at or above the reported maximum on lying firmware.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CurrentProcessor {
+    /// Group and group-relative number.
+    pub number: ProcessorNumber,
+    /// System-wide processor index.
+    pub index: u32,
+}
+
+/// Interrupt request level, as far as the core cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Irql(pub u8);
+
+impl Irql {
+    /// PASSIVE_LEVEL: threads may block and migrate.
+    pub const PASSIVE: Irql = Irql(0);
+    /// APC_LEVEL: processor-change callbacks run here in practice.
+    pub const APC: Irql = Irql(1);
+    /// DISPATCH_LEVEL: no preemption, no migration; DPCs run here.
+    pub const DISPATCH: Irql = Irql(2);
+}
+
+/// An NTSTATUS value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Status(pub i32);
+
+impl Status {
+    /// STATUS_SUCCESS.
+    pub const SUCCESS: Status = Status(0);
+    /// STATUS_INVALID_PARAMETER (what `KeGetProcessorNumberFromIndex` returns for an absent index).
+    pub const INVALID_PARAMETER: Status = Status(0xC000_000Du32 as i32);
+    /// STATUS_INSUFFICIENT_RESOURCES (allocation failure).
+    pub const INSUFFICIENT_RESOURCES: Status = Status(0xC000_009Au32 as i32);
+    /// STATUS_NOT_SUPPORTED (an optional capability is missing).
+    pub const NOT_SUPPORTED: Status = Status(0xC000_00BBu32 as i32);
+
+    /// The symbolic name of the well-known statuses, for log lines and reports.
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            Status::SUCCESS => Some("STATUS_SUCCESS"),
+            Status::INVALID_PARAMETER => Some("STATUS_INVALID_PARAMETER"),
+            Status::INSUFFICIENT_RESOURCES => Some("STATUS_INSUFFICIENT_RESOURCES"),
+            Status::NOT_SUPPORTED => Some("STATUS_NOT_SUPPORTED"),
+            _ => None,
+        }
+    }
+
+    /// True for success and informational codes (`NT_SUCCESS`).
+    pub fn is_success(self) -> bool {
+        self.0 >= 0
+    }
+}
+
+impl fmt::Debug for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => write!(f, "{name} (0x{:08X})", self.0 as u32),
+            None => write!(f, "NTSTATUS 0x{:08X}", self.0 as u32),
+        }
+    }
+}
+
+/// A callback the platform invokes later: a function plus the context it receives (what `KDPC`,
+/// `EX_TIMER` and `WORK_QUEUE_ITEM` store). The core only creates handlers whose context outlives the
+/// object they are bound to.
+#[derive(Clone, Copy)]
+pub struct Handler {
+    /// Called with `context`.
+    pub func: unsafe fn(context: *const ()),
+    /// Opaque pointer handed back to `func`.
+    pub context: *const (),
+}
+
+impl Handler {
+    /// Invokes the handler.
+    ///
+    /// # Safety
+    /// The object the handler was created for must still be alive (the platform guarantees this by
+    /// only invoking handlers of objects that have not been released).
+    pub unsafe fn invoke(&self) {
+        // SAFETY: forwarded to the caller's contract above.
+        unsafe { (self.func)(self.context) }
+    }
+}
+
+// SAFETY: a handler is a function pointer plus a context pointer to core state that is itself Sync; the
+// core builds handlers only for such contexts.
+unsafe impl Send for Handler {}
+// SAFETY: see the Send impl; invoking from any thread is what DPCs and timers do.
+unsafe impl Sync for Handler {}
+
+/// Severity of a log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Something the administrator should know (load summary).
+    Info,
+    /// Recovered problem: invalid registry value, fallback taken, stalled reader.
+    Warning,
+    /// The operation failed.
+    Error,
+}
+
+/// What a processor-change notification says (`KE_PROCESSOR_CHANGE_NOTIFY_STATE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessorChange {
+    /// The processor is about to be started; allocate its resources. It is not running yet.
+    AddStart,
+    /// The processor runs and may receive DPCs.
+    AddComplete,
+    /// The add failed after AddStart; release what AddStart allocated.
+    AddFailure(Status),
+}
+
+/// Callback for processor-change notifications: `context`, the change, the processor.
+/// It runs at PASSIVE or APC level, never concurrently with itself. Returning an error from
+/// [`ProcessorChange::AddStart`] would veto the add; kepoch never does.
+pub type ProcessorChangeFn =
+    unsafe fn(context: *const (), change: ProcessorChange, processor: CurrentProcessor) -> Status;
+
+/// Services the core needs from its host.
+///
+/// # Safety
+/// Implementations must honour the documented contracts: `raise_to_dispatch` gives exclusion on the
+/// current processor until the matching `lower_irql` (nothing else runs there: no DPC, no other
+/// reader); a message handler runs at DISPATCH on the processor its message was bound to, never
+/// concurrently with itself; `allocate` returns memory with the requested layout or `None`.
+pub unsafe trait Platform: Send + Sync + 'static {
+    /// A per-CPU message (a KDPC bound to one processor). Stored inline in a per-CPU slot.
+    type Message: Send + Sync;
+    /// The periodic timer that drives reclamation cycles.
+    type Timer: Send + Sync;
+    /// A passive-level work item (retired work runs here, outside any epoch).
+    type PassiveWork: Send + Sync;
+    /// A notification event (`synchronize` waits on it).
+    type Event: Send + Sync;
+
+    /// The processor the caller runs on. Stable only at DISPATCH.
+    fn current_processor(&self) -> CurrentProcessor;
+    /// The current IRQL.
+    fn current_irql(&self) -> Irql;
+    /// Raises to DISPATCH (no-op if already there) and returns the previous level.
+    fn raise_to_dispatch(&self) -> Irql;
+    /// Lowers back to `previous`, as returned by [`Platform::raise_to_dispatch`].
+    fn lower_irql(&self, previous: Irql);
+
+    /// `KeQueryMaximumProcessorCountEx(ALL_PROCESSOR_GROUPS)`: what the firmware reports.
+    fn max_processor_count(&self) -> u32;
+    /// `KeQueryActiveProcessorCountEx(ALL_PROCESSOR_GROUPS)`.
+    fn active_processor_count(&self) -> u32;
+    /// `KeGetProcessorNumberFromIndex`: fails with STATUS_INVALID_PARAMETER for an absent index.
+    fn processor_number_from_index(&self, index: u32) -> Result<ProcessorNumber, Status>;
+
+    /// Non-paged allocation with the given size and alignment; `None` on failure. Callable at DISPATCH.
+    fn allocate(&self, layout: Layout) -> Option<NonNull<u8>>;
+    /// Frees memory from [`Platform::allocate`].
+    ///
+    /// # Safety
+    /// `ptr` came from `allocate(layout)` on this platform and is not used afterwards.
+    unsafe fn free(&self, ptr: NonNull<u8>, layout: Layout);
+
+    /// Initialises `message` in place, bound to `target` (`KeInitializeDpc` + `KeSetTargetProcessorDpcEx`).
+    ///
+    /// # Safety
+    /// `message` points to writable storage that stays at this address until `message_release`.
+    unsafe fn message_init(
+        &self,
+        message: *mut Self::Message,
+        target: ProcessorNumber,
+        handler: Handler,
+    ) -> Result<(), Status>;
+    /// Queues `message` to run its handler on its processor (`KeInsertQueueDpc`). Callable at DISPATCH.
+    fn message_send(&self, message: &Self::Message);
+    /// Undoes `message_init`. The message is not queued.
+    ///
+    /// # Safety
+    /// `message` was initialised and is not queued or running.
+    unsafe fn message_release(&self, message: *mut Self::Message);
+    /// Waits until every message queued before the call has run (`KeFlushQueuedDpcs`). PASSIVE only.
+    fn flush_messages(&self);
+
+    /// Initialises `timer` in place with `handler`, which runs at DISPATCH on some processor.
+    ///
+    /// # Safety
+    /// `timer` points to storage that stays at this address until `timer_release`.
+    unsafe fn timer_init(&self, timer: *mut Self::Timer, handler: Handler) -> Result<(), Status>;
+    /// Starts (or restarts) the timer with the given period.
+    fn timer_start(&self, timer: &Self::Timer, period_us: u32);
+    /// Stops the timer and waits until a running handler has returned. PASSIVE only.
+    fn timer_stop(&self, timer: &Self::Timer);
+    /// Undoes `timer_init`.
+    ///
+    /// # Safety
+    /// `timer` was initialised and stopped.
+    unsafe fn timer_release(&self, timer: *mut Self::Timer);
+
+    /// Initialises a passive work item in place.
+    ///
+    /// # Safety
+    /// `work` points to storage that stays at this address until `passive_release`.
+    unsafe fn passive_init(&self, work: *mut Self::PassiveWork, handler: Handler) -> Result<(), Status>;
+    /// Queues the work item; its handler runs once at PASSIVE on a system thread. Callable at DISPATCH.
+    fn passive_queue(&self, work: &Self::PassiveWork);
+    /// Undoes `passive_init`.
+    ///
+    /// # Safety
+    /// `work` was initialised and is neither queued nor running.
+    unsafe fn passive_release(&self, work: *mut Self::PassiveWork);
+
+    /// Initialises a notification event in place, not signalled.
+    ///
+    /// # Safety
+    /// `event` points to storage that stays at this address while the event is used.
+    unsafe fn event_init(&self, event: *mut Self::Event);
+    /// Signals the event (wakes every waiter; stays signalled until reset). Callable at DISPATCH.
+    fn event_signal(&self, event: &Self::Event);
+    /// Clears the event.
+    fn event_reset(&self, event: &Self::Event);
+    /// Waits until the event is signalled. PASSIVE only.
+    fn event_wait(&self, event: &Self::Event);
+
+    /// Registers for processor-change notifications with "add existing" semantics
+    /// (`KeRegisterProcessorChangeCallback(…, KE_PROCESSOR_CHANGE_ADD_EXISTING)`): AddStart and then
+    /// AddComplete are replayed for every active processor before this returns. `Ok(None)` means the
+    /// capability does not exist on this host (the routine could not be resolved).
+    ///
+    /// # Safety
+    /// `context` stays valid until `processor_change_deregister` has returned.
+    unsafe fn processor_change_register(
+        &self,
+        callback: ProcessorChangeFn,
+        context: *const (),
+    ) -> Result<Option<NonNull<()>>, Status>;
+    /// Deregisters a registration made by `processor_change_register`. PASSIVE only.
+    ///
+    /// # Safety
+    /// `handle` came from a successful registration and is deregistered once.
+    unsafe fn processor_change_deregister(&self, handle: NonNull<()>);
+
+    /// Writes one log line (DbgPrintEx in the kernel).
+    fn log(&self, level: LogLevel, args: fmt::Arguments<'_>);
+}

@@ -1,0 +1,193 @@
+//! The reader table of one participant: which epochs its active readers entered, without a list of
+//! readers and without any allocation.
+//!
+//! A processor keeps [`READER_ENTRIES`] entries, each an epoch with a count of readers that entered
+//! it. The owning processor updates the counts at DISPATCH with plain loads and stores (no locked
+//! instruction on the hot path). A reader that migrated and exits on another processor adds to that
+//! entry's `remote_exits` counter with one atomic add; those counters sit on their own cache line so
+//! that the owner's hot line is never written by anyone else.
+//!
+//! When every entry is in use and a reader enters a newer epoch, it is counted in the newest entry,
+//! whose epoch is older than or equal to its own: recording a reader as older than it is only holds
+//! reclamation back longer, so the table stays safe at any size.
+
+use crate::sync::{owner_add, AtomicU64, Ordering};
+
+/// Entries per participant. Readers in more distinct epochs than this share the newest entry.
+pub const READER_ENTRIES: usize = 8;
+
+/// Epoch value of an entry that holds no readers.
+const UNUSED: u64 = u64::MAX;
+
+/// Index of an entry in a [`ReaderTable`]; a guard remembers it to exit.
+pub(crate) type EntryIndex = u8;
+
+/// One epoch and its owner-side counts.
+struct Entry {
+    epoch: AtomicU64,
+    enters: AtomicU64,
+    exits: AtomicU64,
+}
+
+/// Counters written by other processors, kept apart from the owner's line.
+#[repr(align(64))]
+struct RemoteExits([AtomicU64; READER_ENTRIES]);
+
+/// The readers of one participant (a processor slot or the shared overflow slot).
+#[repr(C, align(64))]
+pub(crate) struct ReaderTable {
+    entries: [Entry; READER_ENTRIES],
+    /// Index of the most recently opened entry.
+    newest: AtomicU64,
+    remote_exits: RemoteExits,
+}
+
+impl ReaderTable {
+    /// An empty table.
+    pub(crate) fn new() -> Self {
+        ReaderTable {
+            entries: core::array::from_fn(|_| Entry {
+                epoch: AtomicU64::new(UNUSED),
+                enters: AtomicU64::new(0),
+                exits: AtomicU64::new(0),
+            }),
+            newest: AtomicU64::new(0),
+            remote_exits: RemoteExits(core::array::from_fn(|_| AtomicU64::new(0))),
+        }
+    }
+
+    /// Readers still inside entry `i`. Owner only.
+    fn active(&self, i: usize) -> u64 {
+        let entry = &self.entries[i];
+        let remote = self.remote_exits.0[i].load(Ordering::Acquire);
+        entry.enters.load(Ordering::Relaxed) - entry.exits.load(Ordering::Relaxed) - remote
+    }
+
+    /// Records a reader entering `epoch` and returns its entry. Owner only (at DISPATCH on the owning
+    /// processor, or under the overflow lock). `epoch` must not be older than any epoch recorded before.
+    #[inline]
+    pub(crate) fn enter(&self, epoch: u64) -> EntryIndex {
+        let newest = self.newest.load(Ordering::Relaxed) as usize;
+        let entry = &self.entries[newest];
+        if entry.epoch.load(Ordering::Relaxed) == epoch {
+            owner_add(&entry.enters, 1);
+            return newest as EntryIndex;
+        }
+        self.enter_slow(epoch, newest)
+    }
+
+    #[cold]
+    fn enter_slow(&self, epoch: u64, newest: usize) -> EntryIndex {
+        let free = (0..READER_ENTRIES).find(|&i| {
+            let unused = self.entries[i].epoch.load(Ordering::Relaxed) == UNUSED;
+            unused || self.active(i) == 0
+        });
+        let chosen = match free {
+            Some(i) => {
+                let entry = &self.entries[i];
+                // No reader holds entry `i` (active == 0 has seen every remote exit), so nobody
+                // else writes its counters any more: resetting them is safe.
+                entry.enters.store(1, Ordering::Relaxed);
+                entry.exits.store(0, Ordering::Relaxed);
+                self.remote_exits.0[i].store(0, Ordering::Relaxed);
+                entry.epoch.store(epoch, Ordering::Relaxed);
+                self.newest.store(i as u64, Ordering::Relaxed);
+                i
+            }
+            None => {
+                // Full: count the reader in the newest entry, whose epoch is not newer than `epoch`.
+                owner_add(&self.entries[newest].enters, 1);
+                newest
+            }
+        };
+        chosen as EntryIndex
+    }
+
+    /// Records the exit of a reader of entry `i`, on the owning processor. Owner only.
+    #[inline]
+    pub(crate) fn exit_local(&self, i: EntryIndex) {
+        owner_add(&self.entries[i as usize].exits, 1);
+    }
+
+    /// Records the exit of a reader of entry `i` from another processor (a migrated reader).
+    pub(crate) fn exit_remote(&self, i: EntryIndex) {
+        self.remote_exits.0[i as usize].fetch_add(1, Ordering::Release);
+    }
+
+    /// The oldest epoch any active reader entered, if there is an active reader. Owner only.
+    /// This is the scan the reclamation cycle relies on: skipping it frees memory under readers.
+    pub(crate) fn oldest_active_epoch(&self) -> Option<u64> {
+        let mut oldest: Option<u64> = None;
+        for i in 0..READER_ENTRIES {
+            let epoch = self.entries[i].epoch.load(Ordering::Relaxed);
+            if epoch != UNUSED && self.active(i) != 0 {
+                oldest = Some(oldest.map_or(epoch, |o| o.min(epoch)));
+            }
+        }
+        oldest
+    }
+
+    /// Number of readers inside any entry. Owner only (or with the owner quiescent).
+    pub(crate) fn active_readers(&self) -> u64 {
+        (0..READER_ENTRIES)
+            .filter(|&i| self.entries[i].epoch.load(Ordering::Relaxed) != UNUSED)
+            .map(|i| self.active(i))
+            .sum()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_epoch_readers_share_an_entry() {
+        let table = ReaderTable::new();
+        let a = table.enter(5);
+        let b = table.enter(5);
+        assert_eq!(a, b);
+        assert_eq!(table.active_readers(), 2);
+        assert_eq!(table.oldest_active_epoch(), Some(5));
+        table.exit_local(a);
+        table.exit_remote(b);
+        assert_eq!(table.active_readers(), 0);
+        assert_eq!(table.oldest_active_epoch(), None);
+    }
+
+    #[test]
+    fn oldest_epoch_is_the_minimum_of_open_entries() {
+        let table = ReaderTable::new();
+        let old = table.enter(3);
+        let _new = table.enter(7);
+        assert_eq!(table.oldest_active_epoch(), Some(3));
+        table.exit_local(old);
+        assert_eq!(table.oldest_active_epoch(), Some(7));
+    }
+
+    #[test]
+    fn a_full_table_records_new_readers_as_older_never_newer() {
+        let table = ReaderTable::new();
+        let held: std::vec::Vec<_> = (0..READER_ENTRIES as u64).map(|e| table.enter(10 + e)).collect();
+        let overflow = table.enter(100);
+        // Counted in the newest entry, epoch 17: older than its real epoch 100, which is safe.
+        assert_eq!(overflow, held[READER_ENTRIES - 1]);
+        for i in held {
+            table.exit_local(i);
+        }
+        assert_eq!(table.oldest_active_epoch(), Some(10 + READER_ENTRIES as u64 - 1));
+        table.exit_local(overflow);
+        assert_eq!(table.oldest_active_epoch(), None);
+    }
+
+    #[test]
+    fn drained_entries_are_reused() {
+        let table = ReaderTable::new();
+        for epoch in 1..100 {
+            let i = table.enter(epoch);
+            table.exit_local(i);
+        }
+        let i = table.enter(200);
+        assert_eq!(table.oldest_active_epoch(), Some(200));
+        table.exit_local(i);
+    }
+}

@@ -1,0 +1,408 @@
+//! Unit tests of the domain on a minimal single-threaded platform: the test decides which CPU runs,
+//! when queued messages are delivered and when the timer fires. Small enough for Miri.
+
+use crate::config::{Config, Strategy};
+use crate::platform::*;
+use crate::{Domain, DomainBox, RetireError};
+use core::alloc::Layout;
+use core::cell::Cell;
+use core::fmt;
+use core::ptr::NonNull;
+use std::collections::{BTreeMap, VecDeque};
+use std::string::{String, ToString};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::vec::Vec;
+
+std::thread_local! {
+    static CPU: Cell<usize> = const { Cell::new(0) };
+    static IRQL: Cell<u8> = const { Cell::new(0) };
+}
+
+#[derive(Default)]
+struct State {
+    cpus: usize,
+    max_reported: u32,
+    messages: VecDeque<(usize, usize)>, // (cpu, message id)
+    bound: BTreeMap<usize, (usize, HandlerBox)>,
+    next_id: usize,
+    timer: Option<HandlerBox>,
+    passive: VecDeque<HandlerBox>,
+    live: BTreeMap<usize, Layout>,
+    fail_allocations: usize,
+    delivered: Vec<usize>,
+    logs: Vec<String>,
+}
+
+#[derive(Clone, Copy)]
+struct HandlerBox(Handler);
+// SAFETY: test-only; handlers are run on the single test thread.
+unsafe impl Send for HandlerBox {}
+
+#[derive(Clone)]
+struct TestPlatform(Arc<Mutex<State>>);
+
+/// Message storage: an id into the platform's table.
+struct TestMessage(Cell<usize>);
+// SAFETY: test-only, single-threaded.
+unsafe impl Sync for TestMessage {}
+
+struct TestEvent(Cell<bool>);
+// SAFETY: test-only, single-threaded.
+unsafe impl Sync for TestEvent {}
+
+impl TestPlatform {
+    fn new(cpus: usize, max_reported: u32) -> Self {
+        TestPlatform(Arc::new(Mutex::new(State { cpus, max_reported, ..State::default() })))
+    }
+    fn on_cpu<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
+        let old = CPU.with(|c| c.replace(cpu));
+        let r = f();
+        CPU.with(|c| c.set(old));
+        r
+    }
+    /// Delivers queued messages until none is left; returns how many ran.
+    fn run_messages(&self) -> usize {
+        let mut ran = 0;
+        loop {
+            let next = self.0.lock().unwrap().messages.pop_front();
+            let Some((cpu, id)) = next else { return ran };
+            let handler = self.0.lock().unwrap().bound[&id].1;
+            self.0.lock().unwrap().delivered.push(cpu);
+            Self::on_cpu(cpu, || {
+                let old = IRQL.with(|i| i.replace(2));
+                // SAFETY: the slot owning the message is alive while it is bound.
+                unsafe { handler.0.invoke() };
+                IRQL.with(|i| i.set(old));
+            });
+            ran += 1;
+        }
+    }
+    fn tick(&self) {
+        let timer = self.0.lock().unwrap().timer;
+        if let Some(timer) = timer {
+            let old = IRQL.with(|i| i.replace(2));
+            // SAFETY: the domain is alive while its timer is armed.
+            unsafe { timer.0.invoke() };
+            IRQL.with(|i| i.set(old));
+        }
+        self.run_messages();
+        self.run_passive();
+    }
+    fn run_passive(&self) {
+        loop {
+            let next = self.0.lock().unwrap().passive.pop_front();
+            let Some(work) = next else { return };
+            // SAFETY: queued work items are alive until they run.
+            unsafe { work.0.invoke() };
+        }
+    }
+    fn live_allocations(&self) -> usize {
+        self.0.lock().unwrap().live.len()
+    }
+    fn delivered(&self) -> Vec<usize> {
+        core::mem::take(&mut self.0.lock().unwrap().delivered)
+    }
+}
+
+// SAFETY: single-threaded tests; DISPATCH exclusion holds because nothing runs concurrently.
+unsafe impl Platform for TestPlatform {
+    type Message = TestMessage;
+    type Timer = ();
+    type PassiveWork = TestMessage;
+    type Event = TestEvent;
+
+    fn current_processor(&self) -> CurrentProcessor {
+        let cpu = CPU.with(Cell::get);
+        CurrentProcessor { number: ProcessorNumber::new(0, cpu as u8), index: cpu as u32 }
+    }
+    fn current_irql(&self) -> Irql {
+        Irql(IRQL.with(Cell::get))
+    }
+    fn raise_to_dispatch(&self) -> Irql {
+        Irql(IRQL.with(|i| i.replace(i.get().max(2))))
+    }
+    fn lower_irql(&self, previous: Irql) {
+        IRQL.with(|i| i.set(previous.0));
+    }
+    fn max_processor_count(&self) -> u32 {
+        self.0.lock().unwrap().max_reported
+    }
+    fn active_processor_count(&self) -> u32 {
+        self.0.lock().unwrap().cpus as u32
+    }
+    fn processor_number_from_index(&self, index: u32) -> Result<ProcessorNumber, Status> {
+        if (index as usize) < self.0.lock().unwrap().cpus {
+            Ok(ProcessorNumber::new(0, index as u8))
+        } else {
+            Err(Status::INVALID_PARAMETER)
+        }
+    }
+    fn allocate(&self, layout: Layout) -> Option<NonNull<u8>> {
+        let mut state = self.0.lock().unwrap();
+        if state.fail_allocations > 0 {
+            state.fail_allocations -= 1;
+            return None;
+        }
+        // SAFETY: layouts from the core have a non-zero size.
+        let ptr = NonNull::new(unsafe { std::alloc::alloc(layout) })?;
+        state.live.insert(ptr.as_ptr() as usize, layout);
+        Some(ptr)
+    }
+    unsafe fn free(&self, ptr: NonNull<u8>, layout: Layout) {
+        let recorded = self.0.lock().unwrap().live.remove(&(ptr.as_ptr() as usize));
+        assert_eq!(recorded, Some(layout), "free of an unknown block or with the wrong layout");
+        // SAFETY: allocated above with this layout.
+        unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) };
+    }
+    unsafe fn message_init(&self, message: *mut TestMessage, target: ProcessorNumber, handler: Handler) -> Result<(), Status> {
+        let mut state = self.0.lock().unwrap();
+        state.next_id += 1;
+        let id = state.next_id;
+        state.bound.insert(id, (target.number as usize, HandlerBox(handler)));
+        // SAFETY: the core passes writable storage.
+        unsafe { message.write(TestMessage(Cell::new(id))) };
+        Ok(())
+    }
+    fn message_send(&self, message: &TestMessage) {
+        let mut state = self.0.lock().unwrap();
+        let id = message.0.get();
+        let cpu = state.bound[&id].0;
+        if !state.messages.iter().any(|&(_, queued)| queued == id) {
+            state.messages.push_back((cpu, id));
+        }
+    }
+    unsafe fn message_release(&self, message: *mut TestMessage) {
+        // SAFETY: initialised by `message_init`.
+        let id = unsafe { (*message).0.get() };
+        self.0.lock().unwrap().bound.remove(&id);
+    }
+    fn flush_messages(&self) {
+        self.run_messages();
+    }
+    unsafe fn timer_init(&self, _timer: *mut (), handler: Handler) -> Result<(), Status> {
+        self.0.lock().unwrap().timer = Some(HandlerBox(handler));
+        Ok(())
+    }
+    fn timer_start(&self, _timer: &(), _period_us: u32) {}
+    fn timer_stop(&self, _timer: &()) {
+        self.0.lock().unwrap().timer = None;
+    }
+    unsafe fn timer_release(&self, _timer: *mut ()) {}
+    unsafe fn passive_init(&self, work: *mut TestMessage, handler: Handler) -> Result<(), Status> {
+        let mut state = self.0.lock().unwrap();
+        state.next_id += 1;
+        let id = state.next_id;
+        state.bound.insert(id, (usize::MAX, HandlerBox(handler)));
+        // SAFETY: the core passes writable storage.
+        unsafe { work.write(TestMessage(Cell::new(id))) };
+        Ok(())
+    }
+    fn passive_queue(&self, work: &TestMessage) {
+        let mut state = self.0.lock().unwrap();
+        let handler = state.bound[&work.0.get()].1;
+        state.passive.push_back(handler);
+    }
+    unsafe fn passive_release(&self, work: *mut TestMessage) {
+        // SAFETY: initialised by `passive_init`.
+        let id = unsafe { (*work).0.get() };
+        self.0.lock().unwrap().bound.remove(&id);
+    }
+    unsafe fn event_init(&self, event: *mut TestEvent) {
+        // SAFETY: the core passes writable storage.
+        unsafe { event.write(TestEvent(Cell::new(false))) };
+    }
+    fn event_signal(&self, event: &TestEvent) {
+        event.0.set(true);
+    }
+    fn event_reset(&self, event: &TestEvent) {
+        event.0.set(false);
+    }
+    fn event_wait(&self, event: &TestEvent) {
+        // Single thread: waiting means letting queued messages and work run.
+        for _ in 0..1000 {
+            if event.0.get() {
+                return;
+            }
+            self.run_messages();
+            self.run_passive();
+        }
+        panic!("event never signalled");
+    }
+    unsafe fn processor_change_register(
+        &self,
+        _callback: ProcessorChangeFn,
+        _context: *const (),
+    ) -> Result<Option<NonNull<()>>, Status> {
+        Ok(None)
+    }
+    unsafe fn processor_change_deregister(&self, _handle: NonNull<()>) {}
+    fn log(&self, _level: LogLevel, args: fmt::Arguments<'_>) {
+        self.0.lock().unwrap().logs.push(args.to_string());
+    }
+}
+
+/// A retirable test object that counts its drops.
+struct Tracked(Arc<AtomicUsize>);
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn domain(cpus: usize, strategy: Strategy) -> (TestPlatform, DomainBox<TestPlatform>) {
+    let platform = TestPlatform::new(cpus, cpus as u32);
+    let domain = Domain::create(platform.clone(), Config::with_strategy(strategy)).expect("load");
+    (platform, domain)
+}
+
+fn retire_new(domain: &Domain<TestPlatform>, drops: &Arc<AtomicUsize>) -> u64 {
+    let object = domain.alloc(Tracked(drops.clone())).ok().expect("alloc");
+    // SAFETY: never published to readers.
+    unsafe { domain.retire(object) }.expect("first retire")
+}
+
+#[test]
+fn a_retired_object_is_freed_after_cycles_and_not_under_a_reader() {
+    let (platform, domain) = domain(2, Strategy::Lazy);
+    let drops = Arc::new(AtomicUsize::new(0));
+    let guard = TestPlatform::on_cpu(1, || domain.enter());
+    TestPlatform::on_cpu(0, || retire_new(&domain, &drops));
+    for _ in 0..5 {
+        platform.tick();
+    }
+    assert_eq!(drops.load(Ordering::SeqCst), 0, "freed while a reader that entered before was inside");
+    TestPlatform::on_cpu(1, || drop(guard));
+    for _ in 0..3 {
+        platform.tick();
+    }
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0, "leak at unload");
+}
+
+#[test]
+fn double_retire_is_refused_and_counted() {
+    let (_platform, domain) = domain(1, Strategy::Lazy);
+    let drops = Arc::new(AtomicUsize::new(0));
+    let object = domain.alloc(Tracked(drops.clone())).ok().unwrap();
+    // SAFETY: never published.
+    unsafe {
+        domain.retire(object).unwrap();
+        assert_eq!(domain.retire(object), Err(RetireError::AlreadyRetired));
+    }
+    assert_eq!(domain.stats().double_retires, 1);
+    drop(domain);
+    assert_eq!(drops.load(Ordering::SeqCst), 1, "unload frees what is retired, once");
+}
+
+#[test]
+fn migrated_reader_exits_on_another_cpu() {
+    let (platform, domain) = domain(2, Strategy::Lazy);
+    let drops = Arc::new(AtomicUsize::new(0));
+    let guard = TestPlatform::on_cpu(0, || domain.enter());
+    TestPlatform::on_cpu(1, || retire_new(&domain, &drops));
+    platform.tick();
+    platform.tick();
+    TestPlatform::on_cpu(1, || drop(guard));
+    assert_eq!(domain.stats().remote_exits, 1);
+    for _ in 0..3 {
+        platform.tick();
+    }
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn synchronize_frees_everything_retired_before_it() {
+    let (platform, domain) = domain(3, Strategy::Lazy);
+    let drops = Arc::new(AtomicUsize::new(0));
+    for cpu in 0..3 {
+        TestPlatform::on_cpu(cpu, || retire_new(&domain, &drops));
+    }
+    domain.synchronize();
+    assert_eq!(drops.load(Ordering::SeqCst), 3);
+    let _ = platform;
+}
+
+#[test]
+fn idle_cpus_leave_and_receive_no_more_messages() {
+    let (platform, domain) = domain(4, Strategy::Lazy);
+    let drops = Arc::new(AtomicUsize::new(0));
+    TestPlatform::on_cpu(2, || retire_new(&domain, &drops));
+    for _ in 0..4 {
+        platform.tick();
+    }
+    let first = platform.delivered();
+    assert!(first.iter().all(|&cpu| cpu == 2), "only the CPU that ran epoch code is visited: {first:?}");
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    for _ in 0..4 {
+        platform.tick();
+    }
+    assert!(platform.delivered().is_empty(), "a CPU that left received messages");
+    assert_eq!(domain.stats().leaves, 1);
+}
+
+#[test]
+fn eager_refuses_to_load_when_max_exceeds_active_and_lazy_loads() {
+    let platform = TestPlatform::new(2, 8);
+    let error = Domain::create(platform.clone(), Config::with_strategy(Strategy::Eager)).err().expect("eager must fail");
+    assert_eq!(error.status, Status::INVALID_PARAMETER);
+    assert!(error.to_string().contains("STATUS_INVALID_PARAMETER"), "{error}");
+    assert_eq!(platform.live_allocations(), 0, "a failed load leaks nothing");
+    let domain = Domain::create(platform.clone(), Config::with_strategy(Strategy::Lazy)).expect("lazy loads");
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0);
+}
+
+#[test]
+fn allocation_failure_at_dispatch_falls_back_to_the_overflow_slot() {
+    let (platform, domain) = domain(2, Strategy::Lazy);
+    let drops = Arc::new(AtomicUsize::new(0));
+    platform.0.lock().unwrap().fail_allocations = 1;
+    let guard = TestPlatform::on_cpu(1, || domain.enter());
+    let stats = domain.stats();
+    assert_eq!(stats.prepare_failures, 1);
+    assert_eq!(stats.fallback_uses, 1);
+    TestPlatform::on_cpu(0, || retire_new(&domain, &drops));
+    for _ in 0..4 {
+        platform.tick();
+    }
+    assert_eq!(drops.load(Ordering::SeqCst), 0, "overflow reader must hold reclamation back");
+    TestPlatform::on_cpu(1, || drop(guard));
+    for _ in 0..4 {
+        platform.tick();
+    }
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0);
+}
+
+#[test]
+fn work_items_run_once_safe_and_can_be_cancelled() {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    fn bump(_: usize) {
+        RUNS.fetch_add(1, Ordering::SeqCst);
+    }
+    let (platform, domain) = domain(1, Strategy::Lazy);
+    let item = domain.new_work_item(bump, 0).unwrap();
+    let cancelled = domain.new_work_item(bump, 0).unwrap();
+    let guard = domain.enter();
+    domain.schedule_work(&item).unwrap();
+    assert_eq!(domain.schedule_work(&item), Err(RetireError::AlreadyRetired));
+    domain.schedule_work(&cancelled).unwrap();
+    assert!(domain.cancel_work(&cancelled));
+    for _ in 0..4 {
+        platform.tick();
+    }
+    assert_eq!(RUNS.load(Ordering::SeqCst), 0, "work ran inside a reader's epoch");
+    drop(guard);
+    for _ in 0..4 {
+        platform.tick();
+    }
+    assert_eq!(RUNS.load(Ordering::SeqCst), 1);
+    assert!(!domain.cancel_work(&item), "a work item that ran cannot be cancelled");
+    drop(item);
+    drop(cancelled);
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0);
+}

@@ -1,0 +1,132 @@
+//! Violations, counters, log lines and the report snapshot.
+
+use kepoch::platform::{LogLevel, ProcessorNumber};
+
+use super::alloc::AllocStats;
+
+/// What rule a violation broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ViolationKind {
+    /// IRQL not restored at the end of a step/handler, or `lower_irql` above the current level.
+    Irql,
+    /// Two things at DISPATCH on one CPU at once.
+    Exclusion,
+    /// A message bound, sent or delivered to a CPU that is not running (S3).
+    Routing,
+    /// `free` of a pointer/layout that was never allocated.
+    BadFree,
+    /// `free` of a block that is already freed (in quarantine).
+    DoubleFree,
+    /// A freed block's poison was overwritten (write after free).
+    WriteAfterFree,
+    /// `event_wait`/`flush_messages`/`timer_stop` never returned within the bound.
+    WaitNeverSatisfied,
+    /// Use of a platform object that is not initialised, already released, or in the wrong state.
+    BadObject,
+    /// A PASSIVE-only service called at DISPATCH.
+    BlockingAtDispatch,
+    /// Illegal task migration (at DISPATCH, or to a CPU that is not running).
+    Migration,
+    /// Processor-change registration misuse.
+    Callback,
+}
+
+/// One recorded violation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Rule broken.
+    pub kind: ViolationKind,
+    /// Human-readable detail.
+    pub message: String,
+    /// Simulated time in microseconds.
+    pub time_us: u64,
+    /// Index of the CPU whose context recorded it, if any.
+    pub cpu: Option<u32>,
+}
+
+/// One log line written through `Platform::log`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    /// Severity.
+    pub level: LogLevel,
+    /// Text.
+    pub text: String,
+    /// Simulated time in microseconds.
+    pub time_us: u64,
+}
+
+/// Machine-wide event counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// `message_send` calls that queued a message.
+    pub messages_sent: u64,
+    /// `message_send` calls on an already queued message (no-ops).
+    pub messages_coalesced: u64,
+    /// Message handlers run.
+    pub messages_delivered: u64,
+    /// Messages sent to (and dropped for) CPUs that were not running.
+    pub messages_to_not_running: u64,
+    /// Timer handler runs.
+    pub timer_fires: u64,
+    /// Passive work items run.
+    pub passive_run: u64,
+    /// AddStart notifications for live hot-adds (per CPU, not per registration).
+    pub hot_add_start: u64,
+    /// Hot-adds that completed (CPU now running).
+    pub hot_add_complete: u64,
+    /// Hot-adds that failed (AddFailure, or vetoed).
+    pub hot_add_failure: u64,
+    /// Hot-adds requested when no slot was left.
+    pub hot_add_no_slot: u64,
+    /// Task steps run.
+    pub task_steps: u64,
+    /// Task migrations performed.
+    pub migrations: u64,
+    /// Scheduler actions (deterministic mode) — the step count.
+    pub scheduler_steps: u64,
+}
+
+/// State of a processor slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuStatus {
+    /// Exists but not started (hot-add slot).
+    Absent,
+    /// AddStart announced; not running yet.
+    Starting,
+    /// Running.
+    Running,
+}
+
+/// Per-CPU part of the report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuReport {
+    /// System-wide index.
+    pub index: u32,
+    /// Group and number.
+    pub number: ProcessorNumber,
+    /// Current state.
+    pub status: CpuStatus,
+    /// Message handlers run on this CPU.
+    pub messages_delivered: u64,
+    /// Timer handlers run on this CPU.
+    pub timer_fires: u64,
+    /// Task steps run on this CPU.
+    pub task_steps: u64,
+}
+
+/// Snapshot of a machine.
+#[derive(Clone, Debug)]
+pub struct MachineReport {
+    /// Simulated time in microseconds.
+    pub now_us: u64,
+    /// Every processor slot.
+    pub cpus: Vec<CpuReport>,
+    /// Event counters.
+    pub counters: Counters,
+    /// Allocator statistics.
+    pub alloc: AllocStats,
+    /// Violations so far.
+    pub violations: Vec<Violation>,
+    /// Hash of the deterministic schedule so far (equal seeds ⇒ equal hashes).
+    pub trace_hash: u64,
+}

@@ -1,0 +1,790 @@
+//! Tasks, the deterministic scheduler and the parallel (one thread per CPU) runner.
+
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use kepoch::platform::{CurrentProcessor, Irql, LogLevel, ProcessorChange, ProcessorChangeFn};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::platform::{SimPlatform, STATUS_UNSUCCESSFUL};
+use super::report::{CpuStatus, ViolationKind};
+use super::state::{ctx_set, Ctx, HotCur, Shared};
+
+/// Identifies a spawned task.
+pub type TaskId = usize;
+
+/// What a task asks for after a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// Run another step later on the same CPU.
+    Continue,
+    /// The task is finished.
+    Done,
+    /// Move to the CPU with this system index before the next step (PASSIVE only).
+    MigrateTo(u32),
+    /// Move to a random running CPU (possibly the same one) before the next step (PASSIVE only).
+    MigrateRandom,
+    /// Do not run for this many simulated microseconds.
+    Sleep(u64),
+}
+
+/// A unit of workload: a resumable sequence of steps, each run on one virtual CPU.
+pub trait Task: Send {
+    /// Runs one step. Called at PASSIVE, or at DISPATCH if the task holds DISPATCH across steps.
+    fn step(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome;
+}
+
+impl<F: FnMut(&mut StepContext<'_>) -> StepOutcome + Send> Task for F {
+    fn step(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
+        self(ctx)
+    }
+}
+
+/// What a step sees: its CPU, the time, its RNG, and the platform.
+pub struct StepContext<'a> {
+    platform: &'a SimPlatform,
+    cpu: CurrentProcessor,
+    now_us: u64,
+    rng: &'a mut ChaCha8Rng,
+    hold: bool,
+    task: TaskId,
+    trace: Vec<u64>,
+}
+
+impl StepContext<'_> {
+    /// The CPU this step runs on.
+    pub fn cpu(&self) -> CurrentProcessor {
+        self.cpu
+    }
+    /// Simulated time at the start of the step (µs).
+    pub fn now_us(&self) -> u64 {
+        self.now_us
+    }
+    /// This task's seeded RNG (replayable in deterministic mode).
+    pub fn rng(&mut self) -> &mut ChaCha8Rng {
+        self.rng
+    }
+    /// The platform (for code that needs a `&SimPlatform`).
+    pub fn platform(&self) -> &SimPlatform {
+        self.platform
+    }
+    /// The task's id.
+    pub fn task_id(&self) -> TaskId {
+        self.task
+    }
+    /// Declares whether the task stays at DISPATCH after this step (it must have raised through the
+    /// platform and not lowered). While it holds, nothing else runs on its CPU and it cannot migrate.
+    pub fn hold_dispatch(&mut self, hold: bool) {
+        self.hold = hold;
+    }
+    /// Whether the task currently declares to hold DISPATCH.
+    pub fn holds_dispatch(&self) -> bool {
+        self.hold
+    }
+    /// Mixes a value into the machine's trace hash (for determinism checks).
+    pub fn trace(&mut self, value: u64) {
+        self.trace.push(value);
+    }
+}
+
+/// Finishes a handler that was run at DISPATCH with the CPU lock taken by the runner.
+fn finish_dispatch(sh: &Shared, cpu: usize, what: &str, end: Irql) {
+    if end >= Irql::DISPATCH {
+        sh.unlock_cpu(cpu);
+    }
+    sh.check_irql(what, Irql::DISPATCH, end, cpu);
+}
+
+/// Finishes a handler that was run at PASSIVE.
+fn finish_passive(sh: &Shared, cpu: usize, what: &str, end: Irql) {
+    if end >= Irql::DISPATCH {
+        sh.unlock_cpu(cpu);
+    }
+    sh.check_irql(what, Irql::PASSIVE, end, cpu);
+}
+
+/// Runs the first queued message of `cpu`. Returns false if there was none.
+pub(crate) fn run_dpc(p: &SimPlatform, cpu: usize) -> bool {
+    let sh = &*p.shared;
+    let handler = {
+        let mut st = sh.st.lock();
+        if st.cpus[cpu].status != CpuStatus::Running {
+            return false;
+        }
+        let Some((id, seq)) = st.cpus[cpu].dpcs.pop_front() else {
+            return false;
+        };
+        let Some(rec) = st.msgs.get_mut(&id) else {
+            return true;
+        };
+        rec.queued = false;
+        let handler = rec.handler;
+        let c = &mut st.cpus[cpu];
+        c.in_flight = Some(seq);
+        c.delivered += 1;
+        st.counters.messages_delivered += 1;
+        st.trace(&[1, cpu as u64, id]);
+        handler
+    };
+    sh.lock_cpu(cpu, "message handler");
+    let ((), end) = sh.in_ctx(cpu, Irql::DISPATCH, || {
+        // SAFETY: the message is initialised and not released (release of a queued message removes it
+        // from the queue first), so its handler's context is alive.
+        unsafe { handler.invoke() }
+    });
+    finish_dispatch(sh, cpu, "message handler", end);
+    sh.st.lock().cpus[cpu].in_flight = None;
+    p.wake_waiters();
+    true
+}
+
+/// Runs timer `id`'s handler on `cpu`.
+pub(crate) fn run_timer(p: &SimPlatform, cpu: usize, id: u64) {
+    let sh = &*p.shared;
+    let handler = {
+        let mut st = sh.st.lock();
+        let Some(rec) = st.timers.get_mut(&id) else {
+            return;
+        };
+        if rec.running {
+            return;
+        }
+        rec.running = true;
+        rec.pending = false;
+        let handler = rec.handler;
+        st.counters.timer_fires += 1;
+        st.cpus[cpu].timer_fires += 1;
+        st.trace(&[2, cpu as u64, id]);
+        handler
+    };
+    sh.lock_cpu(cpu, "timer handler");
+    let ((), end) = sh.in_ctx(cpu, Irql::DISPATCH, || {
+        // SAFETY: the timer is initialised and not released (release requires a stopped timer, and
+        // stop waits for a running handler).
+        unsafe { handler.invoke() }
+    });
+    finish_dispatch(sh, cpu, "timer handler", end);
+    if let Some(rec) = sh.st.lock().timers.get_mut(&id) {
+        rec.running = false;
+    }
+    p.wake_waiters();
+}
+
+/// Runs the first queued passive work item in the context of `cpu`. Returns false if there was none.
+pub(crate) fn run_passive(p: &SimPlatform, cpu: usize) -> bool {
+    let sh = &*p.shared;
+    let (id, handler) = {
+        let mut st = sh.st.lock();
+        let Some(id) = st.passive_queue.pop_front() else {
+            return false;
+        };
+        let Some(rec) = st.works.get_mut(&id) else {
+            return true;
+        };
+        rec.queued = false;
+        rec.running = true;
+        let handler = rec.handler;
+        st.counters.passive_run += 1;
+        st.trace(&[3, cpu as u64, id]);
+        (id, handler)
+    };
+    let ((), end) = sh.in_ctx(cpu, Irql::PASSIVE, || {
+        // SAFETY: the work item is initialised and not released (release of a queued or running item
+        // is refused).
+        unsafe { handler.invoke() }
+    });
+    finish_passive(sh, cpu, "passive work item", end);
+    if let Some(rec) = sh.st.lock().works.get_mut(&id) {
+        rec.running = false;
+    }
+    p.wake_waiters();
+    true
+}
+
+/// Runs one step of task `tid` on its CPU.
+pub(crate) fn run_task(p: &SimPlatform, tid: TaskId) {
+    let sh = &*p.shared;
+    let (mut task, mut rng, cpu, irql, hold, now) = {
+        let mut st = sh.st.lock();
+        let slot = &mut st.tasks[tid];
+        let Some((task, rng)) = slot.body.take() else {
+            return;
+        };
+        let (cpu, irql, hold) = (slot.cpu, slot.irql, slot.hold);
+        st.running_tasks += 1;
+        st.counters.task_steps += 1;
+        st.cpus[cpu].task_steps += 1;
+        (task, rng, cpu, irql, hold, sh.now())
+    };
+    let mut sc = StepContext {
+        platform: p,
+        cpu: sh.current(cpu),
+        now_us: now,
+        rng: &mut rng,
+        hold,
+        task: tid,
+        trace: Vec::new(),
+    };
+    let (outcome, end) = sh.in_ctx(cpu, irql, || task.step(&mut sc));
+    let mut hold = sc.hold;
+    let trace = std::mem::take(&mut sc.trace);
+    let expected = if hold { Irql::DISPATCH } else { Irql::PASSIVE };
+    if end != expected {
+        sh.violation(
+            ViolationKind::Irql,
+            format!(
+                "step of task {tid} on CPU {} ended at IRQL {} (expected {}{})",
+                sh.slots[cpu].index,
+                end.0,
+                expected.0,
+                if hold {
+                    ", task declares to hold DISPATCH"
+                } else {
+                    ""
+                }
+            ),
+        );
+        if end >= Irql::DISPATCH && !hold {
+            sh.unlock_cpu(cpu);
+        }
+        if hold && end < Irql::DISPATCH {
+            hold = false;
+        }
+    }
+    let mut finished = None;
+    {
+        let mut st = sh.st.lock();
+        st.trace(&[4, tid as u64, cpu as u64]);
+        st.trace(&trace);
+        if hold {
+            st.cpus[cpu].held_by = Some(tid);
+        } else if st.cpus[cpu].held_by == Some(tid) {
+            st.cpus[cpu].held_by = None;
+        }
+        let mut bad = None;
+        let mut target = None;
+        match outcome {
+            StepOutcome::Continue => {}
+            StepOutcome::Sleep(us) => st.tasks[tid].wake_at = now.saturating_add(us),
+            StepOutcome::Done => {
+                if hold {
+                    bad = Some((
+                        ViolationKind::Irql,
+                        format!("task {tid} finished while holding DISPATCH"),
+                    ));
+                    st.cpus[cpu].held_by = None;
+                    sh.unlock_cpu(cpu);
+                    hold = false;
+                }
+                st.tasks[tid].done = true;
+            }
+            StepOutcome::MigrateTo(_) | StepOutcome::MigrateRandom if hold => {
+                bad = Some((
+                    ViolationKind::Migration,
+                    format!("task {tid} asked to migrate while holding DISPATCH"),
+                ));
+            }
+            StepOutcome::MigrateTo(index) => match sh.slot_by_index(index) {
+                Some(c) if st.cpus[c].status == CpuStatus::Running => target = Some(c),
+                _ => {
+                    bad = Some((
+                        ViolationKind::Migration,
+                        format!("task {tid} asked to migrate to CPU {index}, which is not running"),
+                    ))
+                }
+            },
+            StepOutcome::MigrateRandom => {
+                let running = st.running_cpus();
+                let pick = st.rng.gen_range(0..running.len());
+                target = Some(running[pick]);
+            }
+        }
+        if let Some(c) = target {
+            st.tasks[tid].cpu = c;
+            st.counters.migrations += 1;
+        }
+        let slot = &mut st.tasks[tid];
+        slot.hold = hold;
+        slot.irql = if hold { Irql::DISPATCH } else { Irql::PASSIVE };
+        if slot.done {
+            finished = Some(task);
+        } else {
+            slot.body = Some((task, rng));
+        }
+        st.running_tasks -= 1;
+        drop(st);
+        if let Some((kind, m)) = bad {
+            sh.violation(kind, m);
+        }
+    }
+    drop(finished);
+    if sh.is_parallel() {
+        sh.work_cv.notify_all();
+    }
+    p.wake_waiters();
+}
+
+/// Hot-add, phase 1: takes the next pending add, announces AddStart from the context of `ctx_cpu`.
+pub(crate) fn hot_start(p: &SimPlatform, ctx_cpu: usize) {
+    let sh = &*p.shared;
+    let _guard = sh.callback_lock.lock();
+    let (slot, fail, regs) = {
+        let mut st = sh.st.lock();
+        let Some(add) = st.pending_adds.pop_front() else {
+            return;
+        };
+        let Some(slot) = (0..st.cpus.len()).find(|&c| st.cpus[c].status == CpuStatus::Absent)
+        else {
+            st.counters.hot_add_no_slot += 1;
+            drop(st);
+            sh.log_line(
+                LogLevel::Warning,
+                "sim: hot-add requested but no slot is left".into(),
+            );
+            return;
+        };
+        st.cpus[slot].status = CpuStatus::Starting;
+        st.counters.hot_add_start += 1;
+        st.trace(&[5, slot as u64]);
+        let regs: Vec<(u64, ProcessorChangeFn, *const ())> = st
+            .regs
+            .iter()
+            .map(|(&id, r)| (id, r.callback, r.context))
+            .collect();
+        (slot, add.fail, regs)
+    };
+    let mut notified = Vec::new();
+    let mut veto = None;
+    let ((), end) = sh.in_ctx(ctx_cpu, Irql::PASSIVE, || {
+        for (id, f, c) in regs {
+            let status = p.deliver((f, c), ProcessorChange::AddStart, slot);
+            notified.push(id);
+            if !status.is_success() {
+                veto = Some(status);
+                break;
+            }
+        }
+    });
+    finish_passive(sh, ctx_cpu, "hot-add AddStart", end);
+    sh.st.lock().hot_cur = Some(HotCur {
+        slot,
+        ctx_cpu,
+        fail,
+        notified,
+        veto,
+    });
+    p.wake_waiters();
+}
+
+/// Hot-add, phase 2: the CPU starts and AddComplete is delivered, or AddFailure.
+pub(crate) fn hot_finish(p: &SimPlatform) {
+    let sh = &*p.shared;
+    let _guard = sh.callback_lock.lock();
+    let (h, regs, change) = {
+        let mut st = sh.st.lock();
+        let Some(h) = st.hot_cur.take() else {
+            return;
+        };
+        let regs: Vec<(ProcessorChangeFn, *const ())> = h
+            .notified
+            .iter()
+            .filter_map(|id| st.regs.get(id).map(|r| (r.callback, r.context)))
+            .collect();
+        st.trace(&[6, h.slot as u64, u64::from(h.fail)]);
+        let change = if h.fail || h.veto.is_some() {
+            st.cpus[h.slot].status = CpuStatus::Absent;
+            st.counters.hot_add_failure += 1;
+            ProcessorChange::AddFailure(h.veto.unwrap_or(STATUS_UNSUCCESSFUL))
+        } else {
+            st.cpus[h.slot].status = CpuStatus::Running;
+            st.counters.hot_add_complete += 1;
+            if sh.is_parallel() {
+                let handle = spawn_cpu_thread(p, h.slot);
+                st.cpu_threads.push(handle);
+            }
+            ProcessorChange::AddComplete
+        };
+        (h, regs, change)
+    };
+    let ((), end) = sh.in_ctx(h.ctx_cpu, Irql::PASSIVE, || {
+        for (f, c) in regs {
+            // A veto means the vetoing registration got AddStart too; it receives AddFailure as well.
+            p.deliver((f, c), change, h.slot);
+        }
+    });
+    finish_passive(sh, h.ctx_cpu, "hot-add completion", end);
+    sh.log_line(
+        LogLevel::Info,
+        format!(
+            "sim: hot-add of CPU {} ({}): {:?}",
+            sh.slots[h.slot].index, sh.slots[h.slot].number, change
+        ),
+    );
+    p.wake_waiters();
+}
+
+enum Action {
+    Dpc(usize),
+    Task(TaskId),
+    Timer(u64),
+    Passive,
+    HotStart,
+    HotFinish,
+}
+
+/// Deterministic mode: runs one scheduler action. Jumps simulated time forward (not beyond `horizon`)
+/// when nothing is runnable now. Returns false when nothing is runnable before `horizon`.
+pub(crate) fn det_step_until(p: &SimPlatform, horizon: u64) -> bool {
+    let sh = &*p.shared;
+    let mut st = sh.st.lock();
+    let (action, avail) = loop {
+        let now = sh.now_us.load(Ordering::Relaxed);
+        let n = st.cpus.len();
+        let avail: Vec<usize> = (0..n)
+            .filter(|&c| {
+                st.cpus[c].status == CpuStatus::Running
+                    && st.cpus[c].held_by.is_none()
+                    && !sh.cpu_locks[c].is_locked()
+            })
+            .collect();
+        let mut actions = Vec::new();
+        for &c in &avail {
+            if !st.cpus[c].dpcs.is_empty() {
+                actions.push(Action::Dpc(c));
+            }
+        }
+        for (tid, t) in st.tasks.iter().enumerate() {
+            if t.done || t.body.is_none() || t.wake_at > now {
+                continue;
+            }
+            let c = &st.cpus[t.cpu];
+            let ok = c.status == CpuStatus::Running
+                && match c.held_by {
+                    Some(h) => h == tid,
+                    None => !sh.cpu_locks[t.cpu].is_locked(),
+                };
+            if ok {
+                actions.push(Action::Task(tid));
+            }
+        }
+        if !avail.is_empty() {
+            for (&id, t) in &st.timers {
+                if !t.running && t.next_due.is_some_and(|d| d <= now) {
+                    actions.push(Action::Timer(id));
+                }
+            }
+            if !st.passive_queue.is_empty() {
+                actions.push(Action::Passive);
+            }
+        }
+        if !sh.callback_lock.is_locked() {
+            if st.hot_cur.is_some() {
+                actions.push(Action::HotFinish);
+            } else if !avail.is_empty() && st.pending_adds.front().is_some_and(|a| a.due_us <= now)
+            {
+                actions.push(Action::HotStart);
+            }
+        }
+        if !actions.is_empty() {
+            let pick = st.rng.gen_range(0..actions.len());
+            break (actions.swap_remove(pick), avail);
+        }
+        // Nothing now: jump to the next time something becomes runnable.
+        let next = st
+            .timers
+            .values()
+            .filter_map(|t| t.next_due)
+            .chain(
+                st.tasks
+                    .iter()
+                    .filter(|t| !t.done && t.body.is_some() && t.wake_at > now)
+                    .map(|t| t.wake_at),
+            )
+            .chain(st.pending_adds.front().map(|a| a.due_us))
+            .filter(|&t| t > now)
+            .min();
+        match next {
+            Some(t) if t <= horizon => sh.now_us.store(t, Ordering::Relaxed),
+            _ => {
+                if horizon != u64::MAX && horizon > now {
+                    sh.now_us.store(horizon, Ordering::Relaxed);
+                }
+                return false;
+            }
+        }
+    };
+    let now = sh.now_us.fetch_add(1, Ordering::Relaxed);
+    st.counters.scheduler_steps += 1;
+    match action {
+        Action::Dpc(c) => {
+            drop(st);
+            run_dpc(p, c);
+        }
+        Action::Task(tid) => {
+            drop(st);
+            run_task(p, tid);
+        }
+        Action::Timer(id) => {
+            let c = avail[st.rng.gen_range(0..avail.len())];
+            if let Some(t) = st.timers.get_mut(&id) {
+                let due = t.next_due.unwrap_or(now) + t.period_us;
+                t.next_due = Some(if due <= now { now + t.period_us } else { due });
+            }
+            drop(st);
+            run_timer(p, c, id);
+        }
+        Action::Passive => {
+            let c = avail[st.rng.gen_range(0..avail.len())];
+            drop(st);
+            run_passive(p, c);
+        }
+        Action::HotStart => {
+            let c = avail[st.rng.gen_range(0..avail.len())];
+            drop(st);
+            hot_start(p, c);
+        }
+        Action::HotFinish => {
+            drop(st);
+            hot_finish(p);
+        }
+    }
+    true
+}
+
+/// Deterministic mode: one scheduler action, with time jumps unbounded.
+pub(crate) fn det_step(p: &SimPlatform) -> bool {
+    det_step_until(p, u64::MAX)
+}
+
+/// Parallel mode: runs one message or timer expiry queued on `cpu`, if the CPU is not held.
+pub(crate) fn par_drain_dispatch_work(p: &SimPlatform, cpu: usize) -> bool {
+    let sh = &*p.shared;
+    let timer = {
+        let mut st = sh.st.lock();
+        if st.cpus[cpu].held_by.is_some() {
+            return false;
+        }
+        if !st.cpus[cpu].dpcs.is_empty() {
+            None
+        } else if let Some(id) = st.cpus[cpu].timer_runs.pop_front() {
+            Some(id)
+        } else {
+            return false;
+        }
+    };
+    match timer {
+        None => run_dpc(p, cpu),
+        Some(id) => {
+            run_timer(p, cpu, id);
+            true
+        }
+    }
+}
+
+fn par_pick_task(p: &SimPlatform, cpu: usize) -> Option<TaskId> {
+    let sh = &*p.shared;
+    let now = sh.now();
+    let mut st = sh.st.lock();
+    let ready = |t: &super::state::TaskSlot| !t.done && t.body.is_some() && t.wake_at <= now;
+    if let Some(h) = st.cpus[cpu].held_by {
+        return ready(&st.tasks[h]).then_some(h);
+    }
+    let n = st.tasks.len();
+    let start = st.cpus[cpu].rr;
+    for k in 0..n {
+        let tid = (start + k) % n;
+        let t = &st.tasks[tid];
+        if t.cpu == cpu && ready(t) {
+            st.cpus[cpu].rr = tid + 1;
+            return Some(tid);
+        }
+    }
+    None
+}
+
+fn cpu_thread_main(p: SimPlatform, cpu: usize) {
+    let sh = &*p.shared;
+    ctx_set(Some(Ctx {
+        machine: sh.id,
+        cpu,
+        irql: Irql::PASSIVE,
+        cpu_thread: true,
+    }));
+    while !sh.stop.load(Ordering::Acquire) {
+        if par_drain_dispatch_work(&p, cpu) {
+            continue;
+        }
+        if !sh.stop_tasks.load(Ordering::Acquire) {
+            if let Some(tid) = par_pick_task(&p, cpu) {
+                run_task(&p, tid);
+                continue;
+            }
+        }
+        let mut st = sh.st.lock();
+        if st.cpus[cpu].dpcs.is_empty() && st.cpus[cpu].timer_runs.is_empty() {
+            sh.work_cv.wait_for(&mut st, Duration::from_micros(300));
+        }
+    }
+    ctx_set(None);
+}
+
+pub(crate) fn spawn_cpu_thread(p: &SimPlatform, cpu: usize) -> thread::JoinHandle<()> {
+    let p = p.clone();
+    thread::Builder::new()
+        .name(format!("sim-cpu-{}", p.shared.slots[cpu].index))
+        .spawn(move || cpu_thread_main(p, cpu))
+        .expect("spawn simulated CPU thread")
+}
+
+fn timer_thread_main(p: SimPlatform) {
+    let sh = &*p.shared;
+    while !sh.stop.load(Ordering::Acquire) {
+        let now = sh.now();
+        let mut next = now + 500;
+        {
+            let mut st = sh.st.lock();
+            let running = st.running_cpus();
+            let ids: Vec<u64> = st.timers.keys().copied().collect();
+            let mut fired = false;
+            for id in ids {
+                let Some(t) = st.timers.get(&id) else {
+                    continue;
+                };
+                let Some(due) = t.next_due else { continue };
+                if due > now {
+                    next = next.min(due);
+                    continue;
+                }
+                let busy = t.pending || t.running;
+                let period = t.period_us;
+                let due = if due + period <= now {
+                    now + period
+                } else {
+                    due + period
+                };
+                let c = running[st.rng.gen_range(0..running.len())];
+                let t = st.timers.get_mut(&id).expect("timer present");
+                t.next_due = Some(due);
+                next = next.min(due);
+                if !busy {
+                    t.pending = true;
+                    st.cpus[c].timer_runs.push_back(id);
+                    fired = true;
+                }
+            }
+            if fired {
+                sh.work_cv.notify_all();
+            }
+        }
+        let wait = next.saturating_sub(sh.now()).clamp(20, 500);
+        thread::sleep(Duration::from_micros(wait));
+    }
+}
+
+fn passive_thread_main(p: SimPlatform) {
+    let sh = &*p.shared;
+    while !sh.stop.load(Ordering::Acquire) {
+        let cpu = {
+            let mut st = sh.st.lock();
+            if st.passive_queue.is_empty() {
+                sh.work_cv.wait_for(&mut st, Duration::from_millis(1));
+                continue;
+            }
+            let running = st.running_cpus();
+            running[st.rng.gen_range(0..running.len())]
+        };
+        run_passive(&p, cpu);
+    }
+}
+
+fn hotplug_thread_main(p: SimPlatform) {
+    let sh = &*p.shared;
+    while !sh.stop.load(Ordering::Acquire) {
+        let now = sh.now();
+        let what = {
+            let mut st = sh.st.lock();
+            if st.hot_cur.is_some() {
+                Some(None)
+            } else if st.pending_adds.front().is_some_and(|a| a.due_us <= now) {
+                let running = st.running_cpus();
+                Some(Some(running[st.rng.gen_range(0..running.len())]))
+            } else {
+                None
+            }
+        };
+        match what {
+            Some(None) => hot_finish(&p),
+            Some(Some(c)) => hot_start(&p, c),
+            None => {}
+        }
+        // Let the other CPUs run between AddStart and AddComplete.
+        thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Runs the machine with real threads for `wall` wall-clock time, then stops and joins every thread.
+pub(crate) fn run_parallel(p: &SimPlatform, wall: Duration) {
+    let sh = &*p.shared;
+    assert!(!sh.is_parallel(), "run_parallel is already running");
+    let base = sh.now_us.load(Ordering::Relaxed);
+    let origin = sh.wall_origin.elapsed().as_micros() as u64;
+    sh.wall_offset
+        .store(base.wrapping_sub(origin), Ordering::Relaxed);
+    sh.stop.store(false, Ordering::Release);
+    sh.stop_tasks.store(false, Ordering::Release);
+    sh.parallel.store(true, Ordering::Release);
+    let running = sh.st.lock().running_cpus();
+    for c in running {
+        let h = spawn_cpu_thread(p, c);
+        sh.st.lock().cpu_threads.push(h);
+    }
+    let services: Vec<thread::JoinHandle<()>> = [
+        ("sim-timer", timer_thread_main as fn(SimPlatform)),
+        ("sim-passive", passive_thread_main),
+        ("sim-hotplug", hotplug_thread_main),
+    ]
+    .into_iter()
+    .map(|(name, f)| {
+        let p = p.clone();
+        thread::Builder::new()
+            .name(name.into())
+            .spawn(move || f(p))
+            .expect("spawn simulator service thread")
+    })
+    .collect();
+    thread::sleep(wall);
+    // Phase 1: no new task steps; steps in progress may still wait for messages, timers, work items.
+    sh.stop_tasks.store(true, Ordering::Release);
+    let start = Instant::now();
+    while sh.st.lock().running_tasks > 0 {
+        if start.elapsed() > Duration::from_secs(60) {
+            sh.violation(
+                ViolationKind::WaitNeverSatisfied,
+                "parallel stop: a task step did not finish within 60 s".into(),
+            );
+            break;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    // Phase 2: every thread exits.
+    sh.stop.store(true, Ordering::Release);
+    sh.work_cv.notify_all();
+    for h in services {
+        let _ = h.join();
+    }
+    loop {
+        let handles = std::mem::take(&mut sh.st.lock().cpu_threads);
+        if handles.is_empty() {
+            break;
+        }
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+    sh.now_us.store(sh.now(), Ordering::Relaxed);
+    sh.parallel.store(false, Ordering::Release);
+    sh.stop.store(false, Ordering::Release);
+    sh.stop_tasks.store(false, Ordering::Release);
+}

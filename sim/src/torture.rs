@@ -1,0 +1,585 @@
+//! rcutorture-style torture of the core on a simulated machine.
+//!
+//! Readers on every busy CPU enter epochs (some nested, some holding DISPATCH, some migrating between
+//! steps) and read objects through shared cells; writers swap new objects into the cells and retire the
+//! old ones; a synchronizer calls `synchronize`. Every read checks the object:
+//! - its magic is intact (freed memory is poisoned by the simulated allocator, so a use-after-free
+//!   reads poison and is caught, never silently passed);
+//! - its retirement epoch has not been released while the reader still holds it (the object is "older
+//!   than allowed": the domain already considers it unreachable).
+//!
+//! At the end every object is retired, the domain is synchronized and unloaded, and the allocator must
+//! hold no live block (leak check). Idle CPUs must have received no message (S4) under `lazy` and
+//! `callback`, and the machine's own checks (routing, IRQL, exclusion, double free) must be clean.
+
+use crate::machine::{Firmware, Machine, MachineConfig, StepContext, StepOutcome, Task};
+use kepoch::platform::{Irql, Platform};
+use kepoch::{Config, Domain, DomainBox, Mutations, RawGuard, Strategy};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Magic of a live torture object.
+const LIVE: u64 = 0x4C49_5645_4F42_4A31;
+/// Written by the object's destructor, before the allocator poisons the block.
+const DEAD: u64 = 0x4445_4144_4F42_4A31;
+/// `retired_at` of an object that is still linked.
+const NOT_RETIRED: u64 = u64::MAX;
+/// Shared cells readers read and writers swap.
+const CELLS: usize = 4;
+/// Cycle period used by the torture: the shortest the configuration accepts, for many cycles per run.
+const TORTURE_CYCLE_US: u32 = kepoch::config::MIN_CYCLE_PERIOD_US;
+
+/// Which execution mode runs the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One OS thread, every choice from the seed; replayable.
+    Deterministic,
+    /// One OS thread per virtual CPU, for real memory-ordering effects.
+    Parallel,
+}
+
+impl Mode {
+    /// Command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Deterministic => "deterministic",
+            Mode::Parallel => "parallel",
+        }
+    }
+}
+
+/// One torture run's parameters.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    /// Strategy under test.
+    pub strategy: Strategy,
+    /// Seed of the topology, the schedule and every task's choices.
+    pub seed: u64,
+    /// Execution mode.
+    pub mode: Mode,
+    /// Simulated time (deterministic) or wall time (parallel), in microseconds.
+    pub duration_us: u64,
+    /// Hot-adds per simulated second (some of them fail).
+    pub hot_add_rate: u32,
+    /// Re-introduced bugs.
+    pub mutations: Mutations,
+}
+
+/// Figures of one run.
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    /// Object reads checked by readers.
+    pub reads: u64,
+    /// Objects retired by writers.
+    pub retires: u64,
+    /// Completed reclamation cycles.
+    pub cycles: u64,
+    /// `synchronize` calls.
+    pub syncs: u64,
+    /// Hot-adds that completed.
+    pub hot_adds: u64,
+    /// Simulated CPUs at the end.
+    pub cpus: u32,
+}
+
+/// Outcome of one run: its figures and every violation found.
+#[derive(Clone, Debug, Default)]
+pub struct RunOutcome {
+    /// Figures.
+    pub stats: RunStats,
+    /// Human-readable violations; empty means the run passed.
+    pub violations: Vec<String>,
+    /// One line describing the simulated machine.
+    pub machine: String,
+}
+
+/// The object readers read.
+struct TortureObject {
+    magic: AtomicU64,
+    id: u64,
+    retired_at: AtomicU64,
+}
+
+impl Drop for TortureObject {
+    fn drop(&mut self) {
+        self.magic.store(DEAD, Ordering::Release);
+    }
+}
+
+/// State shared by the tasks of one run.
+struct Shared {
+    domain: RwLock<Option<DomainBox<crate::machine::SimPlatform>>>,
+    cells: [AtomicPtr<TortureObject>; CELLS],
+    stop: AtomicBool,
+    violations: Mutex<Vec<String>>,
+    next_id: AtomicU64,
+    reads: AtomicU64,
+    retires: AtomicU64,
+    syncs: AtomicU64,
+    /// A CPU that must never run epoch code (the S4 check); migrations avoid it.
+    idle_cpu: Option<u32>,
+}
+
+type SimDomain = Domain<crate::machine::SimPlatform>;
+
+impl Shared {
+    fn domain(&self) -> RwLockReadGuard<'_, Option<DomainBox<crate::machine::SimPlatform>>> {
+        self.domain.read()
+    }
+
+    fn violation(&self, text: String) {
+        let mut violations = self.violations.lock();
+        if violations.len() < 20 {
+            violations.push(text);
+        }
+    }
+
+    /// Checks an object a reader holds. `cpu` is where the reader runs now.
+    fn check(&self, domain: &SimDomain, object: NonNull<TortureObject>, id: u64, cpu: u32) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the object is either live (protected by the reader's epoch) or, if the protocol is
+        // broken, freed into the simulator's quarantine, which keeps the memory mapped and poisoned;
+        // every access is atomic, so a concurrent poisoning is not a data race.
+        let (magic, retired_at) = unsafe {
+            let object = object.as_ref();
+            (
+                object.magic.load(Ordering::Acquire),
+                object.retired_at.load(Ordering::Acquire),
+            )
+        };
+        if magic != LIVE {
+            self.violation(format!(
+                "use-after-free: a reader on CPU {cpu} read object #{id} after it was freed (magic {magic:#018x})"
+            ));
+            return;
+        }
+        let released = domain.released_epoch();
+        if retired_at != NOT_RETIRED && retired_at <= released {
+            self.violation(format!(
+                "object #{id} retired at epoch {retired_at} is still held by a reader on CPU {cpu}, but epoch {released} was released"
+            ));
+        }
+    }
+
+    /// Where a migrating task goes: any running CPU but the idle one (hot-added CPUs included).
+    fn migrate(&self, ctx: &mut StepContext<'_>) -> StepOutcome {
+        let mut targets = ctx.platform().machine().running_indexes();
+        targets.retain(|&c| Some(c) != self.idle_cpu);
+        match targets.len() {
+            0 => StepOutcome::Continue,
+            n => StepOutcome::MigrateTo(targets[ctx.rng().gen_range(0..n)]),
+        }
+    }
+
+    fn new_object(&self, domain: &SimDomain) -> Option<(NonNull<TortureObject>, u64)> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let object = TortureObject {
+            magic: AtomicU64::new(LIVE),
+            id,
+            retired_at: AtomicU64::new(NOT_RETIRED),
+        };
+        domain.alloc(object).ok().map(|p| (p, id))
+    }
+}
+
+/// A reader: enters (sometimes nested, sometimes at DISPATCH), reads and re-checks objects across
+/// several steps, migrates between steps when at PASSIVE, exits.
+struct Reader {
+    shared: Arc<Shared>,
+    tokens: Vec<RawGuard>,
+    held: Vec<(NonNull<TortureObject>, u64)>,
+    steps_left: u32,
+    dispatch_irql: Option<Irql>,
+}
+
+// SAFETY: the held pointers are only dereferenced under the epoch the reader's tokens keep open.
+unsafe impl Send for Reader {}
+
+impl Reader {
+    fn new(shared: Arc<Shared>) -> Self {
+        Reader {
+            shared,
+            tokens: Vec::new(),
+            held: Vec::new(),
+            steps_left: 0,
+            dispatch_irql: None,
+        }
+    }
+
+    fn read_cell(&mut self, domain: &SimDomain, ctx: &mut StepContext<'_>) {
+        let cell = ctx.rng().gen_range(0..CELLS);
+        let object = self.shared.cells[cell].load(Ordering::Acquire);
+        if let Some(object) = NonNull::new(object) {
+            // SAFETY: loaded inside the epoch; see `Shared::check` for why reading is sound.
+            let id = unsafe { object.as_ref().id };
+            self.shared.check(domain, object, id, ctx.cpu().index);
+            self.held.push((object, id));
+        }
+    }
+
+    fn exit_all(&mut self, domain: &SimDomain, ctx: &mut StepContext<'_>) {
+        self.held.clear();
+        while let Some(token) = self.tokens.pop() {
+            // SAFETY: tokens come from this domain's `enter_raw` and are exited once.
+            unsafe { domain.exit_raw(token) };
+        }
+        if let Some(previous) = self.dispatch_irql.take() {
+            domain.platform().lower_irql(previous);
+            ctx.hold_dispatch(false);
+        }
+    }
+}
+
+impl Task for Reader {
+    fn step(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
+        let shared = self.shared.clone();
+        let guard = shared.domain();
+        let Some(domain) = guard.as_deref() else {
+            return StepOutcome::Done;
+        };
+        if self.tokens.is_empty() {
+            if shared.stop.load(Ordering::Relaxed) {
+                return StepOutcome::Done;
+            }
+            if ctx.rng().gen_ratio(1, 4) {
+                self.dispatch_irql = Some(domain.platform().raise_to_dispatch());
+                ctx.hold_dispatch(true);
+            }
+            // SAFETY: exited in `exit_all` before the domain is unloaded (the run waits for every task).
+            self.tokens.push(unsafe { domain.enter_raw() });
+            if ctx.rng().gen_ratio(1, 4) {
+                // SAFETY: as above.
+                self.tokens.push(unsafe { domain.enter_raw() });
+            }
+            self.read_cell(domain, ctx);
+            self.steps_left = ctx.rng().gen_range(1..8);
+            return StepOutcome::Continue;
+        }
+        for &(object, id) in &self.held {
+            shared.check(domain, object, id, ctx.cpu().index);
+        }
+        if ctx.rng().gen_ratio(1, 3) {
+            self.read_cell(domain, ctx);
+        }
+        self.steps_left -= 1;
+        if self.steps_left == 0 || shared.stop.load(Ordering::Relaxed) {
+            self.exit_all(domain, ctx);
+            let pause = ctx.rng().gen_range(0..20);
+            return StepOutcome::Sleep(pause);
+        }
+        if self.dispatch_irql.is_none() && ctx.rng().gen_ratio(1, 4) {
+            return shared.migrate(ctx);
+        }
+        StepOutcome::Continue
+    }
+}
+
+/// A writer: publishes a new object in a random cell and retires the one it replaced; moves between
+/// CPUs.
+struct Writer {
+    shared: Arc<Shared>,
+}
+
+impl Task for Writer {
+    fn step(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
+        let shared = self.shared.clone();
+        let guard = shared.domain();
+        let Some(domain) = guard.as_deref() else {
+            return StepOutcome::Done;
+        };
+        if shared.stop.load(Ordering::Relaxed) {
+            return StepOutcome::Done;
+        }
+        // The writer's own epoch keeps the old object alive while it records the retirement epoch.
+        let epoch = domain.enter();
+        if let Some((object, _)) = shared.new_object(domain) {
+            let cell = ctx.rng().gen_range(0..CELLS);
+            let old = shared.cells[cell].swap(object.as_ptr(), Ordering::AcqRel);
+            if let Some(old) = NonNull::new(old) {
+                // SAFETY: `old` came from `alloc` and was just unlinked by the swap.
+                match unsafe { domain.retire(old) } {
+                    Ok(stamp) => {
+                        // SAFETY: our epoch keeps `old` alive until `epoch` drops.
+                        unsafe { old.as_ref() }
+                            .retired_at
+                            .store(stamp, Ordering::Release);
+                        shared.retires.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        shared.violation(format!("retire of an unlinked object failed: {error:?}"))
+                    }
+                }
+            }
+        }
+        drop(epoch);
+        if ctx.rng().gen_ratio(1, 3) {
+            return shared.migrate(ctx);
+        }
+        StepOutcome::Sleep(ctx.rng().gen_range(1..10))
+    }
+}
+
+/// Calls `synchronize` now and then, from PASSIVE, outside any epoch.
+struct Synchronizer {
+    shared: Arc<Shared>,
+}
+
+impl Task for Synchronizer {
+    fn step(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
+        let shared = self.shared.clone();
+        let guard = shared.domain();
+        let Some(domain) = guard.as_deref() else {
+            return StepOutcome::Done;
+        };
+        if shared.stop.load(Ordering::Relaxed) {
+            return StepOutcome::Done;
+        }
+        domain.synchronize();
+        shared.syncs.fetch_add(1, Ordering::Relaxed);
+        StepOutcome::Sleep(ctx.rng().gen_range(200..2_000))
+    }
+}
+
+/// The machine a seed describes. `eager` gets an accurate machine with max == active (it cannot load
+/// elsewhere); the other strategies get max > active, under-reporting firmware or sparse groups.
+pub fn machine_for(
+    strategy: Strategy,
+    seed: u64,
+    hot_add_rate: u32,
+    duration_us: u64,
+) -> MachineConfig {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x746F_7274_7572_6521);
+    let hot_add_slots = if hot_add_rate == 0 || strategy == Strategy::Eager {
+        0
+    } else {
+        let expected = (hot_add_rate as u64 * duration_us).div_ceil(1_000_000);
+        expected.clamp(1, 8) as u32
+    };
+    let mut config = MachineConfig {
+        seed,
+        hot_add_slots,
+        callback_api_present: true,
+        ..MachineConfig::default()
+    };
+    let active = rng.gen_range(2..=5);
+    config.active_at_boot = active;
+    if strategy == Strategy::Eager {
+        config.max_reported = active;
+        config.firmware = Firmware::Accurate;
+        return config;
+    }
+    match rng.gen_range(0..3) {
+        0 => {
+            config.firmware = Firmware::Accurate;
+            config.max_reported = active + hot_add_slots + rng.gen_range(0..60);
+        }
+        1 => {
+            config.firmware = Firmware::UnderReport;
+            config.max_reported = rng.gen_range(1..active);
+        }
+        _ => {
+            config.firmware = Firmware::Sparse;
+            config.group_size = [2u8, 4, 8][rng.gen_range(0..3)];
+            config.max_reported = active + hot_add_slots + rng.gen_range(0..8);
+        }
+    }
+    config
+}
+
+/// Runs one torture run and returns its outcome (never panics on a violation).
+pub fn run(spec: &RunSpec) -> RunOutcome {
+    let machine_config = machine_for(
+        spec.strategy,
+        spec.seed,
+        spec.hot_add_rate,
+        spec.duration_us,
+    );
+    let machine = match Machine::new(machine_config.clone()) {
+        Ok(machine) => machine,
+        Err(error) => {
+            return RunOutcome {
+                violations: vec![format!("bad machine: {error:?}")],
+                ..Default::default()
+            }
+        }
+    };
+    let describe = format!(
+        "{} firmware, max {} active {} group size {} hot-add slots {}",
+        machine_config.firmware.name(),
+        machine_config.max_reported,
+        machine_config.active_at_boot,
+        machine_config.group_size,
+        machine_config.hot_add_slots
+    );
+    let running = machine.running_indexes();
+    let boot = running[0];
+    let config = Config {
+        cycle_period_us: TORTURE_CYCLE_US,
+        mutations: spec.mutations,
+        ..Config::with_strategy(spec.strategy)
+    };
+    let domain = match machine.with_cpu(boot, || Domain::create(machine.platform(), config)) {
+        Ok(domain) => domain,
+        Err(error) => {
+            return RunOutcome {
+                violations: vec![format!("load failed: {error}")],
+                machine: describe,
+                ..Default::default()
+            }
+        }
+    };
+    // The last running CPU stays idle (never runs epoch code) when there are three or more.
+    let idle_cpu = (running.len() >= 3).then(|| running[running.len() - 1]);
+    let shared = Arc::new(Shared {
+        domain: RwLock::new(Some(domain)),
+        cells: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+        stop: AtomicBool::new(false),
+        violations: Mutex::new(Vec::new()),
+        next_id: AtomicU64::new(0),
+        reads: AtomicU64::new(0),
+        retires: AtomicU64::new(0),
+        syncs: AtomicU64::new(0),
+        idle_cpu,
+    });
+
+    let busy: Vec<u32> = running
+        .iter()
+        .copied()
+        .filter(|&c| Some(c) != idle_cpu)
+        .collect();
+    for &cpu in &busy {
+        machine.spawn(cpu, Reader::new(shared.clone()));
+        machine.spawn(cpu, Reader::new(shared.clone()));
+    }
+    for &cpu in busy.iter().step_by(2) {
+        machine.spawn(
+            cpu,
+            Writer {
+                shared: shared.clone(),
+            },
+        );
+    }
+    machine.spawn(
+        busy[0],
+        Synchronizer {
+            shared: shared.clone(),
+        },
+    );
+
+    if spec.hot_add_rate > 0 && machine_config.hot_add_slots > 0 {
+        let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x686F_7461_6464);
+        let count = (spec.hot_add_rate as u64 * spec.duration_us)
+            .div_ceil(1_000_000)
+            .max(1);
+        for _ in 0..count {
+            let at = rng.gen_range(0..spec.duration_us.max(1));
+            machine.schedule_hot_add(at, 1, rng.gen_ratio(1, 4));
+        }
+    }
+
+    let mut violations = Vec::new();
+    match spec.mode {
+        Mode::Deterministic => {
+            machine.run_for(spec.duration_us);
+            shared.stop.store(true, Ordering::Relaxed);
+            if !machine.run_until_idle(5_000_000) {
+                violations.push(format!(
+                    "tasks did not finish: {} left",
+                    machine.tasks_remaining()
+                ));
+            }
+        }
+        Mode::Parallel => {
+            let wall = Duration::from_micros(spec.duration_us);
+            let stopper = {
+                let shared = shared.clone();
+                let margin = (wall / 10).min(Duration::from_millis(500));
+                std::thread::spawn(move || {
+                    std::thread::sleep(wall.saturating_sub(margin));
+                    shared.stop.store(true, Ordering::Relaxed);
+                })
+            };
+            machine.run_parallel(wall);
+            let _ = stopper.join();
+            if machine.tasks_remaining() != 0 {
+                violations.push(format!(
+                    "tasks did not finish: {} left",
+                    machine.tasks_remaining()
+                ));
+            }
+        }
+    }
+
+    // Tear down: retire what is still published, synchronize, unload, then look for leaks.
+    let stats_before_unload = machine.with_cpu(boot, || {
+        let guard = shared.domain();
+        let domain = guard.as_deref().expect("domain present until unload");
+        for cell in &shared.cells {
+            let object = cell.swap(ptr::null_mut(), Ordering::AcqRel);
+            if let Some(object) = NonNull::new(object) {
+                // SAFETY: unlinked just now; allocated by this domain.
+                if unsafe { domain.retire(object) }.is_err() {
+                    shared.violation("final retire refused".into());
+                }
+            }
+        }
+        domain.synchronize();
+        domain.stats()
+    });
+    machine.with_cpu(boot, || drop(shared.domain.write().take()));
+
+    violations.extend(shared.violations.lock().iter().cloned());
+    for violation in machine.violations() {
+        violations.push(format!(
+            "machine: {:?}: {}",
+            violation.kind, violation.message
+        ));
+    }
+    let live = machine.live_allocations();
+    if !live.is_empty() {
+        violations.push(format!(
+            "leak: {} block(s) still allocated after unload",
+            live.len()
+        ));
+    }
+    if stats_before_unload.freed + stats_before_unload.pending != stats_before_unload.retired {
+        violations.push(format!(
+            "accounting: retired {} != freed {} + pending {}",
+            stats_before_unload.retired, stats_before_unload.freed, stats_before_unload.pending
+        ));
+    }
+    let report = machine.report();
+    if let Some(idle) = idle_cpu {
+        let messages = report
+            .cpus
+            .iter()
+            .find(|c| c.index == idle)
+            .map_or(0, |c| c.messages_delivered);
+        if spec.strategy != Strategy::Eager && messages != 0 {
+            violations.push(format!(
+                "energy: idle CPU {idle} received {messages} message(s) (S4)"
+            ));
+        }
+    }
+    RunOutcome {
+        stats: RunStats {
+            reads: shared.reads.load(Ordering::Relaxed),
+            retires: shared.retires.load(Ordering::Relaxed),
+            cycles: stats_before_unload.cycles,
+            syncs: shared.syncs.load(Ordering::Relaxed),
+            hot_adds: report.counters.hot_add_complete,
+            cpus: report
+                .cpus
+                .iter()
+                .filter(|c| c.status == crate::machine::CpuStatus::Running)
+                .count() as u32,
+        },
+        violations,
+        machine: describe,
+    }
+}
