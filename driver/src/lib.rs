@@ -4,14 +4,16 @@
 //! - [`nt`]: the binding facade (own `raw-dylib` declarations, or `wdk-sys` with the `wdk` feature);
 //! - [`platform`]: `NtPlatform`, the core's platform trait on NT;
 //! - [`driver`]: `DriverEntry`/`DriverUnload` bodies and the control device;
+//! - [`ioctl`]: the control interface (codes, request layouts, the decoder), shared with `kepochctl`;
 //! - [`support`]: target-independent helpers, unit-tested on the host.
 //!
 //! The image itself is the `kepoch` binary (`driver/src/main.rs`). On hosts other than
-//! `x86_64-pc-windows-msvc` only [`support`] is compiled, so the workspace builds and tests anywhere.
+//! `x86_64-pc-windows-msvc` only [`ioctl`] and [`support`] are compiled, so the workspace builds and tests anywhere.
 #![no_std]
 
 pub use kepoch;
 
+pub mod ioctl;
 pub mod support;
 
 #[cfg(all(target_os = "windows", target_env = "msvc", target_arch = "x86_64"))]

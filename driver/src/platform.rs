@@ -6,7 +6,7 @@ use core::ffi::c_void;
 use core::fmt;
 use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use kepoch::platform::{
     CurrentProcessor, Handler, Irql, LogLevel, Platform, ProcessorChangeFn, ProcessorNumber, Status,
@@ -14,8 +14,8 @@ use kepoch::platform::{
 
 use crate::nt;
 use crate::support::{
-    aligned_start, processor_change_from_nt, relative_due_time, veto_status, LogLine, PoolBlock,
-    POOL_TAG,
+    aligned_start, processor_change_from_nt, relative_due_time, timer_period_ms, veto_status,
+    LogLine, PoolBlock, POOL_TAG,
 };
 use crate::wide;
 
@@ -25,7 +25,11 @@ const STATUS_UNSUCCESSFUL: Status = Status(0xC000_0001u32 as i32);
 /// Writes one line to the kernel debugger (DbgPrintEx, IHV component), prefixed with `kepoch: `.
 /// Callable at any IRQL up to DIRQL; lines longer than DbgPrintEx's 512 bytes are truncated.
 pub fn log_line(level: LogLevel, args: fmt::Arguments<'_>) {
-    let mut line = LogLine::format(format_args!("kepoch: {args}"));
+    // The core's messages already start with "kepoch: "; the driver's own do not.
+    let mut line = LogLine::format(args);
+    if !line.text().starts_with(b"kepoch: ") {
+        line = LogLine::format(format_args!("kepoch: {args}"));
+    }
     let level = match level {
         LogLevel::Error => nt::DPFLTR_ERROR_LEVEL,
         LogLevel::Warning => nt::DPFLTR_WARNING_LEVEL,
@@ -118,11 +122,67 @@ fn resolve(name: &'static [u16]) -> Option<NonNull<c_void>> {
     NonNull::new(unsafe { nt::MmGetSystemRoutineAddress(&mut string) })
 }
 
+/// Storage of the DPC delivery probe. Static (never moves, never freed) so that a probe DPC that runs
+/// after [`dpcs_are_delivered`] stopped waiting still finds valid memory; unload flushes queued DPCs.
+struct DpcProbe {
+    dpc: UnsafeCell<MaybeUninit<nt::KDPC>>,
+    ran: AtomicBool,
+}
+
+// SAFETY: the KDPC is only touched through Ke* routines by the single DriverEntry that runs the probe;
+// `ran` is atomic.
+unsafe impl Sync for DpcProbe {}
+
+static DPC_PROBE: DpcProbe = DpcProbe {
+    dpc: UnsafeCell::new(MaybeUninit::uninit()),
+    ran: AtomicBool::new(false),
+};
+
+unsafe extern "C" fn probe_dpc(
+    _dpc: *mut nt::KDPC,
+    _context: *mut c_void,
+    _argument1: *mut c_void,
+    _argument2: *mut c_void,
+) {
+    DPC_PROBE.ran.store(true, Ordering::Release);
+}
+
+/// Whether DPCs queued to a processor actually run: queues one to the current processor and waits up
+/// to 500 ms for it. On an NT kernel it runs within microseconds. Wine 8 accepts `KeInsertQueueDpc`
+/// but never runs the DPC; there per-CPU slots cannot be bound (a reclamation cycle would wait forever
+/// for their messages), so the platform refuses to bind them and every processor uses the core's shared
+/// overflow slot (a spin-locked participant whose cycles need no DPC). PASSIVE_LEVEL, once per load.
+pub fn dpcs_are_delivered() -> bool {
+    let dpc = DPC_PROBE.dpc.get().cast::<nt::KDPC>();
+    let mut number = nt::PROCESSOR_NUMBER::default();
+    // SAFETY: the static KDPC is initialised before it is queued and never moves; DriverEntry runs the
+    // probe once per load, so it is not queued already; the routine only sets an atomic.
+    unsafe {
+        nt::KeGetCurrentProcessorNumberEx(&mut number);
+        nt::KeInitializeDpc(dpc, Some(probe_dpc), ptr::null_mut());
+        nt::KeSetTargetProcessorDpcEx(dpc, &mut number);
+        nt::KeInsertQueueDpc(dpc, ptr::null_mut(), ptr::null_mut());
+    }
+    for _ in 0..50 {
+        if DPC_PROBE.ran.load(Ordering::Acquire) {
+            return true;
+        }
+        let mut interval = nt::LARGE_INTEGER {
+            QuadPart: -100_000, // 10 ms, relative
+        };
+        // SAFETY: a kernel-mode, non-alertable delay at PASSIVE_LEVEL with a valid interval.
+        unsafe { nt::KeDelayExecutionThread(nt::KERNEL_MODE, 0, &mut interval) };
+    }
+    DPC_PROBE.ran.load(Ordering::Acquire)
+}
+
 /// The NT kernel as the core's platform.
 pub struct NtPlatform {
     /// Device object that passive work items reference (keeps the driver loaded while they run).
     device: NonNull<nt::DEVICE_OBJECT>,
     routines: OptionalRoutines,
+    /// Result of [`dpcs_are_delivered`]: when false, `message_init` refuses to bind per-CPU messages.
+    dpcs_delivered: bool,
 }
 
 // SAFETY: the device object pointer is valid for the driver's lifetime and only passed to kernel routines
@@ -132,15 +192,17 @@ unsafe impl Send for NtPlatform {}
 unsafe impl Sync for NtPlatform {}
 
 impl NtPlatform {
-    /// Builds the platform for `device`, resolving the optional routines. PASSIVE_LEVEL only.
+    /// Builds the platform for `device`, resolving the optional routines. `dpcs_delivered` is the
+    /// result of [`dpcs_are_delivered`]. PASSIVE_LEVEL only.
     ///
     /// # Safety
     /// `device` stays valid (is not deleted) for as long as the platform and anything created by it
     /// (passive work items in particular) exist.
-    pub unsafe fn new(device: NonNull<nt::DEVICE_OBJECT>) -> Self {
+    pub unsafe fn new(device: NonNull<nt::DEVICE_OBJECT>, dpcs_delivered: bool) -> Self {
         Self {
             device,
             routines: OptionalRoutines::resolve(),
+            dpcs_delivered,
         }
     }
 
@@ -203,14 +265,19 @@ unsafe extern "C" fn message_dpc(
     }
 }
 
-/// The reclamation timer: a one-shot KTIMER re-armed after each run of the handler, so the handler never
-/// runs concurrently with itself (a periodic KTIMER's DPC can, when a run outlasts the period).
+/// The reclamation timer: a periodic KTIMER whose DPC runs the handler. A run that finds the previous
+/// one still in progress (a periodic DPC can run on two processors at once when a run outlasts the
+/// period) skips the tick, so the handler never runs concurrently with itself.
+///
+/// The DPC never re-arms its own timer: calling `KeSetTimerEx` from the timer's DPC is legal on NT, but
+/// Wine 8 then waits for its own thread-pool callback while holding its kernel-sync lock, which hangs
+/// every later wait of the driver.
 pub struct NtTimer {
     timer: UnsafeCell<MaybeUninit<nt::KTIMER>>,
     dpc: UnsafeCell<MaybeUninit<nt::KDPC>>,
     handler: UnsafeCell<MaybeUninit<Handler>>,
-    due_time: AtomicI64,
     armed: AtomicBool,
+    running: AtomicBool,
 }
 
 // SAFETY: KTIMER/KDPC are used only through Ke* routines; the handler is written once before the timer
@@ -219,19 +286,6 @@ unsafe impl Send for NtTimer {}
 // SAFETY: see the Send impl.
 unsafe impl Sync for NtTimer {}
 
-impl NtTimer {
-    fn arm(&self) {
-        let due = nt::LARGE_INTEGER {
-            QuadPart: self.due_time.load(Ordering::Relaxed),
-        };
-        // SAFETY: timer and DPC were initialised by timer_init and stay in place; KeSetTimerEx is callable
-        // at IRQL <= DISPATCH and replaces a pending expiry.
-        unsafe {
-            nt::KeSetTimerEx(self.timer.get().cast(), due, 0, self.dpc.get().cast());
-        }
-    }
-}
-
 unsafe extern "C" fn timer_dpc(
     _dpc: *mut nt::KDPC,
     context: *mut c_void,
@@ -239,16 +293,14 @@ unsafe extern "C" fn timer_dpc(
     _argument2: *mut c_void,
 ) {
     // SAFETY: `context` is the NtTimer owning this DPC (timer_init); it lives until timer_release, which
-    // the core calls only after timer_stop has flushed every run of this DPC.
+    // the core calls only after timer_stop has cancelled the timer and flushed every run of this DPC.
     let timer = unsafe { &*context.cast::<NtTimer>() };
-    if !timer.armed.load(Ordering::SeqCst) {
+    if !timer.armed.load(Ordering::SeqCst) || timer.running.swap(true, Ordering::AcqRel) {
         return;
     }
     // SAFETY: the handler was written by timer_init before the timer could fire; its object is alive.
     unsafe { (*timer.handler.get()).assume_init_ref().invoke() };
-    if timer.armed.load(Ordering::SeqCst) {
-        timer.arm();
-    }
+    timer.running.store(false, Ordering::Release);
 }
 
 /// A passive work item (`IO_WORKITEM`, which holds a reference on the device while it runs, so the driver
@@ -427,6 +479,10 @@ unsafe impl Platform for NtPlatform {
         target: ProcessorNumber,
         handler: Handler,
     ) -> Result<(), Status> {
+        if !self.dpcs_delivered {
+            // A message that is never delivered would stall every cycle it is part of.
+            return Err(Status::NOT_SUPPORTED);
+        }
         // SAFETY: the caller gives writable storage that stays in place until message_release;
         // KeInitializeDpc and KeSetTargetProcessorDpcEx only initialise the KDPC inside it.
         unsafe {
@@ -471,8 +527,8 @@ unsafe impl Platform for NtPlatform {
                 timer: UnsafeCell::new(MaybeUninit::uninit()),
                 dpc: UnsafeCell::new(MaybeUninit::uninit()),
                 handler: UnsafeCell::new(MaybeUninit::new(handler)),
-                due_time: AtomicI64::new(relative_due_time(1000)),
                 armed: AtomicBool::new(false),
+                running: AtomicBool::new(false),
             });
             let timer = &*timer;
             nt::KeInitializeTimerEx(timer.timer.get().cast(), nt::NOTIFICATION_TIMER);
@@ -486,20 +542,28 @@ unsafe impl Platform for NtPlatform {
     }
 
     fn timer_start(&self, timer: &NtTimer, period_us: u32) {
-        timer
-            .due_time
-            .store(relative_due_time(period_us), Ordering::Relaxed);
         timer.armed.store(true, Ordering::SeqCst);
-        timer.arm();
+        let due = nt::LARGE_INTEGER {
+            QuadPart: relative_due_time(period_us),
+        };
+        // SAFETY: timer and DPC were initialised by timer_init and stay in place until timer_release;
+        // KeSetTimerEx is callable at IRQL <= DISPATCH.
+        unsafe {
+            nt::KeSetTimerEx(
+                timer.timer.get().cast(),
+                due,
+                timer_period_ms(period_us),
+                timer.dpc.get().cast(),
+            );
+        }
     }
 
     fn timer_stop(&self, timer: &NtTimer) {
-        // A run that saw `armed` before this store may re-arm: wait for it, then cancel what it set; a
-        // DPC that fires after the store returns at once; the last flush waits for that one too.
+        // After the cancel no new expiry is queued; the flush waits for a DPC already queued or running
+        // (one that starts after the store of `armed` returns at once).
         timer.armed.store(false, Ordering::SeqCst);
         // SAFETY: PASSIVE_LEVEL is the caller's contract; the timer was initialised.
         unsafe {
-            nt::KeFlushQueuedDpcs();
             nt::KeCancelTimer(timer.timer.get().cast());
             nt::KeFlushQueuedDpcs();
         }

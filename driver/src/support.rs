@@ -4,7 +4,11 @@
 use core::alloc::Layout;
 use core::fmt;
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use kepoch::config::RegistryValue;
 use kepoch::platform::{ProcessorChange, Status};
+use kepoch::stats::{LatencyHistogram, LATENCY_BUCKETS};
 
 /// Pool tag of every kepoch allocation: shows as `Epch` in `!poolused` / PoolMon (C literal `'hcpE'`).
 pub const POOL_TAG: u32 = u32::from_le_bytes(*b"Epch");
@@ -165,6 +169,13 @@ pub fn relative_due_time(period_us: u32) -> i64 {
     -(i64::from(period_us.max(1)) * 10)
 }
 
+/// The period of a periodic `KeSetTimerEx` (milliseconds, at least 1) for a cycle period in
+/// microseconds, rounded up. NT timers expire on clock ticks (1 to 15.6 ms), so sub-millisecond periods
+/// are not available from a KTIMER anyway.
+pub fn timer_period_ms(period_us: u32) -> i32 {
+    i32::try_from(period_us.div_ceil(1000).max(1)).unwrap_or(i32::MAX)
+}
+
 /// `KE_PROCESSOR_CHANGE_NOTIFY_STATE` + status → the core's [`ProcessorChange`]; `None` for a state
 /// this driver does not know (it is then ignored, never vetoed).
 pub fn processor_change_from_nt(state: u32, status: i32) -> Option<ProcessorChange> {
@@ -185,12 +196,271 @@ pub fn veto_status(change: ProcessorChange, result: Status) -> Option<i32> {
     }
 }
 
+/// `REG_DWORD`.
+pub const REG_DWORD: u32 = 4;
+/// `STATUS_OBJECT_NAME_NOT_FOUND`.
+const STATUS_OBJECT_NAME_NOT_FOUND: i32 = 0xC000_0034u32 as i32;
+/// `STATUS_BUFFER_OVERFLOW`.
+const STATUS_BUFFER_OVERFLOW: i32 = 0x8000_0005u32 as i32;
+
+/// Interprets `ZwQueryValueKey(KeyValuePartialInformation)`: `status` of the call and, when the fixed
+/// part was returned (success or `STATUS_BUFFER_OVERFLOW`), the value's type and data. A value that does
+/// not exist is `Missing`; anything but a 4-byte REG_DWORD is `WrongType`; any other failure is
+/// returned as the error status (the caller logs it and uses the default).
+pub fn registry_value_from_query(
+    status: i32,
+    reg_type: u32,
+    data: &[u8],
+) -> Result<RegistryValue, i32> {
+    if status == STATUS_OBJECT_NAME_NOT_FOUND {
+        return Ok(RegistryValue::Missing);
+    }
+    if status != 0 && status != STATUS_BUFFER_OVERFLOW {
+        return Err(status);
+    }
+    match (status, reg_type, data) {
+        (0, REG_DWORD, &[a, b, c, d]) => Ok(RegistryValue::Dword(u32::from_le_bytes([a, b, c, d]))),
+        _ => Ok(RegistryValue::WrongType(reg_type)),
+    }
+}
+
+/// A SID with two sub-authorities at most, in the binary layout of `SID` (revision 1, NT authority).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WellKnownSid {
+    revision: u8,
+    sub_authority_count: u8,
+    identifier_authority: [u8; 6],
+    sub_authority: [u32; 2],
+}
+
+impl WellKnownSid {
+    /// `S-1-5-18`, LocalSystem (`SY` in SDDL).
+    pub const LOCAL_SYSTEM: WellKnownSid = WellKnownSid::nt(1, [18, 0]);
+    /// `S-1-5-32-544`, BUILTIN\Administrators (`BA` in SDDL).
+    pub const BUILTIN_ADMINISTRATORS: WellKnownSid = WellKnownSid::nt(2, [32, 544]);
+
+    const fn nt(count: u8, sub_authority: [u32; 2]) -> WellKnownSid {
+        WellKnownSid {
+            revision: 1,
+            sub_authority_count: count,
+            identifier_authority: [0, 0, 0, 0, 0, 5],
+            sub_authority,
+        }
+    }
+
+    /// `RtlLengthSid`: 8 bytes plus 4 per sub-authority.
+    pub const fn length(&self) -> usize {
+        8 + 4 * self.sub_authority_count as usize
+    }
+
+    /// The SID in SDDL string form, for logs and tests.
+    pub fn write_sddl(&self, out: &mut impl fmt::Write) -> fmt::Result {
+        write!(out, "S-{}-{}", self.revision, self.identifier_authority[5])?;
+        for sub in &self.sub_authority[..usize::from(self.sub_authority_count)] {
+            write!(out, "-{sub}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of a DACL holding one ACCESS_ALLOWED_ACE per SID: the 8-byte ACL header plus, per ACE, its
+/// 8-byte header (type, flags, size, mask) and the SID.
+pub const fn dacl_size(sids: &[WellKnownSid]) -> usize {
+    let mut size = 8;
+    let mut i = 0;
+    while i < sids.len() {
+        size += 8 + sids[i].length();
+        i += 1;
+    }
+    size
+}
+
+/// The `n`-th (0-based, wrapping) set bit of an affinity mask: spreads load threads over the active
+/// processors of a group. `None` for an empty mask.
+pub fn nth_set_bit(mask: u64, n: u32) -> Option<u32> {
+    let count = mask.count_ones();
+    if count == 0 {
+        return None;
+    }
+    let mut wanted = n % count;
+    let mut rest = mask;
+    loop {
+        let bit = rest.trailing_zeros();
+        if wanted == 0 {
+            return Some(bit);
+        }
+        wanted -= 1;
+        rest &= rest - 1;
+    }
+}
+
+/// The share of `rate` (operations per second) of thread `index` of `threads`: as even as possible,
+/// the first `rate % threads` threads do one more.
+pub fn thread_rate(rate: u32, threads: u32, index: u32) -> u32 {
+    if threads == 0 {
+        return 0;
+    }
+    rate / threads + u32::from(index < rate % threads)
+}
+
+/// How many operations a thread running at `rate` per second should have done after `elapsed` ticks of
+/// a counter running at `frequency` ticks per second.
+pub fn ops_due(elapsed: u64, frequency: u64, rate: u32) -> u64 {
+    if frequency == 0 {
+        return 0;
+    }
+    let due = u128::from(elapsed) * u128::from(rate) / u128::from(frequency);
+    u64::try_from(due).unwrap_or(u64::MAX)
+}
+
+/// Converts performance-counter ticks to nanoseconds.
+pub fn ticks_to_ns(ticks: u64, frequency: u64) -> u64 {
+    if frequency == 0 {
+        return 0;
+    }
+    let ns = u128::from(ticks) * 1_000_000_000 / u128::from(frequency);
+    u64::try_from(ns).unwrap_or(u64::MAX)
+}
+
+/// A [`LatencyHistogram`] that several threads record into (relaxed atomics; the load generator times
+/// outside the measured region, so the shared writes do not skew the figures).
+pub struct AtomicHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS],
+    max_ns: AtomicU64,
+}
+
+impl AtomicHistogram {
+    /// An empty histogram.
+    pub const fn new() -> Self {
+        #[allow(clippy::declare_interior_mutable_const)]
+        const ZERO: AtomicU64 = AtomicU64::new(0);
+        AtomicHistogram {
+            buckets: [ZERO; LATENCY_BUCKETS],
+            max_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one sample.
+    pub fn record(&self, ns: u64) {
+        self.buckets[LatencyHistogram::bucket_of(ns)].fetch_add(1, Ordering::Relaxed);
+        self.max_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    /// A copy of the current counts.
+    pub fn snapshot(&self) -> LatencyHistogram {
+        let mut out = LatencyHistogram::default();
+        for (o, b) in out.buckets.iter_mut().zip(self.buckets.iter()) {
+            *o = b.load(Ordering::Relaxed);
+        }
+        out.max_ns = self.max_ns.load(Ordering::Relaxed);
+        out
+    }
+}
+
+impl Default for AtomicHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
     use super::*;
     use core::fmt::Write;
     use std::vec;
+
+    #[test]
+    fn registry_queries_map_to_registry_values() {
+        const REG_SZ: u32 = 1;
+        let not_found = 0xC000_0034u32 as i32;
+        let overflow = 0x8000_0005u32 as i32;
+        let denied = 0xC000_0022u32 as i32;
+        assert_eq!(
+            registry_value_from_query(not_found, 0, &[]),
+            Ok(RegistryValue::Missing)
+        );
+        assert_eq!(
+            registry_value_from_query(0, REG_DWORD, &7u32.to_le_bytes()),
+            Ok(RegistryValue::Dword(7))
+        );
+        assert_eq!(
+            registry_value_from_query(0, REG_SZ, &[b'7', 0, 0, 0]),
+            Ok(RegistryValue::WrongType(REG_SZ))
+        );
+        assert_eq!(
+            registry_value_from_query(overflow, REG_SZ, &[]),
+            Ok(RegistryValue::WrongType(REG_SZ))
+        );
+        // A REG_DWORD of the wrong length is malformed: not used.
+        assert_eq!(
+            registry_value_from_query(0, REG_DWORD, &[1, 0]),
+            Ok(RegistryValue::WrongType(REG_DWORD))
+        );
+        assert_eq!(registry_value_from_query(denied, 0, &[]), Err(denied));
+    }
+
+    #[test]
+    fn well_known_sids_and_dacl_size() {
+        use std::string::String;
+        let mut text = String::new();
+        WellKnownSid::LOCAL_SYSTEM.write_sddl(&mut text).unwrap();
+        assert_eq!(text, "S-1-5-18");
+        text.clear();
+        WellKnownSid::BUILTIN_ADMINISTRATORS
+            .write_sddl(&mut text)
+            .unwrap();
+        assert_eq!(text, "S-1-5-32-544");
+        assert_eq!(WellKnownSid::LOCAL_SYSTEM.length(), 12);
+        assert_eq!(WellKnownSid::BUILTIN_ADMINISTRATORS.length(), 16);
+        assert_eq!(core::mem::size_of::<WellKnownSid>(), 16);
+        assert_eq!(
+            dacl_size(&[
+                WellKnownSid::LOCAL_SYSTEM,
+                WellKnownSid::BUILTIN_ADMINISTRATORS
+            ]),
+            52
+        );
+    }
+
+    #[test]
+    fn threads_spread_over_active_processors() {
+        assert_eq!(nth_set_bit(0, 3), None);
+        assert_eq!(nth_set_bit(0b1011, 0), Some(0));
+        assert_eq!(nth_set_bit(0b1011, 1), Some(1));
+        assert_eq!(nth_set_bit(0b1011, 2), Some(3));
+        assert_eq!(nth_set_bit(0b1011, 3), Some(0));
+        assert_eq!(nth_set_bit(u64::MAX, 63), Some(63));
+        assert_eq!(nth_set_bit(1 << 63, 5), Some(63));
+    }
+
+    #[test]
+    fn rate_is_split_and_paced() {
+        let total: u32 = (0..7).map(|i| thread_rate(100, 7, i)).sum();
+        assert_eq!(total, 100);
+        assert_eq!(thread_rate(100, 7, 0), 15);
+        assert_eq!(thread_rate(100, 7, 6), 14);
+        assert_eq!(thread_rate(5, 0, 0), 0);
+        assert_eq!(ops_due(10_000_000, 10_000_000, 1000), 1000);
+        assert_eq!(ops_due(5_000_000, 10_000_000, 1000), 500);
+        assert_eq!(ops_due(u64::MAX, 1, u32::MAX), u64::MAX);
+        assert_eq!(ops_due(5, 0, 1), 0);
+        assert_eq!(ticks_to_ns(10, 10_000_000), 1000);
+        assert_eq!(ticks_to_ns(3, 0), 0);
+    }
+
+    #[test]
+    fn atomic_histogram_snapshots() {
+        let h = AtomicHistogram::new();
+        h.record(100);
+        h.record(100);
+        h.record(9000);
+        let s = h.snapshot();
+        assert_eq!(s.count(), 3);
+        assert_eq!(s.max_ns, 9000);
+        assert_eq!(s.summary().p50, 127);
+    }
 
     #[test]
     fn pool_tag_reads_epch_in_memory() {
@@ -270,6 +540,16 @@ mod tests {
         assert_eq!(w.len(), 14);
         assert_eq!(w[0], u16::from(b'\\'));
         assert_eq!(w[13], u16::from(b'h'));
+    }
+
+    #[test]
+    fn timer_period_rounds_up_to_milliseconds() {
+        assert_eq!(timer_period_ms(0), 1);
+        assert_eq!(timer_period_ms(100), 1);
+        assert_eq!(timer_period_ms(1000), 1);
+        assert_eq!(timer_period_ms(1001), 2);
+        assert_eq!(timer_period_ms(1_000_000), 1000);
+        assert_eq!(timer_period_ms(u32::MAX), 4_294_968);
     }
 
     #[test]

@@ -101,7 +101,10 @@ impl Default for Config {
 impl Config {
     /// The default configuration with another strategy.
     pub fn with_strategy(strategy: Strategy) -> Self {
-        Config { strategy, ..Config::default() }
+        Config {
+            strategy,
+            ..Config::default()
+        }
     }
 }
 
@@ -181,7 +184,11 @@ impl fmt::Display for ConfigWarning {
                 setting.value_name(),
                 value
             ),
-            ConfigWarning::Clamped { setting, value, used } => write!(
+            ConfigWarning::Clamped {
+                setting,
+                value,
+                used,
+            } => write!(
                 f,
                 "registry value {} = {} is outside {}..={}; using {}",
                 setting.value_name(),
@@ -217,11 +224,17 @@ pub fn select_config(input: &RegistryInput) -> (Config, ConfigWarnings) {
     let strategy = match input.activation_strategy {
         RegistryValue::Missing => defaults.strategy,
         RegistryValue::Dword(v) => Strategy::from_registry_value(v).unwrap_or_else(|| {
-            warnings[0] = Some(ConfigWarning::OutOfRange { setting: Setting::ActivationStrategy, value: v });
+            warnings[0] = Some(ConfigWarning::OutOfRange {
+                setting: Setting::ActivationStrategy,
+                value: v,
+            });
             defaults.strategy
         }),
         RegistryValue::WrongType(t) => {
-            warnings[0] = Some(ConfigWarning::WrongType { setting: Setting::ActivationStrategy, reg_type: t });
+            warnings[0] = Some(ConfigWarning::WrongType {
+                setting: Setting::ActivationStrategy,
+                reg_type: t,
+            });
             defaults.strategy
         }
     };
@@ -231,11 +244,17 @@ pub fn select_config(input: &RegistryInput) -> (Config, ConfigWarnings) {
         RegistryValue::Dword(0) => false,
         RegistryValue::Dword(1) => true,
         RegistryValue::Dword(v) => {
-            warnings[1] = Some(ConfigWarning::OutOfRange { setting: Setting::IdleDeactivation, value: v });
+            warnings[1] = Some(ConfigWarning::OutOfRange {
+                setting: Setting::IdleDeactivation,
+                value: v,
+            });
             defaults.idle_deactivation
         }
         RegistryValue::WrongType(t) => {
-            warnings[1] = Some(ConfigWarning::WrongType { setting: Setting::IdleDeactivation, reg_type: t });
+            warnings[1] = Some(ConfigWarning::WrongType {
+                setting: Setting::IdleDeactivation,
+                reg_type: t,
+            });
             defaults.idle_deactivation
         }
     };
@@ -245,18 +264,29 @@ pub fn select_config(input: &RegistryInput) -> (Config, ConfigWarnings) {
         RegistryValue::Dword(v) => {
             let used = v.clamp(MIN_CYCLE_PERIOD_US, MAX_CYCLE_PERIOD_US);
             if used != v {
-                warnings[2] = Some(ConfigWarning::Clamped { setting: Setting::CyclePeriodMicroseconds, value: v, used });
+                warnings[2] = Some(ConfigWarning::Clamped {
+                    setting: Setting::CyclePeriodMicroseconds,
+                    value: v,
+                    used,
+                });
             }
             used
         }
         RegistryValue::WrongType(t) => {
-            warnings[2] =
-                Some(ConfigWarning::WrongType { setting: Setting::CyclePeriodMicroseconds, reg_type: t });
+            warnings[2] = Some(ConfigWarning::WrongType {
+                setting: Setting::CyclePeriodMicroseconds,
+                reg_type: t,
+            });
             defaults.cycle_period_us
         }
     };
 
-    let config = Config { strategy, idle_deactivation, cycle_period_us, ..defaults };
+    let config = Config {
+        strategy,
+        idle_deactivation,
+        cycle_period_us,
+        ..defaults
+    };
     (config, warnings)
 }
 
@@ -265,15 +295,22 @@ mod tests {
     use super::*;
 
     fn input(a: RegistryValue, i: RegistryValue, c: RegistryValue) -> RegistryInput {
-        RegistryInput { activation_strategy: a, idle_deactivation: i, cycle_period_us: c }
+        RegistryInput {
+            activation_strategy: a,
+            idle_deactivation: i,
+            cycle_period_us: c,
+        }
     }
 
     const REG_SZ: u32 = 1;
 
     #[test]
     fn missing_values_mean_defaults_without_warnings() {
-        let (config, warnings) =
-            select_config(&input(RegistryValue::Missing, RegistryValue::Missing, RegistryValue::Missing));
+        let (config, warnings) = select_config(&input(
+            RegistryValue::Missing,
+            RegistryValue::Missing,
+            RegistryValue::Missing,
+        ));
         assert_eq!(config, Config::default());
         assert_eq!(config.strategy, Strategy::Callback);
         assert!(warnings.iter().all(Option::is_none));
@@ -283,7 +320,11 @@ mod tests {
     fn every_valid_strategy_value_selects_its_strategy() {
         for strategy in Strategy::ALL {
             let value = RegistryValue::Dword(strategy.registry_value());
-            let (config, warnings) = select_config(&input(value, RegistryValue::Missing, RegistryValue::Missing));
+            let (config, warnings) = select_config(&input(
+                value,
+                RegistryValue::Missing,
+                RegistryValue::Missing,
+            ));
             assert_eq!(config.strategy, strategy);
             assert!(warnings.iter().all(Option::is_none));
         }
@@ -291,33 +332,63 @@ mod tests {
 
     #[test]
     fn out_of_range_and_wrong_type_fall_back_with_a_warning() {
-        let (config, warnings) =
-            select_config(&input(RegistryValue::Dword(7), RegistryValue::Dword(3), RegistryValue::WrongType(REG_SZ)));
+        let (config, warnings) = select_config(&input(
+            RegistryValue::Dword(7),
+            RegistryValue::Dword(3),
+            RegistryValue::WrongType(REG_SZ),
+        ));
         assert_eq!(config, Config::default());
         assert_eq!(
             warnings[0],
-            Some(ConfigWarning::OutOfRange { setting: Setting::ActivationStrategy, value: 7 })
+            Some(ConfigWarning::OutOfRange {
+                setting: Setting::ActivationStrategy,
+                value: 7
+            })
         );
-        assert_eq!(warnings[1], Some(ConfigWarning::OutOfRange { setting: Setting::IdleDeactivation, value: 3 }));
+        assert_eq!(
+            warnings[1],
+            Some(ConfigWarning::OutOfRange {
+                setting: Setting::IdleDeactivation,
+                value: 3
+            })
+        );
         assert_eq!(
             warnings[2],
-            Some(ConfigWarning::WrongType { setting: Setting::CyclePeriodMicroseconds, reg_type: REG_SZ })
+            Some(ConfigWarning::WrongType {
+                setting: Setting::CyclePeriodMicroseconds,
+                reg_type: REG_SZ
+            })
         );
-        let (config, warnings) =
-            select_config(&input(RegistryValue::WrongType(REG_SZ), RegistryValue::Missing, RegistryValue::Missing));
+        let (config, warnings) = select_config(&input(
+            RegistryValue::WrongType(REG_SZ),
+            RegistryValue::Missing,
+            RegistryValue::Missing,
+        ));
         assert_eq!(config.strategy, Strategy::Callback);
         assert!(matches!(warnings[0], Some(ConfigWarning::WrongType { .. })));
     }
 
     #[test]
     fn cycle_period_is_clamped_to_the_documented_range() {
-        let (config, warnings) =
-            select_config(&input(RegistryValue::Missing, RegistryValue::Dword(0), RegistryValue::Dword(5)));
+        let (config, warnings) = select_config(&input(
+            RegistryValue::Missing,
+            RegistryValue::Dword(0),
+            RegistryValue::Dword(5),
+        ));
         assert!(!config.idle_deactivation);
         assert_eq!(config.cycle_period_us, MIN_CYCLE_PERIOD_US);
-        assert!(matches!(warnings[2], Some(ConfigWarning::Clamped { used: MIN_CYCLE_PERIOD_US, .. })));
-        let (config, _) =
-            select_config(&input(RegistryValue::Missing, RegistryValue::Missing, RegistryValue::Dword(u32::MAX)));
+        assert!(matches!(
+            warnings[2],
+            Some(ConfigWarning::Clamped {
+                used: MIN_CYCLE_PERIOD_US,
+                ..
+            })
+        ));
+        let (config, _) = select_config(&input(
+            RegistryValue::Missing,
+            RegistryValue::Missing,
+            RegistryValue::Dword(u32::MAX),
+        ));
         assert_eq!(config.cycle_period_us, MAX_CYCLE_PERIOD_US);
     }
 }

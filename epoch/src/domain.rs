@@ -149,7 +149,11 @@ impl<P: Platform> Drop for DomainBox<P> {
 
 /// Byte offset of the value in a block from [`Domain::alloc`]: the header, padded to a cache line.
 const fn value_offset<T>() -> usize {
-    let align = if mem::align_of::<T>() > 64 { mem::align_of::<T>() } else { 64 };
+    let align = if mem::align_of::<T>() > 64 {
+        mem::align_of::<T>()
+    } else {
+        64
+    };
     let header = mem::size_of::<RetireHeader>();
     header.div_ceil(align) * align
 }
@@ -171,7 +175,9 @@ unsafe fn dispose_object<T, P: Platform>(header: *mut RetireHeader, domain: *con
         let value = header.cast::<u8>().add(value_offset::<T>()).cast::<T>();
         ptr::drop_in_place(value);
         let domain = &*(domain as *const Domain<P>);
-        domain.platform.free(NonNull::new_unchecked(header.cast()), layout);
+        domain
+            .platform
+            .free(NonNull::new_unchecked(header.cast()), layout);
     }
 }
 
@@ -208,7 +214,10 @@ impl<P: Platform> Domain<P> {
     /// Creates a domain: prepares per-CPU state as the strategy says, registers for processor-change
     /// notifications (`callback`), starts the cycle timer and logs one line. PASSIVE only.
     pub fn create(platform: P, config: Config) -> Result<DomainBox<P>, LoadError> {
-        let resources = LoadError { status: Status::INSUFFICIENT_RESOURCES, reason: LoadFailure::Resources };
+        let resources = LoadError {
+            status: Status::INSUFFICIENT_RESOURCES,
+            reason: LoadFailure::Resources,
+        };
         let Some(memory) = platform.allocate(Layout::new::<Domain<P>>()) else {
             return Err(resources);
         };
@@ -229,7 +238,9 @@ impl<P: Platform> Domain<P> {
                     first: AtomicPtr::new(ptr::null_mut()),
                 },
                 table: SlotTable::new(),
-                registry: SpinLock::new(Registry { head: ptr::null_mut() }),
+                registry: SpinLock::new(Registry {
+                    head: ptr::null_mut(),
+                }),
                 overflow: SpinLock::new(Participant::new()),
                 counters: DomainCounters::default(),
                 config,
@@ -250,11 +261,19 @@ impl<P: Platform> Domain<P> {
         let this = raw as *const ();
         // SAFETY: the events and timer live inside the domain, which never moves.
         let timer_ok = unsafe {
-            domain.platform.event_init(domain.cycle_done.as_ptr().cast_mut());
-            domain.platform.event_init(domain.work_idle.as_ptr().cast_mut());
             domain
                 .platform
-                .timer_init(domain.timer.as_ptr().cast_mut(), Handler { func: Self::on_timer, context: this })
+                .event_init(domain.cycle_done.as_ptr().cast_mut());
+            domain
+                .platform
+                .event_init(domain.work_idle.as_ptr().cast_mut());
+            domain.platform.timer_init(
+                domain.timer.as_ptr().cast_mut(),
+                Handler {
+                    func: Self::on_timer,
+                    context: this,
+                },
+            )
         };
         if timer_ok.is_err() {
             // SAFETY: nothing refers to the domain yet; free it without a shutdown.
@@ -265,14 +284,18 @@ impl<P: Platform> Domain<P> {
             }
             return Err(resources);
         }
-        let boxed = DomainBox { domain: NonNull::from(domain) };
+        let boxed = DomainBox {
+            domain: NonNull::from(domain),
+        };
 
         match config.strategy {
             Strategy::Eager => domain.prepare_eager()?,
             Strategy::Callback => domain.register_callback(),
             Strategy::Lazy => {}
         }
-        domain.platform.timer_start(domain.timer(), config.cycle_period_us);
+        domain
+            .platform
+            .timer_start(domain.timer(), config.cycle_period_us);
         domain.platform.log(
             LogLevel::Info,
             format_args!(
@@ -349,7 +372,12 @@ impl<P: Platform> Domain<P> {
 
     /// Allocates, initialises and publishes the slot of `processor`. Returns the slot (an existing one if
     /// another path prepared it first) or `None` when the allocation or the binding failed.
-    fn prepare_slot(&self, processor: ProcessorNumber, ready: bool, participating: bool) -> Option<*mut Slot<P>> {
+    fn prepare_slot(
+        &self,
+        processor: ProcessorNumber,
+        ready: bool,
+        participating: bool,
+    ) -> Option<*mut Slot<P>> {
         let layout = Layout::new::<Slot<P>>();
         let Some(memory) = self.platform.allocate(layout) else {
             DomainCounters::add(&self.counters.prepare_failures, 1);
@@ -359,7 +387,8 @@ impl<P: Platform> Domain<P> {
         let part = Participant::new();
         if participating {
             part.participating.store(true, Ordering::Relaxed);
-            part.local_epoch.store(self.global_epoch(), Ordering::Relaxed);
+            part.local_epoch
+                .store(self.global_epoch(), Ordering::Relaxed);
         }
         // SAFETY: fresh allocation of `Slot<P>`'s layout.
         unsafe {
@@ -373,10 +402,16 @@ impl<P: Platform> Domain<P> {
                 message: MaybeUninit::uninit(),
             })
         };
-        let handler = Handler { func: Self::on_message, context: slot as *const () };
+        let handler = Handler {
+            func: Self::on_message,
+            context: slot as *const (),
+        };
         // SAFETY: the message lives inside the slot, which never moves until it is freed after
         // `message_release`.
-        let bound = unsafe { self.platform.message_init((*slot).message.as_mut_ptr(), processor, handler) };
+        let bound = unsafe {
+            self.platform
+                .message_init((*slot).message.as_mut_ptr(), processor, handler)
+        };
         if bound.is_err() {
             // SAFETY: the slot was never published.
             unsafe { self.platform.free(memory, layout) };
@@ -387,13 +422,20 @@ impl<P: Platform> Domain<P> {
         match self.table.insert(&self.platform, processor, slot) {
             Ok((None, group_bytes)) => {
                 // SAFETY: `slot` is ours and now published; the registry lock is held.
-                unsafe { (*slot).next_registered.store(registry.head, Ordering::Relaxed) };
+                unsafe {
+                    (*slot)
+                        .next_registered
+                        .store(registry.head, Ordering::Relaxed)
+                };
                 registry.head = slot;
                 if participating {
                     self.participants.fetch_add(1, Ordering::Relaxed);
                 }
                 drop(registry);
-                DomainCounters::add(&self.counters.per_cpu_bytes, (layout.size() + group_bytes) as u64);
+                DomainCounters::add(
+                    &self.counters.per_cpu_bytes,
+                    (layout.size() + group_bytes) as u64,
+                );
                 DomainCounters::add(&self.counters.cpus_prepared, 1);
                 Some(slot)
             }
@@ -423,7 +465,10 @@ impl<P: Platform> Domain<P> {
         unsafe {
             self.platform.message_release((*slot).message.as_mut_ptr());
             ptr::drop_in_place(slot);
-            self.platform.free(NonNull::new_unchecked(slot.cast()), Layout::new::<Slot<P>>());
+            self.platform.free(
+                NonNull::new_unchecked(slot.cast()),
+                Layout::new::<Slot<P>>(),
+            );
         }
     }
 
@@ -433,7 +478,10 @@ impl<P: Platform> Domain<P> {
             let processor = self
                 .platform
                 .processor_number_from_index(index)
-                .map_err(|status| LoadError { status, reason: LoadFailure::ProcessorIndex(index) })?;
+                .map_err(|status| LoadError {
+                    status,
+                    reason: LoadFailure::ProcessorIndex(index),
+                })?;
             if self.prepare_slot(processor, true, true).is_none() {
                 return Err(LoadError {
                     status: Status::INSUFFICIENT_RESOURCES,
@@ -448,17 +496,24 @@ impl<P: Platform> Domain<P> {
     /// `callback`: register for processor-change notifications, or fall back to `lazy`.
     fn register_callback(&self) {
         // SAFETY: the domain outlives the registration: shutdown deregisters first.
-        let result =
-            unsafe { self.platform.processor_change_register(Self::on_processor_change, self as *const Self as *const ()) };
+        let result = unsafe {
+            self.platform.processor_change_register(
+                Self::on_processor_change,
+                self as *const Self as *const (),
+            )
+        };
         let state = match result {
             Ok(Some(handle)) => {
-                self.callback_handle.store(handle.as_ptr(), Ordering::Release);
+                self.callback_handle
+                    .store(handle.as_ptr(), Ordering::Release);
                 CallbackState::Registered
             }
             Ok(None) => {
                 self.platform.log(
                     LogLevel::Warning,
-                    format_args!("kepoch: KeRegisterProcessorChangeCallback is missing; running as lazy"),
+                    format_args!(
+                        "kepoch: KeRegisterProcessorChangeCallback is missing; running as lazy"
+                    ),
                 );
                 CallbackState::ApiMissing
             }
@@ -474,7 +529,11 @@ impl<P: Platform> Domain<P> {
     }
 
     /// Processor-change notification (PASSIVE/APC, never concurrent with itself). Never vetoes.
-    unsafe fn on_processor_change(context: *const (), change: ProcessorChange, processor: CurrentProcessor) -> Status {
+    unsafe fn on_processor_change(
+        context: *const (),
+        change: ProcessorChange,
+        processor: CurrentProcessor,
+    ) -> Status {
         // SAFETY: registered with the domain as context; deregistered before the domain goes away.
         let domain = unsafe { &*(context as *const Self) };
         let number = processor.number;
@@ -529,7 +588,9 @@ impl<P: Platform> Domain<P> {
         }
         drop(registry);
         // A slot that never became ready never had readers, items or messages: nothing refers to it.
-        self.counters.per_cpu_bytes.fetch_sub(Layout::new::<Slot<P>>().size() as u64, Ordering::Relaxed);
+        self.counters
+            .per_cpu_bytes
+            .fetch_sub(Layout::new::<Slot<P>>().size() as u64, Ordering::Relaxed);
         self.counters.cpus_prepared.fetch_sub(1, Ordering::Relaxed);
         // SAFETY: unpublished above; no processor ran epoch code with it.
         unsafe { self.discard_slot(slot) };
@@ -567,7 +628,10 @@ impl<P: Platform> Domain<P> {
                 }
                 let entry = part.readers.enter(part.local_epoch.load(Ordering::Relaxed));
                 ParticipantCounters::bump(&part.counters.enters);
-                RawGuard { participant: part as *const Participant, entry }
+                RawGuard {
+                    participant: part as *const Participant,
+                    entry,
+                }
             }
             _ => self.enter_slow(current, slot.is_null()),
         };
@@ -590,7 +654,10 @@ impl<P: Platform> Domain<P> {
                     }
                     let entry = part.readers.enter(part.local_epoch.load(Ordering::Relaxed));
                     ParticipantCounters::bump(&part.counters.enters);
-                    return RawGuard { participant: part as *const Participant, entry };
+                    return RawGuard {
+                        participant: part as *const Participant,
+                        entry,
+                    };
                 }
             }
         }
@@ -602,7 +669,10 @@ impl<P: Platform> Domain<P> {
         let entry = overflow.readers.enter(self.global_epoch());
         ParticipantCounters::bump(&overflow.counters.enters);
         DomainCounters::add(&self.counters.fallback_uses, 1);
-        RawGuard { participant: &*overflow as *const Participant, entry }
+        RawGuard {
+            participant: &*overflow as *const Participant,
+            entry,
+        }
     }
 
     /// Lazy preparation of the current processor's slot, at DISPATCH on that processor.
@@ -610,7 +680,9 @@ impl<P: Platform> Domain<P> {
         if self.config.strategy == Strategy::Eager {
             return None;
         }
-        if self.prepare_retry_epoch.load(Ordering::Relaxed) > self.global_epoch.load(Ordering::Relaxed) {
+        if self.prepare_retry_epoch.load(Ordering::Relaxed)
+            > self.global_epoch.load(Ordering::Relaxed)
+        {
             return None;
         }
         match self.prepare_slot(processor, true, false) {
@@ -620,7 +692,10 @@ impl<P: Platform> Domain<P> {
             }
             None => {
                 // Do not retry before the next cycle: a failing allocation must not tax every enter.
-                self.prepare_retry_epoch.store(self.global_epoch.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                self.prepare_retry_epoch.store(
+                    self.global_epoch.load(Ordering::Relaxed) + 1,
+                    Ordering::Relaxed,
+                );
                 self.platform.log(
                     LogLevel::Warning,
                     format_args!("kepoch: preparing processor {processor} at DISPATCH failed; using the overflow slot"),
@@ -636,7 +711,8 @@ impl<P: Platform> Domain<P> {
     fn join(&self, part: &Participant) {
         part.participating.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        part.local_epoch.store(self.global_epoch.load(Ordering::SeqCst), Ordering::Relaxed);
+        part.local_epoch
+            .store(self.global_epoch.load(Ordering::SeqCst), Ordering::Relaxed);
         self.participants.fetch_add(1, Ordering::Relaxed);
         ParticipantCounters::bump(&part.counters.joins);
     }
@@ -688,7 +764,11 @@ impl<P: Platform> Domain<P> {
         let header = memory.as_ptr().cast::<RetireHeader>();
         // SAFETY: fresh block of `layout`: header at 0, value at `value_offset`, both in bounds.
         unsafe {
-            header.write(RetireHeader::new(Kind::Memory, dispose_object::<T, P>, layout));
+            header.write(RetireHeader::new(
+                Kind::Memory,
+                dispose_object::<T, P>,
+                layout,
+            ));
             let value_ptr = memory.as_ptr().add(value_offset::<T>()).cast::<T>();
             value_ptr.write(value);
             Ok(NonNull::new_unchecked(value_ptr))
@@ -702,7 +782,11 @@ impl<P: Platform> Domain<P> {
     pub unsafe fn free_now<T>(&self, value: NonNull<T>) {
         // SAFETY: per the caller, the header precedes the value and nobody else uses the block.
         unsafe {
-            let header = value.as_ptr().cast::<u8>().sub(value_offset::<T>()).cast::<RetireHeader>();
+            let header = value
+                .as_ptr()
+                .cast::<u8>()
+                .sub(value_offset::<T>())
+                .cast::<RetireHeader>();
             ((*header).dispose)(header, self as *const Self as *const ());
         }
     }
@@ -716,17 +800,31 @@ impl<P: Platform> Domain<P> {
     /// now on.
     pub unsafe fn retire<T>(&self, value: NonNull<T>) -> Result<u64, RetireError> {
         // SAFETY: per the caller, the header precedes the value.
-        let header = unsafe { value.as_ptr().cast::<u8>().sub(value_offset::<T>()).cast::<RetireHeader>() };
+        let header = unsafe {
+            value
+                .as_ptr()
+                .cast::<u8>()
+                .sub(value_offset::<T>())
+                .cast::<RetireHeader>()
+        };
         // SAFETY: the block is alive (it has not been released, since it is not yet retired or the
         // state check below refuses).
         unsafe { self.retire_header(header, state::LIVE) }
     }
 
     /// Moves `header` from `from` to RETIRED and appends it to the current participant's list.
-    unsafe fn retire_header(&self, header: *mut RetireHeader, from: u8) -> Result<u64, RetireError> {
+    unsafe fn retire_header(
+        &self,
+        header: *mut RetireHeader,
+        from: u8,
+    ) -> Result<u64, RetireError> {
         // SAFETY: the caller passes a live header.
         let head = unsafe { &*header };
-        if head.state.compare_exchange(from, state::RETIRED, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        if head
+            .state
+            .compare_exchange(from, state::RETIRED, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
             DomainCounters::add(&self.counters.double_retires, 1);
             return Err(RetireError::AlreadyRetired);
         }
@@ -785,10 +883,20 @@ impl<P: Platform> Domain<P> {
             Kind::Memory => unsafe { (head.dispose)(header, self as *const Self as *const ()) },
             Kind::Work => {
                 let block = header.cast::<WorkBlock<P>>();
-                if head.state.compare_exchange(state::RETIRED, state::QUEUED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                if head
+                    .state
+                    .compare_exchange(
+                        state::RETIRED,
+                        state::QUEUED,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok()
+                {
                     self.outstanding_work.fetch_add(1, Ordering::AcqRel);
                     // SAFETY: the block holds the domain's reference until the work runs.
-                    self.platform.passive_queue(unsafe { (*block).passive.assume_init_ref() });
+                    self.platform
+                        .passive_queue(unsafe { (*block).passive.assume_init_ref() });
                 } else {
                     // Cancelled while waiting: back to idle, drop the domain's reference.
                     head.state.store(state::LIVE, Ordering::Release);
@@ -817,14 +925,24 @@ impl<P: Platform> Domain<P> {
                 domain: self,
                 passive: MaybeUninit::uninit(),
             });
-            let handler = Handler { func: Self::on_work, context: block as *const () };
-            if self.platform.passive_init((*block).passive.as_mut_ptr(), handler).is_err() {
+            let handler = Handler {
+                func: Self::on_work,
+                context: block as *const (),
+            };
+            if self
+                .platform
+                .passive_init((*block).passive.as_mut_ptr(), handler)
+                .is_err()
+            {
                 ptr::drop_in_place(block);
                 self.platform.free(memory, layout);
                 return None;
             }
         }
-        Some(WorkItem { block: NonNull::new(block)?, domain: self })
+        Some(WorkItem {
+            block: NonNull::new(block)?,
+            domain: self,
+        })
     }
 
     /// Schedules `item` to run once everything retired before this call is safe. Refused (and counted)
@@ -847,7 +965,15 @@ impl<P: Platform> Domain<P> {
     pub fn cancel_work(&self, item: &WorkItem<'_, P>) -> bool {
         // SAFETY: the handle keeps the block alive.
         let header = unsafe { &(*item.block.as_ptr()).header };
-        header.state.compare_exchange(state::RETIRED, state::CANCELLED, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        header
+            .state
+            .compare_exchange(
+                state::RETIRED,
+                state::CANCELLED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
     }
 
     /// Passive-level trampoline of a work item.
@@ -877,7 +1003,8 @@ impl<P: Platform> Domain<P> {
                 self.platform.passive_release((*block).passive.as_mut_ptr());
                 let layout = (*block).header.layout;
                 ptr::drop_in_place(block);
-                self.platform.free(NonNull::new_unchecked(block.cast()), layout);
+                self.platform
+                    .free(NonNull::new_unchecked(block.cast()), layout);
             }
         }
     }
@@ -907,7 +1034,12 @@ impl<P: Platform> Domain<P> {
         if self.shutting_down.load(Ordering::Acquire) {
             return;
         }
-        if self.cycle.in_flight.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+        if self
+            .cycle
+            .in_flight
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
             self.cycle.requested.store(true, Ordering::SeqCst);
             return;
         }
@@ -916,7 +1048,10 @@ impl<P: Platform> Domain<P> {
         fence(Ordering::SeqCst);
         self.cycle.epoch.store(epoch, Ordering::Relaxed);
         self.cycle.oldest.store(epoch, Ordering::Relaxed);
-        self.cycle.release_at_start.store(self.released_epoch.load(Ordering::Acquire), Ordering::Relaxed);
+        self.cycle.release_at_start.store(
+            self.released_epoch.load(Ordering::Acquire),
+            Ordering::Relaxed,
+        );
 
         // Snapshot the ring after publishing the epoch (see `join`). Membership of this cycle is fixed
         // here: joins from now on belong to the next cycle.
@@ -927,7 +1062,8 @@ impl<P: Platform> Domain<P> {
             // SAFETY: registry slots are valid while the lock is held, and members stay valid for the
             // cycle (only never-ready slots are ever removed, and those never participate).
             let slot = unsafe { &*cursor };
-            if slot.part.participating.load(Ordering::SeqCst) && slot.ready.load(Ordering::Acquire) {
+            if slot.part.participating.load(Ordering::SeqCst) && slot.ready.load(Ordering::Acquire)
+            {
                 slot.next_in_cycle.store(first, Ordering::Relaxed);
                 first = cursor;
             }
@@ -937,7 +1073,9 @@ impl<P: Platform> Domain<P> {
         self.cycle.first.store(first, Ordering::Release);
         match NonNull::new(first) {
             // SAFETY: `first` is a member slot with a bound message.
-            Some(first) => self.platform.message_send(unsafe { first.as_ref().message.assume_init_ref() }),
+            Some(first) => self
+                .platform
+                .message_send(unsafe { first.as_ref().message.assume_init_ref() }),
             None => self.finish_cycle(),
         }
     }
@@ -960,7 +1098,11 @@ impl<P: Platform> Domain<P> {
         }
 
         part.local_epoch.store(epoch, Ordering::Relaxed);
-        let oldest = if domain.mutated(Mutation::SkipReaderScan) { None } else { part.readers.oldest_active_epoch() };
+        let oldest = if domain.mutated(Mutation::SkipReaderScan) {
+            None
+        } else {
+            part.readers.oldest_active_epoch()
+        };
         if let Some(oldest) = oldest {
             domain.check_stall(part, oldest, epoch, Some(slot.processor));
             if oldest < domain.cycle.oldest.load(Ordering::Relaxed) {
@@ -968,7 +1110,8 @@ impl<P: Platform> Domain<P> {
             }
         }
 
-        let idle = oldest.is_none() && part.readers.active_readers() == 0 && part.retired.is_empty();
+        let idle =
+            oldest.is_none() && part.readers.active_readers() == 0 && part.retired.is_empty();
         if idle && domain.config.idle_deactivation && domain.config.strategy != Strategy::Eager {
             part.participating.store(false, Ordering::SeqCst);
             domain.participants.fetch_sub(1, Ordering::Relaxed);
@@ -977,7 +1120,9 @@ impl<P: Platform> Domain<P> {
 
         match NonNull::new(slot.next_in_cycle.load(Ordering::Relaxed)) {
             // SAFETY: ring members are valid slots with bound messages.
-            Some(next) => domain.platform.message_send(unsafe { next.as_ref().message.assume_init_ref() }),
+            Some(next) => domain
+                .platform
+                .message_send(unsafe { next.as_ref().message.assume_init_ref() }),
             None => domain.finish_cycle(),
         }
     }
@@ -989,9 +1134,17 @@ impl<P: Platform> Domain<P> {
     }
 
     /// Reports a reader that holds reclamation back for too long (once per stalled epoch).
-    fn check_stall(&self, part: &Participant, oldest: u64, epoch: u64, processor: Option<ProcessorNumber>) {
+    fn check_stall(
+        &self,
+        part: &Participant,
+        oldest: u64,
+        epoch: u64,
+        processor: Option<ProcessorNumber>,
+    ) {
         let held = epoch.saturating_sub(oldest);
-        if held < self.config.stall_threshold_cycles || part.stall_reported.load(Ordering::Relaxed) == oldest {
+        if held < self.config.stall_threshold_cycles
+            || part.stall_reported.load(Ordering::Relaxed) == oldest
+        {
             return;
         }
         part.stall_reported.store(oldest, Ordering::Relaxed);
@@ -1023,8 +1176,11 @@ impl<P: Platform> Domain<P> {
         {
             let overflow = self.overflow.lock();
             overflow.local_epoch.store(epoch, Ordering::Relaxed);
-            let overflow_oldest =
-                if self.mutated(Mutation::SkipReaderScan) { None } else { overflow.readers.oldest_active_epoch() };
+            let overflow_oldest = if self.mutated(Mutation::SkipReaderScan) {
+                None
+            } else {
+                overflow.readers.oldest_active_epoch()
+            };
             if let Some(o) = overflow_oldest {
                 self.check_stall(&overflow, o, epoch, None);
                 oldest = oldest.min(o);
@@ -1036,7 +1192,10 @@ impl<P: Platform> Domain<P> {
                 unsafe { released_items.push(item, release) };
                 ParticipantCounters::bump(&overflow.counters.freed);
             }
-            if overflow_oldest.is_none() && overflow.retired.is_empty() && overflow.participating.load(Ordering::Relaxed) {
+            if overflow_oldest.is_none()
+                && overflow.retired.is_empty()
+                && overflow.participating.load(Ordering::Relaxed)
+            {
                 overflow.participating.store(false, Ordering::SeqCst);
             }
         }
@@ -1186,9 +1345,13 @@ impl<P: Platform> Domain<P> {
             // SAFETY: unlinked from the registry; nothing refers to it any more.
             unsafe {
                 let next = (*cursor).next_registered.load(Ordering::Relaxed);
-                self.platform.message_release((*cursor).message.as_mut_ptr());
+                self.platform
+                    .message_release((*cursor).message.as_mut_ptr());
                 ptr::drop_in_place(cursor);
-                self.platform.free(NonNull::new_unchecked(cursor.cast()), Layout::new::<Slot<P>>());
+                self.platform.free(
+                    NonNull::new_unchecked(cursor.cast()),
+                    Layout::new::<Slot<P>>(),
+                );
                 cursor = next;
             }
         }

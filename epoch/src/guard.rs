@@ -26,7 +26,10 @@ pub struct Guard<'d, P: Platform> {
 
 impl<'d, P: Platform> Guard<'d, P> {
     pub(crate) fn new(domain: &'d Domain<P>, token: RawGuard) -> Self {
-        Guard { domain, token: Some(token) }
+        Guard {
+            domain,
+            token: Some(token),
+        }
     }
 
     /// The domain this guard belongs to.

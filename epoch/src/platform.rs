@@ -236,7 +236,11 @@ pub unsafe trait Platform: Send + Sync + 'static {
     ///
     /// # Safety
     /// `work` points to storage that stays at this address until `passive_release`.
-    unsafe fn passive_init(&self, work: *mut Self::PassiveWork, handler: Handler) -> Result<(), Status>;
+    unsafe fn passive_init(
+        &self,
+        work: *mut Self::PassiveWork,
+        handler: Handler,
+    ) -> Result<(), Status>;
     /// Queues the work item; its handler runs once at PASSIVE on a system thread. Callable at DISPATCH.
     fn passive_queue(&self, work: &Self::PassiveWork);
     /// Undoes `passive_init`.

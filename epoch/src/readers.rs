@@ -167,14 +167,19 @@ mod tests {
     #[test]
     fn a_full_table_records_new_readers_as_older_never_newer() {
         let table = ReaderTable::new();
-        let held: std::vec::Vec<_> = (0..READER_ENTRIES as u64).map(|e| table.enter(10 + e)).collect();
+        let held: std::vec::Vec<_> = (0..READER_ENTRIES as u64)
+            .map(|e| table.enter(10 + e))
+            .collect();
         let overflow = table.enter(100);
         // Counted in the newest entry, epoch 17: older than its real epoch 100, which is safe.
         assert_eq!(overflow, held[READER_ENTRIES - 1]);
         for i in held {
             table.exit_local(i);
         }
-        assert_eq!(table.oldest_active_epoch(), Some(10 + READER_ENTRIES as u64 - 1));
+        assert_eq!(
+            table.oldest_active_epoch(),
+            Some(10 + READER_ENTRIES as u64 - 1)
+        );
         table.exit_local(overflow);
         assert_eq!(table.oldest_active_epoch(), None);
     }

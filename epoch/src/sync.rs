@@ -2,10 +2,14 @@
 //! `--cfg loom` so that the model checker sees every shared access.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+pub(crate) use loom::sync::atomic::{
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering,
+};
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+pub(crate) use core::sync::atomic::{
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering,
+};
 
 /// Tells the processor (or loom's scheduler) that the caller is spinning.
 #[inline]
@@ -21,5 +25,8 @@ pub(crate) fn spin_hint() {
 /// a slightly stale value, which is fine for statistics and for the owner-only reader counts.
 #[inline]
 pub(crate) fn owner_add(counter: &AtomicU64, delta: u64) {
-    counter.store(counter.load(Ordering::Relaxed).wrapping_add(delta), Ordering::Relaxed);
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(delta),
+        Ordering::Relaxed,
+    );
 }

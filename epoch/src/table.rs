@@ -37,7 +37,9 @@ pub(crate) enum InsertError {
 impl<P: Platform> SlotTable<P> {
     /// An empty table.
     pub(crate) fn new() -> Self {
-        SlotTable { groups: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())) }
+        SlotTable {
+            groups: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+        }
     }
 
     /// Bytes of one group table.
@@ -80,7 +82,9 @@ impl<P: Platform> SlotTable<P> {
             let fresh = memory.as_ptr().cast::<GroupTable<P>>();
             // SAFETY: fresh allocation of the right layout, not yet shared.
             unsafe {
-                fresh.write(GroupTable { slots: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())) })
+                fresh.write(GroupTable {
+                    slots: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+                })
             };
             self.groups[group].store(fresh, Ordering::Release);
             table = fresh;

@@ -53,7 +53,11 @@ unsafe impl Sync for TestEvent {}
 
 impl TestPlatform {
     fn new(cpus: usize, max_reported: u32) -> Self {
-        TestPlatform(Arc::new(Mutex::new(State { cpus, max_reported, ..State::default() })))
+        TestPlatform(Arc::new(Mutex::new(State {
+            cpus,
+            max_reported,
+            ..State::default()
+        })))
     }
     fn on_cpu<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
         let old = CPU.with(|c| c.replace(cpu));
@@ -114,7 +118,10 @@ unsafe impl Platform for TestPlatform {
 
     fn current_processor(&self) -> CurrentProcessor {
         let cpu = CPU.with(Cell::get);
-        CurrentProcessor { number: ProcessorNumber::new(0, cpu as u8), index: cpu as u32 }
+        CurrentProcessor {
+            number: ProcessorNumber::new(0, cpu as u8),
+            index: cpu as u32,
+        }
     }
     fn current_irql(&self) -> Irql {
         Irql(IRQL.with(Cell::get))
@@ -151,15 +158,26 @@ unsafe impl Platform for TestPlatform {
     }
     unsafe fn free(&self, ptr: NonNull<u8>, layout: Layout) {
         let recorded = self.0.lock().unwrap().live.remove(&(ptr.as_ptr() as usize));
-        assert_eq!(recorded, Some(layout), "free of an unknown block or with the wrong layout");
+        assert_eq!(
+            recorded,
+            Some(layout),
+            "free of an unknown block or with the wrong layout"
+        );
         // SAFETY: allocated above with this layout.
         unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) };
     }
-    unsafe fn message_init(&self, message: *mut TestMessage, target: ProcessorNumber, handler: Handler) -> Result<(), Status> {
+    unsafe fn message_init(
+        &self,
+        message: *mut TestMessage,
+        target: ProcessorNumber,
+        handler: Handler,
+    ) -> Result<(), Status> {
         let mut state = self.0.lock().unwrap();
         state.next_id += 1;
         let id = state.next_id;
-        state.bound.insert(id, (target.number as usize, HandlerBox(handler)));
+        state
+            .bound
+            .insert(id, (target.number as usize, HandlerBox(handler)));
         // SAFETY: the core passes writable storage.
         unsafe { message.write(TestMessage(Cell::new(id))) };
         Ok(())
@@ -271,7 +289,11 @@ fn a_retired_object_is_freed_after_cycles_and_not_under_a_reader() {
     for _ in 0..5 {
         platform.tick();
     }
-    assert_eq!(drops.load(Ordering::SeqCst), 0, "freed while a reader that entered before was inside");
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        0,
+        "freed while a reader that entered before was inside"
+    );
     TestPlatform::on_cpu(1, || drop(guard));
     for _ in 0..3 {
         platform.tick();
@@ -293,7 +315,11 @@ fn double_retire_is_refused_and_counted() {
     }
     assert_eq!(domain.stats().double_retires, 1);
     drop(domain);
-    assert_eq!(drops.load(Ordering::SeqCst), 1, "unload frees what is retired, once");
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        1,
+        "unload frees what is retired, once"
+    );
 }
 
 #[test]
@@ -333,23 +359,39 @@ fn idle_cpus_leave_and_receive_no_more_messages() {
         platform.tick();
     }
     let first = platform.delivered();
-    assert!(first.iter().all(|&cpu| cpu == 2), "only the CPU that ran epoch code is visited: {first:?}");
+    assert!(
+        first.iter().all(|&cpu| cpu == 2),
+        "only the CPU that ran epoch code is visited: {first:?}"
+    );
     assert_eq!(drops.load(Ordering::SeqCst), 1);
     for _ in 0..4 {
         platform.tick();
     }
-    assert!(platform.delivered().is_empty(), "a CPU that left received messages");
+    assert!(
+        platform.delivered().is_empty(),
+        "a CPU that left received messages"
+    );
     assert_eq!(domain.stats().leaves, 1);
 }
 
 #[test]
 fn eager_refuses_to_load_when_max_exceeds_active_and_lazy_loads() {
     let platform = TestPlatform::new(2, 8);
-    let error = Domain::create(platform.clone(), Config::with_strategy(Strategy::Eager)).err().expect("eager must fail");
+    let error = Domain::create(platform.clone(), Config::with_strategy(Strategy::Eager))
+        .err()
+        .expect("eager must fail");
     assert_eq!(error.status, Status::INVALID_PARAMETER);
-    assert!(error.to_string().contains("STATUS_INVALID_PARAMETER"), "{error}");
-    assert_eq!(platform.live_allocations(), 0, "a failed load leaks nothing");
-    let domain = Domain::create(platform.clone(), Config::with_strategy(Strategy::Lazy)).expect("lazy loads");
+    assert!(
+        error.to_string().contains("STATUS_INVALID_PARAMETER"),
+        "{error}"
+    );
+    assert_eq!(
+        platform.live_allocations(),
+        0,
+        "a failed load leaks nothing"
+    );
+    let domain = Domain::create(platform.clone(), Config::with_strategy(Strategy::Lazy))
+        .expect("lazy loads");
     drop(domain);
     assert_eq!(platform.live_allocations(), 0);
 }
@@ -367,7 +409,11 @@ fn allocation_failure_at_dispatch_falls_back_to_the_overflow_slot() {
     for _ in 0..4 {
         platform.tick();
     }
-    assert_eq!(drops.load(Ordering::SeqCst), 0, "overflow reader must hold reclamation back");
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        0,
+        "overflow reader must hold reclamation back"
+    );
     TestPlatform::on_cpu(1, || drop(guard));
     for _ in 0..4 {
         platform.tick();
@@ -388,21 +434,189 @@ fn work_items_run_once_safe_and_can_be_cancelled() {
     let cancelled = domain.new_work_item(bump, 0).unwrap();
     let guard = domain.enter();
     domain.schedule_work(&item).unwrap();
-    assert_eq!(domain.schedule_work(&item), Err(RetireError::AlreadyRetired));
+    assert_eq!(
+        domain.schedule_work(&item),
+        Err(RetireError::AlreadyRetired)
+    );
     domain.schedule_work(&cancelled).unwrap();
     assert!(domain.cancel_work(&cancelled));
     for _ in 0..4 {
         platform.tick();
     }
-    assert_eq!(RUNS.load(Ordering::SeqCst), 0, "work ran inside a reader's epoch");
+    assert_eq!(
+        RUNS.load(Ordering::SeqCst),
+        0,
+        "work ran inside a reader's epoch"
+    );
     drop(guard);
     for _ in 0..4 {
         platform.tick();
     }
     assert_eq!(RUNS.load(Ordering::SeqCst), 1);
-    assert!(!domain.cancel_work(&item), "a work item that ran cannot be cancelled");
+    assert!(
+        !domain.cancel_work(&item),
+        "a work item that ran cannot be cancelled"
+    );
     drop(item);
     drop(cancelled);
     drop(domain);
     assert_eq!(platform.live_allocations(), 0);
+}
+
+#[test]
+fn stale_items_drain_without_further_activity() {
+    let (platform, domain) = domain(2, Strategy::Lazy);
+    let drops = Arc::new(AtomicUsize::new(0));
+    TestPlatform::on_cpu(1, || retire_new(&domain, &drops));
+    // Nothing else happens: only the periodic timer runs.
+    for _ in 0..3 {
+        platform.tick();
+    }
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    assert_eq!(domain.stats().pending, 0);
+}
+
+#[test]
+fn nested_epochs_hold_until_the_outermost_exits() {
+    let (platform, domain) = domain(1, Strategy::Lazy);
+    let drops = Arc::new(AtomicUsize::new(0));
+    let outer = domain.enter();
+    let inner = domain.enter();
+    retire_new(&domain, &drops);
+    drop(inner);
+    for _ in 0..4 {
+        platform.tick();
+    }
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        0,
+        "freed while the outer epoch was open"
+    );
+    drop(outer);
+    for _ in 0..3 {
+        platform.tick();
+    }
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn items_of_a_closed_epoch_are_freed_while_a_later_one_is_open() {
+    let (platform, domain) = domain(2, Strategy::Lazy);
+    let early = Arc::new(AtomicUsize::new(0));
+    let late = Arc::new(AtomicUsize::new(0));
+    TestPlatform::on_cpu(0, || retire_new(&domain, &early));
+    platform.tick();
+    platform.tick();
+    // A reader enters after the early item's epoch has passed; an item retired now must wait for it.
+    let reader = TestPlatform::on_cpu(1, || domain.enter());
+    TestPlatform::on_cpu(0, || retire_new(&domain, &late));
+    for _ in 0..4 {
+        platform.tick();
+    }
+    assert_eq!(
+        early.load(Ordering::SeqCst),
+        1,
+        "an item of a closed epoch was held by a later reader"
+    );
+    assert_eq!(late.load(Ordering::SeqCst), 0);
+    TestPlatform::on_cpu(1, || drop(reader));
+    for _ in 0..3 {
+        platform.tick();
+    }
+    assert_eq!(late.load(Ordering::SeqCst), 1);
+}
+
+/// Epoch skew: CPU `lagging` has not been visited by the in-flight cycle (its local epoch lags) while
+/// a reader on the visited CPU entered the newer epoch; what the lagging CPU retires now must outlive
+/// that reader. Returns (the retirement stamp was the global epoch, the item was freed under the reader).
+fn epoch_skew_scenario(mutations: crate::Mutations) -> (bool, bool) {
+    let platform = TestPlatform::new(2, 2);
+    let config = Config {
+        mutations,
+        ..Config::with_strategy(Strategy::Lazy)
+    };
+    let domain = Domain::create(platform.clone(), config).unwrap();
+    let drops = Arc::new(AtomicUsize::new(0));
+    // Both CPUs join the cycle.
+    TestPlatform::on_cpu(0, || drop(domain.enter()));
+    TestPlatform::on_cpu(1, || drop(domain.enter()));
+    // Start a cycle and deliver only its first visit.
+    let timer = platform.0.lock().unwrap().timer.unwrap();
+    TestPlatform::on_cpu(0, || {
+        IRQL.with(|i| i.set(2));
+        // SAFETY: the domain is alive.
+        unsafe { timer.0.invoke() };
+        IRQL.with(|i| i.set(0));
+    });
+    let (visited, id) = platform
+        .0
+        .lock()
+        .unwrap()
+        .messages
+        .pop_front()
+        .expect("a visit is queued");
+    let handler = platform.0.lock().unwrap().bound[&id].1;
+    TestPlatform::on_cpu(visited, || {
+        IRQL.with(|i| i.set(2));
+        // SAFETY: the slot is alive.
+        unsafe { handler.0.invoke() };
+        IRQL.with(|i| i.set(0));
+    });
+    let lagging = 1 - visited;
+    let reader = TestPlatform::on_cpu(visited, || domain.enter());
+    let stamp = TestPlatform::on_cpu(lagging, || retire_new(&domain, &drops));
+    let stamped_global = stamp == domain.global_epoch();
+    for _ in 0..5 {
+        platform.tick();
+    }
+    let freed_under_reader = drops.load(Ordering::SeqCst) != 0;
+    TestPlatform::on_cpu(visited, || drop(reader));
+    drop(domain);
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    (stamped_global, freed_under_reader)
+}
+
+#[test]
+fn a_lagging_cpu_stamps_retirement_with_the_global_epoch() {
+    assert_eq!(epoch_skew_scenario(crate::Mutations::NONE), (true, false));
+}
+
+#[cfg(feature = "mutations")]
+#[test]
+fn the_epoch_skew_test_catches_local_epoch_stamping() {
+    let mutated = crate::Mutations::NONE.with(crate::Mutation::LocalEpochStamp);
+    assert_eq!(epoch_skew_scenario(mutated), (false, true));
+}
+
+#[test]
+fn a_stalled_reader_blocks_reclamation_and_is_reported_once() {
+    let platform = TestPlatform::new(2, 2);
+    let config = Config {
+        stall_threshold_cycles: 3,
+        ..Config::with_strategy(Strategy::Lazy)
+    };
+    let domain = Domain::create(platform.clone(), config).unwrap();
+    let drops = Arc::new(AtomicUsize::new(0));
+    let stalled = TestPlatform::on_cpu(1, || domain.enter());
+    TestPlatform::on_cpu(0, || retire_new(&domain, &drops));
+    for _ in 0..20 {
+        platform.tick();
+    }
+    assert_eq!(drops.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        domain.stats().stalls_reported,
+        1,
+        "reported once, not per cycle"
+    );
+    let logs = platform.0.lock().unwrap().logs.clone();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("processor 0:1") && l.contains("reclamation is blocked")),
+        "{logs:?}"
+    );
+    TestPlatform::on_cpu(1, || drop(stalled));
+    for _ in 0..3 {
+        platform.tick();
+    }
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
 }

@@ -61,6 +61,40 @@ pub const FILE_DEVICE_SECURE_OPEN: u32 = 0x100;
 pub const IRP_MJ_CREATE: usize = 0;
 /// `IRP_MJ_CLOSE`.
 pub const IRP_MJ_CLOSE: usize = 2;
+/// `IRP_MJ_DEVICE_CONTROL`.
+pub const IRP_MJ_DEVICE_CONTROL: usize = 14;
+/// `SynchronizationEvent` (`EVENT_TYPE`): auto-reset, wakes one waiter.
+pub const SYNCHRONIZATION_EVENT: i32 = 1;
+/// `OBJ_CASE_INSENSITIVE`.
+pub const OBJ_CASE_INSENSITIVE: u32 = 0x40;
+/// `OBJ_KERNEL_HANDLE`: the handle lives in the system process's table, unreachable from user mode.
+pub const OBJ_KERNEL_HANDLE: u32 = 0x200;
+/// `KEY_READ`.
+pub const KEY_READ: u32 = 0x2_0019;
+/// `KeyValuePartialInformation` (`KEY_VALUE_INFORMATION_CLASS`).
+pub const KEY_VALUE_PARTIAL_INFORMATION_CLASS: i32 = 2;
+/// `REG_DWORD`.
+pub const REG_DWORD: u32 = 4;
+/// `STATUS_OBJECT_NAME_NOT_FOUND`: a registry key or value does not exist.
+pub const STATUS_OBJECT_NAME_NOT_FOUND: NTSTATUS = 0xC000_0034u32 as i32;
+/// `STATUS_BUFFER_OVERFLOW`: partial data returned (the fixed part of a registry query is valid).
+pub const STATUS_BUFFER_OVERFLOW: NTSTATUS = 0x8000_0005u32 as i32;
+/// `STATUS_TIMEOUT` from a wait.
+pub const STATUS_TIMEOUT: NTSTATUS = 0x102;
+/// `SECURITY_DESCRIPTOR_REVISION`.
+pub const SECURITY_DESCRIPTOR_REVISION: u32 = 1;
+/// `ACL_REVISION`.
+pub const ACL_REVISION: u32 = 2;
+/// `FILE_ALL_ACCESS`: what `GENERIC_ALL` maps to for file and device objects.
+pub const FILE_ALL_ACCESS: u32 = 0x001F_01FF;
+/// `WRITE_DAC`.
+pub const WRITE_DAC: u32 = 0x0004_0000;
+/// `DACL_SECURITY_INFORMATION`.
+pub const DACL_SECURITY_INFORMATION: u32 = 0x4;
+/// `PROTECTED_DACL_SECURITY_INFORMATION`: sets SE_DACL_PROTECTED (the `P` of `D:P(...)`).
+pub const PROTECTED_DACL_SECURITY_INFORMATION: u32 = 0x8000_0000;
+/// `THREAD_ALL_ACCESS`.
+pub const THREAD_ALL_ACCESS: u32 = 0x001F_FFFF;
 /// `IO_NO_INCREMENT`.
 pub const IO_NO_INCREMENT: i8 = 0;
 /// `DPFLTR_IHVDRIVER_ID`: the DbgPrintEx component for third-party drivers.
@@ -73,6 +107,20 @@ pub const DPFLTR_WARNING_LEVEL: u32 = 1;
 pub const DPFLTR_INFO_LEVEL: u32 = 3;
 /// Bug check code of a Rust panic in kepoch.sys ("RPNC", the value wdk-panic uses too).
 pub const BUGCHECK_RUST_PANIC: u32 = 0x5250_4E43;
+
+/// What [`device_io_control`] reads from an `IRP_MJ_DEVICE_CONTROL` IRP.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceIoControl {
+    /// `IoControlCode`.
+    pub code: u32,
+    /// `InputBufferLength`.
+    pub input_length: u32,
+    /// `OutputBufferLength`.
+    pub output_length: u32,
+    /// `SystemBuffer` (METHOD_BUFFERED: `max(input, output)` bytes, input first); may be null when both
+    /// lengths are 0.
+    pub buffer: *mut u8,
+}
 
 // ---- routines resolved at run time (never imported) ----
 
@@ -134,6 +182,9 @@ assert_eq_size!(DRIVER_OBJECT, [u8; 0x150]);
 assert_eq_size!(DEVICE_OBJECT, [u8; 0x150]);
 assert_eq_size!(IRP, [u8; 0xD0]);
 assert_eq_size!(OBJECT_ATTRIBUTES, [u8; 0x30]);
+assert_eq_size!(IO_STACK_LOCATION, [u8; 0x48]);
+assert_eq_size!(SECURITY_DESCRIPTOR, [u8; 0x28]);
+
 const_assert_eq!(core::mem::offset_of!(UNICODE_STRING, Buffer), 8);
 const_assert_eq!(core::mem::offset_of!(DRIVER_OBJECT, DeviceObject), 0x08);
 const_assert_eq!(core::mem::offset_of!(DRIVER_OBJECT, DriverUnload), 0x68);

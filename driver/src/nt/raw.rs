@@ -79,14 +79,65 @@ pub struct IO_STATUS_BLOCK {
     pub Information: u64,
 }
 
-/// `IRP`: the header up to `IoStatus`; the rest (stack locations pointer, user buffer, ...) is opaque.
+/// `IRP`: `AssociatedIrp.SystemBuffer`, `IoStatus` and `Tail.Overlay.CurrentStackLocation`; the rest is
+/// opaque.
 #[repr(C)]
 pub struct IRP {
-    _head: [u8; 0x30],
+    _head: [u8; 0x18],
+    /// `AssociatedIrp.SystemBuffer`: the METHOD_BUFFERED buffer (input, then output).
+    pub SystemBuffer: *mut c_void,
+    _thread_list: [u8; 0x10],
     /// Completion status.
     pub IoStatus: IO_STATUS_BLOCK,
-    _tail: [u8; 0xD0 - 0x40],
+    _middle: [u8; 0xB8 - 0x40],
+    /// `Tail.Overlay.CurrentStackLocation` (what `IoGetCurrentIrpStackLocation` returns).
+    pub CurrentStackLocation: *mut IO_STACK_LOCATION,
+    _tail: [u8; 0xD0 - 0xC0],
 }
+
+/// `IO_STACK_LOCATION` with the `Parameters.DeviceIoControl` view of its parameter union.
+#[repr(C)]
+pub struct IO_STACK_LOCATION {
+    /// `IRP_MJ_*`.
+    pub MajorFunction: u8,
+    /// `IRP_MN_*`.
+    pub MinorFunction: u8,
+    /// `SL_*` flags.
+    pub Flags: u8,
+    /// `SL_*` control bits.
+    pub Control: u8,
+    _pad: u32,
+    /// `Parameters.DeviceIoControl.OutputBufferLength`.
+    pub OutputBufferLength: u32,
+    _pad1: u32,
+    /// `Parameters.DeviceIoControl.InputBufferLength` (POINTER_ALIGNMENT).
+    pub InputBufferLength: u32,
+    _pad2: u32,
+    /// `Parameters.DeviceIoControl.IoControlCode` (POINTER_ALIGNMENT).
+    pub IoControlCode: u32,
+    _pad3: u32,
+    /// `Parameters.DeviceIoControl.Type3InputBuffer`.
+    pub Type3InputBuffer: *mut c_void,
+    _tail: [u8; 0x48 - 0x28],
+}
+
+/// `SECURITY_DESCRIPTOR` (absolute form, x64): revision, control, then four pointers.
+#[repr(C)]
+pub struct SECURITY_DESCRIPTOR {
+    _opaque: [u64; 5],
+}
+
+/// `CLIENT_ID`.
+#[repr(C)]
+pub struct CLIENT_ID {
+    /// Process id.
+    pub UniqueProcess: HANDLE,
+    /// Thread id.
+    pub UniqueThread: HANDLE,
+}
+
+/// `PKSTART_ROUTINE`: a system thread's start routine.
+pub type PKSTART_ROUTINE = Option<unsafe extern "C" fn(context: *mut c_void)>;
 
 /// `DEVICE_OBJECT`: fields up to `DeviceExtension`, then opaque.
 #[repr(C)]
@@ -164,6 +215,42 @@ pub struct KEY_VALUE_PARTIAL_INFORMATION {
 }
 const_assert_eq!(core::mem::size_of::<KEY_VALUE_PARTIAL_INFORMATION>(), 16);
 const_assert_eq!(core::mem::size_of::<IO_STATUS_BLOCK>(), 16);
+const_assert_eq!(core::mem::offset_of!(IRP, SystemBuffer), 0x18);
+const_assert_eq!(core::mem::offset_of!(IRP, CurrentStackLocation), 0xB8);
+const_assert_eq!(
+    core::mem::offset_of!(IO_STACK_LOCATION, OutputBufferLength),
+    0x08
+);
+const_assert_eq!(
+    core::mem::offset_of!(IO_STACK_LOCATION, InputBufferLength),
+    0x10
+);
+const_assert_eq!(
+    core::mem::offset_of!(IO_STACK_LOCATION, IoControlCode),
+    0x18
+);
+const_assert_eq!(
+    core::mem::offset_of!(IO_STACK_LOCATION, Type3InputBuffer),
+    0x20
+);
+
+/// The parameters of an `IRP_MJ_DEVICE_CONTROL` request: `IoGetCurrentIrpStackLocation(irp)->
+/// Parameters.DeviceIoControl` and `irp->AssociatedIrp.SystemBuffer`.
+///
+/// # Safety
+/// `irp` is a valid IRP_MJ_DEVICE_CONTROL IRP dispatched to the caller.
+pub unsafe fn device_io_control(irp: *mut IRP) -> super::DeviceIoControl {
+    // SAFETY: per the caller the IRP and its current stack location are valid; plain field reads.
+    unsafe {
+        let stack = (*irp).CurrentStackLocation;
+        super::DeviceIoControl {
+            code: (*stack).IoControlCode,
+            input_length: (*stack).InputBufferLength,
+            output_length: (*stack).OutputBufferLength,
+            buffer: (*irp).SystemBuffer.cast(),
+        }
+    }
+}
 
 // The routines are documented by Microsoft (DDI reference); reference/nt-apis.md §1 has the facts used.
 #[allow(missing_docs)]
@@ -229,6 +316,62 @@ extern "system" {
         -> NTSTATUS;
     pub fn IoDeleteSymbolicLink(link: *mut UNICODE_STRING) -> NTSTATUS;
     pub fn IofCompleteRequest(irp: *mut IRP, boost: i8);
+    // security
+    pub fn RtlCreateSecurityDescriptor(
+        descriptor: *mut SECURITY_DESCRIPTOR,
+        revision: u32,
+    ) -> NTSTATUS;
+    pub fn RtlCreateAcl(acl: *mut c_void, length: u32, revision: u32) -> NTSTATUS;
+    pub fn RtlAddAccessAllowedAce(
+        acl: *mut c_void,
+        revision: u32,
+        access: u32,
+        sid: *mut c_void,
+    ) -> NTSTATUS;
+    pub fn RtlSetDaclSecurityDescriptor(
+        descriptor: *mut SECURITY_DESCRIPTOR,
+        present: BOOLEAN,
+        dacl: *mut c_void,
+        defaulted: BOOLEAN,
+    ) -> NTSTATUS;
+    pub fn ObOpenObjectByPointer(
+        object: *mut c_void,
+        attributes: u32,
+        access_state: *mut c_void,
+        access: u32,
+        object_type: *mut c_void,
+        mode: i8,
+        handle: *mut HANDLE,
+    ) -> NTSTATUS;
+    pub fn ZwSetSecurityObject(
+        handle: HANDLE,
+        information: u32,
+        descriptor: *mut SECURITY_DESCRIPTOR,
+    ) -> NTSTATUS;
+    // threads
+    pub fn PsCreateSystemThread(
+        handle: *mut HANDLE,
+        access: u32,
+        attributes: *mut OBJECT_ATTRIBUTES,
+        process: HANDLE,
+        client: *mut CLIENT_ID,
+        routine: PKSTART_ROUTINE,
+        context: *mut c_void,
+    ) -> NTSTATUS;
+    pub fn PsTerminateSystemThread(status: NTSTATUS) -> NTSTATUS;
+    pub fn ZwWaitForSingleObject(
+        handle: HANDLE,
+        alertable: BOOLEAN,
+        timeout: *mut LARGE_INTEGER,
+    ) -> NTSTATUS;
+    pub fn KeSetSystemAffinityThreadEx(affinity: usize) -> usize;
+    pub fn KeRevertToUserAffinityThreadEx(affinity: usize);
+    pub fn KeQueryActiveProcessors() -> usize;
+    pub fn KeDelayExecutionThread(
+        mode: i8,
+        alertable: BOOLEAN,
+        interval: *mut LARGE_INTEGER,
+    ) -> NTSTATUS;
     // registry
     pub fn ZwOpenKey(key: *mut HANDLE, access: u32, attributes: *mut OBJECT_ATTRIBUTES)
         -> NTSTATUS;
@@ -244,6 +387,13 @@ extern "system" {
     // run-time resolution, panics
     pub fn MmGetSystemRoutineAddress(name: *mut UNICODE_STRING) -> *mut c_void;
     pub fn KeBugCheckEx(code: u32, p1: u64, p2: u64, p3: u64, p4: u64) -> !;
+}
+
+// hal.dll: forwarded to ntoskrnl on Windows 8 and later; Wine 8 implements it only in hal.dll.
+#[allow(missing_docs)]
+#[link(name = "hal.dll", kind = "raw-dylib", modifiers = "+verbatim")]
+extern "system" {
+    pub fn KeQueryPerformanceCounter(frequency: *mut LARGE_INTEGER) -> LARGE_INTEGER;
 }
 
 #[allow(missing_docs)]

@@ -95,12 +95,16 @@ impl SimPlatform {
             return;
         }
         if !sh.is_parallel() {
+            // A waiter is a thread at PASSIVE on its CPU: it cannot resume while a pumped task holds
+            // that CPU at DISPATCH, so the wait also lasts until the CPU is free again.
+            let me = sh.ctx().cpu;
+            let mut resumable = |sh: &Shared| done(sh) && !sh.cpu_locks[me].is_locked();
             for _ in 0..PUMP_LIMIT {
-                if done(sh) {
+                if resumable(sh) {
                     return;
                 }
                 if !super::sched::det_step(self) {
-                    if done(sh) {
+                    if resumable(sh) {
                         return;
                     }
                     self.shared.violation(

@@ -1,0 +1,617 @@
+//! The control interface of `\Device\kepoch` (`\\.\kepoch` from user mode): IOCTL codes, request
+//! layouts and the pure decoder the driver runs on every `IRP_MJ_DEVICE_CONTROL`.
+//!
+//! Compiled on every target: the driver uses it to validate requests, `kepochctl` to build them, and
+//! the host tests fuzz [`decode`] with arbitrary codes, lengths and bytes. All IOCTLs are
+//! `METHOD_BUFFERED` on `FILE_DEVICE_UNKNOWN`.
+//!
+//! | code | input | output | effect |
+//! |---|---|---|---|
+//! | [`IOCTL_GET_STATS`] | none | `>= size_of::<Stats>()` (at least 8 for the header) | counters since the last reset |
+//! | [`IOCTL_RESET_STATS`] | none | none | new baseline for counters and histograms |
+//! | [`IOCTL_LOAD_START`] | [`LoadRequest`] (16 bytes) | none | starts the load generator |
+//! | [`IOCTL_LOAD_STOP`] | none | none | stops it and waits for its threads |
+//! | [`IOCTL_SYNC`] | none | none | `synchronize()` at PASSIVE |
+
+use kepoch::stats::LatencyHistogram;
+use kepoch::{Stats, STATS_VERSION};
+
+/// `FILE_DEVICE_UNKNOWN`.
+pub const FILE_DEVICE_UNKNOWN: u32 = 0x22;
+/// `METHOD_BUFFERED`.
+pub const METHOD_BUFFERED: u32 = 0;
+/// `FILE_READ_ACCESS`: the caller's handle needs read access.
+pub const FILE_READ_ACCESS: u32 = 1;
+/// `FILE_WRITE_ACCESS`: the caller's handle needs write access.
+pub const FILE_WRITE_ACCESS: u32 = 2;
+
+/// `CTL_CODE(DeviceType, Function, Method, Access)`.
+pub const fn ctl_code(device_type: u32, function: u32, method: u32, access: u32) -> u32 {
+    (device_type << 16) | (access << 14) | (function << 2) | method
+}
+
+/// Reads the counters ([`Stats`], versioned).
+pub const IOCTL_GET_STATS: u32 = ctl_code(
+    FILE_DEVICE_UNKNOWN,
+    0x800,
+    METHOD_BUFFERED,
+    FILE_READ_ACCESS,
+);
+/// Takes a new baseline: later reads count from here (the core's counters are monotonic).
+pub const IOCTL_RESET_STATS: u32 = ctl_code(
+    FILE_DEVICE_UNKNOWN,
+    0x801,
+    METHOD_BUFFERED,
+    FILE_WRITE_ACCESS,
+);
+/// Starts the load generator with a [`LoadRequest`].
+pub const IOCTL_LOAD_START: u32 = ctl_code(
+    FILE_DEVICE_UNKNOWN,
+    0x802,
+    METHOD_BUFFERED,
+    FILE_WRITE_ACCESS,
+);
+/// Stops the load generator and waits for its threads.
+pub const IOCTL_LOAD_STOP: u32 = ctl_code(
+    FILE_DEVICE_UNKNOWN,
+    0x803,
+    METHOD_BUFFERED,
+    FILE_WRITE_ACCESS,
+);
+/// Runs `synchronize()` (blocks until everything retired before it is freed).
+pub const IOCTL_SYNC: u32 = ctl_code(
+    FILE_DEVICE_UNKNOWN,
+    0x804,
+    METHOD_BUFFERED,
+    FILE_WRITE_ACCESS,
+);
+
+/// Every IOCTL the driver accepts.
+pub const ALL_CODES: [u32; 5] = [
+    IOCTL_GET_STATS,
+    IOCTL_RESET_STATS,
+    IOCTL_LOAD_START,
+    IOCTL_LOAD_STOP,
+    IOCTL_SYNC,
+];
+
+/// NTSTATUS values the decoder answers with (the driver completes the IRP with them).
+pub mod status {
+    /// `STATUS_SUCCESS`.
+    pub const SUCCESS: i32 = 0;
+    /// `STATUS_BUFFER_OVERFLOW` (a warning: the I/O manager still copies `Information` bytes back).
+    pub const BUFFER_OVERFLOW: i32 = 0x8000_0005u32 as i32;
+    /// `STATUS_INFO_LENGTH_MISMATCH`: the input buffer has the wrong size.
+    pub const INFO_LENGTH_MISMATCH: i32 = 0xC000_0004u32 as i32;
+    /// `STATUS_INVALID_PARAMETER`: a field is out of range.
+    pub const INVALID_PARAMETER: i32 = 0xC000_000Du32 as i32;
+    /// `STATUS_INVALID_DEVICE_REQUEST`: unknown IOCTL code.
+    pub const INVALID_DEVICE_REQUEST: i32 = 0xC000_0010u32 as i32;
+    /// `STATUS_BUFFER_TOO_SMALL`: the output buffer cannot even hold the stats header.
+    pub const BUFFER_TOO_SMALL: i32 = 0xC000_0023u32 as i32;
+    /// `STATUS_DEVICE_BUSY`: the load generator is already running.
+    pub const DEVICE_BUSY: i32 = 0x8000_0011u32 as i32;
+}
+
+/// Bounds of a [`LoadRequest`].
+pub mod limits {
+    /// Smallest accepted rate (operations per second, all threads together).
+    pub const MIN_RATE: u32 = 1;
+    /// Largest accepted rate.
+    pub const MAX_RATE: u32 = 10_000_000;
+    /// Shortest run.
+    pub const MIN_SECONDS: u32 = 1;
+    /// Longest run (one hour).
+    pub const MAX_SECONDS: u32 = 3_600;
+    /// Most load threads; `threads = 0` means one per active processor, capped at this.
+    pub const MAX_THREADS: u32 = 64;
+}
+
+/// Input of [`IOCTL_LOAD_START`]: four little-endian `u32`s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadRequest {
+    /// Operations (enter, read, exit, replace, retire) per second over all threads.
+    pub rate: u32,
+    /// Run time; the generator stops by itself afterwards.
+    pub seconds: u32,
+    /// Threads, each pinned to a different processor; 0 = one per active processor.
+    pub threads: u32,
+}
+
+impl LoadRequest {
+    /// Encoded size.
+    pub const SIZE: usize = 16;
+
+    /// The 16 bytes sent to the driver (the last `u32` is reserved and zero).
+    pub fn encode(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        out[0..4].copy_from_slice(&self.rate.to_le_bytes());
+        out[4..8].copy_from_slice(&self.seconds.to_le_bytes());
+        out[8..12].copy_from_slice(&self.threads.to_le_bytes());
+        out
+    }
+
+    /// Whether every field is in range.
+    pub fn validate(&self) -> Result<(), i32> {
+        let ok = (limits::MIN_RATE..=limits::MAX_RATE).contains(&self.rate)
+            && (limits::MIN_SECONDS..=limits::MAX_SECONDS).contains(&self.seconds)
+            && self.threads <= limits::MAX_THREADS;
+        if ok {
+            Ok(())
+        } else {
+            Err(status::INVALID_PARAMETER)
+        }
+    }
+
+    fn decode(input: &[u8]) -> Result<LoadRequest, i32> {
+        if input.len() != Self::SIZE {
+            return Err(status::INFO_LENGTH_MISMATCH);
+        }
+        let word =
+            |i: usize| u32::from_le_bytes([input[i], input[i + 1], input[i + 2], input[i + 3]]);
+        if word(12) != 0 {
+            return Err(status::INVALID_PARAMETER);
+        }
+        let request = LoadRequest {
+            rate: word(0),
+            seconds: word(4),
+            threads: word(8),
+        };
+        request.validate()?;
+        Ok(request)
+    }
+}
+
+/// A validated request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// [`IOCTL_GET_STATS`]; the output buffer holds at least [`STATS_HEADER_SIZE`] bytes.
+    GetStats,
+    /// [`IOCTL_RESET_STATS`].
+    ResetStats,
+    /// [`IOCTL_LOAD_START`].
+    LoadStart(LoadRequest),
+    /// [`IOCTL_LOAD_STOP`].
+    LoadStop,
+    /// [`IOCTL_SYNC`].
+    Sync,
+}
+
+/// Bytes of the stats header (`version`, `size`) that a too-small buffer still receives.
+pub const STATS_HEADER_SIZE: usize = 8;
+
+/// Validates an IOCTL: its code, the input bytes and the output buffer length. Never panics; the error
+/// is the NTSTATUS to complete the IRP with.
+pub fn decode(code: u32, input: &[u8], output_len: usize) -> Result<Request, i32> {
+    let no_input = |request: Request| {
+        if !input.is_empty() {
+            Err(status::INFO_LENGTH_MISMATCH)
+        } else {
+            Ok(request)
+        }
+    };
+    let no_output = |request: Request| {
+        if output_len != 0 {
+            Err(status::INVALID_PARAMETER)
+        } else {
+            no_input(request)
+        }
+    };
+    match code {
+        IOCTL_GET_STATS => {
+            let request = no_input(Request::GetStats)?;
+            if output_len < STATS_HEADER_SIZE {
+                return Err(status::BUFFER_TOO_SMALL);
+            }
+            Ok(request)
+        }
+        IOCTL_RESET_STATS => no_output(Request::ResetStats),
+        IOCTL_LOAD_START => {
+            if output_len != 0 {
+                return Err(status::INVALID_PARAMETER);
+            }
+            LoadRequest::decode(input).map(Request::LoadStart)
+        }
+        IOCTL_LOAD_STOP => no_output(Request::LoadStop),
+        IOCTL_SYNC => no_output(Request::Sync),
+        _ => Err(status::INVALID_DEVICE_REQUEST),
+    }
+}
+
+// The stats travel as raw bytes, so `Stats` must have no padding (padding would leak kernel memory to
+// user mode). It is six u32s followed only by u64s and u64 arrays; this sum breaks the build when a
+// field is appended, as a reminder to update it together with `since_baseline`.
+const STATS_U64_FIELDS: usize = 27;
+const _: () = assert!(core::mem::offset_of!(Stats, cpus_prepared) == 24);
+const _: () = assert!(
+    core::mem::size_of::<Stats>()
+        == 24 + 8 * STATS_U64_FIELDS + 2 * core::mem::size_of::<LatencyHistogram>(),
+    "Stats changed: update STATS_U64_FIELDS and since_baseline in driver/src/ioctl.rs"
+);
+const _: () =
+    assert!(core::mem::size_of::<LatencyHistogram>() == 8 * (kepoch::stats::LATENCY_BUCKETS + 1));
+
+/// Size of the current [`Stats`].
+pub const STATS_SIZE: usize = core::mem::size_of::<Stats>();
+
+/// The bytes of `stats` (no padding, see the assertions above).
+pub fn stats_bytes(stats: &Stats) -> &[u8] {
+    // SAFETY: `Stats` is repr(C), made of integers only, without padding (asserted above), so all of its
+    // STATS_SIZE bytes are initialised; the slice borrows `stats`.
+    unsafe { core::slice::from_raw_parts((stats as *const Stats).cast::<u8>(), STATS_SIZE) }
+}
+
+/// Writes `stats` into the output buffer of [`IOCTL_GET_STATS`]: everything when it fits
+/// (`STATUS_SUCCESS`), otherwise only the 8-byte header (`version`, `size`) with
+/// `STATUS_BUFFER_OVERFLOW`, so that a tool built against another version can tell. Returns the status
+/// and the number of bytes written.
+pub fn encode_stats(stats: &Stats, output: &mut [u8]) -> (i32, usize) {
+    let bytes = stats_bytes(stats);
+    if output.len() >= bytes.len() {
+        output[..bytes.len()].copy_from_slice(bytes);
+        (status::SUCCESS, bytes.len())
+    } else if output.len() >= STATS_HEADER_SIZE {
+        output[..STATS_HEADER_SIZE].copy_from_slice(&bytes[..STATS_HEADER_SIZE]);
+        (status::BUFFER_OVERFLOW, STATS_HEADER_SIZE)
+    } else {
+        (status::BUFFER_TOO_SMALL, 0)
+    }
+}
+
+/// Why [`decode_stats`] refused a buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsDecodeError {
+    /// Fewer than 8 bytes.
+    Truncated,
+    /// The driver speaks another version of [`Stats`].
+    Version {
+        /// Version in the buffer.
+        version: u32,
+        /// Size the driver reported.
+        size: u32,
+    },
+}
+
+/// Reads [`Stats`] from what the driver returned (user mode side).
+pub fn decode_stats(bytes: &[u8]) -> Result<Stats, StatsDecodeError> {
+    if bytes.len() < STATS_HEADER_SIZE {
+        return Err(StatsDecodeError::Truncated);
+    }
+    let version = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+    let size = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    if version != STATS_VERSION || size as usize != STATS_SIZE || bytes.len() < STATS_SIZE {
+        return Err(StatsDecodeError::Version { version, size });
+    }
+    // SAFETY: at least STATS_SIZE readable bytes; every bit pattern is a valid `Stats` (integers only);
+    // read_unaligned because a byte buffer has no alignment.
+    Ok(unsafe { bytes.as_ptr().cast::<Stats>().read_unaligned() })
+}
+
+/// Counters since a reset: monotonic counters minus the baseline; gauges (prepared processors, bytes,
+/// epochs, pending, load facts) as they are now; histograms bucket-wise.
+pub fn since_baseline(now: &Stats, baseline: &Stats) -> Stats {
+    let mut out = *now;
+    macro_rules! delta {
+        ($($field:ident),* $(,)?) => {
+            $( out.$field = now.$field.saturating_sub(baseline.$field); )*
+        };
+    }
+    delta!(
+        prepare_at_dispatch,
+        prepare_passive,
+        prepare_failures,
+        fallback_uses,
+        enters,
+        exits,
+        remote_exits,
+        retired,
+        freed,
+        double_retires,
+        cycles,
+        messages,
+        stalls_reported,
+        joins,
+        leaves,
+        hot_add_start,
+        hot_add_complete,
+        hot_add_failure,
+        hot_add_vetoed,
+        work_items_run,
+    );
+    out.first_enter_ns = now.first_enter_ns.since(&baseline.first_enter_ns);
+    out.enter_exit_ns = now.enter_exit_ns.since(&baseline.enter_exit_ns);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::vec;
+
+    #[test]
+    fn codes_match_ctl_code() {
+        // CTL_CODE(FILE_DEVICE_UNKNOWN, 0x800, METHOD_BUFFERED, FILE_READ_ACCESS) = 0x00226000.
+        assert_eq!(IOCTL_GET_STATS, 0x0022_6000);
+        assert_eq!(IOCTL_RESET_STATS, 0x0022_A004);
+        assert_eq!(IOCTL_SYNC, 0x0022_A010);
+        for code in ALL_CODES {
+            assert_eq!(code & 3, METHOD_BUFFERED);
+            assert_eq!(code >> 16, FILE_DEVICE_UNKNOWN);
+        }
+    }
+
+    #[test]
+    fn stats_are_1024_bytes_and_round_trip() {
+        assert_eq!(STATS_SIZE, 1024);
+        let mut stats = Stats {
+            version: STATS_VERSION,
+            size: STATS_SIZE as u32,
+            enters: 7,
+            config_warnings: 2,
+            ..Stats::default()
+        };
+        stats.enter_exit_ns.record(300);
+        let mut buffer = vec![0u8; 2000];
+        assert_eq!(
+            encode_stats(&stats, &mut buffer),
+            (status::SUCCESS, STATS_SIZE)
+        );
+        assert_eq!(decode_stats(&buffer[..STATS_SIZE]), Ok(stats));
+    }
+
+    #[test]
+    fn small_buffers_get_the_header_only() {
+        let stats = Stats {
+            version: STATS_VERSION,
+            size: STATS_SIZE as u32,
+            ..Stats::default()
+        };
+        let mut buffer = [0xAAu8; 100];
+        assert_eq!(
+            encode_stats(&stats, &mut buffer),
+            (status::BUFFER_OVERFLOW, 8)
+        );
+        assert_eq!(
+            decode_stats(&buffer[..8]),
+            Err(StatsDecodeError::Version {
+                version: STATS_VERSION,
+                size: STATS_SIZE as u32
+            })
+        );
+        assert_eq!(
+            encode_stats(&stats, &mut buffer[..7]),
+            (status::BUFFER_TOO_SMALL, 0)
+        );
+        assert_eq!(decode_stats(&buffer[..3]), Err(StatsDecodeError::Truncated));
+        // An old or new driver: version mismatch is reported, not misread.
+        let mut other = [0u8; 2048];
+        other[0] = 1;
+        other[4..8].copy_from_slice(&600u32.to_le_bytes());
+        assert_eq!(
+            decode_stats(&other),
+            Err(StatsDecodeError::Version {
+                version: 1,
+                size: 600
+            })
+        );
+    }
+
+    #[test]
+    fn decoder_accepts_valid_requests() {
+        assert_eq!(
+            decode(IOCTL_GET_STATS, &[], STATS_SIZE),
+            Ok(Request::GetStats)
+        );
+        assert_eq!(decode(IOCTL_GET_STATS, &[], 8), Ok(Request::GetStats));
+        assert_eq!(decode(IOCTL_RESET_STATS, &[], 0), Ok(Request::ResetStats));
+        assert_eq!(decode(IOCTL_LOAD_STOP, &[], 0), Ok(Request::LoadStop));
+        assert_eq!(decode(IOCTL_SYNC, &[], 0), Ok(Request::Sync));
+        let load = LoadRequest {
+            rate: 1000,
+            seconds: 5,
+            threads: 0,
+        };
+        assert_eq!(
+            decode(IOCTL_LOAD_START, &load.encode(), 0),
+            Ok(Request::LoadStart(load))
+        );
+    }
+
+    #[test]
+    fn decoder_rejects_bad_lengths_fields_and_codes() {
+        use status::*;
+        assert_eq!(decode(0, &[], 0), Err(INVALID_DEVICE_REQUEST));
+        assert_eq!(
+            decode(IOCTL_GET_STATS | 3, &[], 1024),
+            Err(INVALID_DEVICE_REQUEST)
+        );
+        assert_eq!(decode(IOCTL_GET_STATS, &[], 7), Err(BUFFER_TOO_SMALL));
+        assert_eq!(
+            decode(IOCTL_GET_STATS, &[1], 1024),
+            Err(INFO_LENGTH_MISMATCH)
+        );
+        assert_eq!(decode(IOCTL_SYNC, &[0; 4], 0), Err(INFO_LENGTH_MISMATCH));
+        assert_eq!(decode(IOCTL_SYNC, &[], 4), Err(INVALID_PARAMETER));
+        let ok = LoadRequest {
+            rate: 1,
+            seconds: 1,
+            threads: 64,
+        };
+        assert!(decode(IOCTL_LOAD_START, &ok.encode(), 0).is_ok());
+        assert_eq!(
+            decode(IOCTL_LOAD_START, &ok.encode()[..15], 0),
+            Err(INFO_LENGTH_MISMATCH)
+        );
+        assert_eq!(
+            decode(IOCTL_LOAD_START, &ok.encode(), 16),
+            Err(INVALID_PARAMETER)
+        );
+        for bad in [
+            LoadRequest { rate: 0, ..ok },
+            LoadRequest {
+                rate: limits::MAX_RATE + 1,
+                ..ok
+            },
+            LoadRequest { seconds: 0, ..ok },
+            LoadRequest {
+                seconds: 3601,
+                ..ok
+            },
+            LoadRequest { threads: 65, ..ok },
+        ] {
+            assert_eq!(
+                decode(IOCTL_LOAD_START, &bad.encode(), 0),
+                Err(INVALID_PARAMETER),
+                "{bad:?}"
+            );
+        }
+        let mut reserved = ok.encode();
+        reserved[15] = 1;
+        assert_eq!(
+            decode(IOCTL_LOAD_START, &reserved, 0),
+            Err(INVALID_PARAMETER)
+        );
+    }
+
+    #[test]
+    fn reset_subtracts_counters_and_keeps_gauges() {
+        let mut baseline = Stats {
+            enters: 10,
+            cycles: 3,
+            cpus_prepared: 2,
+            global_epoch: 9,
+            ..Stats::default()
+        };
+        baseline.enter_exit_ns.record(100);
+        let mut now = Stats {
+            enters: 15,
+            cycles: 3,
+            cpus_prepared: 4,
+            global_epoch: 12,
+            config_warnings: 1,
+            ..Stats::default()
+        };
+        now.enter_exit_ns = baseline.enter_exit_ns;
+        now.enter_exit_ns.record(5000);
+        let d = since_baseline(&now, &baseline);
+        assert_eq!(d.enters, 5);
+        assert_eq!(d.cycles, 0);
+        assert_eq!(d.cpus_prepared, 4);
+        assert_eq!(d.global_epoch, 12);
+        assert_eq!(d.config_warnings, 1);
+        assert_eq!(d.enter_exit_ns.count(), 1);
+        assert_eq!(d.enter_exit_ns.max_ns, 5000);
+    }
+
+    /// The status a request must get, computed independently of `decode`.
+    fn expected(code: u32, input: &[u8], output_len: usize) -> Result<(), i32> {
+        if !ALL_CODES.contains(&code) {
+            return Err(status::INVALID_DEVICE_REQUEST);
+        }
+        if code == IOCTL_LOAD_START {
+            if output_len != 0 {
+                return Err(status::INVALID_PARAMETER);
+            }
+            if input.len() != 16 {
+                return Err(status::INFO_LENGTH_MISMATCH);
+            }
+            let w = |i: usize| u32::from_le_bytes(input[i..i + 4].try_into().unwrap());
+            let valid = (1..=limits::MAX_RATE).contains(&w(0))
+                && (1..=3600).contains(&w(4))
+                && w(8) <= 64
+                && w(12) == 0;
+            return if valid {
+                Ok(())
+            } else {
+                Err(status::INVALID_PARAMETER)
+            };
+        }
+        if code == IOCTL_GET_STATS {
+            if !input.is_empty() {
+                return Err(status::INFO_LENGTH_MISMATCH);
+            }
+            return if output_len < 8 {
+                Err(status::BUFFER_TOO_SMALL)
+            } else {
+                Ok(())
+            };
+        }
+        if output_len != 0 {
+            return Err(status::INVALID_PARAMETER);
+        }
+        if !input.is_empty() {
+            return Err(status::INFO_LENGTH_MISMATCH);
+        }
+        Ok(())
+    }
+
+    fn any_code() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            any::<u32>(),
+            proptest::sample::select(ALL_CODES.to_vec()),
+            // Near misses: right function, wrong method/access/device bits.
+            (proptest::sample::select(ALL_CODES.to_vec()), 0u32..32)
+                .prop_map(|(c, bit)| c ^ (1 << bit)),
+        ]
+    }
+
+    fn any_input() -> impl Strategy<Value = std::vec::Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..64),
+            // Plausible load requests, in and out of range.
+            (
+                0u32..20_000_000,
+                0u32..5000,
+                0u32..100,
+                prop_oneof![Just(0u32), any::<u32>()]
+            )
+                .prop_map(|(r, s, t, x)| {
+                    let mut v = LoadRequest {
+                        rate: r,
+                        seconds: s,
+                        threads: t,
+                    }
+                    .encode()
+                    .to_vec();
+                    v[12..16].copy_from_slice(&x.to_le_bytes());
+                    v
+                }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        #[test]
+        fn decode_never_panics_and_answers_right(
+            code in any_code(),
+            input in any_input(),
+            output_len in prop_oneof![0usize..2048, any::<usize>()],
+        ) {
+            let got = decode(code, &input, output_len).map(|_| ());
+            prop_assert_eq!(got, expected(code, &input, output_len));
+            if let Ok(Request::LoadStart(request)) = decode(code, &input, output_len) {
+                prop_assert!(request.validate().is_ok());
+                let encoded = request.encode();
+                prop_assert_eq!(encoded.as_slice(), input.as_slice());
+            }
+        }
+
+        #[test]
+        fn stats_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1100)) {
+            let _ = decode_stats(&bytes);
+        }
+
+        #[test]
+        fn stats_encoding_fits_any_buffer(len in 0usize..1100) {
+            let stats = Stats { version: STATS_VERSION, size: STATS_SIZE as u32, ..Stats::default() };
+            let mut buffer = vec![0u8; len];
+            let (st, written) = encode_stats(&stats, &mut buffer);
+            prop_assert!(written <= len);
+            prop_assert_eq!(st == status::SUCCESS, len >= STATS_SIZE);
+        }
+    }
+}
