@@ -541,7 +541,10 @@ impl<P: Platform> Domain<P> {
             ProcessorChange::AddStart => {
                 DomainCounters::add(&domain.counters.hot_add_start, 1);
                 if domain.table.lookup(number).is_null() {
-                    match domain.prepare_slot(number, false, false) {
+                    // The `route-before-complete` mutation makes the slot ready and participating
+                    // here, before the processor runs: cycles would message it too early.
+                    let early = domain.mutated(Mutation::RouteBeforeComplete);
+                    match domain.prepare_slot(number, early, early) {
                         Some(_) => DomainCounters::add(&domain.counters.prepare_passive, 1),
                         None => domain.platform.log(
                             LogLevel::Warning,
@@ -696,9 +699,14 @@ impl<P: Platform> Domain<P> {
                     self.global_epoch.load(Ordering::Relaxed) + 1,
                     Ordering::Relaxed,
                 );
+                // Log the 1st, 2nd, 4th, 8th… failure: persistent failures must not flood the log.
+                let failures = self.counters.prepare_failures.load(Ordering::Relaxed);
+                if !failures.is_power_of_two() {
+                    return None;
+                }
                 self.platform.log(
                     LogLevel::Warning,
-                    format_args!("kepoch: preparing processor {processor} at DISPATCH failed; using the overflow slot"),
+                    format_args!("kepoch: preparing processor {processor} at DISPATCH failed ({failures} failures so far); using the overflow slot"),
                 );
                 None
             }
@@ -715,6 +723,7 @@ impl<P: Platform> Domain<P> {
             .store(self.global_epoch.load(Ordering::SeqCst), Ordering::Relaxed);
         self.participants.fetch_add(1, Ordering::Relaxed);
         ParticipantCounters::bump(&part.counters.joins);
+        part.mark_joined();
     }
 
     /// Exits the epoch entered by `token`, on whatever processor the caller now runs.
@@ -1062,7 +1071,11 @@ impl<P: Platform> Domain<P> {
             // SAFETY: registry slots are valid while the lock is held, and members stay valid for the
             // cycle (only never-ready slots are ever removed, and those never participate).
             let slot = unsafe { &*cursor };
-            if slot.part.participating.load(Ordering::SeqCst) && slot.ready.load(Ordering::Acquire)
+            let joined = slot.part.take_joined_mark();
+            let skip_joiner = joined && self.mutated(Mutation::ReleaseWhileJoining);
+            if slot.part.participating.load(Ordering::SeqCst)
+                && slot.ready.load(Ordering::Acquire)
+                && !skip_joiner
             {
                 slot.next_in_cycle.store(first, Ordering::Relaxed);
                 first = cursor;

@@ -13,17 +13,30 @@ pub enum Mutation {
     SkipReaderScan = 1 << 0,
     /// Retirement is stamped with the processor's lagging local epoch instead of the global epoch.
     LocalEpochStamp = 1 << 1,
+    /// AddStart makes the new processor's slot ready and participating at once, so cycles send it
+    /// messages before AddComplete (S3).
+    RouteBeforeComplete = 1 << 2,
+    /// A cycle skips participants that joined since the last snapshot, as if their unknown epoch did
+    /// not matter (S5).
+    ReleaseWhileJoining = 1 << 3,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 2] = [Mutation::SkipReaderScan, Mutation::LocalEpochStamp];
+    pub const ALL: [Mutation; 4] = [
+        Mutation::SkipReaderScan,
+        Mutation::LocalEpochStamp,
+        Mutation::RouteBeforeComplete,
+        Mutation::ReleaseWhileJoining,
+    ];
 
     /// Command-line name.
     pub fn name(self) -> &'static str {
         match self {
             Mutation::SkipReaderScan => "skip-reader-scan",
             Mutation::LocalEpochStamp => "local-epoch-stamp",
+            Mutation::RouteBeforeComplete => "route-before-complete",
+            Mutation::ReleaseWhileJoining => "release-while-joining",
         }
     }
 

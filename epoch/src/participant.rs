@@ -21,6 +21,10 @@ pub(crate) struct Participant {
     pub(crate) counters: ParticipantCounters,
     /// Oldest reader epoch already reported as stalled, so that a stall is reported once.
     pub(crate) stall_reported: AtomicU64,
+    /// Set by `join`, cleared by the next ring snapshot; only the `release-while-joining` mutation
+    /// reads it.
+    #[cfg(feature = "mutations")]
+    pub(crate) joined_since_snapshot: AtomicBool,
 }
 
 impl Participant {
@@ -33,7 +37,29 @@ impl Participant {
             retired: RetiredList::new(),
             counters: ParticipantCounters::default(),
             stall_reported: AtomicU64::new(u64::MAX),
+            #[cfg(feature = "mutations")]
+            joined_since_snapshot: AtomicBool::new(false),
         }
+    }
+
+    /// Records a join for the `release-while-joining` mutation (nothing without the feature).
+    #[inline(always)]
+    pub(crate) fn mark_joined(&self) {
+        #[cfg(feature = "mutations")]
+        self.joined_since_snapshot
+            .store(true, crate::sync::Ordering::Relaxed);
+    }
+
+    /// Whether the participant joined since the last snapshot, clearing the mark (always false
+    /// without the feature).
+    #[inline(always)]
+    pub(crate) fn take_joined_mark(&self) -> bool {
+        #[cfg(feature = "mutations")]
+        return self
+            .joined_since_snapshot
+            .swap(false, crate::sync::Ordering::Relaxed);
+        #[cfg(not(feature = "mutations"))]
+        false
     }
 }
 

@@ -32,6 +32,16 @@ struct State {
     fail_allocations: usize,
     delivered: Vec<usize>,
     logs: Vec<String>,
+    /// Processor-change registration exists.
+    callback_api: bool,
+    /// The registered callback and its context.
+    callback: Option<(ProcessorChangeFn, usize)>,
+    /// Registration replay: this Start (0-based) fails, as if another registrant vetoed it.
+    veto_start: Option<usize>,
+    /// Registration replay sends AddStart twice per processor.
+    replay_start_twice: bool,
+    /// Messages sent to a processor that is not running (S3).
+    misrouted: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -56,6 +66,7 @@ impl TestPlatform {
         TestPlatform(Arc::new(Mutex::new(State {
             cpus,
             max_reported,
+            callback_api: true,
             ..State::default()
         })))
     }
@@ -101,6 +112,39 @@ impl TestPlatform {
             unsafe { work.0.invoke() };
         }
     }
+    /// A live hot-add of the next processor: AddStart (not running yet), then AddComplete (running)
+    /// or AddFailure. Returns the new processor's number.
+    fn hot_add(&self, fail: bool) -> usize {
+        let (callback, context, cpu) = {
+            let state = self.0.lock().unwrap();
+            let (callback, context) = state.callback.expect("registered");
+            (callback, context, state.cpus)
+        };
+        let processor = CurrentProcessor {
+            number: ProcessorNumber::new(0, cpu as u8),
+            index: cpu as u32,
+        };
+        // SAFETY: the domain that registered is alive (it deregisters at unload).
+        unsafe {
+            callback(context as *const (), ProcessorChange::AddStart, processor);
+            if fail {
+                callback(
+                    context as *const (),
+                    ProcessorChange::AddFailure(Status::INSUFFICIENT_RESOURCES),
+                    processor,
+                );
+            } else {
+                self.0.lock().unwrap().cpus += 1;
+                callback(
+                    context as *const (),
+                    ProcessorChange::AddComplete,
+                    processor,
+                );
+            }
+        }
+        cpu
+    }
+
     fn live_allocations(&self) -> usize {
         self.0.lock().unwrap().live.len()
     }
@@ -186,6 +230,10 @@ unsafe impl Platform for TestPlatform {
         let mut state = self.0.lock().unwrap();
         let id = message.0.get();
         let cpu = state.bound[&id].0;
+        if cpu >= state.cpus {
+            state.misrouted += 1;
+            return;
+        }
         if !state.messages.iter().any(|&(_, queued)| queued == id) {
             state.messages.push_back((cpu, id));
         }
@@ -249,12 +297,53 @@ unsafe impl Platform for TestPlatform {
     }
     unsafe fn processor_change_register(
         &self,
-        _callback: ProcessorChangeFn,
-        _context: *const (),
+        callback: ProcessorChangeFn,
+        context: *const (),
     ) -> Result<Option<NonNull<()>>, Status> {
-        Ok(None)
+        let (api, cpus, veto, twice) = {
+            let state = self.0.lock().unwrap();
+            (
+                state.callback_api,
+                state.cpus,
+                state.veto_start,
+                state.replay_start_twice,
+            )
+        };
+        if !api {
+            return Ok(None);
+        }
+        let notify = |cpu: usize, change| {
+            let processor = CurrentProcessor {
+                number: ProcessorNumber::new(0, cpu as u8),
+                index: cpu as u32,
+            };
+            // SAFETY: the caller keeps `context` valid for the registration.
+            unsafe { callback(context, change, processor) }
+        };
+        for cpu in 0..cpus {
+            if veto == Some(cpu) {
+                for started in 0..cpu {
+                    notify(
+                        started,
+                        ProcessorChange::AddFailure(Status::INSUFFICIENT_RESOURCES),
+                    );
+                }
+                return Err(Status::INSUFFICIENT_RESOURCES);
+            }
+            notify(cpu, ProcessorChange::AddStart);
+            if twice {
+                notify(cpu, ProcessorChange::AddStart);
+            }
+        }
+        for cpu in 0..cpus {
+            notify(cpu, ProcessorChange::AddComplete);
+        }
+        self.0.lock().unwrap().callback = Some((callback, context as usize));
+        Ok(Some(NonNull::dangling()))
     }
-    unsafe fn processor_change_deregister(&self, _handle: NonNull<()>) {}
+    unsafe fn processor_change_deregister(&self, _handle: NonNull<()>) {
+        self.0.lock().unwrap().callback = None;
+    }
     fn log(&self, _level: LogLevel, args: fmt::Arguments<'_>) {
         self.0.lock().unwrap().logs.push(args.to_string());
     }
@@ -619,4 +708,173 @@ fn a_stalled_reader_blocks_reclamation_and_is_reported_once() {
         platform.tick();
     }
     assert_eq!(drops.load(Ordering::SeqCst), 1);
+}
+
+fn callback_domain(platform: &TestPlatform) -> DomainBox<TestPlatform> {
+    Domain::create(platform.clone(), Config::with_strategy(Strategy::Callback))
+        .expect("callback loads")
+}
+
+#[test]
+fn callback_prewarms_the_active_subset_and_pays_nothing_at_dispatch() {
+    let platform = TestPlatform::new(2, 64);
+    let domain = callback_domain(&platform);
+    assert_eq!(domain.callback_state(), crate::CallbackState::Registered);
+    let stats = domain.stats();
+    assert_eq!(
+        (
+            stats.cpus_prepared,
+            stats.prepare_passive,
+            stats.hot_add_start,
+            stats.hot_add_complete
+        ),
+        (2, 2, 2, 2)
+    );
+    for cpu in 0..2 {
+        TestPlatform::on_cpu(cpu, || drop(domain.enter()));
+    }
+    assert_eq!(domain.stats().prepare_at_dispatch, 0);
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0);
+}
+
+#[test]
+fn hot_added_cpu_is_prepared_at_add_start_and_ready_only_at_add_complete() {
+    let platform = TestPlatform::new(2, 8);
+    let domain = callback_domain(&platform);
+    let drops = Arc::new(AtomicUsize::new(0));
+    // A cycle and a reader are in flight while the processor arrives.
+    let reader = TestPlatform::on_cpu(0, || domain.enter());
+    TestPlatform::on_cpu(1, || retire_new(&domain, &drops));
+    platform.tick();
+    let added = platform.hot_add(false);
+    // The reader migrates onto the new processor and exits there.
+    let guard = TestPlatform::on_cpu(added, || domain.enter());
+    TestPlatform::on_cpu(added, || drop(reader));
+    let stats = domain.stats();
+    assert_eq!(
+        stats.prepare_at_dispatch, 0,
+        "the hot-added processor was pre-warmed"
+    );
+    assert_eq!(stats.remote_exits, 1);
+    for _ in 0..4 {
+        platform.tick();
+    }
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    TestPlatform::on_cpu(added, || drop(guard));
+    domain.synchronize();
+    assert_eq!(
+        platform.0.lock().unwrap().misrouted,
+        0,
+        "a message went to a processor that was not running"
+    );
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0);
+}
+
+#[test]
+fn add_failure_rolls_back_completely_and_a_retry_works() {
+    let platform = TestPlatform::new(2, 8);
+    let domain = callback_domain(&platform);
+    let before = domain.stats();
+    platform.hot_add(true);
+    let after_failure = domain.stats();
+    assert_eq!(after_failure.cpus_prepared, before.cpus_prepared);
+    assert_eq!(
+        after_failure.per_cpu_bytes, before.per_cpu_bytes,
+        "{after_failure:?}"
+    );
+    assert_eq!(after_failure.hot_add_failure, 1);
+    let retried = platform.hot_add(false);
+    assert_eq!(domain.stats().cpus_prepared, before.cpus_prepared + 1);
+    TestPlatform::on_cpu(retried, || drop(domain.enter()));
+    assert_eq!(domain.stats().prepare_at_dispatch, 0);
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0);
+}
+
+#[test]
+fn replayed_add_start_is_idempotent() {
+    let platform = TestPlatform::new(3, 3);
+    platform.0.lock().unwrap().replay_start_twice = true;
+    let domain = callback_domain(&platform);
+    let stats = domain.stats();
+    assert_eq!(stats.hot_add_start, 6);
+    assert_eq!(
+        stats.cpus_prepared, 3,
+        "a second AddStart must not prepare a second slot"
+    );
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0);
+}
+
+#[test]
+fn registration_failing_halfway_rolls_back_and_runs_as_lazy() {
+    let platform = TestPlatform::new(4, 4);
+    platform.0.lock().unwrap().veto_start = Some(2);
+    let domain = callback_domain(&platform);
+    assert_eq!(
+        domain.callback_state(),
+        crate::CallbackState::RegistrationFailed
+    );
+    let stats = domain.stats();
+    assert_eq!(
+        (
+            stats.hot_add_start,
+            stats.hot_add_failure,
+            stats.cpus_prepared
+        ),
+        (2, 2, 0)
+    );
+    TestPlatform::on_cpu(3, || drop(domain.enter()));
+    assert_eq!(
+        domain.stats().prepare_at_dispatch,
+        1,
+        "the lazy path takes over"
+    );
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0);
+}
+
+#[test]
+fn missing_callback_api_runs_as_lazy_and_says_so() {
+    let platform = TestPlatform::new(2, 2);
+    platform.0.lock().unwrap().callback_api = false;
+    let domain = callback_domain(&platform);
+    assert_eq!(domain.callback_state(), crate::CallbackState::ApiMissing);
+    let logs = platform.0.lock().unwrap().logs.clone();
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("missing") && l.contains("lazy")),
+        "{logs:?}"
+    );
+}
+
+#[test]
+fn allocation_failure_at_add_start_never_vetoes_and_leaves_the_cpu_to_the_lazy_path() {
+    let platform = TestPlatform::new(2, 8);
+    let domain = callback_domain(&platform);
+    platform.0.lock().unwrap().fail_allocations = 1;
+    let added = platform.hot_add(false);
+    let stats = domain.stats();
+    assert_eq!(
+        (
+            stats.prepare_failures,
+            stats.hot_add_complete,
+            stats.hot_add_vetoed
+        ),
+        (1, 3, 0)
+    );
+    // The lazy path prepares it on first use; if that fails too, the overflow slot serves it.
+    platform.0.lock().unwrap().fail_allocations = 1;
+    let guard = TestPlatform::on_cpu(added, || domain.enter());
+    assert_eq!(domain.stats().fallback_uses, 1);
+    drop(guard);
+    for _ in 0..3 {
+        platform.tick();
+    }
+    TestPlatform::on_cpu(added, || drop(domain.enter()));
+    assert_eq!(domain.stats().prepare_at_dispatch, 1);
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0);
 }
