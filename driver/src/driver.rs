@@ -15,7 +15,7 @@ use kepoch::{Domain, DomainBox, Stats};
 
 use crate::ioctl::{self, LoadRequest, Request};
 use crate::nt;
-use crate::platform::{dpcs_are_delivered, log_line, NtPlatform};
+use crate::platform::{dpcs_are_delivered, log_line, performance_counter, NtPlatform};
 use crate::support::{
     dacl_size, nth_set_bit, ops_due, registry_value_from_query, thread_rate, ticks_to_ns,
     AtomicHistogram, WellKnownSid,
@@ -576,15 +576,6 @@ unsafe extern "C" fn device_control(
     // SAFETY: our IRP, completed exactly once.
     unsafe { nt::complete_irp(irp, status, information) };
     status
-}
-
-/// `KeQueryPerformanceCounter`: (ticks, frequency).
-fn performance_counter() -> (u64, u64) {
-    let mut frequency = nt::LARGE_INTEGER { QuadPart: 0 };
-    // SAFETY: callable at any IRQL; writes the frequency we pass.
-    let ticks = unsafe { nt::KeQueryPerformanceCounter(&mut frequency) };
-    // SAFETY: both are plain i64 views of the union.
-    unsafe { (ticks.QuadPart as u64, frequency.QuadPart as u64) }
 }
 
 impl DeviceState {

@@ -225,7 +225,7 @@ const STATS_U64_FIELDS: usize = 27;
 const _: () = assert!(core::mem::offset_of!(Stats, cpus_prepared) == 24);
 const _: () = assert!(
     core::mem::size_of::<Stats>()
-        == 24 + 8 * STATS_U64_FIELDS + 2 * core::mem::size_of::<LatencyHistogram>(),
+        == 24 + 8 * STATS_U64_FIELDS + 3 * core::mem::size_of::<LatencyHistogram>(),
     "Stats changed: update STATS_U64_FIELDS and since_baseline in driver/src/ioctl.rs"
 );
 const _: () =
@@ -320,6 +320,7 @@ pub fn since_baseline(now: &Stats, baseline: &Stats) -> Stats {
     );
     out.first_enter_ns = now.first_enter_ns.since(&baseline.first_enter_ns);
     out.enter_exit_ns = now.enter_exit_ns.since(&baseline.enter_exit_ns);
+    out.cycle_latency_ns = now.cycle_latency_ns.since(&baseline.cycle_latency_ns);
     out
 }
 
@@ -344,8 +345,8 @@ mod tests {
     }
 
     #[test]
-    fn stats_are_1024_bytes_and_round_trip() {
-        assert_eq!(STATS_SIZE, 1024);
+    fn stats_have_the_version_3_size_and_round_trip() {
+        assert_eq!(STATS_SIZE, 1416);
         let mut stats = Stats {
             version: STATS_VERSION,
             size: STATS_SIZE as u32,

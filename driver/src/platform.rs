@@ -22,6 +22,15 @@ use crate::wide;
 /// STATUS_UNSUCCESSFUL: `KeRegisterProcessorChangeCallback` returned no handle.
 const STATUS_UNSUCCESSFUL: Status = Status(0xC000_0001u32 as i32);
 
+/// `KeQueryPerformanceCounter`: (ticks, frequency).
+pub(crate) fn performance_counter() -> (u64, u64) {
+    let mut frequency = nt::LARGE_INTEGER { QuadPart: 0 };
+    // SAFETY: callable at any IRQL; writes the frequency we pass.
+    let ticks = unsafe { nt::KeQueryPerformanceCounter(&mut frequency) };
+    // SAFETY: both are plain i64 views of the union.
+    unsafe { (ticks.QuadPart as u64, frequency.QuadPart as u64) }
+}
+
 /// Writes one line to the kernel debugger (DbgPrintEx, IHV component), prefixed with `kepoch: `.
 /// Callable at any IRQL up to DIRQL; lines longer than DbgPrintEx's 512 bytes are truncated.
 pub fn log_line(level: LogLevel, args: fmt::Arguments<'_>) {
@@ -697,6 +706,11 @@ unsafe impl Platform for NtPlatform {
             }
             self.free(block.cast(), Layout::new::<Registration>());
         }
+    }
+
+    fn now_ns(&self) -> u64 {
+        let (ticks, frequency) = performance_counter();
+        (ticks as u128 * 1_000_000_000 / frequency.max(1) as u128) as u64
     }
 
     fn log(&self, level: LogLevel, args: fmt::Arguments<'_>) {

@@ -10,7 +10,9 @@ use crate::platform::{
     CurrentProcessor, Handler, LogLevel, Platform, ProcessorChange, ProcessorNumber, Status,
 };
 use crate::spin::SpinLock;
-use crate::stats::{CallbackState, DomainCounters, ParticipantCounters, Stats, STATS_VERSION};
+use crate::stats::{
+    CallbackState, DomainCounters, LatencyHistogram, ParticipantCounters, Stats, STATS_VERSION,
+};
 use crate::sync::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use crate::table::SlotTable;
 use core::alloc::Layout;
@@ -72,6 +74,8 @@ struct Cycle<P: Platform> {
     oldest: AtomicU64,
     /// Released epoch when the in-flight cycle started: visits free up to it.
     release_at_start: AtomicU64,
+    /// `now_ns` when the in-flight cycle published its epoch.
+    started_ns: AtomicU64,
     first: AtomicPtr<Slot<P>>,
 }
 
@@ -96,6 +100,7 @@ pub struct Domain<P: Platform> {
     registry: SpinLock<Registry<P>>,
     overflow: SpinLock<Participant>,
     counters: DomainCounters,
+    cycle_latency: SpinLock<LatencyHistogram>,
     config: Config,
     callback_state: AtomicU32,
     callback_handle: AtomicPtr<()>,
@@ -235,6 +240,7 @@ impl<P: Platform> Domain<P> {
                     epoch: AtomicU64::new(1),
                     oldest: AtomicU64::new(u64::MAX),
                     release_at_start: AtomicU64::new(0),
+                    started_ns: AtomicU64::new(0),
                     first: AtomicPtr::new(ptr::null_mut()),
                 },
                 table: SlotTable::new(),
@@ -243,6 +249,7 @@ impl<P: Platform> Domain<P> {
                 }),
                 overflow: SpinLock::new(Participant::new()),
                 counters: DomainCounters::default(),
+                cycle_latency: SpinLock::new(LatencyHistogram::default()),
                 config,
                 callback_state: AtomicU32::new(CallbackState::NotUsed as u32),
                 callback_handle: AtomicPtr::new(ptr::null_mut()),
@@ -1053,6 +1060,9 @@ impl<P: Platform> Domain<P> {
             return;
         }
         self.cycle.requested.store(false, Ordering::SeqCst);
+        self.cycle
+            .started_ns
+            .store(self.platform.now_ns(), Ordering::Relaxed);
         let epoch = self.global_epoch.fetch_add(1, Ordering::SeqCst) + 1;
         fence(Ordering::SeqCst);
         self.cycle.epoch.store(epoch, Ordering::Relaxed);
@@ -1219,6 +1229,11 @@ impl<P: Platform> Domain<P> {
         self.released_epoch.store(oldest - 1, Ordering::Release);
         self.freed_through.store(freed_before, Ordering::Release);
         DomainCounters::add(&self.counters.cycles, 1);
+        let took = self
+            .platform
+            .now_ns()
+            .saturating_sub(self.cycle.started_ns.load(Ordering::Relaxed));
+        self.cycle_latency.lock().record(took);
         self.cycle.in_flight.store(false, Ordering::SeqCst);
         self.platform.event_signal(self.cycle_done());
         if self.cycle.requested.swap(false, Ordering::SeqCst) {
@@ -1280,6 +1295,7 @@ impl<P: Platform> Domain<P> {
         stats.hot_add_complete = load(&c.hot_add_complete);
         stats.hot_add_failure = load(&c.hot_add_failure);
         stats.leaked_readers = load(&c.leaked_readers);
+        stats.cycle_latency_ns = *self.cycle_latency.lock();
         stats.global_epoch = self.global_epoch.load(Ordering::Relaxed);
         stats.released_epoch = self.released_epoch.load(Ordering::Relaxed);
         let mut add = |part: &Participant| {

@@ -279,6 +279,10 @@ pub unsafe trait Platform: Send + Sync + 'static {
     /// `handle` came from a successful registration and is deregistered once.
     unsafe fn processor_change_deregister(&self, handle: NonNull<()>);
 
+    /// A monotonic clock in nanoseconds (`KeQueryPerformanceCounter` scaled on NT). The core only
+    /// uses differences of it, to time reclamation cycles.
+    fn now_ns(&self) -> u64;
+
     /// Writes one log line (DbgPrintEx in the kernel).
     fn log(&self, level: LogLevel, args: fmt::Arguments<'_>);
 }

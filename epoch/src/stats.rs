@@ -68,7 +68,8 @@ pub enum CallbackState {
 /// Version of [`Stats`]; bumped on any layout change.
 ///
 /// 2: appended `config_warnings`, `first_enter_ns` and `enter_exit_ns`.
-pub const STATS_VERSION: u32 = 2;
+/// 3: appended `cycle_latency_ns`.
+pub const STATS_VERSION: u32 = 3;
 
 /// A snapshot of a domain's counters. `repr(C)` and versioned: the driver returns it through an IOCTL
 /// and user-mode tools decode it, so fields are only ever appended.
@@ -147,6 +148,10 @@ pub struct Stats {
     pub first_enter_ns: LatencyHistogram,
     /// Latency of an enter/exit pair, in nanoseconds.
     pub enter_exit_ns: LatencyHistogram,
+    // ---- version 3 ----
+    /// Duration of a reclamation cycle, from publishing its epoch to releasing, in nanoseconds
+    /// (measured by the core with [`Platform::now_ns`](crate::platform::Platform::now_ns)).
+    pub cycle_latency_ns: LatencyHistogram,
 }
 
 /// Number of buckets of a [`LatencyHistogram`]: bucket 47 starts at 2^47 ns (about 39 hours).

@@ -42,6 +42,8 @@ struct State {
     replay_start_twice: bool,
     /// Messages sent to a processor that is not running (S3).
     misrouted: usize,
+    /// The test clock.
+    clock_ns: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -343,6 +345,12 @@ unsafe impl Platform for TestPlatform {
     }
     unsafe fn processor_change_deregister(&self, _handle: NonNull<()>) {
         self.0.lock().unwrap().callback = None;
+    }
+    fn now_ns(&self) -> u64 {
+        // Every reading advances a microsecond: cycles take a measurable, deterministic time.
+        let mut state = self.0.lock().unwrap();
+        state.clock_ns += 1_000;
+        state.clock_ns
     }
     fn log(&self, _level: LogLevel, args: fmt::Arguments<'_>) {
         self.0.lock().unwrap().logs.push(args.to_string());

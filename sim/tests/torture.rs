@@ -9,7 +9,7 @@ fn spec(strategy: Strategy, seed: u64, mutations: Mutations) -> RunSpec {
         seed,
         mode: Mode::Deterministic,
         duration_us: 20_000,
-        hot_add_rate: 0,
+        hot_add_rate: 50,
         mutations,
     }
 }
@@ -48,13 +48,13 @@ fn every_mutation_is_caught_and_its_seed_replays() {
         let mutations = Mutations::NONE.with(mutation);
         let failing = (0..200)
             .find(|&seed| {
-                !run(&spec(Strategy::Lazy, seed, mutations))
+                !run(&spec(Strategy::Callback, seed, mutations))
                     .violations
                     .is_empty()
             })
             .unwrap_or_else(|| panic!("mutation {mutation} was not caught in 200 seeds"));
-        let first = run(&spec(Strategy::Lazy, failing, mutations));
-        let replay = run(&spec(Strategy::Lazy, failing, mutations));
+        let first = run(&spec(Strategy::Callback, failing, mutations));
+        let replay = run(&spec(Strategy::Callback, failing, mutations));
         assert_eq!(
             first.violations, replay.violations,
             "seed {failing} does not replay {mutation}"

@@ -672,6 +672,15 @@ unsafe impl Platform for SimPlatform {
         }
     }
 
+    fn now_ns(&self) -> u64 {
+        // Parallel mode: real elapsed time; deterministic mode: simulated time.
+        if self.shared.is_parallel() {
+            self.shared.wall_origin.elapsed().as_nanos() as u64
+        } else {
+            self.shared.now().saturating_mul(1_000)
+        }
+    }
+
     fn log(&self, level: LogLevel, args: fmt::Arguments<'_>) {
         self.shared.log_line(level, args.to_string());
     }
