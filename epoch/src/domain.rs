@@ -585,15 +585,21 @@ impl<P: Platform> Domain<P> {
             return;
         }
         self.table.remove(processor);
-        let mut link: *mut *mut Slot<P> = &mut registry.head;
         // SAFETY: registry links are valid slots; we hold the lock.
         unsafe {
-            while !(*link).is_null() {
-                if *link == slot {
-                    *link = (*slot).next_registered.load(Ordering::Relaxed);
-                    break;
+            let next = (*slot).next_registered.load(Ordering::Relaxed);
+            if registry.head == slot {
+                registry.head = next;
+            } else {
+                let mut cursor = registry.head;
+                while !cursor.is_null() {
+                    let following = (*cursor).next_registered.load(Ordering::Relaxed);
+                    if following == slot {
+                        (*cursor).next_registered.store(next, Ordering::Relaxed);
+                        break;
+                    }
+                    cursor = following;
                 }
-                link = (*(*link)).next_registered.as_ptr();
             }
         }
         drop(registry);

@@ -1,4 +1,7 @@
-//! `kepoch-sim` library: the simulated machine and (later) the A/B lab.
+//! `kepoch-sim` library: the simulated machine, the torture and the A/B lab.
 
+pub mod bench;
+pub mod lab;
 pub mod machine;
+pub mod objects;
 pub mod torture;

@@ -9,6 +9,8 @@ use std::ops::Range;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+mod lab_cli;
+
 #[derive(Parser)]
 #[command(
     name = "kepoch-sim",
@@ -25,6 +27,13 @@ enum Command {
     /// rcutorture-style torture: readers, writers and synchronize on simulated machines; exits 1 with
     /// a replay command on any violation.
     Torture(TortureArgs),
+    /// A/B test: runs eager, lazy and callback on the same scenario (same seed, hot-add schedule and
+    /// workload) and prints the measured figures side by side, then a verdict.
+    Ab(lab_cli::AbArgs),
+    /// Lists the built-in scenarios, one line each.
+    Scenarios,
+    /// Merges `ab --json` files and guest stats (`kepochctl stats --json`) into one table (and chart).
+    Report(lab_cli::ReportArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -106,6 +115,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Torture(args) => torture_command(args),
+        Command::Ab(args) => lab_cli::ab_command(args),
+        Command::Scenarios => lab_cli::scenarios_command(),
+        Command::Report(args) => lab_cli::report_command(args),
     }
 }
 

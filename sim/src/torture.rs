@@ -13,6 +13,7 @@
 //! `callback`, and the machine's own checks (routing, IRQL, exclusion, double free) must be clean.
 
 use crate::machine::{Firmware, Machine, MachineConfig, StepContext, StepOutcome, Task};
+use crate::objects::{self, Object, SimDomain};
 use kepoch::platform::{Irql, Platform};
 use kepoch::{Config, Domain, DomainBox, Mutations, RawGuard, Strategy};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
@@ -23,12 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Magic of a live torture object.
-const LIVE: u64 = 0x4C49_5645_4F42_4A31;
-/// Written by the object's destructor, before the allocator poisons the block.
-const DEAD: u64 = 0x4445_4144_4F42_4A31;
-/// `retired_at` of an object that is still linked.
-const NOT_RETIRED: u64 = u64::MAX;
 /// Shared cells readers read and writers swap.
 const CELLS: usize = 4;
 /// Cycle period used by the torture: the shortest the configuration accepts, for many cycles per run.
@@ -98,23 +93,10 @@ pub struct RunOutcome {
     pub machine: String,
 }
 
-/// The object readers read.
-struct TortureObject {
-    magic: AtomicU64,
-    id: u64,
-    retired_at: AtomicU64,
-}
-
-impl Drop for TortureObject {
-    fn drop(&mut self) {
-        self.magic.store(DEAD, Ordering::Release);
-    }
-}
-
 /// State shared by the tasks of one run.
 struct Shared {
     domain: RwLock<Option<DomainBox<crate::machine::SimPlatform>>>,
-    cells: [AtomicPtr<TortureObject>; CELLS],
+    cells: [AtomicPtr<Object>; CELLS],
     stop: AtomicBool,
     violations: Mutex<Vec<String>>,
     next_id: AtomicU64,
@@ -124,8 +106,6 @@ struct Shared {
     /// A CPU that must never run epoch code (the S4 check); migrations avoid it.
     idle_cpu: Option<u32>,
 }
-
-type SimDomain = Domain<crate::machine::SimPlatform>;
 
 impl Shared {
     fn domain(&self) -> RwLockReadGuard<'_, Option<DomainBox<crate::machine::SimPlatform>>> {
@@ -140,29 +120,11 @@ impl Shared {
     }
 
     /// Checks an object a reader holds. `cpu` is where the reader runs now.
-    fn check(&self, domain: &SimDomain, object: NonNull<TortureObject>, id: u64, cpu: u32) {
+    fn check(&self, domain: &SimDomain, object: NonNull<Object>, id: u64, cpu: u32) {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: the object is either live (protected by the reader's epoch) or, if the protocol is
-        // broken, freed into the simulator's quarantine, which keeps the memory mapped and poisoned;
-        // every access is atomic, so a concurrent poisoning is not a data race.
-        let (magic, retired_at) = unsafe {
-            let object = object.as_ref();
-            (
-                object.magic.load(Ordering::Acquire),
-                object.retired_at.load(Ordering::Acquire),
-            )
-        };
-        if magic != LIVE {
-            self.violation(format!(
-                "use-after-free: a reader on CPU {cpu} read object #{id} after it was freed (magic {magic:#018x})"
-            ));
-            return;
-        }
-        let released = domain.released_epoch();
-        if retired_at != NOT_RETIRED && retired_at <= released {
-            self.violation(format!(
-                "object #{id} retired at epoch {retired_at} is still held by a reader on CPU {cpu}, but epoch {released} was released"
-            ));
+        // SAFETY: held inside the reader's epoch; see `objects::check`.
+        if let Some(text) = unsafe { objects::check(domain, object) }.describe(id, cpu) {
+            self.violation(text);
         }
     }
 
@@ -176,14 +138,9 @@ impl Shared {
         }
     }
 
-    fn new_object(&self, domain: &SimDomain) -> Option<(NonNull<TortureObject>, u64)> {
+    fn new_object(&self, domain: &SimDomain) -> Option<(NonNull<Object>, u64)> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let object = TortureObject {
-            magic: AtomicU64::new(LIVE),
-            id,
-            retired_at: AtomicU64::new(NOT_RETIRED),
-        };
-        domain.alloc(object).ok().map(|p| (p, id))
+        objects::new_object(domain, id).map(|p| (p, id))
     }
 }
 
@@ -192,7 +149,7 @@ impl Shared {
 struct Reader {
     shared: Arc<Shared>,
     tokens: Vec<RawGuard>,
-    held: Vec<(NonNull<TortureObject>, u64)>,
+    held: Vec<(NonNull<Object>, u64)>,
     steps_left: u32,
     dispatch_irql: Option<Irql>,
 }
@@ -299,20 +256,14 @@ impl Task for Writer {
         let epoch = domain.enter();
         if let Some((object, _)) = shared.new_object(domain) {
             let cell = ctx.rng().gen_range(0..CELLS);
-            let old = shared.cells[cell].swap(object.as_ptr(), Ordering::AcqRel);
-            if let Some(old) = NonNull::new(old) {
-                // SAFETY: `old` came from `alloc` and was just unlinked by the swap.
-                match unsafe { domain.retire(old) } {
-                    Ok(stamp) => {
-                        // SAFETY: our epoch keeps `old` alive until `epoch` drops.
-                        unsafe { old.as_ref() }
-                            .retired_at
-                            .store(stamp, Ordering::Release);
-                        shared.retires.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(error) => {
-                        shared.violation(format!("retire of an unlinked object failed: {error:?}"))
-                    }
+            // SAFETY: every object in the cells came from `new_object` of this domain.
+            match unsafe { objects::replace(domain, &shared.cells[cell], object) } {
+                Ok(true) => {
+                    shared.retires.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    shared.violation(format!("retire of an unlinked object failed: {error:?}"))
                 }
             }
         }
@@ -519,14 +470,8 @@ pub fn run(spec: &RunSpec) -> RunOutcome {
     let stats_before_unload = machine.with_cpu(boot, || {
         let guard = shared.domain();
         let domain = guard.as_deref().expect("domain present until unload");
-        for cell in &shared.cells {
-            let object = cell.swap(ptr::null_mut(), Ordering::AcqRel);
-            if let Some(object) = NonNull::new(object) {
-                // SAFETY: unlinked just now; allocated by this domain.
-                if unsafe { domain.retire(object) }.is_err() {
-                    shared.violation("final retire refused".into());
-                }
-            }
+        if objects::retire_cells(domain, &shared.cells) != 0 {
+            shared.violation("final retire refused".into());
         }
         domain.synchronize();
         domain.stats()

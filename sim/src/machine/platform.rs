@@ -122,7 +122,10 @@ impl SimPlatform {
         }
         let start = Instant::now();
         let c = sh.ctx();
-        while !done(sh) {
+        // As in deterministic mode, a waiter resumes only when its CPU is not held at DISPATCH.
+        let mut resumable =
+            |sh: &Shared| done(sh) && !(c.cpu_thread && sh.cpu_locks[c.cpu].is_locked());
+        while !resumable(sh) {
             if start.elapsed() > PARALLEL_WAIT_LIMIT {
                 sh.violation(
                     ViolationKind::WaitNeverSatisfied,
@@ -130,11 +133,24 @@ impl SimPlatform {
                 );
                 return;
             }
-            if c.cpu_thread && super::sched::par_drain_dispatch_work(self, c.cpu) {
+            // The waiting thread runs its CPU's messages and also gives the CPU to the other tasks
+            // there, as a blocked thread would be switched out: a reader stalled behind the waiter
+            // could otherwise hold the wait forever. Both every round, so neither starves the other.
+            let mut progressed = false;
+            if c.cpu_thread {
+                progressed |= super::sched::par_drain_dispatch_work(self, c.cpu);
+                if !sh.stop_tasks.load(Ordering::Acquire) {
+                    if let Some(tid) = super::sched::par_pick_task(self, c.cpu) {
+                        super::sched::run_task(self, tid);
+                        progressed = true;
+                    }
+                }
+            }
+            if progressed {
                 continue;
             }
             let mut g = sh.ev_lock.lock();
-            if done(sh) {
+            if resumable(sh) {
                 return;
             }
             sh.ev_cv.wait_for(&mut g, Duration::from_micros(200));

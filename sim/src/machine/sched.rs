@@ -583,7 +583,7 @@ pub(crate) fn par_drain_dispatch_work(p: &SimPlatform, cpu: usize) -> bool {
     }
 }
 
-fn par_pick_task(p: &SimPlatform, cpu: usize) -> Option<TaskId> {
+pub(crate) fn par_pick_task(p: &SimPlatform, cpu: usize) -> Option<TaskId> {
     let sh = &*p.shared;
     let now = sh.now();
     let mut st = sh.st.lock();

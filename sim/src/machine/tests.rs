@@ -848,7 +848,7 @@ fn parallel_mode_runs_on_several_threads_and_joins() {
     assert!(c.timer_fires > 5, "{c:?}");
     assert_eq!(c.hot_add_complete, 1);
     assert_eq!(p.active_processor_count(), 5);
-    let ev = ev.lock().unwrap();
+    let ev = ev.lock().unwrap().clone();
     assert!(ev
         .iter()
         .all(|e| e.1 == Irql::DISPATCH && (e.2 == 99 || u64::from(e.0) == e.2)));

@@ -1,0 +1,288 @@
+//! Workloads shared by the criterion benchmarks (`benches/epoch.rs`) and the report harness
+//! (`benches/report.rs`): kepoch on [`BenchPlatform`] and its peers, crossbeam-epoch and seize.
+
+#![allow(dead_code)]
+
+use kepoch::{Config, Domain, DomainBox, Strategy};
+use kepoch_sim::bench::BenchPlatform;
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+/// The value every alloc+retire workload allocates (32 bytes, like a small tree node).
+pub type Node = [u64; 4];
+
+/// Items retired between two reclamation cycles in the kepoch alloc+retire workload (the kernel's
+/// timer would run a cycle every millisecond; at ~100 ns per item that is ~10 000 items).
+pub const RETIRES_PER_CYCLE: u64 = 256;
+
+/// Something timed in batches: `run(iters)` performs `iters` operations and returns the time they took
+/// (set-up that is not part of the figure is excluded).
+pub trait Workload {
+    /// Runs `iters` operations.
+    fn run(&mut self, iters: u64) -> Duration;
+}
+
+/// A domain on a fresh benchmark machine.
+pub fn domain(
+    max: u32,
+    active: u32,
+    strategy: Strategy,
+    idle_deactivation: bool,
+) -> (BenchPlatform, DomainBox<BenchPlatform>) {
+    let platform = BenchPlatform::new(max, active);
+    let config = Config {
+        idle_deactivation,
+        ..Config::with_strategy(strategy)
+    };
+    let domain = Domain::create(platform.clone(), config).expect("creating a benchmark domain");
+    (platform, domain)
+}
+
+/// kepoch enter+exit on one CPU, steady state (the CPU participates already).
+pub struct KepochEnterExit {
+    _platform: BenchPlatform,
+    domain: DomainBox<BenchPlatform>,
+}
+
+impl KepochEnterExit {
+    /// A 2-CPU machine, `callback` strategy, CPU 0 warmed up.
+    pub fn new() -> Self {
+        let (platform, domain) = domain(2, 2, Strategy::Callback, true);
+        BenchPlatform::pin_current_thread(0);
+        drop(domain.enter());
+        KepochEnterExit {
+            _platform: platform,
+            domain,
+        }
+    }
+}
+
+impl Workload for KepochEnterExit {
+    fn run(&mut self, iters: u64) -> Duration {
+        BenchPlatform::pin_current_thread(0);
+        let domain = black_box(&*self.domain);
+        let start = Instant::now();
+        for _ in 0..iters {
+            drop(black_box(domain.enter()));
+        }
+        start.elapsed()
+    }
+}
+
+/// crossbeam-epoch `pin()` + drop on the default collector, steady state.
+pub struct CrossbeamPin;
+
+impl Workload for CrossbeamPin {
+    fn run(&mut self, iters: u64) -> Duration {
+        drop(crossbeam_epoch::pin());
+        let start = Instant::now();
+        for _ in 0..iters {
+            drop(black_box(crossbeam_epoch::pin()));
+        }
+        start.elapsed()
+    }
+}
+
+/// kepoch enter + alloc + retire + exit, with a reclamation cycle every [`RETIRES_PER_CYCLE`] items
+/// (cycle and frees included in the figure).
+pub struct KepochRetire {
+    platform: BenchPlatform,
+    domain: DomainBox<BenchPlatform>,
+    count: u64,
+}
+
+impl KepochRetire {
+    /// A 2-CPU machine, `callback` strategy.
+    pub fn new() -> Self {
+        let (platform, domain) = domain(2, 2, Strategy::Callback, true);
+        KepochRetire {
+            platform,
+            domain,
+            count: 0,
+        }
+    }
+}
+
+impl Workload for KepochRetire {
+    fn run(&mut self, iters: u64) -> Duration {
+        BenchPlatform::pin_current_thread(0);
+        let domain = black_box(&*self.domain);
+        let start = Instant::now();
+        for _ in 0..iters {
+            let guard = domain.enter();
+            let node = domain
+                .alloc(black_box([0u64; 4] as Node))
+                .expect("allocation");
+            // SAFETY: the node was never published, so no reader can reach it.
+            let _ = black_box(unsafe { domain.retire(node) });
+            drop(guard);
+            self.count += 1;
+            if self.count == RETIRES_PER_CYCLE {
+                self.count = 0;
+                domain.flush();
+                self.platform.pump();
+            }
+        }
+        start.elapsed()
+    }
+}
+
+/// seize `enter` + `Box` allocation + `defer_retire(reclaim::boxed)` + guard drop.
+pub struct SeizeRetire {
+    collector: seize::Collector,
+}
+
+impl SeizeRetire {
+    /// A collector with seize's default batch size.
+    pub fn new() -> Self {
+        SeizeRetire {
+            collector: seize::Collector::new(),
+        }
+    }
+}
+
+impl Workload for SeizeRetire {
+    fn run(&mut self, iters: u64) -> Duration {
+        use seize::Guard as _;
+        let collector = black_box(&self.collector);
+        let start = Instant::now();
+        for _ in 0..iters {
+            let guard = collector.enter();
+            let node = Box::into_raw(Box::new(black_box([0u64; 4] as Node)));
+            // SAFETY: the node was never published; `boxed` matches `Box::into_raw`.
+            unsafe { guard.defer_retire(node, seize::reclaim::boxed::<Node>) };
+            drop(guard);
+        }
+        start.elapsed()
+    }
+}
+
+/// CPUs added per machine by the first-enter workloads (4 groups: group tables are included).
+pub const NEW_CPUS_PER_MACHINE: u32 = 256;
+
+/// First enter+exit on a newly added CPU. `callback`: the CPU is hot-added through the processor-change
+/// notification before the clock starts (pre-warmed), so the figure is the join plus the enter+exit.
+/// `lazy`: the figure includes preparing the slot at DISPATCH (allocation, binding, publishing, and
+/// one group table per 64 CPUs). With `steady`, each CPU is entered once before the clock starts, so
+/// the loop (same CPU rotation) measures steady-state enters: the like-for-like reference.
+pub struct FirstEnter {
+    /// Activation strategy (`Callback` or `Lazy`).
+    pub strategy: Strategy,
+    /// Measure the second enter on each CPU instead of the first.
+    pub steady: bool,
+}
+
+impl Workload for FirstEnter {
+    fn run(&mut self, iters: u64) -> Duration {
+        let mut total = Duration::ZERO;
+        let mut left = iters;
+        while left > 0 {
+            let n = left.min(u64::from(NEW_CPUS_PER_MACHINE)) as u32;
+            left -= u64::from(n);
+            let max = 1 + NEW_CPUS_PER_MACHINE;
+            let active = if self.strategy == Strategy::Lazy {
+                max
+            } else {
+                1
+            };
+            let (platform, domain) = domain(max, active, self.strategy, true);
+            let first = if self.strategy == Strategy::Lazy {
+                1
+            } else {
+                let first = platform.add_processor();
+                for _ in 1..n {
+                    platform.add_processor();
+                }
+                first
+            };
+            if self.steady {
+                for cpu in first..first + n {
+                    BenchPlatform::pin_current_thread(cpu);
+                    drop(domain.enter());
+                }
+            }
+            let domain_ref = black_box(&*domain);
+            let start = Instant::now();
+            for cpu in first..first + n {
+                BenchPlatform::pin_current_thread(cpu);
+                drop(black_box(domain_ref.enter()));
+            }
+            total += start.elapsed();
+            BenchPlatform::pin_current_thread(0);
+            drop(domain);
+        }
+        total
+    }
+}
+
+/// Enter+exit throughput (operations per second) of `threads` threads, each pinned to its own
+/// simulated CPU, `iters` operations each, on one `callback` domain.
+pub fn kepoch_throughput(threads: u32, iters: u64) -> f64 {
+    let (_platform, domain) = domain(threads.max(2), threads.max(2), Strategy::Callback, true);
+    let domain = &*domain;
+    run_threads(threads, iters, |cpu| {
+        BenchPlatform::pin_current_thread(cpu);
+        drop(domain.enter());
+        move || {
+            for _ in 0..iters {
+                drop(black_box(domain.enter()));
+            }
+        }
+    })
+}
+
+/// crossbeam-epoch `pin()`+drop throughput of `threads` threads, `iters` operations each.
+pub fn crossbeam_throughput(threads: u32, iters: u64) -> f64 {
+    run_threads(threads, iters, |_| {
+        drop(crossbeam_epoch::pin());
+        move || {
+            for _ in 0..iters {
+                drop(black_box(crossbeam_epoch::pin()));
+            }
+        }
+    })
+}
+
+/// Runs `threads` threads: each calls `setup(index)` (untimed), waits for the start, then runs the
+/// loop it returned. Returns the total operations per second, wall time from start to the last finish.
+fn run_threads<S, L>(threads: u32, iters: u64, setup: S) -> f64
+where
+    S: Fn(u32) -> L + Sync,
+    L: FnOnce(),
+{
+    let barrier = Barrier::new(threads as usize + 1);
+    let elapsed = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|cpu| {
+                let (barrier, setup) = (&barrier, &setup);
+                scope.spawn(move || {
+                    let body = setup(cpu);
+                    barrier.wait();
+                    body();
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        for handle in handles {
+            handle.join().expect("benchmark thread");
+        }
+        start.elapsed()
+    });
+    (u64::from(threads) * iters) as f64 / elapsed.as_secs_f64()
+}
+
+/// Throughput of a loop that touches nothing shared (a private counter): how well the machine itself
+/// scales at this moment, the control for the enter+exit throughput figures.
+pub fn private_loop_throughput(threads: u32, iters: u64) -> f64 {
+    run_threads(threads, iters, |_| {
+        move || {
+            let mut counter = 0u64;
+            for _ in 0..iters {
+                counter = black_box(counter + 1);
+            }
+            black_box(counter);
+        }
+    })
+}

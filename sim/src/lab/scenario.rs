@@ -1,0 +1,775 @@
+//! Scenarios of the A/B lab: the SPEC §5 TOML format, the built-in scenarios, command-line overrides
+//! and the checks that turn contradictory input into one clear message.
+
+use crate::machine::{Firmware, MachineConfig, MAX_SIM_CPUS};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Longest run a scenario may ask for (ten minutes).
+pub const MAX_DURATION_MS: u64 = 600_000;
+
+/// One hot-add event of a scenario.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotAdd {
+    /// Simulated time after load, in milliseconds.
+    pub at_ms: u64,
+    /// Processors added (one AddStart/AddComplete pair each).
+    pub count: u32,
+    /// `true`: AddStart is followed by AddFailure.
+    #[serde(default)]
+    pub fail: bool,
+}
+
+/// The load a scenario runs on the machine.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Run time per strategy, in milliseconds (wall clock in parallel mode).
+    #[serde(default = "default_duration_ms")]
+    pub duration_ms: u64,
+    /// Reader tasks per busy CPU.
+    #[serde(default = "default_readers")]
+    pub readers_per_cpu: u32,
+    /// Retirements per busy CPU per millisecond.
+    #[serde(default = "default_retire_rate")]
+    pub retire_per_ms: u32,
+    /// Running CPUs that never run epoch code.
+    #[serde(default)]
+    pub idle_cpus: u32,
+    /// `> 0`: one reader stays inside its epoch this long.
+    #[serde(default)]
+    pub stall_reader_ms: u64,
+    /// `> 0`: every N-th platform allocation fails.
+    #[serde(default)]
+    pub alloc_fail_every: u64,
+}
+
+fn default_duration_ms() -> u64 {
+    2_000
+}
+
+fn default_readers() -> u32 {
+    2
+}
+
+fn default_retire_rate() -> u32 {
+    20
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            duration_ms: default_duration_ms(),
+            readers_per_cpu: default_readers(),
+            retire_per_ms: default_retire_rate(),
+            idle_cpus: 0,
+            stall_reader_ms: 0,
+            alloc_fail_every: 0,
+        }
+    }
+}
+
+fn default_group_size() -> u32 {
+    64
+}
+
+fn default_firmware() -> String {
+    "accurate".into()
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+/// A scenario: the machine, its hot-add schedule and the workload (SPEC §5).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Free text.
+    #[serde(default)]
+    pub name: String,
+    /// One line: the real situation it models.
+    #[serde(default)]
+    pub description: String,
+    /// What `KeQueryMaximumProcessorCountEx(ALL_PROCESSOR_GROUPS)` returns.
+    pub max_reported: u32,
+    /// Processors running at load.
+    pub active_at_boot: u32,
+    /// Processors per group (1..=64).
+    #[serde(default = "default_group_size")]
+    pub group_size: u32,
+    /// `accurate`, `under-report` or `sparse`.
+    #[serde(default = "default_firmware")]
+    pub firmware: String,
+    /// Seed of the machine and of every task.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Hot-add events.
+    #[serde(default)]
+    pub hot_add: Vec<HotAdd>,
+    /// The load.
+    #[serde(default)]
+    pub workload: Workload,
+}
+
+/// Bad scenario input: one line, for exit code 2.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScenarioError(pub String);
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+fn err<T>(message: String) -> Result<T, ScenarioError> {
+    Err(ScenarioError(message))
+}
+
+/// A built-in scenario's TOML text.
+struct Builtin {
+    name: &'static str,
+    text: &'static str,
+}
+
+const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "hyperv-maxproc",
+        text: r#"
+name = "hyperv-maxproc"
+description = "Hyper-V guest booted with bcdedit /set maxproc yes: maximum 64, 4 running, no live hot-add (Hyper-V cannot add vCPUs to a running guest)"
+max_reported = 64
+active_at_boot = 4
+group_size = 64
+firmware = "accurate"
+seed = 1
+[workload]
+duration_ms = 2500
+readers_per_cpu = 2
+retire_per_ms = 20
+idle_cpus = 1
+"#,
+    },
+    Builtin {
+        name: "qemu-hotadd",
+        text: r#"
+name = "qemu-hotadd"
+description = "QEMU/KVM guest started with -smp 2,maxcpus=16; vCPUs hot-added over QMP device_add during load (one add fails)"
+max_reported = 16
+active_at_boot = 2
+group_size = 64
+firmware = "accurate"
+seed = 2
+[[hot_add]]
+at_ms = 300
+count = 2
+[[hot_add]]
+at_ms = 700
+count = 1
+fail = true
+[[hot_add]]
+at_ms = 1000
+count = 2
+[workload]
+duration_ms = 2000
+readers_per_cpu = 2
+retire_per_ms = 20
+"#,
+    },
+    Builtin {
+        name: "vmware-hotadd",
+        text: r#"
+name = "vmware-hotadd"
+description = "VMware VM with CPU hot-add enabled: 4 vCPUs at boot, maximum 128, vCPUs added in bursts of 4"
+max_reported = 128
+active_at_boot = 4
+group_size = 64
+firmware = "accurate"
+seed = 3
+[[hot_add]]
+at_ms = 400
+count = 4
+[[hot_add]]
+at_ms = 1100
+count = 4
+[workload]
+duration_ms = 2000
+readers_per_cpu = 1
+retire_per_ms = 10
+idle_cpus = 1
+"#,
+    },
+    Builtin {
+        name: "firmware-underreport",
+        text: r#"
+name = "firmware-underreport"
+description = "Firmware (MADT/ACPI) that reports fewer processors than run: maximum 2, 4 running; CPUs 2 and 3 have indexes at or above the maximum"
+max_reported = 2
+active_at_boot = 4
+group_size = 64
+firmware = "under-report"
+seed = 4
+[workload]
+duration_ms = 2000
+readers_per_cpu = 2
+retire_per_ms = 20
+idle_cpus = 1
+"#,
+    },
+    Builtin {
+        name: "multi-group",
+        text: r#"
+name = "multi-group"
+description = "Server with several processor groups (bcdedit /set groupsize 4): 8 CPUs spread over groups with gaps in the indexes, one added later"
+max_reported = 16
+active_at_boot = 8
+group_size = 4
+firmware = "sparse"
+seed = 5
+[[hot_add]]
+at_ms = 800
+count = 1
+[workload]
+duration_ms = 2000
+readers_per_cpu = 1
+retire_per_ms = 10
+idle_cpus = 2
+"#,
+    },
+    Builtin {
+        name: "idle-fleet",
+        text: r#"
+name = "idle-fleet"
+description = "Large host where few CPUs use the driver: 24 CPUs (maximum = active, so eager loads), 20 never run epoch code: the energy cost of waking idle CPUs"
+max_reported = 24
+active_at_boot = 24
+group_size = 64
+firmware = "accurate"
+seed = 6
+[workload]
+duration_ms = 2000
+readers_per_cpu = 2
+retire_per_ms = 20
+idle_cpus = 20
+"#,
+    },
+    Builtin {
+        name: "stalled-reader",
+        text: r#"
+name = "stalled-reader"
+description = "A reader stuck inside its epoch for 1.2 s (a driver bug or a preempted thread): reclamation is held back, bounded and reported, never silent"
+max_reported = 4
+active_at_boot = 4
+group_size = 64
+firmware = "accurate"
+seed = 7
+[workload]
+duration_ms = 2000
+readers_per_cpu = 2
+retire_per_ms = 10
+idle_cpus = 1
+stall_reader_ms = 1200
+"#,
+    },
+    Builtin {
+        name: "alloc-failure",
+        text: r#"
+name = "alloc-failure"
+description = "Non-paged pool under pressure while CPUs are added: every 5th allocation fails, including per-CPU preparations"
+max_reported = 16
+active_at_boot = 4
+group_size = 64
+firmware = "accurate"
+seed = 8
+[[hot_add]]
+at_ms = 300
+count = 2
+[[hot_add]]
+at_ms = 900
+count = 2
+[workload]
+duration_ms = 2000
+readers_per_cpu = 2
+retire_per_ms = 10
+alloc_fail_every = 5
+"#,
+    },
+];
+
+/// Name of the scenario `kepoch-sim ab` runs without arguments.
+pub const DEFAULT_SCENARIO: &str = "hyperv-maxproc";
+
+/// Names of the built-in scenarios, in listing order.
+pub fn builtin_names() -> Vec<&'static str> {
+    BUILTINS.iter().map(|b| b.name).collect()
+}
+
+/// Every built-in scenario, parsed.
+pub fn builtins() -> Result<Vec<Scenario>, ScenarioError> {
+    BUILTINS
+        .iter()
+        .map(|b| parse(b.text, &format!("built-in scenario {}", b.name)))
+        .collect()
+}
+
+/// The built-in scenario called `name`.
+pub fn builtin(name: &str) -> Option<Result<Scenario, ScenarioError>> {
+    BUILTINS
+        .iter()
+        .find(|b| b.name == name)
+        .map(|b| parse(b.text, &format!("built-in scenario {}", b.name)))
+}
+
+/// 1-based line of byte offset `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Parses scenario TOML; `origin` names the source in messages. Unknown keys, missing keys and type
+/// errors are reported with the key and the line.
+pub fn parse(text: &str, origin: &str) -> Result<Scenario, ScenarioError> {
+    match toml::from_str::<Scenario>(text) {
+        Ok(scenario) => Ok(scenario),
+        Err(error) => {
+            let message = error.message().trim().replace('\n', " ");
+            match error.span() {
+                Some(span) => err(format!(
+                    "{origin}, line {}: {message}",
+                    line_of(text, span.start)
+                )),
+                None => err(format!("{origin}: {message}")),
+            }
+        }
+    }
+}
+
+/// Loads `spec`: a built-in name, or a path to a TOML file (anything ending in `.toml` or containing
+/// a path separator, or an existing file).
+pub fn load(spec: &str) -> Result<Scenario, ScenarioError> {
+    if let Some(scenario) = builtin(spec) {
+        return scenario;
+    }
+    let path = std::path::Path::new(spec);
+    let looks_like_file = spec.ends_with(".toml") || spec.contains('/') || path.is_file();
+    if !looks_like_file {
+        return err(format!(
+            "unknown scenario `{spec}`; built-in scenarios: {} (or give a path to a .toml file)",
+            builtin_names().join(", ")
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ScenarioError(format!("cannot read scenario file {spec}: {e}")))?;
+    let mut scenario = parse(&text, &format!("scenario file {spec}"))?;
+    if scenario.name.trim().is_empty() {
+        scenario.name = path
+            .file_stem()
+            .map_or_else(|| spec.to_string(), |s| s.to_string_lossy().into_owned());
+    }
+    Ok(scenario)
+}
+
+/// Parses a `--hot-add` value: `COUNT@MS`, optionally `COUNT@MS:fail`.
+pub fn parse_hot_add(text: &str) -> Result<HotAdd, String> {
+    let (body, fail) = match text.strip_suffix(":fail") {
+        Some(body) => (body, true),
+        None => (text, false),
+    };
+    let (count, at) = body
+        .split_once('@')
+        .ok_or_else(|| format!("expected COUNT@MS (e.g. 2@100, or 1@300:fail), got `{text}`"))?;
+    let count: u32 = count
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad processor count `{count}` in `{text}`"))?;
+    let at_ms: u64 = at
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad time `{at}` in `{text}` (milliseconds)"))?;
+    Ok(HotAdd { at_ms, count, fail })
+}
+
+/// Values given on the command line, each replacing the scenario's.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--max-reported`.
+    pub max_reported: Option<u32>,
+    /// `--active`.
+    pub active: Option<u32>,
+    /// `--group-size`.
+    pub group_size: Option<u32>,
+    /// `--hot-add` (repeatable): replaces the scenario's whole schedule.
+    pub hot_add: Vec<HotAdd>,
+    /// `--firmware`.
+    pub firmware: Option<String>,
+    /// `--duration-ms`.
+    pub duration_ms: Option<u64>,
+    /// `--seed`.
+    pub seed: Option<u64>,
+}
+
+impl Scenario {
+    /// Applies command-line overrides.
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = o.max_reported {
+            self.max_reported = v;
+        }
+        if let Some(v) = o.active {
+            self.active_at_boot = v;
+        }
+        if let Some(v) = o.group_size {
+            self.group_size = v;
+        }
+        if !o.hot_add.is_empty() {
+            self.hot_add = o.hot_add.clone();
+        }
+        if let Some(v) = &o.firmware {
+            self.firmware = v.clone();
+        }
+        if let Some(v) = o.duration_ms {
+            self.workload.duration_ms = v;
+        }
+        if let Some(v) = o.seed {
+            self.seed = v;
+        }
+    }
+
+    /// The firmware mode.
+    pub fn firmware_mode(&self) -> Result<Firmware, ScenarioError> {
+        Firmware::parse(&self.firmware).ok_or_else(|| {
+            ScenarioError(format!(
+                "unknown firmware `{}`; expected accurate, under-report or sparse",
+                self.firmware
+            ))
+        })
+    }
+
+    /// Hot-add slots the machine needs: every successful add takes a slot for good; failed adds
+    /// reuse one free slot.
+    pub fn hot_add_slots(&self) -> u32 {
+        let ok: u32 = self
+            .hot_add
+            .iter()
+            .filter(|h| !h.fail)
+            .fold(0u32, |sum, h| sum.saturating_add(h.count));
+        let any_fail = self.hot_add.iter().any(|h| h.fail && h.count > 0);
+        ok.saturating_add(u32::from(any_fail))
+    }
+
+    /// Checks the scenario for values that cannot describe a run or contradict each other.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        let firmware = self.firmware_mode()?;
+        let w = &self.workload;
+        if !(1..=64).contains(&self.group_size) {
+            return err(format!("group_size {} is not in 1..=64", self.group_size));
+        }
+        if self.active_at_boot == 0 {
+            return err("active_at_boot (--active) must be at least 1".into());
+        }
+        if self.max_reported == 0 {
+            return err("max_reported (--max-reported) must be at least 1".into());
+        }
+        let total = self.active_at_boot.saturating_add(self.hot_add_slots());
+        if total > MAX_SIM_CPUS {
+            return err(format!(
+                "{total} processors (active {} + hot-added {}) exceed the simulator limit {MAX_SIM_CPUS}",
+                self.active_at_boot,
+                self.hot_add_slots()
+            ));
+        }
+        match firmware {
+            Firmware::Accurate if self.active_at_boot > self.max_reported => {
+                return err(format!(
+                    "active_at_boot {} is above max_reported {} with accurate firmware; use firmware under-report (--firmware under-report) to model firmware that reports fewer processors than run",
+                    self.active_at_boot, self.max_reported
+                ));
+            }
+            Firmware::Accurate if total > self.max_reported => {
+                return err(format!(
+                    "{} running + {} hot-added processors exceed max_reported {} with accurate firmware; raise max_reported or use firmware under-report",
+                    self.active_at_boot,
+                    self.hot_add_slots(),
+                    self.max_reported
+                ));
+            }
+            Firmware::UnderReport if total <= self.max_reported => {
+                return err(format!(
+                    "under-report firmware needs max_reported ({}) below the processors that run ({total}); use accurate firmware or lower max_reported",
+                    self.max_reported
+                ));
+            }
+            _ => {}
+        }
+        if w.duration_ms == 0 || w.duration_ms > MAX_DURATION_MS {
+            return err(format!(
+                "workload.duration_ms (--duration-ms) {} is not in 1..={MAX_DURATION_MS}",
+                w.duration_ms
+            ));
+        }
+        if w.readers_per_cpu == 0 || w.readers_per_cpu > 64 {
+            return err(format!(
+                "workload.readers_per_cpu {} is not in 1..=64",
+                w.readers_per_cpu
+            ));
+        }
+        if w.retire_per_ms > 10_000 {
+            return err(format!(
+                "workload.retire_per_ms {} is above 10000",
+                w.retire_per_ms
+            ));
+        }
+        if w.idle_cpus >= self.active_at_boot {
+            return err(format!(
+                "workload.idle_cpus {} leaves no busy CPU among {} running",
+                w.idle_cpus, self.active_at_boot
+            ));
+        }
+        if w.stall_reader_ms >= w.duration_ms {
+            return err(format!(
+                "workload.stall_reader_ms {} must be shorter than the run ({} ms)",
+                w.stall_reader_ms, w.duration_ms
+            ));
+        }
+        for h in &self.hot_add {
+            if h.count == 0 {
+                return err(format!("hot-add at {} ms adds 0 processors", h.at_ms));
+            }
+            if h.at_ms >= w.duration_ms {
+                return err(format!(
+                    "hot-add of {} at {} ms is not before the end of the run ({} ms)",
+                    h.count, h.at_ms, w.duration_ms
+                ));
+            }
+        }
+        let machine = self.machine_config()?;
+        machine.validate().map_err(|e| ScenarioError(e.to_string()))
+    }
+
+    /// The simulated machine of this scenario.
+    pub fn machine_config(&self) -> Result<MachineConfig, ScenarioError> {
+        Ok(MachineConfig {
+            max_reported: self.max_reported,
+            active_at_boot: self.active_at_boot,
+            group_size: u8::try_from(self.group_size).unwrap_or(64),
+            firmware: self.firmware_mode()?,
+            hot_add_slots: self.hot_add_slots(),
+            seed: self.seed,
+            alloc_fail_every: 0,
+            callback_api_present: true,
+            log_echo: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "t"
+description = "test"
+max_reported = 8
+active_at_boot = 2
+firmware = "accurate"
+[[hot_add]]
+at_ms = 10
+count = 2
+[workload]
+duration_ms = 100
+"#;
+
+    #[test]
+    fn every_builtin_parses_and_validates() {
+        let all = builtins().unwrap();
+        assert_eq!(all.len(), builtin_names().len());
+        for s in &all {
+            s.validate().unwrap_or_else(|e| panic!("{}: {e}", s.name));
+            assert!(!s.description.is_empty(), "{} has no description", s.name);
+            assert!(!s.description.contains('\n'));
+        }
+        for name in [
+            "hyperv-maxproc",
+            "qemu-hotadd",
+            "vmware-hotadd",
+            "firmware-underreport",
+            "multi-group",
+            "idle-fleet",
+            "stalled-reader",
+            "alloc-failure",
+        ] {
+            assert!(builtin(name).is_some(), "missing {name}");
+        }
+        let hv = builtin(DEFAULT_SCENARIO).unwrap().unwrap();
+        assert!(hv.max_reported > hv.active_at_boot && hv.hot_add.is_empty());
+    }
+
+    #[test]
+    fn every_spec_key_is_accepted() {
+        let text = r#"
+name = "example"
+description = "..."
+max_reported = 64
+active_at_boot = 4
+group_size = 64
+firmware = "accurate"
+seed = 1
+[[hot_add]]
+at_ms = 100
+count = 2
+fail = false
+[workload]
+duration_ms = 1000
+readers_per_cpu = 2
+retire_per_ms = 50
+idle_cpus = 0
+stall_reader_ms = 0
+alloc_fail_every = 0
+"#;
+        let s = parse(text, "spec").unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.workload.retire_per_ms, 50);
+        assert_eq!(
+            s.hot_add,
+            vec![HotAdd {
+                at_ms: 100,
+                count: 2,
+                fail: false
+            }]
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = GOOD.replace("[workload]\n", "[workload]\nreaders_per_core = 3\n");
+        let e = parse(&text, "f.toml").unwrap_err().0;
+        assert!(e.contains("readers_per_core"), "{e}");
+        assert!(e.contains("line 11"), "{e}");
+        assert!(!e.contains('\n'));
+        let e = parse(&format!("colour = 1\n{GOOD}"), "f.toml")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("colour") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn malformed_and_incomplete_toml_name_line_and_key() {
+        let e = parse(
+            "name = \"x\"\nmax_reported = \nactive_at_boot = 2\n",
+            "f.toml",
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("line 2"), "{e}");
+        let e = parse("name = \"x\"\nactive_at_boot = 2\n", "f.toml")
+            .unwrap_err()
+            .0;
+        assert!(e.contains("max_reported"), "{e}");
+        let e = parse(
+            &GOOD.replace("active_at_boot = 2", "active_at_boot = \"two\""),
+            "f",
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("line 5"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_file_values() {
+        let mut s = parse(GOOD, "f").unwrap();
+        s.apply(&Overrides {
+            max_reported: Some(32),
+            active: Some(4),
+            group_size: Some(8),
+            hot_add: vec![
+                parse_hot_add("3@50").unwrap(),
+                parse_hot_add("1@60:fail").unwrap(),
+            ],
+            firmware: Some("sparse".into()),
+            duration_ms: Some(500),
+            seed: Some(9),
+        });
+        assert_eq!(
+            (s.max_reported, s.active_at_boot, s.group_size, s.seed),
+            (32, 4, 8, 9)
+        );
+        assert_eq!(s.firmware, "sparse");
+        assert_eq!(s.workload.duration_ms, 500);
+        assert_eq!(s.hot_add.len(), 2);
+        assert!(s.hot_add[1].fail);
+        assert_eq!(s.hot_add_slots(), 4);
+        s.validate().unwrap();
+        // Without overrides nothing changes.
+        let mut t = parse(GOOD, "f").unwrap();
+        t.apply(&Overrides::default());
+        assert_eq!(t, parse(GOOD, "f").unwrap());
+    }
+
+    #[test]
+    fn contradictions_are_rejected() {
+        let base = parse(GOOD, "f").unwrap();
+        let check = |o: Overrides, needle: &str| {
+            let mut s = base.clone();
+            s.apply(&o);
+            let e = s.validate().unwrap_err().0;
+            assert!(e.contains(needle), "{e}");
+        };
+        check(
+            Overrides {
+                active: Some(16),
+                ..Default::default()
+            },
+            "above max_reported",
+        );
+        check(
+            Overrides {
+                firmware: Some("under-report".into()),
+                ..Default::default()
+            },
+            "under-report",
+        );
+        check(
+            Overrides {
+                hot_add: vec![parse_hot_add("7@5").unwrap()],
+                ..Default::default()
+            },
+            "exceed max_reported",
+        );
+        check(
+            Overrides {
+                hot_add: vec![parse_hot_add("1@500").unwrap()],
+                ..Default::default()
+            },
+            "before the end",
+        );
+        check(
+            Overrides {
+                firmware: Some("lying".into()),
+                ..Default::default()
+            },
+            "unknown firmware",
+        );
+        check(
+            Overrides {
+                group_size: Some(65),
+                ..Default::default()
+            },
+            "group_size",
+        );
+        assert!(parse_hot_add("2").is_err());
+        assert!(parse_hot_add("x@1").is_err());
+    }
+
+    #[test]
+    fn unknown_scenario_lists_the_builtins() {
+        let e = load("no-such-thing").unwrap_err().0;
+        for name in builtin_names() {
+            assert!(e.contains(name), "{e}");
+        }
+    }
+}

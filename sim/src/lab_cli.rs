@@ -1,0 +1,292 @@
+//! The `ab`, `scenarios` and `report` subcommands.
+
+use clap::ValueEnum;
+use indicatif::{ProgressBar, ProgressStyle};
+use kepoch::Strategy;
+use kepoch_sim::lab::run::RunMode;
+use kepoch_sim::lab::scenario::{self, HotAdd, Overrides, Scenario};
+use kepoch_sim::lab::{self, chart, columns_of, table, Column};
+use serde_json::Value;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use crate::usage_error;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LabMode {
+    /// One thread per virtual CPU; durations are wall-clock time (the A/B test).
+    Parallel,
+    /// One thread schedules every CPU from the seed; durations are simulated time.
+    Deterministic,
+}
+
+#[derive(clap::Args)]
+pub struct AbArgs {
+    /// Built-in scenario name (see `kepoch-sim scenarios`) or a scenario TOML file.
+    #[arg(long, default_value = scenario::DEFAULT_SCENARIO)]
+    scenario: String,
+    /// Override: what KeQueryMaximumProcessorCountEx returns.
+    #[arg(long)]
+    max_reported: Option<u32>,
+    /// Override: processors running at load.
+    #[arg(long)]
+    active: Option<u32>,
+    /// Override: processors per group (1..=64).
+    #[arg(long)]
+    group_size: Option<u32>,
+    /// Override (repeatable, replaces the scenario's schedule): add COUNT processors at MS
+    /// milliseconds, `COUNT@MS`; `COUNT@MS:fail` makes AddStart end in AddFailure.
+    #[arg(long = "hot-add", value_name = "COUNT@MS", value_parser = scenario::parse_hot_add)]
+    hot_add: Vec<HotAdd>,
+    /// Override: accurate, under-report or sparse.
+    #[arg(long, value_parser = ["accurate", "under-report", "sparse"])]
+    firmware: Option<String>,
+    /// Override: run time per strategy in milliseconds.
+    #[arg(long)]
+    duration_ms: Option<u64>,
+    /// Override: seed of the machine and the workload.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Execution mode (the A/B test runs in parallel mode; deterministic is for debugging).
+    #[arg(long, value_enum, default_value = "parallel")]
+    mode: LabMode,
+    /// Write the SPEC §6 JSON here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write an SVG chart (first-enter latency, per-CPU memory) here.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// `ab --json` outputs and/or `kepochctl stats --json` files.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Write an SVG chart of the merged columns here.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// Write the merged JSON here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+fn write_file(path: &PathBuf, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn describe(s: &Scenario, mode: RunMode) -> String {
+    let adds: Vec<String> = s
+        .hot_add
+        .iter()
+        .map(|h| {
+            format!(
+                "{}@{}ms{}",
+                h.count,
+                h.at_ms,
+                if h.fail { " (fails)" } else { "" }
+            )
+        })
+        .collect();
+    let w = &s.workload;
+    format!(
+        "scenario {}: {}\nmachine: max reported {}, active {}, group size {}, firmware {}, hot-add {}; workload: {} ms per strategy ({} mode), {} reader(s)/CPU, {} retire/ms/CPU, {} idle CPU(s){}{}; seed {}",
+        s.name,
+        s.description,
+        s.max_reported,
+        s.active_at_boot,
+        s.group_size,
+        s.firmware,
+        if adds.is_empty() { "none".into() } else { adds.join(", ") },
+        w.duration_ms,
+        mode.name(),
+        w.readers_per_cpu,
+        w.retire_per_ms,
+        w.idle_cpus,
+        if w.stall_reader_ms > 0 { format!(", one reader stalled {} ms", w.stall_reader_ms) } else { String::new() },
+        if w.alloc_fail_every > 0 { format!(", every {}th allocation fails", w.alloc_fail_every) } else { String::new() },
+        s.seed
+    )
+}
+
+/// `kepoch-sim ab`.
+pub fn ab_command(args: AbArgs) -> ExitCode {
+    let mut scenario = match scenario::load(&args.scenario) {
+        Ok(s) => s,
+        Err(e) => return usage_error(&e.0),
+    };
+    scenario.apply(&Overrides {
+        max_reported: args.max_reported,
+        active: args.active,
+        group_size: args.group_size,
+        hot_add: args.hot_add.clone(),
+        firmware: args.firmware.clone(),
+        duration_ms: args.duration_ms,
+        seed: args.seed,
+    });
+    if let Err(e) = scenario.validate() {
+        return usage_error(&e.0);
+    }
+    let mode = match args.mode {
+        LabMode::Parallel => RunMode::Parallel,
+        LabMode::Deterministic => RunMode::Deterministic,
+    };
+    println!("{}", describe(&scenario, mode));
+
+    let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
+        let bar = ProgressBar::new(lab::ORDER.len() as u64 * 1000);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} ab [{elapsed_precise}] {bar:30} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    });
+    let progress = |strategy: Strategy, done: f64| {
+        if let Some(bar) = &bar {
+            let k = lab::ORDER.iter().position(|s| *s == strategy).unwrap_or(0) as u64;
+            bar.set_position(k * 1000 + (done.clamp(0.0, 1.0) * 1000.0) as u64);
+            bar.set_message(format!("{} on {}", strategy.name(), scenario.name));
+        }
+    };
+    let started = Instant::now();
+    let document = lab::run_ab(&scenario, mode, &progress);
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let document = match document {
+        Ok(d) => d,
+        Err(e) => return usage_error(&e.0),
+    };
+    let columns = match columns_of(&document, "ab") {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e),
+    };
+    println!();
+    print!("{}", table::render(&columns));
+    println!();
+    println!("{}", table::verdict(&columns));
+    println!();
+    println!(
+        "ran {} strategies in {:.1} s",
+        columns.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&document).unwrap_or_default();
+        if let Err(e) = write_file(path, &(text + "\n")) {
+            return usage_error(&e);
+        }
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        let title = format!(
+            "kepoch A/B: {} ({} mode, source sim)",
+            scenario.name,
+            mode.name()
+        );
+        match chart::render(&columns, &title).and_then(|svg| write_file(path, &svg)) {
+            Ok(()) => println!("wrote {}", path.display()),
+            Err(e) => return usage_error(&e),
+        }
+    }
+    if failed(&columns) {
+        println!(
+            "FAILED: a loaded strategy had a use-after-free, a leak or a violation (see above)"
+        );
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+/// True if a loaded column shows a correctness failure.
+fn failed(columns: &[Column]) -> bool {
+    columns.iter().any(|c| {
+        let n = |k: &str| c.result.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let violations = c
+            .result
+            .get("violations")
+            .and_then(Value::as_array)
+            .is_some_and(|v| !v.is_empty());
+        n("use_after_free") > 0 || n("leaked") > 0 || violations
+    })
+}
+
+/// `kepoch-sim scenarios`.
+pub fn scenarios_command() -> ExitCode {
+    match scenario::builtins() {
+        Ok(all) => {
+            let width = all.iter().map(|s| s.name.len()).max().unwrap_or(0);
+            for s in all {
+                println!("{:<width$}  {}", s.name, s.description);
+            }
+            println!(
+                "\nrun one with `kepoch-sim ab --scenario NAME` (default {}), or give a TOML file",
+                scenario::DEFAULT_SCENARIO
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage_error(&e.0),
+    }
+}
+
+/// `kepoch-sim report`.
+pub fn report_command(args: ReportArgs) -> ExitCode {
+    let mut columns = Vec::new();
+    let mut merged = Vec::new();
+    for path in &args.files {
+        let origin = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => return usage_error(&format!("cannot read {origin}: {e}")),
+        };
+        let document: Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(e) => return usage_error(&format!("{origin}: not valid JSON: {e}")),
+        };
+        match columns_of(&document, &origin) {
+            Ok(c) => {
+                for col in &c {
+                    let mut r = col.result.clone();
+                    r["file"] = Value::String(origin.clone());
+                    r["column_source"] = Value::String(col.source.clone());
+                    merged.push(r);
+                }
+                columns.extend(c);
+            }
+            Err(e) => return usage_error(&e),
+        }
+    }
+    println!(
+        "report: {} column(s) from {} file(s)\n",
+        columns.len(),
+        args.files.len()
+    );
+    print!("{}", table::render(&columns));
+    println!();
+    println!("{}", table::verdict(&columns));
+    if let Some(path) = &args.json {
+        let files: Vec<String> = args.files.iter().map(|p| p.display().to_string()).collect();
+        let doc = serde_json::json!({
+            "scenario": {"name": "merged report", "source": "report", "files": files},
+            "results": merged,
+        });
+        let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+        if let Err(e) = write_file(path, &(text + "\n")) {
+            return usage_error(&e);
+        }
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        match chart::render(&columns, "kepoch A/B report").and_then(|svg| write_file(path, &svg)) {
+            Ok(()) => println!("wrote {}", path.display()),
+            Err(e) => return usage_error(&e),
+        }
+    }
+    ExitCode::SUCCESS
+}
