@@ -94,7 +94,6 @@ pub struct Domain<P: Platform> {
     released_epoch: AtomicU64,
     /// Every item stamped at or below this has been disposed of.
     freed_through: AtomicU64,
-    participants: AtomicU32,
     cycle: Cycle<P>,
     table: SlotTable<P>,
     registry: SpinLock<Registry<P>>,
@@ -233,7 +232,6 @@ impl<P: Platform> Domain<P> {
                 global_epoch: AtomicU64::new(1),
                 released_epoch: AtomicU64::new(0),
                 freed_through: AtomicU64::new(0),
-                participants: AtomicU32::new(0),
                 cycle: Cycle {
                     in_flight: AtomicBool::new(false),
                     requested: AtomicBool::new(false),
@@ -291,8 +289,10 @@ impl<P: Platform> Domain<P> {
             }
             return Err(resources);
         }
+        // The box keeps the allocation's own pointer (not one derived from the shared `domain`
+        // reference), so that unload may take the platform out mutably.
         let boxed = DomainBox {
-            domain: NonNull::from(domain),
+            domain: memory.cast::<Domain<P>>(),
         };
 
         match config.strategy {
@@ -435,9 +435,6 @@ impl<P: Platform> Domain<P> {
                         .store(registry.head, Ordering::Relaxed)
                 };
                 registry.head = slot;
-                if participating {
-                    self.participants.fetch_add(1, Ordering::Relaxed);
-                }
                 drop(registry);
                 DomainCounters::add(
                     &self.counters.per_cpu_bytes,
@@ -727,14 +724,14 @@ impl<P: Platform> Domain<P> {
     }
 
     /// The owner of `part` puts it back into the cycle. The store of `participating` and the load of
-    /// the global epoch are ordered by a full fence against the cycle's publish-then-snapshot, so
-    /// either the in-flight cycle sees this participant or this participant sees that cycle's epoch.
+    /// the global epoch are sequentially consistent, like the cycle's publish-then-snapshot, so either
+    /// the in-flight cycle sees this participant or this participant sees that cycle's epoch. The fence
+    /// after the load orders the readers that follow after every unlink stamped before that epoch.
     fn join(&self, part: &Participant) {
         part.participating.store(true, Ordering::SeqCst);
+        let epoch = self.global_epoch.load(Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        part.local_epoch
-            .store(self.global_epoch.load(Ordering::SeqCst), Ordering::Relaxed);
-        self.participants.fetch_add(1, Ordering::Relaxed);
+        part.local_epoch.store(epoch, Ordering::Relaxed);
         ParticipantCounters::bump(&part.counters.joins);
         part.mark_joined();
     }
@@ -1037,18 +1034,9 @@ impl<P: Platform> Domain<P> {
     unsafe fn on_timer(context: *const ()) {
         // SAFETY: the timer is stopped before the domain goes away.
         let domain = unsafe { &*(context as *const Self) };
-        let busy = domain.participants.load(Ordering::Relaxed) != 0
-            || domain.cycle.requested.load(Ordering::Relaxed)
-            || domain.outstanding_items_hint();
-        if busy {
-            domain.try_start_cycle();
-        }
-    }
-
-    /// Whether the overflow slot holds readers or items (a cheap, racy hint for the timer).
-    fn outstanding_items_hint(&self) -> bool {
-        let overflow = self.overflow.lock();
-        overflow.participating.load(Ordering::Relaxed)
+        // A cycle with no member sends no message: it only advances the epoch and folds in the
+        // overflow slot, so the timer need not guess whether anything is pending.
+        domain.try_start_cycle();
     }
 
     /// Starts a cycle unless one is in flight (then asks it to run another when it ends). At DISPATCH.
@@ -1143,7 +1131,6 @@ impl<P: Platform> Domain<P> {
             oldest.is_none() && part.readers.active_readers() == 0 && part.retired.is_empty();
         if idle && domain.config.idle_deactivation && domain.config.strategy != Strategy::Eager {
             part.participating.store(false, Ordering::SeqCst);
-            domain.participants.fetch_sub(1, Ordering::Relaxed);
             ParticipantCounters::bump(&part.counters.leaves);
         }
 

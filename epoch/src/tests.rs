@@ -35,7 +35,7 @@ struct State {
     /// Processor-change registration exists.
     callback_api: bool,
     /// The registered callback and its context.
-    callback: Option<(ProcessorChangeFn, usize)>,
+    callback: Option<(ProcessorChangeFn, ContextPtr)>,
     /// Registration replay: this Start (0-based) fails, as if another registrant vetoed it.
     veto_start: Option<usize>,
     /// Registration replay sends AddStart twice per processor.
@@ -45,6 +45,12 @@ struct State {
     /// The test clock.
     clock_ns: u64,
 }
+
+/// The registration context, kept as a pointer (not an integer) so Miri tracks its provenance.
+#[derive(Clone, Copy)]
+struct ContextPtr(*const ());
+// SAFETY: test-only; the context is used on the single test thread.
+unsafe impl Send for ContextPtr {}
 
 #[derive(Clone, Copy)]
 struct HandlerBox(Handler);
@@ -119,7 +125,7 @@ impl TestPlatform {
     fn hot_add(&self, fail: bool) -> usize {
         let (callback, context, cpu) = {
             let state = self.0.lock().unwrap();
-            let (callback, context) = state.callback.expect("registered");
+            let (callback, ContextPtr(context)) = state.callback.expect("registered");
             (callback, context, state.cpus)
         };
         let processor = CurrentProcessor {
@@ -128,20 +134,16 @@ impl TestPlatform {
         };
         // SAFETY: the domain that registered is alive (it deregisters at unload).
         unsafe {
-            callback(context as *const (), ProcessorChange::AddStart, processor);
+            callback(context, ProcessorChange::AddStart, processor);
             if fail {
                 callback(
-                    context as *const (),
+                    context,
                     ProcessorChange::AddFailure(Status::INSUFFICIENT_RESOURCES),
                     processor,
                 );
             } else {
                 self.0.lock().unwrap().cpus += 1;
-                callback(
-                    context as *const (),
-                    ProcessorChange::AddComplete,
-                    processor,
-                );
+                callback(context, ProcessorChange::AddComplete, processor);
             }
         }
         cpu
@@ -340,7 +342,7 @@ unsafe impl Platform for TestPlatform {
         for cpu in 0..cpus {
             notify(cpu, ProcessorChange::AddComplete);
         }
-        self.0.lock().unwrap().callback = Some((callback, context as usize));
+        self.0.lock().unwrap().callback = Some((callback, ContextPtr(context)));
         Ok(Some(NonNull::dangling()))
     }
     unsafe fn processor_change_deregister(&self, _handle: NonNull<()>) {
