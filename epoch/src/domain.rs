@@ -560,9 +560,14 @@ impl<P: Platform> Domain<P> {
             ProcessorChange::AddComplete => {
                 DomainCounters::add(&domain.counters.hot_add_complete, 1);
                 let slot = domain.table.lookup(number);
-                if !slot.is_null() {
-                    // SAFETY: published slots live until teardown or rollback (which only we do).
-                    unsafe { &*slot }.ready.store(true, Ordering::Release);
+                // SAFETY: published slots live until teardown or rollback (which only we do).
+                if let Some(slot) = unsafe { slot.as_ref() } {
+                    slot.ready.store(true, Ordering::Release);
+                    // The `activate-remote` mutation joins the slot here, on the notification thread,
+                    // instead of on the processor's own first epoch use.
+                    if domain.mutated(Mutation::ActivateRemote) {
+                        domain.join(&slot.part);
+                    }
                 }
             }
             ProcessorChange::AddFailure(_) => {
@@ -1132,6 +1137,11 @@ impl<P: Platform> Domain<P> {
         if idle && domain.config.idle_deactivation && domain.config.strategy != Strategy::Eager {
             part.participating.store(false, Ordering::SeqCst);
             ParticipantCounters::bump(&part.counters.leaves);
+            // The `change-ring-in-flight` mutation lets a leaving processor unlink itself from the
+            // ring of the cycle in flight: the traversal then ends here.
+            if domain.mutated(Mutation::ChangeRingInFlight) {
+                slot.next_in_cycle.store(ptr::null_mut(), Ordering::Relaxed);
+            }
         }
 
         match NonNull::new(slot.next_in_cycle.load(Ordering::Relaxed)) {

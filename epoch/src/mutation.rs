@@ -19,15 +19,23 @@ pub enum Mutation {
     /// A cycle skips participants that joined since the last snapshot, as if their unknown epoch did
     /// not matter (S5).
     ReleaseWhileJoining = 1 << 3,
+    /// A processor that leaves during its visit unlinks itself from the ring of the cycle in flight,
+    /// so the traversal ends early and skips the members after it.
+    ChangeRingInFlight = 1 << 4,
+    /// AddComplete (on the notification thread) activates the new processor's slot instead of leaving
+    /// that to the processor's own first epoch use, so idle processors are visited (S4).
+    ActivateRemote = 1 << 5,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 4] = [
+    pub const ALL: [Mutation; 6] = [
         Mutation::SkipReaderScan,
         Mutation::LocalEpochStamp,
         Mutation::RouteBeforeComplete,
         Mutation::ReleaseWhileJoining,
+        Mutation::ChangeRingInFlight,
+        Mutation::ActivateRemote,
     ];
 
     /// Command-line name.
@@ -37,6 +45,8 @@ impl Mutation {
             Mutation::LocalEpochStamp => "local-epoch-stamp",
             Mutation::RouteBeforeComplete => "route-before-complete",
             Mutation::ReleaseWhileJoining => "release-while-joining",
+            Mutation::ChangeRingInFlight => "change-ring-in-flight",
+            Mutation::ActivateRemote => "activate-remote",
         }
     }
 
