@@ -40,5 +40,5 @@ $sim torture --quiet --strategy callback --seeds 0..300 --mode deterministic --h
 $sim torture --quiet --strategy lazy --seeds 0..300 --mode deterministic --hot-add-rate 50
 $sim torture --quiet --strategy lazy --mode parallel --seconds 20
 echo "== soak (CI length; the README documents the 30-minute run)"
-$sim torture --quiet --strategy callback --mode parallel --seconds 60 --hot-add-rate 20
+$sim torture --quiet --strategy callback --mode parallel --seconds 60 --hot-add-rate 20 --guard-pages
 echo "== all tests passed"

@@ -1257,14 +1257,32 @@ impl<P: Platform> Domain<P> {
     pub fn synchronize(&self) {
         fence(Ordering::SeqCst);
         let target = self.global_epoch.load(Ordering::SeqCst);
-        while self.freed_through.load(Ordering::Acquire) < target {
+        // Ask for cycles back to back only while they make progress; when one released nothing (a
+        // reader holds the oldest epoch), wait for the timer's next cycle instead of spinning.
+        let mut progressing = true;
+        loop {
+            let before = self.progress();
+            if before.1 >= target {
+                return;
+            }
             self.platform.event_reset(self.cycle_done());
-            self.flush();
+            if progressing {
+                self.flush();
+            }
             if self.freed_through.load(Ordering::Acquire) >= target {
-                break;
+                return;
             }
             self.platform.event_wait(self.cycle_done());
+            progressing = self.progress() != before;
         }
+    }
+
+    /// (released epoch, freed-through epoch): what a cycle can advance.
+    fn progress(&self) -> (u64, u64) {
+        (
+            self.released_epoch.load(Ordering::Acquire),
+            self.freed_through.load(Ordering::Acquire),
+        )
     }
 
     // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use kepoch::{Mutations, Strategy};
-use kepoch_sim::torture::{self, Mode, RunOutcome, RunSpec};
+use kepoch_sim::torture::{self, Mode, RunOptions, RunOutcome, RunSpec};
 use std::io::IsTerminal;
 use std::ops::Range;
 use std::process::ExitCode;
@@ -86,6 +86,10 @@ struct TortureArgs {
     /// Re-introduce a known bug (needs `--features mutations`).
     #[arg(long)]
     mutation: Option<String>,
+    /// Put every simulated allocation (of at most one page) on its own page and make it no-access when
+    /// freed: a late read faults, is reported (object, epochs, seed, replay) and exits 1.
+    #[arg(long)]
+    guard_pages: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -140,6 +144,39 @@ fn mutations_from(name: Option<&str>) -> Result<Mutations, String> {
         ));
     }
     Ok(Mutations::NONE.with(mutation))
+}
+
+/// The command that replays one torture run.
+fn replay_command(
+    args: &TortureArgs,
+    strategy: Strategy,
+    mode: Mode,
+    seed: u64,
+    duration_us: u64,
+) -> String {
+    let features = if args.mutation.is_some() {
+        " --features mutations"
+    } else {
+        ""
+    };
+    let mut replay = format!(
+        "cargo run --release -p kepoch-sim{features} -- torture --strategy {strategy} --mode {} --seed {seed}",
+        mode.name()
+    );
+    match mode {
+        Mode::Deterministic => replay.push_str(&format!(" --sim-ms {}", args.sim_ms)),
+        Mode::Parallel => replay.push_str(&format!(" --seconds {}", duration_us as f64 / 1e6)),
+    }
+    if args.hot_add_rate > 0 {
+        replay.push_str(&format!(" --hot-add-rate {}", args.hot_add_rate));
+    }
+    if let Some(m) = &args.mutation {
+        replay.push_str(&format!(" --mutation {m}"));
+    }
+    if args.guard_pages {
+        replay.push_str(" --guard-pages");
+    }
+    replay
 }
 
 fn torture_command(args: TortureArgs) -> ExitCode {
@@ -212,8 +249,21 @@ fn torture_command(args: TortureArgs) -> ExitCode {
             hot_add_rate: args.hot_add_rate,
             mutations,
         };
-        let outcome = torture::run(&spec);
+        let options = RunOptions {
+            guard_pages: args.guard_pages,
+            fault_context: format!(
+                "torture: strategy {strategy}, mode {}, seed {seed}\nreplay: {}\n",
+                mode.name(),
+                replay_command(&args, strategy, mode, seed, duration_us)
+            ),
+            alloc_fault_hook: None,
+        };
+        let outcome = torture::run_with(&spec, &options);
         runs += 1;
+        for (total, age) in totals.held_age.iter_mut().zip(outcome.stats.held_age) {
+            *total += age;
+        }
+        totals.max_held_age = totals.max_held_age.max(outcome.stats.max_held_age);
         totals.reads += outcome.stats.reads;
         totals.retires += outcome.stats.retires;
         totals.cycles += outcome.stats.cycles;
@@ -236,10 +286,15 @@ fn torture_command(args: TortureArgs) -> ExitCode {
         .as_deref()
         .map(|m| format!(", mutation {m}"))
         .unwrap_or_default();
+    let guard_note = if args.guard_pages {
+        ", guard pages"
+    } else {
+        ""
+    };
     match failure {
         None => {
             println!(
-                "torture: strategy {strategy}, mode {}{mutation_note}: {runs} run(s), {} reads, {} retires, {} cycles, {} synchronizes, {} hot-adds, 0 violations in {:.1}s",
+                "torture: strategy {strategy}, mode {}{mutation_note}{guard_note}: {runs} run(s), {} reads, {} retires, {} cycles, {} synchronizes, {} hot-adds, 0 violations in {:.1}s",
                 mode.name(),
                 totals.reads,
                 totals.retires,
@@ -247,6 +302,11 @@ fn torture_command(args: TortureArgs) -> ExitCode {
                 totals.syncs,
                 totals.hot_adds,
                 started.elapsed().as_secs_f64()
+            );
+            let [a0, a1, a2, a3] = totals.held_age;
+            println!(
+                "torture: reads of unlinked objects still held, by age in cycles since the unlink: 0: {a0}, 1: {a1}, 2: {a2}, 3+: {a3} (oldest {}); none was released while held",
+                totals.max_held_age
             );
             ExitCode::SUCCESS
         }
@@ -259,28 +319,10 @@ fn torture_command(args: TortureArgs) -> ExitCode {
             for violation in &outcome.violations {
                 println!("  - {violation}");
             }
-            let features = if args.mutation.is_some() {
-                " --features mutations"
-            } else {
-                ""
-            };
-            let mut replay = format!(
-                "cargo run --release -p kepoch-sim{features} -- torture --strategy {strategy} --mode {} --seed {seed}",
-                mode.name()
+            println!(
+                "replay: {}",
+                replay_command(&args, strategy, mode, seed, duration_us)
             );
-            match mode {
-                Mode::Deterministic => replay.push_str(&format!(" --sim-ms {}", args.sim_ms)),
-                Mode::Parallel => {
-                    replay.push_str(&format!(" --seconds {}", duration_us as f64 / 1e6))
-                }
-            }
-            if args.hot_add_rate > 0 {
-                replay.push_str(&format!(" --hot-add-rate {}", args.hot_add_rate));
-            }
-            if let Some(m) = &args.mutation {
-                replay.push_str(&format!(" --mutation {m}"));
-            }
-            println!("replay: {replay}");
             if mode == Mode::Parallel {
                 println!("note: parallel runs depend on thread timing; the seed fixes the machine, not the interleaving");
             }

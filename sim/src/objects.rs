@@ -7,7 +7,7 @@
 use crate::machine::SimPlatform;
 use kepoch::Domain;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// Magic of a live object.
 pub const LIVE: u64 = 0x4C49_5645_4F42_4A31;
@@ -46,6 +46,8 @@ pub enum Check {
         retired_at: u64,
         /// The domain's released epoch.
         released: u64,
+        /// Cycles started since the object was unlinked (global epoch now minus `retired_at`).
+        age_cycles: u64,
     },
 }
 
@@ -57,8 +59,8 @@ impl Check {
             Check::UseAfterFree(magic) => Some(format!(
                 "use-after-free: a reader on CPU {cpu} read object #{id} after it was freed (magic {magic:#018x})"
             )),
-            Check::ReleasedWhileHeld { retired_at, released } => Some(format!(
-                "object #{id} retired at epoch {retired_at} is still held by a reader on CPU {cpu}, but epoch {released} was released"
+            Check::ReleasedWhileHeld { retired_at, released, age_cycles } => Some(format!(
+                "object #{id} retired at epoch {retired_at} is still held by a reader on CPU {cpu}, but epoch {released} was released (read {age_cycles} cycle(s) after its unlink)"
             )),
         }
     }
@@ -71,7 +73,9 @@ pub fn new_object(domain: &SimDomain, id: u64) -> Option<NonNull<Object>> {
         id,
         retired_at: AtomicU64::new(NOT_RETIRED),
     };
-    domain.alloc(object).ok()
+    let object = domain.alloc(object).ok()?;
+    register(object, id);
+    Some(object)
 }
 
 /// Checks an object a reader holds inside an epoch.
@@ -97,9 +101,24 @@ pub unsafe fn check(domain: &SimDomain, object: NonNull<Object>) -> Check {
         return Check::ReleasedWhileHeld {
             retired_at,
             released,
+            age_cycles: domain.global_epoch().saturating_sub(retired_at),
         };
     }
     Check::Ok
+}
+
+/// Age of an object a reader holds, in cycles started since it was unlinked (`None` while it is still
+/// linked). Every cycle advances the global epoch by one, so this is the global epoch minus the
+/// retirement stamp.
+///
+/// # Safety
+/// As for [`check`].
+pub unsafe fn age_cycles(domain: &SimDomain, object: NonNull<Object>) -> Option<u64> {
+    // SAFETY: per the caller (an atomic load of memory that stays mapped).
+    let retired_at = unsafe { object.as_ref() }
+        .retired_at
+        .load(Ordering::Acquire);
+    (retired_at != NOT_RETIRED).then(|| domain.global_epoch().saturating_sub(retired_at))
 }
 
 /// Publishes `object` in `cell` and retires the object it replaced, recording its retirement epoch.
@@ -123,6 +142,8 @@ pub unsafe fn replace(
     unsafe { old.as_ref() }
         .retired_at
         .store(stamp, Ordering::Release);
+    // SAFETY: as above.
+    note_retired(old, unsafe { old.as_ref() }.id, stamp);
     Ok(true)
 }
 
@@ -140,4 +161,96 @@ pub fn retire_cells(domain: &SimDomain, cells: &[AtomicPtr<Object>]) -> usize {
         }
     }
     refused
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Guard-page fault registry.
+//
+// With the machine's guard pages on, every object has a page of its own that becomes `PROT_NONE` when it
+// is freed. A SIGSEGV handler must then name the object from the faulting address using only
+// async-signal-safe code, so objects are recorded here, in fixed-size arrays of atomics indexed by
+// `id % REGISTRY_SLOTS`: the page, the id and the retirement epoch. The registry is process-wide (one
+// torture run at a time fills it meaningfully; concurrent runs in a test process only blur diagnostics).
+
+/// Entries in the registry (newer ids overwrite older ones in the same slot).
+pub const REGISTRY_SLOTS: usize = 1 << 16;
+
+struct RegistryEntry {
+    page: AtomicUsize,
+    id: AtomicU64,
+    retired_at: AtomicU64,
+}
+
+static REGISTRY_ON: AtomicBool = AtomicBool::new(false);
+static PAGE_MASK: AtomicUsize = AtomicUsize::new(!0xFFF);
+static REGISTRY: [RegistryEntry; REGISTRY_SLOTS] = [const {
+    RegistryEntry {
+        page: AtomicUsize::new(0),
+        id: AtomicU64::new(0),
+        retired_at: AtomicU64::new(NOT_RETIRED),
+    }
+}; REGISTRY_SLOTS];
+
+/// What the registry knows about the object on a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Registered {
+    /// Object serial number.
+    pub id: u64,
+    /// Retirement epoch, or [`NOT_RETIRED`].
+    pub retired_at: u64,
+}
+
+/// Turns recording of new objects on or off (the torture turns it on with guard pages).
+pub fn set_fault_registry(on: bool) {
+    PAGE_MASK.store(!(crate::machine::page_size() - 1), Ordering::Relaxed);
+    REGISTRY_ON.store(on, Ordering::Release);
+}
+
+fn register(object: NonNull<Object>, id: u64) {
+    if !REGISTRY_ON.load(Ordering::Relaxed) {
+        return;
+    }
+    let entry = &REGISTRY[(id % REGISTRY_SLOTS as u64) as usize];
+    entry.page.store(0, Ordering::Release);
+    entry.id.store(id, Ordering::Release);
+    entry.retired_at.store(NOT_RETIRED, Ordering::Release);
+    let page = object.as_ptr() as usize & PAGE_MASK.load(Ordering::Relaxed);
+    entry.page.store(page, Ordering::Release);
+}
+
+fn note_retired(object: NonNull<Object>, id: u64, stamp: u64) {
+    if !REGISTRY_ON.load(Ordering::Relaxed) {
+        return;
+    }
+    let entry = &REGISTRY[(id % REGISTRY_SLOTS as u64) as usize];
+    let page = object.as_ptr() as usize & PAGE_MASK.load(Ordering::Relaxed);
+    if entry.id.load(Ordering::Acquire) == id && entry.page.load(Ordering::Acquire) == page {
+        entry.retired_at.store(stamp, Ordering::Release);
+    }
+}
+
+/// The newest registered object on the page of `addr`, if any. Async-signal-safe: atomic loads only.
+pub fn lookup_fault(addr: usize) -> Option<Registered> {
+    let page = addr & PAGE_MASK.load(Ordering::Relaxed);
+    if page == 0 {
+        return None;
+    }
+    let mut found: Option<Registered> = None;
+    for entry in &REGISTRY {
+        if entry.page.load(Ordering::Acquire) != page {
+            continue;
+        }
+        let id = entry.id.load(Ordering::Acquire);
+        let newer = match found {
+            Some(f) => id > f.id,
+            None => true,
+        };
+        if newer {
+            found = Some(Registered {
+                id,
+                retired_at: entry.retired_at.load(Ordering::Acquire),
+            });
+        }
+    }
+    found
 }

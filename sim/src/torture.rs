@@ -8,11 +8,21 @@
 //! - its retirement epoch has not been released while the reader still holds it (the object is "older
 //!   than allowed": the domain already considers it unreachable).
 //!
+//! Readers also record the age of every unlinked object they still legitimately hold, in cycles started
+//! since its unlink (rcutorture's "pipe" histogram). In kepoch a cycle completes with readers inside
+//! (it releases only up to the oldest reader), so that age is unbounded for a stalled reader and is not
+//! in itself a failure; the failure is an object whose epoch was released while held ("read at least one
+//! releasing cycle after its unlink"), and the age is printed with it.
+//!
+//! With guard pages ([`RunOptions::guard_pages`]) every block of the machine lives on its own page,
+//! which becomes `PROT_NONE` when freed: a late read faults, and a SIGSEGV handler names the object, its
+//! retirement epoch, the reader's epoch, the seed and the replay command, then exits 1.
+//!
 //! At the end every object is retired, the domain is synchronized and unloaded, and the allocator must
 //! hold no live block (leak check). Idle CPUs must have received no message (S4) under `lazy` and
 //! `callback`, and the machine's own checks (routing, IRQL, exclusion, double free) must be clean.
 
-use crate::machine::{Firmware, Machine, MachineConfig, StepContext, StepOutcome, Task};
+use crate::machine::{FaultHook, Firmware, Machine, MachineConfig, StepContext, StepOutcome, Task};
 use crate::objects::{self, Object, SimDomain};
 use kepoch::platform::{Irql, Platform};
 use kepoch::{Config, Domain, DomainBox, Mutations, RawGuard, Strategy};
@@ -65,6 +75,18 @@ pub struct RunSpec {
     pub mutations: Mutations,
 }
 
+/// Extra switches of a run (kept apart from [`RunSpec`] so that existing specs stay valid).
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Put every block of at most one page on its own page, `PROT_NONE` once freed; a late read
+    /// faults and the fault handler reports it and exits the process with status 1.
+    pub guard_pages: bool,
+    /// What the fault handler prints after the fault line (seed, replay command).
+    pub fault_context: String,
+    /// Allocation fault hook installed on the machine before load (fault-injection sweep).
+    pub alloc_fault_hook: Option<FaultHook>,
+}
+
 /// Figures of one run.
 #[derive(Clone, Debug, Default)]
 pub struct RunStats {
@@ -80,6 +102,15 @@ pub struct RunStats {
     pub hot_adds: u64,
     /// Simulated CPUs at the end.
     pub cpus: u32,
+    /// Reads of objects that were already unlinked (still legitimately held), by age in cycles started
+    /// since the unlink: 0, 1, 2, 3 or more.
+    pub held_age: [u64; 4],
+    /// Oldest such age seen.
+    pub max_held_age: u64,
+    /// Processor preparations that failed (allocation faults): those CPUs used the fallback.
+    pub prepare_failures: u64,
+    /// Enters/retires that went to the shared overflow participant.
+    pub fallback_uses: u64,
 }
 
 /// Outcome of one run: its figures and every violation found.
@@ -103,6 +134,8 @@ struct Shared {
     reads: AtomicU64,
     retires: AtomicU64,
     syncs: AtomicU64,
+    held_age: [AtomicU64; 4],
+    max_held_age: AtomicU64,
     /// A CPU that must never run epoch code (the S4 check); migrations avoid it.
     idle_cpu: Option<u32>,
 }
@@ -125,6 +158,10 @@ impl Shared {
         // SAFETY: held inside the reader's epoch; see `objects::check`.
         if let Some(text) = unsafe { objects::check(domain, object) }.describe(id, cpu) {
             self.violation(text);
+        // SAFETY: as above.
+        } else if let Some(age) = unsafe { objects::age_cycles(domain, object) } {
+            self.held_age[age.min(3) as usize].fetch_add(1, Ordering::Relaxed);
+            self.max_held_age.fetch_max(age, Ordering::Relaxed);
         }
     }
 
@@ -152,6 +189,8 @@ struct Reader {
     held: Vec<(NonNull<Object>, u64)>,
     steps_left: u32,
     dispatch_irql: Option<Irql>,
+    /// Global epoch right after the outermost enter (an upper bound of the reader's epoch).
+    entered_at: u64,
 }
 
 // SAFETY: the held pointers are only dereferenced under the epoch the reader's tokens keep open.
@@ -165,6 +204,7 @@ impl Reader {
             held: Vec::new(),
             steps_left: 0,
             dispatch_irql: None,
+            entered_at: 0,
         }
     }
 
@@ -209,20 +249,26 @@ impl Task for Reader {
             }
             // SAFETY: exited in `exit_all` before the domain is unloaded (the run waits for every task).
             self.tokens.push(unsafe { domain.enter_raw() });
+            // The reader's epoch is at most the global epoch after the enter.
+            self.entered_at = domain.global_epoch();
+            fault::set_reader(self.entered_at, ctx.cpu().index);
             if ctx.rng().gen_ratio(1, 4) {
                 // SAFETY: as above.
                 self.tokens.push(unsafe { domain.enter_raw() });
             }
             self.read_cell(domain, ctx);
+            fault::clear_reader();
             self.steps_left = ctx.rng().gen_range(1..8);
             return StepOutcome::Continue;
         }
+        fault::set_reader(self.entered_at, ctx.cpu().index);
         for &(object, id) in &self.held {
             shared.check(domain, object, id, ctx.cpu().index);
         }
         if ctx.rng().gen_ratio(1, 3) {
             self.read_cell(domain, ctx);
         }
+        fault::clear_reader();
         self.steps_left -= 1;
         if self.steps_left == 0 || shared.stop.load(Ordering::Relaxed) {
             self.exit_all(domain, ctx);
@@ -344,6 +390,12 @@ pub fn machine_for(
 
 /// Runs one torture run and returns its outcome (never panics on a violation).
 pub fn run(spec: &RunSpec) -> RunOutcome {
+    run_with(spec, &RunOptions::default())
+}
+
+/// [`run`] with extra switches. With guard pages, a late read does not return: the fault handler
+/// reports it and exits the process with status 1.
+pub fn run_with(spec: &RunSpec, options: &RunOptions) -> RunOutcome {
     let machine_config = machine_for(
         spec.strategy,
         spec.seed,
@@ -367,6 +419,14 @@ pub fn run(spec: &RunSpec) -> RunOutcome {
         machine_config.group_size,
         machine_config.hot_add_slots
     );
+    if options.guard_pages {
+        fault::install(&options.fault_context);
+        objects::set_fault_registry(true);
+        machine.set_guard_pages(true);
+    }
+    if let Some(hook) = &options.alloc_fault_hook {
+        machine.set_alloc_fault_hook(Some(hook.clone()));
+    }
     let running = machine.running_indexes();
     let boot = running[0];
     let config = Config {
@@ -377,13 +437,19 @@ pub fn run(spec: &RunSpec) -> RunOutcome {
     let domain = match machine.with_cpu(boot, || Domain::create(machine.platform(), config)) {
         Ok(domain) => domain,
         Err(error) => {
+            // A failed load must leave nothing behind either.
+            let mut violations = vec![format!("load failed: {error}")];
+            violations.extend(machine_checks(&machine));
             return RunOutcome {
-                violations: vec![format!("load failed: {error}")],
+                violations,
                 machine: describe,
                 ..Default::default()
-            }
+            };
         }
     };
+    if options.guard_pages {
+        fault::set_domain(&domain);
+    }
     // The last running CPU stays idle (never runs epoch code) when there are three or more.
     let idle_cpu = (running.len() >= 3).then(|| running[running.len() - 1]);
     let shared = Arc::new(Shared {
@@ -395,6 +461,8 @@ pub fn run(spec: &RunSpec) -> RunOutcome {
         reads: AtomicU64::new(0),
         retires: AtomicU64::new(0),
         syncs: AtomicU64::new(0),
+        held_age: Default::default(),
+        max_held_age: AtomicU64::new(0),
         idle_cpu,
     });
 
@@ -476,22 +544,11 @@ pub fn run(spec: &RunSpec) -> RunOutcome {
         domain.synchronize();
         domain.stats()
     });
+    fault::clear_domain();
     machine.with_cpu(boot, || drop(shared.domain.write().take()));
 
     violations.extend(shared.violations.lock().iter().cloned());
-    for violation in machine.violations() {
-        violations.push(format!(
-            "machine: {:?}: {}",
-            violation.kind, violation.message
-        ));
-    }
-    let live = machine.live_allocations();
-    if !live.is_empty() {
-        violations.push(format!(
-            "leak: {} block(s) still allocated after unload",
-            live.len()
-        ));
-    }
+    violations.extend(machine_checks(&machine));
     if stats_before_unload.freed + stats_before_unload.pending != stats_before_unload.retired {
         violations.push(format!(
             "accounting: retired {} != freed {} + pending {}",
@@ -523,8 +580,205 @@ pub fn run(spec: &RunSpec) -> RunOutcome {
                 .iter()
                 .filter(|c| c.status == crate::machine::CpuStatus::Running)
                 .count() as u32,
+            held_age: std::array::from_fn(|k| shared.held_age[k].load(Ordering::Relaxed)),
+            max_held_age: shared.max_held_age.load(Ordering::Relaxed),
+            prepare_failures: stats_before_unload.prepare_failures,
+            fallback_uses: stats_before_unload.fallback_uses,
         },
         violations,
         machine: describe,
+    }
+}
+
+/// The machine's own findings after unload: its violations and any block still allocated (leak).
+fn machine_checks(machine: &Machine) -> Vec<String> {
+    let mut found: Vec<String> = machine
+        .violations()
+        .into_iter()
+        .map(|v| format!("machine: {:?}: {}", v.kind, v.message))
+        .collect();
+    let live = machine.live_allocations();
+    if !live.is_empty() {
+        found.push(format!(
+            "leak: {} block(s) still allocated after unload",
+            live.len()
+        ));
+    }
+    found
+}
+
+/// The guard-page fault handler: SIGSEGV/SIGBUS on a freed object's page is reported and ends the
+/// process with status 1. Everything the handler touches is an atomic, a thread-local atomic with a
+/// constant initialiser, or a stack buffer, and it only calls `write` and `_exit`.
+pub mod fault {
+    use super::SimDomain;
+    use crate::objects;
+    use std::ptr;
+    use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Once, OnceLock};
+
+    /// Address of the last fault the handler saw (0 = none).
+    pub static FAULT_ADDR: AtomicUsize = AtomicUsize::new(0);
+    static DOMAIN: AtomicPtr<SimDomain> = AtomicPtr::new(ptr::null_mut());
+    static CONTEXT: AtomicPtr<Box<str>> = AtomicPtr::new(ptr::null_mut());
+    static OLD_SEGV: OnceLock<libc::sigaction> = OnceLock::new();
+    static OLD_BUS: OnceLock<libc::sigaction> = OnceLock::new();
+
+    type Handler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+
+    thread_local! {
+        /// Epoch bound of the reader running on this thread (`u64::MAX` = none) and its CPU.
+        static READER_EPOCH: AtomicU64 = const { AtomicU64::new(u64::MAX) };
+        static READER_CPU: AtomicU64 = const { AtomicU64::new(u64::MAX) };
+    }
+
+    pub(super) fn set_reader(epoch: u64, cpu: u32) {
+        READER_EPOCH.with(|e| e.store(epoch, Ordering::Relaxed));
+        READER_CPU.with(|c| c.store(u64::from(cpu), Ordering::Relaxed));
+    }
+
+    pub(super) fn clear_reader() {
+        READER_EPOCH.with(|e| e.store(u64::MAX, Ordering::Relaxed));
+    }
+
+    pub(super) fn set_domain(domain: &SimDomain) {
+        DOMAIN.store(ptr::from_ref(domain).cast_mut(), Ordering::Release);
+    }
+
+    pub(super) fn clear_domain() {
+        DOMAIN.store(ptr::null_mut(), Ordering::Release);
+    }
+
+    /// Installs the handlers (once per process) and sets the text printed after a fault.
+    pub(super) fn install(context: &str) {
+        // The previous text (one short line per run) is leaked rather than freed: a handler on another
+        // thread might be printing it right now.
+        let new = Box::into_raw(Box::new(Box::<str>::from(context)));
+        CONTEXT.swap(new, Ordering::AcqRel);
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| {
+            for (signal, old) in [(libc::SIGSEGV, &OLD_SEGV), (libc::SIGBUS, &OLD_BUS)] {
+                // SAFETY: a zeroed sigaction is a valid "no flags, empty mask" value; the handler has the
+                // SA_SIGINFO signature; `previous` receives the action we replace.
+                unsafe {
+                    let mut action: libc::sigaction = std::mem::zeroed();
+                    let handler: Handler = on_fault;
+                    action.sa_sigaction = handler as usize;
+                    action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+                    libc::sigemptyset(&mut action.sa_mask);
+                    let mut previous: libc::sigaction = std::mem::zeroed();
+                    if libc::sigaction(signal, &action, &mut previous) == 0 {
+                        let _ = old.set(previous);
+                    }
+                }
+            }
+        });
+    }
+
+    /// A fixed buffer for formatting without allocation.
+    struct Buf {
+        bytes: [u8; 1024],
+        len: usize,
+    }
+
+    impl std::fmt::Write for Buf {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let n = s.len().min(self.bytes.len() - self.len);
+            self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+            self.len += n;
+            Ok(())
+        }
+    }
+
+    fn write_stderr(bytes: &[u8]) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            // SAFETY: `rest` is a valid buffer of `rest.len()` bytes; write(2) is async-signal-safe.
+            let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+            if n <= 0 {
+                return;
+            }
+            rest = &rest[n as usize..];
+        }
+    }
+
+    extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        use std::fmt::Write;
+        // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers of SIGSEGV/SIGBUS.
+        let addr = unsafe { (*info).si_addr() } as usize;
+        FAULT_ADDR.store(addr, Ordering::SeqCst);
+        let name = if signal == libc::SIGBUS {
+            "SIGBUS"
+        } else {
+            "SIGSEGV"
+        };
+        let mut out = Buf {
+            bytes: [0; 1024],
+            len: 0,
+        };
+        let Some(object) = objects::lookup_fault(addr) else {
+            let _ = writeln!(
+                out,
+                "kepoch-sim torture: {name} at {addr:#x}, not on a torture object's page (a core structure's guard page or a crash)"
+            );
+            write_stderr(&out.bytes[..out.len]);
+            // Hand the fault back to the previous handler (Rust's stack-overflow handler or the
+            // default action): restore it and return, so the access faults again.
+            let old = if signal == libc::SIGBUS {
+                &OLD_BUS
+            } else {
+                &OLD_SEGV
+            };
+            // SAFETY: restoring an action the kernel gave us (or the default when there was none).
+            unsafe {
+                match old.get() {
+                    Some(previous) => {
+                        libc::sigaction(signal, previous, ptr::null_mut());
+                    }
+                    None => {
+                        libc::signal(signal, libc::SIG_DFL);
+                    }
+                }
+            }
+            return;
+        };
+        let _ = write!(
+            out,
+            "kepoch-sim torture: GUARD-PAGE FAULT ({name}): late read at {addr:#x} of freed object #{}",
+            object.id
+        );
+        if object.retired_at == objects::NOT_RETIRED {
+            let _ = write!(out, " (retirement epoch not recorded yet)");
+        } else {
+            let _ = write!(out, " retired at epoch {}", object.retired_at);
+        }
+        let reader = READER_EPOCH.with(|e| e.load(Ordering::Relaxed));
+        let cpu = READER_CPU.with(|c| c.load(Ordering::Relaxed));
+        if reader != u64::MAX {
+            let _ = write!(
+                out,
+                "; the reader on CPU {cpu} entered at epoch <= {reader}"
+            );
+        }
+        let domain = DOMAIN.load(Ordering::Acquire);
+        if !domain.is_null() {
+            // SAFETY: set while the domain is loaded and cleared before it is unloaded; the two loads
+            // are atomic.
+            let (global, released) =
+                unsafe { ((*domain).global_epoch(), (*domain).released_epoch()) };
+            let _ = write!(
+                out,
+                "; domain global epoch {global}, released epoch {released}"
+            );
+        }
+        let _ = writeln!(out);
+        write_stderr(&out.bytes[..out.len]);
+        let context = CONTEXT.load(Ordering::Acquire);
+        if !context.is_null() {
+            // SAFETY: contexts are never freed (see `install`).
+            write_stderr(unsafe { (*context).as_bytes() });
+        }
+        // SAFETY: _exit is async-signal-safe and ends the process at once.
+        unsafe { libc::_exit(1) };
     }
 }

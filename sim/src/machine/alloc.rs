@@ -13,8 +13,23 @@ use parking_lot::Mutex;
 pub const POISON: u64 = 0xDEAD_DEAD_DEAD_DEAD;
 /// Pattern written over every fresh block, so reads of uninitialised memory stand out.
 pub const FRESH: u64 = 0xABAB_ABAB_ABAB_ABAB;
-/// Freed blocks are kept (poisoned) until the quarantine holds more than this many bytes.
+/// Freed blocks are kept (poisoned) until the quarantine holds more than this many bytes. Guard-page
+/// blocks count a whole page each, so at most `QUARANTINE_LIMIT / page size` (16384 with 4 KiB pages)
+/// protected pages are kept: well below the kernel's default limit of 65530 mappings per process.
 pub const QUARANTINE_LIMIT: usize = 64 << 20;
+
+/// The system page size.
+pub fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: sysconf has no preconditions.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(size)
+            .ok()
+            .filter(|&s| s > 0)
+            .unwrap_or(4096)
+    })
+}
 
 /// What a fault hook sees about an allocation attempt.
 #[derive(Clone, Copy, Debug)]
@@ -84,6 +99,8 @@ pub(crate) enum AllocProblem {
 struct Quarantined {
     layout: Layout,
     sys: Layout,
+    /// On its own page, now `PROT_NONE` (its `sys` is the page); unmapped when evicted.
+    guard: bool,
 }
 
 #[derive(Default)]
@@ -91,6 +108,10 @@ struct Inner {
     live: BTreeMap<usize, LiveAllocation>,
     quarantine: VecDeque<usize>,
     quarantined: BTreeMap<usize, Quarantined>,
+    /// Live blocks that have a page of their own (guard-page mode).
+    guarded_live: std::collections::BTreeSet<usize>,
+    /// Whether new blocks (of at most one page) get a page of their own.
+    guard_pages: bool,
     stats: AllocStats,
     fail_every: u64,
     fail_next: u64,
@@ -147,7 +168,7 @@ impl SimAllocator {
     }
 
     pub(crate) fn allocate(&self, layout: Layout, cpu: u32, irql: Irql) -> Option<NonNull<u8>> {
-        let (request, mut fail, hook) = {
+        let (request, mut fail, hook, guard_pages) = {
             let mut g = self.inner.lock();
             g.stats.attempts += 1;
             let request = AllocRequest {
@@ -161,7 +182,7 @@ impl SimAllocator {
                 g.fail_next -= 1;
                 fail = true;
             }
-            (request, fail, g.hook.clone())
+            (request, fail, g.hook.clone(), g.guard_pages)
         };
         if !fail {
             if let Some(hook) = hook {
@@ -173,12 +194,22 @@ impl SimAllocator {
             return None;
         }
         let sys = sys_layout(layout);
-        // SAFETY: `sys` has a non-zero size.
-        let ptr = NonNull::new(unsafe { alloc(sys) })?;
-        // SAFETY: fresh block of `sys.size()` bytes, 8-aligned (align >= 8), size a multiple of 8.
+        let page = page_size();
+        let guard = guard_pages && sys.size() <= page && sys.align() <= page;
+        let ptr = if guard {
+            map_page()?
+        } else {
+            // SAFETY: `sys` has a non-zero size.
+            NonNull::new(unsafe { alloc(sys) })?
+        };
+        // SAFETY: fresh block of at least `sys.size()` bytes, 8-aligned (align >= 8, or page-aligned),
+        // size a multiple of 8.
         unsafe { fill_words(ptr.as_ptr(), sys.size() / 8, FRESH) };
         let mut g = self.inner.lock();
         let addr = ptr.as_ptr() as usize;
+        if guard {
+            g.guarded_live.insert(addr);
+        }
         g.live.insert(
             addr,
             LiveAllocation {
@@ -226,16 +257,28 @@ impl SimAllocator {
             }
         }
         g.live.remove(&addr);
-        let sys = sys_layout(layout);
+        let guard = g.guarded_live.remove(&addr);
+        let mut sys = sys_layout(layout);
         // SAFETY: the block is ours (found in `live`), 8-aligned with a size that is a multiple of 8.
         unsafe { fill_words(ptr.as_ptr(), sys.size() / 8, POISON) };
+        if guard {
+            // The whole page is the quarantined unit.
+            sys = Layout::from_size_align(page_size(), 1).unwrap_or(sys);
+            // SAFETY: `addr` is the start of a page we mapped (guarded_live) and nothing of the
+            // allocator's own refers into it any more; a reader that still does faults, which is the
+            // point.
+            let rc =
+                unsafe { libc::mprotect(addr as *mut libc::c_void, sys.size(), libc::PROT_NONE) };
+            assert_eq!(rc, 0, "mprotect(PROT_NONE) of a guard page failed");
+        }
         let s = &mut g.stats;
         s.frees += 1;
         s.live_objects -= 1;
         s.live_bytes -= layout.size() as u64;
         s.quarantine_bytes += sys.size() as u64;
         g.quarantine.push_back(addr);
-        g.quarantined.insert(addr, Quarantined { layout, sys });
+        g.quarantined
+            .insert(addr, Quarantined { layout, sys, guard });
         while g.stats.quarantine_bytes > QUARANTINE_LIMIT as u64 {
             let Some(old) = g.quarantine.pop_front() else {
                 break;
@@ -244,6 +287,12 @@ impl SimAllocator {
                 continue;
             };
             g.stats.quarantine_bytes -= q.sys.size() as u64;
+            if q.guard {
+                // A write after free would have faulted; nothing to check.
+                // SAFETY: a page we mapped, no longer tracked.
+                unsafe { unmap_page(old) };
+                continue;
+            }
             // SAFETY: quarantined blocks are ours, aligned and sized as checked on allocation.
             if !unsafe { words_are(old as *const u8, q.sys.size() / 8, POISON) } {
                 problems.push(AllocProblem::Overwritten(format!(
@@ -268,6 +317,10 @@ impl SimAllocator {
         if end > base + q.sys.size() {
             return false;
         }
+        if q.guard {
+            // No access at all: poisoned in the strongest sense (and reading it would fault).
+            return true;
+        }
         let first = (addr - base) / 8;
         let last = (end - base).div_ceil(8).max(first + 1);
         // SAFETY: the words [first, last) are inside the quarantined block, which stays allocated while we
@@ -286,8 +339,9 @@ impl SimAllocator {
         g.quarantined
             .iter()
             .filter(|(&addr, q)| {
+                // Guard pages cannot be read; a write to them faults instead.
                 // SAFETY: quarantined blocks stay allocated while we hold the lock.
-                !unsafe { words_are(addr as *const u8, q.sys.size() / 8, POISON) }
+                !q.guard && !unsafe { words_are(addr as *const u8, q.sys.size() / 8, POISON) }
             })
             .map(|(&addr, _)| addr)
             .collect()
@@ -312,6 +366,51 @@ impl SimAllocator {
     pub(crate) fn set_hook(&self, hook: Option<FaultHook>) {
         self.inner.lock().hook = hook;
     }
+
+    pub(crate) fn set_guard_pages(&self, on: bool) {
+        self.inner.lock().guard_pages = on;
+    }
+
+    /// True if `ptr` is inside a page that a guard-page block was freed from and that is still held
+    /// (protected) in quarantine.
+    pub(crate) fn is_guard_protected(&self, ptr: *const u8) -> bool {
+        let page = (ptr as usize) & !(page_size() - 1);
+        self.inner
+            .lock()
+            .quarantined
+            .get(&page)
+            .is_some_and(|q| q.guard)
+    }
+}
+
+/// Maps one fresh read-write page.
+fn map_page() -> Option<NonNull<u8>> {
+    // SAFETY: an anonymous private mapping at an address of the kernel's choice; no existing memory is
+    // affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            page_size(),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    NonNull::new(p.cast::<u8>())
+}
+
+/// Unmaps a page from [`map_page`].
+///
+/// # Safety
+/// `addr` came from `map_page` and nothing uses the page any more.
+unsafe fn unmap_page(addr: usize) {
+    // SAFETY: per the caller.
+    let rc = unsafe { libc::munmap(addr as *mut libc::c_void, page_size()) };
+    debug_assert_eq!(rc, 0, "munmap of a guard page failed");
 }
 
 impl Drop for SimAllocator {
@@ -320,6 +419,11 @@ impl Drop for SimAllocator {
         // caller's leak, and something outside the machine may still point at them.
         let g = self.inner.get_mut();
         for (addr, q) in std::mem::take(&mut g.quarantined) {
+            if q.guard {
+                // SAFETY: a page we mapped, freed by its user, and no longer tracked.
+                unsafe { unmap_page(addr) };
+                continue;
+            }
             // SAFETY: allocated by `alloc(q.sys)`, freed by its user, and no longer tracked.
             unsafe { dealloc(addr as *mut u8, q.sys) };
         }

@@ -38,12 +38,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 pub use alloc::{
-    AllocRequest, AllocStats, FaultHook, LiveAllocation, FRESH, POISON, QUARANTINE_LIMIT,
+    page_size, AllocRequest, AllocStats, FaultHook, LiveAllocation, FRESH, POISON, QUARANTINE_LIMIT,
 };
 pub use config::{ConfigError, CpuSlot, Firmware, MachineConfig, MAX_SIM_CPUS};
 pub use platform::{
     SimEvent, SimMessage, SimPassiveWork, SimPlatform, SimTimer, PARALLEL_WAIT_LIMIT, PUMP_LIMIT,
-    STATUS_UNSUCCESSFUL,
+    SPIN_LIMIT, STATUS_UNSUCCESSFUL,
 };
 pub use report::{
     Counters, CpuReport, CpuStatus, LogLine, MachineReport, Violation, ViolationKind,
@@ -300,6 +300,19 @@ impl Machine {
     /// allocating thread without allocator locks held, and must not allocate through the platform.
     pub fn set_alloc_fault_hook(&self, hook: Option<FaultHook>) {
         self.sh().alloc.set_hook(hook);
+    }
+
+    /// Guard-page mode: while on, every new block of at most one page gets a page of its own (`mmap`);
+    /// when freed, the page is poisoned, made `PROT_NONE` and kept in quarantine (bounded by
+    /// [`QUARANTINE_LIMIT`], then unmapped), so a late read faults (SIGSEGV) instead of reading poison.
+    /// Blocks allocated before the switch keep their kind.
+    pub fn set_guard_pages(&self, on: bool) {
+        self.sh().alloc.set_guard_pages(on);
+    }
+
+    /// True if `ptr` lies in a freed guard page that is still protected (`PROT_NONE`) in quarantine.
+    pub fn is_guard_protected(&self, ptr: *const u8) -> bool {
+        self.sh().alloc.is_guard_protected(ptr)
     }
 
     /// True if `[ptr, ptr + len)` is inside a freed (quarantined) block and still reads as poison.

@@ -19,6 +19,10 @@ use super::state::{MsgRec, Reg, Shared, TimerRec, WorkRec};
 pub const PUMP_LIMIT: u64 = 2_000_000;
 /// Wall-clock time a parallel-mode wait may block before it gives up with a violation.
 pub const PARALLEL_WAIT_LIMIT: Duration = Duration::from_secs(20);
+/// Deterministic mode: after this many waits in a row that were satisfied at once at the same simulated
+/// time, the waiter is spinning; a [`ViolationKind::BusyWait`] is recorded and each further such wait
+/// runs one scheduler step first (a real thread would be preempted), so the run can finish.
+pub const SPIN_LIMIT: u64 = 100_000;
 
 /// The simulated KDPC: an id naming the machine's record (0 = not initialised).
 #[derive(Debug, Default)]
@@ -92,8 +96,12 @@ impl SimPlatform {
     pub(crate) fn wait_until(&self, what: &str, done: &mut dyn FnMut(&Shared) -> bool) {
         let sh = &*self.shared;
         if done(sh) {
+            if !sh.is_parallel() {
+                self.note_immediate_wait(what);
+            }
             return;
         }
+        sh.spin_count.store(0, Ordering::Relaxed);
         if !sh.is_parallel() {
             // A waiter is a thread at PASSIVE on its CPU: it cannot resume while a pumped task holds
             // that CPU at DISPATCH, so the wait also lasts until the CPU is free again.
@@ -154,6 +162,35 @@ impl SimPlatform {
                 return;
             }
             sh.ev_cv.wait_for(&mut g, Duration::from_micros(200));
+        }
+    }
+
+    /// Deterministic mode: counts waits satisfied at once without simulated time advancing; past
+    /// [`SPIN_LIMIT`] reports the spin once and lets the machine run a step per such wait.
+    fn note_immediate_wait(&self, what: &str) {
+        let sh = &*self.shared;
+        let now = sh.now();
+        if sh.spin_since.swap(now, Ordering::Relaxed) != now {
+            sh.spin_count.store(1, Ordering::Relaxed);
+            return;
+        }
+        let count = sh.spin_count.fetch_add(1, Ordering::Relaxed) + 1;
+        if count < SPIN_LIMIT {
+            return;
+        }
+        if count == SPIN_LIMIT {
+            sh.violation(
+                ViolationKind::BusyWait,
+                format!(
+                    "{what}: satisfied at once {SPIN_LIMIT} times in a row at simulated time {now} us: the waiter spins instead of blocking"
+                ),
+            );
+        }
+        // As in `wait_until`: the waiter resumes only once no pumped task holds its CPU at DISPATCH.
+        let me = sh.ctx().cpu;
+        let mut steps = 0;
+        while super::sched::det_step(self) && sh.cpu_locks[me].is_locked() && steps < PUMP_LIMIT {
+            steps += 1;
         }
     }
 

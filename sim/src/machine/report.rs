@@ -29,6 +29,10 @@ pub enum ViolationKind {
     Migration,
     /// Processor-change registration misuse.
     Callback,
+    /// A waiter spun: its waits were satisfied at once [`super::SPIN_LIMIT`] times in a row without
+    /// simulated time advancing (deterministic mode, which has no preemption: the machine then gives
+    /// the other tasks a step per wait so the run can end).
+    BusyWait,
 }
 
 /// One recorded violation.

@@ -201,6 +201,10 @@ pub(crate) struct Shared {
     pub violations: Mutex<Vec<Violation>>,
     pub logs: Mutex<Vec<LogLine>>,
     pub log_echo: AtomicBool,
+    /// Busy-wait detection (deterministic mode): waits satisfied at once in a row, and the simulated
+    /// time of the first of them.
+    pub spin_count: std::sync::atomic::AtomicU64,
+    pub spin_since: std::sync::atomic::AtomicU64,
     /// Serialises processor-change callbacks (registration replay, hot-add phases, deregistration).
     pub callback_lock: Mutex<()>,
     /// True while parallel threads run: waits block instead of pumping.
@@ -242,6 +246,8 @@ impl Shared {
             id: NEXT_MACHINE_ID.fetch_add(1, Ordering::Relaxed),
             alloc: SimAllocator::new(config.alloc_fail_every),
             log_echo: AtomicBool::new(config.log_echo),
+            spin_count: std::sync::atomic::AtomicU64::new(0),
+            spin_since: std::sync::atomic::AtomicU64::new(0),
             config,
             slots,
             st: Mutex::new(State {

@@ -902,3 +902,97 @@ fn log_lines_are_kept() {
     assert_eq!(logs[0].level, LogLevel::Warning);
     assert_eq!(logs[0].text, "x = 5");
 }
+
+/// Reads one byte at `addr` in a forked child; returns how the child ended: `Ok(())` if the read
+/// succeeded, `Err(signal)` if a signal killed it.
+fn read_in_child(addr: usize) -> Result<(), i32> {
+    // SAFETY: the child only performs a volatile read and `_exit`, both async-signal-safe, so forking a
+    // multi-threaded test process is sound; the parent only waits for it.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            std::ptr::read_volatile(addr as *const u8);
+            libc::_exit(0);
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+        if libc::WIFSIGNALED(status) {
+            Err(libc::WTERMSIG(status))
+        } else {
+            assert_eq!(libc::WEXITSTATUS(status), 0);
+            Ok(())
+        }
+    }
+}
+
+/// The permissions column of the `/proc/self/maps` line that contains `addr`.
+fn maps_permissions(addr: usize) -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines().find_map(|line| {
+        let (range, rest) = line.split_once(' ')?;
+        let (lo, hi) = range.split_once('-')?;
+        let lo = usize::from_str_radix(lo, 16).ok()?;
+        let hi = usize::from_str_radix(hi, 16).ok()?;
+        (lo..hi)
+            .contains(&addr)
+            .then(|| rest.split(' ').next().unwrap_or("").to_string())
+    })
+}
+
+#[test]
+fn guard_page_blocks_are_protected_when_freed_and_unmapped_past_the_limit() {
+    let m = machine(cfg(1, 1, 0));
+    let p = m.platform();
+    let page = page_size();
+    let layout = Layout::from_size_align(100, 64).unwrap();
+    // Off: an ordinary heap block.
+    let plain = p.allocate(layout).unwrap();
+    m.set_guard_pages(true);
+    let a = p.allocate(layout).unwrap();
+    let big = Layout::from_size_align(page + 1, 8).unwrap();
+    let too_big = p.allocate(big).unwrap();
+    assert_eq!(
+        a.as_ptr() as usize % page,
+        0,
+        "a guard block starts its own page"
+    );
+    // SAFETY: live blocks of these layouts.
+    unsafe {
+        a.as_ptr().write_bytes(0x11, 100);
+        p.free(plain, layout);
+        p.free(too_big, big);
+    }
+    assert!(!m.is_guard_protected(plain.as_ptr()));
+    assert!(!m.is_guard_protected(too_big.as_ptr()));
+    assert_eq!(read_in_child(a.as_ptr() as usize), Ok(()));
+    assert_eq!(
+        maps_permissions(a.as_ptr() as usize).as_deref(),
+        Some("rw-p")
+    );
+    // SAFETY: allocated with `layout`.
+    unsafe { p.free(a, layout) };
+    assert!(m.is_guard_protected(a.as_ptr()));
+    assert!(m.is_guard_protected(a.as_ptr().wrapping_add(page - 1)));
+    assert!(m.is_poisoned(a.as_ptr(), 100));
+    assert_eq!(
+        maps_permissions(a.as_ptr() as usize).as_deref(),
+        Some("---p")
+    );
+    // A late read faults.
+    assert_eq!(read_in_child(a.as_ptr() as usize + 8), Err(libc::SIGSEGV));
+    assert_eq!(m.check_quarantine(), 0);
+    assert!(m.live_allocations().is_empty());
+    // The quarantine is bounded: past the limit the oldest pages are unmapped (the kernel may hand the
+    // same addresses out again, so count bytes rather than probe `a`).
+    let limit_pages = QUARANTINE_LIMIT / page;
+    for _ in 0..limit_pages + 1 {
+        let b = p.allocate(Layout::new::<u64>()).unwrap();
+        // SAFETY: allocated just now with this layout.
+        unsafe { p.free(b, Layout::new::<u64>()) };
+    }
+    let s = m.alloc_stats();
+    assert!(s.quarantine_bytes <= QUARANTINE_LIMIT as u64, "{s:?}");
+    assert!(s.frees as usize > limit_pages + 1, "{s:?}");
+    assert!(m.violations().is_empty(), "{:?}", m.violations());
+}
