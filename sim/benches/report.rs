@@ -443,19 +443,17 @@ because the `lock cmpxchg` just before it is already a full barrier, but the Rus
 padded, over-aligned block (a core layout choice) and the per-item CAS.";
 
 const JOIN_MISS: &str = "\
-the core's join, by design. In the annotated profile of the timed loop (`perf record` of `cargo bench -p \
-kepoch-sim --bench epoch -- --profile-time 4 first_enter_new_cpu/callback`, `perf annotate` of \
-`FirstEnter::run`), 85% of the samples sit right after the three serializing instructions of `Domain::join`: \
-the `xchg` of the SeqCst store to `participating` (30%), the `lock or` of the full fence (26%) and the \
-`lock inc` of the shared `participants` counter (29%); a steady-state enter has none. The store → fence → \
-load of the global epoch is the store-buffering handshake with the cycle's snapshot that PROTOCOL.md \
-relies on, so a first enter always pays at least one full barrier (~6 ns here), more than 1.5× of a \
-4-ns enter can absorb. Experiment (scratch copy, not committed): dropping the fence (redundant on x86 \
-after the `xchg`) and the `participants` increment (a shared cache line written by every join and \
-leave, only read by the timer as a hint) brought the first enter from 18 ns to 11 ns, 2.25× the \
-rotating steady state: still a miss. Meeting 1.5× would need the slot to join before its first enter, \
-i.e. at AddComplete from the notification thread, which PROTOCOL.md forbids (a slot is only activated \
-on its owner).";
+the core's join, by design. `Domain::join` executes two serializing instructions a steady-state enter \
+does not: the `xchg` of the SeqCst store to `participating` and the full fence after the SeqCst load of \
+the global epoch. The store/load pair is the store-buffering handshake with the cycle's \
+publish-then-snapshot that PROTOCOL.md relies on, and the fence orders the readers that follow after \
+every unlink stamped before that epoch, so a first enter pays them once. (An earlier profile of this row, \
+`perf record` of `cargo bench -p kepoch-sim --bench epoch -- --profile-time 4 \
+first_enter_new_cpu/callback` and `perf annotate` of `FirstEnter::run`, put most samples on those \
+barriers and on a shared `participants` counter written by every join and leave; that counter has since \
+been removed from the core.) Meeting 1.5× would need the slot to join before its first enter, i.e. at \
+AddComplete from the notification thread, which PROTOCOL.md forbids: a slot is only activated on its \
+owner (the `activate-remote` mutation shows what that breaks).";
 
 const PLATFORM_NOTE: &str = "\
 kepoch runs on `kepoch_sim::bench::BenchPlatform`, not on the simulated machine (whose DISPATCH emulation \
