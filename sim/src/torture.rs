@@ -165,6 +165,16 @@ impl Shared {
         }
     }
 
+    /// Runs one step of a task with the domain, unless the run is stopping or the domain is gone:
+    /// then the task is done.
+    fn step_unless_stopped(&self, work: impl FnOnce(&SimDomain) -> StepOutcome) -> StepOutcome {
+        let guard = self.domain();
+        match guard.as_deref() {
+            Some(domain) if !self.stop.load(Ordering::Relaxed) => work(domain),
+            _ => StepOutcome::Done,
+        }
+    }
+
     /// Where a migrating task goes: any running CPU but the idle one (hot-added CPUs included).
     fn migrate(&self, ctx: &mut StepContext<'_>) -> StepOutcome {
         let mut targets = ctx.platform().machine().running_indexes();
@@ -291,13 +301,16 @@ struct Writer {
 impl Task for Writer {
     fn step(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
         let shared = self.shared.clone();
-        let guard = shared.domain();
-        let Some(domain) = guard.as_deref() else {
-            return StepOutcome::Done;
-        };
-        if shared.stop.load(Ordering::Relaxed) {
-            return StepOutcome::Done;
-        }
+        shared.step_unless_stopped(|domain| Self::publish_and_retire(&shared, domain, ctx))
+    }
+}
+
+impl Writer {
+    fn publish_and_retire(
+        shared: &Shared,
+        domain: &SimDomain,
+        ctx: &mut StepContext<'_>,
+    ) -> StepOutcome {
         // The writer's own epoch keeps the old object alive while it records the retirement epoch.
         let epoch = domain.enter();
         if let Some((object, _)) = shared.new_object(domain) {
@@ -329,16 +342,11 @@ struct Synchronizer {
 impl Task for Synchronizer {
     fn step(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
         let shared = self.shared.clone();
-        let guard = shared.domain();
-        let Some(domain) = guard.as_deref() else {
-            return StepOutcome::Done;
-        };
-        if shared.stop.load(Ordering::Relaxed) {
-            return StepOutcome::Done;
-        }
-        domain.synchronize();
-        shared.syncs.fetch_add(1, Ordering::Relaxed);
-        StepOutcome::Sleep(ctx.rng().gen_range(200..2_000))
+        shared.step_unless_stopped(|domain| {
+            domain.synchronize();
+            shared.syncs.fetch_add(1, Ordering::Relaxed);
+            StepOutcome::Sleep(ctx.rng().gen_range(200..2_000))
+        })
     }
 }
 
