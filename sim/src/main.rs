@@ -116,6 +116,10 @@ fn parse_seeds(text: &str) -> Result<Range<u64>, String> {
 }
 
 fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when the reader of stdout goes away
+    // (`kepoch-sim report … | head`) instead of panicking on the failed write.
+    // SAFETY: restoring the default disposition of SIGPIPE at start-up, before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     match cli.command {
         Command::Torture(args) => torture_command(args),
