@@ -40,6 +40,8 @@ struct Machine {
     queue: Mutex<VecDeque<(usize, SendHandler)>>,
     /// A message was sent to a CPU that is not running (S3 violated).
     misrouted: AtomicBool,
+    /// The domain's periodic timer handler (fired by waiters: time passes while they wait).
+    timer: Mutex<Option<SendHandler>>,
     /// Registered processor-change callback.
     callback: Mutex<Option<(ProcessorChangeFn, usize)>>,
 }
@@ -65,6 +67,7 @@ impl LoomPlatform {
             running: (0..CPUS).map(|i| AtomicBool::new(i < running)).collect(),
             queue: Mutex::new(VecDeque::new()),
             misrouted: AtomicBool::new(false),
+            timer: Mutex::new(None),
             callback: Mutex::new(None),
         }))
     }
@@ -98,6 +101,21 @@ impl LoomPlatform {
         IRQL.with(|i| i.set(old_irql));
         self.unlock_cpu(cpu);
         true
+    }
+
+    /// The periodic timer fires on the calling thread's CPU, at DISPATCH: time passes while a waiter
+    /// waits, so a wait that needs the next timer cycle completes.
+    fn fire_timer(&self) {
+        let timer = *self.0.timer.lock().unwrap();
+        match timer {
+            Some(timer) => {
+                let previous = self.raise_to_dispatch();
+                // SAFETY: the handler's domain is alive until the timer is stopped at unload.
+                unsafe { timer.0.invoke() };
+                self.lower_irql(previous);
+            }
+            None => thread::yield_now(),
+        }
     }
 
     fn deliver_all(&self) {
@@ -216,11 +234,14 @@ unsafe impl Platform for LoomPlatform {
     fn flush_messages(&self) {
         self.deliver_all();
     }
-    unsafe fn timer_init(&self, _timer: *mut (), _handler: Handler) -> Result<(), Status> {
+    unsafe fn timer_init(&self, _timer: *mut (), handler: Handler) -> Result<(), Status> {
+        *self.0.timer.lock().unwrap() = Some(SendHandler(handler));
         Ok(())
     }
     fn timer_start(&self, _timer: &(), _period_us: u32) {}
-    fn timer_stop(&self, _timer: &()) {}
+    fn timer_stop(&self, _timer: &()) {
+        *self.0.timer.lock().unwrap() = None;
+    }
     unsafe fn timer_release(&self, _timer: *mut ()) {}
     unsafe fn passive_init(&self, _work: *mut (), _handler: Handler) -> Result<(), Status> {
         Err(Status::NOT_SUPPORTED)
@@ -241,8 +262,10 @@ unsafe impl Platform for LoomPlatform {
         // A waiting thread lets queued messages run (it may deliver them itself).
         while !event.0.load(Ordering::SeqCst) {
             if !self.deliver_one() {
-                thread::yield_now();
+                self.fire_timer();
             }
+            // Let the other model threads run: the thread this wait depends on may be preempted.
+            thread::yield_now();
         }
     }
     unsafe fn processor_change_register(
@@ -476,7 +499,7 @@ fn migrating_reader_exits_on_another_cpu() {
 }
 
 #[test]
-fn hot_add_races_with_cycles() {
+fn hot_add_races_with_a_cycle_and_synchronize() {
     model(|| {
         let w = world(Strategy::Callback, 2);
         w.read(0);
@@ -491,7 +514,7 @@ fn hot_add_races_with_cycles() {
         };
         w.replace(1);
         w.platform.cycle(&w.domain);
-        w.platform.cycle(&w.domain);
+        on_cpu(1, || w.domain.synchronize());
         hot_add.join().unwrap();
         assert_eq!(
             w.domain.stats().prepare_at_dispatch,
