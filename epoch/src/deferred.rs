@@ -17,16 +17,8 @@ pub(crate) mod state {
     pub(crate) const CANCELLED: u8 = 3;
 }
 
-/// How a retired block is disposed of once its epoch is released.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// Run the destructor and free the memory.
-    Memory,
-    /// Queue the work item to a passive thread.
-    Work,
-}
-
-/// Disposes of a block: drops the value and frees it (memory), or hands it to a passive thread (work).
+/// Disposes of a released block: drops the value and frees it (memory), or hands it to a passive
+/// thread (work item); the function is chosen per block type when the block is allocated.
 /// The second argument is the domain the block belongs to.
 pub(crate) type DisposeFn = unsafe fn(*mut RetireHeader, *const ());
 
@@ -38,7 +30,6 @@ pub(crate) struct RetireHeader {
     stamp: AtomicU64,
     /// See [`state`].
     pub(crate) state: AtomicU8,
-    pub(crate) kind: Kind,
     pub(crate) dispose: DisposeFn,
     /// Layout of the whole block (header included).
     pub(crate) layout: Layout,
@@ -46,12 +37,11 @@ pub(crate) struct RetireHeader {
 
 impl RetireHeader {
     /// A live header for a block of `layout`.
-    pub(crate) fn new(kind: Kind, dispose: DisposeFn, layout: Layout) -> Self {
+    pub(crate) fn new(dispose: DisposeFn, layout: Layout) -> Self {
         RetireHeader {
             next: AtomicPtr::new(ptr::null_mut()),
             stamp: AtomicU64::new(0),
             state: AtomicU8::new(state::LIVE),
-            kind,
             dispose,
             layout,
         }

@@ -2,7 +2,7 @@
 //! shutdown. See `PROTOCOL.md` next to this crate for the protocol and why it is safe.
 
 use crate::config::{Config, Strategy};
-use crate::deferred::{state, Kind, RetireHeader, RetiredList};
+use crate::deferred::{state, RetireHeader, RetiredList};
 use crate::guard::{Guard, RawGuard};
 use crate::mutation::Mutation;
 use crate::participant::{Participant, Slot};
@@ -639,22 +639,32 @@ impl<P: Platform> Domain<P> {
         // SAFETY: a published slot stays valid for the domain's life (rollback only removes slots that
         // were never ready, and we check `ready`).
         let token = match unsafe { slot.as_ref() } {
-            Some(slot) if slot.ready.load(Ordering::Acquire) => {
-                let part = &slot.part;
-                if !part.participating.load(Ordering::Relaxed) {
-                    self.join(part);
-                }
-                let entry = part.readers.enter(part.local_epoch.load(Ordering::Relaxed));
-                ParticipantCounters::bump(&part.counters.enters);
-                RawGuard {
-                    participant: part as *const Participant,
-                    entry,
-                }
-            }
+            Some(slot) if slot.ready.load(Ordering::Acquire) => self.enter_owned(&slot.part),
             _ => self.enter_slow(current, slot.is_null()),
         };
         self.platform.lower_irql(previous);
         token
+    }
+
+    /// Records a reader in the current processor's own slot, joining the cycle first if it left.
+    /// At DISPATCH on the slot's processor.
+    #[inline]
+    fn enter_owned(&self, part: &Participant) -> RawGuard {
+        self.ensure_joined(part);
+        let entry = part.readers.enter(part.local_epoch.load(Ordering::Relaxed));
+        ParticipantCounters::bump(&part.counters.enters);
+        RawGuard {
+            participant: part as *const Participant,
+            entry,
+        }
+    }
+
+    /// Joins the cycle if `part` is not in it. Called by the participant's owner only.
+    #[inline]
+    fn ensure_joined(&self, part: &Participant) {
+        if !part.participating.load(Ordering::Relaxed) {
+            self.join(part);
+        }
     }
 
     /// Enter on a processor without a usable slot: prepare one (`lazy`, `callback` fallback) or use the
@@ -666,23 +676,12 @@ impl<P: Platform> Domain<P> {
                 // SAFETY: freshly prepared (or existing) published slot.
                 let slot = unsafe { &*slot };
                 if slot.ready.load(Ordering::Acquire) {
-                    let part = &slot.part;
-                    if !part.participating.load(Ordering::Relaxed) {
-                        self.join(part);
-                    }
-                    let entry = part.readers.enter(part.local_epoch.load(Ordering::Relaxed));
-                    ParticipantCounters::bump(&part.counters.enters);
-                    return RawGuard {
-                        participant: part as *const Participant,
-                        entry,
-                    };
+                    return self.enter_owned(&slot.part);
                 }
             }
         }
         let overflow = self.overflow.lock();
-        if !overflow.participating.load(Ordering::Relaxed) {
-            self.join(&overflow);
-        }
+        self.ensure_joined(&overflow);
         // Overflow readers take the global epoch itself: they may come from any processor.
         let entry = overflow.readers.enter(self.global_epoch());
         ParticipantCounters::bump(&overflow.counters.enters);
@@ -788,11 +787,7 @@ impl<P: Platform> Domain<P> {
         let header = memory.as_ptr().cast::<RetireHeader>();
         // SAFETY: fresh block of `layout`: header at 0, value at `value_offset`, both in bounds.
         unsafe {
-            header.write(RetireHeader::new(
-                Kind::Memory,
-                dispose_object::<T, P>,
-                layout,
-            ));
+            header.write(RetireHeader::new(dispose_object::<T, P>, layout));
             let value_ptr = memory.as_ptr().add(value_offset::<T>()).cast::<T>();
             value_ptr.write(value);
             Ok(NonNull::new_unchecked(value_ptr))
@@ -862,9 +857,7 @@ impl<P: Platform> Domain<P> {
         let stamp = match unsafe { slot.as_ref() } {
             Some(slot) if slot.ready.load(Ordering::Acquire) => {
                 let part = &slot.part;
-                if !part.participating.load(Ordering::Relaxed) {
-                    self.join(part);
-                }
+                self.ensure_joined(part);
                 let stamp = self.retire_stamp(part);
                 // SAFETY: we own this participant at DISPATCH; the header is ours to link.
                 unsafe { part.retired.push(header, stamp) };
@@ -873,9 +866,7 @@ impl<P: Platform> Domain<P> {
             }
             _ => {
                 let overflow = self.overflow.lock();
-                if !overflow.participating.load(Ordering::Relaxed) {
-                    self.join(&overflow);
-                }
+                self.ensure_joined(&overflow);
                 let stamp = self.retire_stamp(&overflow);
                 // SAFETY: the overflow lock makes us its owner.
                 unsafe { overflow.retired.push(header, stamp) };
@@ -900,34 +891,35 @@ impl<P: Platform> Domain<P> {
 
     /// Disposes of one released item. At DISPATCH, outside any lock.
     fn dispose(&self, header: *mut RetireHeader) {
-        // SAFETY: released items are valid until disposed of, and only we hold this one.
-        let head = unsafe { &*header };
-        match head.kind {
-            // SAFETY: the item's epoch is released: no reader can reach it.
-            Kind::Memory => unsafe { (head.dispose)(header, self as *const Self as *const ()) },
-            Kind::Work => {
-                let block = header.cast::<WorkBlock<P>>();
-                if head
-                    .state
-                    .compare_exchange(
-                        state::RETIRED,
-                        state::QUEUED,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_ok()
-                {
-                    self.outstanding_work.fetch_add(1, Ordering::AcqRel);
-                    // SAFETY: the block holds the domain's reference until the work runs.
-                    self.platform
-                        .passive_queue(unsafe { (*block).passive.assume_init_ref() });
-                } else {
-                    // Cancelled while waiting: back to idle, drop the domain's reference.
-                    head.state.store(state::LIVE, Ordering::Release);
-                    // SAFETY: the domain held one reference for the schedule.
-                    unsafe { self.release_work(block) };
-                }
-            }
+        // SAFETY: released items are valid until disposed of, only we hold this one, and its epoch is
+        // released: no reader can reach it. The header's function knows the block's kind.
+        unsafe { ((*header).dispose)(header, self as *const Self as *const ()) }
+    }
+
+    /// Disposes of a released work item: hands it to a passive thread, or, if its schedule was
+    /// cancelled, returns it to idle and drops the domain's reference.
+    fn dispose_work_block(&self, block: *mut WorkBlock<P>) {
+        // SAFETY: the domain's reference keeps the block alive until released below or after it ran.
+        let head = unsafe { &(*block).header };
+        if head
+            .state
+            .compare_exchange(
+                state::RETIRED,
+                state::QUEUED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            self.outstanding_work.fetch_add(1, Ordering::AcqRel);
+            // SAFETY: the block holds the domain's reference until the work runs.
+            self.platform
+                .passive_queue(unsafe { (*block).passive.assume_init_ref() });
+        } else {
+            // Cancelled while waiting: back to idle, drop the domain's reference.
+            head.state.store(state::LIVE, Ordering::Release);
+            // SAFETY: the domain held one reference for the schedule.
+            unsafe { self.release_work(block) };
         }
     }
 
@@ -942,7 +934,7 @@ impl<P: Platform> Domain<P> {
         // SAFETY: fresh block of the right layout; the passive object is initialised in place.
         unsafe {
             block.write(WorkBlock {
-                header: RetireHeader::new(Kind::Work, dispose_work::<P>, layout),
+                header: RetireHeader::new(dispose_work::<P>, layout),
                 refs: AtomicU32::new(1),
                 callback,
                 context,
@@ -1435,9 +1427,8 @@ impl<P: Platform> Domain<P> {
     }
 }
 
-/// Work blocks are disposed of through [`Domain::dispose`]'s `Kind::Work` arm; this entry exists so
-/// that the header's function pointer is always valid.
+/// Disposes of a released work block (the header function of every work item).
 unsafe fn dispose_work<P: Platform>(header: *mut RetireHeader, domain: *const ()) {
-    // SAFETY: forwarded: `domain` is the block's domain and the header starts a work block.
-    unsafe { (*(domain as *const Domain<P>)).dispose(header) }
+    // SAFETY: `domain` is the block's domain and the header starts a `WorkBlock<P>`.
+    unsafe { (*(domain as *const Domain<P>)).dispose_work_block(header.cast()) }
 }
