@@ -7,9 +7,10 @@ use crate::guard::{Guard, RawGuard};
 use crate::mutation::Mutation;
 use crate::participant::{Participant, Slot};
 use crate::platform::{
-    CurrentProcessor, Handler, LogLevel, Platform, ProcessorChange, ProcessorNumber, Status,
+    CurrentProcessor, Handler, IrqlRule, LogLevel, Platform, ProcessorChange, ProcessorNumber,
+    Status,
 };
-use crate::spin::SpinLock;
+use crate::spin::{SpinGuard, SpinLock};
 use crate::stats::{
     CallbackState, DomainCounters, LatencyHistogram, ParticipantCounters, Stats, STATS_VERSION,
 };
@@ -62,6 +63,39 @@ impl fmt::Display for LoadError {
 pub enum RetireError {
     /// The item was already retired (or the work item is already scheduled).
     AlreadyRetired,
+}
+
+/// Where a reader sits: a prepared processor's slot or the shared overflow slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// The slot of this processor.
+    Processor(ProcessorNumber),
+    /// The shared overflow slot (processors without a usable slot).
+    Overflow,
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Holder::Processor(p) => write!(f, "processor {p}"),
+            Holder::Overflow => f.write_str("the overflow slot"),
+        }
+    }
+}
+
+/// What holds reclamation back: a diagnosis for stall reports and failing tortures. A racy snapshot
+/// (readers keep entering and exiting while it is taken); never used for reclamation itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Holdback {
+    /// The global epoch.
+    pub global_epoch: u64,
+    /// The newest released epoch.
+    pub released_epoch: u64,
+    /// The participant with the oldest active reader and that reader's epoch, if any reader is
+    /// inside.
+    pub oldest_reader: Option<(Holder, u64)>,
+    /// Items retired and not yet disposed of.
+    pub pending: u64,
 }
 
 /// State of the single in-flight reclamation cycle.
@@ -218,6 +252,7 @@ impl<P: Platform> Domain<P> {
     /// Creates a domain: prepares per-CPU state as the strategy says, registers for processor-change
     /// notifications (`callback`), starts the cycle timer and logs one line. PASSIVE only.
     pub fn create(platform: P, config: Config) -> Result<DomainBox<P>, LoadError> {
+        platform.verify_irql("Domain::create", IrqlRule::Passive);
         let resources = LoadError {
             status: Status::INSUFFICIENT_RESOURCES,
             reason: LoadFailure::Resources,
@@ -353,6 +388,16 @@ impl<P: Platform> Domain<P> {
         self.config.mutations.active(mutation)
     }
 
+    /// Takes one of the domain's spin locks: raises to DISPATCH, spins, and restores the IRQL when the
+    /// guard drops. Any IRQL up to DISPATCH.
+    fn locked<'a, T>(&'a self, lock: &'a SpinLock<T>) -> SpinGuard<'a, T, P> {
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::LockWithoutRaise) {
+            return lock.lock_without_raise(&*self.platform);
+        }
+        lock.lock(&*self.platform)
+    }
+
     /// How the `callback` strategy is running.
     pub fn callback_state(&self) -> CallbackState {
         match self.callback_state.load(Ordering::Relaxed) {
@@ -425,7 +470,7 @@ impl<P: Platform> Domain<P> {
             DomainCounters::add(&self.counters.prepare_failures, 1);
             return None;
         }
-        let mut registry = self.registry.lock();
+        let mut registry = self.locked(&self.registry);
         match self.table.insert(&self.platform, processor, slot) {
             Ok((None, group_bytes)) => {
                 // SAFETY: `slot` is ours and now published; the registry lock is held.
@@ -540,6 +585,9 @@ impl<P: Platform> Domain<P> {
     ) -> Status {
         // SAFETY: registered with the domain as context; deregistered before the domain goes away.
         let domain = unsafe { &*(context as *const Self) };
+        domain
+            .platform
+            .verify_irql("processor-change callback", IrqlRule::BelowDispatch);
         let number = processor.number;
         match change {
             ProcessorChange::AddStart => {
@@ -580,7 +628,7 @@ impl<P: Platform> Domain<P> {
 
     /// Undoes the AddStart preparation of `processor` if it never became ready.
     fn roll_back(&self, processor: ProcessorNumber) {
-        let mut registry = self.registry.lock();
+        let mut registry = self.locked(&self.registry);
         let slot = self.table.lookup(processor);
         // SAFETY: published slots stay valid while the registry lock is held.
         if slot.is_null() || unsafe { &*slot }.ready.load(Ordering::Acquire) {
@@ -680,7 +728,7 @@ impl<P: Platform> Domain<P> {
                 }
             }
         }
-        let overflow = self.overflow.lock();
+        let overflow = self.locked(&self.overflow);
         self.ensure_joined(&overflow);
         // Overflow readers take the global epoch itself: they may come from any processor.
         let entry = overflow.readers.enter(self.global_epoch());
@@ -694,6 +742,8 @@ impl<P: Platform> Domain<P> {
 
     /// Lazy preparation of the current processor's slot, at DISPATCH on that processor.
     fn prepare_here(&self, processor: ProcessorNumber) -> Option<*mut Slot<P>> {
+        self.platform
+            .verify_irql("lazy preparation", IrqlRule::Dispatch);
         if self.config.strategy == Strategy::Eager {
             return None;
         }
@@ -749,7 +799,7 @@ impl<P: Platform> Domain<P> {
         let previous = self.platform.raise_to_dispatch();
         let overflow_part = self.overflow_ptr();
         if ptr::eq(token.participant, overflow_part) {
-            let overflow = self.overflow.lock();
+            let overflow = self.locked(&self.overflow);
             overflow.readers.exit_local(token.entry);
             ParticipantCounters::bump(&overflow.counters.exits);
         } else {
@@ -865,7 +915,7 @@ impl<P: Platform> Domain<P> {
                 stamp
             }
             _ => {
-                let overflow = self.overflow.lock();
+                let overflow = self.locked(&self.overflow);
                 self.ensure_joined(&overflow);
                 let stamp = self.retire_stamp(&overflow);
                 // SAFETY: the overflow lock makes us its owner.
@@ -1038,6 +1088,8 @@ impl<P: Platform> Domain<P> {
 
     /// Starts a cycle unless one is in flight (then asks it to run another when it ends). At DISPATCH.
     fn try_start_cycle(&self) {
+        self.platform
+            .verify_irql("reclamation cycle start", IrqlRule::Dispatch);
         if self.shutting_down.load(Ordering::Acquire) {
             return;
         }
@@ -1065,7 +1117,7 @@ impl<P: Platform> Domain<P> {
 
         // Snapshot the ring after publishing the epoch (see `join`). Membership of this cycle is fixed
         // here: joins from now on belong to the next cycle.
-        let registry = self.registry.lock();
+        let registry = self.locked(&self.registry);
         let mut first: *mut Slot<P> = ptr::null_mut();
         let mut cursor = registry.head;
         while !cursor.is_null() {
@@ -1100,6 +1152,9 @@ impl<P: Platform> Domain<P> {
         // SAFETY: messages are only sent to member slots, which outlive the cycle.
         let slot = unsafe { &*slot_ptr };
         let domain = Self::of_slot(slot);
+        domain
+            .platform
+            .verify_irql("reclamation cycle visit", IrqlRule::Dispatch);
         let part = &slot.part;
         ParticipantCounters::bump(&part.counters.messages);
         let epoch = domain.cycle.epoch.load(Ordering::Acquire);
@@ -1192,7 +1247,7 @@ impl<P: Platform> Domain<P> {
 
         let released_items = RetiredList::new();
         {
-            let overflow = self.overflow.lock();
+            let overflow = self.locked(&self.overflow);
             overflow.local_epoch.store(epoch, Ordering::Relaxed);
             let overflow_oldest = if self.mutated(Mutation::SkipReaderScan) {
                 None
@@ -1228,7 +1283,7 @@ impl<P: Platform> Domain<P> {
             .platform
             .now_ns()
             .saturating_sub(self.cycle.started_ns.load(Ordering::Relaxed));
-        self.cycle_latency.lock().record(took);
+        self.locked(&self.cycle_latency).record(took);
         self.cycle.in_flight.store(false, Ordering::SeqCst);
         self.platform.event_signal(self.cycle_done());
         if self.cycle.requested.swap(false, Ordering::SeqCst) {
@@ -1247,6 +1302,8 @@ impl<P: Platform> Domain<P> {
     /// Blocks until everything retired before the call has been disposed of. PASSIVE only, outside any
     /// epoch (waiting inside one would wait for itself).
     pub fn synchronize(&self) {
+        self.platform
+            .verify_irql("Domain::synchronize", IrqlRule::Passive);
         fence(Ordering::SeqCst);
         let target = self.global_epoch.load(Ordering::SeqCst);
         // Ask for cycles back to back only while they make progress; when one released nothing (a
@@ -1308,7 +1365,7 @@ impl<P: Platform> Domain<P> {
         stats.hot_add_complete = load(&c.hot_add_complete);
         stats.hot_add_failure = load(&c.hot_add_failure);
         stats.leaked_readers = load(&c.leaked_readers);
-        stats.cycle_latency_ns = *self.cycle_latency.lock();
+        stats.cycle_latency_ns = *self.locked(&self.cycle_latency);
         stats.global_epoch = self.global_epoch.load(Ordering::Relaxed);
         stats.released_epoch = self.released_epoch.load(Ordering::Relaxed);
         let mut add = |part: &Participant| {
@@ -1322,7 +1379,7 @@ impl<P: Platform> Domain<P> {
             stats.leaves += load(&pc.leaves);
         };
         {
-            let registry = self.registry.lock();
+            let registry = self.locked(&self.registry);
             let mut cursor = registry.head;
             while !cursor.is_null() {
                 // SAFETY: registry slots are valid while the lock is held.
@@ -1331,15 +1388,45 @@ impl<P: Platform> Domain<P> {
                 cursor = slot.next_registered.load(Ordering::Relaxed);
             }
         }
-        add(&self.overflow.lock());
+        add(&self.locked(&self.overflow));
         stats.exits += stats.remote_exits;
         stats.pending = stats.retired.saturating_sub(stats.freed);
         stats
     }
 
+    /// What holds reclamation back (see [`Holdback`]). Any IRQL up to DISPATCH.
+    pub fn holdback(&self) -> Holdback {
+        let mut oldest: Option<(Holder, u64)> = None;
+        let mut consider = |holder: Holder, part: &Participant| {
+            if let Some(epoch) = part.readers.oldest_active_epoch() {
+                if !matches!(oldest, Some((_, e)) if e <= epoch) {
+                    oldest = Some((holder, epoch));
+                }
+            }
+        };
+        {
+            let registry = self.locked(&self.registry);
+            let mut cursor = registry.head;
+            while !cursor.is_null() {
+                // SAFETY: registry slots are valid while the lock is held.
+                let slot = unsafe { &*cursor };
+                consider(Holder::Processor(slot.processor), &slot.part);
+                cursor = slot.next_registered.load(Ordering::Relaxed);
+            }
+        }
+        consider(Holder::Overflow, &self.locked(&self.overflow));
+        Holdback {
+            global_epoch: self.global_epoch.load(Ordering::Relaxed),
+            released_epoch: self.released_epoch.load(Ordering::Relaxed),
+            oldest_reader: oldest,
+            pending: self.stats().pending,
+        }
+    }
+
     /// SPEC S8: deregister, stop cycles, dispose of everything retired, wait for work items, free
     /// every slot. PASSIVE only; no reader may still be inside an epoch.
     fn shutdown(&self) {
+        self.platform.verify_irql("unload", IrqlRule::Passive);
         let handle = self.callback_handle.swap(ptr::null_mut(), Ordering::AcqRel);
         if let Some(handle) = NonNull::new(handle) {
             // SAFETY: registered in `create`, deregistered once here.
@@ -1357,7 +1444,7 @@ impl<P: Platform> Domain<P> {
         self.platform.flush_messages();
 
         let previous = self.platform.raise_to_dispatch();
-        let registry = self.registry.lock();
+        let registry = self.locked(&self.registry);
         let mut cursor = registry.head;
         while !cursor.is_null() {
             // SAFETY: registry slots are valid; no cycle or reader runs any more.
@@ -1367,7 +1454,7 @@ impl<P: Platform> Domain<P> {
         }
         drop(registry);
         {
-            let overflow = self.overflow.lock();
+            let overflow = self.locked(&self.overflow);
             self.drain_for_shutdown(&overflow, None);
         }
         self.platform.lower_irql(previous);
@@ -1380,7 +1467,7 @@ impl<P: Platform> Domain<P> {
             self.platform.event_wait(self.work_idle());
         }
 
-        let mut registry = self.registry.lock();
+        let mut registry = self.locked(&self.registry);
         let mut cursor = mem::replace(&mut registry.head, ptr::null_mut());
         drop(registry);
         while !cursor.is_null() {

@@ -30,8 +30,10 @@ pub mod table;
 mod tests;
 
 pub use config::{select_config, Config, Strategy};
-pub use domain::{Domain, DomainBox, LoadError, LoadFailure, RetireError, WorkItem};
+pub use domain::{
+    Domain, DomainBox, Holdback, Holder, LoadError, LoadFailure, RetireError, WorkItem,
+};
 pub use guard::{Guard, RawGuard};
-pub use mutation::{Mutation, Mutations};
+pub use mutation::{Mutation, MutationKind, Mutations};
 pub use readers::READER_ENTRIES;
 pub use stats::{CallbackState, Stats, STATS_VERSION};

@@ -5,54 +5,111 @@
 
 use core::fmt;
 
-/// One re-introduced bug.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum Mutation {
+/// Whether a mutation breaks the protocol's logic or weakens/reorders a memory-ordering step that the
+/// safety argument (PROTOCOL.md) relies on. Ordering mutations must be caught by a check that does
+/// not depend on x86 timing (loom or the controlled-schedule mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MutationKind {
+    /// A wrong statement or a missing step.
+    Logic,
+    /// A weakened ordering, a removed fence or two steps in the other order.
+    Ordering,
+}
+
+macro_rules! mutations {
+    ($($(#[doc = $doc:literal])* $variant:ident = $bit:literal, $name:literal, $kind:ident;)*) => {
+        /// One re-introduced bug.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u32)]
+        pub enum Mutation {
+            $($(#[doc = $doc])* $variant = 1 << $bit,)*
+        }
+
+        impl Mutation {
+            /// Every mutation.
+            pub const ALL: &'static [Mutation] = &[$(Mutation::$variant,)*];
+
+            /// Command-line name.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Mutation::$variant => $name,)*
+                }
+            }
+
+            /// Logic or ordering.
+            pub fn kind(self) -> MutationKind {
+                match self {
+                    $(Mutation::$variant => MutationKind::$kind,)*
+                }
+            }
+        }
+    };
+}
+
+mutations! {
     /// The loop over a processor's readers never runs: cycles ignore every reader.
-    SkipReaderScan = 1 << 0,
+    SkipReaderScan = 0, "skip-reader-scan", Logic;
     /// Retirement is stamped with the processor's lagging local epoch instead of the global epoch.
-    LocalEpochStamp = 1 << 1,
+    LocalEpochStamp = 1, "local-epoch-stamp", Logic;
     /// AddStart makes the new processor's slot ready and participating at once, so cycles send it
     /// messages before AddComplete (S3).
-    RouteBeforeComplete = 1 << 2,
+    RouteBeforeComplete = 2, "route-before-complete", Logic;
     /// A cycle skips participants that joined since the last snapshot, as if their unknown epoch did
     /// not matter (S5).
-    ReleaseWhileJoining = 1 << 3,
+    ReleaseWhileJoining = 3, "release-while-joining", Logic;
     /// A processor that leaves during its visit unlinks itself from the ring of the cycle in flight,
     /// so the traversal ends early and skips the members after it.
-    ChangeRingInFlight = 1 << 4,
+    ChangeRingInFlight = 4, "change-ring-in-flight", Logic;
     /// AddComplete (on the notification thread) activates the new processor's slot instead of leaving
     /// that to the processor's own first epoch use, so idle processors are visited (S4).
-    ActivateRemote = 1 << 5,
+    ActivateRemote = 5, "activate-remote", Logic;
+    /// Core spin locks are taken at the caller's IRQL instead of raising to DISPATCH: a DPC on the
+    /// holder's processor spins on the lock forever (S9, bugcheck 0x133).
+    LockWithoutRaise = 6, "lock-without-raise", Logic;
+    /// Exits on the entering processor are not recorded: the participant holds its epoch forever and
+    /// reclamation stops (L1/L2).
+    LostExit = 7, "lost-exit", Logic;
+    /// A cycle that ends while another was requested starts it by recursion instead of iteration: a
+    /// flush storm grows the DPC's stack without bound (L3).
+    RecursiveChaining = 8, "recursive-chaining", Logic;
+    /// Unload disposes of retired items once, before work items ran: what a work callback or a
+    /// destructor retires during unload leaks (S8).
+    UnloadDrainOnce = 9, "unload-drain-once", Logic;
+    /// `join` drops the fence between storing `participating` and loading the global epoch, so the
+    /// store can be ordered after the load (store buffering against the cycle's snapshot).
+    JoinNoStoreFence = 10, "join-no-store-fence", Ordering;
+    /// `join` drops the fence after loading the global epoch: the reader's pointer loads may see an
+    /// object unlinked before the epoch it entered.
+    JoinNoLoadFence = 11, "join-no-load-fence", Ordering;
+    /// `join` loads the global epoch before storing `participating` (the two steps swapped).
+    JoinLoadFirst = 12, "join-load-before-store", Ordering;
+    /// The cycle drops the fence between publishing its epoch and reading `participating`.
+    CycleNoFence = 13, "cycle-no-fence", Ordering;
+    /// The cycle snapshots the ring before publishing its epoch (the two steps swapped).
+    CycleSnapshotFirst = 14, "cycle-snapshot-before-publish", Ordering;
+    /// The retirement stamp is read without the fence that orders it after the unlink.
+    StampNoFence = 15, "stamp-no-fence", Ordering;
+    /// An overflow reader that finds the overflow participating reads the global epoch without the
+    /// fence that orders its later pointer loads.
+    OverflowEnterNoFence = 16, "overflow-enter-no-fence", Ordering;
+    /// A migrated reader's exit is a relaxed add: the visit that counts it does not synchronise with
+    /// the reader's loads before it frees what they read.
+    RemoteExitRelaxed = 17, "remote-exit-relaxed", Ordering;
+    /// A cycle start does not re-check `shutting_down` after it owns `in_flight`: it can start after
+    /// unload saw no cycle in flight.
+    StartWithoutShutdownRecheck = 18, "start-without-shutdown-recheck", Ordering;
+    /// A finished work item decrements the outstanding count and then signals the domain's event
+    /// whether or not unload waits: unload can see zero and free the domain under the signal.
+    WorkSignalAfterCount = 19, "work-signal-after-count", Ordering;
+    /// Unload flushes messages without first waiting for the in-flight cycle, whose visits then keep
+    /// sending messages to slots being freed.
+    UnloadSkipCycleWait = 20, "unload-skip-cycle-wait", Ordering;
 }
 
 impl Mutation {
-    /// Every mutation.
-    pub const ALL: [Mutation; 6] = [
-        Mutation::SkipReaderScan,
-        Mutation::LocalEpochStamp,
-        Mutation::RouteBeforeComplete,
-        Mutation::ReleaseWhileJoining,
-        Mutation::ChangeRingInFlight,
-        Mutation::ActivateRemote,
-    ];
-
-    /// Command-line name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mutation::SkipReaderScan => "skip-reader-scan",
-            Mutation::LocalEpochStamp => "local-epoch-stamp",
-            Mutation::RouteBeforeComplete => "route-before-complete",
-            Mutation::ReleaseWhileJoining => "release-while-joining",
-            Mutation::ChangeRingInFlight => "change-ring-in-flight",
-            Mutation::ActivateRemote => "activate-remote",
-        }
-    }
-
     /// The mutation with this command-line name.
     pub fn from_name(name: &str) -> Option<Mutation> {
-        Mutation::ALL.into_iter().find(|m| m.name() == name)
+        Mutation::ALL.iter().copied().find(|m| m.name() == name)
     }
 }
 

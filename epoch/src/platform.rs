@@ -53,6 +53,29 @@ impl Irql {
     pub const DISPATCH: Irql = Irql(2);
 }
 
+/// The IRQL a core routine may be called at. Platforms that check IRQL discipline the way Driver
+/// Verifier does (the simulator, the emulated kernel) enforce it in [`Platform::verify_irql`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IrqlRule {
+    /// PASSIVE_LEVEL only: the routine may wait (load, unload, `synchronize`).
+    Passive,
+    /// Below DISPATCH_LEVEL (PASSIVE or APC): processor-change notifications, which may wait.
+    BelowDispatch,
+    /// DISPATCH_LEVEL only: the reclamation cycle's DPC paths.
+    Dispatch,
+}
+
+impl IrqlRule {
+    /// Whether `irql` satisfies the rule.
+    pub fn allows(self, irql: Irql) -> bool {
+        match self {
+            IrqlRule::Passive => irql == Irql::PASSIVE,
+            IrqlRule::BelowDispatch => irql < Irql::DISPATCH,
+            IrqlRule::Dispatch => irql == Irql::DISPATCH,
+        }
+    }
+}
+
 /// An NTSTATUS value.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Status(pub i32);
@@ -214,7 +237,9 @@ pub unsafe trait Platform: Send + Sync + 'static {
     /// # Safety
     /// `message` was initialised and is not queued or running.
     unsafe fn message_release(&self, message: *mut Self::Message);
-    /// Waits until every message queued before the call has run (`KeFlushQueuedDpcs`). PASSIVE only.
+    /// Waits until every message queued before the call, and every message handler running when it
+    /// was made, has returned (`KeFlushQueuedDpcs`). PASSIVE only. Unload relies on this: once it
+    /// returns, no handler started earlier can still touch the domain.
     fn flush_messages(&self);
 
     /// Initialises `timer` in place with `handler`, which runs at DISPATCH on some processor.
@@ -224,7 +249,8 @@ pub unsafe trait Platform: Send + Sync + 'static {
     unsafe fn timer_init(&self, timer: *mut Self::Timer, handler: Handler) -> Result<(), Status>;
     /// Starts (or restarts) the timer with the given period.
     fn timer_start(&self, timer: &Self::Timer, period_us: u32);
-    /// Stops the timer and waits until a running handler has returned. PASSIVE only.
+    /// Stops the timer: when this returns, no handler invocation is running and none will start
+    /// (`KeCancelTimer` plus `KeFlushQueuedDpcs` on NT). PASSIVE only.
     fn timer_stop(&self, timer: &Self::Timer);
     /// Undoes `timer_init`.
     ///
@@ -255,6 +281,8 @@ pub unsafe trait Platform: Send + Sync + 'static {
     /// `event` points to storage that stays at this address while the event is used.
     unsafe fn event_init(&self, event: *mut Self::Event);
     /// Signals the event (wakes every waiter; stays signalled until reset). Callable at DISPATCH.
+    /// Must not touch the event once a waiter can observe it signalled (`KeSetEvent` with
+    /// `Wait = FALSE`): the waiter may free the memory holding it as soon as it wakes.
     fn event_signal(&self, event: &Self::Event);
     /// Clears the event.
     fn event_reset(&self, event: &Self::Event);
@@ -285,4 +313,32 @@ pub unsafe trait Platform: Send + Sync + 'static {
 
     /// Writes one log line (DbgPrintEx in the kernel).
     fn log(&self, level: LogLevel, args: fmt::Arguments<'_>);
+
+    /// Called on entry of a core routine with its IRQL rule. A checking platform records a violation
+    /// when the caller's IRQL breaks it; the default does nothing (a release driver pays nothing).
+    #[inline(always)]
+    fn verify_irql(&self, routine: &'static str, rule: IrqlRule) {
+        let _ = (routine, rule);
+    }
+
+    /// A core spin lock (identified by its address) was just acquired by the caller. The lock raised
+    /// to DISPATCH first, so a checking platform that sees a lower IRQL here reports the rule broken.
+    #[inline(always)]
+    fn spin_lock_acquired(&self, lock: *const ()) {
+        let _ = lock;
+    }
+
+    /// The caller, already at DISPATCH, found the core spin lock `lock` held and is about to spin. A
+    /// checking platform that knows the holder cannot run (preempted on the caller's own processor)
+    /// reports the deadlock instead of letting the caller spin forever.
+    #[inline(always)]
+    fn spin_lock_contended(&self, lock: *const ()) {
+        let _ = lock;
+    }
+
+    /// The caller is about to release the core spin lock `lock`.
+    #[inline(always)]
+    fn spin_lock_released(&self, lock: *const ()) {
+        let _ = lock;
+    }
 }

@@ -1,12 +1,15 @@
-//! A minimal spin lock for the slow paths (slot registry, overflow slot). Callers hold it at
-//! DISPATCH only, for a handful of instructions; it is never taken on the enter/exit hot path of a
-//! prepared processor.
+//! The core's spin lock, for the slow paths (slot registry, overflow slot, cycle statistics). Like
+//! `KeAcquireSpinLock`, taking it raises to DISPATCH first and releasing it lowers back, so a caller
+//! at PASSIVE cannot be preempted by a DPC on its own processor that wants the same lock (bugcheck
+//! 0x133 on NT). The IRQL rule is in the type: the only way to the value is a guard made by `lock`.
 
+use crate::platform::{Irql, Platform};
 use crate::sync::{spin_hint, AtomicBool, Ordering};
 use core::cell::UnsafeCell;
 use core::ops::{Deref, DerefMut};
 
-/// Mutual exclusion by spinning. The protected value is reachable only through [`SpinGuard`].
+/// Mutual exclusion by spinning at DISPATCH. The protected value is reachable only through
+/// [`SpinGuard`].
 pub(crate) struct SpinLock<T> {
     locked: AtomicBool,
     value: UnsafeCell<T>,
@@ -32,27 +35,65 @@ impl<T> SpinLock<T> {
         self.value.get()
     }
 
-    /// Spins until the lock is free, then holds it until the guard drops.
-    pub(crate) fn lock(&self) -> SpinGuard<'_, T> {
+    fn id(&self) -> *const () {
+        self as *const Self as *const ()
+    }
+
+    /// Raises to DISPATCH (no-op if already there), spins until the lock is free and holds it until
+    /// the guard drops, which releases it and restores the caller's IRQL. Any IRQL up to DISPATCH.
+    pub(crate) fn lock<'a, P: Platform>(&'a self, platform: &'a P) -> SpinGuard<'a, T, P> {
+        let previous = platform.raise_to_dispatch();
+        self.acquire(platform);
+        SpinGuard {
+            lock: self,
+            platform,
+            restore: Some(previous),
+        }
+    }
+
+    /// The `lock-without-raise` mutation: takes the lock at the caller's IRQL, as the first version
+    /// did. Only mutation tests reach it.
+    #[cfg(feature = "mutations")]
+    pub(crate) fn lock_without_raise<'a, P: Platform>(
+        &'a self,
+        platform: &'a P,
+    ) -> SpinGuard<'a, T, P> {
+        self.acquire(platform);
+        SpinGuard {
+            lock: self,
+            platform,
+            restore: None,
+        }
+    }
+
+    fn acquire<P: Platform>(&self, platform: &P) {
+        let mut reported = false;
         while self
             .locked
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
+            if !reported {
+                reported = true;
+                platform.spin_lock_contended(self.id());
+            }
             while self.locked.load(Ordering::Relaxed) {
                 spin_hint();
             }
         }
-        SpinGuard { lock: self }
+        platform.spin_lock_acquired(self.id());
     }
 }
 
-/// Proof of holding a [`SpinLock`]; releases it on drop.
-pub(crate) struct SpinGuard<'a, T> {
+/// Proof of holding a [`SpinLock`] at DISPATCH; releases it and lowers the IRQL on drop.
+pub(crate) struct SpinGuard<'a, T, P: Platform> {
     lock: &'a SpinLock<T>,
+    platform: &'a P,
+    /// IRQL to lower back to after releasing (`None`: the lock did not raise).
+    restore: Option<Irql>,
 }
 
-impl<T> Deref for SpinGuard<'_, T> {
+impl<T, P: Platform> Deref for SpinGuard<'_, T, P> {
     type Target = T;
     fn deref(&self) -> &T {
         // SAFETY: the guard exists only while this holder owns the lock.
@@ -60,7 +101,7 @@ impl<T> Deref for SpinGuard<'_, T> {
     }
 }
 
-impl<T> DerefMut for SpinGuard<'_, T> {
+impl<T, P: Platform> DerefMut for SpinGuard<'_, T, P> {
     fn deref_mut(&mut self) -> &mut T {
         // SAFETY: the guard exists only while this holder owns the lock, and `&mut self` makes the
         // access unique among users of this guard.
@@ -68,8 +109,12 @@ impl<T> DerefMut for SpinGuard<'_, T> {
     }
 }
 
-impl<T> Drop for SpinGuard<'_, T> {
+impl<T, P: Platform> Drop for SpinGuard<'_, T, P> {
     fn drop(&mut self) {
+        self.platform.spin_lock_released(self.lock.id());
         self.lock.locked.store(false, Ordering::Release);
+        if let Some(previous) = self.restore {
+            self.platform.lower_irql(previous);
+        }
     }
 }

@@ -44,7 +44,7 @@ fn same_seed_same_run() {
 #[cfg(feature = "mutations")]
 #[test]
 fn every_mutation_is_caught_and_its_seed_replays() {
-    for mutation in kepoch::Mutation::ALL {
+    for &mutation in kepoch::Mutation::ALL {
         let mutations = Mutations::NONE.with(mutation);
         let failing = (0..200)
             .find(|&seed| {
