@@ -3,7 +3,8 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use kepoch::{Mutations, Strategy};
-use kepoch_sim::torture::{self, Mode, RunOptions, RunOutcome, RunSpec};
+use kepoch_sim::torture::bounds::{self, Bounds};
+use kepoch_sim::torture::{self, Mode, RunOptions, RunOutcome, RunSpec, Workloads};
 use std::io::IsTerminal;
 use std::ops::Range;
 use std::process::ExitCode;
@@ -90,9 +91,99 @@ struct TortureArgs {
     /// freed: a late read faults, is reported (object, epochs, seed, replay) and exits 1.
     #[arg(long)]
     guard_pages: bool,
+    /// Workloads to run besides readers, writers and the synchronizer: `all` (default), `none`, or a
+    /// comma-separated list of work (work items: schedule, cancel, reschedule, callbacks that retire
+    /// and schedule), stats (stats()/holdback() callers), chains (destructors that retire), storms
+    /// (flush/synchronize storms), stalls (readers inside across many cycles in distinct epochs),
+    /// overflow (allocation failures put a CPU on the overflow slot), busy-unload (unload while work
+    /// items run and a cycle is in flight).
+    #[arg(long, default_value = "all", value_parser = parse_workloads)]
+    workloads: Workloads,
+    /// Deterministic: machine lifetimes per seed (each a new machine, load, hot-adds, unload), each
+    /// `--sim-ms` long.
+    #[arg(long, default_value_t = 1)]
+    reloads: u32,
+    /// Parallel: wall-clock milliseconds of one machine lifetime; `--seconds` is split into
+    /// lifetimes, so loads, unloads and the hot-add protocol repeat for the whole run.
+    #[arg(long, default_value_t = 500)]
+    lifetime_ms: u64,
+    /// Wall-clock seconds one run (one seed, all its lifetimes) may take; past it the run fails with a
+    /// diagnosis and the process exits 1. Default: 30 s + 1 s per simulated ms (deterministic), 30 s +
+    /// twice the run (parallel).
+    #[arg(long)]
+    deadline: Option<f64>,
+    /// Bound on pending garbage: items retired and not yet freed, per running CPU.
+    #[arg(long)]
+    pending_per_cpu: Option<u64>,
+    /// Bound on progress: cycles the released epoch may stay put (beyond the torture's own bounded
+    /// stalls of 16 cycles); also the cycle periods a cycle may take while garbage is pending.
+    #[arg(long)]
+    progress_cycles: Option<u64>,
+    /// Bound on the process's resident set, in MiB.
+    #[arg(long)]
+    max_rss_mb: Option<u64>,
+    /// Bound on the simulated allocator's live bytes, in MiB.
+    #[arg(long)]
+    max_live_mb: Option<u64>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+fn parse_workloads(text: &str) -> Result<Workloads, String> {
+    match text {
+        "all" => return Ok(Workloads::ALL),
+        "none" => return Ok(Workloads::NONE),
+        _ => {}
+    }
+    let mut workloads = Workloads::NONE;
+    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        *workloads.switch(name).ok_or_else(|| {
+            format!(
+                "unknown workload `{name}`; known: all, none, {}",
+                Workloads::NAMES.join(", ")
+            )
+        })? = true;
+    }
+    Ok(workloads)
+}
+
+/// The command-line value of a set of workloads.
+fn workloads_arg(workloads: Workloads) -> String {
+    if workloads == Workloads::ALL {
+        return "all".into();
+    }
+    let mut copy = workloads;
+    let names: Vec<&str> = Workloads::NAMES
+        .iter()
+        .copied()
+        .filter(|name| copy.switch(name).is_some_and(|on| *on))
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(",")
+    }
+}
+
+impl TortureArgs {
+    fn bounds(&self) -> Bounds {
+        let mut bounds = Bounds::default();
+        bounds.deadline = self.deadline.map(Duration::from_secs_f64);
+        if let Some(n) = self.pending_per_cpu {
+            bounds.pending_per_cpu = n;
+        }
+        if let Some(n) = self.progress_cycles {
+            bounds.progress_cycles = n;
+        }
+        if let Some(n) = self.max_rss_mb {
+            bounds.max_rss_bytes = n << 20;
+        }
+        if let Some(n) = self.max_live_mb {
+            bounds.max_live_bytes = n << 20;
+        }
+        bounds
+    }
 }
 
 fn parse_seeds(text: &str) -> Result<Range<u64>, String> {
@@ -168,8 +259,37 @@ fn replay_command(
         mode.name()
     );
     match mode {
-        Mode::Deterministic => replay.push_str(&format!(" --sim-ms {}", args.sim_ms)),
-        Mode::Parallel => replay.push_str(&format!(" --seconds {}", duration_us as f64 / 1e6)),
+        Mode::Deterministic => {
+            replay.push_str(&format!(" --sim-ms {}", args.sim_ms));
+            if args.reloads != 1 {
+                replay.push_str(&format!(" --reloads {}", args.reloads));
+            }
+        }
+        Mode::Parallel => replay.push_str(&format!(
+            " --seconds {} --lifetime-ms {}",
+            duration_us as f64 / 1e6,
+            args.lifetime_ms
+        )),
+    }
+    if args.workloads != Workloads::ALL {
+        replay.push_str(&format!(" --workloads {}", workloads_arg(args.workloads)));
+    }
+    for (flag, value) in [
+        ("--deadline", args.deadline.map(|d| d.to_string())),
+        (
+            "--pending-per-cpu",
+            args.pending_per_cpu.map(|n| n.to_string()),
+        ),
+        (
+            "--progress-cycles",
+            args.progress_cycles.map(|n| n.to_string()),
+        ),
+        ("--max-rss-mb", args.max_rss_mb.map(|n| n.to_string())),
+        ("--max-live-mb", args.max_live_mb.map(|n| n.to_string())),
+    ] {
+        if let Some(value) = value {
+            replay.push_str(&format!(" {flag} {value}"));
+        }
     }
     if args.hot_add_rate > 0 {
         replay.push_str(&format!(" --hot-add-rate {}", args.hot_add_rate));
@@ -198,12 +318,29 @@ fn torture_command(args: TortureArgs) -> ExitCode {
             return usage_error("--seconds must be a positive number");
         }
     }
-    if args.sim_ms == 0 {
-        return usage_error("--sim-ms must be at least 1");
+    if let Some(deadline) = args.deadline {
+        if !(deadline > 0.0 && deadline.is_finite()) {
+            return usage_error("--deadline must be a positive number of seconds");
+        }
     }
-    let duration_us = match mode {
-        Mode::Deterministic => args.sim_ms * 1_000,
-        Mode::Parallel => (args.seconds.unwrap_or(5.0) * 1e6) as u64,
+    if args.sim_ms == 0 || args.reloads == 0 || args.lifetime_ms == 0 {
+        return usage_error("--sim-ms, --reloads and --lifetime-ms must be at least 1");
+    }
+    // Per machine lifetime: simulated time (deterministic) or wall time (parallel).
+    let (duration_us, lifetimes) = match mode {
+        Mode::Deterministic => (args.sim_ms * 1_000, args.reloads),
+        Mode::Parallel => {
+            let total_ms = (args.seconds.unwrap_or(5.0) * 1e3) as u64;
+            let lifetime_ms = args.lifetime_ms.min(total_ms.max(1));
+            (
+                lifetime_ms * 1_000,
+                total_ms.div_ceil(lifetime_ms).max(1) as u32,
+            )
+        }
+    };
+    let replay_us = match mode {
+        Mode::Deterministic => duration_us,
+        Mode::Parallel => duration_us * u64::from(lifetimes),
     };
     // Which seeds: explicit range or seed; else deterministic runs new seeds until the time is up,
     // and parallel runs seed 0.
@@ -237,6 +374,7 @@ fn torture_command(args: TortureArgs) -> ExitCode {
         None
     };
 
+    let bounds = args.bounds();
     let started = Instant::now();
     let mut totals = torture::RunStats::default();
     let mut runs = 0u64;
@@ -258,21 +396,16 @@ fn torture_command(args: TortureArgs) -> ExitCode {
             fault_context: format!(
                 "torture: strategy {strategy}, mode {}, seed {seed}\nreplay: {}\n",
                 mode.name(),
-                replay_command(&args, strategy, mode, seed, duration_us)
+                replay_command(&args, strategy, mode, seed, replay_us)
             ),
             alloc_fault_hook: None,
+            workloads: args.workloads,
+            bounds: bounds.clone(),
+            lifetimes,
         };
         let outcome = torture::run_with(&spec, &options);
         runs += 1;
-        for (total, age) in totals.held_age.iter_mut().zip(outcome.stats.held_age) {
-            *total += age;
-        }
-        totals.max_held_age = totals.max_held_age.max(outcome.stats.max_held_age);
-        totals.reads += outcome.stats.reads;
-        totals.retires += outcome.stats.retires;
-        totals.cycles += outcome.stats.cycles;
-        totals.syncs += outcome.stats.syncs;
-        totals.hot_adds += outcome.stats.hot_adds;
+        totals.add(&outcome.stats);
         if let Some(bar) = &bar {
             bar.inc(1);
         }
@@ -295,16 +428,36 @@ fn torture_command(args: TortureArgs) -> ExitCode {
     } else {
         ""
     };
+    let t = &totals;
+    let figures = format!(
+        "{runs} run(s), {} lifetimes, {} reads, {} retires, {} cycles, {} synchronizes, {} flushes, {} hot-adds ({} completed, {} failed), work items {} run / {} cancelled / {} chained, {} destructor retires, {} polls, {} overflow uses, max reader-table depth {}, peak pending {}, longest hold-back {} cycles, peak RSS {} MiB",
+        t.lifetimes,
+        t.reads,
+        t.retires,
+        t.cycles,
+        t.syncs,
+        t.flushes,
+        t.hot_adds + t.hot_add_failures,
+        t.hot_adds,
+        t.hot_add_failures,
+        t.work_run,
+        t.work_cancelled,
+        t.work_chained,
+        t.destructor_retires,
+        t.polls,
+        t.fallback_uses,
+        t.max_depth,
+        t.peak_pending,
+        t.max_no_release,
+        bounds::peak_rss() >> 20
+    );
+    let deadline_used =
+        bounds.deadline_for(mode == Mode::Parallel, duration_us * u64::from(lifetimes));
     match failure {
         None => {
             println!(
-                "torture: strategy {strategy}, mode {}{mutation_note}{guard_note}: {runs} run(s), {} reads, {} retires, {} cycles, {} synchronizes, {} hot-adds, 0 violations in {:.1}s",
+                "torture: strategy {strategy}, mode {}{mutation_note}{guard_note}: {figures}, 0 violations in {:.1}s",
                 mode.name(),
-                totals.reads,
-                totals.retires,
-                totals.cycles,
-                totals.syncs,
-                totals.hot_adds,
                 started.elapsed().as_secs_f64()
             );
             let [a0, a1, a2, a3] = totals.held_age;
@@ -312,6 +465,7 @@ fn torture_command(args: TortureArgs) -> ExitCode {
                 "torture: reads of unlinked objects still held, by age in cycles since the unlink: 0: {a0}, 1: {a1}, 2: {a2}, 3+: {a3} (oldest {}); none was released while held",
                 totals.max_held_age
             );
+            println!("torture: bounds: {}", bounds.describe(deadline_used));
             ExitCode::SUCCESS
         }
         Some((seed, outcome)) => {
@@ -324,8 +478,14 @@ fn torture_command(args: TortureArgs) -> ExitCode {
                 println!("  - {violation}");
             }
             println!(
+                "torture: {figures}, {} violation(s) in {:.1}s",
+                outcome.violations.len(),
+                started.elapsed().as_secs_f64()
+            );
+            println!("torture: bounds: {}", bounds.describe(deadline_used));
+            println!(
                 "replay: {}",
-                replay_command(&args, strategy, mode, seed, duration_us)
+                replay_command(&args, strategy, mode, seed, replay_us)
             );
             if mode == Mode::Parallel {
                 println!("note: parallel runs depend on thread timing; the seed fixes the machine, not the interleaving");

@@ -254,3 +254,105 @@ pub fn lookup_fault(addr: usize) -> Option<Registered> {
     }
     found
 }
+
+// ---------------------------------------------------------------------------------------------------
+// Chains: objects whose destructor retires another object.
+
+/// Counters shared by every chain link of one run.
+#[derive(Debug, Default)]
+pub struct ChainStats {
+    /// Links retired by the destructor of the link before them.
+    pub retired_by_destructor: AtomicU64,
+    /// Links whose destructor ran.
+    pub dropped: AtomicU64,
+    /// Retirements a destructor had refused (0 unless the core is broken).
+    pub refused: AtomicU64,
+}
+
+/// A link of a chain published to readers through its head. Its destructor retires the next link, so
+/// freeing a chain of `n` links takes `n` releases, each retirement made from inside the core's
+/// disposal (a cycle, a flush or unload's drain).
+pub struct ChainLink {
+    magic: AtomicU64,
+    /// Serial number, for messages.
+    pub id: u64,
+    next: AtomicPtr<ChainLink>,
+    domain: *const SimDomain,
+    stats: *const ChainStats,
+}
+
+// SAFETY: the raw pointers name the domain that disposes of the link and the run's counters, both of
+// which outlive every link (the run frees them after unload); they are only used through `&`.
+unsafe impl Send for ChainLink {}
+
+impl Drop for ChainLink {
+    fn drop(&mut self) {
+        self.magic.store(DEAD, Ordering::Release);
+        // SAFETY: the run's counters outlive the domain and so every disposal (see the Send impl).
+        let stats = unsafe { &*self.stats };
+        stats.dropped.fetch_add(1, Ordering::Relaxed);
+        let next = self.next.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        if let Some(next) = NonNull::new(next) {
+            // SAFETY: the domain is disposing of this link, so it is alive; `next` came from its
+            // `alloc` and was reachable only through this link, which no reader can reach any more.
+            match unsafe { (*self.domain).retire(next) } {
+                Ok(_) => stats.retired_by_destructor.fetch_add(1, Ordering::Relaxed),
+                Err(_) => stats.refused.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+    }
+}
+
+/// Allocates a chain of `len` links (ids `first_id..first_id + len`), head first; `None` if an
+/// allocation failed (the links built so far are freed: the first one's destructor retires the rest).
+/// `stats` must outlive the domain.
+pub fn new_chain(
+    domain: &SimDomain,
+    first_id: u64,
+    len: usize,
+    stats: &ChainStats,
+) -> Option<NonNull<ChainLink>> {
+    let mut head: Option<NonNull<ChainLink>> = None;
+    for k in (0..len as u64).rev() {
+        let link = ChainLink {
+            magic: AtomicU64::new(LIVE),
+            id: first_id + k,
+            next: AtomicPtr::new(head.map_or(std::ptr::null_mut(), NonNull::as_ptr)),
+            domain,
+            stats,
+        };
+        match domain.alloc(link) {
+            Ok(link) => head = Some(link),
+            Err(link) => {
+                // The link that was not allocated owns nothing (it only points at the links built so
+                // far, freed below): skip its destructor, which would retire them.
+                std::mem::forget(link);
+                if let Some(head) = head {
+                    // SAFETY: allocated just now by `domain`, never published or retired.
+                    unsafe { domain.free_now(head) };
+                }
+                return None;
+            }
+        }
+    }
+    head
+}
+
+/// Walks a chain a reader holds and returns the id and magic of the first link that is not live.
+///
+/// # Safety
+/// `head` came from [`new_chain`] and was loaded from a cell inside an epoch that is still open (as for
+/// [`check`]: with a broken protocol the memory is quarantined and poisoned, and reads are atomic).
+pub unsafe fn check_chain(head: NonNull<ChainLink>) -> Option<(u64, u64)> {
+    let mut cursor = head.as_ptr();
+    while !cursor.is_null() {
+        // SAFETY: per the caller; each next link is alive while the link before it is.
+        let link = unsafe { &*cursor };
+        let magic = link.magic.load(Ordering::Acquire);
+        if magic != LIVE {
+            return Some((link.id, magic));
+        }
+        cursor = link.next.load(Ordering::Acquire);
+    }
+    None
+}

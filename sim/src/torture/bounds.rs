@@ -1,0 +1,222 @@
+//! Liveness and resource bounds of a torture run (SPEC L1/L2) and what ends a run that breaks them:
+//! the monitor task's diagnosis, the abort payload, the wall-clock watchdog and panic reporting.
+//!
+//! The bounds, checked by a monitor task every cycle period of the run (simulated time):
+//! - **pending garbage**: items retired and not yet disposed of may not exceed
+//!   [`Bounds::pending_per_cpu`] per running CPU. The torture's retire rate is bounded by its tasks'
+//!   sleeps (about one retirement per 5 µs per writer, plus work items and chains), and its deliberate
+//!   stalls hold reclamation for at most [`STALL_HOLD_CYCLES`] cycles, so a correct core stays far
+//!   below the cap (the peak is printed in every summary); a core that stops reclaiming crosses it
+//!   within a few milliseconds.
+//! - **progress**: the released epoch must advance within [`Bounds::progress_cycles`] cycles plus the
+//!   longest deliberate stall ([`STALL_HOLD_CYCLES`]); the torture's only readers that stay inside for
+//!   long are its stallers, which exit every epoch they hold within that many cycles, so any longer
+//!   hold-back is a reader the core lost or a cycle that does not release.
+//! - **cycles**: while garbage is pending a cycle must complete at least every
+//!   [`Bounds::progress_cycles`] cycle periods of simulated time.
+//! - **memory**: the process's resident set may not exceed [`Bounds::max_rss_bytes`] and the simulated
+//!   allocator's live bytes may not exceed [`Bounds::max_live_bytes`].
+//! - **deadline**: the run must end within its wall-clock deadline.
+//!
+//! Breaking a bound ends the run at once: in deterministic mode the monitor unwinds out of the
+//! scheduler with an [`Abort`] payload (caught by the run); in parallel mode it stops the tasks, and
+//! if the run has not wound down within [`GRACE`] the watchdog prints the diagnosis and the replay
+//! command and exits the process with status 1. The watchdog does the same when the deadline passes
+//! (a hang the monitor cannot see, e.g. every CPU spinning at DISPATCH).
+
+use std::any::Any;
+use std::io::Write;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Cycles a staller keeps its oldest epoch before exiting it (deliberate stalls are this long at most).
+pub const STALL_HOLD_CYCLES: u64 = 16;
+/// How long a parallel run that broke a bound may take to wind down before the watchdog exits.
+pub const GRACE: Duration = Duration::from_secs(3);
+
+/// Limits every run is held to (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct Bounds {
+    /// Wall-clock deadline of one run; `None`: derived from the run length ([`Bounds::deadline_for`]).
+    pub deadline: Option<Duration>,
+    /// Pending (retired, not yet disposed of) items allowed per running CPU.
+    pub pending_per_cpu: u64,
+    /// Cycles the released epoch may stay put beyond the longest deliberate stall.
+    pub progress_cycles: u64,
+    /// Resident set size allowed for the process, in bytes.
+    pub max_rss_bytes: u64,
+    /// Live bytes allowed in the simulated allocator.
+    pub max_live_bytes: u64,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            deadline: None,
+            pending_per_cpu: 1_024,
+            progress_cycles: 64,
+            max_rss_bytes: 2 << 30,
+            max_live_bytes: 256 << 20,
+        }
+    }
+}
+
+impl Bounds {
+    /// The deadline of a run of `duration_us` (simulated µs in deterministic mode, wall µs in parallel
+    /// mode): the explicit one, else 30 s plus 1 s per simulated millisecond (deterministic runs take
+    /// well under a millisecond of wall time per simulated millisecond) or twice the wall time.
+    pub fn deadline_for(&self, parallel: bool, duration_us: u64) -> Duration {
+        self.deadline.unwrap_or_else(|| {
+            let base = Duration::from_secs(30);
+            if parallel {
+                base + Duration::from_micros(duration_us) * 2
+            } else {
+                base + Duration::from_millis(duration_us.div_ceil(1_000))
+            }
+        })
+    }
+
+    /// One line stating the bounds, for summaries and failure reports.
+    pub fn describe(&self, deadline: Duration) -> String {
+        format!(
+            "pending <= {} items per running CPU, released epoch advances within {} + {} cycles, a cycle at least every {} cycle periods while garbage is pending, RSS <= {} MiB, simulated live bytes <= {} MiB, deadline {:.0} s",
+            self.pending_per_cpu,
+            STALL_HOLD_CYCLES,
+            self.progress_cycles,
+            self.progress_cycles,
+            self.max_rss_bytes >> 20,
+            self.max_live_bytes >> 20,
+            deadline.as_secs_f64()
+        )
+    }
+}
+
+/// Panic payload with which the monitor unwinds out of a deterministic run that broke a bound.
+#[derive(Debug)]
+pub struct Abort(pub String);
+
+/// The text of a panic payload: an [`Abort`], the machine's bugcheck, a `String` or a `&str`.
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(abort) = payload.downcast_ref::<Abort>() {
+        abort.0.clone()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        format!("panic: {text}")
+    } else if let Some(text) = payload.downcast_ref::<&str>() {
+        format!("panic: {text}")
+    } else {
+        "panic with a payload that is not text".into()
+    }
+}
+
+/// Resident set size of this process now, in bytes (`/proc/self/statm`), or 0 if unknown.
+pub fn current_rss() -> u64 {
+    let Ok(text) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    pages * crate::machine::page_size() as u64
+}
+
+/// Peak resident set size of this process so far, in bytes (`getrusage`).
+pub fn peak_rss() -> u64 {
+    // SAFETY: a zeroed rusage is a valid out-parameter; getrusage only writes it.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    (usage.ru_maxrss.max(0) as u64) * 1024
+}
+
+#[derive(Default)]
+struct WatchState {
+    done: bool,
+    failure: Option<(String, Instant)>,
+    snapshot: String,
+}
+
+/// The wall-clock watchdog of one run: a thread that ends the process, with the diagnosis and the
+/// replay command, when the run neither finishes by its deadline nor winds down within [`GRACE`] of
+/// breaking a bound.
+#[derive(Clone)]
+pub struct Watchdog {
+    state: Arc<(Mutex<WatchState>, Condvar)>,
+}
+
+impl Watchdog {
+    /// Starts the watchdog. `context` (seed, replay command) is printed after the diagnosis.
+    pub fn start(deadline: Duration, context: String) -> Watchdog {
+        let state = Arc::new((Mutex::new(WatchState::default()), Condvar::new()));
+        let watched = state.clone();
+        let start = Instant::now();
+        std::thread::Builder::new()
+            .name("torture-watchdog".into())
+            .spawn(move || {
+                let (lock, cv) = &*watched;
+                let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+                loop {
+                    if st.done {
+                        return;
+                    }
+                    let now = Instant::now();
+                    let limit = match &st.failure {
+                        Some((_, at)) => (*at + GRACE).min(start + deadline),
+                        None => start + deadline,
+                    };
+                    if now >= limit {
+                        let text = match &st.failure {
+                            Some((text, _)) => format!(
+                                "{text}\n(the run did not wind down within {GRACE:?} of the violation; ending the process)"
+                            ),
+                            None => format!(
+                                "deadline: the run did not finish within {:.1} s (a hang); last monitor snapshot: {}",
+                                deadline.as_secs_f64(),
+                                if st.snapshot.is_empty() { "none" } else { &st.snapshot }
+                            ),
+                        };
+                        let mut err = std::io::stderr().lock();
+                        let _ = writeln!(err, "kepoch-sim torture: VIOLATION: {text}");
+                        let _ = write!(err, "{context}");
+                        let _ = writeln!(err, "peak RSS {} MiB", peak_rss() >> 20);
+                        let _ = err.flush();
+                        std::process::exit(1);
+                    }
+                    st = cv
+                        .wait_timeout(st, limit - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            })
+            .expect("spawn the torture watchdog");
+        Watchdog { state }
+    }
+
+    fn with(&self, f: impl FnOnce(&mut WatchState)) {
+        let (lock, cv) = &*self.state;
+        f(&mut lock.lock().unwrap_or_else(|e| e.into_inner()));
+        cv.notify_all();
+    }
+
+    /// The run broke a bound: from now on it has [`GRACE`] to finish.
+    pub fn failed(&self, text: &str) {
+        self.with(|st| {
+            if st.failure.is_none() {
+                st.failure = Some((text.to_string(), Instant::now()));
+            }
+        });
+    }
+
+    /// The latest state of the run, printed if the deadline passes.
+    pub fn snapshot(&self, text: String) {
+        self.with(|st| st.snapshot = text);
+    }
+
+    /// The run finished: the watchdog thread ends.
+    pub fn finish(&self) {
+        self.with(|st| st.done = true);
+    }
+}

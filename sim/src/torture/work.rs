@@ -1,0 +1,245 @@
+//! Work items as users drive them: create, schedule, cancel, reschedule after a cancel, drop the handle
+//! of a scheduled item, and callbacks that retire an object and schedule another work item (chains of
+//! bounded length) — also while the domain unloads.
+//!
+//! Every item has a [`Ticket`] that says whether it is scheduled. A run consumes the schedule and a
+//! successful cancel withdraws it; each swaps `armed` to false and must find it true, so a cancelled
+//! item that runs, an item that runs twice, or a cancel that claims success after the run is caught. A
+//! ticket still armed after unload is a scheduled item that never ran.
+
+use super::{Shared, SimDomain};
+use crate::machine::{SimPlatform, StepContext, StepOutcome, Task};
+use kepoch::WorkItem;
+use parking_lot::Mutex;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+/// Longest chain of work items scheduled by work callbacks.
+const MAX_CHAIN: u32 = 3;
+/// Work item handles one task keeps.
+const HANDLES: usize = 4;
+
+/// State shared by the work items of one machine lifetime and their callbacks.
+pub(super) struct WorkEnv {
+    /// The domain, set after load and cleared after unload (callbacks only run in between).
+    pub domain: AtomicPtr<SimDomain>,
+    /// The run, for violations and object ids.
+    pub shared: Mutex<Weak<Shared>>,
+    /// Every ticket ever handed out; freed with the environment after unload.
+    tickets: Mutex<Vec<Box<Ticket>>>,
+    /// Choices of the callbacks (deterministic in deterministic mode: callbacks run in seed order).
+    rng: Mutex<ChaCha8Rng>,
+    /// Callbacks run.
+    pub run: AtomicU64,
+    /// Successful cancels.
+    pub cancelled: AtomicU64,
+    /// Items scheduled by callbacks.
+    pub chained: AtomicU64,
+    /// Objects retired by callbacks.
+    pub retired: AtomicU64,
+}
+
+/// Whether one work item is scheduled; its address is the item's callback context.
+pub(super) struct Ticket {
+    env: *const WorkEnv,
+    armed: AtomicBool,
+    depth: u32,
+}
+
+impl WorkEnv {
+    pub(super) fn new(seed: u64) -> Arc<WorkEnv> {
+        Arc::new(WorkEnv {
+            domain: AtomicPtr::new(ptr::null_mut()),
+            shared: Mutex::new(Weak::new()),
+            tickets: Mutex::new(Vec::new()),
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed ^ 0x776F_726B)),
+            run: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            chained: AtomicU64::new(0),
+            retired: AtomicU64::new(0),
+        })
+    }
+
+    fn violation(&self, text: String) {
+        if let Some(shared) = self.shared.lock().upgrade() {
+            shared.violation(text);
+        }
+    }
+
+    fn ticket(&self, depth: u32) -> *const Ticket {
+        let ticket = Box::new(Ticket {
+            env: self,
+            armed: AtomicBool::new(false),
+            depth,
+        });
+        let address: *const Ticket = &*ticket;
+        self.tickets.lock().push(ticket);
+        address
+    }
+
+    /// Schedules a new item of chain depth `depth` and drops its handle (the run goes on). Returns
+    /// whether it was scheduled.
+    fn schedule_new(&self, domain: &SimDomain, depth: u32) -> bool {
+        let ticket = self.ticket(depth);
+        let Some(item) = domain.new_work_item(on_work, ticket as usize) else {
+            return false;
+        };
+        // SAFETY: tickets live as long as the environment, which outlives every callback.
+        let ticket = unsafe { &*ticket };
+        ticket.armed.store(true, Ordering::SeqCst);
+        if domain.schedule_work(&item).is_err() {
+            ticket.armed.store(false, Ordering::SeqCst);
+            self.violation("schedule of a new work item was refused".into());
+            return false;
+        }
+        true
+    }
+
+    /// Scheduled items that never ran (checked after unload).
+    pub(super) fn never_ran(&self) -> usize {
+        self.tickets
+            .lock()
+            .iter()
+            .filter(|t| t.armed.load(Ordering::SeqCst))
+            .count()
+    }
+}
+
+/// Retires one object (never published) and sometimes schedules the next item of a chain.
+fn on_work(context: usize) {
+    // SAFETY: the context is a ticket of a live environment (see `WorkEnv::ticket`).
+    let ticket = unsafe { &*(context as *const Ticket) };
+    // SAFETY: as above.
+    let env = unsafe { &*ticket.env };
+    if !ticket.armed.swap(false, Ordering::SeqCst) {
+        env.violation("a work item ran that was not scheduled (cancelled, or run twice)".into());
+    }
+    env.run.fetch_add(1, Ordering::Relaxed);
+    let domain = env.domain.load(Ordering::Acquire);
+    // SAFETY: set before any item is scheduled and cleared only after unload, which waits for every
+    // callback; the core promises the domain outlives the last callback (SPEC S8).
+    let Some(domain) = (unsafe { domain.as_ref() }) else {
+        env.violation("a work item ran after its domain was unloaded".into());
+        return;
+    };
+    let Some(shared) = env.shared.lock().upgrade() else {
+        return;
+    };
+    // The run's idle CPU must never run epoch code (the S4 check): a callback that the machine runs
+    // there retires nothing.
+    let here = kepoch::platform::Platform::current_processor(domain.platform()).index;
+    if Some(here) == shared.idle_cpu {
+        return;
+    }
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    if let Some(object) = crate::objects::new_object(domain, id) {
+        // SAFETY: allocated just now by this domain, never published.
+        match unsafe { domain.retire(object) } {
+            Ok(_) => {
+                env.retired.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => env.violation(format!("a work callback's retire failed: {error:?}")),
+        }
+    }
+    let chain = ticket.depth < MAX_CHAIN && env.rng.lock().gen_ratio(1, 2);
+    if chain && env.schedule_new(domain, ticket.depth + 1) {
+        env.chained.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Schedules `count` new items (each may chain) on the way into unload.
+pub(super) fn schedule_for_unload(env: &WorkEnv, domain: &SimDomain, count: u32) {
+    for _ in 0..count {
+        env.schedule_new(domain, 0);
+    }
+}
+
+/// A task that creates, schedules, cancels, reschedules and drops work items at PASSIVE.
+pub(super) struct WorkItems {
+    pub shared: Arc<Shared>,
+    pub env: Arc<WorkEnv>,
+    items: Vec<(WorkItem<'static, SimPlatform>, *const Ticket)>,
+}
+
+// SAFETY: the tickets are owned by the environment and only used through atomics; the handles are
+// Send.
+unsafe impl Send for WorkItems {}
+
+impl WorkItems {
+    pub(super) fn new(shared: Arc<Shared>, env: Arc<WorkEnv>) -> Self {
+        WorkItems {
+            shared,
+            env,
+            items: Vec::new(),
+        }
+    }
+
+    fn act(&mut self, domain: &SimDomain, ctx: &mut StepContext<'_>) {
+        let env = &*self.env;
+        if self.items.len() < HANDLES && ctx.rng().gen_ratio(1, 3) {
+            let ticket = env.ticket(0);
+            if let Some(item) = domain.new_work_item(on_work, ticket as usize) {
+                // SAFETY: the task drops every handle before it finishes, and the run unloads the
+                // domain only after every task finished; so the handle never outlives the domain.
+                let item: WorkItem<'static, SimPlatform> = unsafe { std::mem::transmute(item) };
+                self.items.push((item, ticket));
+            }
+            return;
+        }
+        if self.items.is_empty() {
+            return;
+        }
+        let k = ctx.rng().gen_range(0..self.items.len());
+        // SAFETY: tickets live as long as the environment.
+        let ticket = unsafe { &*self.items[k].1 };
+        match ctx.rng().gen_range(0..10) {
+            0..=4 => {
+                if !ticket.armed.load(Ordering::SeqCst) {
+                    // Idle (never scheduled, ran, or cancelled): scheduling must be accepted.
+                    ticket.armed.store(true, Ordering::SeqCst);
+                    if domain.schedule_work(&self.items[k].0).is_err() {
+                        ticket.armed.store(false, Ordering::SeqCst);
+                        self.shared.violation(
+                            "schedule of an idle work item (never scheduled, run or cancelled) was refused"
+                                .into(),
+                        );
+                    }
+                }
+            }
+            5..=7 => {
+                if domain.cancel_work(&self.items[k].0) {
+                    if !ticket.armed.swap(false, Ordering::SeqCst) {
+                        self.shared.violation(
+                            "cancel succeeded on a work item that had already run".into(),
+                        );
+                    }
+                    env.cancelled.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            _ => {
+                // Drop the handle; a scheduled run still happens.
+                self.items.swap_remove(k);
+            }
+        }
+    }
+}
+
+impl Task for WorkItems {
+    fn step(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
+        let shared = self.shared.clone();
+        let guard = shared.domain();
+        match guard.as_deref() {
+            Some(domain) if !shared.stop.load(Ordering::Relaxed) => {
+                self.act(domain, ctx);
+                StepOutcome::Sleep(ctx.rng().gen_range(5..100))
+            }
+            _ => {
+                self.items.clear();
+                StepOutcome::Done
+            }
+        }
+    }
+}
