@@ -12,8 +12,7 @@
 //!   longest deliberate stall ([`STALL_HOLD_CYCLES`]); the torture's only readers that stay inside for
 //!   long are its stallers, which exit every epoch they hold within that many cycles, so any longer
 //!   hold-back is a reader the core lost or a cycle that does not release.
-//! - **cycles**: while garbage is pending a cycle must complete at least every
-//!   [`Bounds::progress_cycles`] cycle periods of simulated time.
+//! - **cycles**: while garbage is pending a new cycle must start within [`Bounds::cycle_gap_us`].
 //! - **memory**: the process's resident set may not exceed [`Bounds::max_rss_bytes`] and the simulated
 //!   allocator's live bytes may not exceed [`Bounds::max_live_bytes`].
 //! - **deadline**: the run must end within its wall-clock deadline.
@@ -54,7 +53,7 @@ impl Default for Bounds {
         Bounds {
             deadline: None,
             pending_per_cpu: 1_024,
-            progress_cycles: 64,
+            progress_cycles: 96,
             max_rss_bytes: 2 << 30,
             max_live_bytes: 256 << 20,
         }
@@ -76,14 +75,27 @@ impl Bounds {
         })
     }
 
+    /// Longest time without a new cycle while garbage is pending, in µs of simulated time:
+    /// [`Bounds::progress_cycles`] cycle periods, or in parallel mode (where simulated time is wall time
+    /// and the OS may not schedule the timer thread for a while on a loaded machine) at least 2 s.
+    pub fn cycle_gap_us(&self, parallel: bool) -> u64 {
+        let periods = self.progress_cycles * u64::from(super::TORTURE_CYCLE_US);
+        if parallel {
+            periods.max(2_000_000)
+        } else {
+            periods
+        }
+    }
+
     /// One line stating the bounds, for summaries and failure reports.
     pub fn describe(&self, deadline: Duration) -> String {
         format!(
-            "pending <= {} items per running CPU, released epoch advances within {} + {} cycles, a cycle at least every {} cycle periods while garbage is pending, RSS <= {} MiB, simulated live bytes <= {} MiB, deadline {:.0} s",
+            "pending <= {} items per running CPU, released epoch advances within {} + {} cycles, a new cycle within {} us (deterministic) / {} us (parallel) while garbage is pending, RSS <= {} MiB, simulated live bytes <= {} MiB, deadline {:.0} s",
             self.pending_per_cpu,
             STALL_HOLD_CYCLES,
             self.progress_cycles,
-            self.progress_cycles,
+            self.cycle_gap_us(false),
+            self.cycle_gap_us(true),
             self.max_rss_bytes >> 20,
             self.max_live_bytes >> 20,
             deadline.as_secs_f64()

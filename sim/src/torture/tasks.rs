@@ -406,12 +406,12 @@ impl Monitor {
                 hold.released_epoch, STALL_HOLD_CYCLES, bounds.progress_cycles
             ));
         }
-        let period = u64::from(super::TORTURE_CYCLE_US);
         let idle_for = now_us.saturating_sub(self.global_changed_us);
-        if hold.pending > 0 && idle_for > bounds.progress_cycles * period {
+        let gap = bounds.cycle_gap_us(shared.mode == Mode::Parallel);
+        if hold.pending > 0 && idle_for > gap {
             return Some(format!(
-                "no cycle: {} items pending and no cycle started for {idle_for} us (bound {} cycle periods of {period} us); {snapshot}",
-                hold.pending, bounds.progress_cycles
+                "no cycle: {} items pending and no cycle started for {idle_for} us (bound {gap} us); {snapshot}",
+                hold.pending
             ));
         }
         if shared.started.elapsed() > shared.deadline {
