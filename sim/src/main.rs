@@ -168,8 +168,10 @@ fn workloads_arg(workloads: Workloads) -> String {
 
 impl TortureArgs {
     fn bounds(&self) -> Bounds {
-        let mut bounds = Bounds::default();
-        bounds.deadline = self.deadline.map(Duration::from_secs_f64);
+        let mut bounds = Bounds {
+            deadline: self.deadline.map(Duration::from_secs_f64),
+            ..Bounds::default()
+        };
         if let Some(n) = self.pending_per_cpu {
             bounds.pending_per_cpu = n;
         }

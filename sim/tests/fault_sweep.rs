@@ -13,7 +13,7 @@
 
 use kepoch::{Mutations, Strategy};
 use kepoch_sim::machine::{AllocRequest, FaultHook};
-use kepoch_sim::torture::{run_with, Mode, RunOptions, RunOutcome, RunSpec};
+use kepoch_sim::torture::{run_with, Mode, RunOptions, RunOutcome, RunSpec, Workloads};
 use std::backtrace::Backtrace;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,6 +111,11 @@ fn run_hooked(spec: &RunSpec, hook: FaultHook) -> RunOutcome {
         spec,
         &RunOptions {
             alloc_fault_hook: Some(hook),
+            // The overflow workload fails allocations of its own; here only the swept path fails.
+            workloads: Workloads {
+                overflow: false,
+                ..Workloads::ALL
+            },
             ..RunOptions::default()
         },
     )

@@ -28,7 +28,9 @@ pub(super) struct WorkEnv {
     pub domain: AtomicPtr<SimDomain>,
     /// The run, for violations and object ids.
     pub shared: Mutex<Weak<Shared>>,
-    /// Every ticket ever handed out; freed with the environment after unload.
+    /// Every ticket ever handed out; freed with the environment after unload. Boxed: a ticket's
+    /// address is its item's callback context and must not move when the list grows.
+    #[allow(clippy::vec_box)]
     tickets: Mutex<Vec<Box<Ticket>>>,
     /// Choices of the callbacks (deterministic in deterministic mode: callbacks run in seed order).
     rng: Mutex<ChaCha8Rng>,
@@ -48,6 +50,12 @@ pub(super) struct Ticket {
     armed: AtomicBool,
     depth: u32,
 }
+
+// SAFETY: a ticket's `env` points at the environment that owns the ticket (so it outlives it) and is
+// only used for shared access; everything else in a ticket is atomic.
+unsafe impl Send for Ticket {}
+// SAFETY: as above.
+unsafe impl Sync for Ticket {}
 
 impl WorkEnv {
     pub(super) fn new(seed: u64) -> Arc<WorkEnv> {
