@@ -259,7 +259,7 @@ pub fn lookup_fault(addr: usize) -> Option<Registered> {
 // Chains: objects whose destructor retires another object.
 
 /// Counters shared by every chain link of one run.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ChainStats {
     /// Links retired by the destructor of the link before them.
     pub retired_by_destructor: AtomicU64,
@@ -267,6 +267,24 @@ pub struct ChainStats {
     pub dropped: AtomicU64,
     /// Retirements a destructor had refused (0 unless the core is broken).
     pub refused: AtomicU64,
+    /// Index of a CPU that is meant to run no epoch code (`u64::MAX`: none)...
+    pub idle_cpu: AtomicU64,
+    /// ...and how many destructors retired on it (the core disposes of items on whichever CPU runs
+    /// the cycle, so a destructor that retires makes that CPU run epoch code).
+    pub retired_on_idle: AtomicU64,
+}
+
+impl ChainStats {
+    /// Counters for a run whose CPU `idle_cpu` is meant to run no epoch code.
+    pub fn new(idle_cpu: Option<u32>) -> Self {
+        ChainStats {
+            idle_cpu: AtomicU64::new(idle_cpu.map_or(u64::MAX, u64::from)),
+            retired_by_destructor: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            retired_on_idle: AtomicU64::new(0),
+        }
+    }
 }
 
 /// A link of a chain published to readers through its head. Its destructor retires the next link, so
@@ -293,6 +311,12 @@ impl Drop for ChainLink {
         stats.dropped.fetch_add(1, Ordering::Relaxed);
         let next = self.next.swap(std::ptr::null_mut(), Ordering::AcqRel);
         if let Some(next) = NonNull::new(next) {
+            // SAFETY: as below (the domain is alive while it disposes of the link).
+            let here =
+                kepoch::platform::Platform::current_processor(unsafe { (*self.domain).platform() });
+            if u64::from(here.index) == stats.idle_cpu.load(Ordering::Relaxed) {
+                stats.retired_on_idle.fetch_add(1, Ordering::Relaxed);
+            }
             // SAFETY: the domain is disposing of this link, so it is alive; `next` came from its
             // `alloc` and was reachable only through this link, which no reader can reach any more.
             match unsafe { (*self.domain).retire(next) } {

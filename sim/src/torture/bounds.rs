@@ -1,7 +1,8 @@
 //! Liveness and resource bounds of a torture run (SPEC L1/L2) and what ends a run that breaks them:
 //! the monitor task's diagnosis, the abort payload, the wall-clock watchdog and panic reporting.
 //!
-//! The bounds, checked by a monitor task every cycle period of the run (simulated time):
+//! The bounds, checked by a monitor task every two cycle periods (deterministic mode, simulated time)
+//! or every millisecond (parallel mode):
 //! - **pending garbage**: items retired and not yet disposed of may not exceed
 //!   [`Bounds::pending_per_cpu`] per running CPU. The torture's retire rate is bounded by its tasks'
 //!   sleeps (about one retirement per 5 µs per writer, plus work items and chains), and its deliberate

@@ -289,7 +289,7 @@ impl Task for FlushStorm {
     fn step(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
         let shared = self.shared.clone();
         shared.step_unless_stopped(|domain| {
-            let burst = ctx.rng().gen_range(1..64);
+            let burst = ctx.rng().gen_range(1..32);
             let at_dispatch = ctx.rng().gen_ratio(1, 2);
             let previous = at_dispatch.then(|| domain.platform().raise_to_dispatch());
             for _ in 0..burst {
@@ -306,7 +306,7 @@ impl Task for FlushStorm {
             if ctx.rng().gen_ratio(1, 4) {
                 return shared.migrate(ctx);
             }
-            StepOutcome::Sleep(ctx.rng().gen_range(20..300))
+            StepOutcome::Sleep(ctx.rng().gen_range(50..500))
         })
     }
 }
@@ -359,7 +359,7 @@ impl Task for Poller {
     }
 }
 
-/// Checks the run's bounds every cycle period (see [`super::bounds`]); ends the run with a diagnosis
+/// Checks the run's bounds periodically (see [`super::bounds`]); ends the run with a diagnosis
 /// when one breaks.
 pub(super) struct Monitor {
     pub shared: Arc<Shared>,
@@ -389,6 +389,10 @@ impl Monitor {
         if hold.global_epoch != self.global {
             self.global = hold.global_epoch;
             self.global_changed_us = now_us;
+        }
+        if hold.pending == 0 {
+            // Nothing to reclaim: a released epoch that stays put holds nothing back.
+            self.released_changed_at = hold.global_epoch;
         }
         let still = hold.global_epoch.saturating_sub(self.released_changed_at);
         shared.max_no_release.fetch_max(still, Ordering::Relaxed);
