@@ -377,6 +377,10 @@ unsafe impl Platform for TestPlatform {
             ));
         }
     }
+    fn spin_lock_contended(&self, lock: *const ()) {
+        // One thread runs everything here: a held lock can never be released while we spin.
+        panic!("deadlock: core spin lock {lock:p} is held by the thread that now spins on it");
+    }
     fn spin_lock_acquired(&self, lock: *const ()) {
         let irql = self.current_irql();
         if irql < Irql::DISPATCH {
