@@ -541,8 +541,7 @@ fn eager_refuses_to_load_when_max_exceeds_active_and_lazy_loads() {
         0,
         "a failed load leaks nothing"
     );
-    let domain = Domain::create(platform.clone(), test_config(Strategy::Lazy))
-        .expect("lazy loads");
+    let domain = Domain::create(platform.clone(), test_config(Strategy::Lazy)).expect("lazy loads");
     drop(domain);
     assert_eq!(platform.live_allocations(), 0);
 }
@@ -773,8 +772,7 @@ fn a_stalled_reader_blocks_reclamation_and_is_reported_once() {
 }
 
 fn callback_domain(platform: &TestPlatform) -> DomainBox<TestPlatform> {
-    Domain::create(platform.clone(), test_config(Strategy::Callback))
-        .expect("callback loads")
+    Domain::create(platform.clone(), test_config(Strategy::Callback)).expect("callback loads")
 }
 
 #[test]
