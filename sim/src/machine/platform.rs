@@ -886,6 +886,8 @@ unsafe impl Platform for SimPlatform {
         let mut c = sh.ctx();
         c.entry = Some(routine);
         ctx_set(Some(c));
+        // The routine is named in the message; the context's earlier entry points do not matter here.
+        c.entry = None;
         if !rule.allows(c.irql) {
             let required = match rule {
                 IrqlRule::Passive => "PASSIVE_LEVEL only",

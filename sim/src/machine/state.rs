@@ -510,10 +510,11 @@ impl Shared {
         std::panic::panic_any(bugcheck)
     }
 
-    /// A wait, or a spin, asked of the halted machine. Outside unwinding the machine stays down: the
-    /// bugcheck is raised again. While the caller unwinds (a domain dropped by the unwinding) it
-    /// returns at once — nothing will ever satisfy it — and past [`HALTED_WAIT_LIMIT`] such calls it
-    /// aborts the process rather than let a caller loop for ever.
+    /// A wait, or a spin, asked of the halted machine. Outside unwinding the machine stays down: a
+    /// parallel-mode machine thread unwinds quietly, any other caller gets the bugcheck again (also
+    /// quietly: the panic hook reported it once). While the caller unwinds (a domain dropped by the
+    /// unwinding) it returns at once — nothing will ever satisfy it — and past [`HALTED_WAIT_LIMIT`]
+    /// such calls it aborts the process rather than let a caller loop for ever.
     pub fn halted_wait(&self, what: &str) {
         let bugcheck = self
             .bugcheck
@@ -521,7 +522,10 @@ impl Shared {
             .clone()
             .expect("a halted machine keeps its bugcheck");
         if !std::thread::panicking() {
-            std::panic::panic_any(bugcheck);
+            if self.is_parallel() {
+                std::panic::resume_unwind(Box::new(MachineHalted));
+            }
+            std::panic::resume_unwind(Box::new(bugcheck));
         }
         if self.halted_waits.fetch_add(1, Ordering::Relaxed) + 1 >= HALTED_WAIT_LIMIT {
             eprintln!(
