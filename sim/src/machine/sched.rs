@@ -476,6 +476,8 @@ pub(crate) fn det_step_until(p: &SimPlatform, horizon: u64) -> bool {
                 actions.push(Action::Passive);
             }
         }
+        // Both phases run on a CPU that is free now (the callback raises there to take the core's
+        // locks); the notification thread may have moved since AddStart.
         if !sh.callback_lock.is_locked() && !avail.is_empty() {
             if st.hot_cur.is_some() {
                 actions.push(Action::HotFinish);
