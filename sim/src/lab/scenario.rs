@@ -563,6 +563,7 @@ impl Scenario {
             alloc_fail_every: 0,
             callback_api_present: true,
             log_echo: false,
+            ..MachineConfig::default()
         })
     }
 }

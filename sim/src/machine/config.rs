@@ -57,7 +57,21 @@ pub struct MachineConfig {
     pub callback_api_present: bool,
     /// Echo log lines to stderr as they are written.
     pub log_echo: bool,
+    /// Deterministic mode: the chance, in percent (0..=100), that a platform call made below DISPATCH
+    /// (raise, lower to below DISPATCH, allocate, message_send, event_signal, now_ns, log,
+    /// current_processor, a spin lock acquired below DISPATCH) lets its CPU's queued DPCs and a due timer
+    /// run nested at DISPATCH first, as an interrupt does on NT. Drawn only when something is queued or
+    /// due, so it replays from the seed. 0 turns preemption off.
+    pub nested_dpc_percent: u8,
+    /// Parallel mode: a spin on a core spin lock whose holder keeps it this long (wall-clock
+    /// milliseconds) is reported as a [`super::ViolationKind::Deadlock`] and halts the machine.
+    pub parallel_spin_limit_ms: u64,
 }
+
+/// Default of [`MachineConfig::nested_dpc_percent`].
+pub const DEFAULT_NESTED_DPC_PERCENT: u8 = 50;
+/// Default of [`MachineConfig::parallel_spin_limit_ms`].
+pub const DEFAULT_PARALLEL_SPIN_LIMIT_MS: u64 = 5_000;
 
 impl Default for MachineConfig {
     fn default() -> Self {
@@ -71,6 +85,8 @@ impl Default for MachineConfig {
             alloc_fail_every: 0,
             callback_api_present: true,
             log_echo: false,
+            nested_dpc_percent: DEFAULT_NESTED_DPC_PERCENT,
+            parallel_spin_limit_ms: DEFAULT_PARALLEL_SPIN_LIMIT_MS,
         }
     }
 }
@@ -113,6 +129,12 @@ impl MachineConfig {
         }
         if self.active_at_boot == 0 {
             return err("active_at_boot must be at least 1".into());
+        }
+        if self.nested_dpc_percent > 100 {
+            return err(format!(
+                "nested_dpc_percent {} is not in 0..=100",
+                self.nested_dpc_percent
+            ));
         }
         if self.max_reported == 0 {
             return err("max_reported must be at least 1".into());

@@ -40,13 +40,16 @@ use rand_chacha::ChaCha8Rng;
 pub use alloc::{
     page_size, AllocRequest, AllocStats, FaultHook, LiveAllocation, FRESH, POISON, QUARANTINE_LIMIT,
 };
-pub use config::{ConfigError, CpuSlot, Firmware, MachineConfig, MAX_SIM_CPUS};
+pub use config::{
+    ConfigError, CpuSlot, Firmware, MachineConfig, DEFAULT_NESTED_DPC_PERCENT,
+    DEFAULT_PARALLEL_SPIN_LIMIT_MS, MAX_SIM_CPUS,
+};
 pub use platform::{
     SimEvent, SimMessage, SimPassiveWork, SimPlatform, SimTimer, PARALLEL_WAIT_LIMIT, PUMP_LIMIT,
     SPIN_LIMIT, STATUS_UNSUCCESSFUL,
 };
 pub use report::{
-    Counters, CpuReport, CpuStatus, LogLine, MachineReport, Violation, ViolationKind,
+    Bugcheck, Counters, CpuReport, CpuStatus, LogLine, MachineReport, Violation, ViolationKind,
 };
 pub use sched::{StepContext, StepOutcome, Task, TaskId};
 
@@ -203,7 +206,7 @@ impl Machine {
         let slot = sh
             .slot_by_index(cpu_index)
             .unwrap_or_else(|| panic!("no CPU with index {cpu_index}"));
-        let (r, end) = sh.in_ctx(slot, Irql::PASSIVE, f);
+        let (r, end) = sh.in_ctx(slot, Irql::PASSIVE, state::ContextKind::Caller, f);
         if end >= Irql::DISPATCH {
             sh.unlock_cpu(slot);
         }
@@ -214,6 +217,12 @@ impl Machine {
     /// Simulated time in microseconds.
     pub fn now_us(&self) -> u64 {
         self.sh().now()
+    }
+
+    /// The bugcheck that halted the machine, if one did (see [`Bugcheck`]). A halted machine runs
+    /// nothing more: steps return false and waits raise the bugcheck again.
+    pub fn bugcheck(&self) -> Option<Bugcheck> {
+        self.sh().bugcheck.lock().clone()
     }
 
     /// Violations recorded so far.

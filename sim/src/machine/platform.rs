@@ -8,12 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kepoch::platform::{
-    CurrentProcessor, Handler, Irql, LogLevel, Platform, ProcessorChange, ProcessorChangeFn,
-    ProcessorNumber, Status,
+    CurrentProcessor, Handler, Irql, IrqlRule, LogLevel, Platform, ProcessorChange,
+    ProcessorChangeFn, ProcessorNumber, Status,
 };
+use parking_lot::MutexGuard;
+use rand::Rng;
 
-use super::report::{CpuStatus, ViolationKind};
-use super::state::{MsgRec, Reg, Shared, TimerRec, WorkRec};
+use super::report::{Bugcheck, CpuStatus, ViolationKind};
+use super::state::{
+    ctx_set, irql_name, ContextKind, Ctx, LockHolder, MsgRec, Reg, Shared, TimerRec, WorkRec,
+};
 
 /// Steps a deterministic wait may pump before it gives up with a violation.
 pub const PUMP_LIMIT: u64 = 2_000_000;
@@ -78,12 +82,18 @@ impl SimPlatform {
         }
     }
 
-    fn require_passive(&self, what: &str) -> bool {
-        let c = self.shared.ctx();
+    /// For the PASSIVE-only services (they wait): records [`ViolationKind::BlockingAtDispatch`] and
+    /// returns false when called at DISPATCH or above (the caller then must not wait).
+    fn require_passive(&self, routine: &str) -> bool {
+        let sh = &*self.shared;
+        let c = sh.ctx();
         if c.irql >= Irql::DISPATCH {
-            self.shared.violation(
+            sh.violation(
                 ViolationKind::BlockingAtDispatch,
-                format!("{what} called at IRQL {}", c.irql.0),
+                format!(
+                    "{routine} called by {}: it is PASSIVE only (it waits)",
+                    sh.describe_ctx(&c)
+                ),
             );
             false
         } else {
@@ -91,10 +101,140 @@ impl SimPlatform {
         }
     }
 
+    /// Takes the lock that serialises processor-change callbacks: in deterministic mode only if it is
+    /// free (its holder is suspended below the caller on the only thread and cannot finish), in
+    /// parallel mode waiting up to 30 s. Records a [`ViolationKind::Callback`] when it cannot.
+    fn lock_callbacks(&self, routine: &str) -> Option<MutexGuard<'_, ()>> {
+        let sh = &*self.shared;
+        let guard = if sh.is_parallel() {
+            let start = Instant::now();
+            loop {
+                if let Some(g) = sh.callback_lock.try_lock_for(Duration::from_millis(10)) {
+                    break Some(g);
+                }
+                sh.unwind_if_halted();
+                if start.elapsed() > Duration::from_secs(30) {
+                    break None;
+                }
+            }
+        } else {
+            sh.callback_lock.try_lock()
+        };
+        if guard.is_none() {
+            sh.violation(
+                ViolationKind::Callback,
+                format!("{routine}: a processor-change callback in progress never finished"),
+            );
+        }
+        guard
+    }
+
+    /// Deterministic mode, at a platform call made below DISPATCH: with the configured chance (drawn
+    /// only when something is queued or due) runs the caller's CPU's queued DPCs and a due timer
+    /// *nested*, at DISPATCH on that CPU, as NT does when an interrupt arrives or the IRQL drops below
+    /// DISPATCH. DPCs never preempt DPCs, and a CPU held at DISPATCH by another context runs nothing.
+    fn preemption_point(&self) {
+        let sh = &*self.shared;
+        let percent = sh.config.nested_dpc_percent;
+        if percent == 0 || sh.is_parallel() || sh.is_halted() || std::thread::panicking() {
+            return;
+        }
+        let c = sh.ctx();
+        if c.irql >= Irql::DISPATCH || c.kind.is_dpc() || sh.cpu_locks[c.cpu].is_locked() {
+            return;
+        }
+        {
+            let mut st = sh.st.lock();
+            if st.cpus[c.cpu].status != CpuStatus::Running
+                || (st.cpus[c.cpu].dpcs.is_empty() && st.due_timer(sh.now()).is_none())
+                || st.rng.gen_range(0..100u8) >= percent
+            {
+                return;
+            }
+            st.counters.preemptions += 1;
+            st.trace(&[7, c.cpu as u64]);
+        }
+        super::sched::run_nested_dispatch(self, c.cpu);
+    }
+
+    /// What the spin on `lock` by context `c` means, given its recorded holder: `Some((message,
+    /// bugcheck code))` if it can never end — the holder is the spinner itself, or was preempted below
+    /// DISPATCH on the spinner's CPU by a spinner at DISPATCH, or (deterministic mode, one context at
+    /// a time) is any other context, which cannot run while the spinner spins.
+    fn hopeless_spin(
+        &self,
+        c: &Ctx,
+        lock: usize,
+        holder: Option<&LockHolder>,
+    ) -> Option<(String, (u32, &'static str))> {
+        let sh = &*self.shared;
+        let spinner = sh.describe_ctx(c);
+        let code = if c.irql >= Irql::DISPATCH {
+            Bugcheck::DPC_WATCHDOG_VIOLATION
+        } else {
+            Bugcheck::MANUALLY_INITIATED_CRASH
+        };
+        let consequence = if c.irql >= Irql::DISPATCH {
+            "on NT this is bugcheck 0x133 DPC_WATCHDOG_VIOLATION"
+        } else {
+            "on NT the spinning thread never gets the lock (the machine hangs)"
+        };
+        let Some(h) = holder else {
+            return (!sh.is_parallel()).then(|| {
+                (
+                    format!(
+                        "{spinner} spins on core spin lock {lock:#x}, which no known context holds \
+                         (acquired without spin_lock_acquired) and nothing else can run in \
+                         deterministic mode: {consequence}"
+                    ),
+                    code,
+                )
+            });
+        };
+        let held_by = sh.describe(h.kind, h.entry, h.cpu, h.irql);
+        if h.serial == c.serial {
+            return Some((
+                format!(
+                    "{spinner} spins on core spin lock {lock:#x}, which it already holds (acquired \
+                     at IRQL {}): a recursive acquisition never succeeds; {consequence}",
+                    irql_name(h.irql)
+                ),
+                code,
+            ));
+        }
+        if h.cpu == c.cpu && h.irql < Irql::DISPATCH && c.irql >= Irql::DISPATCH {
+            return Some((
+                format!(
+                    "{} on {} spins on core spin lock {lock:#x} held by {} preempted at IRQL {} on \
+                     the same CPU: {consequence}",
+                    sh.label(c.kind, c.entry),
+                    sh.cpu_label(c.cpu),
+                    sh.label(h.kind, h.entry),
+                    irql_name(h.irql)
+                ),
+                code,
+            ));
+        }
+        (!sh.is_parallel()).then(|| {
+            (
+                format!(
+                    "{spinner} spins on core spin lock {lock:#x} held by {held_by}, which cannot run \
+                     while the spinner spins (deterministic mode runs one context at a time and the \
+                     holder is suspended below the spinner): {consequence}"
+                ),
+                code,
+            )
+        })
+    }
+
     /// Waits until `done()` holds: pumps the scheduler in deterministic mode, blocks (pumping the caller's
     /// own CPU queue if it is a CPU thread) in parallel mode. Records a violation on giving up.
     pub(crate) fn wait_until(&self, what: &str, done: &mut dyn FnMut(&Shared) -> bool) {
         let sh = &*self.shared;
+        if sh.is_halted() {
+            sh.halted_wait(what);
+            return;
+        }
         if done(sh) {
             if !sh.is_parallel() {
                 self.note_immediate_wait(what);
@@ -134,6 +274,10 @@ impl SimPlatform {
         let mut resumable =
             |sh: &Shared| done(sh) && !(c.cpu_thread && sh.cpu_locks[c.cpu].is_locked());
         while !resumable(sh) {
+            if sh.is_halted() {
+                sh.halted_wait(what);
+                return;
+            }
             if start.elapsed() > PARALLEL_WAIT_LIMIT {
                 sh.violation(
                     ViolationKind::WaitNeverSatisfied,
@@ -213,7 +357,7 @@ impl SimPlatform {
         let c = sh.ctx();
         let irql = c.irql.min(Irql::APC);
         let processor = sh.current(slot);
-        let (status, end) = sh.in_ctx(c.cpu, irql, || {
+        let (status, end) = sh.in_ctx(c.cpu, irql, ContextKind::ProcessorChange, || {
             // SAFETY: the registrant promised `context` stays valid until deregistration, and we only call
             // registered callbacks while holding the callback lock that deregistration also takes.
             unsafe { (reg.0)(reg.1, change, processor) }
@@ -235,6 +379,7 @@ unsafe impl Platform for SimPlatform {
     type Event = SimEvent;
 
     fn current_processor(&self) -> CurrentProcessor {
+        self.preemption_point();
         let c = self.shared.ctx();
         self.shared.current(c.cpu)
     }
@@ -244,6 +389,7 @@ unsafe impl Platform for SimPlatform {
     }
 
     fn raise_to_dispatch(&self) -> Irql {
+        self.preemption_point();
         let c = self.shared.ctx();
         if c.irql < Irql::DISPATCH {
             self.shared.lock_cpu(c.cpu, "raise_to_dispatch");
@@ -264,10 +410,12 @@ unsafe impl Platform for SimPlatform {
             );
             return;
         }
+        self.shared.set_irql(previous);
         if c.irql >= Irql::DISPATCH && previous < Irql::DISPATCH {
             self.shared.unlock_cpu(c.cpu);
+            // NT runs the DPCs queued meanwhile as soon as the IRQL drops below DISPATCH.
+            self.preemption_point();
         }
-        self.shared.set_irql(previous);
     }
 
     fn max_processor_count(&self) -> u32 {
@@ -295,6 +443,7 @@ unsafe impl Platform for SimPlatform {
     }
 
     fn allocate(&self, layout: Layout) -> Option<NonNull<u8>> {
+        self.preemption_point();
         let c = self.shared.ctx();
         self.shared
             .alloc
@@ -399,6 +548,8 @@ unsafe impl Platform for SimPlatform {
         if sh.is_parallel() {
             sh.work_cv.notify_all();
         }
+        // A DPC queued below DISPATCH (to the caller's own CPU) may run at once.
+        self.preemption_point();
     }
 
     unsafe fn message_release(&self, message: *mut SimMessage) {
@@ -626,6 +777,10 @@ unsafe impl Platform for SimPlatform {
     }
 
     fn event_signal(&self, event: &SimEvent) {
+        self.preemption_point();
+        // The store is the last access to `event`: a waiter that sees it may free the event at once.
+        // Parallel waiters poll the flag besides being woken, so the wake-up needs only the machine's
+        // own lock and condition variable.
         event.signalled.store(true, Ordering::Release);
         self.wake_waiters();
     }
@@ -650,22 +805,8 @@ unsafe impl Platform for SimPlatform {
         if !sh.config.callback_api_present {
             return Ok(None);
         }
-        if sh.ctx().irql > Irql::APC {
-            sh.violation(
-                ViolationKind::Callback,
-                "processor_change_register above APC level".into(),
-            );
-        }
-        let guard = if sh.is_parallel() {
-            sh.callback_lock.try_lock_for(Duration::from_secs(30))
-        } else {
-            sh.callback_lock.try_lock()
-        };
-        let Some(_guard) = guard else {
-            sh.violation(
-                ViolationKind::Callback,
-                "processor_change_register: callback lock never free".into(),
-            );
+        self.require_passive("processor_change_register");
+        let Some(_guard) = self.lock_callbacks("processor_change_register") else {
             return Err(STATUS_UNSUCCESSFUL);
         };
         let (running, starting) = {
@@ -710,7 +851,7 @@ unsafe impl Platform for SimPlatform {
         let sh = &*self.shared;
         self.require_passive("processor_change_deregister");
         let id = handle.as_ptr() as usize as u64;
-        let _guard = sh.callback_lock.lock();
+        let _guard = self.lock_callbacks("processor_change_deregister");
         let mut st = sh.st.lock();
         if st.regs.remove(&id).is_none() {
             drop(st);
@@ -726,6 +867,7 @@ unsafe impl Platform for SimPlatform {
     }
 
     fn now_ns(&self) -> u64 {
+        self.preemption_point();
         // Parallel mode: real elapsed time; deterministic mode: simulated time.
         if self.shared.is_parallel() {
             self.shared.wall_origin.elapsed().as_nanos() as u64
@@ -735,6 +877,153 @@ unsafe impl Platform for SimPlatform {
     }
 
     fn log(&self, level: LogLevel, args: fmt::Arguments<'_>) {
+        self.preemption_point();
         self.shared.log_line(level, args.to_string());
+    }
+
+    fn verify_irql(&self, routine: &'static str, rule: IrqlRule) {
+        let sh = &*self.shared;
+        let mut c = sh.ctx();
+        c.entry = Some(routine);
+        ctx_set(Some(c));
+        // The routine is named in the message; the context's earlier entry points do not matter here.
+        c.entry = None;
+        if !rule.allows(c.irql) {
+            let required = match rule {
+                IrqlRule::Passive => "PASSIVE_LEVEL only",
+                IrqlRule::BelowDispatch => "below DISPATCH_LEVEL",
+                IrqlRule::Dispatch => "DISPATCH_LEVEL only",
+            };
+            sh.violation(
+                ViolationKind::Irql,
+                format!(
+                    "{routine} (IRQL rule {rule:?}: {required}) called by {}",
+                    sh.describe_ctx(&c)
+                ),
+            );
+        }
+    }
+
+    fn spin_lock_acquired(&self, lock: *const ()) {
+        let sh = &*self.shared;
+        let c = sh.ctx();
+        let previous = {
+            let mut locks = sh.spin_locks.lock();
+            locks.acquisitions += 1;
+            let holder = LockHolder {
+                cpu: c.cpu,
+                irql: c.irql,
+                kind: c.kind,
+                serial: c.serial,
+                entry: c.entry,
+                acquisition: locks.acquisitions,
+            };
+            locks.holders.insert(lock as usize, holder)
+        };
+        if let Some(h) = previous {
+            sh.violation(
+                ViolationKind::Exclusion,
+                format!(
+                    "core spin lock {:#x} acquired by {} while {} holds it",
+                    lock as usize,
+                    sh.describe_ctx(&c),
+                    sh.describe(h.kind, h.entry, h.cpu, h.irql)
+                ),
+            );
+        }
+        if c.irql < Irql::DISPATCH {
+            sh.violation(
+                ViolationKind::SpinLockIrql,
+                format!(
+                    "core spin lock {:#x} acquired at IRQL {} in {} on {}: spin locks must be held \
+                     at DISPATCH",
+                    lock as usize,
+                    irql_name(c.irql),
+                    sh.label(c.kind, c.entry),
+                    sh.cpu_label(c.cpu)
+                ),
+            );
+            // The bug shape: a DPC arriving now on this CPU spins on the lock.
+            self.preemption_point();
+        }
+    }
+
+    fn spin_lock_contended(&self, lock: *const ()) {
+        let sh = &*self.shared;
+        if sh.is_halted() {
+            sh.halted_wait("spin_lock_contended");
+            return;
+        }
+        let c = sh.ctx();
+        let holder = sh.spin_locks.lock().holders.get(&(lock as usize)).copied();
+        if let Some((message, code)) = self.hopeless_spin(&c, lock as usize, holder.as_ref()) {
+            sh.bugcheck(ViolationKind::Deadlock, code, message);
+        }
+        // Parallel mode: the holder runs on another thread. Watch this holding of the lock; if it lasts
+        // past the limit, the spin never ends.
+        let Some(h) = holder else { return };
+        let limit = Duration::from_millis(sh.config.parallel_spin_limit_ms);
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            let same = sh
+                .spin_locks
+                .lock()
+                .holders
+                .get(&(lock as usize))
+                .is_some_and(|now| now.acquisition == h.acquisition);
+            if !same {
+                return;
+            }
+            if start.elapsed() > limit {
+                sh.bugcheck(
+                    ViolationKind::Deadlock,
+                    if c.irql >= Irql::DISPATCH {
+                        Bugcheck::DPC_WATCHDOG_VIOLATION
+                    } else {
+                        Bugcheck::MANUALLY_INITIATED_CRASH
+                    },
+                    format!(
+                        "{} spun on core spin lock {:#x} for {limit:?} while {} held it",
+                        sh.describe_ctx(&c),
+                        lock as usize,
+                        sh.describe(h.kind, h.entry, h.cpu, h.irql)
+                    ),
+                );
+            }
+            spins = spins.wrapping_add(1);
+            if spins & 63 == 0 {
+                sh.unwind_if_halted();
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    fn spin_lock_released(&self, lock: *const ()) {
+        let sh = &*self.shared;
+        let c = sh.ctx();
+        let holder = sh.spin_locks.lock().holders.remove(&(lock as usize));
+        match holder {
+            None => sh.violation(
+                ViolationKind::Exclusion,
+                format!(
+                    "core spin lock {:#x} released by {}, but no context holds it",
+                    lock as usize,
+                    sh.describe_ctx(&c)
+                ),
+            ),
+            Some(h) if h.serial != c.serial => sh.violation(
+                ViolationKind::Exclusion,
+                format!(
+                    "core spin lock {:#x} released by {}, but {} acquired it",
+                    lock as usize,
+                    sh.describe_ctx(&c),
+                    sh.describe(h.kind, h.entry, h.cpu, h.irql)
+                ),
+            ),
+            Some(_) => {}
+        }
     }
 }

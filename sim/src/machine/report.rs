@@ -1,4 +1,6 @@
-//! Violations, counters, log lines and the report snapshot.
+//! Violations, counters, log lines, the bugcheck payload and the report snapshot.
+
+use std::fmt;
 
 use kepoch::platform::{LogLevel, ProcessorNumber};
 
@@ -33,6 +35,13 @@ pub enum ViolationKind {
     /// simulated time advancing (deterministic mode, which has no preemption: the machine then gives
     /// the other tasks a step per wait so the run can end).
     BusyWait,
+    /// A core spin lock acquired below DISPATCH (S9: every core spin lock is held at DISPATCH).
+    SpinLockIrql,
+    /// A spin on a core spin lock that can never end: its holder was preempted on the spinner's own
+    /// CPU, is the spinner itself, cannot run in deterministic mode, or held the lock for longer than
+    /// [`super::MachineConfig::parallel_spin_limit_ms`] in parallel mode. The machine then halts with a
+    /// [`Bugcheck`].
+    Deadlock,
 }
 
 /// One recorded violation.
@@ -88,7 +97,75 @@ pub struct Counters {
     pub migrations: u64,
     /// Scheduler actions (deterministic mode) — the step count.
     pub scheduler_steps: u64,
+    /// Deterministic mode: platform calls below DISPATCH at which queued DPCs or a due timer ran
+    /// nested, preempting the caller (see [`super::MachineConfig::nested_dpc_percent`]).
+    pub preemptions: u64,
+    /// Message handlers run nested in a preempted context (also counted in `messages_delivered`).
+    pub nested_messages: u64,
+    /// Timer handlers run nested in a preempted context (also counted in `timer_fires`).
+    pub nested_timer_fires: u64,
 }
+
+/// Why the simulated machine stopped, as NT stops with a bugcheck: the panic payload that aborts a
+/// run when the machine detects a state it can never leave (a [`ViolationKind::Deadlock`]).
+///
+/// The machine records the matching [`Violation`] first, marks itself halted (nothing runs on it any
+/// more; [`super::Machine::bugcheck`] returns this value) and then calls
+/// `std::panic::panic_any(bugcheck)` on the detecting thread. In parallel mode every other machine
+/// thread unwinds too and [`super::Machine::run_parallel`] re-raises the payload on its caller. Catch
+/// it around the run:
+///
+/// ```
+/// # use kepoch_sim::machine::Bugcheck;
+/// let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+///     // machine.run_for(..), machine.run_parallel(..), driver unload, ...
+/// }));
+/// if let Err(payload) = outcome {
+///     match payload.downcast_ref::<Bugcheck>() {
+///         Some(bugcheck) => eprintln!("{bugcheck}"),
+///         None => std::panic::resume_unwind(payload),
+///     }
+/// }
+/// ```
+///
+/// Unwinding releases every lock of the machine and leaves no machine thread blocked. Do not unload
+/// a domain on a halted machine (leak it with `std::mem::forget`): its handlers no longer run, so
+/// unload could wait for a cycle that died with the bugchecked DPC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bugcheck {
+    /// The NT bugcheck code the situation leads to (0x133 for a processor spinning at DISPATCH).
+    pub code: u32,
+    /// The symbolic name of `code`.
+    pub name: &'static str,
+    /// The violation that caused it (also in [`super::Machine::violations`]).
+    pub kind: ViolationKind,
+    /// Human-readable detail: who spins, on what, and who holds it.
+    pub message: String,
+    /// Simulated time in microseconds.
+    pub time_us: u64,
+    /// Index of the CPU that detected it.
+    pub cpu: Option<u32>,
+}
+
+impl Bugcheck {
+    /// DPC_WATCHDOG_VIOLATION: a processor stayed at DISPATCH too long (spinning on a spin lock).
+    pub const DPC_WATCHDOG_VIOLATION: (u32, &'static str) = (0x133, "DPC_WATCHDOG_VIOLATION");
+    /// MANUALLY_INITIATED_CRASH: NT does not bugcheck by itself (the machine hangs below DISPATCH);
+    /// this is the code of breaking into the hung machine with a debugger.
+    pub const MANUALLY_INITIATED_CRASH: (u32, &'static str) = (0xE2, "MANUALLY_INITIATED_CRASH");
+}
+
+impl fmt::Display for Bugcheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "simulated bugcheck 0x{:X} {} at {} us: {:?}: {}",
+            self.code, self.name, self.time_us, self.kind, self.message
+        )
+    }
+}
+
+impl std::error::Error for Bugcheck {}
 
 /// State of a processor slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

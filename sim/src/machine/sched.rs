@@ -4,13 +4,18 @@ use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kepoch::platform::{CurrentProcessor, Irql, LogLevel, ProcessorChange, ProcessorChangeFn};
+use kepoch::platform::{
+    CurrentProcessor, Handler, Irql, LogLevel, ProcessorChange, ProcessorChangeFn,
+};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::platform::{SimPlatform, STATUS_UNSUCCESSFUL};
 use super::report::{CpuStatus, ViolationKind};
-use super::state::{ctx_set, Ctx, HotCur, Shared};
+use super::state::{ctx_set, ContextKind, HotCur, Shared};
+
+/// At most this many handlers run nested at one preemption point; what is left runs later.
+const NESTED_DRAIN_LIMIT: usize = 64;
 
 /// Identifies a spawned task.
 pub type TaskId = usize;
@@ -105,8 +110,9 @@ fn finish_passive(sh: &Shared, cpu: usize, what: &str, end: Irql) {
     sh.check_irql(what, Irql::PASSIVE, end, cpu);
 }
 
-/// Runs the first queued message of `cpu`. Returns false if there was none.
-pub(crate) fn run_dpc(p: &SimPlatform, cpu: usize) -> bool {
+/// Runs the first queued message of `cpu` (`nested`: in a preempted context). Returns false if there
+/// was none.
+pub(crate) fn run_dpc(p: &SimPlatform, cpu: usize, nested: bool) -> bool {
     let sh = &*p.shared;
     let handler = {
         let mut st = sh.st.lock();
@@ -125,11 +131,15 @@ pub(crate) fn run_dpc(p: &SimPlatform, cpu: usize) -> bool {
         c.in_flight = Some(seq);
         c.delivered += 1;
         st.counters.messages_delivered += 1;
+        if nested {
+            st.counters.nested_messages += 1;
+        }
         st.trace(&[1, cpu as u64, id]);
-        handler
+        (id, handler)
     };
+    let (id, handler) = handler;
     sh.lock_cpu(cpu, "message handler");
-    let ((), end) = sh.in_ctx(cpu, Irql::DISPATCH, || {
+    let ((), end) = sh.in_ctx(cpu, Irql::DISPATCH, ContextKind::Message(id), || {
         // SAFETY: the message is initialised and not released (release of a queued message removes it
         // from the queue first), so its handler's context is alive.
         unsafe { handler.invoke() }
@@ -140,27 +150,11 @@ pub(crate) fn run_dpc(p: &SimPlatform, cpu: usize) -> bool {
     true
 }
 
-/// Runs timer `id`'s handler on `cpu`.
-pub(crate) fn run_timer(p: &SimPlatform, cpu: usize, id: u64) {
+/// Runs timer `id`'s handler on `cpu`, which [`super::state::State::begin_timer`] returned.
+pub(crate) fn run_timer(p: &SimPlatform, cpu: usize, id: u64, handler: Handler) {
     let sh = &*p.shared;
-    let handler = {
-        let mut st = sh.st.lock();
-        let Some(rec) = st.timers.get_mut(&id) else {
-            return;
-        };
-        if rec.running {
-            return;
-        }
-        rec.running = true;
-        rec.pending = false;
-        let handler = rec.handler;
-        st.counters.timer_fires += 1;
-        st.cpus[cpu].timer_fires += 1;
-        st.trace(&[2, cpu as u64, id]);
-        handler
-    };
     sh.lock_cpu(cpu, "timer handler");
-    let ((), end) = sh.in_ctx(cpu, Irql::DISPATCH, || {
+    let ((), end) = sh.in_ctx(cpu, Irql::DISPATCH, ContextKind::Timer(id), || {
         // SAFETY: the timer is initialised and not released (release requires a stopped timer, and
         // stop waits for a running handler).
         unsafe { handler.invoke() }
@@ -190,7 +184,7 @@ pub(crate) fn run_passive(p: &SimPlatform, cpu: usize) -> bool {
         st.trace(&[3, cpu as u64, id]);
         (id, handler)
     };
-    let ((), end) = sh.in_ctx(cpu, Irql::PASSIVE, || {
+    let ((), end) = sh.in_ctx(cpu, Irql::PASSIVE, ContextKind::PassiveWork(id), || {
         // SAFETY: the work item is initialised and not released (release of a queued or running item
         // is refused).
         unsafe { handler.invoke() }
@@ -227,7 +221,7 @@ pub(crate) fn run_task(p: &SimPlatform, tid: TaskId) {
         task: tid,
         trace: Vec::new(),
     };
-    let (outcome, end) = sh.in_ctx(cpu, irql, || task.step(&mut sc));
+    let (outcome, end) = sh.in_ctx(cpu, irql, ContextKind::Task(tid), || task.step(&mut sc));
     let mut hold = sc.hold;
     let trace = std::mem::take(&mut sc.trace);
     let expected = if hold { Irql::DISPATCH } else { Irql::PASSIVE };
@@ -357,7 +351,7 @@ pub(crate) fn hot_start(p: &SimPlatform, ctx_cpu: usize) {
     };
     let mut notified = Vec::new();
     let mut veto = None;
-    let ((), end) = sh.in_ctx(ctx_cpu, Irql::PASSIVE, || {
+    let ((), end) = sh.in_ctx(ctx_cpu, Irql::PASSIVE, ContextKind::ProcessorChange, || {
         for (id, f, c) in regs {
             let status = p.deliver((f, c), ProcessorChange::AddStart, slot);
             notified.push(id);
@@ -370,7 +364,6 @@ pub(crate) fn hot_start(p: &SimPlatform, ctx_cpu: usize) {
     finish_passive(sh, ctx_cpu, "hot-add AddStart", end);
     sh.st.lock().hot_cur = Some(HotCur {
         slot,
-        ctx_cpu,
         fail,
         notified,
         veto,
@@ -378,8 +371,9 @@ pub(crate) fn hot_start(p: &SimPlatform, ctx_cpu: usize) {
     p.wake_waiters();
 }
 
-/// Hot-add, phase 2: the CPU starts and AddComplete is delivered, or AddFailure.
-pub(crate) fn hot_finish(p: &SimPlatform) {
+/// Hot-add, phase 2: the CPU starts and AddComplete is delivered, or AddFailure, from the context of
+/// `ctx_cpu` (a CPU that is free now: the system thread may have moved since AddStart).
+pub(crate) fn hot_finish(p: &SimPlatform, ctx_cpu: usize) {
     let sh = &*p.shared;
     let _guard = sh.callback_lock.lock();
     let (h, regs, change) = {
@@ -408,13 +402,13 @@ pub(crate) fn hot_finish(p: &SimPlatform) {
         };
         (h, regs, change)
     };
-    let ((), end) = sh.in_ctx(h.ctx_cpu, Irql::PASSIVE, || {
+    let ((), end) = sh.in_ctx(ctx_cpu, Irql::PASSIVE, ContextKind::ProcessorChange, || {
         for (f, c) in regs {
             // A veto means the vetoing registration got AddStart too; it receives AddFailure as well.
             p.deliver((f, c), change, h.slot);
         }
     });
-    finish_passive(sh, h.ctx_cpu, "hot-add completion", end);
+    finish_passive(sh, ctx_cpu, "hot-add completion", end);
     sh.log_line(
         LogLevel::Info,
         format!(
@@ -438,6 +432,9 @@ enum Action {
 /// when nothing is runnable now. Returns false when nothing is runnable before `horizon`.
 pub(crate) fn det_step_until(p: &SimPlatform, horizon: u64) -> bool {
     let sh = &*p.shared;
+    if sh.is_halted() {
+        return false;
+    }
     let mut st = sh.st.lock();
     let (action, avail) = loop {
         let now = sh.now_us.load(Ordering::Relaxed);
@@ -479,15 +476,12 @@ pub(crate) fn det_step_until(p: &SimPlatform, horizon: u64) -> bool {
                 actions.push(Action::Passive);
             }
         }
-        if !sh.callback_lock.is_locked() {
-            // The second phase runs on the notification thread's CPU: not while that CPU is at
-            // DISPATCH (the callback raises there to take the core's locks).
-            if let Some(h) = &st.hot_cur {
-                if avail.contains(&h.ctx_cpu) {
-                    actions.push(Action::HotFinish);
-                }
-            } else if !avail.is_empty() && st.pending_adds.front().is_some_and(|a| a.due_us <= now)
-            {
+        // Both phases run on a CPU that is free now (the callback raises there to take the core's
+        // locks); the notification thread may have moved since AddStart.
+        if !sh.callback_lock.is_locked() && !avail.is_empty() {
+            if st.hot_cur.is_some() {
+                actions.push(Action::HotFinish);
+            } else if st.pending_adds.front().is_some_and(|a| a.due_us <= now) {
                 actions.push(Action::HotStart);
             }
         }
@@ -524,7 +518,7 @@ pub(crate) fn det_step_until(p: &SimPlatform, horizon: u64) -> bool {
     match action {
         Action::Dpc(c) => {
             drop(st);
-            run_dpc(p, c);
+            run_dpc(p, c, false);
         }
         Action::Task(tid) => {
             drop(st);
@@ -532,12 +526,12 @@ pub(crate) fn det_step_until(p: &SimPlatform, horizon: u64) -> bool {
         }
         Action::Timer(id) => {
             let c = avail[st.rng.gen_range(0..avail.len())];
-            if let Some(t) = st.timers.get_mut(&id) {
-                let due = t.next_due.unwrap_or(now) + t.period_us;
-                t.next_due = Some(if due <= now { now + t.period_us } else { due });
-            }
+            st.expire_timer(id, now);
+            let handler = st.begin_timer(c, id, false);
             drop(st);
-            run_timer(p, c, id);
+            if let Some(handler) = handler {
+                run_timer(p, c, id, handler);
+            }
         }
         Action::Passive => {
             let c = avail[st.rng.gen_range(0..avail.len())];
@@ -550,11 +544,39 @@ pub(crate) fn det_step_until(p: &SimPlatform, horizon: u64) -> bool {
             hot_start(p, c);
         }
         Action::HotFinish => {
+            let c = avail[st.rng.gen_range(0..avail.len())];
             drop(st);
-            hot_finish(p);
+            hot_finish(p, c);
         }
     }
     true
+}
+
+/// Deterministic mode, at a preemption point of a context below DISPATCH on `cpu`: runs the CPU's
+/// queued messages (also those they queue, up to [`NESTED_DRAIN_LIMIT`]) and then a due timer, each at
+/// DISPATCH on `cpu`, nested in the preempted context, as NT drains a processor's DPC queue when a
+/// DISPATCH interrupt is taken. Each handler takes a microsecond of simulated time.
+pub(crate) fn run_nested_dispatch(p: &SimPlatform, cpu: usize) {
+    let sh = &*p.shared;
+    for _ in 0..NESTED_DRAIN_LIMIT {
+        if sh.st.lock().cpus[cpu].dpcs.is_empty() {
+            break;
+        }
+        sh.now_us.fetch_add(1, Ordering::Relaxed);
+        run_dpc(p, cpu, true);
+    }
+    let timer = {
+        let mut st = sh.st.lock();
+        let now = sh.now();
+        st.due_timer(now).and_then(|id| {
+            st.expire_timer(id, now);
+            st.begin_timer(cpu, id, true).map(|handler| (id, handler))
+        })
+    };
+    if let Some((id, handler)) = timer {
+        sh.now_us.fetch_add(1, Ordering::Relaxed);
+        run_timer(p, cpu, id, handler);
+    }
 }
 
 /// Deterministic mode: one scheduler action, with time jumps unbounded.
@@ -573,15 +595,19 @@ pub(crate) fn par_drain_dispatch_work(p: &SimPlatform, cpu: usize) -> bool {
         if !st.cpus[cpu].dpcs.is_empty() {
             None
         } else if let Some(id) = st.cpus[cpu].timer_runs.pop_front() {
-            Some(id)
+            // Taken and marked running in one critical section: timer_stop either removed the expiry
+            // from the queue first or sees the handler running and waits for it.
+            Some((id, st.begin_timer(cpu, id, false)))
         } else {
             return false;
         }
     };
     match timer {
-        None => run_dpc(p, cpu),
-        Some(id) => {
-            run_timer(p, cpu, id);
+        None => run_dpc(p, cpu, false),
+        Some((id, handler)) => {
+            if let Some(handler) = handler {
+                run_timer(p, cpu, id, handler);
+            }
             true
         }
     }
@@ -610,13 +636,13 @@ pub(crate) fn par_pick_task(p: &SimPlatform, cpu: usize) -> Option<TaskId> {
 
 fn cpu_thread_main(p: SimPlatform, cpu: usize) {
     let sh = &*p.shared;
-    ctx_set(Some(Ctx {
-        machine: sh.id,
+    ctx_set(Some(sh.new_ctx(
         cpu,
-        irql: Irql::PASSIVE,
-        cpu_thread: true,
-    }));
-    while !sh.stop.load(Ordering::Acquire) {
+        Irql::PASSIVE,
+        ContextKind::Idle,
+        true,
+    )));
+    while !sh.stop.load(Ordering::Acquire) && !sh.is_halted() {
         if par_drain_dispatch_work(&p, cpu) {
             continue;
         }
@@ -644,7 +670,7 @@ pub(crate) fn spawn_cpu_thread(p: &SimPlatform, cpu: usize) -> thread::JoinHandl
 
 fn timer_thread_main(p: SimPlatform) {
     let sh = &*p.shared;
-    while !sh.stop.load(Ordering::Acquire) {
+    while !sh.stop.load(Ordering::Acquire) && !sh.is_halted() {
         let now = sh.now();
         let mut next = now + 500;
         {
@@ -689,7 +715,7 @@ fn timer_thread_main(p: SimPlatform) {
 
 fn passive_thread_main(p: SimPlatform) {
     let sh = &*p.shared;
-    while !sh.stop.load(Ordering::Acquire) {
+    while !sh.stop.load(Ordering::Acquire) && !sh.is_halted() {
         let cpu = {
             let mut st = sh.st.lock();
             if st.passive_queue.is_empty() {
@@ -705,22 +731,21 @@ fn passive_thread_main(p: SimPlatform) {
 
 fn hotplug_thread_main(p: SimPlatform) {
     let sh = &*p.shared;
-    while !sh.stop.load(Ordering::Acquire) {
+    while !sh.stop.load(Ordering::Acquire) && !sh.is_halted() {
         let now = sh.now();
         let what = {
             let mut st = sh.st.lock();
-            if st.hot_cur.is_some() {
-                Some(None)
-            } else if st.pending_adds.front().is_some_and(|a| a.due_us <= now) {
+            let finish = st.hot_cur.is_some();
+            if finish || st.pending_adds.front().is_some_and(|a| a.due_us <= now) {
                 let running = st.running_cpus();
-                Some(Some(running[st.rng.gen_range(0..running.len())]))
+                Some((finish, running[st.rng.gen_range(0..running.len())]))
             } else {
                 None
             }
         };
         match what {
-            Some(None) => hot_finish(&p),
-            Some(Some(c)) => hot_start(&p, c),
+            Some((true, c)) => hot_finish(&p, c),
+            Some((false, c)) => hot_start(&p, c),
             None => {}
         }
         // Let the other CPUs run between AddStart and AddComplete.
@@ -758,11 +783,18 @@ pub(crate) fn run_parallel(p: &SimPlatform, wall: Duration) {
             .expect("spawn simulator service thread")
     })
     .collect();
-    thread::sleep(wall);
+    let end = Instant::now() + wall;
+    while !sh.is_halted() {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        thread::sleep(left.min(Duration::from_millis(5)));
+    }
     // Phase 1: no new task steps; steps in progress may still wait for messages, timers, work items.
     sh.stop_tasks.store(true, Ordering::Release);
     let start = Instant::now();
-    while sh.st.lock().running_tasks > 0 {
+    while !sh.is_halted() && sh.st.lock().running_tasks > 0 {
         if start.elapsed() > Duration::from_secs(60) {
             sh.violation(
                 ViolationKind::WaitNeverSatisfied,
@@ -791,4 +823,9 @@ pub(crate) fn run_parallel(p: &SimPlatform, wall: Duration) {
     sh.parallel.store(false, Ordering::Release);
     sh.stop.store(false, Ordering::Release);
     sh.stop_tasks.store(false, Ordering::Release);
+    // Every machine thread has ended (the one that bugchecked, the others by unwinding or leaving
+    // their loops): the bugcheck goes on to the caller.
+    if let Some(bugcheck) = sh.bugcheck.lock().clone() {
+        std::panic::resume_unwind(Box::new(bugcheck));
+    }
 }

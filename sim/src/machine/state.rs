@@ -1,7 +1,8 @@
 //! Machine state shared by the platform, the deterministic scheduler and the parallel threads.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,12 +14,52 @@ use rand_chacha::ChaCha8Rng;
 
 use super::alloc::SimAllocator;
 use super::config::{CpuSlot, MachineConfig};
-use super::report::{Counters, CpuStatus, LogLine, Violation, ViolationKind};
+use super::report::{Bugcheck, Counters, CpuStatus, LogLine, Violation, ViolationKind};
 use super::sched::Task;
 
 static NEXT_MACHINE_ID: AtomicUsize = AtomicUsize::new(1);
 
-/// Execution context of the calling thread: which machine, which CPU, which IRQL.
+/// What kind of code a context runs (for the messages of violations and bugchecks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ContextKind {
+    /// Code on the calling thread outside any task or handler: load, unload, a test's `with_cpu`.
+    Caller,
+    /// A parallel-mode CPU thread between the things it runs.
+    Idle,
+    /// A step of a task.
+    Task(usize),
+    /// A passive work item (by id).
+    PassiveWork(u64),
+    /// A message handler, i.e. a DPC (by message id).
+    Message(u64),
+    /// A timer handler, i.e. the timer's DPC (by timer id).
+    Timer(u64),
+    /// Processor-change notifications (registration replay, hot-add phases).
+    ProcessorChange,
+}
+
+impl ContextKind {
+    /// Handlers that run at DISPATCH by definition.
+    pub fn is_dpc(self) -> bool {
+        matches!(self, ContextKind::Message(_) | ContextKind::Timer(_))
+    }
+}
+
+impl fmt::Display for ContextKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ContextKind::Caller => write!(f, "the calling thread"),
+            ContextKind::Idle => write!(f, "the idle loop"),
+            ContextKind::Task(tid) => write!(f, "task {tid}"),
+            ContextKind::PassiveWork(id) => write!(f, "passive work item #{id}"),
+            ContextKind::Message(id) => write!(f, "DPC (message #{id})"),
+            ContextKind::Timer(id) => write!(f, "timer DPC (timer #{id})"),
+            ContextKind::ProcessorChange => write!(f, "a processor-change callback"),
+        }
+    }
+}
+
+/// Execution context of the calling thread: which machine, which CPU, which IRQL, which code.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ctx {
     pub machine: usize,
@@ -26,7 +67,39 @@ pub(crate) struct Ctx {
     pub irql: Irql,
     /// The thread is the parallel-mode thread of `cpu` (it must pump its own queue while waiting).
     pub cpu_thread: bool,
+    pub kind: ContextKind,
+    /// Unique per context instance on its machine (tells a recursive acquisition from a nested one).
+    pub serial: u64,
+    /// The last core routine that announced itself through `verify_irql` in this context.
+    pub entry: Option<&'static str>,
 }
+
+/// Who holds a core spin lock, as recorded by `spin_lock_acquired`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LockHolder {
+    pub cpu: usize,
+    /// IRQL at the acquisition.
+    pub irql: Irql,
+    pub kind: ContextKind,
+    pub serial: u64,
+    pub entry: Option<&'static str>,
+    /// Acquisition number: tells one holding of the lock from the next.
+    pub acquisition: u64,
+}
+
+/// The core spin locks currently held, by address.
+#[derive(Default)]
+pub(crate) struct SpinLocks {
+    pub holders: HashMap<usize, LockHolder>,
+    pub acquisitions: u64,
+}
+
+/// Unwinding payload of machine threads that stop because another one bugchecked.
+pub(crate) struct MachineHalted;
+
+/// A halted machine that keeps being asked to wait while its caller unwinds gives up (aborts the
+/// process) after this many waits instead of looping for ever.
+pub(crate) const HALTED_WAIT_LIMIT: u64 = 100_000;
 
 thread_local! {
     static CTX: Cell<Option<Ctx>> = const { Cell::new(None) };
@@ -49,17 +122,6 @@ impl CpuLock {
         self.0
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
-    }
-    pub fn lock_spin(&self) {
-        let mut spins = 0u32;
-        while !self.try_lock() {
-            spins = spins.wrapping_add(1);
-            if spins & 63 == 0 {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
     }
     pub fn unlock(&self) {
         self.0.store(false, Ordering::Release);
@@ -124,8 +186,6 @@ pub(crate) struct PendingAdd {
 /// A hot-add between its AddStart and its AddComplete/AddFailure.
 pub(crate) struct HotCur {
     pub slot: usize,
-    /// CPU context both phases are delivered from.
-    pub ctx_cpu: usize,
     pub fail: bool,
     /// Registrations that received AddStart.
     pub notified: Vec<u64>,
@@ -185,6 +245,43 @@ impl State {
             .filter(|&c| self.cpus[c].status == CpuStatus::Running)
             .collect()
     }
+
+    /// Deterministic mode: the first timer that is due at `now` and not running.
+    pub fn due_timer(&self, now: u64) -> Option<u64> {
+        self.timers
+            .iter()
+            .find(|(_, t)| !t.running && t.next_due.is_some_and(|d| d <= now))
+            .map(|(&id, _)| id)
+    }
+
+    /// Deterministic mode: timer `id` expires at `now`; its next expiry is one period later (skipping
+    /// expiries that are already past).
+    pub fn expire_timer(&mut self, id: u64, now: u64) {
+        if let Some(t) = self.timers.get_mut(&id) {
+            let due = t.next_due.unwrap_or(now) + t.period_us;
+            t.next_due = Some(if due <= now { now + t.period_us } else { due });
+        }
+    }
+
+    /// Marks timer `id`'s handler running on `cpu` and returns it; `None` if the timer is gone or its
+    /// handler already runs. Called in the same critical section that chose the expiry, so a
+    /// `timer_stop` either prevents the run or waits for it.
+    pub fn begin_timer(&mut self, cpu: usize, id: u64, nested: bool) -> Option<Handler> {
+        let rec = self.timers.get_mut(&id)?;
+        if rec.running {
+            return None;
+        }
+        rec.running = true;
+        rec.pending = false;
+        let handler = rec.handler;
+        self.counters.timer_fires += 1;
+        if nested {
+            self.counters.nested_timer_fires += 1;
+        }
+        self.cpus[cpu].timer_fires += 1;
+        self.trace(&[2, cpu as u64, id]);
+        Some(handler)
+    }
 }
 
 pub(crate) struct Shared {
@@ -218,6 +315,16 @@ pub(crate) struct Shared {
     pub wall_origin: Instant,
     /// Parallel mode: sim time = wall µs since `wall_origin` + this (wrapping).
     pub wall_offset: AtomicU64,
+    /// Core spin locks held now and by whom.
+    pub spin_locks: Mutex<SpinLocks>,
+    /// Serial number of the next context.
+    pub next_serial: AtomicU64,
+    /// Set once the machine bugchecked: nothing runs on it any more.
+    pub halted: AtomicBool,
+    /// The bugcheck that halted the machine.
+    pub bugcheck: Mutex<Option<Bugcheck>>,
+    /// Waits asked of the halted machine while their caller unwinds (see [`HALTED_WAIT_LIMIT`]).
+    pub halted_waits: AtomicU64,
 }
 
 impl Shared {
@@ -281,6 +388,11 @@ impl Shared {
             now_us: AtomicU64::new(0),
             wall_origin: Instant::now(),
             wall_offset: AtomicU64::new(0),
+            spin_locks: Mutex::new(SpinLocks::default()),
+            next_serial: AtomicU64::new(1),
+            halted: AtomicBool::new(false),
+            bugcheck: Mutex::new(None),
+            halted_waits: AtomicU64::new(0),
         })
     }
 
@@ -298,20 +410,130 @@ impl Shared {
         }
     }
 
+    /// A new context of `kind` on `cpu` at `irql`.
+    pub fn new_ctx(&self, cpu: usize, irql: Irql, kind: ContextKind, cpu_thread: bool) -> Ctx {
+        Ctx {
+            machine: self.id,
+            cpu,
+            irql,
+            cpu_thread,
+            kind,
+            serial: self.next_serial.fetch_add(1, Ordering::Relaxed),
+            entry: None,
+        }
+    }
+
     /// The calling thread's context on this machine (the boot CPU at PASSIVE if it has none).
     pub fn ctx(&self) -> Ctx {
         match ctx_get() {
             Some(c) if c.machine == self.id => c,
             _ => {
-                let c = Ctx {
-                    machine: self.id,
-                    cpu: 0,
-                    irql: Irql::PASSIVE,
-                    cpu_thread: false,
-                };
+                let c = self.new_ctx(0, Irql::PASSIVE, ContextKind::Caller, false);
                 ctx_set(Some(c));
                 c
             }
+        }
+    }
+
+    /// "CPU 1 (0:1)": the index and the group-relative number of `cpu`.
+    pub fn cpu_label(&self, cpu: usize) -> String {
+        format!("CPU {} ({})", self.slots[cpu].index, self.slots[cpu].number)
+    }
+
+    /// "task 3"; for the calling thread, which runs many unrelated things, also the last core entry
+    /// point it announced ("the calling thread (last core entry point: unload)").
+    pub fn label(&self, kind: ContextKind, entry: Option<&'static str>) -> String {
+        match (kind, entry) {
+            (ContextKind::Caller, Some(routine)) => {
+                format!("{kind} (last core entry point: {routine})")
+            }
+            _ => kind.to_string(),
+        }
+    }
+
+    /// "task 3 on CPU 1 (0:1) at IRQL 0 (PASSIVE)".
+    pub fn describe(
+        &self,
+        kind: ContextKind,
+        entry: Option<&'static str>,
+        cpu: usize,
+        irql: Irql,
+    ) -> String {
+        format!(
+            "{} on {} at IRQL {}",
+            self.label(kind, entry),
+            self.cpu_label(cpu),
+            irql_name(irql)
+        )
+    }
+
+    /// [`Shared::describe`] of the calling context.
+    pub fn describe_ctx(&self, c: &Ctx) -> String {
+        self.describe(c.kind, c.entry, c.cpu, c.irql)
+    }
+
+    pub fn is_halted(&self) -> bool {
+        self.halted.load(Ordering::Acquire)
+    }
+
+    /// Parallel mode: a machine thread that finds the machine halted unwinds (its guards release
+    /// what it holds) instead of waiting for something that will never happen.
+    pub fn unwind_if_halted(&self) {
+        if self.is_halted() && !std::thread::panicking() {
+            std::panic::resume_unwind(Box::new(MachineHalted));
+        }
+    }
+
+    /// Records `kind` with `message`, halts the machine and unwinds the calling thread with a
+    /// [`Bugcheck`] payload (the first bugcheck is the one kept).
+    pub fn bugcheck(&self, kind: ViolationKind, code: (u32, &'static str), message: String) -> ! {
+        self.violation(kind, message.clone());
+        let cpu = match ctx_get() {
+            Some(c) if c.machine == self.id => Some(self.slots[c.cpu].index),
+            _ => None,
+        };
+        let bugcheck = Bugcheck {
+            code: code.0,
+            name: code.1,
+            kind,
+            message,
+            time_us: self.now(),
+            cpu,
+        };
+        self.bugcheck.lock().get_or_insert_with(|| bugcheck.clone());
+        self.halted.store(true, Ordering::Release);
+        self.work_cv.notify_all();
+        {
+            let _g = self.ev_lock.lock();
+            self.ev_cv.notify_all();
+        }
+        std::panic::panic_any(bugcheck)
+    }
+
+    /// A wait, or a spin, asked of the halted machine. Outside unwinding the machine stays down: a
+    /// parallel-mode machine thread unwinds quietly, any other caller gets the bugcheck again (also
+    /// quietly: the panic hook reported it once). While the caller unwinds (a domain dropped by the
+    /// unwinding) it returns at once — nothing will ever satisfy it — and past [`HALTED_WAIT_LIMIT`]
+    /// such calls it aborts the process rather than let a caller loop for ever.
+    pub fn halted_wait(&self, what: &str) {
+        let bugcheck = self
+            .bugcheck
+            .lock()
+            .clone()
+            .expect("a halted machine keeps its bugcheck");
+        if !std::thread::panicking() {
+            if self.is_parallel() {
+                std::panic::resume_unwind(Box::new(MachineHalted));
+            }
+            std::panic::resume_unwind(Box::new(bugcheck));
+        }
+        if self.halted_waits.fetch_add(1, Ordering::Relaxed) + 1 >= HALTED_WAIT_LIMIT {
+            eprintln!(
+                "kepoch-sim: {what} asked of a halted machine {HALTED_WAIT_LIMIT} times while unwinding \
+                 (a domain unloaded after the bugcheck waits for handlers that will never run); aborting. \
+                 {bugcheck}"
+            );
+            std::process::abort();
         }
     }
 
@@ -362,11 +584,20 @@ impl Shared {
         });
     }
 
-    /// Takes the DISPATCH exclusion of `cpu` (spins in parallel mode; in deterministic mode a held lock
-    /// is an exclusion violation, recorded, and the caller proceeds).
+    /// Takes the DISPATCH exclusion of `cpu` (spins in parallel mode, unwinding if the machine halts;
+    /// in deterministic mode a held lock is an exclusion violation, recorded, and the caller proceeds).
     pub fn lock_cpu(&self, cpu: usize, what: &str) {
         if self.is_parallel() {
-            self.cpu_locks[cpu].lock_spin();
+            let mut spins = 0u32;
+            while !self.cpu_locks[cpu].try_lock() {
+                spins = spins.wrapping_add(1);
+                if spins & 63 == 0 {
+                    self.unwind_if_halted();
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
         } else if !self.cpu_locks[cpu].try_lock() {
             self.violation(
                 ViolationKind::Exclusion,
@@ -382,21 +613,23 @@ impl Shared {
         self.cpu_locks[cpu].unlock();
     }
 
-    /// Runs `f` in context (`cpu`, `irql`) on this thread, restoring the previous context afterwards.
-    /// Records an IRQL violation if `f` does not return at `irql`; returns the IRQL `f` ended at.
-    pub fn in_ctx<R>(&self, cpu: usize, irql: Irql, f: impl FnOnce() -> R) -> (R, Irql) {
+    /// Runs `f` in a new context of `kind` (`cpu`, `irql`) on this thread, restoring the previous
+    /// context afterwards, also when `f` unwinds (a bugcheck). Returns the IRQL `f` ended at.
+    pub fn in_ctx<R>(
+        &self,
+        cpu: usize,
+        irql: Irql,
+        kind: ContextKind,
+        f: impl FnOnce() -> R,
+    ) -> (R, Irql) {
         let saved = ctx_get();
         let cpu_thread =
             matches!(saved, Some(c) if c.machine == self.id && c.cpu_thread && c.cpu == cpu);
-        ctx_set(Some(Ctx {
-            machine: self.id,
-            cpu,
-            irql,
-            cpu_thread,
-        }));
+        ctx_set(Some(self.new_ctx(cpu, irql, kind, cpu_thread)));
+        let restore = CtxRestore { sh: self, saved };
         let r = f();
         let end = self.ctx().irql;
-        ctx_set(saved);
+        drop(restore);
         (r, end)
     }
 
@@ -412,4 +645,37 @@ impl Shared {
             );
         }
     }
+}
+
+/// Restores the thread's previous context when a context ends. When it ends by unwinding, it also gives
+/// back the DISPATCH exclusion the unwound context held (its CPU lock), so no machine lock stays held.
+struct CtxRestore<'a> {
+    sh: &'a Shared,
+    saved: Option<Ctx>,
+}
+
+impl Drop for CtxRestore<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(inner) = ctx_get().filter(|c| c.machine == self.sh.id) {
+                let outer_holds = matches!(self.saved, Some(o) if o.machine == self.sh.id
+                    && o.cpu == inner.cpu && o.irql >= Irql::DISPATCH);
+                if inner.irql >= Irql::DISPATCH && !outer_holds {
+                    self.sh.unlock_cpu(inner.cpu);
+                }
+            }
+        }
+        ctx_set(self.saved);
+    }
+}
+
+/// "0 (PASSIVE)", "2 (DISPATCH)".
+pub(crate) fn irql_name(irql: Irql) -> String {
+    let name = match irql {
+        Irql::PASSIVE => "PASSIVE",
+        Irql::APC => "APC",
+        Irql::DISPATCH => "DISPATCH",
+        _ => "above DISPATCH",
+    };
+    format!("{} ({name})", irql.0)
 }

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kepoch::platform::{
-    CurrentProcessor, Handler, Irql, LogLevel, Platform, ProcessorChange, ProcessorNumber, Status,
+    CurrentProcessor, Handler, Irql, IrqlRule, LogLevel, Platform, ProcessorChange,
+    ProcessorNumber, Status,
 };
 use rand::Rng;
 
@@ -724,10 +725,12 @@ fn send_before_add_complete_is_a_violation() {
 
 // ---------------------------------------------------------------- determinism
 
-/// A workload with random choices: messages to random CPUs, sleeps, migrations, DISPATCH holds.
-fn random_workload(seed: u64) -> (u64, Vec<(u32, Irql, u64)>, Counters) {
+/// A workload with random choices: messages to random CPUs, sleeps, migrations, DISPATCH holds, with
+/// `nested_dpc_percent` preemption.
+fn random_workload(seed: u64, nested_dpc_percent: u8) -> (u64, Vec<(u32, Irql, u64)>, Counters) {
     let m = machine(MachineConfig {
         seed,
+        nested_dpc_percent,
         ..cfg(4, 6, 2)
     });
     let p = m.platform();
@@ -785,15 +788,27 @@ fn random_workload(seed: u64) -> (u64, Vec<(u32, Irql, u64)>, Counters) {
 
 #[test]
 fn same_seed_same_run_different_seed_different_run() {
-    let a = random_workload(7);
-    let b = random_workload(7);
-    assert_eq!(a.0, b.0);
-    assert_eq!(a.1, b.1);
-    assert_eq!(a.2, b.2);
-    assert!(a.2.timer_fires > 10 && a.2.messages_delivered > 10 && a.2.migrations > 0);
-    assert_eq!(a.2.hot_add_complete, 2);
-    let c = random_workload(8);
-    assert_ne!(a.0, c.0);
+    for percent in [0, DEFAULT_NESTED_DPC_PERCENT, 100] {
+        let a = random_workload(7, percent);
+        let b = random_workload(7, percent);
+        assert_eq!(a.0, b.0);
+        assert_eq!(a.1, b.1);
+        assert_eq!(a.2, b.2);
+        assert!(a.2.timer_fires > 10 && a.2.messages_delivered > 10 && a.2.migrations > 0);
+        assert_eq!(a.2.hot_add_complete, 2);
+        let c = random_workload(8, percent);
+        assert_ne!(a.0, c.0);
+        // Preemption replays too: the nested deliveries are part of the same trace.
+        if percent == 0 {
+            assert_eq!(a.2.preemptions, 0, "{:?}", a.2);
+        } else {
+            assert!(
+                a.2.preemptions > 5 && a.2.nested_messages > 5 && a.2.nested_timer_fires > 0,
+                "{:?}",
+                a.2
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------- parallel mode
@@ -995,4 +1010,675 @@ fn guard_page_blocks_are_protected_when_freed_and_unmapped_past_the_limit() {
     assert!(s.quarantine_bytes <= QUARANTINE_LIMIT as u64, "{s:?}");
     assert!(s.frees as usize > limit_pages + 1, "{s:?}");
     assert!(m.violations().is_empty(), "{:?}", m.violations());
+}
+
+// ---------------------------------------------------------------- IRQL discipline (Verifier-like)
+
+fn no_preemption(cfg: MachineConfig) -> MachineConfig {
+    MachineConfig {
+        nested_dpc_percent: 0,
+        ..cfg
+    }
+}
+
+#[test]
+fn verify_irql_names_the_routine_the_rule_and_the_irql() {
+    let m = machine(cfg(1, 1, 0));
+    let p = m.platform();
+    m.with_cpu(0, || {
+        p.verify_irql("Domain::synchronize", IrqlRule::Passive);
+        p.verify_irql("processor-change callback", IrqlRule::BelowDispatch);
+        p.verify_irql("reclamation cycle start", IrqlRule::Dispatch);
+        let previous = p.raise_to_dispatch();
+        p.verify_irql("reclamation cycle visit", IrqlRule::Dispatch);
+        p.verify_irql("unload", IrqlRule::Passive);
+        p.verify_irql("processor-change callback", IrqlRule::BelowDispatch);
+        p.lower_irql(previous);
+    });
+    let v = m.violations();
+    let messages: Vec<&str> = v.iter().map(|v| v.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        [
+            "reclamation cycle start (IRQL rule Dispatch: DISPATCH_LEVEL only) called by the \
+             calling thread on CPU 0 (0:0) at IRQL 0 (PASSIVE)",
+            "unload (IRQL rule Passive: PASSIVE_LEVEL only) called by the calling thread on CPU 0 \
+             (0:0) at IRQL 2 (DISPATCH)",
+            "processor-change callback (IRQL rule BelowDispatch: below DISPATCH_LEVEL) called by \
+             the calling thread on CPU 0 (0:0) at IRQL 2 (DISPATCH)",
+        ]
+    );
+    assert!(v.iter().all(|v| v.kind == ViolationKind::Irql));
+}
+
+#[test]
+fn spin_lock_acquired_below_dispatch_is_a_violation() {
+    let m = machine(no_preemption(cfg(2, 2, 0)));
+    let lock = Box::new(0u64);
+    let addr = &*lock as *const u64 as usize;
+    m.spawn(1, move |ctx: &mut StepContext<'_>| {
+        let p = ctx.platform().clone();
+        let lock = addr as *const ();
+        // At DISPATCH, as the core's lock takes it: fine.
+        let previous = p.raise_to_dispatch();
+        p.spin_lock_acquired(lock);
+        p.spin_lock_released(lock);
+        p.lower_irql(previous);
+        // At the caller's PASSIVE, as the `lock-without-raise` mutation takes it.
+        p.spin_lock_acquired(lock);
+        p.spin_lock_released(lock);
+        StepOutcome::Done
+    });
+    assert!(m.run_until_idle(100));
+    let v = m.violations();
+    assert_eq!(kinds(&m), [ViolationKind::SpinLockIrql], "{v:?}");
+    assert_eq!(
+        v[0].message,
+        format!(
+            "core spin lock {addr:#x} acquired at IRQL 0 (PASSIVE) in task 0 on CPU 1 (0:1): spin \
+             locks must be held at DISPATCH"
+        )
+    );
+}
+
+#[test]
+fn spin_lock_bookkeeping_catches_two_holders_and_foreign_releases() {
+    let m = machine(no_preemption(cfg(2, 2, 0)));
+    let p = m.platform();
+    let lock = Box::new(0u64);
+    let lock = &*lock as *const u64 as *const ();
+    let at_dispatch = |cpu: u32, f: &dyn Fn()| {
+        m.with_cpu(cpu, || {
+            let previous = p.raise_to_dispatch();
+            f();
+            p.lower_irql(previous);
+        })
+    };
+    at_dispatch(0, &|| p.spin_lock_acquired(lock));
+    at_dispatch(1, &|| p.spin_lock_acquired(lock));
+    at_dispatch(1, &|| p.spin_lock_released(lock));
+    at_dispatch(1, &|| p.spin_lock_released(lock));
+    assert_eq!(
+        kinds(&m),
+        [ViolationKind::Exclusion; 3],
+        "{:?}",
+        m.violations()
+    );
+    let v = m.violations();
+    assert!(v[0]
+        .message
+        .contains("while the calling thread on CPU 0 (0:0)"));
+    assert!(v[1]
+        .message
+        .contains("but the calling thread on CPU 1 (0:1)"));
+    assert!(v[2].message.contains("but no context holds it"));
+}
+
+#[test]
+fn passive_only_services_report_being_called_at_dispatch() {
+    let m = machine(no_preemption(cfg(2, 2, 0)));
+    let p = m.platform();
+    let ev = Arc::new(Mutex::new(Vec::new()));
+    let pr = probe(&p, 1, &ev);
+    let mut timer = Box::new(SimTimer::default());
+    // SAFETY: boxed, released below.
+    unsafe { p.timer_init(&mut *timer, handler(&pr)) }.unwrap();
+    let event = SimEvent::default();
+    let r = cb_rec(&p, None);
+    m.with_cpu(0, || {
+        let previous = p.raise_to_dispatch();
+        p.flush_messages();
+        p.timer_stop(&timer);
+        p.event_wait(&event);
+        let h = register(&p, &r).unwrap().unwrap();
+        // SAFETY: registered just now.
+        unsafe { p.processor_change_deregister(h) };
+        p.lower_irql(previous);
+    });
+    let v = m.violations();
+    let routines = [
+        "flush_messages",
+        "timer_stop",
+        "event_wait",
+        "processor_change_register",
+        "processor_change_deregister",
+    ];
+    assert_eq!(v.len(), routines.len(), "{v:?}");
+    for (v, routine) in v.iter().zip(routines) {
+        assert_eq!(v.kind, ViolationKind::BlockingAtDispatch);
+        assert_eq!(
+            v.message,
+            format!(
+                "{routine} called by the calling thread on CPU 0 (0:0) at IRQL 2 (DISPATCH): it is \
+                 PASSIVE only (it waits)"
+            )
+        );
+    }
+    // SAFETY: stopped above.
+    unsafe { p.timer_release(&mut *timer) };
+}
+
+// ---------------------------------------------------------------- DPCs preempting PASSIVE code
+
+#[test]
+fn queued_dpc_runs_nested_in_passive_code_on_its_cpu() {
+    for percent in [100, 0] {
+        let m = machine(MachineConfig {
+            nested_dpc_percent: percent,
+            ..cfg(2, 2, 0)
+        });
+        let p = m.platform();
+        let ev = Arc::new(Mutex::new(Vec::new()));
+        let (msg, _pr) = bound_message(&p, ProcessorNumber::new(0, 1), 7, &ev);
+        let msg: &'static SimMessage = Box::leak(msg);
+        let seen_inside = Arc::new(Mutex::new(None));
+        let (seen, events) = (seen_inside.clone(), ev.clone());
+        m.spawn(1, move |ctx: &mut StepContext<'_>| {
+            let p = ctx.platform().clone();
+            p.message_send(msg);
+            // Still the same step, back at PASSIVE.
+            assert_eq!(p.current_irql(), Irql::PASSIVE);
+            *seen.lock().unwrap() = Some(events.lock().unwrap().clone());
+            StepOutcome::Done
+        });
+        assert!(m.run_until_idle(100));
+        let inside = seen_inside.lock().unwrap().clone().unwrap();
+        let c = m.counters();
+        if percent == 100 {
+            assert_eq!(inside, [(1, Irql::DISPATCH, 7)]);
+            assert_eq!((c.preemptions, c.nested_messages), (1, 1), "{c:?}");
+        } else {
+            assert!(inside.is_empty());
+            assert_eq!((c.preemptions, c.nested_messages), (0, 0), "{c:?}");
+        }
+        assert_eq!(*ev.lock().unwrap(), [(1, Irql::DISPATCH, 7)]);
+        assert_eq!(c.messages_delivered, 1);
+        assert!(m.violations().is_empty(), "{:?}", m.violations());
+    }
+}
+
+#[test]
+fn due_timer_runs_nested_in_passive_code() {
+    let m = machine(MachineConfig {
+        nested_dpc_percent: 100,
+        ..cfg(2, 2, 0)
+    });
+    let p = m.platform();
+    let ev = Arc::new(Mutex::new(Vec::new()));
+    let pr = Box::leak(probe(&p, 99, &ev));
+    let timer: &'static mut SimTimer = Box::leak(Box::default());
+    // SAFETY: leaked storage.
+    unsafe { p.timer_init(timer, handler(pr)) }.unwrap();
+    p.timer_start(timer, 20);
+    let nested_fires = Arc::new(AtomicUsize::new(0));
+    let (n, events) = (nested_fires.clone(), ev.clone());
+    let mut steps = 0;
+    m.spawn(0, move |ctx: &mut StepContext<'_>| {
+        steps += 1;
+        let p = ctx.platform().clone();
+        let before = events.lock().unwrap().len();
+        for _ in 0..10 {
+            p.now_ns();
+        }
+        let inside: Vec<_> = events.lock().unwrap()[before..].to_vec();
+        // Fired inside the step: on this CPU, at DISPATCH.
+        assert!(
+            inside.iter().all(|e| *e == (0, Irql::DISPATCH, 99)),
+            "{inside:?}"
+        );
+        n.fetch_add(inside.len(), Ordering::Relaxed);
+        if steps == 200 {
+            StepOutcome::Done
+        } else {
+            StepOutcome::Sleep(3)
+        }
+    });
+    m.run_for(2_000);
+    let c = m.counters();
+    assert!(c.nested_timer_fires > 0, "{c:?}");
+    assert_eq!(
+        nested_fires.load(Ordering::Relaxed) as u64,
+        c.nested_timer_fires
+    );
+    assert!(c.timer_fires > c.nested_timer_fires, "{c:?}");
+    p.timer_stop(timer);
+    assert!(m.violations().is_empty(), "{:?}", m.violations());
+}
+
+// ---------------------------------------------------------------- deadlocks and bugchecks
+
+/// A fake core-lock user: a handler that spins on `lock` (the spin is what the machine judges).
+struct LockSpinner {
+    p: SimPlatform,
+    lock: usize,
+}
+
+/// # Safety
+/// `ctx` points to a live LockSpinner.
+unsafe fn spin_on_lock(ctx: *const ()) {
+    // SAFETY: the tests leak every LockSpinner.
+    let s = unsafe { &*ctx.cast::<LockSpinner>() };
+    s.p.spin_lock_contended(s.lock as *const ());
+}
+
+/// A message bound to `target` whose handler spins on `lock`.
+fn spinning_message(p: &SimPlatform, target: ProcessorNumber, lock: usize) -> &'static SimMessage {
+    let spinner: &'static LockSpinner = Box::leak(Box::new(LockSpinner { p: p.clone(), lock }));
+    let msg: &'static mut SimMessage = Box::leak(Box::default());
+    let h = Handler {
+        func: spin_on_lock,
+        context: (spinner as *const LockSpinner).cast(),
+    };
+    // SAFETY: leaked storage, never moves.
+    unsafe { p.message_init(msg, target, h) }.unwrap();
+    msg
+}
+
+/// Runs `f`, which must unwind with a [`Bugcheck`] payload, and returns the payload.
+fn expect_bugcheck(f: impl FnOnce()) -> Bugcheck {
+    let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .expect_err("the machine should have bugchecked");
+    payload
+        .downcast_ref::<Bugcheck>()
+        .expect("a Bugcheck payload")
+        .clone()
+}
+
+#[test]
+fn dpc_spinning_on_a_lock_held_by_preempted_passive_code_bugchecks() {
+    let m = machine(MachineConfig {
+        nested_dpc_percent: 100,
+        ..cfg(2, 2, 0)
+    });
+    let p = m.platform();
+    let lock = Box::leak(Box::new(0u64)) as *const u64 as usize;
+    let msg = spinning_message(&p, ProcessorNumber::new(0, 0), lock);
+    m.spawn(0, move |ctx: &mut StepContext<'_>| {
+        let p = ctx.platform().clone();
+        // Taken at PASSIVE (the buggy lock), then a DPC for this CPU arrives and wants it.
+        p.spin_lock_acquired(lock as *const ());
+        p.message_send(msg);
+        p.spin_lock_released(lock as *const ());
+        StepOutcome::Done
+    });
+    let bugcheck = expect_bugcheck(|| {
+        m.run_until_idle(100);
+    });
+    assert_eq!(
+        (bugcheck.code, bugcheck.name, bugcheck.kind),
+        (0x133, "DPC_WATCHDOG_VIOLATION", ViolationKind::Deadlock)
+    );
+    assert!(
+        bugcheck.message.starts_with("DPC (message #")
+            && bugcheck.message.ends_with(&format!(
+                ") on CPU 0 (0:0) spins on core spin lock {lock:#x} held by task 0 preempted at \
+                 IRQL 0 (PASSIVE) on the same CPU: on NT this is bugcheck 0x133 \
+                 DPC_WATCHDOG_VIOLATION"
+            )),
+        "{bugcheck}"
+    );
+    assert_eq!(bugcheck.cpu, Some(0));
+    assert_eq!(m.bugcheck().as_ref(), Some(&bugcheck));
+    assert_eq!(
+        kinds(&m),
+        [ViolationKind::SpinLockIrql, ViolationKind::Deadlock]
+    );
+    assert_eq!(m.violations()[1].message, bugcheck.message);
+    // Unwinding gave back every machine lock: the state lock (report), the CPU's DISPATCH exclusion,
+    // and the thread's context.
+    let report = m.report();
+    assert_eq!(report.counters.nested_messages, 1);
+    assert!(m.platform.shared.cpu_locks.iter().all(|l| !l.is_locked()));
+    assert_eq!(p.current_irql(), Irql::PASSIVE);
+    // The machine is down: nothing runs, and a wait raises the bugcheck again.
+    assert!(!m.step());
+    let again = expect_bugcheck(|| m.with_cpu(1, || p.flush_messages()));
+    assert_eq!(again, bugcheck);
+}
+
+#[test]
+fn deadlock_messages_name_the_holder_and_the_spinner() {
+    // Recursion: the spinner already holds the lock.
+    let m = machine(no_preemption(cfg(1, 1, 0)));
+    let p = m.platform();
+    let lock = Box::leak(Box::new(0u64)) as *const u64 as usize;
+    let bugcheck = expect_bugcheck(|| {
+        m.with_cpu(0, || {
+            let previous = p.raise_to_dispatch();
+            p.spin_lock_acquired(lock as *const ());
+            p.spin_lock_contended(lock as *const ());
+            p.lower_irql(previous);
+        })
+    });
+    assert_eq!(bugcheck.code, 0x133);
+    assert_eq!(
+        bugcheck.message,
+        format!(
+            "the calling thread on CPU 0 (0:0) at IRQL 2 (DISPATCH) spins on core spin lock \
+             {lock:#x}, which it already holds (acquired at IRQL 2 (DISPATCH)): a recursive \
+             acquisition never succeeds; on NT this is bugcheck 0x133 DPC_WATCHDOG_VIOLATION"
+        )
+    );
+    assert!(m.platform.shared.cpu_locks.iter().all(|l| !l.is_locked()));
+
+    // Deterministic mode: a holder suspended below the spinner (here in a wait) cannot run again.
+    let m = machine(no_preemption(cfg(2, 2, 0)));
+    let p = m.platform();
+    let msg = spinning_message(&p, ProcessorNumber::new(0, 1), lock);
+    let bugcheck = expect_bugcheck(|| {
+        m.with_cpu(0, || {
+            p.spin_lock_acquired(lock as *const ());
+            p.message_send(msg);
+            p.flush_messages();
+        })
+    });
+    assert_eq!(bugcheck.code, 0x133);
+    assert!(
+        bugcheck.message.starts_with("DPC (message #")
+            && bugcheck.message.ends_with(&format!(
+                ") on CPU 1 (0:1) at IRQL 2 (DISPATCH) spins on core spin lock {lock:#x} held by \
+                 the calling thread on CPU 0 (0:0) at IRQL 0 (PASSIVE), which cannot run while the \
+                 spinner spins (deterministic mode runs one context at a time and the holder is \
+                 suspended below the spinner): on NT this is bugcheck 0x133 DPC_WATCHDOG_VIOLATION"
+            )),
+        "{bugcheck}"
+    );
+    assert_eq!(
+        kinds(&m),
+        [ViolationKind::SpinLockIrql, ViolationKind::Deadlock]
+    );
+}
+
+/// The real core with the `lock-without-raise` mutation: `stats()` at PASSIVE takes the core's locks
+/// without raising, and a DPC of the domain preempts it on the same CPU and spins on one of them.
+#[cfg(feature = "mutations")]
+#[test]
+fn core_lock_without_raise_deadlocks_with_a_preempting_dpc() {
+    use kepoch::{Config, Domain, Mutation, Mutations, Strategy};
+    let m = machine(MachineConfig {
+        nested_dpc_percent: 100,
+        ..cfg(2, 2, 0)
+    });
+    let config = Config {
+        cycle_period_us: 5,
+        mutations: Mutations::NONE.with(Mutation::LockWithoutRaise),
+        ..Config::with_strategy(Strategy::Lazy)
+    };
+    let domain = Arc::new(
+        m.with_cpu(0, || Domain::create(m.platform(), config))
+            .unwrap(),
+    );
+    let d = domain.clone();
+    m.spawn(1, move |_: &mut StepContext<'_>| {
+        let _stats = d.stats();
+        StepOutcome::Sleep(1)
+    });
+    let bugcheck = expect_bugcheck(|| m.run_for(100_000));
+    assert_eq!(bugcheck.code, 0x133, "{bugcheck}");
+    assert!(
+        bugcheck
+            .message
+            .contains("held by task 0 preempted at IRQL 0 (PASSIVE) on the same CPU"),
+        "{bugcheck}"
+    );
+    assert!(kinds(&m).contains(&ViolationKind::SpinLockIrql));
+    // A bugchecked machine runs no handler any more: the domain is leaked, not unloaded.
+    std::mem::forget(domain);
+}
+
+// ---------------------------------------------------------------- contracts: flush, timer_stop
+
+/// A handler that takes a while: flags it started and finished.
+#[derive(Default)]
+struct SlowHandler {
+    started: AtomicUsize,
+    running: AtomicUsize,
+    finished: AtomicUsize,
+}
+
+/// # Safety
+/// `ctx` points to a live SlowHandler.
+unsafe fn slow_handler(ctx: *const ()) {
+    // SAFETY: the tests leak every SlowHandler.
+    let s = unsafe { &*ctx.cast::<SlowHandler>() };
+    s.started.fetch_add(1, Ordering::SeqCst);
+    s.running.fetch_add(1, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(20));
+    s.running.fetch_sub(1, Ordering::SeqCst);
+    s.finished.fetch_add(1, Ordering::SeqCst);
+}
+
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{what} never happened"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn flush_messages_waits_for_a_running_handler() {
+    let m = machine(cfg(2, 2, 0));
+    let p = m.platform();
+    let slow: &'static SlowHandler = Box::leak(Box::default());
+    let msg: &'static mut SimMessage = Box::leak(Box::default());
+    let h = Handler {
+        func: slow_handler,
+        context: (slow as *const SlowHandler).cast(),
+    };
+    // SAFETY: leaked storage.
+    unsafe { p.message_init(msg, ProcessorNumber::new(0, 0), h) }.unwrap();
+    let msg: &'static SimMessage = msg;
+    let checked = Arc::new(AtomicBool::new(false));
+    let c = checked.clone();
+    m.spawn(1, move |ctx: &mut StepContext<'_>| {
+        let p = ctx.platform().clone();
+        p.message_send(msg);
+        wait_for("the handler start", || {
+            slow.started.load(Ordering::SeqCst) == 1
+        });
+        // Not queued any more, but running: the flush must wait for it.
+        p.flush_messages();
+        assert_eq!(slow.finished.load(Ordering::SeqCst), 1);
+        c.store(true, Ordering::SeqCst);
+        StepOutcome::Done
+    });
+    m.run_parallel(Duration::from_millis(100));
+    assert!(checked.load(Ordering::SeqCst));
+    assert!(m.violations().is_empty(), "{:?}", m.violations());
+}
+
+#[test]
+fn timer_stop_leaves_no_handler_running_or_starting() {
+    let m = machine(cfg(2, 2, 0));
+    let p = m.platform();
+    let slow: &'static SlowHandler = Box::leak(Box::default());
+    let timer: &'static mut SimTimer = Box::leak(Box::default());
+    let h = Handler {
+        func: slow_handler,
+        context: (slow as *const SlowHandler).cast(),
+    };
+    // SAFETY: leaked storage.
+    unsafe { p.timer_init(timer, h) }.unwrap();
+    let timer: &'static SimTimer = timer;
+    p.timer_start(timer, 1_000);
+    let checked = Arc::new(AtomicBool::new(false));
+    let c = checked.clone();
+    m.spawn(1, move |ctx: &mut StepContext<'_>| {
+        let p = ctx.platform().clone();
+        wait_for("a timer run", || slow.running.load(Ordering::SeqCst) == 1);
+        p.timer_stop(timer);
+        assert_eq!(slow.running.load(Ordering::SeqCst), 0);
+        let fires = slow.started.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(slow.started.load(Ordering::SeqCst), fires);
+        c.store(true, Ordering::SeqCst);
+        StepOutcome::Done
+    });
+    m.run_parallel(Duration::from_millis(100));
+    assert!(checked.load(Ordering::SeqCst));
+    assert!(m.violations().is_empty(), "{:?}", m.violations());
+    // SAFETY: stopped by the task.
+    unsafe { p.timer_release((timer as *const SimTimer).cast_mut()) };
+}
+
+// ---------------------------------------------------------------- parallel deadlocks
+
+/// A passive work item that takes `lock` below DISPATCH, sends the spinning message of `target_of`
+/// its own CPU, and waits on an event nobody signals (the machine halting ends the wait).
+struct PassiveHolder {
+    p: SimPlatform,
+    lock: usize,
+    /// Spinning message per CPU index.
+    messages: Vec<&'static SimMessage>,
+    /// Which message to send, given the work item's CPU index.
+    target_of: fn(u32) -> u32,
+    never: SimEvent,
+}
+
+/// # Safety
+/// `ctx` points to a live PassiveHolder.
+unsafe fn hold_and_wait(ctx: *const ()) {
+    // SAFETY: the tests leak every PassiveHolder.
+    let h = unsafe { &*ctx.cast::<PassiveHolder>() };
+    h.p.spin_lock_acquired(h.lock as *const ());
+    let me = h.p.current_processor().index;
+    h.p.message_send(h.messages[(h.target_of)(me) as usize]);
+    h.p.event_wait(&h.never);
+}
+
+/// Runs a parallel machine where a passive work item holds a lock that a DPC on CPU
+/// `target_of(holder's CPU)` spins on; returns the bugcheck and the wall time to it.
+fn parallel_deadlock(
+    target_of: fn(u32) -> u32,
+    spin_limit_ms: u64,
+) -> (Machine, Bugcheck, Duration) {
+    let m = machine(MachineConfig {
+        parallel_spin_limit_ms: spin_limit_ms,
+        ..cfg(2, 2, 0)
+    });
+    let p = m.platform();
+    let lock = Box::leak(Box::new(0u64)) as *const u64 as usize;
+    let messages = (0..2)
+        .map(|i| spinning_message(&p, ProcessorNumber::new(0, i), lock))
+        .collect();
+    let holder: &'static PassiveHolder = Box::leak(Box::new(PassiveHolder {
+        p: p.clone(),
+        lock,
+        messages,
+        target_of,
+        never: SimEvent::default(),
+    }));
+    let work: &'static mut SimPassiveWork = Box::leak(Box::default());
+    let h = Handler {
+        func: hold_and_wait,
+        context: (holder as *const PassiveHolder).cast(),
+    };
+    // SAFETY: leaked storage.
+    unsafe { p.passive_init(work, h) }.unwrap();
+    p.passive_queue(work);
+    let start = std::time::Instant::now();
+    let bugcheck = expect_bugcheck(|| m.run_parallel(Duration::from_secs(30)));
+    (m, bugcheck, start.elapsed())
+}
+
+#[test]
+fn parallel_dpc_spinning_on_a_lock_of_its_cpus_passive_code_bugchecks() {
+    let (m, bugcheck, took) = parallel_deadlock(|me| me, 60_000);
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(bugcheck.code, 0x133);
+    assert!(
+        bugcheck.message.contains("held by passive work item #")
+            && bugcheck
+                .message
+                .contains("preempted at IRQL 0 (PASSIVE) on the same CPU"),
+        "{bugcheck}"
+    );
+    // Every machine thread ended and the machine is deterministic (and halted) again.
+    assert!(m.platform.shared.cpu_locks.iter().all(|l| !l.is_locked()));
+    assert!(!m.platform.shared.is_parallel());
+    assert!(m.platform.shared.st.lock().cpu_threads.is_empty());
+    assert!(!m.step());
+}
+
+#[test]
+fn parallel_spin_past_the_limit_bugchecks() {
+    let (m, bugcheck, took) = parallel_deadlock(|me| 1 - me, 200);
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert_eq!(bugcheck.code, 0x133);
+    assert!(
+        bugcheck.message.contains("spun on core spin lock")
+            && bugcheck
+                .message
+                .contains("for 200ms while passive work item #"),
+        "{bugcheck}"
+    );
+    assert_eq!(
+        kinds(&m),
+        [ViolationKind::SpinLockIrql, ViolationKind::Deadlock]
+    );
+}
+
+// ---------------------------------------------------------------- hot-add and DISPATCH holders
+
+/// A processor-change callback that takes DISPATCH briefly, as the core's spin locks do.
+unsafe fn raising_cb(ctx: *const (), _: ProcessorChange, _: CurrentProcessor) -> Status {
+    // SAFETY: the test leaks the platform the context points to.
+    let p = unsafe { &*ctx.cast::<SimPlatform>() };
+    let previous = p.raise_to_dispatch();
+    p.lower_irql(previous);
+    Status::SUCCESS
+}
+
+#[test]
+fn hot_add_phases_run_on_a_cpu_that_is_not_held_at_dispatch() {
+    for seed in 0..20 {
+        let m = machine(MachineConfig {
+            seed,
+            ..cfg(1, 4, 3)
+        });
+        let p: &'static SimPlatform = Box::leak(Box::new(m.platform()));
+        // SAFETY: leaked context.
+        unsafe { p.processor_change_register(raising_cb, (p as *const SimPlatform).cast()) }
+            .unwrap()
+            .unwrap();
+        m.schedule_hot_add(5, 1, true);
+        m.schedule_hot_add(10, 2, false);
+        let mut previous = Irql::PASSIVE;
+        let mut steps = 0;
+        // Holds CPU 0 at DISPATCH for several steps at a time.
+        m.spawn(0, move |ctx: &mut StepContext<'_>| {
+            steps += 1;
+            let p = ctx.platform().clone();
+            match steps % 4 {
+                1 => {
+                    previous = p.raise_to_dispatch();
+                    ctx.hold_dispatch(true);
+                }
+                0 => {
+                    p.lower_irql(previous);
+                    ctx.hold_dispatch(false);
+                }
+                _ => {}
+            }
+            if steps == 200 {
+                StepOutcome::Done
+            } else {
+                StepOutcome::Continue
+            }
+        });
+        assert!(m.run_until_idle(10_000));
+        assert_eq!(m.counters().hot_add_complete, 2);
+        assert!(
+            m.violations().is_empty(),
+            "seed {seed}: {:?}",
+            m.violations()
+        );
+    }
 }
