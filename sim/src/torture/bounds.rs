@@ -24,6 +24,7 @@
 //! command and exits the process with status 1. The watchdog does the same when the deadline passes
 //! (a hang the monitor cannot see, e.g. every CPU spinning at DISPATCH).
 
+use crate::machine::Bugcheck;
 use std::any::Any;
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex};
@@ -54,7 +55,7 @@ impl Default for Bounds {
         Bounds {
             deadline: None,
             pending_per_cpu: 1_024,
-            progress_cycles: 96,
+            progress_cycles: 128,
             max_rss_bytes: 2 << 30,
             max_live_bytes: 256 << 20,
         }
@@ -108,10 +109,12 @@ impl Bounds {
 #[derive(Debug)]
 pub struct Abort(pub String);
 
-/// The text of a panic payload: an [`Abort`], the machine's bugcheck, a `String` or a `&str`.
+/// The text of a panic payload: an [`Abort`], the machine's [`Bugcheck`], a `String` or a `&str`.
 pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(abort) = payload.downcast_ref::<Abort>() {
         abort.0.clone()
+    } else if let Some(bugcheck) = payload.downcast_ref::<Bugcheck>() {
+        bugcheck.to_string()
     } else if let Some(text) = payload.downcast_ref::<String>() {
         format!("panic: {text}")
     } else if let Some(text) = payload.downcast_ref::<&str>() {
@@ -119,6 +122,20 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     } else {
         "panic with a payload that is not text".into()
     }
+}
+
+/// Installs (once per process) a panic hook that stays silent for the panics a run reports itself —
+/// the machine's [`Bugcheck`] — and hands every other panic to the previous hook.
+pub fn quiet_reported_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<Bugcheck>().is_none() {
+                previous(info);
+            }
+        }));
+    });
 }
 
 /// Resident set size of this process now, in bytes (`/proc/self/statm`), or 0 if unknown.

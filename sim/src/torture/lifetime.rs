@@ -74,6 +74,7 @@ pub fn run(spec: &RunSpec) -> RunOutcome {
 /// reports it and exits the process with status 1; a run that hangs past its deadline (or does not wind
 /// down after breaking a bound in parallel mode) ends the process with status 1 as well.
 pub fn run_with(spec: &RunSpec, options: &RunOptions) -> RunOutcome {
+    bounds::quiet_reported_panics();
     let lifetimes = options.lifetimes.max(1);
     let deadline = options.bounds.deadline_for(
         spec.mode == Mode::Parallel,
@@ -137,7 +138,11 @@ fn run_lifetime(
             fault::clear_domain();
             // The machine and the domain are in an unknown state: leak them (`held` stays
             // ManuallyDrop), never unload a domain that broke.
-            let text = bounds::panic_message(&*payload);
+            let mut text = bounds::panic_message(&*payload);
+            if let Some(bugcheck) = held.as_deref().and_then(|l| l.machine.bugcheck()) {
+                // The machine halted: its bugcheck is the cause, whatever payload reached us.
+                text = bugcheck.to_string();
+            }
             let (stats, describe) = match held.as_deref() {
                 Some(l) => (collect_stats(l, None), l.describe.clone()),
                 None => (RunStats::default(), String::new()),
