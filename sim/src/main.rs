@@ -25,8 +25,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// rcutorture-style torture: readers, writers and synchronize on simulated machines; exits 1 with
-    /// a replay command on any violation.
+    /// rcutorture-style torture: readers, writers, synchronize, work items, destructor chains, flush
+    /// storms, stalled readers, overflow use and busy unloads on simulated machines that are rebuilt and
+    /// reloaded during the run; every run is held to liveness, garbage, memory and time bounds; exits 1
+    /// with a diagnosis and a replay command on any violation.
     Torture(TortureArgs),
     /// A/B test: runs eager, lazy and callback on the same scenario (same seed, hot-add schedule and
     /// workload) and prints the measured figures side by side, then a verdict.
@@ -112,17 +114,18 @@ struct TortureArgs {
     /// twice the run (parallel).
     #[arg(long)]
     deadline: Option<f64>,
-    /// Bound on pending garbage: items retired and not yet freed, per running CPU.
+    /// Bound on pending garbage: items retired and not yet freed, per running CPU [default: 1024].
     #[arg(long)]
     pending_per_cpu: Option<u64>,
-    /// Bound on progress: cycles the released epoch may stay put (beyond the torture's own bounded
-    /// stalls of 16 cycles); also the cycle periods a cycle may take while garbage is pending.
+    /// Bound on progress: cycles the released epoch may stay put while garbage is pending (beyond the
+    /// torture's own bounded stalls of 16 cycles); also the cycle periods without a new cycle while
+    /// garbage is pending (at least 2 s in parallel mode) [default: 128].
     #[arg(long)]
     progress_cycles: Option<u64>,
-    /// Bound on the process's resident set, in MiB.
+    /// Bound on the process's resident set, in MiB [default: 2048].
     #[arg(long)]
     max_rss_mb: Option<u64>,
-    /// Bound on the simulated allocator's live bytes, in MiB.
+    /// Bound on the simulated allocator's live bytes, in MiB [default: 256].
     #[arg(long)]
     max_live_mb: Option<u64>,
     /// No progress bar.

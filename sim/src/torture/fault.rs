@@ -1,5 +1,6 @@
 //! The guard-page fault handler: SIGSEGV/SIGBUS on a freed object's page is reported and ends the
-//! process with status 1. Everything the handler touches is an atomic, a thread-local atomic with a
+//! process with status 1; any other fault (a stack overflow, a crash) prints the run's context (seed,
+//! replay command) and goes on to the previous handler. Everything the handler touches is an atomic, a thread-local atomic with a
 //! constant initialiser, or a stack buffer, and it only calls `write` and `_exit`.
 
 use crate::objects::{self, SimDomain};
@@ -109,9 +110,14 @@ extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
     let Some(object) = objects::lookup_fault(addr) else {
         let _ = writeln!(
             out,
-            "kepoch-sim torture: {name} at {addr:#x}, not on a torture object's page (a core structure's guard page or a crash)"
+            "kepoch-sim torture: {name} at {addr:#x}, not on a torture object's page (a core structure's guard page, a stack overflow or a crash)"
         );
         write_stderr(&out.bytes[..out.len]);
+        let context = CONTEXT.load(Ordering::Acquire);
+        if !context.is_null() {
+            // SAFETY: contexts are never freed (see `install`).
+            write_stderr(unsafe { (*context).as_bytes() });
+        }
         // Hand the fault back to the previous handler (Rust's stack-overflow handler or the
         // default action): restore it and return, so the access faults again.
         let old = if signal == libc::SIGBUS {

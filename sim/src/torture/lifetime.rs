@@ -213,8 +213,10 @@ fn drive_lifetime(
         .collect();
     let overflow_cpu = (workloads.overflow && busy.len() >= 2 && rng.gen_ratio(1, 2))
         .then(|| busy[rng.gen_range(1..busy.len())]);
+    // The handler also names the run (seed, replay) when the process crashes, e.g. on a stack
+    // overflow (L3), with or without guard pages.
+    fault::install(&options.fault_context);
     if options.guard_pages {
-        fault::install(&options.fault_context);
         objects::set_fault_registry(true);
         machine.set_guard_pages(true);
     }
