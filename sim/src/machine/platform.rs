@@ -71,6 +71,16 @@ impl fmt::Debug for SimPlatform {
     }
 }
 
+/// The bugcheck of a spin that never ends at `irql`: the DPC watchdog fires at DISPATCH; below it NT
+/// just hangs, and breaking in with a debugger is what would stop it.
+fn spin_bugcheck_code(irql: Irql) -> (u32, &'static str) {
+    if irql >= Irql::DISPATCH {
+        Bugcheck::DPC_WATCHDOG_VIOLATION
+    } else {
+        Bugcheck::MANUALLY_INITIATED_CRASH
+    }
+}
+
 /// STATUS_UNSUCCESSFUL, the status of a simulated failed hot-add.
 pub const STATUS_UNSUCCESSFUL: Status = Status(0xC000_0001u32 as i32);
 
@@ -169,11 +179,7 @@ impl SimPlatform {
     ) -> Option<(String, (u32, &'static str))> {
         let sh = &*self.shared;
         let spinner = sh.describe_ctx(c);
-        let code = if c.irql >= Irql::DISPATCH {
-            Bugcheck::DPC_WATCHDOG_VIOLATION
-        } else {
-            Bugcheck::MANUALLY_INITIATED_CRASH
-        };
+        let code = spin_bugcheck_code(c.irql);
         let consequence = if c.irql >= Irql::DISPATCH {
             "on NT this is bugcheck 0x133 DPC_WATCHDOG_VIOLATION"
         } else {
@@ -966,6 +972,11 @@ unsafe impl Platform for SimPlatform {
         let start = Instant::now();
         let mut spins = 0u32;
         loop {
+            spins = spins.wrapping_add(1);
+            if spins & 63 != 0 {
+                std::hint::spin_loop();
+                continue;
+            }
             let same = sh
                 .spin_locks
                 .lock()
@@ -978,11 +989,7 @@ unsafe impl Platform for SimPlatform {
             if start.elapsed() > limit {
                 sh.bugcheck(
                     ViolationKind::Deadlock,
-                    if c.irql >= Irql::DISPATCH {
-                        Bugcheck::DPC_WATCHDOG_VIOLATION
-                    } else {
-                        Bugcheck::MANUALLY_INITIATED_CRASH
-                    },
+                    spin_bugcheck_code(c.irql),
                     format!(
                         "{} spun on core spin lock {:#x} for {limit:?} while {} held it",
                         sh.describe_ctx(&c),
@@ -991,13 +998,8 @@ unsafe impl Platform for SimPlatform {
                     ),
                 );
             }
-            spins = spins.wrapping_add(1);
-            if spins & 63 == 0 {
-                sh.unwind_if_halted();
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
+            sh.unwind_if_halted();
+            std::thread::yield_now();
         }
     }
 
