@@ -765,12 +765,13 @@ unsafe impl Platform for SimPlatform {
                     "passive_release of an uninitialised or released work item".into(),
                 );
             }
-            Some(rec) if rec.queued || rec.running => {
+            // Releasing a running item is allowed from its own handler (its last use of the item).
+            Some(rec) if rec.queued => {
                 st.passive_queue.retain(|&w| w != id);
                 drop(st);
                 sh.violation(
                     ViolationKind::BadObject,
-                    "passive_release of a queued or running work item".into(),
+                    "passive_release of a queued work item".into(),
                 );
             }
             Some(_) => {}
@@ -784,11 +785,13 @@ unsafe impl Platform for SimPlatform {
 
     fn event_signal(&self, event: &SimEvent) {
         self.preemption_point();
-        // The store is the last access to `event`: a waiter that sees it may free the event at once.
-        // Parallel waiters poll the flag besides being woken, so the wake-up needs only the machine's
-        // own lock and condition variable.
+        // The waiter may free the memory holding `self` and `event` once the store is visible (the
+        // platform lives inside the domain): take the machine (which outlives every domain on it)
+        // first and touch only it afterwards. Parallel waiters also poll the flag, so waking them
+        // needs only the machine's own lock and condition variable.
+        let shared = self.shared.clone();
         event.signalled.store(true, Ordering::Release);
-        self.wake_waiters();
+        SimPlatform { shared }.wake_waiters();
     }
 
     fn event_reset(&self, event: &SimEvent) {
