@@ -18,6 +18,16 @@
 //! Code that runs outside a task (driver load/unload in a test) runs in the context of the boot CPU at
 //! PASSIVE on the calling thread, or of a chosen CPU with [`Machine::with_cpu`]; its waits pump the
 //! deterministic scheduler.
+//!
+//! The machine checks IRQL discipline the way Driver Verifier does: core routines announce their rule
+//! (`Platform::verify_irql`, a broken rule is a [`ViolationKind::Irql`]), PASSIVE-only services called
+//! at DISPATCH are [`ViolationKind::BlockingAtDispatch`], and a core spin lock acquired below DISPATCH
+//! is a [`ViolationKind::SpinLockIrql`]; the machine records who holds each core spin lock (CPU, IRQL,
+//! context). In deterministic mode DPCs preempt code running below DISPATCH
+//! ([`MachineConfig::nested_dpc_percent`]): at platform calls made there, the CPU's queued messages
+//! and a due timer may run nested, at DISPATCH, as after an interrupt on NT. A spin on a core spin
+//! lock that can never end is a [`ViolationKind::Deadlock`] and halts the machine with a [`Bugcheck`]
+//! panic payload, which callers catch with `std::panic::catch_unwind`.
 
 mod alloc;
 mod config;
@@ -195,6 +205,8 @@ impl Machine {
 
     /// Parallel mode: one thread per running CPU for `wall` wall-clock time; then stops (task steps in
     /// progress finish first) and joins every thread. Simulated time advances with the wall clock.
+    /// If a machine thread bugchecks or panics, the machine halts, every thread ends at once, and the
+    /// [`Bugcheck`] (or the thread's own panic payload) unwinds out of this call.
     pub fn run_parallel(&self, wall: Duration) {
         sched::run_parallel(&self.platform, wall);
     }
@@ -220,7 +232,8 @@ impl Machine {
     }
 
     /// The bugcheck that halted the machine, if one did (see [`Bugcheck`]). A halted machine runs
-    /// nothing more: steps return false and waits raise the bugcheck again.
+    /// nothing more: steps return false and waits raise the bugcheck again. (A panic of a parallel-mode
+    /// machine thread halts it too, without a bugcheck; [`Machine::run_parallel`] re-raises it.)
     pub fn bugcheck(&self) -> Option<Bugcheck> {
         self.sh().bugcheck.lock().clone()
     }

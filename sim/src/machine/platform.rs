@@ -71,6 +71,16 @@ impl fmt::Debug for SimPlatform {
     }
 }
 
+/// The bugcheck of a spin that never ends at `irql`: the DPC watchdog fires at DISPATCH; below it NT
+/// just hangs, and breaking in with a debugger is what would stop it.
+fn spin_bugcheck_code(irql: Irql) -> (u32, &'static str) {
+    if irql >= Irql::DISPATCH {
+        Bugcheck::DPC_WATCHDOG_VIOLATION
+    } else {
+        Bugcheck::MANUALLY_INITIATED_CRASH
+    }
+}
+
 /// STATUS_UNSUCCESSFUL, the status of a simulated failed hot-add.
 pub const STATUS_UNSUCCESSFUL: Status = Status(0xC000_0001u32 as i32);
 
@@ -169,11 +179,7 @@ impl SimPlatform {
     ) -> Option<(String, (u32, &'static str))> {
         let sh = &*self.shared;
         let spinner = sh.describe_ctx(c);
-        let code = if c.irql >= Irql::DISPATCH {
-            Bugcheck::DPC_WATCHDOG_VIOLATION
-        } else {
-            Bugcheck::MANUALLY_INITIATED_CRASH
-        };
+        let code = spin_bugcheck_code(c.irql);
         let consequence = if c.irql >= Irql::DISPATCH {
             "on NT this is bugcheck 0x133 DPC_WATCHDOG_VIOLATION"
         } else {
@@ -759,12 +765,13 @@ unsafe impl Platform for SimPlatform {
                     "passive_release of an uninitialised or released work item".into(),
                 );
             }
-            Some(rec) if rec.queued || rec.running => {
+            // Releasing a running item is allowed from its own handler (its last use of the item).
+            Some(rec) if rec.queued => {
                 st.passive_queue.retain(|&w| w != id);
                 drop(st);
                 sh.violation(
                     ViolationKind::BadObject,
-                    "passive_release of a queued or running work item".into(),
+                    "passive_release of a queued work item".into(),
                 );
             }
             Some(_) => {}
@@ -778,11 +785,13 @@ unsafe impl Platform for SimPlatform {
 
     fn event_signal(&self, event: &SimEvent) {
         self.preemption_point();
-        // The store is the last access to `event`: a waiter that sees it may free the event at once.
-        // Parallel waiters poll the flag besides being woken, so the wake-up needs only the machine's
-        // own lock and condition variable.
+        // The waiter may free the memory holding `self` and `event` once the store is visible (the
+        // platform lives inside the domain): take the machine (which outlives every domain on it)
+        // first and touch only it afterwards. Parallel waiters also poll the flag, so waking them
+        // needs only the machine's own lock and condition variable.
+        let shared = self.shared.clone();
         event.signalled.store(true, Ordering::Release);
-        self.wake_waiters();
+        SimPlatform { shared }.wake_waiters();
     }
 
     fn event_reset(&self, event: &SimEvent) {
@@ -966,6 +975,11 @@ unsafe impl Platform for SimPlatform {
         let start = Instant::now();
         let mut spins = 0u32;
         loop {
+            spins = spins.wrapping_add(1);
+            if spins & 63 != 0 {
+                std::hint::spin_loop();
+                continue;
+            }
             let same = sh
                 .spin_locks
                 .lock()
@@ -978,11 +992,7 @@ unsafe impl Platform for SimPlatform {
             if start.elapsed() > limit {
                 sh.bugcheck(
                     ViolationKind::Deadlock,
-                    if c.irql >= Irql::DISPATCH {
-                        Bugcheck::DPC_WATCHDOG_VIOLATION
-                    } else {
-                        Bugcheck::MANUALLY_INITIATED_CRASH
-                    },
+                    spin_bugcheck_code(c.irql),
                     format!(
                         "{} spun on core spin lock {:#x} for {limit:?} while {} held it",
                         sh.describe_ctx(&c),
@@ -991,13 +1001,8 @@ unsafe impl Platform for SimPlatform {
                     ),
                 );
             }
-            spins = spins.wrapping_add(1);
-            if spins & 63 == 0 {
-                sh.unwind_if_halted();
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
+            sh.unwind_if_halted();
+            std::thread::yield_now();
         }
     }
 

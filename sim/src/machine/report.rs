@@ -32,7 +32,7 @@ pub enum ViolationKind {
     /// Processor-change registration misuse.
     Callback,
     /// A waiter spun: its waits were satisfied at once [`super::SPIN_LIMIT`] times in a row without
-    /// simulated time advancing (deterministic mode, which has no preemption: the machine then gives
+    /// simulated time advancing (deterministic mode, where threads are not preempted: the machine then gives
     /// the other tasks a step per wait so the run can end).
     BusyWait,
     /// A core spin lock acquired below DISPATCH (S9: every core spin lock is held at DISPATCH).

@@ -1,5 +1,6 @@
 //! Tasks, the deterministic scheduler and the parallel (one thread per CPU) runner.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -11,8 +12,9 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::platform::{SimPlatform, STATUS_UNSUCCESSFUL};
+use super::report::Bugcheck;
 use super::report::{CpuStatus, ViolationKind};
-use super::state::{ctx_set, ContextKind, HotCur, Shared};
+use super::state::{ctx_set, ContextKind, HotCur, MachineHalted, Shared};
 
 /// At most this many handlers run nested at one preemption point; what is left runs later.
 const NESTED_DRAIN_LIMIT: usize = 64;
@@ -661,11 +663,31 @@ fn cpu_thread_main(p: SimPlatform, cpu: usize) {
 }
 
 pub(crate) fn spawn_cpu_thread(p: &SimPlatform, cpu: usize) -> thread::JoinHandle<()> {
+    let name = format!("sim-cpu-{}", p.shared.slots[cpu].index);
+    spawn_machine_thread(p, name, move |p| cpu_thread_main(p, cpu))
+}
+
+/// Spawns a parallel-mode machine thread running `body`. If it panics (a bugcheck, or a panic in a
+/// task, a handler or the core), the machine halts, so the other threads stop instead of waiting for
+/// it, and [`run_parallel`] hands the panic on to its caller.
+fn spawn_machine_thread(
+    p: &SimPlatform,
+    name: String,
+    body: impl FnOnce(SimPlatform) + Send + 'static,
+) -> thread::JoinHandle<()> {
     let p = p.clone();
     thread::Builder::new()
-        .name(format!("sim-cpu-{}", p.shared.slots[cpu].index))
-        .spawn(move || cpu_thread_main(p, cpu))
-        .expect("spawn simulated CPU thread")
+        .name(name)
+        .spawn(move || {
+            let sh = p.shared.clone();
+            if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| body(p))) {
+                if !payload.is::<MachineHalted>() && !payload.is::<Bugcheck>() {
+                    sh.thread_panic.lock().get_or_insert(payload);
+                }
+                sh.halt();
+            }
+        })
+        .expect("spawn simulator thread")
 }
 
 fn timer_thread_main(p: SimPlatform) {
@@ -775,13 +797,7 @@ pub(crate) fn run_parallel(p: &SimPlatform, wall: Duration) {
         ("sim-hotplug", hotplug_thread_main),
     ]
     .into_iter()
-    .map(|(name, f)| {
-        let p = p.clone();
-        thread::Builder::new()
-            .name(name.into())
-            .spawn(move || f(p))
-            .expect("spawn simulator service thread")
-    })
+    .map(|(name, f)| spawn_machine_thread(p, name.into(), f))
     .collect();
     let end = Instant::now() + wall;
     while !sh.is_halted() {
@@ -823,9 +839,12 @@ pub(crate) fn run_parallel(p: &SimPlatform, wall: Duration) {
     sh.parallel.store(false, Ordering::Release);
     sh.stop.store(false, Ordering::Release);
     sh.stop_tasks.store(false, Ordering::Release);
-    // Every machine thread has ended (the one that bugchecked, the others by unwinding or leaving
-    // their loops): the bugcheck goes on to the caller.
+    // Every machine thread has ended (one that panicked, the others by unwinding or leaving their
+    // loops): the bugcheck, or the panic, goes on to the caller.
     if let Some(bugcheck) = sh.bugcheck.lock().clone() {
         std::panic::resume_unwind(Box::new(bugcheck));
+    }
+    if let Some(payload) = sh.thread_panic.lock().take() {
+        std::panic::resume_unwind(payload);
     }
 }

@@ -1,5 +1,6 @@
 //! Machine state shared by the platform, the deterministic scheduler and the parallel threads.
 
+use std::any::Any;
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -323,6 +324,9 @@ pub(crate) struct Shared {
     pub halted: AtomicBool,
     /// The bugcheck that halted the machine.
     pub bugcheck: Mutex<Option<Bugcheck>>,
+    /// Parallel mode: the first panic of a machine thread that was not a bugcheck (it halted the
+    /// machine too); `run_parallel` re-raises it.
+    pub thread_panic: Mutex<Option<Box<dyn Any + Send>>>,
     /// Waits asked of the halted machine while their caller unwinds (see [`HALTED_WAIT_LIMIT`]).
     pub halted_waits: AtomicU64,
 }
@@ -392,6 +396,7 @@ impl Shared {
             next_serial: AtomicU64::new(1),
             halted: AtomicBool::new(false),
             bugcheck: Mutex::new(None),
+            thread_panic: Mutex::new(None),
             halted_waits: AtomicU64::new(0),
         })
     }
@@ -500,38 +505,48 @@ impl Shared {
             time_us: self.now(),
             cpu,
         };
+        // The default panic hook cannot show a non-string payload: say what happened first.
+        eprintln!("kepoch-sim: {bugcheck}");
         self.bugcheck.lock().get_or_insert_with(|| bugcheck.clone());
+        self.halt();
+        std::panic::panic_any(bugcheck)
+    }
+
+    /// Nothing runs on the machine any more; parallel threads that wait are woken to notice.
+    pub fn halt(&self) {
         self.halted.store(true, Ordering::Release);
         self.work_cv.notify_all();
-        {
-            let _g = self.ev_lock.lock();
-            self.ev_cv.notify_all();
-        }
-        std::panic::panic_any(bugcheck)
+        let _g = self.ev_lock.lock();
+        self.ev_cv.notify_all();
     }
 
     /// A wait, or a spin, asked of the halted machine. Outside unwinding the machine stays down: a
     /// parallel-mode machine thread unwinds quietly, any other caller gets the bugcheck again (also
-    /// quietly: the panic hook reported it once). While the caller unwinds (a domain dropped by the
+    /// quietly: the panic hook reported it once), or a `String` if a thread panic halted it. While the caller unwinds (a domain dropped by the
     /// unwinding) it returns at once — nothing will ever satisfy it — and past [`HALTED_WAIT_LIMIT`]
     /// such calls it aborts the process rather than let a caller loop for ever.
     pub fn halted_wait(&self, what: &str) {
-        let bugcheck = self
-            .bugcheck
-            .lock()
-            .clone()
-            .expect("a halted machine keeps its bugcheck");
+        let bugcheck = self.bugcheck.lock().clone();
         if !std::thread::panicking() {
             if self.is_parallel() {
                 std::panic::resume_unwind(Box::new(MachineHalted));
             }
-            std::panic::resume_unwind(Box::new(bugcheck));
+            match bugcheck {
+                Some(bugcheck) => std::panic::resume_unwind(Box::new(bugcheck)),
+                None => std::panic::resume_unwind(Box::new(String::from(
+                    "the machine halted: a machine thread panicked",
+                ))),
+            }
         }
+        let reason = bugcheck.map_or_else(
+            || "a machine thread panicked".to_string(),
+            |b| b.to_string(),
+        );
         if self.halted_waits.fetch_add(1, Ordering::Relaxed) + 1 >= HALTED_WAIT_LIMIT {
             eprintln!(
                 "kepoch-sim: {what} asked of a halted machine {HALTED_WAIT_LIMIT} times while unwinding \
                  (a domain unloaded after the bugcheck waits for handlers that will never run); aborting. \
-                 {bugcheck}"
+                 {reason}"
             );
             std::process::abort();
         }

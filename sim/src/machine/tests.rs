@@ -1682,3 +1682,31 @@ fn hot_add_phases_run_on_a_cpu_that_is_not_held_at_dispatch() {
         );
     }
 }
+
+#[test]
+fn parallel_task_panic_halts_the_machine_and_reaches_the_caller() {
+    let m = machine(cfg(2, 2, 0));
+    m.spawn(1, |ctx: &mut StepContext<'_>| {
+        if ctx.now_us() > 1_000 {
+            panic!("task gives up");
+        }
+        StepOutcome::Sleep(100)
+    });
+    // Another task waits on its CPU for an event nobody signals: the halt must end that wait too.
+    let never: &'static SimEvent = Box::leak(Box::default());
+    m.spawn(0, move |ctx: &mut StepContext<'_>| {
+        ctx.platform().event_wait(never);
+        StepOutcome::Done
+    });
+    let start = std::time::Instant::now();
+    let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        m.run_parallel(Duration::from_secs(30))
+    }))
+    .expect_err("the task's panic reaches the caller");
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"task gives up"));
+    assert!(m.bugcheck().is_none());
+    assert!(m.platform.shared.st.lock().cpu_threads.is_empty());
+    assert!(!m.platform.shared.is_parallel());
+    assert!(m.platform.shared.cpu_locks.iter().all(|l| !l.is_locked()));
+}
