@@ -121,13 +121,34 @@ fn text(output: &Output) -> String {
     )
 }
 
-/// The violation lines of a failed run.
+/// The violation lines of a failed run, with addresses (which differ between processes) masked.
 fn violations(output: &Output) -> Vec<String> {
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter(|l| l.starts_with("  - "))
-        .map(str::to_string)
+        .map(mask_addresses)
         .collect()
+}
+
+/// `0x` followed by 9 to 15 hex digits (a user-space address, not a 64-bit magic) becomes `0x…`.
+fn mask_addresses(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(at) = rest.find("0x") {
+        out.push_str(&rest[..at]);
+        let digits = rest[at + 2..]
+            .chars()
+            .take_while(char::is_ascii_hexdigit)
+            .count();
+        if (9..16).contains(&digits) {
+            out.push_str("0x…");
+        } else {
+            out.push_str(&rest[at..at + 2 + digits]);
+        }
+        rest = &rest[at + 2 + digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The arguments after `torture` of the printed replay command.
