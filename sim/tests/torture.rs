@@ -121,6 +121,7 @@ fn text(output: &Output) -> String {
     )
 }
 
+#[cfg(feature = "mutations")]
 /// The violation lines of a failed run, with addresses (which differ between processes) masked.
 fn violations(output: &Output) -> Vec<String> {
     String::from_utf8_lossy(&output.stdout)
@@ -130,6 +131,7 @@ fn violations(output: &Output) -> Vec<String> {
         .collect()
 }
 
+#[cfg(feature = "mutations")]
 /// `0x` followed by 9 to 15 hex digits (a user-space address, not a 64-bit magic) becomes `0x…`.
 fn mask_addresses(line: &str) -> String {
     let mut out = String::new();
