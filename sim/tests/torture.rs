@@ -192,6 +192,7 @@ fn a_broken_bound_ends_the_run_with_a_diagnosis() {
     assert!(took < Duration::from_secs(20), "took {took:?}");
 }
 
+#[cfg(feature = "mutations")]
 /// Peak RSS printed in a summary, in MiB.
 fn peak_rss_mib(all: &str) -> u64 {
     let at = all
