@@ -114,7 +114,7 @@ struct TortureArgs {
     /// twice the run (parallel).
     #[arg(long)]
     deadline: Option<f64>,
-    /// Bound on pending garbage: items retired and not yet freed, per running CPU [default: 1024].
+    /// Bound on pending garbage: items retired and not yet freed, per running CPU [default: 2048].
     #[arg(long)]
     pending_per_cpu: Option<u64>,
     /// Bound on progress: cycles the released epoch may stay put while garbage is pending (beyond the

@@ -4,12 +4,13 @@
 //! The bounds, checked by a monitor task every two cycle periods (deterministic mode, simulated time)
 //! or every millisecond (parallel mode):
 //! - **pending garbage**: items retired and not yet disposed of may not exceed
-//!   [`Bounds::pending_per_cpu`] (1024) per running CPU. A fixed cap per CPU rather than a rate
+//!   [`Bounds::pending_per_cpu`] (2048) per running CPU. A fixed cap per CPU rather than a rate
 //!   formula, because the torture's retire rate is itself bounded (writers sleep 1–10 µs between
 //!   retirements, work items and chains add a little) and its deliberate stalls hold reclamation for
-//!   at most [`STALL_HOLD_CYCLES`] cycles: measured peaks of a correct core are about 250 items in
-//!   150-seed deterministic batches and 850 in a 20 s parallel run on 2–8 CPUs, i.e. at least 2.4x
-//!   below the smallest cap (two CPUs). The peak is printed in every summary.
+//!   at most [`STALL_HOLD_CYCLES`] cycles: measured peaks of a correct core are about 260 items in
+//!   150–200-seed deterministic batches, 640 in the 20 s parallel run and 1116 in the 60 s parallel
+//!   soak with hot-adds (3–11 CPUs), i.e. at least 3.6x below the smallest cap that applies there.
+//!   The peak is printed in every summary.
 //! - **progress**: while garbage is pending, the released epoch must advance within
 //!   [`STALL_HOLD_CYCLES`] + [`Bounds::progress_cycles`] (16 + 128) cycles. The torture's only readers
 //!   that stay inside for long are its stallers, which exit every epoch they hold within 16 cycles;
@@ -58,7 +59,7 @@ impl Default for Bounds {
     fn default() -> Self {
         Bounds {
             deadline: None,
-            pending_per_cpu: 1_024,
+            pending_per_cpu: 2_048,
             progress_cycles: 128,
             max_rss_bytes: 2 << 30,
             max_live_bytes: 256 << 20,

@@ -274,6 +274,7 @@ fn drive_lifetime(
         max_depth: AtomicU64::new(0),
         peak_pending: AtomicU64::new(0),
         max_no_release: AtomicU64::new(0),
+        cycles_seen: AtomicU64::new(0),
         held_age: Default::default(),
         max_held_age: AtomicU64::new(0),
         idle_cpu,
@@ -514,7 +515,10 @@ fn collect_stats(lifetime: &Lifetime, before_unload: Option<&kepoch::Stats>) -> 
     RunStats {
         reads: shared.reads.load(Ordering::Relaxed),
         retires: shared.retires.load(Ordering::Relaxed),
-        cycles: domain_stats.cycles,
+        cycles: match before_unload {
+            Some(stats) => stats.cycles,
+            None => shared.cycles_seen.load(Ordering::Relaxed),
+        },
         syncs: shared.syncs.load(Ordering::Relaxed),
         flushes: shared.flushes.load(Ordering::Relaxed),
         hot_adds: report.counters.hot_add_complete,

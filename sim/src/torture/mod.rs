@@ -317,6 +317,8 @@ struct Shared {
     max_depth: AtomicU64,
     peak_pending: AtomicU64,
     max_no_release: AtomicU64,
+    /// Cycles completed, as the monitor last saw them (the figure of a lifetime that failed).
+    cycles_seen: AtomicU64,
     held_age: [AtomicU64; 4],
     max_held_age: AtomicU64,
     /// A CPU that must never run epoch code (the S4 check); migrations avoid it.

@@ -378,6 +378,9 @@ impl Monitor {
         let shared = &*self.shared;
         let bounds = &shared.bounds;
         let hold = domain.holdback();
+        shared
+            .cycles_seen
+            .store(domain.stats().cycles, Ordering::Relaxed);
         let cpus = shared.machine.running_indexes().len() as u64;
         shared
             .peak_pending
