@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on Debian 12 with Rust (rustup), skipping what is already there:
-# shellcheck (lints every .sh), wine64 (loads kepoch.sys in the smoke test), jq (reads its JSON),
+# the linter for every .sh (shellcheck), wine64 (loads kepoch.sys in the smoke test), jq (reads its JSON),
 # mingw (links kepochctl.exe), the Windows targets, rustfmt/clippy, and nightly with Miri (optional:
 # without it the Miri step prints SKIPPED and says why). test-all.sh runs it first.
 set -euo pipefail
