@@ -1,0 +1,232 @@
+//! Directed scenarios: each is one model-checker iteration (loom explores its interleavings,
+//! shuttle samples them). The loom and shuttle test files run the same functions.
+
+use super::{check_unloaded, on_cpu, retire_fresh_object, rt, World};
+use kepoch::{Domain, Strategy};
+use rt::atomic::Ordering;
+use std::ptr::NonNull;
+
+/// CPU 1 joins (lazy preparation at DISPATCH) while CPU 0 retires and runs cycles.
+pub fn join_during_an_in_flight_cycle() {
+    let w = World::new(Strategy::Lazy, 2);
+    let reader = {
+        let w = w.clone();
+        rt::thread::spawn(move || w.read(1))
+    };
+    w.replace(0);
+    w.cycle();
+    w.cycle();
+    reader.join().unwrap();
+    World::finish(w);
+}
+
+/// CPU 1 goes idle, the next cycles make it leave, and it re-joins while CPU 0 retires.
+pub fn leave_and_rejoin_while_retiring() {
+    let w = World::new(Strategy::Lazy, 2);
+    w.read(1);
+    let reader = {
+        let w = w.clone();
+        rt::thread::spawn(move || {
+            w.cycle();
+            w.read(1);
+        })
+    };
+    w.replace(0);
+    w.cycle();
+    reader.join().unwrap();
+    World::finish(w);
+}
+
+/// CPU 1's first epoch use is a retirement, racing a reader on CPU 0 and a cycle.
+pub fn retirement_on_a_joining_cpu() {
+    let w = World::new(Strategy::Lazy, 2);
+    let writer = {
+        let w = w.clone();
+        rt::thread::spawn(move || w.replace(1))
+    };
+    w.read(0);
+    w.cycle();
+    writer.join().unwrap();
+    World::finish(w);
+}
+
+/// A reader enters on CPU 0 and exits on CPU 1 (a remote exit) while CPU 0 retires what it read
+/// and runs the cycles whose visit on CPU 0 counts that exit and frees the object: only the
+/// release/acquire pair on the remote-exit counter orders the reader's read before the free.
+pub fn migrating_reader_exits_on_another_cpu() {
+    let w = World::new(Strategy::Lazy, 2);
+    let reader = {
+        let w = w.clone();
+        rt::thread::spawn(move || w.read_migrating(0, 1))
+    };
+    w.replace(0);
+    w.cycle();
+    w.cycle();
+    reader.join().unwrap();
+    World::finish(w);
+}
+
+/// CPU 2 is hot-added (AddStart, start, AddComplete) and reads while CPU 1 retires, a cycle runs
+/// and `synchronize` waits: no message before AddComplete (S3), the CPU was pre-warmed.
+pub fn hot_add_races_with_a_cycle_and_synchronize() {
+    let w = World::new(Strategy::Callback, 2);
+    w.read(0);
+    let hot_add = {
+        let w = w.clone();
+        rt::thread::spawn(move || {
+            w.platform.hot_add(2, false);
+            w.read(2);
+        })
+    };
+    w.replace(1);
+    w.cycle();
+    on_cpu(1, || w.domain.synchronize());
+    hot_add.join().unwrap();
+    assert_eq!(
+        w.domain.stats().prepare_at_dispatch,
+        0,
+        "the hot-added CPU was pre-warmed"
+    );
+    World::finish(w);
+}
+
+/// AddStart → AddFailure for CPU 2 while `synchronize` runs: the preparation is rolled back.
+pub fn add_failure_races_with_synchronize() {
+    let w = World::new(Strategy::Callback, 2);
+    w.read(0);
+    let hot_add = {
+        let w = w.clone();
+        rt::thread::spawn(move || w.platform.hot_add(2, true))
+    };
+    w.replace(0);
+    on_cpu(1, || w.domain.synchronize());
+    hot_add.join().unwrap();
+    assert_eq!(w.domain.stats().cpus_prepared, 2, "AddFailure rolls back");
+    World::finish(w);
+}
+
+/// CPU 1 cannot allocate its slot, so its readers use the overflow slot, which already takes part
+/// (an earlier reader joined it). A reader enters there while CPU 0 unlinks and retires the object
+/// and runs the cycles that fold the overflow in and free the object: the reader's fence after it
+/// reads the global epoch is what orders its pointer load after the unlink.
+pub fn overflow_reader_races_a_writer_and_the_fold_in() {
+    let w = World::new(Strategy::Lazy, 2);
+    w.platform.fail_allocations_on(1, true);
+    w.read(1);
+    assert_eq!(w.domain.stats().fallback_uses, 1, "CPU 1 uses the overflow slot");
+    let reader = {
+        let w = w.clone();
+        rt::thread::spawn(move || w.read(1))
+    };
+    w.replace(0);
+    w.cycle();
+    w.cycle();
+    reader.join().unwrap();
+    w.platform.fail_allocations_on(1, false);
+    World::finish(w);
+}
+
+/// Three threads: CPU 1 joins with a reader, CPU 2 unlinks and retires the object, CPU 0 runs the
+/// cycles. The writer is not the cycle driver, so the cycle's own fence (between publishing its
+/// epoch and reading `participating`) is the only thing ordering the snapshot against the join.
+pub fn join_races_a_writer_and_a_cycle() {
+    let w = World::new(Strategy::Lazy, 3);
+    w.read(2);
+    let reader = {
+        let w = w.clone();
+        rt::thread::spawn(move || w.read(1))
+    };
+    let writer = {
+        let w = w.clone();
+        rt::thread::spawn(move || w.replace(2))
+    };
+    w.cycle();
+    w.cycle();
+    reader.join().unwrap();
+    writer.join().unwrap();
+    World::finish(w);
+}
+
+/// CPU 2 (participating) unlinks and retires the object while CPU 0 runs a cycle; then a reader
+/// enters on CPU 1, follows the pointer and stays inside while the next cycle frees what is
+/// released. Only the fence before the stamp makes the stamp at least the epoch that reader
+/// entered if it could still see the unlinked object.
+pub fn retirement_stamp_races_a_cycle() {
+    let w = World::new(Strategy::Lazy, 3);
+    w.read(2);
+    let writer = {
+        let w = w.clone();
+        rt::thread::spawn(move || w.replace(2))
+    };
+    w.cycle();
+    // SAFETY: exited below, before the world finishes.
+    let token = on_cpu(1, || unsafe { w.domain.enter_raw() });
+    let object = w.cell.load(Ordering::Acquire);
+    on_cpu(0, || w.cycle());
+    on_cpu(1, || {
+        // SAFETY: protected by the epoch entered above; freed memory is kept during a model.
+        if let Some(object) = unsafe { object.as_ref() } {
+            object.check_alive("a reader that entered after the writer's retirement");
+        }
+        // SAFETY: the token came from this domain and is exited once.
+        unsafe { w.domain.exit_raw(token) };
+    });
+    writer.join().unwrap();
+    World::finish(w);
+}
+
+/// A cycle over CPUs 1 and 2 is in flight with another one requested when the domain is dropped;
+/// a "DPC" thread runs the visits meanwhile. Unload must wait for the cycle in flight and no cycle
+/// may start after unload saw none in flight: otherwise visits run on (and send messages to) slots
+/// that unload frees.
+pub fn unload_while_a_cycle_is_in_flight() {
+    let w = World::new(Strategy::Lazy, 3);
+    w.read(1);
+    w.read(2);
+    let last = w.cell.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    on_cpu(0, || {
+        // SAFETY: unlinked; allocated by this domain.
+        unsafe { w.domain.retire(NonNull::new(last).expect("published")) }.expect("retire");
+        w.domain.flush();
+        w.domain.flush();
+    });
+    let World {
+        platform, domain, ..
+    } = std::sync::Arc::try_unwrap(w).ok().expect("no other owner");
+    let dpc = {
+        let platform = platform.clone();
+        rt::thread::spawn(move || on_cpu(0, || platform.deliver_all()))
+    };
+    on_cpu(0, || drop(domain));
+    dpc.join().unwrap();
+    check_unloaded(&platform);
+}
+
+/// A work item that retires an object from its callback is scheduled and the domain dropped at
+/// once: unload hands it to a dedicated worker thread and waits for it. The worker's last access
+/// to the domain must come before unload can see the work finished (S8), and what the callback
+/// retires during unload must still be freed.
+pub fn work_item_runs_while_the_domain_is_dropped() {
+    let w = World::new(Strategy::Lazy, 2);
+    w.platform.use_dedicated_worker();
+    let last = w.cell.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    on_cpu(0, || {
+        // SAFETY: unlinked; allocated by this domain.
+        unsafe { w.domain.retire(NonNull::new(last).expect("published")) }.expect("retire");
+        let domain: &Domain<_> = &w.domain;
+        let item = domain
+            .new_work_item(retire_fresh_object, domain as *const Domain<_> as usize)
+            .expect("work item");
+        domain.schedule_work(&item).expect("schedule");
+    });
+    let World {
+        platform, domain, ..
+    } = std::sync::Arc::try_unwrap(w).ok().expect("no other owner");
+    let worker = {
+        let platform = platform.clone();
+        rt::thread::spawn(move || on_cpu(1, || platform.serve_passive_work(1)))
+    };
+    on_cpu(0, || drop(domain));
+    worker.join().unwrap();
+    check_unloaded(&platform);
+}
