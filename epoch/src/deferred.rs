@@ -15,6 +15,9 @@ pub(crate) mod state {
     pub(crate) const QUEUED: u8 = 2;
     /// Work item whose schedule was cancelled before it was handed over; still in a retired list.
     pub(crate) const CANCELLED: u8 = 3;
+    /// Work item cancelled and scheduled again while its old entry still waits in a retired list:
+    /// when that entry is disposed of, the item is retired again with a fresh stamp.
+    pub(crate) const RESCHEDULED: u8 = 4;
 }
 
 /// Disposes of a released block: drops the value and frees it (memory), or hands it to a passive

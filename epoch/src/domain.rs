@@ -65,6 +65,10 @@ pub enum RetireError {
     AlreadyRetired,
 }
 
+/// Bit of `Domain::outstanding_work` that unload sets while it waits for work items: the last work
+/// item to finish then signals `work_idle` (like a rundown reference with a waiter).
+const WORK_WAITER: u64 = 1 << 63;
+
 /// Where a reader sits: a prepared processor's slot or the shared overflow slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Holder {
@@ -111,6 +115,16 @@ struct Cycle<P: Platform> {
     /// `now_ns` when the in-flight cycle published its epoch.
     started_ns: AtomicU64,
     first: AtomicPtr<Slot<P>>,
+}
+
+/// What [`Domain::start_cycle`] did.
+enum CycleStart {
+    /// The first member's message is queued; the last visit finishes the cycle.
+    Sent,
+    /// The ring is empty: the caller finishes the cycle at once.
+    EmptyRing,
+    /// A cycle is in flight elsewhere (it will run another) or unload began.
+    NotStarted,
 }
 
 /// All prepared slots, for building cycle rings and for teardown.
@@ -729,9 +743,20 @@ impl<P: Platform> Domain<P> {
             }
         }
         let overflow = self.locked(&self.overflow);
-        self.ensure_joined(&overflow);
-        // Overflow readers take the global epoch itself: they may come from any processor.
-        let entry = overflow.readers.enter(self.global_epoch());
+        // Overflow readers take the global epoch itself: they may come from any processor. The cycle
+        // folds them in under the lock, so only the reader's own fence matters here: like the
+        // second fence of `join`, it orders the reader's pointer loads after the epoch it entered.
+        let epoch = if overflow.participating.load(Ordering::Relaxed) {
+            let epoch = self.global_epoch.load(Ordering::Relaxed);
+            if !self.mutated(Mutation::OverflowEnterNoFence) {
+                fence(Ordering::SeqCst);
+            }
+            epoch
+        } else {
+            self.join(&overflow);
+            overflow.local_epoch.load(Ordering::Relaxed)
+        };
+        let entry = overflow.readers.enter(epoch);
         ParticipantCounters::bump(&overflow.counters.enters);
         DomainCounters::add(&self.counters.fallback_uses, 1);
         RawGuard {
@@ -744,7 +769,7 @@ impl<P: Platform> Domain<P> {
     fn prepare_here(&self, processor: ProcessorNumber) -> Option<*mut Slot<P>> {
         self.platform
             .verify_irql("lazy preparation", IrqlRule::Dispatch);
-        if self.config.strategy == Strategy::Eager {
+        if self.config.strategy == Strategy::Eager || self.shutting_down.load(Ordering::Relaxed) {
             return None;
         }
         if self.prepare_retry_epoch.load(Ordering::Relaxed)
@@ -777,14 +802,27 @@ impl<P: Platform> Domain<P> {
         }
     }
 
-    /// The owner of `part` puts it back into the cycle. The store of `participating` and the load of
-    /// the global epoch are sequentially consistent, like the cycle's publish-then-snapshot, so either
-    /// the in-flight cycle sees this participant or this participant sees that cycle's epoch. The fence
-    /// after the load orders the readers that follow after every unlink stamped before that epoch.
+    /// The owner of `part` puts it back into the cycle: store `participating`, full fence, load the
+    /// global epoch, full fence. The first fence pairs with the one between the cycle's publish and
+    /// its snapshot (store buffering): either the in-flight cycle sees this participant or this
+    /// participant sees that cycle's epoch. The second pairs with the retirement fence: the readers
+    /// that follow see every unlink stamped before the epoch they enter. See PROTOCOL.md, "Joining".
     fn join(&self, part: &Participant) {
-        part.participating.store(true, Ordering::SeqCst);
-        let epoch = self.global_epoch.load(Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+        let epoch = if self.mutated(Mutation::JoinLoadFirst) {
+            let epoch = self.global_epoch.load(Ordering::Relaxed);
+            part.participating.store(true, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            epoch
+        } else {
+            part.participating.store(true, Ordering::Relaxed);
+            if !self.mutated(Mutation::JoinNoStoreFence) {
+                fence(Ordering::SeqCst);
+            }
+            self.global_epoch.load(Ordering::Relaxed)
+        };
+        if !self.mutated(Mutation::JoinNoLoadFence) {
+            fence(Ordering::SeqCst);
+        }
         part.local_epoch.store(epoch, Ordering::Relaxed);
         ParticipantCounters::bump(&part.counters.joins);
         part.mark_joined();
@@ -809,10 +847,17 @@ impl<P: Platform> Domain<P> {
             let here = self.table.lookup(current.number);
             // SAFETY: `here` is null or a published slot.
             if !here.is_null() && ptr::eq(unsafe { &(*here).part }, part) {
-                part.readers.exit_local(token.entry);
+                if !self.mutated(Mutation::LostExit) {
+                    part.readers.exit_local(token.entry);
+                }
                 ParticipantCounters::bump(&part.counters.exits);
             } else {
-                part.readers.exit_remote(token.entry);
+                let ordering = if self.mutated(Mutation::RemoteExitRelaxed) {
+                    Ordering::Relaxed
+                } else {
+                    Ordering::Release
+                };
+                part.readers.exit_remote(token.entry, ordering);
                 DomainCounters::add(&self.counters.remote_exits, 1);
             }
         }
@@ -897,10 +942,25 @@ impl<P: Platform> Domain<P> {
             DomainCounters::add(&self.counters.double_retires, 1);
             return Err(RetireError::AlreadyRetired);
         }
+        // SAFETY: the header is live and now RETIRED by us, in no list.
+        Ok(unsafe { self.link_retired(header) })
+    }
+
+    /// Appends a RETIRED header to the current processor's list (the overflow list without a usable
+    /// slot, and during unload, whose drains own the per-CPU lists) and returns its stamp.
+    ///
+    /// # Safety
+    /// `header` is live, RETIRED by the caller and in no list.
+    unsafe fn link_retired(&self, header: *mut RetireHeader) -> u64 {
         let previous = self.platform.raise_to_dispatch();
+        let unloading = self.shutting_down.load(Ordering::Relaxed);
         let current = self.platform.current_processor();
-        let mut slot = self.table.lookup(current.number);
-        if slot.is_null() {
+        let mut slot = if unloading {
+            ptr::null_mut()
+        } else {
+            self.table.lookup(current.number)
+        };
+        if slot.is_null() && !unloading {
             slot = self.prepare_here(current.number).unwrap_or(ptr::null_mut());
         }
         // SAFETY: null or a published slot.
@@ -926,17 +986,19 @@ impl<P: Platform> Domain<P> {
             }
         };
         self.platform.lower_irql(previous);
-        Ok(stamp)
+        stamp
     }
 
     /// The epoch a retirement is stamped with: the global epoch, read after a full fence so that any
     /// reader that could still see the unlinked item entered at or before it.
     fn retire_stamp(&self, part: &Participant) -> u64 {
-        fence(Ordering::SeqCst);
+        if !self.mutated(Mutation::StampNoFence) {
+            fence(Ordering::SeqCst);
+        }
         if self.mutated(Mutation::LocalEpochStamp) {
             return part.local_epoch.load(Ordering::Relaxed);
         }
-        self.global_epoch.load(Ordering::SeqCst)
+        self.global_epoch.load(Ordering::Relaxed)
     }
 
     /// Disposes of one released item. At DISPATCH, outside any lock.
@@ -946,30 +1008,40 @@ impl<P: Platform> Domain<P> {
         unsafe { ((*header).dispose)(header, self as *const Self as *const ()) }
     }
 
-    /// Disposes of a released work item: hands it to a passive thread, or, if its schedule was
-    /// cancelled, returns it to idle and drops the domain's reference.
+    /// Disposes of a released work item: hands it to a passive thread; if it was cancelled and
+    /// scheduled again, retires it again with a fresh stamp; if cancelled, returns it to idle and
+    /// drops the domain's reference.
     fn dispose_work_block(&self, block: *mut WorkBlock<P>) {
         // SAFETY: the domain's reference keeps the block alive until released below or after it ran.
         let head = unsafe { &(*block).header };
-        if head
-            .state
-            .compare_exchange(
-                state::RETIRED,
-                state::QUEUED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .is_ok()
-        {
-            self.outstanding_work.fetch_add(1, Ordering::AcqRel);
-            // SAFETY: the block holds the domain's reference until the work runs.
-            self.platform
-                .passive_queue(unsafe { (*block).passive.assume_init_ref() });
-        } else {
-            // Cancelled while waiting: back to idle, drop the domain's reference.
-            head.state.store(state::LIVE, Ordering::Release);
-            // SAFETY: the domain held one reference for the schedule.
-            unsafe { self.release_work(block) };
+        loop {
+            let (from, to) = match head.state.load(Ordering::Acquire) {
+                state::RETIRED => (state::RETIRED, state::QUEUED),
+                state::RESCHEDULED => (state::RESCHEDULED, state::RETIRED),
+                _ => (state::CANCELLED, state::LIVE),
+            };
+            if head
+                .state
+                .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                continue; // cancelled or rescheduled meanwhile
+            }
+            match to {
+                state::QUEUED => {
+                    self.outstanding_work.fetch_add(1, Ordering::AcqRel);
+                    // SAFETY: the block holds the domain's reference until the work runs.
+                    self.platform
+                        .passive_queue(unsafe { (*block).passive.assume_init_ref() });
+                }
+                // SAFETY: the block is live (the domain's reference), RETIRED by us and in no list.
+                state::RETIRED => unsafe {
+                    self.link_retired(block.cast());
+                },
+                // SAFETY: the domain held one reference for the schedule.
+                _ => unsafe { self.release_work(block) },
+            }
+            return;
         }
     }
 
@@ -1011,10 +1083,29 @@ impl<P: Platform> Domain<P> {
         })
     }
 
-    /// Schedules `item` to run once everything retired before this call is safe. Refused (and counted)
-    /// if it is already scheduled.
+    /// Schedules `item` to run once everything retired before this call is safe; returns the epoch it
+    /// waits for (at least). Refused (and counted) if it is already scheduled. A cancelled item can be
+    /// scheduled again at once.
     pub fn schedule_work(&self, item: &WorkItem<'_, P>) -> Result<u64, RetireError> {
         let block = item.block.as_ptr();
+        // SAFETY: the handle keeps the block alive.
+        let head = unsafe { &(*block).header };
+        // Cancelled while its entry still waits in a retired list: arm it again. Disposing of that
+        // entry retires it anew with a fresh stamp, so it still waits for everything retired before
+        // this call; the domain's reference for the old schedule carries over.
+        if head
+            .state
+            .compare_exchange(
+                state::CANCELLED,
+                state::RESCHEDULED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            fence(Ordering::SeqCst);
+            return Ok(self.global_epoch.load(Ordering::Relaxed));
+        }
         // SAFETY: the handle keeps the block alive; the domain takes a reference for the schedule.
         unsafe {
             (*block).refs.fetch_add(1, Ordering::AcqRel);
@@ -1031,15 +1122,14 @@ impl<P: Platform> Domain<P> {
     pub fn cancel_work(&self, item: &WorkItem<'_, P>) -> bool {
         // SAFETY: the handle keeps the block alive.
         let header = unsafe { &(*item.block.as_ptr()).header };
-        header
-            .state
-            .compare_exchange(
-                state::RETIRED,
-                state::CANCELLED,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_ok()
+        [state::RETIRED, state::RESCHEDULED]
+            .into_iter()
+            .any(|from| {
+                header
+                    .state
+                    .compare_exchange(from, state::CANCELLED, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            })
     }
 
     /// Passive-level trampoline of a work item.
@@ -1052,7 +1142,17 @@ impl<P: Platform> Domain<P> {
             ((*block).callback)((*block).context);
             DomainCounters::add(&domain.counters.work_items_run, 1);
             domain.release_work(block);
-            if domain.outstanding_work.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The decrement is this work item's last access to the domain unless unload waits for
+            // it (the waiter bit): unload then cannot go on before the signal. Everything needed
+            // to decide is read before the decrement.
+            let signal_at_zero = domain.mutated(Mutation::WorkSignalAfterCount);
+            let before = domain.outstanding_work.fetch_sub(1, Ordering::AcqRel);
+            let signal = if signal_at_zero {
+                before & !WORK_WAITER == 1
+            } else {
+                before == WORK_WAITER | 1
+            };
+            if signal {
                 domain.platform.event_signal(domain.work_idle());
             }
         }
@@ -1083,15 +1183,38 @@ impl<P: Platform> Domain<P> {
         let domain = unsafe { &*(context as *const Self) };
         // A cycle with no member sends no message: it only advances the epoch and folds in the
         // overflow slot, so the timer need not guess whether anything is pending.
-        domain.try_start_cycle();
+        domain.drive_cycles(false);
     }
 
-    /// Starts a cycle unless one is in flight (then asks it to run another when it ends). At DISPATCH.
-    fn try_start_cycle(&self) {
+    /// Runs cycles on this processor until one is in flight with messages out, none is requested,
+    /// or another processor owns the cycle. `finishing`: the caller ends the cycle in flight (its
+    /// last visit). Iterative, so a flush storm cannot grow the stack (L3). At DISPATCH.
+    fn drive_cycles(&self, mut finishing: bool) {
+        loop {
+            if finishing {
+                if !self.finish_cycle() {
+                    return;
+                }
+                // The `recursive-chaining` mutation chains the next cycle by recursion, as the first
+                // version did.
+                if self.mutated(Mutation::RecursiveChaining) {
+                    return self.drive_cycles(false);
+                }
+            }
+            match self.start_cycle() {
+                CycleStart::EmptyRing => finishing = true,
+                CycleStart::Sent | CycleStart::NotStarted => return,
+            }
+        }
+    }
+
+    /// Starts a cycle unless one is in flight (then asks it to run another when it ends) or unload
+    /// began. At DISPATCH.
+    fn start_cycle(&self) -> CycleStart {
         self.platform
             .verify_irql("reclamation cycle start", IrqlRule::Dispatch);
-        if self.shutting_down.load(Ordering::Acquire) {
-            return;
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return CycleStart::NotStarted;
         }
         if self
             .cycle
@@ -1100,23 +1223,64 @@ impl<P: Platform> Domain<P> {
             .is_err()
         {
             self.cycle.requested.store(true, Ordering::SeqCst);
-            return;
+            return CycleStart::NotStarted;
+        }
+        // Unload stores `shutting_down`, fences, then waits while `in_flight` is set. Re-checking
+        // after owning `in_flight` (store buffering, fence against fence) means a cycle either is
+        // seen by unload or sees unload: none can start after unload found no cycle in flight.
+        if !self.mutated(Mutation::StartWithoutShutdownRecheck) {
+            fence(Ordering::SeqCst);
+            if self.shutting_down.load(Ordering::Relaxed) {
+                self.cycle.in_flight.store(false, Ordering::SeqCst);
+                self.platform.event_signal(self.cycle_done());
+                return CycleStart::NotStarted;
+            }
         }
         self.cycle.requested.store(false, Ordering::SeqCst);
         self.cycle
             .started_ns
             .store(self.platform.now_ns(), Ordering::Relaxed);
-        let epoch = self.global_epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        fence(Ordering::SeqCst);
-        self.cycle.epoch.store(epoch, Ordering::Relaxed);
-        self.cycle.oldest.store(epoch, Ordering::Relaxed);
         self.cycle.release_at_start.store(
             self.released_epoch.load(Ordering::Acquire),
             Ordering::Relaxed,
         );
+        // Publish the new epoch, then snapshot the ring (see `join`). The `cycle-snapshot-before-
+        // publish` mutation swaps the two steps.
+        let (epoch, first) = if self.mutated(Mutation::CycleSnapshotFirst) {
+            let first = self.snapshot_ring();
+            (self.publish_epoch(), first)
+        } else {
+            let epoch = self.publish_epoch();
+            (epoch, self.snapshot_ring())
+        };
+        self.cycle.epoch.store(epoch, Ordering::Relaxed);
+        self.cycle.oldest.store(epoch, Ordering::Relaxed);
+        self.cycle.first.store(first, Ordering::Release);
+        match NonNull::new(first) {
+            Some(first) => {
+                // SAFETY: `first` is a member slot with a bound message.
+                let message = unsafe { first.as_ref().message.assume_init_ref() };
+                self.platform.message_send(message);
+                CycleStart::Sent
+            }
+            None => CycleStart::EmptyRing,
+        }
+    }
 
-        // Snapshot the ring after publishing the epoch (see `join`). Membership of this cycle is fixed
-        // here: joins from now on belong to the next cycle.
+    /// Advances the global epoch for a new cycle. The fence after it pairs with the first fence of
+    /// `join`: the snapshot that follows sees every participant that joined before it.
+    fn publish_epoch(&self) -> u64 {
+        let epoch = self.global_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        if !self.mutated(Mutation::CycleNoFence) {
+            fence(Ordering::SeqCst);
+        }
+        epoch
+    }
+
+    /// Threads the members of the next cycle through `next_in_cycle` and returns the first: every
+    /// ready slot with `participating` set. Membership of the cycle is fixed here: joins from now on
+    /// belong to the next cycle.
+    fn snapshot_ring(&self) -> *mut Slot<P> {
         let registry = self.locked(&self.registry);
         let mut first: *mut Slot<P> = ptr::null_mut();
         let mut cursor = registry.head;
@@ -1126,7 +1290,7 @@ impl<P: Platform> Domain<P> {
             let slot = unsafe { &*cursor };
             let joined = slot.part.take_joined_mark();
             let skip_joiner = joined && self.mutated(Mutation::ReleaseWhileJoining);
-            if slot.part.participating.load(Ordering::SeqCst)
+            if slot.part.participating.load(Ordering::Relaxed)
                 && slot.ready.load(Ordering::Acquire)
                 && !skip_joiner
             {
@@ -1135,15 +1299,7 @@ impl<P: Platform> Domain<P> {
             }
             cursor = slot.next_registered.load(Ordering::Relaxed);
         }
-        drop(registry);
-        self.cycle.first.store(first, Ordering::Release);
-        match NonNull::new(first) {
-            // SAFETY: `first` is a member slot with a bound message.
-            Some(first) => self
-                .platform
-                .message_send(unsafe { first.as_ref().message.assume_init_ref() }),
-            None => self.finish_cycle(),
-        }
+        first
     }
 
     /// The per-CPU visit: runs at DISPATCH on the slot's processor.
@@ -1196,7 +1352,7 @@ impl<P: Platform> Domain<P> {
             Some(next) => domain
                 .platform
                 .message_send(unsafe { next.as_ref().message.assume_init_ref() }),
-            None => domain.finish_cycle(),
+            None => domain.drive_cycles(true),
         }
     }
 
@@ -1238,9 +1394,9 @@ impl<P: Platform> Domain<P> {
         }
     }
 
-    /// Ends the in-flight cycle: accounts for the overflow slot, publishes the released epoch, wakes
-    /// waiters and starts the next cycle if one was asked for. At DISPATCH.
-    fn finish_cycle(&self) {
+    /// Ends the in-flight cycle: accounts for the overflow slot, publishes the released epoch and
+    /// wakes waiters. Returns whether another cycle was asked for meanwhile. At DISPATCH.
+    fn finish_cycle(&self) -> bool {
         let epoch = self.cycle.epoch.load(Ordering::Relaxed);
         let mut oldest = self.cycle.oldest.load(Ordering::Relaxed);
         let freed_before = self.cycle.release_at_start.load(Ordering::Relaxed);
@@ -1286,24 +1442,26 @@ impl<P: Platform> Domain<P> {
         self.locked(&self.cycle_latency).record(took);
         self.cycle.in_flight.store(false, Ordering::SeqCst);
         self.platform.event_signal(self.cycle_done());
-        if self.cycle.requested.swap(false, Ordering::SeqCst) {
-            self.try_start_cycle();
-        }
+        self.cycle.requested.swap(false, Ordering::SeqCst)
     }
 
     /// Asks for a cycle soon without waiting (a flush hint). Any IRQL up to DISPATCH.
     pub fn flush(&self) {
         self.cycle.requested.store(true, Ordering::SeqCst);
         let previous = self.platform.raise_to_dispatch();
-        self.try_start_cycle();
+        self.drive_cycles(false);
         self.platform.lower_irql(previous);
     }
 
     /// Blocks until everything retired before the call has been disposed of. PASSIVE only, outside any
-    /// epoch (waiting inside one would wait for itself).
+    /// epoch (waiting inside one would wait for itself). Called from a work item while the domain
+    /// unloads, it returns at once: cycles have stopped and unload disposes of everything itself.
     pub fn synchronize(&self) {
         self.platform
             .verify_irql("Domain::synchronize", IrqlRule::Passive);
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
         fence(Ordering::SeqCst);
         let target = self.global_epoch.load(Ordering::SeqCst);
         // Ask for cycles back to back only while they make progress; when one released nothing (a
@@ -1423,8 +1581,11 @@ impl<P: Platform> Domain<P> {
         }
     }
 
-    /// SPEC S8: deregister, stop cycles, dispose of everything retired, wait for work items, free
-    /// every slot. PASSIVE only; no reader may still be inside an epoch.
+    /// SPEC S8, in this order: deregister the processor-change callback; stop cycles (the timer, then
+    /// the cycle in flight, then every message); then, until a pass finds nothing, wait for work
+    /// items and dispose of everything retired (a work callback or a destructor may retire more);
+    /// then free every slot. PASSIVE only; no reader may still be inside an epoch, but work items
+    /// may still run and retire.
     fn shutdown(&self) {
         self.platform.verify_irql("unload", IrqlRule::Passive);
         let handle = self.callback_handle.swap(ptr::null_mut(), Ordering::AcqRel);
@@ -1432,46 +1593,40 @@ impl<P: Platform> Domain<P> {
             // SAFETY: registered in `create`, deregistered once here.
             unsafe { self.platform.processor_change_deregister(handle) };
         }
-        self.shutting_down.store(true, Ordering::SeqCst);
+        // From here no cycle starts (see `start_cycle`), retirements go to the overflow list and no
+        // slot is prepared, so the drains below own every per-CPU list.
+        self.shutting_down.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
         self.platform.timer_stop(self.timer());
-        while self.cycle.in_flight.load(Ordering::SeqCst) {
-            self.platform.event_reset(self.cycle_done());
-            if !self.cycle.in_flight.load(Ordering::SeqCst) {
-                break;
+        if !self.mutated(Mutation::UnloadSkipCycleWait) {
+            while self.cycle.in_flight.load(Ordering::Relaxed) {
+                self.platform.event_reset(self.cycle_done());
+                if !self.cycle.in_flight.load(Ordering::SeqCst) {
+                    break;
+                }
+                self.platform.event_wait(self.cycle_done());
             }
-            self.platform.event_wait(self.cycle_done());
         }
         self.platform.flush_messages();
 
-        let previous = self.platform.raise_to_dispatch();
-        let registry = self.locked(&self.registry);
-        let mut cursor = registry.head;
-        while !cursor.is_null() {
-            // SAFETY: registry slots are valid; no cycle or reader runs any more.
-            let slot = unsafe { &*cursor };
-            self.drain_for_shutdown(&slot.part, Some(slot.processor));
-            cursor = slot.next_registered.load(Ordering::Relaxed);
-        }
-        drop(registry);
-        {
-            let overflow = self.locked(&self.overflow);
-            self.drain_for_shutdown(&overflow, None);
-        }
-        self.platform.lower_irql(previous);
-
-        while self.outstanding_work.load(Ordering::Acquire) != 0 {
-            self.platform.event_reset(self.work_idle());
-            if self.outstanding_work.load(Ordering::Acquire) == 0 {
-                break;
+        if self.mutated(Mutation::UnloadDrainOnce) {
+            self.drain_pass(true);
+            self.wait_for_work_items();
+        } else {
+            let mut first = true;
+            loop {
+                self.wait_for_work_items();
+                let disposed = self.drain_pass(first);
+                first = false;
+                if disposed == 0 {
+                    break;
+                }
             }
-            self.platform.event_wait(self.work_idle());
         }
 
-        let mut registry = self.locked(&self.registry);
-        let mut cursor = mem::replace(&mut registry.head, ptr::null_mut());
-        drop(registry);
+        let mut cursor = mem::replace(&mut self.locked(&self.registry).head, ptr::null_mut());
         while !cursor.is_null() {
-            // SAFETY: unlinked from the registry; nothing refers to it any more.
+            // SAFETY: unlinked from the registry; no cycle, message or work item refers to it any more.
             unsafe {
                 let next = (*cursor).next_registered.load(Ordering::Relaxed);
                 self.platform
@@ -1491,25 +1646,86 @@ impl<P: Platform> Domain<P> {
         }
     }
 
-    /// Disposes of every item of `part` and reports readers that never exited.
-    fn drain_for_shutdown(&self, part: &Participant, processor: Option<ProcessorNumber>) {
-        let leaked = part.readers.active_readers();
-        if leaked != 0 {
-            DomainCounters::add(&self.counters.leaked_readers, leaked);
-            match processor {
-                Some(p) => self.platform.log(
-                    LogLevel::Error,
-                    format_args!("kepoch: {leaked} reader(s) on processor {p} still inside an epoch at unload"),
-                ),
-                None => self.platform.log(
-                    LogLevel::Error,
-                    format_args!("kepoch: {leaked} reader(s) in the overflow slot still inside an epoch at unload"),
-                ),
+    /// Waits until no work item is queued or running. Sets the waiter bit first, so the last work
+    /// item to finish signals `work_idle`; one that finishes without seeing the bit touches nothing
+    /// of the domain after its decrement. Only unload queues work items meanwhile (its drains), and
+    /// not while it waits here. PASSIVE.
+    fn wait_for_work_items(&self) {
+        loop {
+            self.platform.event_reset(self.work_idle());
+            let before = self
+                .outstanding_work
+                .fetch_or(WORK_WAITER, Ordering::AcqRel);
+            if before & !WORK_WAITER != 0 {
+                self.platform.event_wait(self.work_idle());
+            }
+            let after = self
+                .outstanding_work
+                .fetch_and(!WORK_WAITER, Ordering::AcqRel);
+            if after & !WORK_WAITER == 0 {
+                return;
             }
         }
-        while let Some(item) = part.retired.pop_released(u64::MAX) {
-            ParticipantCounters::bump(&part.counters.freed);
+    }
+
+    /// One unload pass: disposes of everything retired so far in every slot and in the overflow
+    /// slot, outside every lock, since a destructor may retire again (into the overflow list) and a
+    /// disposed work item is queued. Reports readers still inside on the first pass. Returns how many
+    /// items it disposed of.
+    fn drain_pass(&self, report_readers: bool) -> u64 {
+        let previous = self.platform.raise_to_dispatch();
+        let mut disposed = 0;
+        let mut cursor = self.locked(&self.registry).head;
+        while !cursor.is_null() {
+            // SAFETY: slots stay registered until the end of unload, and the registry no longer
+            // changes: notifications are deregistered and no slot is prepared while unloading.
+            let slot = unsafe { &*cursor };
+            if report_readers {
+                self.report_leaked_readers(&slot.part, Some(slot.processor));
+            }
+            while let Some(item) = slot.part.retired.pop_released(u64::MAX) {
+                ParticipantCounters::bump(&slot.part.counters.freed);
+                self.dispose(item);
+                disposed += 1;
+            }
+            cursor = slot.next_registered.load(Ordering::Relaxed);
+        }
+        let items = RetiredList::new();
+        {
+            let overflow = self.locked(&self.overflow);
+            if report_readers {
+                self.report_leaked_readers(&overflow, None);
+            }
+            while let Some(item) = overflow.retired.pop_released(u64::MAX) {
+                // SAFETY: the item left the overflow list; the local list owns it now.
+                unsafe { items.push(item, u64::MAX) };
+                ParticipantCounters::bump(&overflow.counters.freed);
+            }
+        }
+        while let Some(item) = items.pop_released(u64::MAX) {
             self.dispose(item);
+            disposed += 1;
+        }
+        self.platform.lower_irql(previous);
+        disposed
+    }
+
+    /// Counts and logs readers of `part` that never exited (unload).
+    fn report_leaked_readers(&self, part: &Participant, processor: Option<ProcessorNumber>) {
+        let leaked = part.readers.active_readers();
+        if leaked == 0 {
+            return;
+        }
+        DomainCounters::add(&self.counters.leaked_readers, leaked);
+        match processor {
+            Some(p) => self.platform.log(
+                LogLevel::Error,
+                format_args!("kepoch: {leaked} reader(s) on processor {p} still inside an epoch at unload"),
+            ),
+            None => self.platform.log(
+                LogLevel::Error,
+                format_args!("kepoch: {leaked} reader(s) in the overflow slot still inside an epoch at unload"),
+            ),
         }
     }
 }

@@ -109,9 +109,11 @@ impl ReaderTable {
         owner_add(&self.entries[i as usize].exits, 1);
     }
 
-    /// Records the exit of a reader of entry `i` from another processor (a migrated reader).
-    pub(crate) fn exit_remote(&self, i: EntryIndex) {
-        self.remote_exits.0[i as usize].fetch_add(1, Ordering::Release);
+    /// Records the exit of a reader of entry `i` from another processor (a migrated reader). The
+    /// add is a release (`ordering`; only the `remote-exit-relaxed` mutation passes a weaker one): the
+    /// visit that counts the exit acquires it, so the reader's loads happen before any free.
+    pub(crate) fn exit_remote(&self, i: EntryIndex, ordering: Ordering) {
+        self.remote_exits.0[i as usize].fetch_add(1, ordering);
     }
 
     /// The oldest epoch any active reader entered, if there is an active reader. Owner only.
@@ -149,7 +151,7 @@ mod tests {
         assert_eq!(table.active_readers(), 2);
         assert_eq!(table.oldest_active_epoch(), Some(5));
         table.exit_local(a);
-        table.exit_remote(b);
+        table.exit_remote(b, Ordering::Release);
         assert_eq!(table.active_readers(), 0);
         assert_eq!(table.oldest_active_epoch(), None);
     }

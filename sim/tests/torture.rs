@@ -44,7 +44,17 @@ fn same_seed_same_run() {
 #[cfg(feature = "mutations")]
 #[test]
 fn every_mutation_is_caught_and_its_seed_replays() {
-    for &mutation in kepoch::Mutation::ALL {
+    use kepoch::Mutation::*;
+    // The torture's share of the mutation score; the rest is caught by the unit tests, loom and the
+    // controlled-schedule mode (test-scripts/mutation-score.sh prints the whole table).
+    for mutation in [
+        SkipReaderScan,
+        LocalEpochStamp,
+        RouteBeforeComplete,
+        ReleaseWhileJoining,
+        ChangeRingInFlight,
+        ActivateRemote,
+    ] {
         let mutations = Mutations::NONE.with(mutation);
         let failing = (0..200)
             .find(|&seed| {

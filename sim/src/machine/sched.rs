@@ -480,8 +480,12 @@ pub(crate) fn det_step_until(p: &SimPlatform, horizon: u64) -> bool {
             }
         }
         if !sh.callback_lock.is_locked() {
-            if st.hot_cur.is_some() {
-                actions.push(Action::HotFinish);
+            // The second phase runs on the notification thread's CPU: not while that CPU is at
+            // DISPATCH (the callback raises there to take the core's locks).
+            if let Some(h) = &st.hot_cur {
+                if avail.contains(&h.ctx_cpu) {
+                    actions.push(Action::HotFinish);
+                }
             } else if !avail.is_empty() && st.pending_adds.front().is_some_and(|a| a.due_us <= now)
             {
                 actions.push(Action::HotStart);

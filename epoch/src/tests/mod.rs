@@ -44,6 +44,10 @@ struct State {
     misrouted: usize,
     /// The test clock.
     clock_ns: u64,
+    /// Broken IRQL rules: a core spin lock taken below DISPATCH, a routine called at the wrong IRQL.
+    irql_faults: Vec<String>,
+    /// Runs after every clock reading, outside the state lock (a test's hook into the cycle).
+    on_clock: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// The registration context, kept as a pointer (not an integer) so Miri tracks its provenance.
@@ -149,6 +153,10 @@ impl TestPlatform {
         cpu
     }
 
+    /// IRQL rules broken so far.
+    fn irql_faults(&self) -> Vec<String> {
+        self.0.lock().unwrap().irql_faults.clone()
+    }
     fn live_allocations(&self) -> usize {
         self.0.lock().unwrap().live.len()
     }
@@ -350,9 +358,33 @@ unsafe impl Platform for TestPlatform {
     }
     fn now_ns(&self) -> u64 {
         // Every reading advances a microsecond: cycles take a measurable, deterministic time.
-        let mut state = self.0.lock().unwrap();
-        state.clock_ns += 1_000;
-        state.clock_ns
+        let (now, hook) = {
+            let mut state = self.0.lock().unwrap();
+            state.clock_ns += 1_000;
+            (state.clock_ns, state.on_clock.clone())
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+        now
+    }
+    fn verify_irql(&self, routine: &'static str, rule: IrqlRule) {
+        let irql = self.current_irql();
+        if !rule.allows(irql) {
+            self.0.lock().unwrap().irql_faults.push(std::format!(
+                "{routine} called at IRQL {} ({rule:?})",
+                irql.0
+            ));
+        }
+    }
+    fn spin_lock_acquired(&self, lock: *const ()) {
+        let irql = self.current_irql();
+        if irql < Irql::DISPATCH {
+            self.0.lock().unwrap().irql_faults.push(std::format!(
+                "core spin lock {lock:p} acquired at IRQL {}",
+                irql.0
+            ));
+        }
     }
     fn log(&self, _level: LogLevel, args: fmt::Arguments<'_>) {
         self.0.lock().unwrap().logs.push(args.to_string());
@@ -888,3 +920,5 @@ fn allocation_failure_at_add_start_never_vetoes_and_leaves_the_cpu_to_the_lazy_p
     drop(domain);
     assert_eq!(platform.live_allocations(), 0);
 }
+
+mod review;
