@@ -31,9 +31,8 @@ fn explore(scenario: fn()) {
 
 /// Declares one `#[test]` per scenario, each explored by loom.
 macro_rules! loom_models {
-    ($($(#[$attr:meta])* $name:ident;)*) => {
+    ($($name:ident,)*) => {
         $(
-            $(#[$attr])*
             #[test]
             fn $name() {
                 explore(scenarios::$name);
@@ -42,16 +41,4 @@ macro_rules! loom_models {
     };
 }
 
-loom_models! {
-    join_during_an_in_flight_cycle;
-    leave_and_rejoin_while_retiring;
-    retirement_on_a_joining_cpu;
-    migrating_reader_exits_on_another_cpu;
-    hot_add_races_with_a_cycle_and_synchronize;
-    add_failure_races_with_synchronize;
-    overflow_reader_races_a_writer_and_the_fold_in;
-    join_races_a_writer_and_a_cycle;
-    retirement_stamp_races_a_cycle;
-    unload_while_a_cycle_is_in_flight;
-    work_item_runs_while_the_domain_is_dropped;
-}
+scenarios::every_scenario!(loom_models);

@@ -242,7 +242,7 @@ impl ModelPlatform {
         // Dequeue and clear the message's queued state under the queue lock, as NT does with a
         // DPC's Inserted flag: a send that comes after this queues the message again.
         let next = {
-            let mut queue = self.0.messages.lock().unwrap();
+            let mut queue = self.0.messages.lock().unwrap_or_else(|e| e.into_inner());
             let position = queue
                 .iter()
                 .position(|q| before.is_none_or(|limit| q.seq < limit));
@@ -288,7 +288,7 @@ impl ModelPlatform {
 
     /// Runs one queued passive work item at PASSIVE on the calling thread. False when none is queued.
     fn run_passive_one(&self) -> bool {
-        let next = self.0.passive.lock().unwrap().pop_front();
+        let next = self.0.passive.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
         let Some(work) = next else {
             return false;
         };
@@ -506,7 +506,7 @@ unsafe impl Platform for ModelPlatform {
     fn message_send(&self, message: &ModelMessage) {
         let address = message as *const ModelMessage as usize;
         self.check_alive(address, "message_send to a freed slot");
-        let mut queue = self.0.messages.lock().unwrap();
+        let mut queue = self.0.messages.lock().unwrap_or_else(|e| e.into_inner());
         let state = message.state.load(Ordering::SeqCst);
         assert_ne!(
             state,
@@ -626,7 +626,7 @@ unsafe impl Platform for ModelPlatform {
             object_state::IDLE,
             "a passive work item was queued while queued or after its release"
         );
-        self.0.passive.lock().unwrap().push_back(address);
+        self.0.passive.lock().unwrap_or_else(|e| e.into_inner()).push_back(address);
     }
     unsafe fn passive_release(&self, work: *mut ModelWork) {
         self.check_alive(work as usize, "passive_release of a freed work item");
@@ -778,8 +778,10 @@ pub fn mutations() -> Mutations {
 pub struct World {
     /// The machine.
     pub platform: ModelPlatform,
-    /// The domain under test (dropped by [`World::finish`] or [`World::unload`]).
-    pub domain: DomainBox<ModelPlatform>,
+    /// The domain under test. Unloaded only by [`World::finish`] or a scenario that takes it out:
+    /// a world dropped while a check panics leaks its domain instead of unloading it, so that the
+    /// first failure is the one reported.
+    pub domain: ManuallyDrop<DomainBox<ModelPlatform>>,
     /// The shared pointer.
     pub cell: AtomicPtr<Object>,
 }
@@ -800,7 +802,7 @@ impl World {
         let first = domain.alloc(Object::new()).ok().expect("alloc");
         Arc::new(World {
             platform,
-            domain,
+            domain: ManuallyDrop::new(domain),
             cell: AtomicPtr::new(first.as_ptr()),
         })
     }
@@ -829,9 +831,12 @@ impl World {
     }
 
     /// A writer on `cpu`: publishes a new object, unlinking the current one, and retires that one.
+    /// Does nothing if the allocation fails (allocations on `cpu` were made to fail).
     pub fn replace(&self, cpu: usize) {
         on_cpu(cpu, || {
-            let fresh = self.domain.alloc(Object::new()).ok().expect("alloc");
+            let Ok(fresh) = self.domain.alloc(Object::new()) else {
+                return;
+            };
             let old = self.cell.swap(fresh.as_ptr(), Ordering::AcqRel);
             if let Some(old) = NonNull::new(old) {
                 // SAFETY: unlinked just now; allocated by this domain.
@@ -864,11 +869,17 @@ impl World {
             pending, 0,
             "L1: {pending} retired item(s) still pending after three cycles with no reader inside"
         );
-        let World {
-            platform, domain, ..
-        } = world;
+        let (platform, domain) = world.into_parts();
         on_cpu(0, || drop(domain));
         check_unloaded(&platform);
+    }
+
+    /// Takes the world apart for a scenario that unloads the domain itself.
+    pub fn into_parts(self) -> (ModelPlatform, DomainBox<ModelPlatform>) {
+        let World {
+            platform, domain, ..
+        } = self;
+        (platform, ManuallyDrop::into_inner(domain))
     }
 }
 

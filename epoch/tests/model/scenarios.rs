@@ -1,5 +1,6 @@
 //! Directed scenarios: each is one model-checker iteration (loom explores its interleavings,
-//! shuttle samples them). The loom and shuttle test files run the same functions.
+//! shuttle samples them). The loom and shuttle test files run the same functions, listed once in
+//! [`every_scenario`].
 
 use super::{check_unloaded, on_cpu, retire_fresh_object, rt, World};
 use kepoch::{Domain, Strategy};
@@ -190,9 +191,10 @@ pub fn unload_while_a_cycle_is_in_flight() {
         w.domain.flush();
         w.domain.flush();
     });
-    let World {
-        platform, domain, ..
-    } = std::sync::Arc::try_unwrap(w).ok().expect("no other owner");
+    let (platform, domain) = std::sync::Arc::try_unwrap(w)
+        .ok()
+        .expect("no other owner")
+        .into_parts();
     let dpc = {
         let platform = platform.clone();
         rt::thread::spawn(move || on_cpu(0, || platform.deliver_all()))
@@ -219,9 +221,10 @@ pub fn work_item_runs_while_the_domain_is_dropped() {
             .expect("work item");
         domain.schedule_work(&item).expect("schedule");
     });
-    let World {
-        platform, domain, ..
-    } = std::sync::Arc::try_unwrap(w).ok().expect("no other owner");
+    let (platform, domain) = std::sync::Arc::try_unwrap(w)
+        .ok()
+        .expect("no other owner")
+        .into_parts();
     let worker = {
         let platform = platform.clone();
         rt::thread::spawn(move || on_cpu(1, || platform.serve_passive_work(1)))
@@ -230,3 +233,24 @@ pub fn work_item_runs_while_the_domain_is_dropped() {
     worker.join().unwrap();
     check_unloaded(&platform);
 }
+
+/// Calls `$test!` with the name of every directed scenario: each checker's test file turns the
+/// list into one `#[test]` per scenario.
+macro_rules! every_scenario {
+    ($test:ident) => {
+        $test! {
+            join_during_an_in_flight_cycle,
+            leave_and_rejoin_while_retiring,
+            retirement_on_a_joining_cpu,
+            migrating_reader_exits_on_another_cpu,
+            hot_add_races_with_a_cycle_and_synchronize,
+            add_failure_races_with_synchronize,
+            overflow_reader_races_a_writer_and_the_fold_in,
+            join_races_a_writer_and_a_cycle,
+            retirement_stamp_races_a_cycle,
+            unload_while_a_cycle_is_in_flight,
+            work_item_runs_while_the_domain_is_dropped,
+        }
+    };
+}
+pub(crate) use every_scenario;
