@@ -125,7 +125,7 @@ fn torture_pct() {
     );
 }
 
-/// Declares one PCT `#[test]` per directed scenario.
+/// Declares one `#[test]` per directed scenario: PCT, then the random scheduler.
 macro_rules! shuttle_directed {
     ($($name:ident,)*) => {
         mod directed {
@@ -136,6 +136,7 @@ macro_rules! shuttle_directed {
                     let test = concat!("directed::", stringify!($name));
                     let iterations = env_count("KEPOCH_SHUTTLE_DIRECTED", 100);
                     check(test, PctScheduler::new_from_seed(7, pct_depth(), iterations), scenarios::$name);
+                    check(test, RandomScheduler::new_from_seed(11, iterations), scenarios::$name);
                 }
             )*
         }
@@ -177,8 +178,10 @@ fn context(domain: &Domain<ModelPlatform>) -> usize {
 /// its own that it schedules, cancels and schedules again.
 fn torture_thread(w: &World, running: usize, steps: usize) {
     let mut rng = thread_rng();
-    let item: Option<WorkItem<'_, ModelPlatform>> =
-        on_cpu(0, || w.domain.new_work_item(retire_fresh_object, context(&w.domain)));
+    let item: Option<WorkItem<'_, ModelPlatform>> = on_cpu(0, || {
+        w.domain
+            .new_work_item(retire_fresh_object, context(&w.domain))
+    });
     for _ in 0..steps {
         let cpu = rng.gen_range(0..running);
         match STEPS[rng.gen_range(0..STEPS.len())] {
@@ -273,7 +276,9 @@ fn quiesce_and_check(w: &World) {
 /// Unload (S8) while a cycle is in flight with another requested, visits run on a "DPC" thread and
 /// a work item that retires from its callback runs on a worker thread.
 fn unload_during_work_and_cycle(w: Arc<World>) {
-    let last = w.cell.swap(std::ptr::null_mut(), rt::atomic::Ordering::AcqRel);
+    let last = w
+        .cell
+        .swap(std::ptr::null_mut(), rt::atomic::Ordering::AcqRel);
     on_cpu(0, || {
         if let Some(last) = NonNull::new(last) {
             // SAFETY: unlinked; allocated by this domain.

@@ -32,7 +32,7 @@ use std::fmt;
 use std::mem::ManuallyDrop;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8};
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError};
 
 /// Processors of the model machine (the reported maximum).
 pub const CPUS: usize = 3;
@@ -40,6 +40,64 @@ pub const CPUS: usize = 3;
 rt::thread_local! {
     static CPU: Cell<usize> = Cell::new(0);
     static IRQL: Cell<u8> = Cell::new(0);
+    static SECTION: Cell<DispatchSection> = Cell::new(DispatchSection::default());
+}
+
+/// Stack depths seen in the current DISPATCH section (L3): a cycle that chains the next one by
+/// recursion signals `cycle_done` deeper on the stack each time, an iterative one always from the
+/// same frame (or, once, from the frame of the start's shutdown re-check): a second signal deeper
+/// than all before it is recursion.
+#[derive(Clone, Copy, Default)]
+struct DispatchSection {
+    /// Stack address when the section began.
+    base: usize,
+    /// Deepest `event_signal` so far in the section, in bytes below `base`.
+    deepest: usize,
+    /// How many times a signal came deeper than every one before it.
+    deeper: u32,
+}
+
+/// An address in the caller's stack frame.
+#[inline(never)]
+fn stack_address() -> usize {
+    let marker = 0u8;
+    std::hint::black_box(&marker) as *const u8 as usize
+}
+
+/// Starts a DISPATCH section on the calling thread (for the L3 check).
+fn begin_dispatch_section() {
+    SECTION.with(|s| {
+        s.set(DispatchSection {
+            base: stack_address(),
+            ..DispatchSection::default()
+        })
+    });
+}
+
+/// Records a signal at DISPATCH and panics when signals keep coming deeper (L3).
+fn check_stack_growth() {
+    let depth = SECTION.with(|s| {
+        let mut section = s.get();
+        let depth = section.base.saturating_sub(stack_address());
+        if depth > section.deepest {
+            if section.deepest != 0 {
+                section.deeper += 1;
+            }
+            section.deepest = depth;
+        }
+        s.set(section);
+        section
+    });
+    assert!(
+        depth.deeper < 2,
+        "L3: chained cycles signal deeper and deeper on the stack ({} bytes below the start of this DISPATCH section): cycle chaining recurses",
+        depth.deepest
+    );
+}
+
+/// Locks a bookkeeping mutex; a panic elsewhere (a failed check) does not hide the first failure.
+fn lock<T>(mutex: &StdMutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Runs `f` with the calling model thread on processor `cpu` (a migration if it was elsewhere).
@@ -115,9 +173,11 @@ pub struct Machine {
 
 impl Drop for Machine {
     fn drop(&mut self) {
-        let memory = self.memory.get_mut().unwrap_or_else(|e| e.into_inner());
-        let live = memory.live.drain().map(|(a, l)| (a, l));
-        for (address, layout) in live.chain(memory.freed.drain(..)) {
+        let memory = self
+            .memory
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (address, layout) in memory.live.drain().chain(memory.freed.drain(..)) {
             // SAFETY: every block was allocated with this layout by `allocate` and nothing of the
             // model can reach it any more: its threads and its domain are gone.
             unsafe { std::alloc::dealloc(address as *mut u8, layout) };
@@ -197,7 +257,7 @@ impl ModelPlatform {
     /// Panics if `address` lies in a block the core freed: the core touched a platform object
     /// (`what`) after freeing the memory that holds it.
     fn check_alive(&self, address: usize, what: &str) {
-        let memory = self.0.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let memory = lock(&self.0.memory);
         if let Some((start, layout)) = memory
             .freed
             .iter()
@@ -229,6 +289,7 @@ impl ModelPlatform {
         self.lock_cpu(cpu);
         CPU.with(|c| c.set(cpu));
         IRQL.with(|i| i.set(2));
+        begin_dispatch_section();
         DispatchHeld {
             platform: self,
             cpu,
@@ -242,7 +303,11 @@ impl ModelPlatform {
         // Dequeue and clear the message's queued state under the queue lock, as NT does with a
         // DPC's Inserted flag: a send that comes after this queues the message again.
         let next = {
-            let mut queue = self.0.messages.lock().unwrap_or_else(|e| e.into_inner());
+            let mut queue = self
+                .0
+                .messages
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let position = queue
                 .iter()
                 .position(|q| before.is_none_or(|limit| q.seq < limit));
@@ -268,11 +333,7 @@ impl ModelPlatform {
         // the message's processor, never concurrently with itself (one message object, dequeued).
         unsafe { handler.invoke() };
         drop(held);
-        self.0
-            .messages_pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&seq);
+        lock(&self.0.messages_pending).remove(&seq);
         true
     }
 
@@ -288,7 +349,12 @@ impl ModelPlatform {
 
     /// Runs one queued passive work item at PASSIVE on the calling thread. False when none is queued.
     fn run_passive_one(&self) -> bool {
-        let next = self.0.passive.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        let next = self
+            .0
+            .passive
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
         let Some(work) = next else {
             return false;
         };
@@ -340,10 +406,13 @@ impl ModelPlatform {
             rt::yield_now();
         }
         let armed = {
-            let timer = self.0.timer.lock().unwrap_or_else(|e| e.into_inner());
+            let timer = lock(&self.0.timer);
             match &*timer {
                 Some(t) if t.armed => {
-                    assert!(!t.released, "use after free: the timer fired after its release");
+                    assert!(
+                        !t.released,
+                        "use after free: the timer fired after its release"
+                    );
                     Some((t.object, t.handler))
                 }
                 _ => None,
@@ -367,12 +436,7 @@ impl ModelPlatform {
 
     /// Sends a processor-change notification for `cpu` from the calling thread.
     pub fn notify(&self, cpu: usize, change: ProcessorChange) {
-        let (callback, context) = self
-            .0
-            .callback
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .expect("registered");
+        let (callback, context) = lock(&self.0.callback).expect("registered");
         let processor = CurrentProcessor {
             number: ProcessorNumber::new(0, cpu as u8),
             index: cpu as u32,
@@ -403,12 +467,7 @@ impl ModelPlatform {
 
     /// Blocks still allocated.
     fn live_blocks(&self) -> usize {
-        self.0
-            .memory
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .live
-            .len()
+        lock(&self.0.memory).live.len()
     }
 }
 
@@ -437,6 +496,7 @@ unsafe impl Platform for ModelPlatform {
         if old < 2 {
             self.lock_cpu(CPU.with(Cell::get));
             IRQL.with(|i| i.set(2));
+            begin_dispatch_section();
         }
         Irql(old)
     }
@@ -464,17 +524,14 @@ unsafe impl Platform for ModelPlatform {
         }
         // SAFETY: the core never asks for zero-sized blocks.
         let block = NonNull::new(unsafe { std::alloc::alloc(layout) })?;
-        self.0
-            .memory
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.0.memory)
             .live
             .insert(block.as_ptr() as usize, layout);
         Some(block)
     }
     unsafe fn free(&self, ptr: NonNull<u8>, layout: Layout) {
         let address = ptr.as_ptr() as usize;
-        let mut memory = self.0.memory.lock().unwrap_or_else(|e| e.into_inner());
+        let mut memory = lock(&self.0.memory);
         match memory.live.remove(&address) {
             Some(allocated) => assert_eq!(
                 allocated, layout,
@@ -506,7 +563,11 @@ unsafe impl Platform for ModelPlatform {
     fn message_send(&self, message: &ModelMessage) {
         let address = message as *const ModelMessage as usize;
         self.check_alive(address, "message_send to a freed slot");
-        let mut queue = self.0.messages.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queue = self
+            .0
+            .messages
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let state = message.state.load(Ordering::SeqCst);
         assert_ne!(
             state,
@@ -529,11 +590,7 @@ unsafe impl Platform for ModelPlatform {
         }
         message.state.store(object_state::QUEUED, Ordering::SeqCst);
         let seq = self.0.next_message_seq.fetch_add(1, Ordering::SeqCst);
-        self.0
-            .messages_pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(seq);
+        lock(&self.0.messages_pending).insert(seq);
         queue.push_back(Queued {
             message: address,
             seq,
@@ -553,11 +610,7 @@ unsafe impl Platform for ModelPlatform {
         // KeFlushQueuedDpcs: wait for what is queued or running now, not for what those queue.
         let before = self.0.next_message_seq.load(Ordering::SeqCst);
         loop {
-            let waiting = self
-                .0
-                .messages_pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
+            let waiting = lock(&self.0.messages_pending)
                 .first()
                 .is_some_and(|&seq| seq < before);
             if !waiting {
@@ -569,7 +622,7 @@ unsafe impl Platform for ModelPlatform {
         }
     }
     unsafe fn timer_init(&self, timer: *mut (), handler: Handler) -> Result<(), Status> {
-        *self.0.timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(TimerState {
+        *lock(&self.0.timer) = Some(TimerState {
             object: timer as usize,
             handler,
             armed: false,
@@ -578,7 +631,7 @@ unsafe impl Platform for ModelPlatform {
         Ok(())
     }
     fn timer_start(&self, _timer: &(), _period_us: u32) {
-        if let Some(t) = &mut *self.0.timer.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(t) = &mut *lock(&self.0.timer) {
             t.armed = true;
         }
     }
@@ -592,22 +645,18 @@ unsafe impl Platform for ModelPlatform {
         {
             rt::yield_now();
         }
-        if let Some(t) = &mut *self.0.timer.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(t) = &mut *lock(&self.0.timer) {
             t.armed = false;
         }
         self.0.timer_firing.store(false, Ordering::Release);
     }
     unsafe fn timer_release(&self, _timer: *mut ()) {
-        if let Some(t) = &mut *self.0.timer.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(t) = &mut *lock(&self.0.timer) {
             assert!(!t.armed, "the timer was released while armed");
             t.released = true;
         }
     }
-    unsafe fn passive_init(
-        &self,
-        work: *mut ModelWork,
-        handler: Handler,
-    ) -> Result<(), Status> {
+    unsafe fn passive_init(&self, work: *mut ModelWork, handler: Handler) -> Result<(), Status> {
         // SAFETY: the core passes writable storage that stays put until `passive_release`.
         unsafe {
             work.write(ModelWork {
@@ -626,7 +675,11 @@ unsafe impl Platform for ModelPlatform {
             object_state::IDLE,
             "a passive work item was queued while queued or after its release"
         );
-        self.0.passive.lock().unwrap_or_else(|e| e.into_inner()).push_back(address);
+        self.0
+            .passive
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(address);
     }
     unsafe fn passive_release(&self, work: *mut ModelWork) {
         self.check_alive(work as usize, "passive_release of a freed work item");
@@ -647,6 +700,9 @@ unsafe impl Platform for ModelPlatform {
             event as *const ModelEvent as usize,
             "event_signal on an event inside freed memory",
         );
+        if IRQL.with(Cell::get) >= 2 {
+            check_stack_growth();
+        }
         event.0.swap(true, Ordering::AcqRel);
     }
     fn event_reset(&self, event: &ModelEvent) {
@@ -679,8 +735,7 @@ unsafe impl Platform for ModelPlatform {
         callback: ProcessorChangeFn,
         context: *const (),
     ) -> Result<Option<NonNull<()>>, Status> {
-        *self.0.callback.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((callback, context as usize));
+        *lock(&self.0.callback) = Some((callback, context as usize));
         let running: Vec<usize> = (0..CPUS).filter(|&c| self.is_running(c)).collect();
         for &cpu in &running {
             self.notify(cpu, ProcessorChange::AddStart);
@@ -691,7 +746,7 @@ unsafe impl Platform for ModelPlatform {
         Ok(Some(NonNull::dangling()))
     }
     unsafe fn processor_change_deregister(&self, _handle: NonNull<()>) {
-        *self.0.callback.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *lock(&self.0.callback) = None;
     }
     fn now_ns(&self) -> u64 {
         0
@@ -743,10 +798,7 @@ impl Object {
     fn check_alive(&self, reader: &str) {
         // SAFETY: a plain read; a concurrent destructor write is what loom reports.
         let value = self.payload.with(|p| unsafe { *p });
-        assert_ne!(
-            value, DESTROYED,
-            "S1: object freed while {reader} holds it"
-        );
+        assert_ne!(value, DESTROYED, "S1: object freed while {reader} holds it");
     }
 }
 
@@ -761,8 +813,9 @@ impl Drop for Object {
 /// mutation score can prove the models catch re-introduced bugs.
 pub fn mutations() -> Mutations {
     let name = std::env::var("KEPOCH_MUTATION").or_else(|_| std::env::var("KEPOCH_LOOM_MUTATION"));
-    let Ok(name) = name else {
-        return Mutations::NONE;
+    let name = match name {
+        Ok(name) if !name.is_empty() => name,
+        _ => return Mutations::NONE,
     };
     let mutation = Mutation::from_name(&name)
         .unwrap_or_else(|| panic!("KEPOCH_MUTATION={name}: no such mutation"));
@@ -798,7 +851,9 @@ impl World {
             mutations: mutations(),
             ..Config::with_strategy(strategy)
         };
-        let domain = on_cpu(0, || Domain::create(platform.clone(), config).expect("load"));
+        let domain = on_cpu(0, || {
+            Domain::create(platform.clone(), config).expect("load")
+        });
         let first = domain.alloc(Object::new()).ok().expect("alloc");
         Arc::new(World {
             platform,

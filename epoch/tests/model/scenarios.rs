@@ -114,7 +114,11 @@ pub fn overflow_reader_races_a_writer_and_the_fold_in() {
     let w = World::new(Strategy::Lazy, 2);
     w.platform.fail_allocations_on(1, true);
     w.read(1);
-    assert_eq!(w.domain.stats().fallback_uses, 1, "CPU 1 uses the overflow slot");
+    assert_eq!(
+        w.domain.stats().fallback_uses,
+        1,
+        "CPU 1 uses the overflow slot"
+    );
     let reader = {
         let w = w.clone();
         rt::thread::spawn(move || w.read(1))
@@ -234,6 +238,26 @@ pub fn work_item_runs_while_the_domain_is_dropped() {
     check_unloaded(&platform);
 }
 
+/// Two processors ask for cycles back to back while no processor takes part (every ring is
+/// empty): the cycle that ends while another was requested starts it, which must not grow the
+/// stack (L3; the machine checks the depth of every signal at DISPATCH).
+pub fn flush_storm_chains_cycles_iteratively() {
+    let w = World::new(Strategy::Lazy, 2);
+    let storm = {
+        let w = w.clone();
+        rt::thread::spawn(move || {
+            for _ in 0..6 {
+                on_cpu(1, || w.domain.flush());
+            }
+        })
+    };
+    for _ in 0..6 {
+        on_cpu(0, || w.domain.flush());
+    }
+    storm.join().unwrap();
+    World::finish(w);
+}
+
 /// Calls `$test!` with the name of every directed scenario: each checker's test file turns the
 /// list into one `#[test]` per scenario.
 macro_rules! every_scenario {
@@ -250,6 +274,7 @@ macro_rules! every_scenario {
             retirement_stamp_races_a_cycle,
             unload_while_a_cycle_is_in_flight,
             work_item_runs_while_the_domain_is_dropped,
+            flush_storm_chains_cycles_iteratively,
         }
     };
 }
