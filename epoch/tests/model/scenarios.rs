@@ -131,12 +131,16 @@ pub fn overflow_reader_races_a_writer_and_the_fold_in() {
     World::finish(w);
 }
 
-/// Three threads: CPU 1 joins with a reader, CPU 2 unlinks and retires the object, CPU 0 runs the
-/// cycles. The writer is not the cycle driver, so the cycle's own fence (between publishing its
-/// epoch and reading `participating`) is the only thing ordering the snapshot against the join.
+/// Three threads: CPU 1 re-joins with a reader, CPU 2 (participating, with an item pending)
+/// unlinks and retires the object, CPU 0 runs the cycles. The writer is not the cycle driver, so
+/// the cycle's own fence (between publishing its epoch and reading `participating`) is the only
+/// thing ordering the snapshot against the join; CPU 1's slot exists before the race, so that
+/// preparing it cannot order the threads through the registry lock.
 pub fn join_races_a_writer_and_a_cycle() {
     let w = World::new(Strategy::Lazy, 3);
-    w.read(2);
+    w.read(1);
+    w.replace(2);
+    w.cycle();
     let reader = {
         let w = w.clone();
         rt::thread::spawn(move || w.read(1))
@@ -152,30 +156,26 @@ pub fn join_races_a_writer_and_a_cycle() {
     World::finish(w);
 }
 
-/// CPU 2 (participating) unlinks and retires the object while CPU 0 runs a cycle; then a reader
-/// enters on CPU 1, follows the pointer and stays inside while the next cycle frees what is
-/// released. Only the fence before the stamp makes the stamp at least the epoch that reader
-/// entered if it could still see the unlinked object.
+/// Three threads: CPUs 1 and 2 take part (each with an item pending, CPU 1 first in the ring), a
+/// reader on CPU 1 enters after CPU 1's visit while the writer on CPU 2 unlinks and retires before
+/// CPU 2's visit, and CPU 0 runs the cycles. Nothing but the fence before the stamp makes the stamp
+/// at least the epoch of a reader that could still see the unlinked object.
 pub fn retirement_stamp_races_a_cycle() {
     let w = World::new(Strategy::Lazy, 3);
-    w.read(2);
+    w.replace(1);
+    w.replace(2);
+    w.cycle();
+    let reader = {
+        let w = w.clone();
+        rt::thread::spawn(move || w.read(1))
+    };
     let writer = {
         let w = w.clone();
         rt::thread::spawn(move || w.replace(2))
     };
     w.cycle();
-    // SAFETY: exited below, before the world finishes.
-    let token = on_cpu(1, || unsafe { w.domain.enter_raw() });
-    let object = w.cell.load(Ordering::Acquire);
-    on_cpu(0, || w.cycle());
-    on_cpu(1, || {
-        // SAFETY: protected by the epoch entered above; freed memory is kept during a model.
-        if let Some(object) = unsafe { object.as_ref() } {
-            object.check_alive("a reader that entered after the writer's retirement");
-        }
-        // SAFETY: the token came from this domain and is exited once.
-        unsafe { w.domain.exit_raw(token) };
-    });
+    w.cycle();
+    reader.join().unwrap();
     writer.join().unwrap();
     World::finish(w);
 }
