@@ -13,8 +13,8 @@
 //! The checks are the machine's: S1, S3, S4, S8 (leaks, use after free of platform objects), S9, L1.
 //!
 //! Run: `RUSTFLAGS="--cfg shuttle" cargo test -p kepoch --release --test shuttle`.
-//! Iterations: `KEPOCH_SHUTTLE_ITERATIONS` (torture, default 400), `KEPOCH_SHUTTLE_DIRECTED` (each
-//! directed scenario, default 100), PCT depth `KEPOCH_SHUTTLE_PCT_DEPTH` (default 3).
+//! Iterations: `KEPOCH_SHUTTLE_ITERATIONS` (torture, default 20000), `KEPOCH_SHUTTLE_DIRECTED` (each
+//! directed scenario and scheduler, default 2000), PCT depth `KEPOCH_SHUTTLE_PCT_DEPTH` (default 3).
 //! With a re-introduced bug: `KEPOCH_MUTATION=cycle-snapshot-before-publish RUSTFLAGS="--cfg shuttle"
 //! cargo test -p kepoch --release --features mutations --test shuttle`.
 //! A failure persists its schedule under `target/tmp/shuttle-failures/` and prints the one command
@@ -107,7 +107,7 @@ fn pct_depth() -> usize {
 
 #[test]
 fn torture_random() {
-    let iterations = env_count("KEPOCH_SHUTTLE_ITERATIONS", 400);
+    let iterations = env_count("KEPOCH_SHUTTLE_ITERATIONS", 20_000);
     check(
         "torture_random",
         RandomScheduler::new_from_seed(0x6b65_706f_6368, iterations),
@@ -117,7 +117,7 @@ fn torture_random() {
 
 #[test]
 fn torture_pct() {
-    let iterations = env_count("KEPOCH_SHUTTLE_ITERATIONS", 400);
+    let iterations = env_count("KEPOCH_SHUTTLE_ITERATIONS", 20_000);
     check(
         "torture_pct",
         PctScheduler::new_from_seed(0x7063_7421, pct_depth(), iterations),
@@ -134,7 +134,7 @@ macro_rules! shuttle_directed {
                 #[test]
                 fn $name() {
                     let test = concat!("directed::", stringify!($name));
-                    let iterations = env_count("KEPOCH_SHUTTLE_DIRECTED", 100);
+                    let iterations = env_count("KEPOCH_SHUTTLE_DIRECTED", 2_000);
                     check(test, PctScheduler::new_from_seed(7, pct_depth(), iterations), scenarios::$name);
                     check(test, RandomScheduler::new_from_seed(11, iterations), scenarios::$name);
                 }

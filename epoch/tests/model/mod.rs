@@ -724,7 +724,8 @@ unsafe impl Platform for ModelPlatform {
                 return;
             }
             // A waiter lets queued messages and work run (it may run them itself), and time passes.
-            if !self.deliver_one() && !(inline_work && self.run_passive_one()) {
+            let ran = self.deliver_one() || (inline_work && self.run_passive_one());
+            if !ran {
                 self.fire_timer();
             }
             rt::yield_now();
