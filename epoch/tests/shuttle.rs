@@ -26,7 +26,7 @@ mod model;
 use kepoch::{Domain, Strategy, WorkItem};
 use model::{check_unloaded, on_cpu, retire_fresh_object, rt, scenarios, ModelPlatform, World};
 use shuttle::rand::{thread_rng, Rng};
-use shuttle::scheduler::{PctScheduler, RandomScheduler, Scheduler};
+use shuttle::scheduler::{PctScheduler, RandomScheduler, ReplayScheduler, Scheduler};
 use shuttle::{Config, FailurePersistence, Runner};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -63,9 +63,13 @@ fn replay_command(test: &str, schedule: &std::path::Path) -> String {
 /// Runs `scenario` under `scheduler`, or replays the schedule in `KEPOCH_SHUTTLE_REPLAY`. A failing
 /// schedule is persisted under the target directory and the command that replays it is printed.
 fn check(test: &str, scheduler: impl Scheduler + 'static, scenario: fn()) {
+    let mut config = Config::new();
+    config.silence_warnings = true;
     if let Ok(schedule) = std::env::var("KEPOCH_SHUTTLE_REPLAY") {
         eprintln!("replaying {schedule}");
-        shuttle::replay_from_file(scenario, schedule);
+        let replay = ReplayScheduler::new_from_file(&schedule)
+            .unwrap_or_else(|e| panic!("KEPOCH_SHUTTLE_REPLAY={schedule}: {e}"));
+        Runner::new(replay, config).run(scenario);
         return;
     }
     // shuttle's panic hook keeps the configuration of the first run in the process, so every test
@@ -78,9 +82,7 @@ fn check(test: &str, scheduler: impl Scheduler + 'static, scenario: fn()) {
             .unwrap_or_default()
     };
     let before = listing();
-    let mut config = Config::new();
     config.failure_persistence = FailurePersistence::File(Some(directory.clone()));
-    config.silence_warnings = true;
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
         Runner::new(scheduler, config).run(scenario);
     }));
