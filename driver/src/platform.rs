@@ -9,7 +9,8 @@ use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use kepoch::platform::{
-    CurrentProcessor, Handler, Irql, LogLevel, Platform, ProcessorChangeFn, ProcessorNumber, Status,
+    CurrentProcessor, Handler, Irql, IrqlRule, LogLevel, Platform, ProcessorChangeFn,
+    ProcessorNumber, Status,
 };
 
 use crate::nt;
@@ -715,5 +716,18 @@ unsafe impl Platform for NtPlatform {
 
     fn log(&self, level: LogLevel, args: fmt::Arguments<'_>) {
         log_line(level, args);
+    }
+
+    fn verify_irql(&self, routine: &'static str, rule: IrqlRule) {
+        // A broken rule is a driver bug: say so once in the debugger log (a bugcheck would take the
+        // machine down for what Driver Verifier reports as a warning first).
+        static REPORTED: AtomicBool = AtomicBool::new(false);
+        let irql = self.current_irql();
+        if !rule.allows(irql) && !REPORTED.swap(true, Ordering::Relaxed) {
+            log_line(
+                LogLevel::Error,
+                format_args!("{routine} called at IRQL {} ({rule:?} only)", irql.0),
+            );
+        }
     }
 }

@@ -377,6 +377,10 @@ unsafe impl Platform for TestPlatform {
             ));
         }
     }
+    fn spin_lock_contended(&self, lock: *const ()) {
+        // One thread runs everything here: a held lock can never be released while we spin.
+        panic!("deadlock: core spin lock {lock:p} is held by the thread that now spins on it");
+    }
     fn spin_lock_acquired(&self, lock: *const ()) {
         let irql = self.current_irql();
         if irql < Irql::DISPATCH {
@@ -391,6 +395,22 @@ unsafe impl Platform for TestPlatform {
     }
 }
 
+/// The configuration tests create domains with: `strategy`, plus the mutation named by the
+/// `KEPOCH_MUTATION` environment variable (with the `mutations` feature), so that
+/// `test-scripts/mutation-score.sh` can run this whole suite against a re-introduced bug.
+fn test_config(strategy: Strategy) -> Config {
+    let mut mutations = crate::Mutations::NONE;
+    if let Ok(name) = std::env::var("KEPOCH_MUTATION") {
+        let mutation = crate::Mutation::from_name(&name)
+            .unwrap_or_else(|| panic!("KEPOCH_MUTATION={name}: no such mutation"));
+        mutations = mutations.with(mutation);
+    }
+    Config {
+        mutations,
+        ..Config::with_strategy(strategy)
+    }
+}
+
 /// A retirable test object that counts its drops.
 struct Tracked(Arc<AtomicUsize>);
 impl Drop for Tracked {
@@ -401,7 +421,7 @@ impl Drop for Tracked {
 
 fn domain(cpus: usize, strategy: Strategy) -> (TestPlatform, DomainBox<TestPlatform>) {
     let platform = TestPlatform::new(cpus, cpus as u32);
-    let domain = Domain::create(platform.clone(), Config::with_strategy(strategy)).expect("load");
+    let domain = Domain::create(platform.clone(), test_config(strategy)).expect("load");
     (platform, domain)
 }
 
@@ -508,7 +528,7 @@ fn idle_cpus_leave_and_receive_no_more_messages() {
 #[test]
 fn eager_refuses_to_load_when_max_exceeds_active_and_lazy_loads() {
     let platform = TestPlatform::new(2, 8);
-    let error = Domain::create(platform.clone(), Config::with_strategy(Strategy::Eager))
+    let error = Domain::create(platform.clone(), test_config(Strategy::Eager))
         .err()
         .expect("eager must fail");
     assert_eq!(error.status, Status::INVALID_PARAMETER);
@@ -521,8 +541,7 @@ fn eager_refuses_to_load_when_max_exceeds_active_and_lazy_loads() {
         0,
         "a failed load leaks nothing"
     );
-    let domain = Domain::create(platform.clone(), Config::with_strategy(Strategy::Lazy))
-        .expect("lazy loads");
+    let domain = Domain::create(platform.clone(), test_config(Strategy::Lazy)).expect("lazy loads");
     drop(domain);
     assert_eq!(platform.live_allocations(), 0);
 }
@@ -664,7 +683,7 @@ fn epoch_skew_scenario(mutations: crate::Mutations) -> (bool, bool) {
     let platform = TestPlatform::new(2, 2);
     let config = Config {
         mutations,
-        ..Config::with_strategy(Strategy::Lazy)
+        ..test_config(Strategy::Lazy)
     };
     let domain = Domain::create(platform.clone(), config).unwrap();
     let drops = Arc::new(AtomicUsize::new(0));
@@ -724,7 +743,7 @@ fn a_stalled_reader_blocks_reclamation_and_is_reported_once() {
     let platform = TestPlatform::new(2, 2);
     let config = Config {
         stall_threshold_cycles: 3,
-        ..Config::with_strategy(Strategy::Lazy)
+        ..test_config(Strategy::Lazy)
     };
     let domain = Domain::create(platform.clone(), config).unwrap();
     let drops = Arc::new(AtomicUsize::new(0));
@@ -753,8 +772,7 @@ fn a_stalled_reader_blocks_reclamation_and_is_reported_once() {
 }
 
 fn callback_domain(platform: &TestPlatform) -> DomainBox<TestPlatform> {
-    Domain::create(platform.clone(), Config::with_strategy(Strategy::Callback))
-        .expect("callback loads")
+    Domain::create(platform.clone(), test_config(Strategy::Callback)).expect("callback loads")
 }
 
 #[test]

@@ -53,7 +53,7 @@ fn passive_callers_take_locks(config: Config) -> Vec<String> {
 
 #[test]
 fn passive_callers_take_every_spin_lock_at_dispatch() {
-    let faults = passive_callers_take_locks(Config::with_strategy(Strategy::Callback));
+    let faults = passive_callers_take_locks(test_config(Strategy::Callback));
     assert!(faults.is_empty(), "{faults:?}");
 }
 
@@ -62,7 +62,7 @@ fn passive_callers_take_every_spin_lock_at_dispatch() {
 fn lock_without_raise_is_reported() {
     let faults = passive_callers_take_locks(Config {
         mutations: crate::Mutations::NONE.with(Mutation::LockWithoutRaise),
-        ..Config::with_strategy(Strategy::Callback)
+        ..test_config(Strategy::Callback)
     });
     assert!(
         faults.iter().any(|f| f.contains("acquired at IRQL 0")),
@@ -112,7 +112,7 @@ fn stack_growth_under_a_flush_storm(config: Config, flushes: usize) -> usize {
 
 #[test]
 fn a_flush_storm_does_not_grow_the_stack() {
-    let growth = stack_growth_under_a_flush_storm(Config::with_strategy(Strategy::Lazy), 1000);
+    let growth = stack_growth_under_a_flush_storm(test_config(Strategy::Lazy), 1000);
     assert!(growth < 16 * 1024, "stack grew {growth} bytes");
 }
 
@@ -122,7 +122,7 @@ fn recursive_chaining_grows_the_stack() {
     let growth = stack_growth_under_a_flush_storm(
         Config {
             mutations: crate::Mutations::NONE.with(Mutation::RecursiveChaining),
-            ..Config::with_strategy(Strategy::Lazy)
+            ..test_config(Strategy::Lazy)
         },
         1000,
     );
@@ -186,7 +186,7 @@ fn unload_with_retiring_destructors(config: Config) -> (usize, usize) {
 
 #[test]
 fn unload_disposes_of_what_destructors_and_work_items_retire() {
-    let (dropped, live) = unload_with_retiring_destructors(Config::with_strategy(Strategy::Lazy));
+    let (dropped, live) = unload_with_retiring_destructors(test_config(Strategy::Lazy));
     assert_eq!(
         dropped, 2,
         "the child and the work item's object are disposed of"
@@ -203,7 +203,7 @@ fn unload_disposes_of_what_destructors_and_work_items_retire() {
 fn unload_drain_once_leaks() {
     let (_, live) = unload_with_retiring_destructors(Config {
         mutations: crate::Mutations::NONE.with(Mutation::UnloadDrainOnce),
-        ..Config::with_strategy(Strategy::Lazy)
+        ..test_config(Strategy::Lazy)
     });
     assert_ne!(
         live, 0,
@@ -221,7 +221,7 @@ fn count_rescheduled(_: usize) {
 /// rescheduled item must run once, and only after the readers inside at the reschedule exited.
 #[test]
 fn a_cancelled_work_item_can_be_scheduled_again_at_once() {
-    let (platform, domain) = domain_with(1, Config::with_strategy(Strategy::Lazy));
+    let (platform, domain) = domain_with(1, test_config(Strategy::Lazy));
     let item = domain.new_work_item(count_rescheduled, 0).unwrap();
     domain.schedule_work(&item).unwrap();
     assert!(domain.cancel_work(&item));

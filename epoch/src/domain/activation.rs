@@ -1,0 +1,283 @@
+//! Preparing per-CPU state: the lazy path at first use (at DISPATCH, on the processor itself), the
+//! `callback` strategy (AddStart prepares, AddComplete makes ready, AddFailure rolls back) and `eager`.
+
+use super::*;
+
+impl<P: Platform> Domain<P> {
+    /// Allocates, initialises and publishes the slot of `processor`. Returns the slot (an existing one if
+    /// another path prepared it first) or `None` when the allocation or the binding failed.
+    fn prepare_slot(
+        &self,
+        processor: ProcessorNumber,
+        ready: bool,
+        participating: bool,
+    ) -> Option<*mut Slot<P>> {
+        let layout = Layout::new::<Slot<P>>();
+        let Some(memory) = self.platform.allocate(layout) else {
+            DomainCounters::add(&self.counters.prepare_failures, 1);
+            return None;
+        };
+        let slot = memory.as_ptr().cast::<Slot<P>>();
+        let part = Participant::new();
+        if participating {
+            part.participating.store(true, Ordering::Relaxed);
+            part.local_epoch
+                .store(self.global_epoch(), Ordering::Relaxed);
+        }
+        // SAFETY: fresh allocation of `Slot<P>`'s layout.
+        unsafe {
+            slot.write(Slot {
+                part,
+                ready: AtomicBool::new(ready),
+                processor,
+                domain: self,
+                next_in_cycle: AtomicPtr::new(ptr::null_mut()),
+                next_registered: AtomicPtr::new(ptr::null_mut()),
+                message: MaybeUninit::uninit(),
+            })
+        };
+        let handler = Handler {
+            func: Self::on_message,
+            context: slot as *const (),
+        };
+        // SAFETY: the message lives inside the slot, which never moves until it is freed after
+        // `message_release`.
+        let bound = unsafe {
+            self.platform
+                .message_init((*slot).message.as_mut_ptr(), processor, handler)
+        };
+        if bound.is_err() {
+            // SAFETY: the slot was never published.
+            unsafe { self.platform.free(memory, layout) };
+            DomainCounters::add(&self.counters.prepare_failures, 1);
+            return None;
+        }
+        let mut registry = self.locked(&self.registry);
+        match self.table.insert(&self.platform, processor, slot) {
+            Ok((None, group_bytes)) => {
+                // SAFETY: `slot` is ours and now published; the registry lock is held.
+                unsafe {
+                    (*slot)
+                        .next_registered
+                        .store(registry.head, Ordering::Relaxed)
+                };
+                registry.head = slot;
+                drop(registry);
+                DomainCounters::add(
+                    &self.counters.per_cpu_bytes,
+                    (layout.size() + group_bytes) as u64,
+                );
+                DomainCounters::add(&self.counters.cpus_prepared, 1);
+                Some(slot)
+            }
+            Ok((Some(existing), group_bytes)) => {
+                drop(registry);
+                DomainCounters::add(&self.counters.per_cpu_bytes, group_bytes as u64);
+                // SAFETY: our slot was never published.
+                unsafe { self.discard_slot(slot) };
+                Some(existing)
+            }
+            Err(_) => {
+                drop(registry);
+                // SAFETY: our slot was never published.
+                unsafe { self.discard_slot(slot) };
+                DomainCounters::add(&self.counters.prepare_failures, 1);
+                None
+            }
+        }
+    }
+
+    /// Releases the message of an unpublished or unpublishable slot and frees it.
+    ///
+    /// # Safety
+    /// No other processor can reach `slot`.
+    unsafe fn discard_slot(&self, slot: *mut Slot<P>) {
+        // SAFETY: per the caller; the message was initialised and was never sent.
+        unsafe {
+            self.platform.message_release((*slot).message.as_mut_ptr());
+            ptr::drop_in_place(slot);
+            self.platform.free(
+                NonNull::new_unchecked(slot.cast()),
+                Layout::new::<Slot<P>>(),
+            );
+        }
+    }
+
+    /// `eager`: prepare every index below the reported maximum, failing like the original design.
+    pub(super) fn prepare_eager(&self) -> Result<(), LoadError> {
+        for index in 0..self.platform.max_processor_count() {
+            let processor = self
+                .platform
+                .processor_number_from_index(index)
+                .map_err(|status| LoadError {
+                    status,
+                    reason: LoadFailure::ProcessorIndex(index),
+                })?;
+            if self.prepare_slot(processor, true, true).is_none() {
+                return Err(LoadError {
+                    status: Status::INSUFFICIENT_RESOURCES,
+                    reason: LoadFailure::Prepare(index),
+                });
+            }
+            DomainCounters::add(&self.counters.prepare_passive, 1);
+        }
+        Ok(())
+    }
+
+    /// `callback`: register for processor-change notifications, or fall back to `lazy`.
+    pub(super) fn register_callback(&self) {
+        // SAFETY: the domain outlives the registration: shutdown deregisters first.
+        let result = unsafe {
+            self.platform.processor_change_register(
+                Self::on_processor_change,
+                self as *const Self as *const (),
+            )
+        };
+        let state = match result {
+            Ok(Some(handle)) => {
+                self.callback_handle
+                    .store(handle.as_ptr(), Ordering::Release);
+                CallbackState::Registered
+            }
+            Ok(None) => {
+                self.platform.log(
+                    LogLevel::Warning,
+                    format_args!(
+                        "kepoch: KeRegisterProcessorChangeCallback is missing; running as lazy"
+                    ),
+                );
+                CallbackState::ApiMissing
+            }
+            Err(status) => {
+                self.platform.log(
+                    LogLevel::Warning,
+                    format_args!("kepoch: processor-change registration failed with {status}; running as lazy"),
+                );
+                CallbackState::RegistrationFailed
+            }
+        };
+        self.callback_state.store(state as u32, Ordering::Relaxed);
+    }
+
+    /// Processor-change notification (PASSIVE/APC, never concurrent with itself). Never vetoes.
+    unsafe fn on_processor_change(
+        context: *const (),
+        change: ProcessorChange,
+        processor: CurrentProcessor,
+    ) -> Status {
+        // SAFETY: registered with the domain as context; deregistered before the domain goes away.
+        let domain = unsafe { &*(context as *const Self) };
+        domain
+            .platform
+            .verify_irql("processor-change callback", IrqlRule::BelowDispatch);
+        let number = processor.number;
+        match change {
+            ProcessorChange::AddStart => {
+                DomainCounters::add(&domain.counters.hot_add_start, 1);
+                if domain.table.lookup(number).is_null() {
+                    // The `route-before-complete` mutation makes the slot ready and participating
+                    // here, before the processor runs: cycles would message it too early.
+                    let early = domain.mutated(Mutation::RouteBeforeComplete);
+                    match domain.prepare_slot(number, early, early) {
+                        Some(_) => DomainCounters::add(&domain.counters.prepare_passive, 1),
+                        None => domain.platform.log(
+                            LogLevel::Warning,
+                            format_args!("kepoch: preparing processor {number} at AddStart failed; it will use the lazy path"),
+                        ),
+                    }
+                }
+            }
+            ProcessorChange::AddComplete => {
+                DomainCounters::add(&domain.counters.hot_add_complete, 1);
+                let slot = domain.table.lookup(number);
+                // SAFETY: published slots live until teardown or rollback (which only we do).
+                if let Some(slot) = unsafe { slot.as_ref() } {
+                    slot.ready.store(true, Ordering::Release);
+                    // The `activate-remote` mutation joins the slot here, on the notification thread,
+                    // instead of on the processor's own first epoch use.
+                    if domain.mutated(Mutation::ActivateRemote) {
+                        domain.join(&slot.part);
+                    }
+                }
+            }
+            ProcessorChange::AddFailure(_) => {
+                DomainCounters::add(&domain.counters.hot_add_failure, 1);
+                domain.roll_back(number);
+            }
+        }
+        Status::SUCCESS
+    }
+
+    /// Undoes the AddStart preparation of `processor` if it never became ready.
+    fn roll_back(&self, processor: ProcessorNumber) {
+        let mut registry = self.locked(&self.registry);
+        let slot = self.table.lookup(processor);
+        // SAFETY: published slots stay valid while the registry lock is held.
+        if slot.is_null() || unsafe { &*slot }.ready.load(Ordering::Acquire) {
+            return;
+        }
+        self.table.remove(processor);
+        // SAFETY: registry links are valid slots; we hold the lock.
+        unsafe {
+            let next = (*slot).next_registered.load(Ordering::Relaxed);
+            if registry.head == slot {
+                registry.head = next;
+            } else {
+                let mut cursor = registry.head;
+                while !cursor.is_null() {
+                    let following = (*cursor).next_registered.load(Ordering::Relaxed);
+                    if following == slot {
+                        (*cursor).next_registered.store(next, Ordering::Relaxed);
+                        break;
+                    }
+                    cursor = following;
+                }
+            }
+        }
+        drop(registry);
+        // A slot that never became ready never had readers, items or messages: nothing refers to it.
+        self.counters
+            .per_cpu_bytes
+            .fetch_sub(Layout::new::<Slot<P>>().size() as u64, Ordering::Relaxed);
+        self.counters.cpus_prepared.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY: unpublished above; no processor ran epoch code with it.
+        unsafe { self.discard_slot(slot) };
+    }
+
+    /// Lazy preparation of the current processor's slot, at DISPATCH on that processor.
+    pub(super) fn prepare_here(&self, processor: ProcessorNumber) -> Option<*mut Slot<P>> {
+        self.platform
+            .verify_irql("lazy preparation", IrqlRule::Dispatch);
+        if self.config.strategy == Strategy::Eager || self.shutting_down.load(Ordering::Relaxed) {
+            return None;
+        }
+        if self.prepare_retry_epoch.load(Ordering::Relaxed)
+            > self.global_epoch.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        match self.prepare_slot(processor, true, false) {
+            Some(slot) => {
+                DomainCounters::add(&self.counters.prepare_at_dispatch, 1);
+                Some(slot)
+            }
+            None => {
+                // Do not retry before the next cycle: a failing allocation must not tax every enter.
+                self.prepare_retry_epoch.store(
+                    self.global_epoch.load(Ordering::Relaxed) + 1,
+                    Ordering::Relaxed,
+                );
+                // Log the 1st, 2nd, 4th, 8th… failure: persistent failures must not flood the log.
+                let failures = self.counters.prepare_failures.load(Ordering::Relaxed);
+                if !failures.is_power_of_two() {
+                    return None;
+                }
+                self.platform.log(
+                    LogLevel::Warning,
+                    format_args!("kepoch: preparing processor {processor} at DISPATCH failed ({failures} failures so far); using the overflow slot"),
+                );
+                None
+            }
+        }
+    }
+}

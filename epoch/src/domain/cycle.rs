@@ -1,0 +1,358 @@
+//! The reclamation cycle: the only code that builds and walks the ring. Start (publish the epoch,
+//! fence, snapshot), visit (on each member at DISPATCH), finish (fold in the overflow slot, publish the
+//! released epoch), chained iteratively; `flush` and `synchronize` ask for cycles.
+
+use super::*;
+
+/// State of the single in-flight reclamation cycle.
+pub(super) struct Cycle {
+    pub(super) in_flight: AtomicBool,
+    requested: AtomicBool,
+    /// Epoch the in-flight cycle published.
+    epoch: AtomicU64,
+    /// Oldest reader epoch seen so far by the in-flight cycle.
+    oldest: AtomicU64,
+    /// Released epoch when the in-flight cycle started: visits free up to it.
+    release_at_start: AtomicU64,
+    /// `now_ns` when the in-flight cycle published its epoch.
+    started_ns: AtomicU64,
+}
+
+impl Cycle {
+    /// No cycle in flight, none requested.
+    pub(super) fn new() -> Self {
+        Cycle {
+            in_flight: AtomicBool::new(false),
+            requested: AtomicBool::new(false),
+            epoch: AtomicU64::new(1),
+            oldest: AtomicU64::new(u64::MAX),
+            release_at_start: AtomicU64::new(0),
+            started_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What [`Domain::start_cycle`] did.
+enum CycleStart {
+    /// The first member's message is queued; the last visit finishes the cycle.
+    Sent,
+    /// The ring is empty: the caller finishes the cycle at once.
+    EmptyRing,
+    /// A cycle is in flight elsewhere (it will run another) or unload began.
+    NotStarted,
+}
+
+impl<P: Platform> Domain<P> {
+    pub(super) unsafe fn on_timer(context: *const ()) {
+        // SAFETY: the timer is stopped before the domain goes away.
+        let domain = unsafe { &*(context as *const Self) };
+        // A cycle with no member sends no message: it only advances the epoch and folds in the
+        // overflow slot, so the timer need not guess whether anything is pending.
+        domain.drive_cycles(false);
+    }
+
+    /// Runs cycles on this processor until one is in flight with messages out, none is requested,
+    /// or another processor owns the cycle. `finishing`: the caller ends the cycle in flight (its
+    /// last visit). Iterative, so a flush storm cannot grow the stack (L3). At DISPATCH.
+    fn drive_cycles(&self, mut finishing: bool) {
+        loop {
+            if finishing {
+                if !self.finish_cycle() {
+                    return;
+                }
+                // The `recursive-chaining` mutation chains the next cycle by recursion, as the first
+                // version did.
+                if self.mutated(Mutation::RecursiveChaining) {
+                    return self.drive_cycles(false);
+                }
+            }
+            match self.start_cycle() {
+                CycleStart::EmptyRing => finishing = true,
+                CycleStart::Sent | CycleStart::NotStarted => return,
+            }
+        }
+    }
+
+    /// Starts a cycle unless one is in flight (then asks it to run another when it ends) or unload
+    /// began. At DISPATCH.
+    fn start_cycle(&self) -> CycleStart {
+        self.platform
+            .verify_irql("reclamation cycle start", IrqlRule::Dispatch);
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return CycleStart::NotStarted;
+        }
+        if self
+            .cycle
+            .in_flight
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            self.cycle.requested.store(true, Ordering::SeqCst);
+            return CycleStart::NotStarted;
+        }
+        // Unload stores `shutting_down`, fences, then waits while `in_flight` is set. Re-checking
+        // after owning `in_flight` (store buffering, fence against fence) means a cycle either is
+        // seen by unload or sees unload: none can start after unload found no cycle in flight.
+        if !self.mutated(Mutation::StartWithoutShutdownRecheck) {
+            fence(Ordering::SeqCst);
+            if self.shutting_down.load(Ordering::Relaxed) {
+                self.cycle.in_flight.store(false, Ordering::SeqCst);
+                self.platform.event_signal(self.cycle_done());
+                return CycleStart::NotStarted;
+            }
+        }
+        self.cycle.requested.store(false, Ordering::SeqCst);
+        self.cycle
+            .started_ns
+            .store(self.platform.now_ns(), Ordering::Relaxed);
+        self.cycle.release_at_start.store(
+            self.released_epoch.load(Ordering::Acquire),
+            Ordering::Relaxed,
+        );
+        // Publish the new epoch, then snapshot the ring (see `join`). The `cycle-snapshot-before-
+        // publish` mutation swaps the two steps.
+        let (epoch, first) = if self.mutated(Mutation::CycleSnapshotFirst) {
+            let first = self.snapshot_ring();
+            (self.publish_epoch(), first)
+        } else {
+            let epoch = self.publish_epoch();
+            (epoch, self.snapshot_ring())
+        };
+        self.cycle.epoch.store(epoch, Ordering::Relaxed);
+        self.cycle.oldest.store(epoch, Ordering::Relaxed);
+        match NonNull::new(first) {
+            Some(first) => {
+                // SAFETY: `first` is a member slot with a bound message.
+                let message = unsafe { first.as_ref().message.assume_init_ref() };
+                self.platform.message_send(message);
+                CycleStart::Sent
+            }
+            None => CycleStart::EmptyRing,
+        }
+    }
+
+    /// Advances the global epoch for a new cycle. The fence after it pairs with the first fence of
+    /// `join`: the snapshot that follows sees every participant that joined before it.
+    fn publish_epoch(&self) -> u64 {
+        let epoch = self.global_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        if !self.mutated(Mutation::CycleNoFence) {
+            fence(Ordering::SeqCst);
+        }
+        epoch
+    }
+
+    /// Threads the members of the next cycle through `next_in_cycle` and returns the first: every
+    /// ready slot with `participating` set. Membership of the cycle is fixed here: joins from now on
+    /// belong to the next cycle.
+    fn snapshot_ring(&self) -> *mut Slot<P> {
+        let registry = self.locked(&self.registry);
+        let mut first: *mut Slot<P> = ptr::null_mut();
+        let mut cursor = registry.head;
+        while !cursor.is_null() {
+            // SAFETY: registry slots are valid while the lock is held, and members stay valid for the
+            // cycle (only never-ready slots are ever removed, and those never participate).
+            let slot = unsafe { &*cursor };
+            let joined = slot.part.take_joined_mark();
+            let skip_joiner = joined && self.mutated(Mutation::ReleaseWhileJoining);
+            if slot.part.participating.load(Ordering::Relaxed)
+                && slot.ready.load(Ordering::Acquire)
+                && !skip_joiner
+            {
+                slot.next_in_cycle.store(first, Ordering::Relaxed);
+                first = cursor;
+            }
+            cursor = slot.next_registered.load(Ordering::Relaxed);
+        }
+        first
+    }
+
+    /// The per-CPU visit: runs at DISPATCH on the slot's processor.
+    pub(super) unsafe fn on_message(context: *const ()) {
+        let slot_ptr = context as *mut Slot<P>;
+        // SAFETY: messages are only sent to member slots, which outlive the cycle.
+        let slot = unsafe { &*slot_ptr };
+        let domain = Self::of_slot(slot);
+        domain
+            .platform
+            .verify_irql("reclamation cycle visit", IrqlRule::Dispatch);
+        let part = &slot.part;
+        ParticipantCounters::bump(&part.counters.messages);
+        let epoch = domain.cycle.epoch.load(Ordering::Acquire);
+
+        // Free what the previous cycle released.
+        let released = domain.cycle.release_at_start.load(Ordering::Relaxed);
+        while let Some(item) = part.retired.pop_released(released) {
+            ParticipantCounters::bump(&part.counters.freed);
+            domain.dispose(item);
+        }
+
+        part.local_epoch.store(epoch, Ordering::Relaxed);
+        let oldest = if domain.mutated(Mutation::SkipReaderScan) {
+            None
+        } else {
+            part.readers.oldest_active_epoch()
+        };
+        if let Some(oldest) = oldest {
+            domain.check_stall(part, oldest, epoch, Some(slot.processor));
+            if oldest < domain.cycle.oldest.load(Ordering::Relaxed) {
+                domain.cycle.oldest.store(oldest, Ordering::Relaxed);
+            }
+        }
+
+        let idle =
+            oldest.is_none() && part.readers.active_readers() == 0 && part.retired.is_empty();
+        if idle && domain.config.idle_deactivation && domain.config.strategy != Strategy::Eager {
+            part.participating.store(false, Ordering::SeqCst);
+            ParticipantCounters::bump(&part.counters.leaves);
+            // The `change-ring-in-flight` mutation lets a leaving processor unlink itself from the
+            // ring of the cycle in flight: the traversal then ends here.
+            if domain.mutated(Mutation::ChangeRingInFlight) {
+                slot.next_in_cycle.store(ptr::null_mut(), Ordering::Relaxed);
+            }
+        }
+
+        match NonNull::new(slot.next_in_cycle.load(Ordering::Relaxed)) {
+            // SAFETY: ring members are valid slots with bound messages.
+            Some(next) => domain
+                .platform
+                .message_send(unsafe { next.as_ref().message.assume_init_ref() }),
+            None => domain.drive_cycles(true),
+        }
+    }
+
+    /// The domain a slot belongs to: every slot's message context chain leads back here.
+    fn of_slot(slot: &Slot<P>) -> &Self {
+        // SAFETY: a slot is created by its domain and freed before it.
+        unsafe { &*slot.domain }
+    }
+
+    /// Reports a reader that holds reclamation back for too long (once per stalled epoch).
+    fn check_stall(
+        &self,
+        part: &Participant,
+        oldest: u64,
+        epoch: u64,
+        processor: Option<ProcessorNumber>,
+    ) {
+        let held = epoch.saturating_sub(oldest);
+        if held < self.config.stall_threshold_cycles
+            || part.stall_reported.load(Ordering::Relaxed) == oldest
+        {
+            return;
+        }
+        part.stall_reported.store(oldest, Ordering::Relaxed);
+        DomainCounters::add(&self.counters.stalls_reported, 1);
+        match processor {
+            Some(processor) => self.platform.log(
+                LogLevel::Warning,
+                format_args!(
+                    "kepoch: a reader on processor {processor} has held epoch {oldest} for {held} cycles; reclamation is blocked behind it"
+                ),
+            ),
+            None => self.platform.log(
+                LogLevel::Warning,
+                format_args!(
+                    "kepoch: a reader in the overflow slot has held epoch {oldest} for {held} cycles; reclamation is blocked behind it"
+                ),
+            ),
+        }
+    }
+
+    /// Ends the in-flight cycle: accounts for the overflow slot, publishes the released epoch and
+    /// wakes waiters. Returns whether another cycle was asked for meanwhile. At DISPATCH.
+    fn finish_cycle(&self) -> bool {
+        let epoch = self.cycle.epoch.load(Ordering::Relaxed);
+        let mut oldest = self.cycle.oldest.load(Ordering::Relaxed);
+        let freed_before = self.cycle.release_at_start.load(Ordering::Relaxed);
+
+        let released_items = RetiredList::new();
+        {
+            let overflow = self.locked(&self.overflow);
+            overflow.local_epoch.store(epoch, Ordering::Relaxed);
+            let overflow_oldest = if self.mutated(Mutation::SkipReaderScan) {
+                None
+            } else {
+                overflow.readers.oldest_active_epoch()
+            };
+            if let Some(o) = overflow_oldest {
+                self.check_stall(&overflow, o, epoch, None);
+                oldest = oldest.min(o);
+            }
+            let release = oldest - 1;
+            // Take the overflow's released items out under the lock, dispose of them outside it.
+            while let Some(item) = overflow.retired.pop_released(release) {
+                // SAFETY: the item left the overflow list; the local list owns it now.
+                unsafe { released_items.push(item, release) };
+                ParticipantCounters::bump(&overflow.counters.freed);
+            }
+            if overflow_oldest.is_none()
+                && overflow.retired.is_empty()
+                && overflow.participating.load(Ordering::Relaxed)
+            {
+                overflow.participating.store(false, Ordering::SeqCst);
+            }
+        }
+        while let Some(item) = released_items.pop_released(u64::MAX) {
+            self.dispose(item);
+        }
+
+        self.released_epoch.store(oldest - 1, Ordering::Release);
+        self.freed_through.store(freed_before, Ordering::Release);
+        DomainCounters::add(&self.counters.cycles, 1);
+        let took = self
+            .platform
+            .now_ns()
+            .saturating_sub(self.cycle.started_ns.load(Ordering::Relaxed));
+        self.locked(&self.cycle_latency).record(took);
+        self.cycle.in_flight.store(false, Ordering::SeqCst);
+        self.platform.event_signal(self.cycle_done());
+        self.cycle.requested.swap(false, Ordering::SeqCst)
+    }
+
+    /// Asks for a cycle soon without waiting (a flush hint). Any IRQL up to DISPATCH.
+    pub fn flush(&self) {
+        self.cycle.requested.store(true, Ordering::SeqCst);
+        let previous = self.platform.raise_to_dispatch();
+        self.drive_cycles(false);
+        self.platform.lower_irql(previous);
+    }
+
+    /// Blocks until everything retired before the call has been disposed of. PASSIVE only, outside any
+    /// epoch (waiting inside one would wait for itself). Called from a work item while the domain
+    /// unloads, it returns at once: cycles have stopped and unload disposes of everything itself.
+    pub fn synchronize(&self) {
+        self.platform
+            .verify_irql("Domain::synchronize", IrqlRule::Passive);
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        fence(Ordering::SeqCst);
+        let target = self.global_epoch.load(Ordering::SeqCst);
+        // Ask for cycles back to back only while they make progress; when one released nothing (a
+        // reader holds the oldest epoch), wait for the timer's next cycle instead of spinning.
+        let mut progressing = true;
+        loop {
+            let before = self.progress();
+            if before.1 >= target {
+                return;
+            }
+            self.platform.event_reset(self.cycle_done());
+            if progressing {
+                self.flush();
+            }
+            if self.freed_through.load(Ordering::Acquire) >= target {
+                return;
+            }
+            self.platform.event_wait(self.cycle_done());
+            progressing = self.progress() != before;
+        }
+    }
+
+    /// (released epoch, freed-through epoch): what a cycle can advance.
+    fn progress(&self) -> (u64, u64) {
+        (
+            self.released_epoch.load(Ordering::Acquire),
+            self.freed_through.load(Ordering::Acquire),
+        )
+    }
+}

@@ -1,0 +1,159 @@
+//! The hot path: entering and exiting epochs on a processor's own slot, joining the cycle, migrated
+//! exits, and the shared overflow slot that makes enter never fail (S2).
+
+use super::*;
+
+impl<P: Platform> Domain<P> {
+    /// Enters an epoch: until the guard drops, nothing retired after this call is freed.
+    /// Never fails (SPEC S2). Nested guards are fine.
+    #[inline]
+    pub fn enter(&self) -> Guard<'_, P> {
+        // SAFETY: the guard borrows the domain and exits exactly once.
+        Guard::new(self, unsafe { self.enter_raw() })
+    }
+
+    /// Enters an epoch and returns the token to exit it with; for callers that cannot hold a borrow
+    /// (a simulated task, a driver's per-request context).
+    ///
+    /// # Safety
+    /// The token must be passed to [`Domain::exit_raw`] of this domain exactly once, before the domain
+    /// is dropped.
+    #[inline]
+    pub unsafe fn enter_raw(&self) -> RawGuard {
+        let previous = self.platform.raise_to_dispatch();
+        let current = self.platform.current_processor();
+        let slot = self.table.lookup(current.number);
+        // SAFETY: a published slot stays valid for the domain's life (rollback only removes slots that
+        // were never ready, and we check `ready`).
+        let token = match unsafe { slot.as_ref() } {
+            Some(slot) if slot.ready.load(Ordering::Acquire) => self.enter_owned(&slot.part),
+            _ => self.enter_slow(current, slot.is_null()),
+        };
+        self.platform.lower_irql(previous);
+        token
+    }
+
+    /// Records a reader in the current processor's own slot, joining the cycle first if it left.
+    /// At DISPATCH on the slot's processor.
+    #[inline]
+    fn enter_owned(&self, part: &Participant) -> RawGuard {
+        self.ensure_joined(part);
+        let entry = part.readers.enter(part.local_epoch.load(Ordering::Relaxed));
+        ParticipantCounters::bump(&part.counters.enters);
+        RawGuard {
+            participant: part as *const Participant,
+            entry,
+        }
+    }
+
+    /// Joins the cycle if `part` is not in it. Called by the participant's owner only.
+    #[inline]
+    pub(super) fn ensure_joined(&self, part: &Participant) {
+        if !part.participating.load(Ordering::Relaxed) {
+            self.join(part);
+        }
+    }
+
+    /// Enter on a processor without a usable slot: prepare one (`lazy`, `callback` fallback) or use the
+    /// shared overflow slot. At DISPATCH.
+    #[cold]
+    fn enter_slow(&self, current: CurrentProcessor, no_slot: bool) -> RawGuard {
+        if no_slot {
+            if let Some(slot) = self.prepare_here(current.number) {
+                // SAFETY: freshly prepared (or existing) published slot.
+                let slot = unsafe { &*slot };
+                if slot.ready.load(Ordering::Acquire) {
+                    return self.enter_owned(&slot.part);
+                }
+            }
+        }
+        let overflow = self.locked(&self.overflow);
+        // Overflow readers take the global epoch itself: they may come from any processor. The cycle
+        // folds them in under the lock, so only the reader's own fence matters here: like the
+        // second fence of `join`, it orders the reader's pointer loads after the epoch it entered.
+        let epoch = if overflow.participating.load(Ordering::Relaxed) {
+            let epoch = self.global_epoch.load(Ordering::Relaxed);
+            if !self.mutated(Mutation::OverflowEnterNoFence) {
+                fence(Ordering::SeqCst);
+            }
+            epoch
+        } else {
+            self.join(&overflow);
+            overflow.local_epoch.load(Ordering::Relaxed)
+        };
+        let entry = overflow.readers.enter(epoch);
+        ParticipantCounters::bump(&overflow.counters.enters);
+        DomainCounters::add(&self.counters.fallback_uses, 1);
+        RawGuard {
+            participant: &*overflow as *const Participant,
+            entry,
+        }
+    }
+
+    /// The owner of `part` puts it back into the cycle: store `participating`, full fence, load the
+    /// global epoch, full fence. The first fence pairs with the one between the cycle's publish and
+    /// its snapshot (store buffering): either the in-flight cycle sees this participant or this
+    /// participant sees that cycle's epoch. The second pairs with the retirement fence: the readers
+    /// that follow see every unlink stamped before the epoch they enter. See PROTOCOL.md, "Joining".
+    pub(super) fn join(&self, part: &Participant) {
+        let epoch = if self.mutated(Mutation::JoinLoadFirst) {
+            let epoch = self.global_epoch.load(Ordering::Relaxed);
+            part.participating.store(true, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            epoch
+        } else {
+            part.participating.store(true, Ordering::Relaxed);
+            if !self.mutated(Mutation::JoinNoStoreFence) {
+                fence(Ordering::SeqCst);
+            }
+            self.global_epoch.load(Ordering::Relaxed)
+        };
+        if !self.mutated(Mutation::JoinNoLoadFence) {
+            fence(Ordering::SeqCst);
+        }
+        part.local_epoch.store(epoch, Ordering::Relaxed);
+        ParticipantCounters::bump(&part.counters.joins);
+        part.mark_joined();
+    }
+
+    /// Exits the epoch entered by `token`, on whatever processor the caller now runs.
+    ///
+    /// # Safety
+    /// `token` came from [`Domain::enter_raw`] of this domain and was not exited yet.
+    #[inline]
+    pub unsafe fn exit_raw(&self, token: RawGuard) {
+        let previous = self.platform.raise_to_dispatch();
+        let overflow_part = self.overflow_ptr();
+        if ptr::eq(token.participant, overflow_part) {
+            let overflow = self.locked(&self.overflow);
+            overflow.readers.exit_local(token.entry);
+            ParticipantCounters::bump(&overflow.counters.exits);
+        } else {
+            // SAFETY: the token points into a live slot (slots with readers are never freed).
+            let part = unsafe { &*token.participant };
+            let current = self.platform.current_processor();
+            let here = self.table.lookup(current.number);
+            // SAFETY: `here` is null or a published slot.
+            if !here.is_null() && ptr::eq(unsafe { &(*here).part }, part) {
+                if !self.mutated(Mutation::LostExit) {
+                    part.readers.exit_local(token.entry);
+                }
+                ParticipantCounters::bump(&part.counters.exits);
+            } else {
+                let ordering = if self.mutated(Mutation::RemoteExitRelaxed) {
+                    Ordering::Relaxed
+                } else {
+                    Ordering::Release
+                };
+                part.readers.exit_remote(token.entry, ordering);
+                DomainCounters::add(&self.counters.remote_exits, 1);
+            }
+        }
+        self.platform.lower_irql(previous);
+    }
+
+    fn overflow_ptr(&self) -> *const Participant {
+        // The lock's value never moves; its address identifies overflow tokens.
+        self.overflow.value_ptr()
+    }
+}

@@ -1,0 +1,325 @@
+//! The epoch domain: the state every processor shares, loading, and the owner that unloads it. One
+//! file per job, each next to its section of `PROTOCOL.md`:
+//!
+//! | file | job |
+//! |---|---|
+//! | `activation.rs` | preparing per-CPU slots: `lazy` at first use, `callback` notifications and rollback, `eager` |
+//! | `enter.rs` | the hot path: enter, join, exit (owned slot, migrated reader, overflow slot) |
+//! | `retire.rs` | allocation, retirement, the retirement stamp, disposal, double-retire detection |
+//! | `work.rs` | work items: schedule, cancel, reschedule, the passive trampoline and its unload handshake |
+//! | `cycle.rs` | the reclamation cycle: start, visit, finish, iterative chaining, `flush`, `synchronize` |
+//! | `report.rs` | statistics and the holdback diagnosis |
+//! | `shutdown.rs` | unload (SPEC S8) |
+
+mod activation;
+mod cycle;
+mod enter;
+mod report;
+mod retire;
+mod shutdown;
+mod work;
+
+pub use report::{Holdback, Holder};
+pub use work::WorkItem;
+
+use cycle::Cycle;
+
+use crate::config::{Config, Strategy};
+use crate::deferred::{state, RetireHeader, RetiredList};
+use crate::guard::{Guard, RawGuard};
+use crate::mutation::Mutation;
+use crate::participant::{Participant, Slot};
+use crate::platform::{
+    CurrentProcessor, Handler, IrqlRule, LogLevel, Platform, ProcessorChange, ProcessorNumber,
+    Status,
+};
+use crate::spin::{SpinGuard, SpinLock};
+use crate::stats::{
+    CallbackState, DomainCounters, LatencyHistogram, ParticipantCounters, Stats, STATS_VERSION,
+};
+use crate::sync::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use crate::table::SlotTable;
+use core::alloc::Layout;
+use core::fmt;
+use core::mem::{self, ManuallyDrop, MaybeUninit};
+use core::ops::Deref;
+use core::ptr::{self, NonNull};
+
+/// Why a domain could not be created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadError {
+    /// The NTSTATUS `DriverEntry` returns.
+    pub status: Status,
+    /// What failed.
+    pub reason: LoadFailure,
+}
+
+/// The step of the load that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadFailure {
+    /// Allocating the domain, its timer or its events failed.
+    Resources,
+    /// `eager`: `KeGetProcessorNumberFromIndex` failed for this index (max > active).
+    ProcessorIndex(u32),
+    /// `eager`: preparing the slot of this index failed.
+    Prepare(u32),
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.reason {
+            LoadFailure::Resources => write!(f, "allocating the epoch domain failed: {}", self.status),
+            LoadFailure::ProcessorIndex(index) => write!(
+                f,
+                "eager: KeGetProcessorNumberFromIndex({index}) failed with {} (reported maximum exceeds active processors)",
+                self.status
+            ),
+            LoadFailure::Prepare(index) => {
+                write!(f, "eager: preparing processor index {index} failed with {}", self.status)
+            }
+        }
+    }
+}
+
+/// Why a retirement was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetireError {
+    /// The item was already retired (or the work item is already scheduled).
+    AlreadyRetired,
+}
+
+/// All prepared slots, for building cycle rings and for teardown.
+struct Registry<P: Platform> {
+    head: *mut Slot<P>,
+}
+
+// SAFETY: the registry only holds pointers to slots owned by the domain; it is reached under its lock.
+unsafe impl<P: Platform> Send for Registry<P> {}
+
+/// Per-CPU epoch-based reclamation over a platform `P`. Create with [`Domain::create`].
+#[repr(C, align(64))]
+pub struct Domain<P: Platform> {
+    global_epoch: AtomicU64,
+    released_epoch: AtomicU64,
+    /// Every item stamped at or below this has been disposed of.
+    freed_through: AtomicU64,
+    cycle: Cycle,
+    table: SlotTable<P>,
+    registry: SpinLock<Registry<P>>,
+    overflow: SpinLock<Participant>,
+    counters: DomainCounters,
+    cycle_latency: SpinLock<LatencyHistogram>,
+    config: Config,
+    callback_state: AtomicU32,
+    callback_handle: AtomicPtr<()>,
+    shutting_down: AtomicBool,
+    /// Epoch before which a failed lazy preparation is not retried (keeps DISPATCH cheap under
+    /// memory pressure).
+    prepare_retry_epoch: AtomicU64,
+    outstanding_work: AtomicU64,
+    platform: ManuallyDrop<P>,
+    timer: MaybeUninit<P::Timer>,
+    cycle_done: MaybeUninit<P::Event>,
+    work_idle: MaybeUninit<P::Event>,
+}
+
+// SAFETY: all shared state is atomics, spin-locked or platform objects that are Send + Sync.
+unsafe impl<P: Platform> Sync for Domain<P> {}
+// SAFETY: as above; the domain owns its slots.
+unsafe impl<P: Platform> Send for Domain<P> {}
+
+/// Owner of a [`Domain`]: dereferences to it; dropping it shuts the domain down (SPEC S8).
+pub struct DomainBox<P: Platform> {
+    domain: NonNull<Domain<P>>,
+}
+
+// SAFETY: the box is the unique owner of a Sync + Send domain.
+unsafe impl<P: Platform> Send for DomainBox<P> {}
+// SAFETY: shared access goes through `&Domain`, which is Sync.
+unsafe impl<P: Platform> Sync for DomainBox<P> {}
+
+impl<P: Platform> Deref for DomainBox<P> {
+    type Target = Domain<P>;
+    fn deref(&self) -> &Domain<P> {
+        // SAFETY: the domain lives until the box drops.
+        unsafe { self.domain.as_ref() }
+    }
+}
+
+impl<P: Platform> Drop for DomainBox<P> {
+    fn drop(&mut self) {
+        let domain = self.domain.as_ptr();
+        // SAFETY: we own the domain; no guard can outlive the box (guards borrow it), and shutdown
+        // stops every platform callback before the memory is released.
+        unsafe {
+            (*domain).shutdown();
+            let platform = ManuallyDrop::take(&mut (*domain).platform);
+            ptr::drop_in_place(domain);
+            platform.free(self.domain.cast(), Layout::new::<Domain<P>>());
+        }
+    }
+}
+
+impl<P: Platform> Domain<P> {
+    /// Creates a domain: prepares per-CPU state as the strategy says, registers for processor-change
+    /// notifications (`callback`), starts the cycle timer and logs one line. PASSIVE only.
+    pub fn create(platform: P, config: Config) -> Result<DomainBox<P>, LoadError> {
+        platform.verify_irql("Domain::create", IrqlRule::Passive);
+        let resources = LoadError {
+            status: Status::INSUFFICIENT_RESOURCES,
+            reason: LoadFailure::Resources,
+        };
+        let Some(memory) = platform.allocate(Layout::new::<Domain<P>>()) else {
+            return Err(resources);
+        };
+        let raw = memory.as_ptr().cast::<Domain<P>>();
+        // SAFETY: fresh allocation with the layout of `Domain<P>`, not shared yet.
+        unsafe {
+            raw.write(Domain {
+                global_epoch: AtomicU64::new(1),
+                released_epoch: AtomicU64::new(0),
+                freed_through: AtomicU64::new(0),
+                cycle: Cycle::new(),
+                table: SlotTable::new(),
+                registry: SpinLock::new(Registry {
+                    head: ptr::null_mut(),
+                }),
+                overflow: SpinLock::new(Participant::new()),
+                counters: DomainCounters::default(),
+                cycle_latency: SpinLock::new(LatencyHistogram::default()),
+                config,
+                callback_state: AtomicU32::new(CallbackState::NotUsed as u32),
+                callback_handle: AtomicPtr::new(ptr::null_mut()),
+                shutting_down: AtomicBool::new(false),
+                prepare_retry_epoch: AtomicU64::new(0),
+                outstanding_work: AtomicU64::new(0),
+                platform: ManuallyDrop::new(platform),
+                timer: MaybeUninit::uninit(),
+                cycle_done: MaybeUninit::uninit(),
+                work_idle: MaybeUninit::uninit(),
+            })
+        };
+        // SAFETY: initialised just above; the timer and events are initialised in place below before
+        // anything uses them.
+        let domain = unsafe { &*raw };
+        let this = raw as *const ();
+        // SAFETY: the events and timer live inside the domain, which never moves.
+        let timer_ok = unsafe {
+            domain
+                .platform
+                .event_init(domain.cycle_done.as_ptr().cast_mut());
+            domain
+                .platform
+                .event_init(domain.work_idle.as_ptr().cast_mut());
+            domain.platform.timer_init(
+                domain.timer.as_ptr().cast_mut(),
+                Handler {
+                    func: Self::on_timer,
+                    context: this,
+                },
+            )
+        };
+        if timer_ok.is_err() {
+            // SAFETY: nothing refers to the domain yet; free it without a shutdown.
+            unsafe {
+                let platform = ManuallyDrop::take(&mut (*raw).platform);
+                ptr::drop_in_place(raw);
+                platform.free(memory, Layout::new::<Domain<P>>());
+            }
+            return Err(resources);
+        }
+        // The box keeps the allocation's own pointer (not one derived from the shared `domain`
+        // reference), so that unload may take the platform out mutably.
+        let boxed = DomainBox {
+            domain: memory.cast::<Domain<P>>(),
+        };
+
+        match config.strategy {
+            Strategy::Eager => domain.prepare_eager()?,
+            Strategy::Callback => domain.register_callback(),
+            Strategy::Lazy => {}
+        }
+        domain
+            .platform
+            .timer_start(domain.timer(), config.cycle_period_us);
+        domain.platform.log(
+            LogLevel::Info,
+            format_args!(
+                "kepoch: strategy {} (registry value {}), max {} active {} processors, callback {}, idle deactivation {}, cycle {} us",
+                config.strategy,
+                config.strategy.registry_value(),
+                domain.platform.max_processor_count(),
+                domain.platform.active_processor_count(),
+                match domain.callback_state() {
+                    CallbackState::NotUsed => "not used",
+                    CallbackState::Registered => "registered",
+                    CallbackState::ApiMissing => "API missing, running as lazy",
+                    CallbackState::RegistrationFailed => "registration failed, running as lazy",
+                },
+                config.idle_deactivation,
+                config.cycle_period_us
+            ),
+        );
+        Ok(boxed)
+    }
+
+    /// The platform this domain runs on.
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// The configuration the domain was created with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn timer(&self) -> &P::Timer {
+        // SAFETY: initialised in `create` before any use.
+        unsafe { self.timer.assume_init_ref() }
+    }
+
+    fn cycle_done(&self) -> &P::Event {
+        // SAFETY: initialised in `create` before any use.
+        unsafe { self.cycle_done.assume_init_ref() }
+    }
+
+    fn work_idle(&self) -> &P::Event {
+        // SAFETY: initialised in `create` before any use.
+        unsafe { self.work_idle.assume_init_ref() }
+    }
+
+    fn mutated(&self, mutation: Mutation) -> bool {
+        self.config.mutations.active(mutation)
+    }
+
+    /// Takes one of the domain's spin locks: raises to DISPATCH, spins, and restores the IRQL when the
+    /// guard drops. Any IRQL up to DISPATCH.
+    fn locked<'a, T>(&'a self, lock: &'a SpinLock<T>) -> SpinGuard<'a, T, P> {
+        #[cfg(feature = "mutations")]
+        if self.mutated(Mutation::LockWithoutRaise) {
+            return lock.lock_without_raise(&*self.platform);
+        }
+        lock.lock(&*self.platform)
+    }
+
+    /// How the `callback` strategy is running.
+    pub fn callback_state(&self) -> CallbackState {
+        match self.callback_state.load(Ordering::Relaxed) {
+            1 => CallbackState::Registered,
+            2 => CallbackState::ApiMissing,
+            3 => CallbackState::RegistrationFailed,
+            _ => CallbackState::NotUsed,
+        }
+    }
+
+    /// The current global epoch.
+    pub fn global_epoch(&self) -> u64 {
+        self.global_epoch.load(Ordering::SeqCst)
+    }
+
+    /// The newest epoch whose items may be freed: every item stamped at or below it is unreachable by
+    /// any active reader. Tests compare it with what readers hold.
+    pub fn released_epoch(&self) -> u64 {
+        self.released_epoch.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,176 @@
+//! Allocation and retirement: cache-aligned blocks with a retire header, the retirement stamp,
+//! double-retire detection and disposal of released items.
+
+use super::*;
+
+/// Byte offset of the value in a block from [`Domain::alloc`]: the header, padded to a cache line.
+const fn value_offset<T>() -> usize {
+    let align = if mem::align_of::<T>() > 64 {
+        mem::align_of::<T>()
+    } else {
+        64
+    };
+    let header = mem::size_of::<RetireHeader>();
+    header.div_ceil(align) * align
+}
+
+/// Layout of a block holding a header and a `T`.
+fn block_layout<T>() -> Layout {
+    let align = mem::align_of::<T>().max(64);
+    let size = value_offset::<T>() + mem::size_of::<T>();
+    // Size and alignment come from real types; the alignment is a power of two.
+    Layout::from_size_align(size, align).unwrap_or(Layout::new::<RetireHeader>())
+}
+
+/// Drops the `T` of a memory block and frees the block.
+unsafe fn dispose_object<T, P: Platform>(header: *mut RetireHeader, domain: *const ()) {
+    // SAFETY: `header` starts a block made by `Domain::alloc::<T>` of `domain`, retired and released:
+    // no reader can reach it any more.
+    unsafe {
+        let layout = (*header).layout;
+        let value = header.cast::<u8>().add(value_offset::<T>()).cast::<T>();
+        ptr::drop_in_place(value);
+        let domain = &*(domain as *const Domain<P>);
+        domain
+            .platform
+            .free(NonNull::new_unchecked(header.cast()), layout);
+    }
+}
+
+impl<P: Platform> Domain<P> {
+    /// Allocates a cache-aligned block holding `value`, ready to be retired with [`Domain::retire`].
+    /// Returns the value back if the allocation fails.
+    pub fn alloc<T: Send>(&self, value: T) -> Result<NonNull<T>, T> {
+        let layout = block_layout::<T>();
+        let Some(memory) = self.platform.allocate(layout) else {
+            return Err(value);
+        };
+        let header = memory.as_ptr().cast::<RetireHeader>();
+        // SAFETY: fresh block of `layout`: header at 0, value at `value_offset`, both in bounds.
+        unsafe {
+            header.write(RetireHeader::new(dispose_object::<T, P>, layout));
+            let value_ptr = memory.as_ptr().add(value_offset::<T>()).cast::<T>();
+            value_ptr.write(value);
+            Ok(NonNull::new_unchecked(value_ptr))
+        }
+    }
+
+    /// Frees a block from [`Domain::alloc`] that was never published to readers, at once.
+    ///
+    /// # Safety
+    /// `value` came from `alloc` of this domain, was never retired and no reader can reach it.
+    pub unsafe fn free_now<T>(&self, value: NonNull<T>) {
+        // SAFETY: per the caller, the header precedes the value and nobody else uses the block.
+        unsafe {
+            let header = value
+                .as_ptr()
+                .cast::<u8>()
+                .sub(value_offset::<T>())
+                .cast::<RetireHeader>();
+            ((*header).dispose)(header, self as *const Self as *const ());
+        }
+    }
+
+    /// Retires a block from [`Domain::alloc`] that the caller has unlinked: its destructor runs and its
+    /// memory is freed once every reader that could still see it has exited. Returns the epoch it was
+    /// stamped with; a second retirement of the same block is refused and counted.
+    ///
+    /// # Safety
+    /// `value` came from `alloc` of this domain and is no longer reachable by readers that enter from
+    /// now on.
+    pub unsafe fn retire<T>(&self, value: NonNull<T>) -> Result<u64, RetireError> {
+        // SAFETY: per the caller, the header precedes the value.
+        let header = unsafe {
+            value
+                .as_ptr()
+                .cast::<u8>()
+                .sub(value_offset::<T>())
+                .cast::<RetireHeader>()
+        };
+        // SAFETY: the block is alive (it has not been released, since it is not yet retired or the
+        // state check below refuses).
+        unsafe { self.retire_header(header, state::LIVE) }
+    }
+
+    /// Moves `header` from `from` to RETIRED and appends it to the current participant's list.
+    pub(super) unsafe fn retire_header(
+        &self,
+        header: *mut RetireHeader,
+        from: u8,
+    ) -> Result<u64, RetireError> {
+        // SAFETY: the caller passes a live header.
+        let head = unsafe { &*header };
+        if head
+            .state
+            .compare_exchange(from, state::RETIRED, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            DomainCounters::add(&self.counters.double_retires, 1);
+            return Err(RetireError::AlreadyRetired);
+        }
+        // SAFETY: the header is live and now RETIRED by us, in no list.
+        Ok(unsafe { self.link_retired(header) })
+    }
+
+    /// Appends a RETIRED header to the current processor's list (the overflow list without a usable
+    /// slot, and during unload, whose drains own the per-CPU lists) and returns its stamp.
+    ///
+    /// # Safety
+    /// `header` is live, RETIRED by the caller and in no list.
+    pub(super) unsafe fn link_retired(&self, header: *mut RetireHeader) -> u64 {
+        let previous = self.platform.raise_to_dispatch();
+        let unloading = self.shutting_down.load(Ordering::Relaxed);
+        let current = self.platform.current_processor();
+        let mut slot = if unloading {
+            ptr::null_mut()
+        } else {
+            self.table.lookup(current.number)
+        };
+        if slot.is_null() && !unloading {
+            slot = self.prepare_here(current.number).unwrap_or(ptr::null_mut());
+        }
+        // SAFETY: null or a published slot.
+        let stamp = match unsafe { slot.as_ref() } {
+            Some(slot) if slot.ready.load(Ordering::Acquire) => {
+                let part = &slot.part;
+                self.ensure_joined(part);
+                let stamp = self.retire_stamp(part);
+                // SAFETY: we own this participant at DISPATCH; the header is ours to link.
+                unsafe { part.retired.push(header, stamp) };
+                ParticipantCounters::bump(&part.counters.retires);
+                stamp
+            }
+            _ => {
+                let overflow = self.locked(&self.overflow);
+                self.ensure_joined(&overflow);
+                let stamp = self.retire_stamp(&overflow);
+                // SAFETY: the overflow lock makes us its owner.
+                unsafe { overflow.retired.push(header, stamp) };
+                ParticipantCounters::bump(&overflow.counters.retires);
+                DomainCounters::add(&self.counters.fallback_uses, 1);
+                stamp
+            }
+        };
+        self.platform.lower_irql(previous);
+        stamp
+    }
+
+    /// The epoch a retirement is stamped with: the global epoch, read after a full fence so that any
+    /// reader that could still see the unlinked item entered at or before it.
+    fn retire_stamp(&self, part: &Participant) -> u64 {
+        if !self.mutated(Mutation::StampNoFence) {
+            fence(Ordering::SeqCst);
+        }
+        if self.mutated(Mutation::LocalEpochStamp) {
+            return part.local_epoch.load(Ordering::Relaxed);
+        }
+        self.global_epoch.load(Ordering::Relaxed)
+    }
+
+    /// Disposes of one released item. At DISPATCH, outside any lock.
+    pub(super) fn dispose(&self, header: *mut RetireHeader) {
+        // SAFETY: released items are valid until disposed of, only we hold this one, and its epoch is
+        // released: no reader can reach it. The header's function knows the block's kind.
+        unsafe { ((*header).dispose)(header, self as *const Self as *const ()) }
+    }
+}
