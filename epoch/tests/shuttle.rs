@@ -229,16 +229,12 @@ fn torture() {
     }
     let mut threads = Vec::new();
     for _ in 0..2 {
-        let w = w.clone();
         let steps = rng.gen_range(2..6);
-        threads.push(rt::thread::spawn(move || {
-            torture_thread(&w, running, steps)
-        }));
+        threads.push(w.spawn(move |w| torture_thread(w, running, steps)));
     }
     if strategy == Strategy::Callback {
-        let w = w.clone();
         let fail_first = rng.gen_bool(0.5);
-        threads.push(rt::thread::spawn(move || {
+        threads.push(w.spawn(move |w| {
             if fail_first {
                 w.platform.hot_add(2, true);
             }

@@ -100,6 +100,14 @@ fn lock<T>(mutex: &StdMutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The model machine's processor `cpu` (group 0, index `cpu`).
+fn processor(cpu: usize) -> CurrentProcessor {
+    CurrentProcessor {
+        number: ProcessorNumber::new(0, cpu as u8),
+        index: cpu as u32,
+    }
+}
+
 /// Runs `f` with the calling model thread on processor `cpu` (a migration if it was elsewhere).
 pub fn on_cpu<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
     CPU.with(|c| c.set(cpu));
@@ -437,12 +445,8 @@ impl ModelPlatform {
     /// Sends a processor-change notification for `cpu` from the calling thread.
     pub fn notify(&self, cpu: usize, change: ProcessorChange) {
         let (callback, context) = lock(&self.0.callback).expect("registered");
-        let processor = CurrentProcessor {
-            number: ProcessorNumber::new(0, cpu as u8),
-            index: cpu as u32,
-        };
         // SAFETY: the domain is alive while the registration is.
-        unsafe { callback(context as *const (), change, processor) };
+        unsafe { callback(context as *const (), change, processor(cpu)) };
     }
 
     /// Hot-adds `cpu`: AddStart, then the processor starts and AddComplete, or AddFailure when
@@ -483,10 +487,7 @@ unsafe impl Platform for ModelPlatform {
     fn current_processor(&self) -> CurrentProcessor {
         let cpu = CPU.with(Cell::get);
         self.0.used[cpu].store(true, Ordering::SeqCst);
-        CurrentProcessor {
-            number: ProcessorNumber::new(0, cpu as u8),
-            index: cpu as u32,
-        }
+        processor(cpu)
     }
     fn current_irql(&self) -> Irql {
         Irql(IRQL.with(Cell::get))
@@ -861,6 +862,15 @@ impl World {
             domain: ManuallyDrop::new(domain),
             cell: AtomicPtr::new(first.as_ptr()),
         })
+    }
+
+    /// Runs `f` on a new model thread that shares this world.
+    pub fn spawn(
+        self: &Arc<Self>,
+        f: impl FnOnce(&World) + Send + 'static,
+    ) -> rt::thread::JoinHandle<()> {
+        let world = Arc::clone(self);
+        rt::thread::spawn(move || f(&world))
     }
 
     /// A reader on `cpu`: enters, follows the pointer, and checks the object is alive while inside.

@@ -10,10 +10,7 @@ use std::ptr::NonNull;
 /// CPU 1 joins (lazy preparation at DISPATCH) while CPU 0 retires and runs cycles.
 pub fn join_during_an_in_flight_cycle() {
     let w = World::new(Strategy::Lazy, 2);
-    let reader = {
-        let w = w.clone();
-        rt::thread::spawn(move || w.read(1))
-    };
+    let reader = w.spawn(|w| w.read(1));
     w.replace(0);
     w.cycle();
     w.cycle();
@@ -25,13 +22,10 @@ pub fn join_during_an_in_flight_cycle() {
 pub fn leave_and_rejoin_while_retiring() {
     let w = World::new(Strategy::Lazy, 2);
     w.read(1);
-    let reader = {
-        let w = w.clone();
-        rt::thread::spawn(move || {
-            w.cycle();
-            w.read(1);
-        })
-    };
+    let reader = w.spawn(|w| {
+        w.cycle();
+        w.read(1);
+    });
     w.replace(0);
     w.cycle();
     reader.join().unwrap();
@@ -41,10 +35,7 @@ pub fn leave_and_rejoin_while_retiring() {
 /// CPU 1's first epoch use is a retirement, racing a reader on CPU 0 and a cycle.
 pub fn retirement_on_a_joining_cpu() {
     let w = World::new(Strategy::Lazy, 2);
-    let writer = {
-        let w = w.clone();
-        rt::thread::spawn(move || w.replace(1))
-    };
+    let writer = w.spawn(|w| w.replace(1));
     w.read(0);
     w.cycle();
     writer.join().unwrap();
@@ -56,10 +47,7 @@ pub fn retirement_on_a_joining_cpu() {
 /// release/acquire pair on the remote-exit counter orders the reader's read before the free.
 pub fn migrating_reader_exits_on_another_cpu() {
     let w = World::new(Strategy::Lazy, 2);
-    let reader = {
-        let w = w.clone();
-        rt::thread::spawn(move || w.read_migrating(0, 1))
-    };
+    let reader = w.spawn(|w| w.read_migrating(0, 1));
     w.replace(0);
     w.cycle();
     w.cycle();
@@ -72,13 +60,10 @@ pub fn migrating_reader_exits_on_another_cpu() {
 pub fn hot_add_races_with_a_cycle_and_synchronize() {
     let w = World::new(Strategy::Callback, 2);
     w.read(0);
-    let hot_add = {
-        let w = w.clone();
-        rt::thread::spawn(move || {
-            w.platform.hot_add(2, false);
-            w.read(2);
-        })
-    };
+    let hot_add = w.spawn(|w| {
+        w.platform.hot_add(2, false);
+        w.read(2);
+    });
     w.replace(1);
     w.cycle();
     on_cpu(1, || w.domain.synchronize());
@@ -95,10 +80,7 @@ pub fn hot_add_races_with_a_cycle_and_synchronize() {
 pub fn add_failure_races_with_synchronize() {
     let w = World::new(Strategy::Callback, 2);
     w.read(0);
-    let hot_add = {
-        let w = w.clone();
-        rt::thread::spawn(move || w.platform.hot_add(2, true))
-    };
+    let hot_add = w.spawn(|w| w.platform.hot_add(2, true));
     w.replace(0);
     on_cpu(1, || w.domain.synchronize());
     hot_add.join().unwrap();
@@ -119,10 +101,7 @@ pub fn overflow_reader_races_a_writer_and_the_fold_in() {
         1,
         "CPU 1 uses the overflow slot"
     );
-    let reader = {
-        let w = w.clone();
-        rt::thread::spawn(move || w.read(1))
-    };
+    let reader = w.spawn(|w| w.read(1));
     w.replace(0);
     w.cycle();
     w.cycle();
@@ -131,24 +110,15 @@ pub fn overflow_reader_races_a_writer_and_the_fold_in() {
     World::finish(w);
 }
 
-/// Three threads: CPU 1 re-joins with a reader, CPU 2 (participating, with an item pending)
-/// unlinks and retires the object, CPU 0 runs the cycles. The writer is not the cycle driver, so
-/// the cycle's own fence (between publishing its epoch and reading `participating`) is the only
-/// thing ordering the snapshot against the join; CPU 1's slot exists before the race, so that
-/// preparing it cannot order the threads through the registry lock.
-pub fn join_races_a_writer_and_a_cycle() {
+/// Three threads after `setup`: a reader on CPU 1, a writer on CPU 2 (participating, with an item
+/// pending) that unlinks and retires the object, and CPU 0 running two cycles. The writer is not
+/// the cycle driver and every slot exists before the race, so only the protocol's own fences and
+/// visits can order the three (preparing a slot would order them through the registry lock).
+fn reader_writer_and_cycles_on_three_threads(setup: fn(&World)) {
     let w = World::new(Strategy::Lazy, 3);
-    w.read(1);
-    w.replace(2);
-    w.cycle();
-    let reader = {
-        let w = w.clone();
-        rt::thread::spawn(move || w.read(1))
-    };
-    let writer = {
-        let w = w.clone();
-        rt::thread::spawn(move || w.replace(2))
-    };
+    setup(&w);
+    let reader = w.spawn(|w| w.read(1));
+    let writer = w.spawn(|w| w.replace(2));
     w.cycle();
     w.cycle();
     reader.join().unwrap();
@@ -156,28 +126,26 @@ pub fn join_races_a_writer_and_a_cycle() {
     World::finish(w);
 }
 
-/// Three threads: CPUs 1 and 2 take part (each with an item pending, CPU 1 first in the ring), a
-/// reader on CPU 1 enters after CPU 1's visit while the writer on CPU 2 unlinks and retires before
-/// CPU 2's visit, and CPU 0 runs the cycles. Nothing but the fence before the stamp makes the stamp
-/// at least the epoch of a reader that could still see the unlinked object.
+/// The reader's CPU left the cycle (idle), so the reader re-joins: the cycle's fence between
+/// publishing its epoch and reading `participating`, and the join's fences, order the snapshot
+/// against the join.
+pub fn join_races_a_writer_and_a_cycle() {
+    reader_writer_and_cycles_on_three_threads(|w| {
+        w.read(1);
+        w.replace(2);
+        w.cycle();
+    });
+}
+
+/// Both CPUs take part (each with an item pending; CPU 1 is first in the ring), so the reader
+/// enters its CPU's local epoch without joining: nothing but the fence before the writer's stamp
+/// makes the stamp at least the epoch of a reader that could still see the unlinked object.
 pub fn retirement_stamp_races_a_cycle() {
-    let w = World::new(Strategy::Lazy, 3);
-    w.replace(1);
-    w.replace(2);
-    w.cycle();
-    let reader = {
-        let w = w.clone();
-        rt::thread::spawn(move || w.read(1))
-    };
-    let writer = {
-        let w = w.clone();
-        rt::thread::spawn(move || w.replace(2))
-    };
-    w.cycle();
-    w.cycle();
-    reader.join().unwrap();
-    writer.join().unwrap();
-    World::finish(w);
+    reader_writer_and_cycles_on_three_threads(|w| {
+        w.replace(1);
+        w.replace(2);
+        w.cycle();
+    });
 }
 
 /// A cycle over CPUs 1 and 2 is in flight with another one requested when the domain is dropped;
@@ -243,14 +211,11 @@ pub fn work_item_runs_while_the_domain_is_dropped() {
 /// stack (L3; the machine checks the depth of every signal at DISPATCH).
 pub fn flush_storm_chains_cycles_iteratively() {
     let w = World::new(Strategy::Lazy, 2);
-    let storm = {
-        let w = w.clone();
-        rt::thread::spawn(move || {
-            for _ in 0..6 {
-                on_cpu(1, || w.domain.flush());
-            }
-        })
-    };
+    let storm = w.spawn(|w| {
+        for _ in 0..6 {
+            on_cpu(1, || w.domain.flush());
+        }
+    });
     for _ in 0..6 {
         on_cpu(0, || w.domain.flush());
     }
