@@ -9,7 +9,7 @@
 //!   delivers them (a waiter, a cycle driver or a dedicated "DPC" thread); `flush_messages` waits
 //!   only for what was queued or running when it was called, as `KeFlushQueuedDpcs` does;
 //! - the periodic timer (fired by waiters: time passes while they wait), events, passive work items
-//!   (run by waiters, or only by a dedicated worker thread), processor-change notifications;
+//!   (run by waiters, or each on a worker thread of its own), processor-change notifications;
 //! - allocation that fails on demand on a chosen processor (so the overflow slot is used);
 //! - checks on every path: S1 (an object's payload sits in a model `UnsafeCell` that readers read
 //!   and the destructor writes: loom reports an access not ordered by happens-before, and a reader
@@ -169,9 +169,11 @@ pub struct Machine {
     next_message_seq: AtomicU64,
     /// Queued passive work items (addresses).
     passive: rt::Mutex<VecDeque<usize>>,
-    /// Only a dedicated worker thread ([`ModelPlatform::serve_passive_work`]) runs passive work;
-    /// otherwise waiters run it too.
-    dedicated_worker: AtomicBool,
+    /// Every queued work item runs on a model thread of its own (a system worker thread), started
+    /// by `passive_queue`; otherwise waiters and [`ModelPlatform::run_passive_work`] run them.
+    worker_threads: AtomicBool,
+    /// The worker threads started so far, joined by [`check_unloaded`].
+    workers: StdMutex<Vec<rt::thread::JoinHandle<()>>>,
     timer: StdMutex<Option<TimerState>>,
     /// Held while the timer handler runs; `timer_stop` takes it to wait for a running handler.
     timer_firing: ModelBool,
@@ -244,7 +246,8 @@ impl ModelPlatform {
             messages_pending: StdMutex::new(BTreeSet::new()),
             next_message_seq: AtomicU64::new(0),
             passive: rt::Mutex::new(VecDeque::new()),
-            dedicated_worker: AtomicBool::new(false),
+            worker_threads: AtomicBool::new(false),
+            workers: StdMutex::new(Vec::new()),
             timer: StdMutex::new(None),
             timer_firing: ModelBool::new(false),
             callback: StdMutex::new(None),
@@ -257,9 +260,10 @@ impl ModelPlatform {
         self.0.fail_alloc[cpu].store(fail, Ordering::SeqCst);
     }
 
-    /// From now on only [`ModelPlatform::serve_passive_work`] runs passive work items.
-    pub fn use_dedicated_worker(&self) {
-        self.0.dedicated_worker.store(true, Ordering::SeqCst);
+    /// From now on every queued work item runs on a model thread of its own, concurrently with
+    /// everything else (for instance with the unload that waits for it).
+    pub fn use_worker_threads(&self) {
+        self.0.worker_threads.store(true, Ordering::SeqCst);
     }
 
     /// Panics if `address` lies in a block the core freed: the core touched a platform object
@@ -383,18 +387,6 @@ impl ModelPlatform {
         // SAFETY: the work block is alive (checked above); the handler runs once per queueing.
         unsafe { handler.invoke() };
         true
-    }
-
-    /// The dedicated worker thread's loop: runs passive work items until `count` have run.
-    pub fn serve_passive_work(&self, count: usize) {
-        let mut ran = 0;
-        while ran < count {
-            if self.run_passive_one() {
-                ran += 1;
-            } else {
-                rt::yield_now();
-            }
-        }
     }
 
     /// Runs every queued passive work item on the calling thread.
@@ -681,6 +673,16 @@ unsafe impl Platform for ModelPlatform {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push_back(address);
+        if self.0.worker_threads.load(Ordering::SeqCst) {
+            let platform = self.clone();
+            let worker = rt::thread::spawn(move || {
+                on_cpu(CPUS - 1, || {
+                    IRQL.with(|i| i.set(0));
+                    platform.run_passive_one();
+                })
+            });
+            lock(&self.0.workers).push(worker);
+        }
     }
     unsafe fn passive_release(&self, work: *mut ModelWork) {
         self.check_alive(work as usize, "passive_release of a freed work item");
@@ -715,7 +717,7 @@ unsafe impl Platform for ModelPlatform {
     }
     fn event_wait(&self, event: &ModelEvent) {
         self.verify_irql("event_wait", IrqlRule::Passive);
-        let inline_work = !self.0.dedicated_worker.load(Ordering::SeqCst);
+        let inline_work = !self.0.worker_threads.load(Ordering::SeqCst);
         loop {
             self.check_alive(
                 event as *const ModelEvent as usize,
@@ -953,6 +955,10 @@ impl World {
 /// items and timer firings run now, and any that touches the freed domain is a use after free) and
 /// nothing is leaked.
 pub fn check_unloaded(platform: &ModelPlatform) {
+    let workers = std::mem::take(&mut *lock(&platform.0.workers));
+    for worker in workers {
+        worker.join().unwrap();
+    }
     platform.deliver_all();
     platform.run_passive_work();
     platform.fire_timer();

@@ -177,12 +177,12 @@ pub fn unload_while_a_cycle_is_in_flight() {
 }
 
 /// A work item that retires an object from its callback is scheduled and the domain dropped at
-/// once: unload hands it to a dedicated worker thread and waits for it. The worker's last access
+/// once: unload hands it to a worker thread of its own and waits for it. The worker's last access
 /// to the domain must come before unload can see the work finished (S8), and what the callback
 /// retires during unload must still be freed.
 pub fn work_item_runs_while_the_domain_is_dropped() {
     let w = World::new(Strategy::Lazy, 2);
-    w.platform.use_dedicated_worker();
+    w.platform.use_worker_threads();
     let last = w.cell.swap(std::ptr::null_mut(), Ordering::AcqRel);
     on_cpu(0, || {
         // SAFETY: unlinked; allocated by this domain.
@@ -197,12 +197,7 @@ pub fn work_item_runs_while_the_domain_is_dropped() {
         .ok()
         .expect("no other owner")
         .into_parts();
-    let worker = {
-        let platform = platform.clone();
-        rt::thread::spawn(move || on_cpu(1, || platform.serve_passive_work(1)))
-    };
     on_cpu(0, || drop(domain));
-    worker.join().unwrap();
     check_unloaded(&platform);
 }
 
