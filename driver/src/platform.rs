@@ -326,12 +326,16 @@ unsafe impl Send for NtPassiveWork {}
 unsafe impl Sync for NtPassiveWork {}
 
 unsafe extern "C" fn passive_work(_device: *mut nt::DEVICE_OBJECT, context: *mut c_void) {
-    // SAFETY: `context` is the NtPassiveWork that queued this item; it stays initialised until
-    // passive_release, which the core calls only when the item is neither queued nor running.
-    unsafe {
-        let work = &*context.cast::<NtPassiveWork>();
-        (*work.handler.get()).assume_init_ref().invoke();
-    }
+    // The handler may release this very item (and free the memory holding it) as its last act, so
+    // take a copy of it first and hold no reference into the item while it runs.
+    // SAFETY: `context` is the NtPassiveWork that queued this item, initialised until passive_release,
+    // which can only happen inside the handler invoked below.
+    let handler: Handler = unsafe {
+        let work = context.cast::<NtPassiveWork>();
+        (*(*work).handler.get()).assume_init()
+    };
+    // SAFETY: the handler's context is alive while the work item runs (the core's contract).
+    unsafe { handler.invoke() };
 }
 
 /// A notification event (`KEVENT`).

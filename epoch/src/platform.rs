@@ -269,10 +269,12 @@ pub unsafe trait Platform: Send + Sync + 'static {
     ) -> Result<(), Status>;
     /// Queues the work item; its handler runs once at PASSIVE on a system thread. Callable at DISPATCH.
     fn passive_queue(&self, work: &Self::PassiveWork);
-    /// Undoes `passive_init`.
+    /// Undoes `passive_init`. May be called by the item's own running handler as its last use of
+    /// the item (`IoFreeWorkItem` from the work routine): the platform must not touch `work` after
+    /// invoking the handler.
     ///
     /// # Safety
-    /// `work` was initialised and is neither queued nor running.
+    /// `work` was initialised and is not queued; if it is running, the caller is its handler.
     unsafe fn passive_release(&self, work: *mut Self::PassiveWork);
 
     /// Initialises a notification event in place, not signalled.
@@ -281,8 +283,9 @@ pub unsafe trait Platform: Send + Sync + 'static {
     /// `event` points to storage that stays at this address while the event is used.
     unsafe fn event_init(&self, event: *mut Self::Event);
     /// Signals the event (wakes every waiter; stays signalled until reset). Callable at DISPATCH.
-    /// Must not touch the event once a waiter can observe it signalled (`KeSetEvent` with
-    /// `Wait = FALSE`): the waiter may free the memory holding it as soon as it wakes.
+    /// Must touch neither the event nor `self` once a waiter can observe it signalled (`KeSetEvent`
+    /// with `Wait = FALSE`): the waiter may free the memory holding both (the domain) as soon as it
+    /// wakes.
     fn event_signal(&self, event: &Self::Event);
     /// Clears the event.
     fn event_reset(&self, event: &Self::Event);

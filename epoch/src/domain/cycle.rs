@@ -32,6 +32,9 @@ impl Cycle {
     }
 }
 
+/// Cycles one call of `drive_cycles` may chain before it leaves the next to the timer or a flush.
+const MAX_CHAINED_CYCLES: u32 = 8;
+
 /// What [`Domain::start_cycle`] did.
 enum CycleStart {
     /// The first member's message is queued; the last visit finishes the cycle.
@@ -55,6 +58,7 @@ impl<P: Platform> Domain<P> {
     /// or another processor owns the cycle. `finishing`: the caller ends the cycle in flight (its
     /// last visit). Iterative, so a flush storm cannot grow the stack (L3). At DISPATCH.
     fn drive_cycles(&self, mut finishing: bool) {
+        let mut chained = 0;
         loop {
             if finishing {
                 if !self.finish_cycle() {
@@ -64,6 +68,13 @@ impl<P: Platform> Domain<P> {
                 // version did.
                 if self.mutated(Mutation::RecursiveChaining) {
                     return self.drive_cycles(false);
+                }
+                // Bounded in time too: a DPC must not run cycles for as long as other processors
+                // keep flushing (DPC watchdog). The request stays for the next timer tick or flush.
+                chained += 1;
+                if chained == MAX_CHAINED_CYCLES {
+                    self.cycle.requested.store(true, Ordering::SeqCst);
+                    return;
                 }
             }
             match self.start_cycle() {
@@ -81,14 +92,18 @@ impl<P: Platform> Domain<P> {
         if self.shutting_down.load(Ordering::Relaxed) {
             return CycleStart::NotStarted;
         }
-        if self
+        while self
             .cycle
             .in_flight
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
         {
             self.cycle.requested.store(true, Ordering::SeqCst);
-            return CycleStart::NotStarted;
+            // The owner may have finished between the CAS and the store without seeing the
+            // request: then take the cycle ourselves instead of losing it.
+            if self.cycle.in_flight.load(Ordering::SeqCst) {
+                return CycleStart::NotStarted;
+            }
         }
         // Unload stores `shutting_down`, fences, then waits while `in_flight` is set. Re-checking
         // after owning `in_flight` (store buffering, fence against fence) means a cycle either is
@@ -319,13 +334,12 @@ impl<P: Platform> Domain<P> {
 
     /// Blocks until everything retired before the call has been disposed of. PASSIVE only, outside any
     /// epoch (waiting inside one would wait for itself). Called from a work item while the domain
-    /// unloads, it returns at once: cycles have stopped and unload disposes of everything itself.
+    /// unloads, it returns without waiting: cycles have stopped and unload itself disposes of
+    /// everything retired, after that work item returns — so such a callback must not free what a
+    /// destructor of an item it retired still uses.
     pub fn synchronize(&self) {
         self.platform
             .verify_irql("Domain::synchronize", IrqlRule::Passive);
-        if self.shutting_down.load(Ordering::Relaxed) {
-            return;
-        }
         fence(Ordering::SeqCst);
         let target = self.global_epoch.load(Ordering::SeqCst);
         // Ask for cycles back to back only while they make progress; when one released nothing (a
@@ -337,6 +351,14 @@ impl<P: Platform> Domain<P> {
                 return;
             }
             self.platform.event_reset(self.cycle_done());
+            // Unload may be waiting on the same event (for the cycle in flight) and will run no
+            // cycle any more: give the signal back and stop. The fence orders this check after the
+            // reset, against unload's store, fence and signal.
+            fence(Ordering::SeqCst);
+            if self.shutting_down.load(Ordering::Relaxed) {
+                self.platform.event_signal(self.cycle_done());
+                return;
+            }
             if progressing {
                 self.flush();
             }

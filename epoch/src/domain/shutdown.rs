@@ -30,6 +30,9 @@ impl<P: Platform> Domain<P> {
                 self.platform.event_wait(self.cycle_done());
             }
         }
+        // A work item blocked in `synchronize` may have taken the signal unload waited for; wake it
+        // so it sees `shutting_down` and returns.
+        self.platform.event_signal(self.cycle_done());
         self.platform.flush_messages();
 
         if self.mutated(Mutation::UnloadDrainOnce) {
@@ -69,13 +72,22 @@ impl<P: Platform> Domain<P> {
         }
     }
 
-    /// One unload pass: disposes of everything retired so far in every slot and in the overflow
-    /// slot, outside every lock, since a destructor may retire again (into the overflow list) and a
-    /// disposed work item is queued. Reports readers still inside on the first pass. Returns how many
-    /// items it disposed of.
+    /// One unload pass, run while no work item is queued or running: first detach every item retired
+    /// so far, from every slot and the overflow slot, then dispose of them outside every lock. Work
+    /// items queued by those disposals run meanwhile and may retire again (into the overflow list):
+    /// what they retire waits for the next pass, which first waits for them, so nothing is freed
+    /// while a reader among them may still hold it. Reports readers still inside on the first pass,
+    /// before anything runs. Returns how many items it disposed of.
     fn drain_pass(&self, report_readers: bool) -> u64 {
         let previous = self.platform.raise_to_dispatch();
-        let mut disposed = 0;
+        let detached = RetiredList::new();
+        let detach = |part: &Participant| {
+            while let Some(item) = part.retired.pop_released(u64::MAX) {
+                // SAFETY: the item left its participant's list; the local list owns it now.
+                unsafe { detached.push(item, u64::MAX) };
+                ParticipantCounters::bump(&part.counters.freed);
+            }
+        };
         let mut cursor = self.locked(&self.registry).head;
         while !cursor.is_null() {
             // SAFETY: slots stay registered until the end of unload, and the registry no longer
@@ -84,26 +96,18 @@ impl<P: Platform> Domain<P> {
             if report_readers {
                 self.report_leaked_readers(&slot.part, Some(slot.processor));
             }
-            while let Some(item) = slot.part.retired.pop_released(u64::MAX) {
-                ParticipantCounters::bump(&slot.part.counters.freed);
-                self.dispose(item);
-                disposed += 1;
-            }
+            detach(&slot.part);
             cursor = slot.next_registered.load(Ordering::Relaxed);
         }
-        let items = RetiredList::new();
         {
             let overflow = self.locked(&self.overflow);
             if report_readers {
                 self.report_leaked_readers(&overflow, None);
             }
-            while let Some(item) = overflow.retired.pop_released(u64::MAX) {
-                // SAFETY: the item left the overflow list; the local list owns it now.
-                unsafe { items.push(item, u64::MAX) };
-                ParticipantCounters::bump(&overflow.counters.freed);
-            }
+            detach(&overflow);
         }
-        while let Some(item) = items.pop_released(u64::MAX) {
+        let mut disposed = 0;
+        while let Some(item) = detached.pop_released(u64::MAX) {
             self.dispose(item);
             disposed += 1;
         }

@@ -608,12 +608,13 @@ unsafe impl Platform for SimPlatform {
                     "passive_release of an uninitialised or released work item".into(),
                 );
             }
-            Some(rec) if rec.queued || rec.running => {
+            // Releasing a running item is allowed from its own handler (its last use of the item).
+            Some(rec) if rec.queued => {
                 st.passive_queue.retain(|&w| w != id);
                 drop(st);
                 sh.violation(
                     ViolationKind::BadObject,
-                    "passive_release of a queued or running work item".into(),
+                    "passive_release of a queued work item".into(),
                 );
             }
             Some(_) => {}
@@ -626,8 +627,11 @@ unsafe impl Platform for SimPlatform {
     }
 
     fn event_signal(&self, event: &SimEvent) {
+        // The waiter may free the memory holding `self` and `event` once the store is visible: take
+        // the machine (which outlives every domain on it) first and touch only it afterwards.
+        let shared = self.shared.clone();
         event.signalled.store(true, Ordering::Release);
-        self.wake_waiters();
+        SimPlatform { shared }.wake_waiters();
     }
 
     fn event_reset(&self, event: &SimEvent) {
