@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit and integration tests, the kernel-target build of the
-# core, and the torture runs the README promises. CI (.ci/run) runs exactly this after installing tools.
+# core, and the torture runs the README promises; it first installs what is missing (setup.sh). CI
+# (.ci/run) runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== setup (installs what is missing)"
+bash test-scripts/setup.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -75,35 +75,30 @@ mutations! {
     /// Unload disposes of retired items once, before work items ran: what a work callback or a
     /// destructor retires during unload leaks (S8).
     UnloadDrainOnce = 9, "unload-drain-once", Logic;
-    /// `join` drops the fence between storing `participating` and loading the global epoch, so the
-    /// store can be ordered after the load (store buffering against the cycle's snapshot).
-    JoinNoStoreFence = 10, "join-no-store-fence", Ordering;
     /// `join` drops the fence after loading the global epoch: the reader's pointer loads may see an
-    /// object unlinked before the epoch it entered.
-    JoinNoLoadFence = 11, "join-no-load-fence", Ordering;
-    /// `join` loads the global epoch before storing `participating` (the two steps swapped).
-    JoinLoadFirst = 12, "join-load-before-store", Ordering;
+    /// object unlinked before the epoch it entered, and a cycle may miss the joining participant.
+    JoinNoFence = 10, "join-no-fence", Ordering;
     /// The cycle drops the fence between publishing its epoch and reading `participating`.
-    CycleNoFence = 13, "cycle-no-fence", Ordering;
+    CycleNoFence = 11, "cycle-no-fence", Ordering;
     /// The cycle snapshots the ring before publishing its epoch (the two steps swapped).
-    CycleSnapshotFirst = 14, "cycle-snapshot-before-publish", Ordering;
+    CycleSnapshotFirst = 12, "cycle-snapshot-before-publish", Ordering;
     /// The retirement stamp is read without the fence that orders it after the unlink.
-    StampNoFence = 15, "stamp-no-fence", Ordering;
+    StampNoFence = 13, "stamp-no-fence", Ordering;
     /// An overflow reader that finds the overflow participating reads the global epoch without the
     /// fence that orders its later pointer loads.
-    OverflowEnterNoFence = 16, "overflow-enter-no-fence", Ordering;
+    OverflowEnterNoFence = 14, "overflow-enter-no-fence", Ordering;
     /// A migrated reader's exit is a relaxed add: the visit that counts it does not synchronise with
     /// the reader's loads before it frees what they read.
-    RemoteExitRelaxed = 17, "remote-exit-relaxed", Ordering;
+    RemoteExitRelaxed = 15, "remote-exit-relaxed", Ordering;
     /// A cycle start does not re-check `shutting_down` after it owns `in_flight`: it can start after
     /// unload saw no cycle in flight.
-    StartWithoutShutdownRecheck = 18, "start-without-shutdown-recheck", Ordering;
+    StartWithoutShutdownRecheck = 16, "start-without-shutdown-recheck", Ordering;
     /// A finished work item decrements the outstanding count and then signals the domain's event
     /// whether or not unload waits: unload can see zero and free the domain under the signal.
-    WorkSignalAfterCount = 19, "work-signal-after-count", Ordering;
+    WorkSignalAfterCount = 17, "work-signal-after-count", Ordering;
     /// Unload flushes messages without first waiting for the in-flight cycle, whose visits then keep
     /// sending messages to slots being freed.
-    UnloadSkipCycleWait = 20, "unload-skip-cycle-wait", Ordering;
+    UnloadSkipCycleWait = 18, "unload-skip-cycle-wait", Ordering;
 }
 
 impl Mutation {

@@ -1,22 +1,30 @@
 //! The one place where the core picks its atomics: `core::sync::atomic` normally, loom's under
-//! `--cfg loom` so that the model checker sees every shared access.
+//! `--cfg loom` and shuttle's under `--cfg shuttle`, so that the model checkers see (and, for
+//! shuttle, preempt at) every shared access.
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{
     fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering,
 };
 
-#[cfg(not(loom))]
+#[cfg(all(shuttle, not(loom)))]
+pub(crate) use shuttle::sync::atomic::{
+    fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering,
+};
+
+#[cfg(not(any(loom, shuttle)))]
 pub(crate) use core::sync::atomic::{
     fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering,
 };
 
-/// Tells the processor (or loom's scheduler) that the caller is spinning.
+/// Tells the processor (or the model checker's scheduler) that the caller is spinning.
 #[inline]
 pub(crate) fn spin_hint() {
     #[cfg(loom)]
     loom::thread::yield_now();
-    #[cfg(not(loom))]
+    #[cfg(all(shuttle, not(loom)))]
+    shuttle::thread::yield_now();
+    #[cfg(not(any(loom, shuttle)))]
     core::hint::spin_loop();
 }
 

@@ -90,25 +90,15 @@ impl<P: Platform> Domain<P> {
         }
     }
 
-    /// The owner of `part` puts it back into the cycle: store `participating`, full fence, load the
-    /// global epoch, full fence. The first fence pairs with the one between the cycle's publish and
-    /// its snapshot (store buffering): either the in-flight cycle sees this participant or this
-    /// participant sees that cycle's epoch. The second pairs with the retirement fence: the readers
-    /// that follow see every unlink stamped before the epoch they enter. See PROTOCOL.md, "Joining".
+    /// The owner of `part` puts it back into the cycle: store `participating`, load the global epoch,
+    /// full fence. The fence pairs with the cycle's fence between publish and snapshot and with the
+    /// retirement fence: either a cycle's snapshot sees this participant, or every object that cycle
+    /// can release was unlinked where the readers that follow see it (PROTOCOL.md, "Joining": no
+    /// fence is needed between the store and the load).
     pub(super) fn join(&self, part: &Participant) {
-        let epoch = if self.mutated(Mutation::JoinLoadFirst) {
-            let epoch = self.global_epoch.load(Ordering::Relaxed);
-            part.participating.store(true, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
-            epoch
-        } else {
-            part.participating.store(true, Ordering::Relaxed);
-            if !self.mutated(Mutation::JoinNoStoreFence) {
-                fence(Ordering::SeqCst);
-            }
-            self.global_epoch.load(Ordering::Relaxed)
-        };
-        if !self.mutated(Mutation::JoinNoLoadFence) {
+        part.participating.store(true, Ordering::Relaxed);
+        let epoch = self.global_epoch.load(Ordering::Relaxed);
+        if !self.mutated(Mutation::JoinNoFence) {
             fence(Ordering::SeqCst);
         }
         part.local_epoch.store(epoch, Ordering::Relaxed);

@@ -1,0 +1,241 @@
+//! Directed scenarios: each is one model-checker iteration (loom explores its interleavings,
+//! shuttle samples them). The loom and shuttle test files run the same functions, listed once in
+//! [`every_scenario`].
+
+use super::{check_unloaded, on_cpu, retire_fresh_object, rt, World};
+use kepoch::{Domain, Strategy};
+use rt::atomic::Ordering;
+use std::ptr::NonNull;
+
+/// CPU 1 joins (lazy preparation at DISPATCH) while CPU 0 retires and runs cycles.
+pub fn join_during_an_in_flight_cycle() {
+    let w = World::new(Strategy::Lazy, 2);
+    let reader = w.spawn(|w| w.read(1));
+    w.replace(0);
+    w.cycle();
+    w.cycle();
+    reader.join().unwrap();
+    World::finish(w);
+}
+
+/// CPU 1 goes idle, the next cycles make it leave, and it re-joins while CPU 0 retires.
+pub fn leave_and_rejoin_while_retiring() {
+    let w = World::new(Strategy::Lazy, 2);
+    w.read(1);
+    let reader = w.spawn(|w| {
+        w.cycle();
+        w.read(1);
+    });
+    w.replace(0);
+    w.cycle();
+    reader.join().unwrap();
+    World::finish(w);
+}
+
+/// CPU 1's first epoch use is a retirement, racing a reader on CPU 0 and a cycle.
+pub fn retirement_on_a_joining_cpu() {
+    let w = World::new(Strategy::Lazy, 2);
+    let writer = w.spawn(|w| w.replace(1));
+    w.read(0);
+    w.cycle();
+    writer.join().unwrap();
+    World::finish(w);
+}
+
+/// A reader enters on CPU 0 and exits on CPU 1 (a remote exit) while CPU 0 retires what it read
+/// and runs the cycles whose visit on CPU 0 counts that exit and frees the object: only the
+/// release/acquire pair on the remote-exit counter orders the reader's read before the free.
+pub fn migrating_reader_exits_on_another_cpu() {
+    let w = World::new(Strategy::Lazy, 2);
+    let reader = w.spawn(|w| w.read_migrating(0, 1));
+    w.replace(0);
+    w.cycle();
+    w.cycle();
+    reader.join().unwrap();
+    World::finish(w);
+}
+
+/// CPU 2 is hot-added (AddStart, start, AddComplete) and reads while CPU 1 retires, a cycle runs
+/// and `synchronize` waits: no message before AddComplete (S3), the CPU was pre-warmed.
+pub fn hot_add_races_with_a_cycle_and_synchronize() {
+    let w = World::new(Strategy::Callback, 2);
+    w.read(0);
+    let hot_add = w.spawn(|w| {
+        w.platform.hot_add(2, false);
+        w.read(2);
+    });
+    w.replace(1);
+    w.cycle();
+    on_cpu(1, || w.domain.synchronize());
+    hot_add.join().unwrap();
+    assert_eq!(
+        w.domain.stats().prepare_at_dispatch,
+        0,
+        "the hot-added CPU was pre-warmed"
+    );
+    World::finish(w);
+}
+
+/// AddStart → AddFailure for CPU 2 while `synchronize` runs: the preparation is rolled back.
+pub fn add_failure_races_with_synchronize() {
+    let w = World::new(Strategy::Callback, 2);
+    w.read(0);
+    let hot_add = w.spawn(|w| w.platform.hot_add(2, true));
+    w.replace(0);
+    on_cpu(1, || w.domain.synchronize());
+    hot_add.join().unwrap();
+    assert_eq!(w.domain.stats().cpus_prepared, 2, "AddFailure rolls back");
+    World::finish(w);
+}
+
+/// CPU 1 cannot allocate its slot, so its readers use the overflow slot, which already takes part
+/// (an earlier reader joined it). A reader enters there while CPU 0 unlinks and retires the object
+/// and runs the cycles that fold the overflow in and free the object: the reader's fence after it
+/// reads the global epoch is what orders its pointer load after the unlink.
+pub fn overflow_reader_races_a_writer_and_the_fold_in() {
+    let w = World::new(Strategy::Lazy, 2);
+    w.platform.fail_allocations_on(1, true);
+    w.read(1);
+    assert_eq!(
+        w.domain.stats().fallback_uses,
+        1,
+        "CPU 1 uses the overflow slot"
+    );
+    let reader = w.spawn(|w| w.read(1));
+    w.replace(0);
+    w.cycle();
+    w.cycle();
+    reader.join().unwrap();
+    w.platform.fail_allocations_on(1, false);
+    World::finish(w);
+}
+
+/// Three threads after `setup`: a reader on CPU 1, a writer on CPU 2 (participating, with an item
+/// pending) that unlinks and retires the object, and CPU 0 running two cycles. The writer is not
+/// the cycle driver and every slot exists before the race, so only the protocol's own fences and
+/// visits can order the three (preparing a slot would order them through the registry lock).
+fn reader_writer_and_cycles_on_three_threads(setup: fn(&World)) {
+    let w = World::new(Strategy::Lazy, 3);
+    setup(&w);
+    let reader = w.spawn(|w| w.read(1));
+    let writer = w.spawn(|w| w.replace(2));
+    w.cycle();
+    w.cycle();
+    reader.join().unwrap();
+    writer.join().unwrap();
+    World::finish(w);
+}
+
+/// The reader's CPU left the cycle (idle), so the reader re-joins: the cycle's fence between
+/// publishing its epoch and reading `participating`, and the join's fences, order the snapshot
+/// against the join.
+pub fn join_races_a_writer_and_a_cycle() {
+    reader_writer_and_cycles_on_three_threads(|w| {
+        w.read(1);
+        w.replace(2);
+        w.cycle();
+    });
+}
+
+/// Both CPUs take part (each with an item pending; CPU 1 is first in the ring), so the reader
+/// enters its CPU's local epoch without joining: nothing but the fence before the writer's stamp
+/// makes the stamp at least the epoch of a reader that could still see the unlinked object.
+pub fn retirement_stamp_races_a_cycle() {
+    reader_writer_and_cycles_on_three_threads(|w| {
+        w.replace(1);
+        w.replace(2);
+        w.cycle();
+    });
+}
+
+/// A cycle over CPUs 1 and 2 is in flight with another one requested when the domain is dropped;
+/// a "DPC" thread runs the visits meanwhile. Unload must wait for the cycle in flight and no cycle
+/// may start after unload saw none in flight: otherwise visits run on (and send messages to) slots
+/// that unload frees.
+pub fn unload_while_a_cycle_is_in_flight() {
+    let w = World::new(Strategy::Lazy, 3);
+    w.read(1);
+    w.read(2);
+    let last = w.cell.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    on_cpu(0, || {
+        // SAFETY: unlinked; allocated by this domain.
+        unsafe { w.domain.retire(NonNull::new(last).expect("published")) }.expect("retire");
+        w.domain.flush();
+        w.domain.flush();
+    });
+    let (platform, domain) = std::sync::Arc::try_unwrap(w)
+        .ok()
+        .expect("no other owner")
+        .into_parts();
+    let dpc = {
+        let platform = platform.clone();
+        rt::thread::spawn(move || on_cpu(0, || platform.deliver_all()))
+    };
+    on_cpu(0, || drop(domain));
+    dpc.join().unwrap();
+    check_unloaded(&platform);
+}
+
+/// A work item that retires an object from its callback is scheduled and the domain dropped at
+/// once: unload hands it to a worker thread of its own and waits for it. The worker's last access
+/// to the domain must come before unload can see the work finished (S8), and what the callback
+/// retires during unload must still be freed.
+pub fn work_item_runs_while_the_domain_is_dropped() {
+    let w = World::new(Strategy::Lazy, 2);
+    w.platform.use_worker_threads();
+    let last = w.cell.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    on_cpu(0, || {
+        // SAFETY: unlinked; allocated by this domain.
+        unsafe { w.domain.retire(NonNull::new(last).expect("published")) }.expect("retire");
+        let domain: &Domain<_> = &w.domain;
+        let item = domain
+            .new_work_item(retire_fresh_object, domain as *const Domain<_> as usize)
+            .expect("work item");
+        domain.schedule_work(&item).expect("schedule");
+    });
+    let (platform, domain) = std::sync::Arc::try_unwrap(w)
+        .ok()
+        .expect("no other owner")
+        .into_parts();
+    on_cpu(0, || drop(domain));
+    check_unloaded(&platform);
+}
+
+/// Two processors ask for cycles back to back while no processor takes part (every ring is
+/// empty): the cycle that ends while another was requested starts it, which must not grow the
+/// stack (L3; the machine checks the depth of every signal at DISPATCH).
+pub fn flush_storm_chains_cycles_iteratively() {
+    let w = World::new(Strategy::Lazy, 2);
+    let storm = w.spawn(|w| {
+        for _ in 0..6 {
+            on_cpu(1, || w.domain.flush());
+        }
+    });
+    for _ in 0..6 {
+        on_cpu(0, || w.domain.flush());
+    }
+    storm.join().unwrap();
+    World::finish(w);
+}
+
+/// Calls `$test!` with the name of every directed scenario: each checker's test file turns the
+/// list into one `#[test]` per scenario.
+macro_rules! every_scenario {
+    ($test:ident) => {
+        $test! {
+            join_during_an_in_flight_cycle,
+            leave_and_rejoin_while_retiring,
+            retirement_on_a_joining_cpu,
+            migrating_reader_exits_on_another_cpu,
+            hot_add_races_with_a_cycle_and_synchronize,
+            add_failure_races_with_synchronize,
+            overflow_reader_races_a_writer_and_the_fold_in,
+            join_races_a_writer_and_a_cycle,
+            retirement_stamp_races_a_cycle,
+            unload_while_a_cycle_is_in_flight,
+            work_item_runs_while_the_domain_is_dropped,
+            flush_storm_chains_cycles_iteratively,
+        }
+    };
+}
+pub(crate) use every_scenario;
