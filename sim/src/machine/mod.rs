@@ -62,6 +62,7 @@ pub use report::{
     Bugcheck, Counters, CpuReport, CpuStatus, LogLine, MachineReport, Violation, ViolationKind,
 };
 pub use sched::{StepContext, StepOutcome, Task, TaskId};
+pub use state::HALTED_WAIT_LIMIT;
 
 use state::{PendingAdd, Shared, TaskSlot};
 

@@ -129,8 +129,12 @@ pub struct Counters {
 /// ```
 ///
 /// Unwinding releases every lock of the machine and leaves no machine thread blocked. Do not unload
-/// a domain on a halted machine (leak it with `std::mem::forget`): its handlers no longer run, so
-/// unload could wait for a cycle that died with the bugchecked DPC.
+/// a domain on a halted machine: its handlers no longer run, so unload could wait for a cycle that
+/// died with the bugchecked DPC (a wait asked of a halted machine while unwinding returns at once, and
+/// the process aborts after [`HALTED_WAIT_LIMIT`](super::HALTED_WAIT_LIMIT) of them). The machine
+/// leaks the body of a task whose step unwound, so references held by tasks keep a domain alive; a
+/// reference the caller holds itself must be leaked by the caller (`std::mem::forget`) if the
+/// unwinding would drop the last one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bugcheck {
     /// The NT bugcheck code the situation leads to (0x133 for a processor spinning at DISPATCH).

@@ -199,6 +199,30 @@ pub(crate) fn run_passive(p: &SimPlatform, cpu: usize) -> bool {
     true
 }
 
+/// Owns a task body while it runs a step. If the step unwinds (a bugcheck, a panic), the body is leaked
+/// instead of dropped: it may hold the last reference to a domain, whose unload would then run during
+/// the unwinding and wait for handlers that a halted machine never runs again.
+struct LeakOnUnwind<T>(Option<T>);
+
+impl<T> LeakOnUnwind<T> {
+    fn get_mut(&mut self) -> &mut T {
+        self.0.as_mut().expect("owned until into_inner")
+    }
+
+    fn into_inner(mut self) -> T {
+        self.0.take().expect("owned until into_inner")
+    }
+}
+
+impl<T> Drop for LeakOnUnwind<T> {
+    fn drop(&mut self) {
+        // Still owned only when the step unwound: `run_task` takes the body back otherwise.
+        if let Some(body) = self.0.take() {
+            std::mem::forget(body);
+        }
+    }
+}
+
 /// Runs one step of task `tid` on its CPU.
 pub(crate) fn run_task(p: &SimPlatform, tid: TaskId) {
     let sh = &*p.shared;
@@ -212,7 +236,7 @@ pub(crate) fn run_task(p: &SimPlatform, tid: TaskId) {
         st.running_tasks += 1;
         st.counters.task_steps += 1;
         st.cpus[cpu].task_steps += 1;
-        (task, rng, cpu, irql, hold, sh.now())
+        (LeakOnUnwind(Some(task)), rng, cpu, irql, hold, sh.now())
     };
     let mut sc = StepContext {
         platform: p,
@@ -223,7 +247,10 @@ pub(crate) fn run_task(p: &SimPlatform, tid: TaskId) {
         task: tid,
         trace: Vec::new(),
     };
-    let (outcome, end) = sh.in_ctx(cpu, irql, ContextKind::Task(tid), || task.step(&mut sc));
+    let (outcome, end) = sh.in_ctx(cpu, irql, ContextKind::Task(tid), || {
+        task.get_mut().step(&mut sc)
+    });
+    let task = task.into_inner();
     let mut hold = sc.hold;
     let trace = std::mem::take(&mut sc.trace);
     let expected = if hold { Irql::DISPATCH } else { Irql::PASSIVE };

@@ -98,9 +98,9 @@ pub(crate) struct SpinLocks {
 /// Unwinding payload of machine threads that stop because another one bugchecked.
 pub(crate) struct MachineHalted;
 
-/// A halted machine that keeps being asked to wait while its caller unwinds gives up (aborts the
-/// process) after this many waits instead of looping for ever.
-pub(crate) const HALTED_WAIT_LIMIT: u64 = 100_000;
+/// A halted machine that keeps being asked to wait (or to spin) while its caller unwinds aborts the
+/// process after this many such calls instead of letting the caller loop for ever.
+pub const HALTED_WAIT_LIMIT: u64 = 100_000;
 
 thread_local! {
     static CTX: Cell<Option<Ctx>> = const { Cell::new(None) };
