@@ -73,7 +73,8 @@ impl<T> SpinLock<T> {
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            if !reported {
+            // A weak CAS may fail while the lock is free: only a held lock is contention.
+            if self.locked.load(Ordering::Relaxed) && !reported {
                 reported = true;
                 platform.spin_lock_contended(self.id());
             }
