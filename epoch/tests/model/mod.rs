@@ -841,6 +841,36 @@ pub struct World {
     pub domain: ManuallyDrop<DomainBox<ModelPlatform>>,
     /// The shared pointer.
     pub cell: AtomicPtr<Object>,
+    /// Schedule gates of a directed scenario (see [`Gate`]).
+    pub gates: [Gate; GATES],
+}
+
+/// Gates a [`World`] offers its scenario.
+pub const GATES: usize = 4;
+
+/// A point in a directed scenario that one model thread opens and another waits for: a plain std
+/// flag, which neither checker sees. It fixes the order of two threads' steps, so that the checker
+/// spends no preemptions on reaching the race, and adds no happens-before edge: loom still lets
+/// every load return any value the memory model allows, as if the two threads raced.
+pub struct Gate(AtomicBool);
+
+impl Gate {
+    /// A closed gate.
+    const fn new() -> Self {
+        Gate(AtomicBool::new(false))
+    }
+
+    /// Opens the gate.
+    pub fn open(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Waits (giving the other model threads turns) until the gate is open.
+    pub fn wait(&self) {
+        while !self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            rt::yield_now();
+        }
+    }
 }
 
 impl World {
@@ -863,6 +893,7 @@ impl World {
             platform,
             domain: ManuallyDrop::new(domain),
             cell: AtomicPtr::new(first.as_ptr()),
+            gates: [const { Gate::new() }; GATES],
         })
     }
 
@@ -892,6 +923,24 @@ impl World {
             // so even a protocol bug reads stale bytes, which the check reports.
             if let Some(object) = unsafe { object.as_ref() } {
                 object.check_alive(&format!("a reader that entered on CPU {from}"));
+            }
+            // SAFETY: the token came from this domain and is exited once.
+            unsafe { self.domain.exit_raw(token) };
+        });
+    }
+
+    /// A reader on `cpu` that, once it holds the object, opens gate `entered` and waits for gate
+    /// `proceed` before it checks the object and exits.
+    pub fn read_gated(&self, cpu: usize, entered: usize, proceed: usize) {
+        // SAFETY: exited below, before the domain can be dropped (the world is borrowed).
+        let token = on_cpu(cpu, || unsafe { self.domain.enter_raw() });
+        let object = self.cell.load(Ordering::Acquire);
+        self.gates[entered].open();
+        self.gates[proceed].wait();
+        on_cpu(cpu, || {
+            // SAFETY: protected by the epoch entered above; freed memory is kept during a model.
+            if let Some(object) = unsafe { object.as_ref() } {
+                object.check_alive(&format!("a reader on CPU {cpu}"));
             }
             // SAFETY: the token came from this domain and is exited once.
             unsafe { self.domain.exit_raw(token) };
