@@ -682,6 +682,9 @@ unsafe impl Platform for ModelPlatform {
                 })
             });
             lock(&self.0.workers).push(worker);
+            // A system worker thread may start at once, before the queuer goes on: give it the
+            // turn (a yield, not a preemption, so the checkers' bounds are not spent on it).
+            rt::yield_now();
         }
     }
     unsafe fn passive_release(&self, work: *mut ModelWork) {
@@ -699,6 +702,10 @@ unsafe impl Platform for ModelPlatform {
         unsafe { event.write(ModelEvent(ModelBool::new(false))) };
     }
     fn event_signal(&self, event: &ModelEvent) {
+        // The signaller may be delayed between deciding to signal and touching the event: let the
+        // other threads run first (a yield, not a preemption), so that a waiter that can see the
+        // event's state change before the signal, and free the event, does so.
+        rt::yield_now();
         self.check_alive(
             event as *const ModelEvent as usize,
             "event_signal on an event inside freed memory",
