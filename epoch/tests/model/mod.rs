@@ -702,10 +702,13 @@ unsafe impl Platform for ModelPlatform {
         unsafe { event.write(ModelEvent(ModelBool::new(false))) };
     }
     fn event_signal(&self, event: &ModelEvent) {
-        // The signaller may be delayed between deciding to signal and touching the event: let the
-        // other threads run first (a yield, not a preemption), so that a waiter that can see the
-        // event's state change before the signal, and free the event, does so.
-        rt::yield_now();
+        // A signaller below DISPATCH (a work item, `synchronize`) may be preempted between deciding
+        // to signal and touching the event: let the other threads run first (a yield, not a
+        // preemption), so that a waiter that can see the decision before the signal, and free the
+        // event, does so.
+        if IRQL.with(Cell::get) < 2 {
+            rt::yield_now();
+        }
         self.check_alive(
             event as *const ModelEvent as usize,
             "event_signal on an event inside freed memory",
