@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Explores `scenario` with loom: preemption bound 2 unless `LOOM_MAX_PREEMPTIONS` says otherwise.
+/// Prints how many executions it explored and how long that took (`--nocapture` shows it).
 fn explore(scenario: fn()) {
     static EXECUTIONS: AtomicUsize = AtomicUsize::new(0);
     let mut builder = loom::model::Builder::new();

@@ -18,6 +18,16 @@
 //!   rules and spin locks at DISPATCH), and **use after free of the platform's own objects**: freed
 //!   memory is kept until the machine is dropped and every later platform access to an object inside
 //!   a freed block (an event, a message, a work item, the timer) panics with "use after free".
+//!
+//! Directed races and the checkers' search. loom's partial-order reduction only reorders steps
+//! that touch the same loom object: a payload cell access is no scheduling point, and the
+//! machine's std bookkeeping (freed blocks, routing checks) is invisible to it, so a race whose
+//! harm shows only there (a destructor's write against a reader's late read, a free against a
+//! late signal) needs preemptions in the middle of long paths that a bound of 2 rarely spends
+//! there. Two means bring such races within reach without adding a happens-before edge: a
+//! scenario orders its threads' steps with [`Gate`]s (std flags), and the machine yields where a
+//! real thread may be delayed (a worker thread just started, a signaller about to signal), so
+//! that the switch costs no preemption.
 
 pub mod rt;
 pub mod scenarios;
@@ -702,11 +712,13 @@ unsafe impl Platform for ModelPlatform {
         unsafe { event.write(ModelEvent(ModelBool::new(false))) };
     }
     fn event_signal(&self, event: &ModelEvent) {
-        // A signaller below DISPATCH (a work item, `synchronize`) may be preempted between deciding
-        // to signal and touching the event: let the other threads run first (a yield, not a
-        // preemption), so that a waiter that can see the decision before the signal, and free the
-        // event, does so.
-        if IRQL.with(Cell::get) < 2 {
+        // A signaller may be delayed between deciding to signal and touching the event: let the
+        // other threads run first (a yield, not a preemption), so that a waiter that can see the
+        // decision before the signal, and free the event, does so. loom takes the yield as a free
+        // switch point on every signal; under shuttle a yield also lowers the thread's PCT
+        // priority, which at DISPATCH would steer the seeded torture away from the schedules it
+        // samples, so there only signallers below DISPATCH (work items, `synchronize`) yield.
+        if cfg!(loom) || IRQL.with(Cell::get) < 2 {
             rt::yield_now();
         }
         self.check_alive(
