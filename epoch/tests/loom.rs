@@ -17,16 +17,31 @@
 mod model;
 
 use model::scenarios;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 /// Explores `scenario` with loom: preemption bound 2 unless `LOOM_MAX_PREEMPTIONS` says otherwise.
+/// Prints how many executions it explored and how long that took (`--nocapture` shows it).
 fn explore(scenario: fn()) {
+    static EXECUTIONS: AtomicUsize = AtomicUsize::new(0);
     let mut builder = loom::model::Builder::new();
     // A domain's life (load, prepare, cycles, unload) is thousands of atomic operations.
     builder.max_branches = 1_000_000;
     if builder.preemption_bound.is_none() {
         builder.preemption_bound = Some(2);
     }
-    builder.check(scenario);
+    let start = Instant::now();
+    EXECUTIONS.store(0, Ordering::Relaxed);
+    builder.check(move || {
+        // A plain std counter: loom does not see it, so it orders nothing.
+        EXECUTIONS.fetch_add(1, Ordering::Relaxed);
+        scenario()
+    });
+    eprintln!(
+        "loom explored {} executions in {:.1?}",
+        EXECUTIONS.load(Ordering::Relaxed),
+        start.elapsed()
+    );
 }
 
 /// Declares one `#[test]` per scenario, each explored by loom.

@@ -18,6 +18,16 @@
 //!   rules and spin locks at DISPATCH), and **use after free of the platform's own objects**: freed
 //!   memory is kept until the machine is dropped and every later platform access to an object inside
 //!   a freed block (an event, a message, a work item, the timer) panics with "use after free".
+//!
+//! Directed races and the checkers' search. loom's partial-order reduction only reorders steps
+//! that touch the same loom object: a payload cell access is no scheduling point, and the
+//! machine's std bookkeeping (freed blocks, routing checks) is invisible to it, so a race whose
+//! harm shows only there (a destructor's write against a reader's late read, a free against a
+//! late signal) needs preemptions in the middle of long paths that a bound of 2 rarely spends
+//! there. Two means bring such races within reach without adding a happens-before edge: a
+//! scenario orders its threads' steps with [`Gate`]s (std flags), and the machine yields where a
+//! real thread may be delayed (a worker thread just started, a signaller about to signal), so
+//! that the switch costs no preemption.
 
 pub mod rt;
 pub mod scenarios;
@@ -682,6 +692,9 @@ unsafe impl Platform for ModelPlatform {
                 })
             });
             lock(&self.0.workers).push(worker);
+            // A system worker thread may start at once, before the queuer goes on: give it the
+            // turn (a yield, not a preemption, so the checkers' bounds are not spent on it).
+            rt::yield_now();
         }
     }
     unsafe fn passive_release(&self, work: *mut ModelWork) {
@@ -699,6 +712,15 @@ unsafe impl Platform for ModelPlatform {
         unsafe { event.write(ModelEvent(ModelBool::new(false))) };
     }
     fn event_signal(&self, event: &ModelEvent) {
+        // A signaller may be delayed between deciding to signal and touching the event: let the
+        // other threads run first (a yield, not a preemption), so that a waiter that can see the
+        // decision before the signal, and free the event, does so. loom takes the yield as a free
+        // switch point on every signal; under shuttle a yield also lowers the thread's PCT
+        // priority, which at DISPATCH would steer the seeded torture away from the schedules it
+        // samples, so there only signallers below DISPATCH (work items, `synchronize`) yield.
+        if cfg!(loom) || IRQL.with(Cell::get) < 2 {
+            rt::yield_now();
+        }
         self.check_alive(
             event as *const ModelEvent as usize,
             "event_signal on an event inside freed memory",
@@ -841,6 +863,36 @@ pub struct World {
     pub domain: ManuallyDrop<DomainBox<ModelPlatform>>,
     /// The shared pointer.
     pub cell: AtomicPtr<Object>,
+    /// Schedule gates of a directed scenario (see [`Gate`]).
+    pub gates: [Gate; GATES],
+}
+
+/// Gates a [`World`] offers its scenario.
+pub const GATES: usize = 4;
+
+/// A point in a directed scenario that one model thread opens and another waits for: a plain std
+/// flag, which neither checker sees. It fixes the order of two threads' steps, so that the checker
+/// spends no preemptions on reaching the race, and adds no happens-before edge: loom still lets
+/// every load return any value the memory model allows, as if the two threads raced.
+pub struct Gate(AtomicBool);
+
+impl Gate {
+    /// A closed gate.
+    const fn new() -> Self {
+        Gate(AtomicBool::new(false))
+    }
+
+    /// Opens the gate.
+    pub fn open(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Waits (giving the other model threads turns) until the gate is open.
+    pub fn wait(&self) {
+        while !self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            rt::yield_now();
+        }
+    }
 }
 
 impl World {
@@ -863,6 +915,7 @@ impl World {
             platform,
             domain: ManuallyDrop::new(domain),
             cell: AtomicPtr::new(first.as_ptr()),
+            gates: [const { Gate::new() }; GATES],
         })
     }
 
@@ -892,6 +945,24 @@ impl World {
             // so even a protocol bug reads stale bytes, which the check reports.
             if let Some(object) = unsafe { object.as_ref() } {
                 object.check_alive(&format!("a reader that entered on CPU {from}"));
+            }
+            // SAFETY: the token came from this domain and is exited once.
+            unsafe { self.domain.exit_raw(token) };
+        });
+    }
+
+    /// A reader on `cpu` that, once it holds the object, opens gate `entered` and waits for gate
+    /// `proceed` before it checks the object and exits.
+    pub fn read_gated(&self, cpu: usize, entered: usize, proceed: usize) {
+        // SAFETY: exited below, before the domain can be dropped (the world is borrowed).
+        let token = on_cpu(cpu, || unsafe { self.domain.enter_raw() });
+        let object = self.cell.load(Ordering::Acquire);
+        self.gates[entered].open();
+        self.gates[proceed].wait();
+        on_cpu(cpu, || {
+            // SAFETY: protected by the epoch entered above; freed memory is kept during a model.
+            if let Some(object) = unsafe { object.as_ref() } {
+                object.check_alive(&format!("a reader on CPU {cpu}"));
             }
             // SAFETY: the token came from this domain and is exited once.
             unsafe { self.domain.exit_raw(token) };

@@ -218,6 +218,123 @@ pub fn flush_storm_chains_cycles_iteratively() {
     World::finish(w);
 }
 
+/// CPU 1 left the cycle and CPU 2 takes part with an item pending (the setup of the join races).
+fn cpu_1_left_and_cpu_2_takes_part() -> std::sync::Arc<World> {
+    let w = World::new(Strategy::Lazy, 3);
+    w.read(1);
+    w.replace(2);
+    w.cycle();
+    w
+}
+
+/// A cycle publishes its epoch and snapshots the ring (CPU 2 only); then a reader on CPU 1 joins
+/// and takes the object, and only then a writer on CPU 2 unlinks and retires it, before the cycle
+/// visits CPU 2. The cycle's fence between its increment and its snapshot is what makes the
+/// writer's stamp (read after the writer's fence, which follows the reader's join fence) see the
+/// increment; without it the stamp is the epoch the reader entered, which that cycle releases
+/// (mutation `cycle-no-fence`).
+pub fn reader_joins_after_the_snapshot_then_a_writer_retires() {
+    let w = cpu_1_left_and_cpu_2_takes_part();
+    let reader = w.spawn(|w| {
+        w.gates[0].wait();
+        w.read_gated(1, 1, 2);
+    });
+    let writer = w.spawn(|w| {
+        w.gates[1].wait();
+        w.replace(2);
+        w.gates[3].open();
+    });
+    on_cpu(0, || w.domain.flush());
+    w.gates[0].open();
+    w.gates[3].wait();
+    w.platform.deliver_all();
+    w.cycle();
+    w.gates[2].open();
+    reader.join().unwrap();
+    writer.join().unwrap();
+    World::finish(w);
+}
+
+/// CPU 0 unlinks and retires the object (stamped before the next cycle), then runs a cycle that
+/// publishes its epoch and snapshots the ring (CPU 2 only); only then a reader on CPU 1 joins and
+/// takes the object. The join's fence after its epoch load is what orders the reader's pointer
+/// load after the unlink (the writer's fence came first); without it the reader takes the
+/// unlinked object while no cycle accounts for it (mutation `join-no-fence`).
+pub fn writer_retires_then_a_reader_joins_after_the_snapshot() {
+    let w = cpu_1_left_and_cpu_2_takes_part();
+    let reader = w.spawn(|w| {
+        w.gates[0].wait();
+        w.read_gated(1, 1, 2);
+    });
+    w.replace(2);
+    on_cpu(0, || w.domain.flush());
+    w.gates[0].open();
+    w.gates[1].wait();
+    w.platform.deliver_all();
+    w.cycle();
+    w.gates[2].open();
+    reader.join().unwrap();
+    World::finish(w);
+}
+
+/// CPUs 1 and 2 take part (CPU 1 first in the ring). A cycle visits CPU 1; then a reader enters
+/// there (in the cycle's epoch, without joining) and takes the object, and only then a writer on
+/// CPU 2 unlinks and retires it, before the cycle visits CPU 2. Nothing but the fence before the
+/// writer's stamp makes the stamp see the epoch the reader entered: without it the stamp is older
+/// and that cycle releases it (mutation `stamp-no-fence`).
+pub fn reader_enters_after_its_visit_then_a_writer_retires() {
+    let w = World::new(Strategy::Lazy, 3);
+    w.replace(1);
+    w.replace(2);
+    w.cycle();
+    let reader = w.spawn(|w| {
+        w.gates[0].wait();
+        w.read_gated(1, 1, 2);
+    });
+    let writer = w.spawn(|w| {
+        w.gates[1].wait();
+        w.replace(2);
+        w.gates[3].open();
+    });
+    on_cpu(0, || w.domain.flush());
+    assert!(w.platform.deliver_one(), "the cycle visits CPU 1 first");
+    w.gates[0].open();
+    w.gates[3].wait();
+    w.platform.deliver_all();
+    w.cycle();
+    w.gates[2].open();
+    reader.join().unwrap();
+    writer.join().unwrap();
+    World::finish(w);
+}
+
+/// CPU 1 cannot allocate its slot and the overflow slot takes part. CPU 0 unlinks and retires the
+/// object on CPU 2 and starts a cycle (it publishes the next epoch); then a reader enters the
+/// overflow slot and takes the object. Its fence after reading the global epoch is what orders
+/// its pointer load after the unlink: without it the reader enters the new epoch yet takes the
+/// unlinked object, whose older stamp the cycle then releases (mutation `overflow-enter-no-fence`).
+pub fn overflow_reader_enters_after_a_writer_retired() {
+    let w = World::new(Strategy::Lazy, 3);
+    w.replace(2);
+    w.cycle();
+    w.platform.fail_allocations_on(1, true);
+    w.read(1);
+    let reader = w.spawn(|w| {
+        w.gates[0].wait();
+        w.read_gated(1, 1, 2);
+    });
+    w.replace(2);
+    on_cpu(0, || w.domain.flush());
+    w.gates[0].open();
+    w.gates[1].wait();
+    w.platform.deliver_all();
+    w.cycle();
+    w.gates[2].open();
+    reader.join().unwrap();
+    w.platform.fail_allocations_on(1, false);
+    World::finish(w);
+}
+
 /// Calls `$test!` with the name of every directed scenario: each checker's test file turns the
 /// list into one `#[test]` per scenario.
 macro_rules! every_scenario {
@@ -235,6 +352,10 @@ macro_rules! every_scenario {
             unload_while_a_cycle_is_in_flight,
             work_item_runs_while_the_domain_is_dropped,
             flush_storm_chains_cycles_iteratively,
+            reader_joins_after_the_snapshot_then_a_writer_retires,
+            writer_retires_then_a_reader_joins_after_the_snapshot,
+            reader_enters_after_its_visit_then_a_writer_retires,
+            overflow_reader_enters_after_a_writer_retired,
         }
     };
 }
