@@ -12,12 +12,7 @@ cd "$(dirname "$0")/.."
 # Mutations no check catches yet, each with the reason; printed as MISSED (known) without failing
 # the score, so that CI still fails on any other survivor. A known survivor that gets caught fails the
 # score too, until it is taken off this list. Empty when every mutation is caught.
-declare -A known_survivors=(
-    [cycle-no-fence]="weakened fence: loom does not reach the stale read (under investigation)"
-    [stamp-no-fence]="weakened fence: loom does not reach the stale read (under investigation)"
-    [overflow-enter-no-fence]="weakened fence: loom does not reach the stale read (under investigation)"
-    [work-signal-after-count]="no model reaches unload between the decrement and the signal (under investigation)"
-)
+declare -A known_survivors=()
 
 # The checks of safety-check.sh, cheapest first; each mutation is tried against them in turn until
 # one fails.
