@@ -34,6 +34,8 @@ else
 fi
 echo "== safety checks (unit, deterministic and controlled-schedule torture, loom)"
 bash test-scripts/safety-check.sh --quiet
+echo "== a failing controlled-schedule run replays from its printed command"
+bash test-scripts/replay-check.sh
 echo "== mutation score (each re-introduced bug, logic or ordering, must be caught)"
 bash test-scripts/mutation-score.sh
 echo "== torture (the strategies the safety check does not cover, and parallel mode)"
