@@ -147,6 +147,21 @@ pub unsafe fn replace(
     Ok(true)
 }
 
+/// Loads one of `cells`, picked with `rng`, and returns the object published there with its id.
+///
+/// # Safety
+/// The caller is inside an epoch of the domain whose [`new_object`] made every object in `cells`.
+pub unsafe fn load_random(
+    cells: &[AtomicPtr<Object>],
+    rng: &mut impl rand::Rng,
+) -> Option<(NonNull<Object>, u64)> {
+    let object = NonNull::new(cells[rng.gen_range(0..cells.len())].load(Ordering::Acquire))?;
+    // SAFETY: loaded inside the caller's epoch, which keeps the object from being freed (a bug
+    // that frees it anyway reads poison, which the caller's check reports).
+    let id = unsafe { object.as_ref().id };
+    Some((object, id))
+}
+
 /// Unlinks and retires every object still published in `cells` (teardown). Returns how many
 /// retirements were refused (always 0 unless the core is broken).
 pub fn retire_cells(domain: &SimDomain, cells: &[AtomicPtr<Object>]) -> usize {

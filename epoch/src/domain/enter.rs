@@ -69,8 +69,8 @@ impl<P: Platform> Domain<P> {
         }
         let overflow = self.locked(&self.overflow);
         // Overflow readers take the global epoch itself: they may come from any processor. The cycle
-        // folds them in under the lock, so only the reader's own fence matters here: like the
-        // second fence of `join`, it orders the reader's pointer loads after the epoch it entered.
+        // folds them in under the lock, so only the reader's own fence matters here: like the fence
+        // of `join`, it orders the reader's pointer loads after the epoch it entered.
         let epoch = if overflow.participating.load(Ordering::Relaxed) {
             let epoch = self.global_epoch.load(Ordering::Relaxed);
             if !self.mutated(Mutation::OverflowEnterNoFence) {

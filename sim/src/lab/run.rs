@@ -101,10 +101,9 @@ impl Lab {
         domain: &SimDomain,
         ctx: &mut StepContext<'_>,
     ) -> Option<(NonNull<Object>, u64)> {
-        let cell = ctx.rng().gen_range(0..CELLS);
-        let object = NonNull::new(self.cells[cell].load(Ordering::Acquire))?;
-        // SAFETY: loaded inside the caller's epoch.
-        let id = unsafe { object.as_ref().id };
+        // SAFETY: called inside the caller's epoch; every object in the cells came from
+        // `new_object` of this domain.
+        let (object, id) = unsafe { objects::load_random(&self.cells, ctx.rng()) }?;
         self.check(domain, object, id, ctx.cpu().index);
         Some((object, id))
     }
