@@ -269,12 +269,13 @@ pub unsafe trait Platform: Send + Sync + 'static {
     ) -> Result<(), Status>;
     /// Queues the work item; its handler runs once at PASSIVE on a system thread. Callable at DISPATCH.
     fn passive_queue(&self, work: &Self::PassiveWork);
-    /// Undoes `passive_init`. May be called by the item's own running handler as its last use of
-    /// the item (`IoFreeWorkItem` from the work routine): the platform must not touch `work` after
-    /// invoking the handler.
+    /// Undoes `passive_init`. May be called while the item runs, once its handler has made its last
+    /// access to the item (from the handler itself, as `IoFreeWorkItem` from the work routine, or
+    /// from another thread after that): the platform must not touch `work` after invoking the
+    /// handler.
     ///
     /// # Safety
-    /// `work` was initialised and is not queued; if it is running, the caller is its handler.
+    /// `work` was initialised and is not queued; if it is running, its handler no longer uses it.
     unsafe fn passive_release(&self, work: *mut Self::PassiveWork);
 
     /// Initialises a notification event in place, not signalled.

@@ -187,8 +187,9 @@ pub(crate) fn run_passive(p: &SimPlatform, cpu: usize) -> bool {
         (id, handler)
     };
     let ((), end) = sh.in_ctx(cpu, Irql::PASSIVE, ContextKind::PassiveWork(id), || {
-        // SAFETY: the work item is initialised and not released (release of a queued or running item
-        // is refused).
+        // SAFETY: the handler was copied out of the work record above, and the record is initialised
+        // and not released (releasing a queued item is refused; a running one may be released only
+        // once its handler made its last access to it, and the handler copy stays valid).
         unsafe { handler.invoke() }
     });
     finish_passive(sh, cpu, "passive work item", end);
