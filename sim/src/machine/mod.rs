@@ -28,6 +28,11 @@
 //! and a due timer may run nested, at DISPATCH, as after an interrupt on NT. A spin on a core spin
 //! lock that can never end is a [`ViolationKind::Deadlock`] and halts the machine with a [`Bugcheck`]
 //! panic payload, which callers catch with `std::panic::catch_unwind`.
+//!
+//! The modules depend in one direction: `state` (the machine's data, the task interface and the
+//! [`SimPlatform`] handle) knows nothing of the others; `sched` (when each handler, task step and
+//! hot-add phase runs) uses the state only; `platform` (the `kepoch::platform::Platform` implementation,
+//! whose waits pump the scheduler) uses both; this module (the [`Machine`] API) sits on top.
 
 mod alloc;
 mod config;
@@ -55,14 +60,14 @@ pub use config::{
     DEFAULT_PARALLEL_SPIN_LIMIT_MS, MAX_SIM_CPUS,
 };
 pub use platform::{
-    SimEvent, SimMessage, SimPassiveWork, SimPlatform, SimTimer, PARALLEL_WAIT_LIMIT, PUMP_LIMIT,
-    SPIN_LIMIT, STATUS_UNSUCCESSFUL,
+    SimEvent, SimMessage, SimPassiveWork, SimTimer, PARALLEL_WAIT_LIMIT, PUMP_LIMIT, SPIN_LIMIT,
 };
 pub use report::{
     Bugcheck, Counters, CpuReport, CpuStatus, LogLine, MachineReport, Violation, ViolationKind,
 };
-pub use sched::{StepContext, StepOutcome, Task, TaskId};
-pub use state::HALTED_WAIT_LIMIT;
+pub use state::{
+    SimPlatform, StepContext, StepOutcome, Task, TaskId, HALTED_WAIT_LIMIT, STATUS_UNSUCCESSFUL,
+};
 
 use state::{PendingAdd, Shared, TaskSlot};
 

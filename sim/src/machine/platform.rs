@@ -4,7 +4,6 @@ use std::alloc::Layout;
 use std::fmt;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kepoch::platform::{
@@ -16,7 +15,8 @@ use rand::Rng;
 
 use super::report::{Bugcheck, CpuStatus, ViolationKind};
 use super::state::{
-    ctx_set, irql_name, ContextKind, Ctx, LockHolder, MsgRec, Reg, Shared, TimerRec, WorkRec,
+    ctx_set, irql_name, Ctx, LockHolder, MsgRec, Reg, Shared, SimPlatform, TimerRec, WorkRec,
+    STATUS_UNSUCCESSFUL,
 };
 
 /// Steps a deterministic wait may pump before it gives up with a violation.
@@ -59,18 +59,6 @@ impl SimEvent {
     }
 }
 
-/// The simulated host. Cheap to clone; every clone talks to the same machine.
-#[derive(Clone)]
-pub struct SimPlatform {
-    pub(crate) shared: Arc<Shared>,
-}
-
-impl fmt::Debug for SimPlatform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SimPlatform(machine {})", self.shared.id)
-    }
-}
-
 /// The bugcheck of a spin that never ends at `irql`: the DPC watchdog fires at DISPATCH; below it NT
 /// just hangs, and breaking in with a debugger is what would stop it.
 fn spin_bugcheck_code(irql: Irql) -> (u32, &'static str) {
@@ -80,9 +68,6 @@ fn spin_bugcheck_code(irql: Irql) -> (u32, &'static str) {
         Bugcheck::MANUALLY_INITIATED_CRASH
     }
 }
-
-/// STATUS_UNSUCCESSFUL, the status of a simulated failed hot-add.
-pub const STATUS_UNSUCCESSFUL: Status = Status(0xC000_0001u32 as i32);
 
 impl SimPlatform {
     /// The machine this platform belongs to.
@@ -342,37 +327,6 @@ impl SimPlatform {
         while super::sched::det_step(self) && sh.cpu_locks[me].is_locked() && steps < PUMP_LIMIT {
             steps += 1;
         }
-    }
-
-    /// Wakes parallel-mode waiters after a state change they may wait for.
-    pub(crate) fn wake_waiters(&self) {
-        if self.shared.is_parallel() {
-            let _g = self.shared.ev_lock.lock();
-            self.shared.ev_cv.notify_all();
-        }
-    }
-
-    /// Delivers one processor-change notification from the caller's context; returns its status.
-    pub(crate) fn deliver(
-        &self,
-        reg: (ProcessorChangeFn, *const ()),
-        change: ProcessorChange,
-        slot: usize,
-    ) -> Status {
-        let sh = &*self.shared;
-        let c = sh.ctx();
-        let irql = c.irql.min(Irql::APC);
-        let processor = sh.current(slot);
-        let (status, end) = sh.in_ctx(c.cpu, irql, ContextKind::ProcessorChange, || {
-            // SAFETY: the registrant promised `context` stays valid until deregistration, and we only call
-            // registered callbacks while holding the callback lock that deregistration also takes.
-            unsafe { (reg.0)(reg.1, change, processor) }
-        });
-        if end >= Irql::DISPATCH {
-            sh.unlock_cpu(c.cpu);
-        }
-        sh.check_irql("processor-change callback", irql, end, c.cpu);
-        status
     }
 }
 

@@ -1,100 +1,23 @@
-//! Tasks, the deterministic scheduler and the parallel (one thread per CPU) runner.
+//! The deterministic scheduler and the parallel (one thread per CPU) runner: they decide when each
+//! message, timer, work item, task step and hot-add phase runs. They act on the machine's state only.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kepoch::platform::{
-    CurrentProcessor, Handler, Irql, LogLevel, ProcessorChange, ProcessorChangeFn,
-};
+use kepoch::platform::{Handler, Irql, LogLevel, ProcessorChange, ProcessorChangeFn};
 use rand::Rng;
-use rand_chacha::ChaCha8Rng;
 
-use super::platform::{SimPlatform, STATUS_UNSUCCESSFUL};
 use super::report::Bugcheck;
 use super::report::{CpuStatus, ViolationKind};
-use super::state::{ctx_set, ContextKind, HotCur, MachineHalted, Shared};
+use super::state::{
+    ctx_set, ContextKind, HotCur, MachineHalted, Shared, SimPlatform, StepContext, StepOutcome,
+    TaskId, TaskSlot, STATUS_UNSUCCESSFUL,
+};
 
 /// At most this many handlers run nested at one preemption point; what is left runs later.
 const NESTED_DRAIN_LIMIT: usize = 64;
-
-/// Identifies a spawned task.
-pub type TaskId = usize;
-
-/// What a task asks for after a step.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StepOutcome {
-    /// Run another step later on the same CPU.
-    Continue,
-    /// The task is finished.
-    Done,
-    /// Move to the CPU with this system index before the next step (PASSIVE only).
-    MigrateTo(u32),
-    /// Move to a random running CPU (possibly the same one) before the next step (PASSIVE only).
-    MigrateRandom,
-    /// Do not run for this many simulated microseconds.
-    Sleep(u64),
-}
-
-/// A unit of workload: a resumable sequence of steps, each run on one virtual CPU.
-pub trait Task: Send {
-    /// Runs one step. Called at PASSIVE, or at DISPATCH if the task holds DISPATCH across steps.
-    fn step(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome;
-}
-
-impl<F: FnMut(&mut StepContext<'_>) -> StepOutcome + Send> Task for F {
-    fn step(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
-        self(ctx)
-    }
-}
-
-/// What a step sees: its CPU, the time, its RNG, and the platform.
-pub struct StepContext<'a> {
-    platform: &'a SimPlatform,
-    cpu: CurrentProcessor,
-    now_us: u64,
-    rng: &'a mut ChaCha8Rng,
-    hold: bool,
-    task: TaskId,
-    trace: Vec<u64>,
-}
-
-impl StepContext<'_> {
-    /// The CPU this step runs on.
-    pub fn cpu(&self) -> CurrentProcessor {
-        self.cpu
-    }
-    /// Simulated time at the start of the step (µs).
-    pub fn now_us(&self) -> u64 {
-        self.now_us
-    }
-    /// This task's seeded RNG (replayable in deterministic mode).
-    pub fn rng(&mut self) -> &mut ChaCha8Rng {
-        self.rng
-    }
-    /// The platform (for code that needs a `&SimPlatform`).
-    pub fn platform(&self) -> &SimPlatform {
-        self.platform
-    }
-    /// The task's id.
-    pub fn task_id(&self) -> TaskId {
-        self.task
-    }
-    /// Declares whether the task stays at DISPATCH after this step (it must have raised through the
-    /// platform and not lowered). While it holds, nothing else runs on its CPU and it cannot migrate.
-    pub fn hold_dispatch(&mut self, hold: bool) {
-        self.hold = hold;
-    }
-    /// Whether the task currently declares to hold DISPATCH.
-    pub fn holds_dispatch(&self) -> bool {
-        self.hold
-    }
-    /// Mixes a value into the machine's trace hash (for determinism checks).
-    pub fn trace(&mut self, value: u64) {
-        self.trace.push(value);
-    }
-}
 
 /// Finishes a handler that was run at DISPATCH with the CPU lock taken by the runner.
 fn finish_dispatch(sh: &Shared, cpu: usize, what: &str, end: Irql) {
@@ -239,21 +162,12 @@ pub(crate) fn run_task(p: &SimPlatform, tid: TaskId) {
         st.cpus[cpu].task_steps += 1;
         (LeakOnUnwind(Some(task)), rng, cpu, irql, hold, sh.now())
     };
-    let mut sc = StepContext {
-        platform: p,
-        cpu: sh.current(cpu),
-        now_us: now,
-        rng: &mut rng,
-        hold,
-        task: tid,
-        trace: Vec::new(),
-    };
+    let mut sc = StepContext::new(p, sh.current(cpu), now, &mut rng, hold, tid);
     let (outcome, end) = sh.in_ctx(cpu, irql, ContextKind::Task(tid), || {
         task.get_mut().step(&mut sc)
     });
     let task = task.into_inner();
-    let mut hold = sc.hold;
-    let trace = std::mem::take(&mut sc.trace);
+    let (mut hold, trace) = sc.finish();
     let expected = if hold { Irql::DISPATCH } else { Irql::PASSIVE };
     if end != expected {
         sh.violation(
@@ -647,7 +561,7 @@ pub(crate) fn par_pick_task(p: &SimPlatform, cpu: usize) -> Option<TaskId> {
     let sh = &*p.shared;
     let now = sh.now();
     let mut st = sh.st.lock();
-    let ready = |t: &super::state::TaskSlot| !t.done && t.body.is_some() && t.wake_at <= now;
+    let ready = |t: &TaskSlot| !t.done && t.body.is_some() && t.wake_at <= now;
     if let Some(h) = st.cpus[cpu].held_by {
         return ready(&st.tasks[h]).then_some(h);
     }

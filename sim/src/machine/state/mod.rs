@@ -1,4 +1,12 @@
-//! Machine state shared by the platform, the deterministic scheduler and the parallel threads.
+//! Machine state shared by the platform, the deterministic scheduler and the parallel threads. It knows
+//! nothing of the scheduler or of the platform module: both build on it.
+
+mod handle;
+mod task;
+
+pub use handle::{SimPlatform, STATUS_UNSUCCESSFUL};
+pub(crate) use task::TaskSlot;
+pub use task::{StepContext, StepOutcome, Task, TaskId};
 
 use std::any::Any;
 use std::cell::Cell;
@@ -16,7 +24,6 @@ use rand_chacha::ChaCha8Rng;
 use super::alloc::SimAllocator;
 use super::config::{CpuSlot, MachineConfig};
 use super::report::{Bugcheck, Counters, CpuStatus, LogLine, Violation, ViolationKind};
-use super::sched::Task;
 
 static NEXT_MACHINE_ID: AtomicUsize = AtomicUsize::new(1);
 
@@ -191,16 +198,6 @@ pub(crate) struct HotCur {
     /// Registrations that received AddStart.
     pub notified: Vec<u64>,
     pub veto: Option<kepoch::platform::Status>,
-}
-
-pub(crate) struct TaskSlot {
-    pub body: Option<(Box<dyn Task>, ChaCha8Rng)>,
-    pub cpu: usize,
-    pub wake_at: u64,
-    /// IRQL saved between steps (DISPATCH while holding).
-    pub irql: Irql,
-    pub hold: bool,
-    pub done: bool,
 }
 
 pub(crate) struct State {
