@@ -49,7 +49,8 @@ Required:
   --image DISK          Windows Server disk image (qcow2/raw) with test signing on (Secure Boot off),
                         qemu-ga (QEMU guest agent) installed and running, and an edition that supports
                         dynamic partitioning (processor hot-add): Server Standard/Datacenter.
-  --package DIR         Folder with kepoch.sys, kepoch.inf and kepochctl.exe.
+  --package DIR         Folder with kepoch.sys, kepoch.inf, kepochctl.exe and kepoch-test.cer
+                        (test-scripts/package.sh builds it: target/package).
 
 Options:
   --results DIR         Where the per-round JSON files go (default: results).
@@ -371,7 +372,8 @@ IMPORT="\$ErrorActionPreference='Stop'; Import-Module $(ps_quote "$MODULE") -For
 log "install boot: copying the package and guest scripts"
 boot_guest 0
 guest_ps "New-Item -ItemType Directory -Force -Path '$GUEST_ROOT\\package','$GUEST_ROOT\\scripts','$GUEST_ROOT\\results' | Out-Null" >/dev/null
-for f in "$PACKAGE"/kepoch.sys "$PACKAGE"/kepoch.inf "$PACKAGE"/kepochctl.exe; do
+for f in "$PACKAGE"/kepoch.sys "$PACKAGE"/kepoch.inf "$PACKAGE"/kepochctl.exe "$PACKAGE"/kepoch-test.cer; do
+    [[ -f "$f" ]] || { log "warning: $f not in the package (build it with test-scripts/package.sh)"; continue; }
     guest_put "$f" "$GUEST_ROOT\\package\\$(basename "$f")"
 done
 for f in "$GUEST_SCRIPTS"/*.psm1 "$GUEST_SCRIPTS"/*.ps1; do
