@@ -6,6 +6,8 @@
 //! `amd64` (what `stampinf -a amd64` does), the crate version in `DriverVer`, CRLF line ends, UTF-16LE
 //! with a byte-order mark; `test-scripts/package.sh` puts it in the package.
 
+#[path = "inf/parse.rs"]
+mod parse;
 #[path = "inf/rules.rs"]
 mod rules;
 
@@ -13,7 +15,7 @@ use std::path::PathBuf;
 
 use kepoch::config::{Config, MAX_CYCLE_PERIOD_US, MIN_CYCLE_PERIOD_US};
 
-use rules::Inf;
+use parse::Inf;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -4,111 +4,10 @@
 //! `DefaultInstall`, `DestinationDirs`, `AddService` and `DriverVer` reference pages, and the
 //! declarative (DCH) INF requirements. Each rule has a name; a failure message starts with it.
 
-use std::collections::BTreeMap;
+use crate::parse::{strip_comment, Inf};
 
 /// `Class = System` and its GUID (devguid.h `GUID_DEVCLASS_SYSTEM`).
 pub const SYSTEM_CLASS_GUID: &str = "{4d36e97d-e325-11ce-bfc1-08002be10318}";
-
-/// Parsed INF: section name (lower-cased) -> entries in order, comments stripped.
-pub struct Inf {
-    sections: BTreeMap<String, Vec<Entry>>,
-    /// Section names as written, in order of appearance (for messages and duplicate checks).
-    order: Vec<String>,
-}
-
-/// One line of a section: `key = value` or a bare value list.
-#[derive(Clone, Debug)]
-pub struct Entry {
-    /// The key, when the line has an `=` outside quotes.
-    pub key: Option<String>,
-    /// The value (or the whole line), whitespace-normalised.
-    pub value: String,
-}
-
-fn strip_comment(line: &str) -> &str {
-    let mut in_quotes = false;
-    for (i, c) in line.char_indices() {
-        match c {
-            '"' => in_quotes = !in_quotes,
-            ';' if !in_quotes => return &line[..i],
-            _ => {}
-        }
-    }
-    line
-}
-
-impl Inf {
-    /// Parses INF text (already decoded).
-    pub fn parse(text: &str) -> Inf {
-        let mut sections: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
-        let mut order = Vec::new();
-        let mut current = String::new();
-        for raw in text.lines() {
-            let line = strip_comment(raw).trim();
-            if line.is_empty() {
-                continue;
-            }
-            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-                current = name.trim().to_ascii_lowercase();
-                order.push(name.trim().to_string());
-                sections.entry(current.clone()).or_default();
-                continue;
-            }
-            let normalise = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-            let entry = match line.split_once('=') {
-                Some((k, v)) if !k.contains('"') => Entry {
-                    key: Some(k.trim().to_string()),
-                    value: normalise(v.trim()),
-                },
-                _ => Entry {
-                    key: None,
-                    value: normalise(line),
-                },
-            };
-            sections.entry(current.clone()).or_default().push(entry);
-        }
-        Inf { sections, order }
-    }
-
-    /// The entries of `section` (case-insensitive), if it exists.
-    pub fn section(&self, section: &str) -> Option<&[Entry]> {
-        self.sections
-            .get(&section.to_ascii_lowercase())
-            .map(Vec::as_slice)
-    }
-
-    /// The value of `key` in `section` (both case-insensitive).
-    pub fn value(&self, section: &str, key: &str) -> Option<&str> {
-        self.section(section)?.iter().find_map(|e| {
-            e.key
-                .as_deref()
-                .filter(|k| k.eq_ignore_ascii_case(key))
-                .map(|_| e.value.as_str())
-        })
-    }
-
-    fn values<'a>(&'a self, section: &str, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.section(section)
-            .into_iter()
-            .flatten()
-            .filter_map(move |e| {
-                e.key
-                    .as_deref()
-                    .filter(|k| k.eq_ignore_ascii_case(key))
-                    .map(|_| e.value.as_str())
-            })
-    }
-
-    fn section_names(&self) -> impl Iterator<Item = &str> {
-        self.order.iter().map(String::as_str)
-    }
-
-    /// `%token%` -> its [Strings] value (unquoted); numeric DIRIDs like `%13%` are not tokens.
-    fn string(&self, token: &str) -> Option<String> {
-        self.value("Strings", token)
-            .map(|v| v.trim_matches('"').to_string())
-    }
-}
 
 /// One rule: its name and the check (Ok, or the reason, without the name).
 pub type Rule = (&'static str, fn(&Inf, &str) -> Result<(), String>);
@@ -348,12 +247,25 @@ fn dirid_13(inf: &Inf, _: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// (section, target) for every target named by `directive` (e.g. `AddReg = a, b`) in any section.
+fn directive_targets(inf: &Inf, directive: &str) -> Vec<(String, String)> {
+    inf.section_names()
+        .flat_map(|section| {
+            inf.values(section, directive)
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| (section.to_string(), t.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// Sections named by every `AddReg` directive.
 fn addreg_sections(inf: &Inf) -> Vec<String> {
-    inf.section_names()
-        .flat_map(|s| inf.values(s, "AddReg").collect::<Vec<_>>())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
-        .filter(|s| !s.is_empty())
+    directive_targets(inf, "AddReg")
+        .into_iter()
+        .map(|(_, target)| target)
         .collect()
 }
 
@@ -435,10 +347,9 @@ fn service_install(inf: &Inf, _: &str) -> Result<(), String> {
 
 /// Files named by every CopyFiles list section.
 fn copy_files(inf: &Inf) -> Vec<String> {
-    inf.section_names()
-        .flat_map(|s| inf.values(s, "CopyFiles").collect::<Vec<_>>())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
-        .flat_map(|list| {
+    directive_targets(inf, "CopyFiles")
+        .into_iter()
+        .flat_map(|(_, list)| {
             inf.section(&list)
                 .unwrap_or_default()
                 .iter()
@@ -490,14 +401,10 @@ fn strings_defined(inf: &Inf, text: &str) -> Result<(), String> {
 }
 
 fn sections_exist(inf: &Inf, _: &str) -> Result<(), String> {
-    for name in inf.section_names() {
-        for directive in ["CopyFiles", "AddReg"] {
-            for value in inf.values(name, directive) {
-                for target in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    if !target.starts_with('@') && inf.section(target).is_none() {
-                        return Err(format!("[{name}] {directive} = {target}: no such section"));
-                    }
-                }
+    for directive in ["CopyFiles", "AddReg"] {
+        for (name, target) in directive_targets(inf, directive) {
+            if !target.starts_with('@') && inf.section(&target).is_none() {
+                return Err(format!("[{name}] {directive} = {target}: no such section"));
             }
         }
     }
