@@ -43,7 +43,7 @@ echo "== build kepoch.sys and kepochctl.exe (release)"
 cargo build --release --target x86_64-pc-windows-msvc -p kepoch-driver
 cargo build --release --target x86_64-pc-windows-gnu -p kepochctl
 echo "== stamp and check the INF (primitive-driver rules)"
-cargo test -q -p kepoch-driver --test inf
+cargo test -q --release -p kepoch-driver --test inf
 
 keys=$(mktemp -d -t kepoch-signing.XXXXXX)
 trap 'rm -rf "$keys"' EXIT

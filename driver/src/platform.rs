@@ -134,7 +134,9 @@ fn resolve(name: &'static [u16]) -> Option<NonNull<c_void>> {
 }
 
 /// Storage of the DPC delivery probe. Static (never moves, never freed) so that a probe DPC that runs
-/// after [`dpcs_are_delivered`] stopped waiting still finds valid memory; unload flushes queued DPCs.
+/// after [`dpcs_are_delivered`] stopped waiting still finds valid memory; unload and every failure
+/// path of `DriverEntry` after the probe flush queued DPCs before the image can go
+/// (`lifecycle::driver_entry_steps`).
 struct DpcProbe {
     dpc: UnsafeCell<MaybeUninit<nt::KDPC>>,
     ran: AtomicBool,
