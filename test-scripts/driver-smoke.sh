@@ -39,10 +39,11 @@ cargo build --release --target x86_64-pc-windows-gnu -p kepochctl
 # The stats layout version the driver must report: the core's STATS_VERSION.
 stats_version=$(sed -n 's/^pub const STATS_VERSION: u32 = \([0-9]*\);/\1/p' epoch/src/stats.rs)
 [ -n "$stats_version" ] || { echo "driver-smoke: cannot read STATS_VERSION from epoch/src/stats.rs" >&2; exit 1; }
-sys=$root/target/x86_64-pc-windows-msvc/release/kepoch.sys
-ctl=$root/target/x86_64-pc-windows-gnu/release/kepochctl.exe
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+sys=$target_dir/x86_64-pc-windows-msvc/release/kepoch.sys
+ctl=$target_dir/x86_64-pc-windows-gnu/release/kepochctl.exe
 
-work=$root/target/wine-smoke
+work=$target_dir/wine-smoke
 rm -rf "$work"
 mkdir -p "$work"
 export WINEPREFIX=$work/prefix WINEARCH=win64 WINEDEBUG=-all
@@ -205,6 +206,10 @@ else
     expect_log "kepoch: load failed: eager: KeGetProcessorNumberFromIndex(0) failed with STATUS_NOT_SUPPORTED"
     grep -a -q -x -E 'start_rc=[1-9][0-9]*' "$out" || fail "sc start should fail when eager refuses to load"
     expect_out "stats_rc=1"
+    # The failed DriverEntry flushes queued DPCs (the delivery probe never ran under Wine) before it
+    # returns and the image is unloaded: Wine logs each call of its KeFlushQueuedDpcs stub.
+    sed -n '/kepoch: load failed/,$p' "$log" | grep -a -q 'KeFlushQueuedDpcs' ||
+        fail "DriverEntry failed without KeFlushQueuedDpcs after the failure (the probe DPC may still be queued)"
 fi
 
 echo "== driver smoke test: $((failures)) failure(s) in $(($(date +%s) - started)) s"

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on Debian 12 with Rust (rustup), skipping what is already there:
 # the linter for every .sh (shellcheck), wine64 (loads kepoch.sys in the smoke test), jq (reads its JSON),
-# mingw (links kepochctl.exe), the Windows targets, rustfmt/clippy, and nightly with Miri (optional:
-# without it the Miri step prints SKIPPED and says why). test-all.sh runs it first.
+# mingw (links kepochctl.exe), openssl and osslsigncode (the test-signed package), qemu-system-x86 and
+# socat (the QEMU hot-add check; QEMU without its recommends), the Windows targets, rustfmt/clippy, and nightly
+# with Miri (optional: without it the Miri step prints SKIPPED and says why). test-all.sh runs it first.
 set -euo pipefail
 
 missing=()
-for package in shellcheck wine64 jq gcc-mingw-w64-x86-64; do
+for package in shellcheck wine64 jq gcc-mingw-w64-x86-64 openssl osslsigncode qemu-system-x86 socat; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
         missing+=("$package")
 done
@@ -15,7 +16,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || sudo=(sudo)
     echo "setup: installing ${missing[*]}"
     "${sudo[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+    # qemu-system-x86 without its recommends (GUI, OVMF, block drivers): the check needs none of them.
+    plain=() lean=()
+    for package in "${missing[@]}"; do
+        case $package in
+            qemu-system-x86) lean+=("$package") ;;
+            *) plain+=("$package") ;;
+        esac
+    done
+    if [ "${#plain[@]}" -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${plain[@]}" >/dev/null
+    fi
+    if [ "${#lean[@]}" -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${lean[@]}" >/dev/null
+    fi
 fi
 
 installed_targets=$(rustup target list --installed)

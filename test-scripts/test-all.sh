@@ -24,11 +24,17 @@ cargo clippy --target x86_64-pc-windows-msvc -p kepoch-driver --lib --bins -- -D
 cargo clippy --target x86_64-pc-windows-gnu -p kepochctl --all-targets -- -D warnings
 echo "== Wine smoke test of kepoch.sys"
 bash test-scripts/driver-smoke.sh
+echo "== test-signed package (target/package: signed kepoch.sys and kepochctl.exe, INF, certificate)"
+bash test-scripts/package.sh
+echo "== QEMU host script's hot-add path against a real QEMU (no guest)"
+bash test-scripts/qemu-hotadd-check.sh
 echo "== Miri on the core's unit tests"
 if cargo +nightly miri --version >/dev/null 2>&1; then
     for seed in 1 2 3; do
         MIRIFLAGS="-Zmiri-seed=$seed" cargo +nightly miri test -p kepoch
     done
+    # The driver's host-testable orders, and the load-thread slot under Miri's data-race detector.
+    cargo +nightly miri test -p kepoch-driver --lib -- lifecycle slots
 else
     echo "SKIPPED: Miri: the nightly toolchain with the miri component is not installed (.ci/run installs it)"
 fi

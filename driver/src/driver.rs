@@ -9,13 +9,15 @@ use core::mem::{self, MaybeUninit};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 
-use kepoch::config::{select_config, RegistryInput, RegistryValue, Setting};
+use kepoch::config::{select_config, Config, RegistryInput, RegistryValue, Setting};
 use kepoch::platform::LogLevel;
 use kepoch::{Domain, DomainBox, Stats};
 
 use crate::ioctl::{self, LoadRequest, Request};
+use crate::lifecycle::{driver_entry_steps, with_passive_lock, CriticalRegionLock, EntrySteps};
 use crate::nt;
 use crate::platform::{dpcs_are_delivered, log_line, performance_counter, NtPlatform};
+use crate::slots::ThreadSlot;
 use crate::support::{
     dacl_size, nth_set_bit, ops_due, registry_value_from_query, thread_rate, ticks_to_ns,
     AtomicHistogram, WellKnownSid,
@@ -45,7 +47,8 @@ pub struct DeviceState {
     load: LoadGenerator,
 }
 
-/// A lock for PASSIVE_LEVEL callers: a synchronization event, signalled when free.
+/// A lock for PASSIVE_LEVEL callers: a synchronization event, signalled when free, held only inside a
+/// critical region (so a suspended holder cannot keep it forever; see [`with_passive_lock`]).
 struct PassiveLock {
     event: UnsafeCell<MaybeUninit<nt::KEVENT>>,
 }
@@ -61,24 +64,45 @@ impl PassiveLock {
         }
     }
 
+    fn event(&self) -> *mut nt::KEVENT {
+        self.event.get().cast()
+    }
+
     /// Runs `f` with the lock held. PASSIVE_LEVEL only.
     fn with<R>(&self, f: impl FnOnce() -> R) -> R {
-        let event = self.event.get().cast::<nt::KEVENT>();
+        with_passive_lock(self, f)
+    }
+}
+
+impl CriticalRegionLock for PassiveLock {
+    fn enter_critical_region(&self) {
+        // SAFETY: no arguments; PASSIVE_LEVEL callers only (PassiveLock::with's contract); paired with
+        // leave_critical_region by with_passive_lock.
+        unsafe { nt::KeEnterCriticalRegion() }
+    }
+
+    fn leave_critical_region(&self) {
+        // SAFETY: pairs the enter_critical_region of the same with_passive_lock call.
+        unsafe { nt::KeLeaveCriticalRegion() }
+    }
+
+    fn acquire(&self) {
         // SAFETY: initialised in DriverEntry; an untimed kernel-mode wait at PASSIVE returns once the
-        // auto-reset event is ours; KeSetEvent releases it.
+        // auto-reset event is ours.
         unsafe {
             nt::KeWaitForSingleObject(
-                event.cast(),
+                self.event().cast(),
                 nt::EXECUTIVE,
                 nt::KERNEL_MODE,
                 0,
                 ptr::null_mut(),
             );
         }
-        let result = f();
-        // SAFETY: as above.
-        unsafe { nt::KeSetEvent(event, 0, 0) };
-        result
+    }
+
+    fn release(&self) {
+        // SAFETY: initialised in DriverEntry; signalling the event hands the lock to one waiter.
+        unsafe { nt::KeSetEvent(self.event(), 0, 0) };
     }
 }
 
@@ -87,10 +111,10 @@ struct LoadItem {
     value: u64,
 }
 
-/// One load thread's parameters (in [`LoadGenerator::threads`], at a fixed address while it runs).
+/// One load thread's parameters (in a [`ThreadSlot`] of [`LoadGenerator::threads`], at a fixed address
+/// while it runs; its handle is kept apart in the slot).
 #[derive(Clone, Copy)]
 struct LoadThread {
-    handle: nt::HANDLE,
     state: *const DeviceState,
     rate: u32,
     seconds: u32,
@@ -100,7 +124,6 @@ struct LoadThread {
 
 impl LoadThread {
     const IDLE: LoadThread = LoadThread {
-        handle: ptr::null_mut(),
         state: ptr::null(),
         rate: 0,
         seconds: 0,
@@ -111,16 +134,18 @@ impl LoadThread {
 /// The built-in load generator: system threads doing enter / read / exit / replace / retire on
 /// [`LoadGenerator::shared`] at a given rate.
 struct LoadGenerator {
-    /// Guarded by `DeviceState::control`.
-    threads: UnsafeCell<[LoadThread; MAX_LOAD_THREADS]>,
+    /// Prepared, published and reaped under `DeviceState::control`; a running thread reads only its
+    /// parameters.
+    threads: [ThreadSlot<LoadThread, nt::HANDLE>; MAX_LOAD_THREADS],
     stop: AtomicBool,
     /// Threads that have not finished their loop yet.
     running: AtomicU32,
     shared: AtomicPtr<LoadItem>,
 }
 
-// SAFETY: the UnsafeCells are only accessed under `control` (or in DriverEntry/unload, when nothing else
-// runs); everything else is atomics, the Sync domain, or kernel objects.
+// SAFETY: the UnsafeCells and the thread slots' handles are only accessed under `control` (or in
+// DriverEntry/unload, when nothing else runs); a load thread only reads its slot's parameters, written
+// before it was created; everything else is atomics, the Sync domain, or kernel objects.
 unsafe impl Sync for DeviceState {}
 
 /// A `UNICODE_STRING` over a static UTF-16 name. The kernel routines it is passed to only read it.
@@ -346,7 +371,7 @@ fn restrict_to_system_and_admins(device: NonNull<nt::DEVICE_OBJECT>) -> Result<(
     }
 }
 
-/// The body of `DriverEntry` (SPEC §7).
+/// The body of `DriverEntry` (SPEC §7): the registry, then [`driver_entry_steps`] on [`NtEntry`].
 ///
 /// # Safety
 /// Called once by the I/O manager at PASSIVE_LEVEL with its driver object and service key path.
@@ -372,123 +397,176 @@ pub unsafe fn driver_entry(
         log_line(LogLevel::Warning, format_args!("{warning}"));
     }
 
-    let mut device_name = unicode(DEVICE_NAME);
-    let mut device: *mut nt::DEVICE_OBJECT = ptr::null_mut();
-    // SAFETY: valid driver object and name; the extension is sized for DeviceState.
-    let status = unsafe {
-        nt::IoCreateDevice(
-            driver,
-            mem::size_of::<DeviceState>() as u32,
-            &mut device_name,
-            nt::FILE_DEVICE_UNKNOWN,
-            nt::FILE_DEVICE_SECURE_OPEN,
-            0,
-            &mut device,
-        )
+    let mut entry = NtEntry {
+        driver,
+        config,
+        config_warnings,
     };
-    let Some(device) = NonNull::new(device).filter(|_| status >= 0) else {
+    let status = driver_entry_steps(&mut entry);
+    if status >= 0 {
         log_line(
-            LogLevel::Error,
+            LogLevel::Info,
             format_args!(
-                "IoCreateDevice(\\Device\\kepoch) failed: 0x{:08X}",
-                status as u32
-            ),
-        );
-        return status;
-    };
-    let fail = |status: i32| {
-        // SAFETY: the device was created above, has no symbolic link and nothing references it.
-        unsafe { nt::IoDeleteDevice(device.as_ptr()) };
-        status
-    };
-
-    if let Err(status) = restrict_to_system_and_admins(device) {
-        log_line(
-            LogLevel::Error,
-            format_args!(
-                "applying the SYSTEM/Administrators security descriptor failed: 0x{:08X}",
-                status as u32
-            ),
-        );
-        return fail(status);
-    }
-
-    let dpcs_delivered = dpcs_are_delivered();
-    if !dpcs_delivered {
-        log_line(
-            LogLevel::Warning,
-            format_args!(
-                "DPCs queued to a processor are not delivered on this host (Wine?): per-CPU slots cannot be bound, every processor uses the shared overflow slot; cycles and IRQL are not exercised"
+                "ready: \\Device\\kepoch (SYSTEM and Administrators only), {config_warnings} registry warning(s)"
             ),
         );
     }
-    // SAFETY: the device lives until unload deletes it after the domain (and its platform) dropped.
-    let platform = unsafe { NtPlatform::new(device, dpcs_delivered) };
-    let routines = *platform.routines();
-    log_line(
-        LogLevel::Info,
-        format_args!(
-            "routines: KeRegisterProcessorChangeCallback {}; ExAllocatePool2 {}; KeGetProcessorNumberFromIndex {}",
-            if routines.has_processor_change_callback() { "resolved" } else { "missing" },
-            if routines.has_allocate_pool2() { "resolved" } else { "missing (ExAllocatePoolWithTag fallback)" },
-            if routines.has_processor_number_from_index() { "resolved" } else { "missing" },
-        ),
-    );
-    // Domain::create logs the strategy, max/active counts and the callback state.
-    let domain = match Domain::create(platform, config) {
-        Ok(domain) => domain,
-        Err(error) => {
-            log_line(LogLevel::Error, format_args!("load failed: {error}"));
-            return fail(error.status.0);
+    status
+}
+
+/// `DriverEntry`'s steps on the NT kernel (with their log lines); their order and the undo of each
+/// failure are [`driver_entry_steps`]'s. Built only by [`driver_entry`], at PASSIVE_LEVEL, with the
+/// I/O manager's driver object.
+struct NtEntry {
+    driver: *mut nt::DRIVER_OBJECT,
+    config: Config,
+    config_warnings: u64,
+}
+
+impl EntrySteps for NtEntry {
+    type Device = NonNull<nt::DEVICE_OBJECT>;
+    type Domain = DomainBox<NtPlatform>;
+
+    fn create_device(&mut self) -> Result<Self::Device, i32> {
+        let mut device_name = unicode(DEVICE_NAME);
+        let mut device: *mut nt::DEVICE_OBJECT = ptr::null_mut();
+        // SAFETY: valid driver object (NtEntry's origin) and name; the extension is sized for
+        // DeviceState.
+        let status = unsafe {
+            nt::IoCreateDevice(
+                self.driver,
+                mem::size_of::<DeviceState>() as u32,
+                &mut device_name,
+                nt::FILE_DEVICE_UNKNOWN,
+                nt::FILE_DEVICE_SECURE_OPEN,
+                0,
+                &mut device,
+            )
+        };
+        NonNull::new(device).filter(|_| status >= 0).ok_or_else(|| {
+            log_line(
+                LogLevel::Error,
+                format_args!(
+                    "IoCreateDevice(\\Device\\kepoch) failed: 0x{:08X}",
+                    status as u32
+                ),
+            );
+            if status < 0 {
+                status
+            } else {
+                kepoch::platform::Status::INSUFFICIENT_RESOURCES.0
+            }
+        })
+    }
+
+    fn secure_device(&mut self, device: Self::Device) -> Result<(), i32> {
+        restrict_to_system_and_admins(device).inspect_err(|status| {
+            log_line(
+                LogLevel::Error,
+                format_args!(
+                    "applying the SYSTEM/Administrators security descriptor failed: 0x{:08X}",
+                    *status as u32
+                ),
+            );
+        })
+    }
+
+    fn probe_dpc_delivery(&mut self) -> bool {
+        let delivered = dpcs_are_delivered();
+        if !delivered {
+            log_line(
+                LogLevel::Warning,
+                format_args!(
+                    "DPCs queued to a processor are not delivered on this host (Wine?): per-CPU slots cannot be bound, every processor uses the shared overflow slot; cycles and IRQL are not exercised"
+                ),
+            );
         }
-    };
+        delivered
+    }
 
-    // SAFETY: the device extension is DeviceState-sized, suitably aligned (pool) and ours; the lock is
-    // initialised at its final address before anything can use it.
-    let state = unsafe {
-        let state = (*device.as_ptr()).DeviceExtension.cast::<DeviceState>();
-        state.write(DeviceState {
-            domain,
-            config_warnings,
-            first_enter: AtomicHistogram::new(),
-            enter_exit: AtomicHistogram::new(),
-            control: PassiveLock {
-                event: UnsafeCell::new(MaybeUninit::uninit()),
-            },
-            baseline: UnsafeCell::new(Stats::default()),
-            load: LoadGenerator {
-                threads: UnsafeCell::new([LoadThread::IDLE; MAX_LOAD_THREADS]),
-                stop: AtomicBool::new(false),
-                running: AtomicU32::new(0),
-                shared: AtomicPtr::new(ptr::null_mut()),
-            },
-        });
-        PassiveLock::init(ptr::addr_of_mut!((*state).control));
-        state
-    };
-
-    let mut link_name = unicode(LINK_NAME);
-    // SAFETY: both strings are valid for the call.
-    let status = unsafe { nt::IoCreateSymbolicLink(&mut link_name, &mut device_name) };
-    if status < 0 {
+    fn create_domain(
+        &mut self,
+        device: Self::Device,
+        dpcs_delivered: bool,
+    ) -> Result<Self::Domain, i32> {
+        // SAFETY: the device lives until unload (or a failing DriverEntry) deletes it after the domain
+        // (and its platform) dropped.
+        let platform = unsafe { NtPlatform::new(device, dpcs_delivered) };
+        let routines = *platform.routines();
         log_line(
-            LogLevel::Error,
+            LogLevel::Info,
             format_args!(
-                "IoCreateSymbolicLink(\\DosDevices\\kepoch) failed: 0x{:08X}",
-                status as u32
+                "routines: KeRegisterProcessorChangeCallback {}; ExAllocatePool2 {}; KeGetProcessorNumberFromIndex {}",
+                if routines.has_processor_change_callback() { "resolved" } else { "missing" },
+                if routines.has_allocate_pool2() { "resolved" } else { "missing (ExAllocatePoolWithTag fallback)" },
+                if routines.has_processor_number_from_index() { "resolved" } else { "missing" },
             ),
         );
-        // SAFETY: initialised above and unreachable from outside (no link, DriverEntry failing).
-        unsafe { ptr::drop_in_place(state) };
-        return fail(status);
+        // Domain::create logs the strategy, max/active counts and the callback state.
+        Domain::create(platform, self.config).map_err(|error| {
+            log_line(LogLevel::Error, format_args!("load failed: {error}"));
+            error.status.0
+        })
     }
-    log_line(
-        LogLevel::Info,
-        format_args!(
-            "ready: \\Device\\kepoch (SYSTEM and Administrators only), {config_warnings} registry warning(s)"
-        ),
-    );
-    nt::STATUS_SUCCESS
+
+    fn install_state(&mut self, device: Self::Device, domain: Self::Domain) {
+        // SAFETY: the device extension is DeviceState-sized, suitably aligned (pool) and ours; the lock
+        // is initialised at its final address before anything can use it (no link exists yet).
+        unsafe {
+            let state = (*device.as_ptr()).DeviceExtension.cast::<DeviceState>();
+            state.write(DeviceState {
+                domain,
+                config_warnings: self.config_warnings,
+                first_enter: AtomicHistogram::new(),
+                enter_exit: AtomicHistogram::new(),
+                control: PassiveLock {
+                    event: UnsafeCell::new(MaybeUninit::uninit()),
+                },
+                baseline: UnsafeCell::new(Stats::default()),
+                load: LoadGenerator {
+                    threads: core::array::from_fn(|_| ThreadSlot::new(LoadThread::IDLE)),
+                    stop: AtomicBool::new(false),
+                    running: AtomicU32::new(0),
+                    shared: AtomicPtr::new(ptr::null_mut()),
+                },
+            });
+            PassiveLock::init(ptr::addr_of_mut!((*state).control));
+        }
+    }
+
+    fn create_link(&mut self) -> Result<(), i32> {
+        let mut link_name = unicode(LINK_NAME);
+        let mut device_name = unicode(DEVICE_NAME);
+        // SAFETY: both strings are valid for the call.
+        let status = unsafe { nt::IoCreateSymbolicLink(&mut link_name, &mut device_name) };
+        if status < 0 {
+            log_line(
+                LogLevel::Error,
+                format_args!(
+                    "IoCreateSymbolicLink(\\DosDevices\\kepoch) failed: 0x{:08X}",
+                    status as u32
+                ),
+            );
+            return Err(status);
+        }
+        Ok(())
+    }
+
+    fn drop_state(&mut self, device: Self::Device) {
+        // SAFETY: install_state initialised it; unreachable from outside (no link, DriverEntry failing).
+        unsafe { ptr::drop_in_place((*device.as_ptr()).DeviceExtension.cast::<DeviceState>()) };
+    }
+
+    fn flush_queued_dpcs(&mut self) {
+        // SAFETY: no arguments; PASSIVE_LEVEL (DriverEntry).
+        unsafe { nt::KeFlushQueuedDpcs() };
+    }
+
+    fn delete_device(&mut self, device: Self::Device) {
+        // SAFETY: the device was created by create_device, has no symbolic link, its state (if any) has
+        // been dropped, and nothing references it.
+        unsafe { nt::IoDeleteDevice(device.as_ptr()) };
+    }
 }
 
 unsafe extern "C" fn driver_unload(driver: *mut nt::DRIVER_OBJECT) {
@@ -619,23 +697,23 @@ impl DeviceState {
             // No thread with a zero rate.
             let count = wanted.min(request.rate).min(MAX_LOAD_THREADS as u32);
             self.load.stop.store(false, Ordering::Release);
-            // SAFETY: under `control`; no load thread runs (reaped above).
-            let threads = unsafe { &mut *self.load.threads.get() };
             for index in 0..count {
-                let slot = &mut threads[index as usize];
-                *slot = LoadThread {
-                    handle: ptr::null_mut(),
-                    state: self,
-                    rate: thread_rate(request.rate, count, index),
-                    seconds: request.seconds,
-                    processor: nth_set_bit(mask, index),
-                };
+                let slot = &self.load.threads[index as usize];
+                // SAFETY: under `control`; no load thread runs (reaped above).
+                unsafe {
+                    slot.prepare(LoadThread {
+                        state: self,
+                        rate: thread_rate(request.rate, count, index),
+                        seconds: request.seconds,
+                        processor: nth_set_bit(mask, index),
+                    });
+                }
                 let mut attributes =
                     object_attributes(ptr::null_mut(), nt::OBJ_KERNEL_HANDLE, ptr::null_mut());
                 self.load.running.fetch_add(1, Ordering::AcqRel);
                 let mut handle: nt::HANDLE = ptr::null_mut();
-                // SAFETY: the slot stays in place and unchanged until the thread is reaped (under
-                // `control`); a kernel handle because we run in the caller's process.
+                // SAFETY: the slot stays in place and its parameters unchanged until the thread is reaped
+                // (under `control`); a kernel handle because we run in the caller's process.
                 let status = unsafe {
                     nt::PsCreateSystemThread(
                         &mut handle,
@@ -644,7 +722,7 @@ impl DeviceState {
                         ptr::null_mut(),
                         ptr::null_mut(),
                         Some(load_thread),
-                        ptr::from_mut(slot).cast(),
+                        slot.context(),
                     )
                 };
                 if status < 0 {
@@ -658,7 +736,9 @@ impl DeviceState {
                     unsafe { self.reap_threads() };
                     return status;
                 }
-                slot.handle = handle;
+                // SAFETY: under `control`; the new thread (maybe running already) reads only its
+                // parameters, never the handle cell.
+                unsafe { slot.publish_handle(handle) };
             }
             log_line(
                 LogLevel::Info,
@@ -697,17 +777,18 @@ impl DeviceState {
     /// # Safety
     /// The caller holds `control`.
     unsafe fn reap_threads(&self) -> usize {
-        // SAFETY: per the caller.
-        let threads = unsafe { &mut *self.load.threads.get() };
         let mut reaped = 0;
-        for slot in threads.iter_mut().filter(|slot| !slot.handle.is_null()) {
+        for slot in &self.load.threads {
+            // SAFETY: per the caller (`control` is held).
+            let Some(handle) = (unsafe { slot.take_handle() }) else {
+                continue;
+            };
             // SAFETY: our kernel handle to a thread we created; an untimed wait at PASSIVE returns once
-            // the thread has terminated; closed once.
+            // the thread has terminated; closed once (taken out of the slot above).
             unsafe {
-                nt::ZwWaitForSingleObject(slot.handle, 0, ptr::null_mut());
-                nt::ZwClose(slot.handle);
+                nt::ZwWaitForSingleObject(handle, 0, ptr::null_mut());
+                nt::ZwClose(handle);
             }
-            *slot = LoadThread::IDLE;
             reaped += 1;
         }
         reaped
@@ -752,10 +833,11 @@ impl DeviceState {
 /// Start routine of a load thread: pin to its processor, run at its rate until stopped or its time is
 /// up, then end.
 unsafe extern "C" fn load_thread(context: *mut c_void) {
-    // SAFETY: `context` is the thread's LoadThread slot, unchanged until the thread is reaped, and its
-    // DeviceState outlives every load thread (unload and LOAD_STOP reap them first).
+    // SAFETY: `context` is the context of the thread's slot, prepared before the thread was created and
+    // unchanged until it is reaped; its DeviceState outlives every load thread (unload and LOAD_STOP reap
+    // them first).
     let (slot, state) = unsafe {
-        let slot = *context.cast::<LoadThread>();
+        let slot = ThreadSlot::<LoadThread, nt::HANDLE>::thread_params(context);
         (slot, &*slot.state)
     };
     // SAFETY: a system thread may set its own system affinity to an active processor's bit.

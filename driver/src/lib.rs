@@ -5,15 +5,20 @@
 //! - [`platform`]: `NtPlatform`, the core's platform trait on NT;
 //! - [`driver`]: `DriverEntry`/`DriverUnload` bodies and the control device;
 //! - [`ioctl`]: the control interface (codes, request layouts, the decoder), shared with `kepochctl`;
-//! - [`support`]: target-independent helpers, unit-tested on the host.
+//! - [`support`]: target-independent helpers, unit-tested on the host;
+//! - [`lifecycle`]: the order of `DriverEntry`'s steps and undo, the passive lock's critical region and
+//!   the cycle DPCs' importance, written against small traits and tested on the host;
+//! - [`slots`]: load-thread slots (the thread's parameters apart from its creator's handle).
 //!
 //! The image itself is the `kepoch` binary (`driver/src/main.rs`). On hosts other than
-//! `x86_64-pc-windows-msvc` only [`ioctl`] and [`support`] are compiled, so the workspace builds and tests anywhere.
+//! `x86_64-pc-windows-msvc` only [`ioctl`], [`support`], [`lifecycle`] and [`slots`] are compiled, so the workspace builds and tests anywhere.
 #![no_std]
 
 pub use kepoch;
 
 pub mod ioctl;
+pub mod lifecycle;
+pub mod slots;
 pub mod support;
 
 #[cfg(all(target_os = "windows", target_env = "msvc", target_arch = "x86_64"))]

@@ -13,6 +13,7 @@ use kepoch::platform::{
     ProcessorNumber, Status,
 };
 
+use crate::lifecycle::{init_cycle_dpc, DpcSetup};
 use crate::nt;
 use crate::support::{
     aligned_start, processor_change_from_nt, relative_due_time, timer_period_ms, veto_status,
@@ -133,7 +134,9 @@ fn resolve(name: &'static [u16]) -> Option<NonNull<c_void>> {
 }
 
 /// Storage of the DPC delivery probe. Static (never moves, never freed) so that a probe DPC that runs
-/// after [`dpcs_are_delivered`] stopped waiting still finds valid memory; unload flushes queued DPCs.
+/// after [`dpcs_are_delivered`] stopped waiting still finds valid memory; unload and every failure
+/// path of `DriverEntry` after the probe flush queued DPCs before the image can go
+/// (`lifecycle::driver_entry_steps`).
 struct DpcProbe {
     dpc: UnsafeCell<MaybeUninit<nt::KDPC>>,
     ran: AtomicBool,
@@ -272,6 +275,31 @@ unsafe extern "C" fn message_dpc(
     unsafe {
         let message = &*context.cast::<NtMessage>();
         (*message.handler.get()).assume_init_ref().invoke();
+    }
+}
+
+/// A message's KDPC being prepared by [`init_cycle_dpc`] (the order and importance live there).
+struct CycleDpc {
+    dpc: *mut nt::KDPC,
+    context: *mut c_void,
+    number: nt::PROCESSOR_NUMBER,
+}
+
+impl DpcSetup for CycleDpc {
+    fn initialize(&mut self) {
+        // SAFETY: `dpc` is the message's KDPC storage, in place until message_release and not queued
+        // (message_init runs before the message can be sent); the context is that message.
+        unsafe { nt::KeInitializeDpc(self.dpc, Some(message_dpc), self.context) }
+    }
+
+    fn set_importance(&mut self, importance: i32) {
+        // SAFETY: an initialised KDPC that is not queued; callable at any IRQL.
+        unsafe { nt::KeSetImportanceDpc(self.dpc, importance) }
+    }
+
+    fn set_target(&mut self) -> i32 {
+        // SAFETY: as above; writes nothing but the KDPC.
+        unsafe { nt::KeSetTargetProcessorDpcEx(self.dpc, &mut self.number) }
     }
 }
 
@@ -497,21 +525,24 @@ unsafe impl Platform for NtPlatform {
             // A message that is never delivered would stall every cycle it is part of.
             return Err(Status::NOT_SUPPORTED);
         }
-        // SAFETY: the caller gives writable storage that stays in place until message_release;
-        // KeInitializeDpc and KeSetTargetProcessorDpcEx only initialise the KDPC inside it.
-        unsafe {
+        // SAFETY: the caller gives writable storage that stays in place until message_release; the
+        // handler is written before the DPC can be queued.
+        let dpc = unsafe {
             UnsafeCell::raw_get(ptr::addr_of!((*message).handler)).write(MaybeUninit::new(handler));
-            let dpc = UnsafeCell::raw_get(ptr::addr_of!((*message).dpc)).cast::<nt::KDPC>();
-            nt::KeInitializeDpc(dpc, Some(message_dpc), message.cast());
-            let mut number = nt::PROCESSOR_NUMBER {
+            UnsafeCell::raw_get(ptr::addr_of!((*message).dpc)).cast::<nt::KDPC>()
+        };
+        let mut setup = CycleDpc {
+            dpc,
+            context: message.cast(),
+            number: nt::PROCESSOR_NUMBER {
                 Group: target.group,
                 Number: target.number,
                 Reserved: 0,
-            };
-            let status = nt::KeSetTargetProcessorDpcEx(dpc, &mut number);
-            if status < 0 {
-                return Err(Status(status));
-            }
+            },
+        };
+        let status = init_cycle_dpc(&mut setup);
+        if status < 0 {
+            return Err(Status(status));
         }
         Ok(())
     }

@@ -1,14 +1,21 @@
 //! The INF: `inf/kepoch.inx` installs the kernel service (demand start) and writes the default
-//! `Parameters` (the same defaults the core uses), and its package copy is UTF-16LE.
+//! `Parameters` (the same defaults the core uses); its stamped package copy follows the rules of a
+//! primitive-driver INF (`inf/rules.rs`, each rule named in its failure message) and is UTF-16LE.
 //!
 //! The test also produces that package copy, `target/kepoch-package/kepoch.inf`: `$ARCH$` stamped to
-//! `amd64` (what `stampinf -a amd64` does), CRLF line ends, UTF-16LE with a byte-order mark. On Windows
-//! the WDK's stampinf/inf2cat produce the signed package instead (driver/README.md).
+//! `amd64` (what `stampinf -a amd64` does), the crate version in `DriverVer`, CRLF line ends, UTF-16LE
+//! with a byte-order mark; `test-scripts/package.sh` puts it in the package.
 
-use std::collections::BTreeMap;
+#[path = "inf/parse.rs"]
+mod parse;
+#[path = "inf/rules.rs"]
+mod rules;
+
 use std::path::PathBuf;
 
 use kepoch::config::{Config, MAX_CYCLE_PERIOD_US, MIN_CYCLE_PERIOD_US};
+
+use parse::Inf;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -18,54 +25,32 @@ fn inx() -> String {
     std::fs::read_to_string(root().join("inf/kepoch.inx")).expect("read inf/kepoch.inx")
 }
 
-/// Section name -> its lines, without comments and surrounding blanks.
-fn sections(text: &str) -> BTreeMap<String, Vec<String>> {
-    let mut out = BTreeMap::new();
-    let mut current = String::new();
-    for raw in text.lines() {
-        let mut in_quotes = false;
-        let line: String = raw
-            .chars()
-            .take_while(|&c| {
-                if c == '"' {
-                    in_quotes = !in_quotes;
-                }
-                in_quotes || c != ';'
-            })
-            .collect();
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            current = name.to_string();
-            out.entry(current.clone()).or_insert_with(Vec::new);
-        } else {
-            out.entry(current.clone())
-                .or_insert_with(Vec::new)
-                .push(line.split_whitespace().collect::<Vec<_>>().join(" "));
-        }
-    }
-    out
+fn entry(inf: &Inf, section: &str, key: &str) -> String {
+    inf.section(section)
+        .unwrap_or_else(|| panic!("section [{section}] missing"));
+    inf.value(section, key)
+        .unwrap_or_else(|| panic!("[{section}] has no {key}"))
+        .to_string()
 }
 
-fn entry(sections: &BTreeMap<String, Vec<String>>, section: &str, key: &str) -> String {
-    let lines = sections
-        .get(section)
-        .unwrap_or_else(|| panic!("section [{section}] missing"));
-    lines
+/// The values of a section's lines, in order.
+fn lines(inf: &Inf, section: &str) -> Vec<String> {
+    inf.section(section)
+        .unwrap_or_else(|| panic!("section [{section}] missing"))
         .iter()
-        .find_map(|l| {
-            let (k, v) = l.split_once('=')?;
-            (k.trim() == key).then(|| v.trim().to_string())
+        .map(|e| match &e.key {
+            Some(k) => format!("{k} = {}", e.value),
+            None => e.value.clone(),
         })
-        .unwrap_or_else(|| panic!("[{section}] has no {key}"))
+        .collect()
 }
 
 #[test]
 fn inx_installs_a_demand_start_kernel_service_with_default_parameters() {
-    let s = sections(&inx());
+    let s = Inf::parse(&inx());
     assert_eq!(entry(&s, "Version", "Signature"), "\"$WINDOWS NT$\"");
+    assert_eq!(entry(&s, "Version", "Class"), "System");
+    assert_eq!(entry(&s, "Version", "ClassGuid"), rules::SYSTEM_CLASS_GUID);
     assert_eq!(entry(&s, "Version", "CatalogFile"), "kepoch.cat");
     assert_eq!(entry(&s, "Version", "PnpLockdown"), "1");
     assert!(entry(&s, "Version", "DriverVer").contains(','));
@@ -77,7 +62,7 @@ fn inx_installs_a_demand_start_kernel_service_with_default_parameters() {
         entry(&s, "DefaultInstall.NT$ARCH$", "CopyFiles"),
         "kepoch.CopyFiles"
     );
-    assert_eq!(s["kepoch.CopyFiles"], ["kepoch.sys"]);
+    assert_eq!(lines(&s, "kepoch.CopyFiles"), ["kepoch.sys"]);
     assert_eq!(entry(&s, "SourceDisksFiles", "kepoch.sys"), "1,,");
     assert_eq!(entry(&s, "kepoch.Service", "ServiceType"), "1");
     assert_eq!(entry(&s, "kepoch.Service", "StartType"), "3");
@@ -91,7 +76,7 @@ fn inx_installs_a_demand_start_kernel_service_with_default_parameters() {
     let defaults = Config::default();
     let dword = |value: u32| format!("0x00010001,{value}");
     assert_eq!(
-        s["kepoch.Parameters"],
+        lines(&s, "kepoch.Parameters"),
         [
             format!(
                 "HKR,Parameters,ActivationStrategy,{}",
@@ -111,43 +96,68 @@ fn inx_installs_a_demand_start_kernel_service_with_default_parameters() {
     assert!(inx().contains(&format!(
         "clamped to {MIN_CYCLE_PERIOD_US}..={MAX_CYCLE_PERIOD_US}"
     )));
-    // Every %string% token used is defined.
-    let strings = &s["Strings"];
-    for token in [
-        "ManufacturerName",
-        "DiskName",
-        "ServiceName",
-        "ServiceDescription",
-    ] {
-        assert!(
-            strings.iter().any(|l| l.starts_with(&format!("{token} ="))),
-            "{token} not in [Strings]"
-        );
-    }
     assert!(
         inx().is_ascii(),
         "keep the .inx ASCII: stampinf and the UTF-16 copy"
     );
 }
 
-/// `$ARCH$` -> `amd64`, CRLF, UTF-16LE with BOM.
-fn package_inf(inx: &str) -> Vec<u8> {
-    let stamped = inx.replace("$ARCH$", "amd64");
-    let mut text = String::new();
-    for line in stamped.lines() {
-        text.push_str(line);
-        text.push_str("\r\n");
-    }
+/// What `stampinf -a amd64` does, plus the crate version in DriverVer (w.x.y.z): the stamped text.
+fn stamp(inx: &str) -> String {
+    let version = format!("{}.0", env!("CARGO_PKG_VERSION"));
+    inx.lines()
+        .map(|line| {
+            let line = line.replace("$ARCH$", "amd64");
+            match line.split_once('=') {
+                Some((key, value)) if key.trim().eq_ignore_ascii_case("DriverVer") => {
+                    let date = value.split(',').next().unwrap_or("").trim();
+                    format!("{key}= {date},{version}")
+                }
+                _ => line,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// CRLF line ends, UTF-16LE with a byte-order mark.
+fn utf16_file(text: &str) -> Vec<u8> {
     let mut bytes = vec![0xFF, 0xFE];
-    for unit in text.encode_utf16() {
-        bytes.extend_from_slice(&unit.to_le_bytes());
+    for line in text.lines() {
+        for unit in line.encode_utf16().chain("\r\n".encode_utf16()) {
+            bytes.extend_from_slice(&unit.to_le_bytes());
+        }
     }
     bytes
 }
 
+fn failures(text: &str) -> Vec<String> {
+    rules::check(text)
+        .into_iter()
+        .filter_map(|(_, result)| result.err())
+        .collect()
+}
+
+/// The package copy: stamped, checked against every rule, then written as
+/// `$CARGO_TARGET_DIR/kepoch-package/kepoch.inf` (test-scripts/package.sh copies it into the package).
+/// It is written only when every rule passes.
 #[test]
-fn package_copy_is_utf16le_with_bom() {
-    let bytes = package_inf(&inx());
+fn package_copy_passes_the_primitive_driver_rules_and_is_utf16le() {
+    let stamped = stamp(&inx());
+    let mut failed = Vec::new();
+    for (name, result) in rules::check(&stamped) {
+        match result {
+            Ok(()) => println!("inf rule {name:<40} OK"),
+            Err(reason) => {
+                println!("inf rule {name:<40} FAIL {reason}");
+                failed.push(reason);
+            }
+        }
+    }
+    assert!(failed.is_empty(), "the stamped INF breaks: {failed:#?}");
+    assert!(stamped.contains(&format!(",{}.0\n", env!("CARGO_PKG_VERSION"))));
+
+    let bytes = utf16_file(&stamped);
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"))
@@ -165,16 +175,106 @@ fn package_copy_is_utf16le_with_bom() {
         .collect();
     let text = String::from_utf16(&units).expect("valid UTF-16");
     assert!(text.starts_with(";\r\n; kepoch.inf"));
-    assert!(!text.contains("$ARCH$"));
     assert!(text.contains("[DefaultInstall.NTamd64.Services]\r\n"));
     assert!(text.lines().count() > 20);
     assert!(
         !text.replace("\r\n", "").contains('\n'),
         "CRLF line ends only"
     );
-    let s = sections(&text);
-    assert_eq!(
-        entry(&s, "DefaultInstall.NTamd64.Services", "AddService"),
-        "kepoch,,kepoch.Service"
-    );
+    // What was written is what was checked.
+    assert!(failures(&text).is_empty(), "{:?}", failures(&text));
+}
+
+/// Each rule fails, with its name in the message, on a copy of the stamped INF broken the way it
+/// forbids.
+#[test]
+fn every_rule_catches_its_violation() {
+    let good = stamp(&inx());
+    let replace = |from: &str, to: &str| {
+        assert!(good.contains(from), "{from:?} not in the stamped INF");
+        good.replacen(from, to, 1)
+    };
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "version-signature",
+            replace("\"$WINDOWS NT$\"", "\"$CHICAGO$\""),
+        ),
+        (
+            "version-provider",
+            replace("Provider    = %ManufacturerName%", ""),
+        ),
+        ("version-class", replace("Class       = System\n", "")),
+        (
+            "version-class",
+            replace("ClassGuid   = {4d36e97d", "ClassGuid   = {4d36e97e"),
+        ),
+        (
+            "version-catalogfile",
+            replace("CatalogFile = kepoch.cat", ""),
+        ),
+        ("version-driverver", replace("01/01/2026", "13/01/2026")),
+        ("version-driverver", replace(",0.1.0.0", ",0.1.0")),
+        ("version-pnplockdown", replace("PnpLockdown = 1", "")),
+        (
+            "primitive-no-manufacturer",
+            replace(
+                "[DestinationDirs]",
+                "[Manufacturer]\n%ManufacturerName% = Models,NTamd64\n[DestinationDirs]",
+            ),
+        ),
+        (
+            "primitive-defaultinstall-decorated",
+            replace("[DefaultInstall.NTamd64]", "[DefaultInstall]"),
+        ),
+        (
+            "primitive-defaultuninstall-legacy-only",
+            replace("LegacyUninstall = 1", "DelFiles = kepoch.CopyFiles"),
+        ),
+        (
+            "declarative-dirid-13",
+            replace("DefaultDestDir = 13", "DefaultDestDir = 12"),
+        ),
+        (
+            "declarative-dirid-13",
+            replace("%13%\\kepoch.sys", "%12%\\kepoch.sys"),
+        ),
+        (
+            "declarative-addreg-hkr-only",
+            replace(
+                "HKR,Parameters,IdleDeactivation",
+                "HKLM,System\\CurrentControlSet\\Services\\kepoch\\Parameters,IdleDeactivation",
+            ),
+        ),
+        (
+            "service-install",
+            replace("StartType      = 3", "StartType      = 0"),
+        ),
+        (
+            "service-install",
+            replace("ServiceType    = 1", "ServiceType    = 2"),
+        ),
+        (
+            "files-listed",
+            replace("kepoch.sys = 1,,", "kepoch.sys = 2,,"),
+        ),
+        (
+            "strings-defined",
+            replace("DiskName           = ", "Disk               = "),
+        ),
+        (
+            "sections-exist",
+            replace(
+                "AddReg         = kepoch.Parameters",
+                "AddReg         = kepoch.Params",
+            ),
+        ),
+        ("stamped", good.replacen("NTamd64", "NT$ARCH$", 1)),
+    ];
+    for (rule, broken) in cases {
+        let failed = failures(&broken);
+        assert!(
+            failed.iter().any(|f| f.starts_with(&format!("{rule}: "))),
+            "rule {rule} did not catch its violation; failures: {failed:?}"
+        );
+    }
 }

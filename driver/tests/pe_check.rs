@@ -1,10 +1,21 @@
 //! PE check of `kepoch.sys` (SPEC §7): machine AMD64, subsystem NATIVE, entry point = `DriverEntry`,
-//! imports only from ntoskrnl.exe / hal.dll and none of the routines resolved at run time, no section both
-//! writable and executable, a valid PE checksum.
+//! imports only from ntoskrnl.exe / hal.dll, none of the routines resolved at run time and every routine
+//! of `REQUIRED`, no section both writable and executable, a valid PE checksum.
 //!
 //! The test builds the image (`cargo build --release --target x86_64-pc-windows-msvc -p kepoch-driver`).
 //! It is skipped, with a loud `SKIPPED:` line, only when that Rust target is not installed.
 //! The `mutation_*` tests prove each check fails on a damaged copy of the image.
+//!
+//! The signed tests sign the image as `test-scripts/package.sh` does (`test-scripts/sign-pe.sh`: a
+//! throw-away certificate, osslsigncode) and check the signed copy: every check above still passes (the
+//! checksum was recomputed after signing), the Authenticode signature covers this image (`signature`),
+//! and `osslsigncode verify` accepts it against the generated certificate. They print `SKIPPED:` when
+//! openssl or osslsigncode is not installed.
+
+#[path = "pe_check/signature.rs"]
+mod signature;
+#[path = "pe_check/signed.rs"]
+mod signed;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +35,14 @@ const RUNTIME_RESOLVED: [&str; 4] = [
     "KeGetProcessorNumberFromIndex",
 ];
 const ALLOWED_DLLS: [&str; 2] = ["ntoskrnl.exe", "hal.dll"];
+/// Routines the image must import: the critical region around the passive lock, the cycle DPCs'
+/// importance, and the flush that failure paths and unload do before the image can go.
+const REQUIRED: [&str; 4] = [
+    "KeEnterCriticalRegion",
+    "KeLeaveCriticalRegion",
+    "KeSetImportanceDpc",
+    "KeFlushQueuedDpcs",
+];
 
 /// The built image and its link map, or `None` when the target is not installed.
 struct Built {
@@ -206,6 +225,11 @@ fn check_imports(data: &[u8]) -> Check {
             problems.push(format!(
                 "{name} is imported but must be resolved at run time"
             ));
+        }
+    }
+    for required in REQUIRED {
+        if !imports.iter().any(|(_, name)| name == required) {
+            problems.push(format!("{required} is not imported"));
         }
     }
     if problems.is_empty() {
@@ -400,6 +424,22 @@ fn mutation_runtime_resolved_import_is_caught() {
     );
     let error = check_imports(&data).unwrap_err();
     assert!(error.contains("ExAllocatePool2"), "{error}");
+}
+
+#[test]
+fn mutation_missing_required_import_is_caught() {
+    let Some((mut data, _)) = image() else { return };
+    // Rename the KeEnterCriticalRegion import (same length, so the table stays intact).
+    replace_once(
+        &mut data,
+        b"KeEnterCriticalRegion\0",
+        b"KeEnterCriticalRegioX\0",
+    );
+    let error = check_imports(&data).unwrap_err();
+    assert!(
+        error.contains("KeEnterCriticalRegion is not imported"),
+        "{error}"
+    );
 }
 
 #[test]

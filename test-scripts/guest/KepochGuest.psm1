@@ -9,7 +9,8 @@
         Install-KepochDriver -PackagePath C:\kepoch\package
         Invoke-KepochAB -Rounds 6 -OutputPath C:\kepoch\results
 
-    It installs/uninstalls the kepoch driver package (kepoch.sys, kepoch.inf, kepochctl.exe), sets the
+    It installs/uninstalls the kepoch driver package (kepoch.sys, kepoch.inf, kepochctl.exe and the test
+    certificate kepoch-test.cer, as test-scripts/package.sh builds it), sets the
     registry values under HKLM\SYSTEM\CurrentControlSet\Services\kepoch\Parameters, restarts the driver,
     reports the processor topology (maximum/active per group, whether the OS supports processor hot-add),
     drives the built-in load generator through kepochctl.exe and writes one JSON file per round in the
@@ -24,6 +25,7 @@ Set-StrictMode -Version Latest
 $script:ServiceName = 'kepoch'
 $script:ParametersKey = 'HKLM:\SYSTEM\CurrentControlSet\Services\kepoch\Parameters'
 $script:ToolDirectory = Join-Path $env:ProgramFiles 'kepoch'
+$script:StateKey = 'HKLM:\SOFTWARE\kepoch'
 $script:StrategyNames = @('lazy', 'callback', 'eager')
 
 <#
@@ -145,20 +147,156 @@ function Invoke-KepochCtl {
 
 <#
 .SYNOPSIS
-    Installs the kepoch driver package (kepoch.sys, kepoch.inf, kepochctl.exe).
+    Adds a certificate to LocalMachine stores and records what it added, so that uninstall removes it.
 .DESCRIPTION
-    Checks that test signing is active in the running boot (unless -SkipTestSigningCheck), then installs
-    the package: -Method Inf uses `pnputil /add-driver kepoch.inf /install` (the INF creates the kepoch
-    service, demand start, and writes the default Parameters); -Method Service copies kepoch.sys to
-    %SystemRoot%\System32\drivers and creates the service with sc.exe; -Method Auto (default) tries the
-    INF and falls back to the service method when the service does not exist afterwards.
+    Each store in -StoreName that does not hold the certificate yet gets it; those additions are recorded
+    in HKLM:\SOFTWARE\kepoch (AddedCertificates, "Store:Thumbprint" lines). Certificates that were already
+    there are left alone and not recorded.
+.PARAMETER Certificate
+    The certificate (X509Certificate2).
+.PARAMETER StoreName
+    LocalMachine store names, for example Root and TrustedPublisher.
+#>
+function Add-KepochCertificate {
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory = $true)] [System.Security.Cryptography.X509Certificates.X509Certificate2] $Certificate,
+        [Parameter(Mandatory = $true)] [string[]] $StoreName
+    )
+    $added = @(Get-KepochAddedCertificate)
+    foreach ($name in $StoreName) {
+        $store = New-Object System.Security.Cryptography.X509Certificates.X509Store($name, 'LocalMachine')
+        $store.Open('ReadWrite')
+        try {
+            if ($store.Certificates.Find('FindByThumbprint', $Certificate.Thumbprint, $false).Count -eq 0) {
+                $store.Add($Certificate)
+                $added += "${name}:$($Certificate.Thumbprint)"
+            }
+        } finally { $store.Close() }
+    }
+    if (-not (Test-Path -LiteralPath $script:StateKey)) { New-Item -Path $script:StateKey -Force | Out-Null }
+    New-ItemProperty -LiteralPath $script:StateKey -Name 'AddedCertificates' -PropertyType MultiString `
+        -Value ([string[]] ($added | Select-Object -Unique)) -Force | Out-Null
+}
+
+<#
+.SYNOPSIS
+    Returns the "Store:Thumbprint" certificates kepoch's install added to LocalMachine stores.
+#>
+function Get-KepochAddedCertificate {
+    [CmdletBinding()]
+    [OutputType([string[]])]
+    param()
+    if (-not (Test-Path -LiteralPath $script:StateKey)) { return @() }
+    $value = (Get-Item -LiteralPath $script:StateKey).GetValue('AddedCertificates', $null)
+    if ($null -eq $value) { return @() }
+    return @($value)
+}
+
+<#
+.SYNOPSIS
+    Removes the certificates recorded by Add-KepochCertificate (and their keys, for the catalog signer).
+#>
+function Remove-KepochAddedCertificate {
+    [CmdletBinding()]
+    param()
+    foreach ($entry in @(Get-KepochAddedCertificate)) {
+        $name, $thumbprint = $entry -split ':', 2
+        $path = "Cert:\LocalMachine\$name\$thumbprint"
+        if (Test-Path -LiteralPath $path) {
+            if ($name -eq 'My') { Remove-Item -LiteralPath $path -DeleteKey -Force }
+            else { Remove-Item -LiteralPath $path -Force }
+        }
+    }
+    if (Test-Path -LiteralPath $script:StateKey) { Remove-Item -LiteralPath $script:StateKey -Recurse -Force }
+}
+
+<#
+.SYNOPSIS
+    Finds Inf2Cat.exe and signtool.exe (Windows Driver Kit / SDK), or returns $null.
+#>
+function Get-KepochCatalogTool {
+    [CmdletBinding()]
+    param()
+    $find = {
+        param([string] $name)
+        $command = Get-Command -Name $name -CommandType Application -ErrorAction SilentlyContinue | Select-Object -First 1
+        if ($command) { return $command.Source }
+        $kits = Join-Path ${env:ProgramFiles(x86)} 'Windows Kits\10\bin'
+        if (Test-Path -LiteralPath $kits) {
+            $hit = Get-ChildItem -LiteralPath $kits -Recurse -Filter $name -ErrorAction SilentlyContinue |
+                Where-Object { $_.FullName -match '\\(x86|x64)\\' } | Sort-Object FullName -Descending | Select-Object -First 1
+            if ($hit) { return $hit.FullName }
+        }
+        return $null
+    }
+    $inf2cat = & $find 'Inf2Cat.exe'
+    $signtool = & $find 'signtool.exe'
+    if (-not $inf2cat -or -not $signtool) { return $null }
+    [pscustomobject]@{ Inf2Cat = $inf2cat; SignTool = $signtool }
+}
+
+<#
+.SYNOPSIS
+    Creates and signs kepoch.cat for a staged copy of the package (Inf2Cat, signtool).
+.DESCRIPTION
+    The catalog can only be made on Windows (Inf2Cat), and signing it needs a private key, which the
+    Linux-built package does not carry. So this creates a guest-local self-signed code-signing
+    certificate (LocalMachine\My), trusts it in Root and TrustedPublisher (recorded, removed by
+    Uninstall-KepochDriver), and signs the catalog with it. Targets: Windows 8 / Server 2012 and later, x64.
+.PARAMETER StagingPath
+    Folder with kepoch.inf, kepoch.sys (the catalog is written there).
+.PARAMETER Tool
+    The result of Get-KepochCatalogTool.
+#>
+function New-KepochCatalog {
+    [CmdletBinding()]
+    param(
+        [Parameter(Mandatory = $true)] [string] $StagingPath,
+        [Parameter(Mandatory = $true)] $Tool
+    )
+    $out = & $Tool.Inf2Cat "/driver:$StagingPath" '/os:8_X64,Server8_X64,10_X64,Server10_X64' 2>&1
+    if ($LASTEXITCODE -ne 0 -or -not (Test-Path -LiteralPath (Join-Path $StagingPath 'kepoch.cat'))) {
+        throw "kepoch: Inf2Cat failed ($LASTEXITCODE): $($out -join ' ')"
+    }
+    $signer = New-SelfSignedCertificate -Type CodeSigningCert -Subject 'CN=kepoch catalog test signing (this guest)' `
+        -CertStoreLocation 'Cert:\LocalMachine\My' -KeyExportPolicy NonExportable -NotAfter (Get-Date).AddYears(1)
+    $mine = @(Get-KepochAddedCertificate) + "My:$($signer.Thumbprint)"
+    if (-not (Test-Path -LiteralPath $script:StateKey)) { New-Item -Path $script:StateKey -Force | Out-Null }
+    New-ItemProperty -LiteralPath $script:StateKey -Name 'AddedCertificates' -PropertyType MultiString -Value ([string[]] $mine) -Force | Out-Null
+    $public = New-Object System.Security.Cryptography.X509Certificates.X509Certificate2(, $signer.RawData)
+    Add-KepochCertificate -Certificate $public -StoreName @('Root', 'TrustedPublisher')
+    $out = & $Tool.SignTool sign /sm /s My /sha1 $signer.Thumbprint /fd SHA256 (Join-Path $StagingPath 'kepoch.cat') 2>&1
+    if ($LASTEXITCODE -ne 0) { throw "kepoch: signtool could not sign kepoch.cat ($LASTEXITCODE): $($out -join ' ')" }
+}
+
+<#
+.SYNOPSIS
+    Installs the kepoch driver package (kepoch.sys, kepoch.inf, kepochctl.exe, kepoch-test.cer).
+.DESCRIPTION
+    1. Imports the package's test certificate (kepoch-test.cer, made by test-scripts/package.sh) into the
+       Trusted Root Certification Authorities and Trusted Publishers stores of the local machine,
+       recording what it added (Uninstall-KepochDriver removes exactly that).
+    2. Checks that test signing is active in the running boot (unless -SkipTestSigningCheck) and that
+       kepoch.sys carries a signature (Get-AuthenticodeSignature).
+    3. Installs. -Method Inf stages the INF with `pnputil /add-driver kepoch.inf /install`, which needs a
+       signed catalog: the package built on Linux has none (Inf2Cat exists only on Windows), so this
+       method first makes and signs kepoch.cat in the guest (New-KepochCatalog) and needs Inf2Cat.exe and
+       signtool.exe (WDK). -Method Service copies kepoch.sys to %SystemRoot%\System32\drivers and creates
+       the non-PnP kernel service with sc.exe: no catalog is involved, because the kernel checks only the
+       embedded signature of kepoch.sys, which test signing accepts. -Method Auto (default) uses Inf when
+       the WDK tools are there and Service otherwise, and says which.
+    4. Starts the service and checks it runs (unless -NoStart); Win32 error 577 means the signature is
+       not accepted (test signing off, or an unsigned image).
     kepochctl.exe is copied to $env:ProgramFiles\kepoch.
 .PARAMETER PackagePath
-    Folder holding kepoch.sys, kepoch.inf and kepochctl.exe.
+    Folder holding kepoch.sys, kepoch.inf, kepochctl.exe and (normally) kepoch-test.cer.
 .PARAMETER Method
     Auto, Inf or Service.
 .PARAMETER SkipTestSigningCheck
     Install even if test signing is off (the driver will then fail to load unless it is production-signed).
+.PARAMETER NoStart
+    Do not start the service after installing it.
 .EXAMPLE
     Install-KepochDriver -PackagePath C:\kepoch\package -WhatIf
 #>
@@ -167,7 +305,8 @@ function Install-KepochDriver {
     param(
         [Parameter(Mandatory = $true)] [string] $PackagePath,
         [ValidateSet('Auto', 'Inf', 'Service')] [string] $Method = 'Auto',
-        [switch] $SkipTestSigningCheck
+        [switch] $SkipTestSigningCheck,
+        [switch] $NoStart
     )
     Assert-KepochAdministrator
     $package = (Resolve-Path -LiteralPath $PackagePath -ErrorAction Stop).ProviderPath
@@ -184,26 +323,59 @@ function Install-KepochDriver {
             throw "kepoch: test signing is not active in this boot, so a test-signed kepoch.sys cannot load. $hint"
         }
     }
+    $tool = $null
+    $reason = 'requested'
+    if ($Method -ne 'Service') {
+        $tool = Get-KepochCatalogTool
+        if (-not $tool) {
+            if ($Method -eq 'Inf') {
+                throw 'kepoch: -Method Inf needs Inf2Cat.exe and signtool.exe (Windows Driver Kit) to make and sign kepoch.cat in this guest.'
+            }
+            $reason = 'no Inf2Cat/signtool here, so no catalog: the non-PnP service, whose kepoch.sys signature the kernel checks'
+            $Method = 'Service'
+        } else {
+            $reason = 'Inf2Cat and signtool found: kepoch.cat made and signed in this guest, staged with pnputil'
+            $Method = 'Inf'
+        }
+    } else {
+        $reason = 'requested: the non-PnP service, no catalog'
+    }
     if (-not $PSCmdlet.ShouldProcess("service '$script:ServiceName' from $package", "Install kepoch driver ($Method)")) {
         return
     }
+
+    $cer = Join-Path $package 'kepoch-test.cer'
+    if (Test-Path -LiteralPath $cer) {
+        $certificate = New-Object System.Security.Cryptography.X509Certificates.X509Certificate2($cer)
+        Add-KepochCertificate -Certificate $certificate -StoreName @('Root', 'TrustedPublisher')
+    } else {
+        Write-Warning "kepoch: no kepoch-test.cer in '$package': the signer of kepoch.sys must already be trusted."
+    }
+    $signature = Get-AuthenticodeSignature -FilePath (Join-Path $package 'kepoch.sys')
+    if ($signature.Status -eq 'NotSigned') {
+        throw "kepoch: kepoch.sys is not signed; build the package with test-scripts/package.sh."
+    }
+    if ($signature.Status -ne 'Valid') {
+        Write-Warning "kepoch: kepoch.sys signature status is $($signature.Status): $($signature.StatusMessage)"
+    }
+
     if (-not (Test-Path -LiteralPath $script:ToolDirectory)) {
         New-Item -ItemType Directory -Path $script:ToolDirectory -Force | Out-Null
     }
     Copy-Item -LiteralPath (Join-Path $package 'kepochctl.exe') -Destination $script:ToolDirectory -Force
 
-    $installed = $false
-    if ($Method -ne 'Service') {
-        $out = & pnputil.exe /add-driver (Join-Path $package 'kepoch.inf') /install 2>&1
+    if ($Method -eq 'Inf') {
+        $staging = Join-Path $env:TEMP 'kepoch-package'
+        if (Test-Path -LiteralPath $staging) { Remove-Item -LiteralPath $staging -Recurse -Force }
+        New-Item -ItemType Directory -Path $staging -Force | Out-Null
+        Copy-Item -LiteralPath (Join-Path $package 'kepoch.sys'), (Join-Path $package 'kepoch.inf') -Destination $staging
+        New-KepochCatalog -StagingPath $staging -Tool $tool
+        $out = & pnputil.exe /add-driver (Join-Path $staging 'kepoch.inf') /install 2>&1
         $code = $LASTEXITCODE
-        $installed = [bool] (Get-Service -Name $script:ServiceName -ErrorAction SilentlyContinue)
-        if (-not $installed) {
-            $message = "pnputil /add-driver failed or created no '$script:ServiceName' service (exit $code): $($out -join ' ')"
-            if ($Method -eq 'Inf') { throw "kepoch: $message" }
-            Write-Warning "kepoch: $message; falling back to sc.exe create."
+        if (-not (Get-Service -Name $script:ServiceName -ErrorAction SilentlyContinue)) {
+            throw "kepoch: pnputil /add-driver failed or created no '$script:ServiceName' service (exit $code): $($out -join ' ')"
         }
-    }
-    if (-not $installed) {
+    } else {
         $target = Join-Path $env:SystemRoot 'System32\drivers\kepoch.sys'
         Copy-Item -LiteralPath (Join-Path $package 'kepoch.sys') -Destination $target -Force
         $out = & sc.exe create $script:ServiceName type= kernel start= demand error= normal binPath= 'System32\drivers\kepoch.sys' DisplayName= 'kepoch epoch reclamation' 2>&1
@@ -214,12 +386,22 @@ function Install-KepochDriver {
             New-Item -Path $script:ParametersKey -Force | Out-Null
         }
     }
+    Write-Host "kepoch: installed with method ${Method}: $reason"
+    if (-not $NoStart) {
+        $start = Restart-KepochDriver -Confirm:$false
+        if (-not $start.Started) {
+            $hint = ''
+            if ($start.ErrorCode -eq 577) { $hint = ' (577: Windows cannot verify the signature: is test signing on and kepoch.sys signed?)' }
+            throw "kepoch: installed, but the driver did not start (error $($start.ErrorCode))${hint}: $($start.Message)"
+        }
+    }
     Get-Service -Name $script:ServiceName
 }
 
 <#
 .SYNOPSIS
-    Stops and removes the kepoch driver, its driver-store package and kepochctl.exe.
+    Stops and removes the kepoch driver, its driver-store package, kepochctl.exe and the certificates
+    its install added.
 .PARAMETER KeepTool
     Leave kepochctl.exe in $env:ProgramFiles\kepoch.
 .EXAMPLE
@@ -254,6 +436,7 @@ function Uninstall-KepochDriver {
     if (-not $KeepTool -and (Test-Path -LiteralPath $script:ToolDirectory)) {
         Remove-Item -LiteralPath $script:ToolDirectory -Recurse -Force
     }
+    Remove-KepochAddedCertificate
 }
 
 <#

@@ -269,6 +269,10 @@ extern "system" {
         argument2: *mut c_void,
     ) -> BOOLEAN;
     pub fn KeFlushQueuedDpcs();
+    pub fn KeSetImportanceDpc(dpc: *mut KDPC, importance: i32);
+    // critical regions (normal kernel APCs off for the current thread)
+    pub fn KeEnterCriticalRegion();
+    pub fn KeLeaveCriticalRegion();
     // timers
     pub fn KeInitializeTimerEx(timer: *mut KTIMER, kind: i32);
     pub fn KeSetTimerEx(

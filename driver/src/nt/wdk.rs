@@ -13,11 +13,12 @@ pub use wdk_sys::{
 pub use wdk_sys::ntddk::{
     DbgPrintEx, ExFreePoolWithTag, IoAllocateWorkItem, IoCreateDevice, IoCreateSymbolicLink,
     IoDeleteDevice, IoDeleteSymbolicLink, IoFreeWorkItem, IoQueueWorkItem, IofCompleteRequest,
-    KeBugCheckEx, KeCancelTimer, KeClearEvent, KeFlushQueuedDpcs, KeGetCurrentProcessorNumberEx,
-    KeInitializeDpc, KeInitializeEvent, KeInitializeTimerEx, KeInsertQueueDpc,
-    KeQueryActiveProcessorCountEx, KeQueryMaximumProcessorCountEx, KeSetEvent,
-    KeSetTargetProcessorDpcEx, KeSetTimerEx, KeWaitForSingleObject, MmGetSystemRoutineAddress,
-    ZwClose, ZwOpenKey, ZwQueryValueKey,
+    KeBugCheckEx, KeCancelTimer, KeClearEvent, KeEnterCriticalRegion, KeFlushQueuedDpcs,
+    KeGetCurrentProcessorNumberEx, KeInitializeDpc, KeInitializeEvent, KeInitializeTimerEx,
+    KeInsertQueueDpc, KeLeaveCriticalRegion, KeQueryActiveProcessorCountEx,
+    KeQueryMaximumProcessorCountEx, KeSetEvent, KeSetImportanceDpc, KeSetTargetProcessorDpcEx,
+    KeSetTimerEx, KeWaitForSingleObject, MmGetSystemRoutineAddress, ZwClose, ZwOpenKey,
+    ZwQueryValueKey,
 };
 
 pub use wdk_sys::{CLIENT_ID, IO_STACK_LOCATION, PKSTART_ROUTINE};

@@ -30,6 +30,9 @@ const EXPECTED: &[&str] = &[
     "host/hyperv/Invoke-KepochHyperV.ps1",
     "host/qemu/kepoch-qemu-hotadd.sh",
     "host/vmware/Invoke-KepochVMware.ps1",
+    "package.sh",
+    "sign-pe.sh",
+    "qemu-hotadd-check.sh",
 ];
 
 #[test]

@@ -8,6 +8,9 @@
 # Windows never removes processors, so every round is a fresh boot (the disk is opened with -snapshot
 # after the one-time install boot, so rounds do not change the image).
 #
+# `--qmp-only SOCKET` runs only the hot-add code path against an already running QEMU's QMP socket (no
+# guest, no image): test-scripts/qemu-hotadd-check.sh uses it against a real QEMU.
+#
 # Transport choice: the QEMU guest agent (qemu-ga from the virtio-win ISO, over virtio-serial). It needs
 # no network and no shared-folder driver: `guest-exec` runs PowerShell, `guest-file-*` copies the
 # package and scripts in and the JSON out.
@@ -32,11 +35,13 @@ QEMU="${QEMU:-qemu-system-x86_64}"
 VNC=""
 NO_HOT_ADD=0
 KEEP_TMP=0
+QMP_ONLY=""
 GUEST_ROOT='C:\kepoch'
 
 usage() {
     cat <<EOF
 Usage: $(basename "$0") --image DISK --package DIR [options]
+       $(basename "$0") --qmp-only SOCKET --hot-add COUNT@SEC [--hot-add ...]
 
 Boots a Windows Server guest with -smp BOOT,maxcpus=MAX and hot-adds CPUs over QMP during kepoch load.
 
@@ -44,7 +49,8 @@ Required:
   --image DISK          Windows Server disk image (qcow2/raw) with test signing on (Secure Boot off),
                         qemu-ga (QEMU guest agent) installed and running, and an edition that supports
                         dynamic partitioning (processor hot-add): Server Standard/Datacenter.
-  --package DIR         Folder with kepoch.sys, kepoch.inf and kepochctl.exe.
+  --package DIR         Folder with kepoch.sys, kepoch.inf, kepochctl.exe and kepoch-test.cer
+                        (test-scripts/package.sh builds it: target/package).
 
 Options:
   --results DIR         Where the per-round JSON files go (default: results).
@@ -62,6 +68,10 @@ Options:
   --no-hot-add          Run load rounds without hot-add (for guests without hot-add support).
   --vnc DISPLAY         Show the guest on VNC display (e.g. :1); default: no display.
   --keep-tmp            Keep the temporary folder with the QMP/QGA sockets and logs.
+  --qmp-only SOCKET     Only hot-add: connect to the QMP UNIX socket of a running QEMU, plug CPUs on
+                        the --hot-add schedule (seconds from now), check every plugged CPU is listed
+                        by query-cpus-fast, print {"added":[ids],"vcpus":N} and exit; asking for more
+                        CPUs than free slots (maxcpus) fails before plugging any. No guest needed.
   -h, --help            Show this help.
 
 Needs on the host: $QEMU with KVM, socat, jq, base64.
@@ -94,29 +104,39 @@ while [[ $# -gt 0 ]]; do
         --no-hot-add) NO_HOT_ADD=1; shift ;;
         --vnc) VNC="${2:?}"; shift 2 ;;
         --keep-tmp) KEEP_TMP=1; shift ;;
+        --qmp-only) QMP_ONLY="${2:?--qmp-only needs a QMP socket path}"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
 done
 
-[[ -n "$IMAGE" ]] || { usage >&2; die "--image is required"; }
-[[ -n "$PACKAGE" ]] || { usage >&2; die "--package is required"; }
-[[ -f "$IMAGE" ]] || die "image not found: $IMAGE"
-for f in kepoch.sys kepoch.inf kepochctl.exe; do
-    [[ -f "$PACKAGE/$f" ]] || die "$f missing from package folder $PACKAGE"
-done
-for n in "$BOOT_CPUS" "$MAX_CPUS" "$MEMORY" "$ROUNDS" "$LOAD_RATE" "$LOAD_SECONDS"; do
-    [[ "$n" =~ ^[0-9]+$ ]] || die "not a number: $n"
-done
-(( MAX_CPUS > BOOT_CPUS )) || die "--max-cpus ($MAX_CPUS) must exceed --boot-cpus ($BOOT_CPUS) to leave hot-add slots"
-if [[ ${#HOT_ADD[@]} -eq 0 ]]; then HOT_ADD=("2@10" "2@30"); fi
+if [[ -n "$QMP_ONLY" ]]; then
+    [[ ${#HOT_ADD[@]} -gt 0 ]] || { usage >&2; die "--qmp-only needs at least one --hot-add COUNT@SEC"; }
+    [[ -S "$QMP_ONLY" ]] || die "no QMP socket at $QMP_ONLY"
+    TOOLS=(socat jq)
+else
+    [[ -n "$IMAGE" ]] || { usage >&2; die "--image is required"; }
+    [[ -n "$PACKAGE" ]] || { usage >&2; die "--package is required"; }
+    [[ -f "$IMAGE" ]] || die "image not found: $IMAGE"
+    for f in kepoch.sys kepoch.inf kepochctl.exe; do
+        [[ -f "$PACKAGE/$f" ]] || die "$f missing from package folder $PACKAGE"
+    done
+    for n in "$BOOT_CPUS" "$MAX_CPUS" "$MEMORY" "$ROUNDS" "$LOAD_RATE" "$LOAD_SECONDS"; do
+        [[ "$n" =~ ^[0-9]+$ ]] || die "not a number: $n"
+    done
+    (( MAX_CPUS > BOOT_CPUS )) || die "--max-cpus ($MAX_CPUS) must exceed --boot-cpus ($BOOT_CPUS) to leave hot-add slots"
+    if [[ ${#HOT_ADD[@]} -eq 0 ]]; then HOT_ADD=("2@10" "2@30"); fi
+    TOOLS=("$QEMU" socat jq base64)
+fi
 for spec in "${HOT_ADD[@]}"; do
-    [[ "$spec" =~ ^[0-9]+@[0-9]+$ ]] || die "bad --hot-add '$spec' (want COUNT@SECONDS)"
+    [[ "$spec" =~ ^[1-9][0-9]*@[0-9]+$ ]] || die "bad --hot-add '$spec' (want COUNT@SECONDS, COUNT >= 1)"
 done
-for tool in "$QEMU" socat jq base64; do
+for tool in "${TOOLS[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || die "'$tool' is not installed"
 done
-[[ -r /dev/kvm ]] || log "warning: /dev/kvm not readable; the guest will be very slow without KVM"
+if [[ -z "$QMP_ONLY" && ! -r /dev/kvm ]]; then
+    log "warning: /dev/kvm not readable; the guest will be very slow without KVM"
+fi
 
 TMP="$(mktemp -d -t kepoch-qemu.XXXXXX)"
 QMP_SOCK="$TMP/qmp.sock"
@@ -288,19 +308,58 @@ shutdown_guest() {
     QEMU_PID=""
 }
 
-# hot_add COUNT: plugs COUNT free CPU slots from query-hotpluggable-cpus; prints how many were added.
+# hot_add COUNT: plugs COUNT free CPU slots from query-hotpluggable-cpus and prints the id of each CPU it
+# plugged, one a line. Asking for more than the free slots: with --qmp-only it plugs nothing and fails;
+# in a round it logs that and plugs the free ones. Fails on a QMP error (the error is logged).
 hot_add() {
-    local count="$1" slots added=0 n cmd
-    slots="$(qmp '{"execute":"query-hotpluggable-cpus"}')"
-    n="$(jq '[.[] | select(has("qom-path") | not)] | length' <<<"$slots")"
-    (( n > 0 )) || { log "no free CPU slots left"; echo 0; return 0; }
-    while (( added < count && added < n )); do
-        cmd="$(jq -c --argjson i "$added" --arg id "kcpu$RANDOM$added" \
+    local count="$1" slots free total i id cmd
+    slots="$(qmp '{"execute":"query-hotpluggable-cpus"}')" || return 1
+    jq -e 'type == "array"' <<<"$slots" >/dev/null 2>&1 || { log "query-hotpluggable-cpus: unexpected reply $slots"; return 1; }
+    total="$(jq 'length' <<<"$slots")"
+    free="$(jq '[.[] | select(has("qom-path") | not)] | length' <<<"$slots")"
+    if (( count > free )); then
+        log "asked to hot-add $count CPU(s) but only $free of $total CPU slot(s) are free (maxcpus=$total)"
+        [[ -z "$QMP_ONLY" ]] || return 1
+        count=$free
+    fi
+    for (( i = 0; i < count; i++ )); do
+        id="kcpu$$x$RANDOM$i"
+        cmd="$(jq -c --argjson i "$i" --arg id "$id" \
             '[.[] | select(has("qom-path") | not)][$i] | {execute:"device_add", arguments:({driver:.type, id:$id} + .props)}' <<<"$slots")"
-        if qmp "$cmd" >/dev/null; then added=$((added + 1)); else break; fi
+        qmp "$cmd" >/dev/null || return 1
+        echo "$id"
     done
-    echo "$added"
 }
+
+# qmp_only: the --qmp-only mode (see --help).
+qmp_only() {
+    local greeting spec count at ids id cpus start=$SECONDS
+    local -a plugged=() new=()
+    open_channel "$QMP_ONLY" QMP
+    read -r -t 10 -u "$QMP_OUT" greeting || die "no QMP greeting on $QMP_ONLY"
+    jq -e 'has("QMP")' <<<"$greeting" >/dev/null 2>&1 || die "not a QMP greeting: $greeting"
+    qmp '{"execute":"qmp_capabilities"}' >/dev/null || die "qmp_capabilities was refused"
+    for spec in $(printf '%s\n' "${HOT_ADD[@]}" | sort -t@ -k2 -n); do
+        count="${spec%@*}"; at="${spec#*@}"
+        if (( start + at > SECONDS )); then sleep $(( start + at - SECONDS )); fi
+        ids="$(hot_add "$count")" || die "hot-add of $count CPU(s) failed (see above)"
+        new=()
+        [[ -z "$ids" ]] || mapfile -t new <<<"$ids"
+        plugged+=("${new[@]}")
+        log "t=${at}s device_add x${#new[@]}: ${new[*]}"
+    done
+    cpus="$(qmp '{"execute":"query-cpus-fast"}')" || die "query-cpus-fast failed"
+    for id in "${plugged[@]}"; do
+        jq -e --arg p "/machine/peripheral/$id" 'any(.[]; ."qom-path" == $p)' <<<"$cpus" >/dev/null ||
+            die "device_add $id succeeded but query-cpus-fast does not list /machine/peripheral/$id"
+    done
+    jq -cn --argjson cpus "$cpus" '{added: $ARGS.positional, vcpus: ($cpus | length)}' --args "${plugged[@]}"
+}
+
+if [[ -n "$QMP_ONLY" ]]; then
+    qmp_only
+    exit 0
+fi
 
 ps_quote() { printf "'%s'" "${1//\'/\'\'}"; }
 
@@ -313,7 +372,8 @@ IMPORT="\$ErrorActionPreference='Stop'; Import-Module $(ps_quote "$MODULE") -For
 log "install boot: copying the package and guest scripts"
 boot_guest 0
 guest_ps "New-Item -ItemType Directory -Force -Path '$GUEST_ROOT\\package','$GUEST_ROOT\\scripts','$GUEST_ROOT\\results' | Out-Null" >/dev/null
-for f in "$PACKAGE"/kepoch.sys "$PACKAGE"/kepoch.inf "$PACKAGE"/kepochctl.exe; do
+for f in "$PACKAGE"/kepoch.sys "$PACKAGE"/kepoch.inf "$PACKAGE"/kepochctl.exe "$PACKAGE"/kepoch-test.cer; do
+    [[ -f "$f" ]] || { log "warning: $f not in the package (build it with test-scripts/package.sh)"; continue; }
     guest_put "$f" "$GUEST_ROOT\\package\\$(basename "$f")"
 done
 for f in "$GUEST_SCRIPTS"/*.psm1 "$GUEST_SCRIPTS"/*.ps1; do
@@ -348,7 +408,8 @@ for (( round = 1; round <= TOTAL; round++ )); do
         for spec in $(printf '%s\n' "${HOT_ADD[@]}" | sort -t@ -k2 -n); do
             count="${spec%@*}"; at="${spec#*@}"
             if (( at > elapsed )); then sleep $(( at - elapsed )); elapsed=$at; fi
-            added="$(hot_add "$count")"
+            ids="$(hot_add "$count")" || log "round $round: hot-add stopped early (see above)"
+            added="$(grep -c . <<<"$ids" || true)"
             requested=$(( requested + added ))
             log "round $round: t=${at}s device_add x$added"
         done
