@@ -46,13 +46,17 @@ ctl=$target_dir/x86_64-pc-windows-gnu/release/kepochctl.exe
 work=$target_dir/wine-smoke
 rm -rf "$work"
 mkdir -p "$work"
-export WINEPREFIX=$work/prefix WINEARCH=win64 WINEDEBUG=-all
+# No Mono or Gecko installer on first start (there is no network, and the prompt would wait).
+export WINEPREFIX=$work/prefix WINEARCH=win64 WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
 quiet() { "$@" >/dev/null 2>&1; }
 stop_wine() { WINEDEBUG=-all wineserver -k >/dev/null 2>&1 || true; WINEDEBUG=-all wineserver -w >/dev/null 2>&1 || true; }
 trap stop_wine EXIT
 
 echo "== fresh prefix"
+# wineboot returns before everything it started has finished; wait until the prefix's processes have
+# all ended (the registry is then written) before the first command that depends on it.
 quiet wineboot -i
+stop_wine
 mkdir -p "$WINEPREFIX/drive_c/kepoch"
 cp "$sys" "$WINEPREFIX/drive_c/windows/system32/drivers/kepoch.sys"
 cp "$ctl" "$WINEPREFIX/drive_c/kepoch/kepochctl.exe"
@@ -63,6 +67,11 @@ x86_64-w64-mingw32-gcc -O2 -shared -o "$WINEPREFIX/drive_c/windows/system32/bcry
 # No crash debugger: an unhandled exception must end the process, not hang it.
 quiet wine reg add 'HKLM\Software\Microsoft\Windows NT\CurrentVersion\AeDebug' /v Auto /t REG_SZ /d 1 /f
 quiet wine reg add 'HKLM\Software\Microsoft\Windows NT\CurrentVersion\AeDebug' /v Debugger /t REG_SZ /d false /f
+# Wine's services.exe gives a starting service ServicesPipeTimeout milliseconds (Wine reads it as a REG_SZ;
+# 10 s when absent) to connect before it fails the start with ERROR_SERVICE_REQUEST_TIMEOUT. On a loaded
+# or cold machine winedevice.exe can take longer than that, so the test allows two minutes; the case's
+# own deadline (timeout 180) still bounds it.
+quiet wine reg add 'HKLM\System\CurrentControlSet\Control' /v ServicesPipeTimeout /t REG_SZ /d 120000 /f
 quiet wine sc create kepoch type= kernel start= demand binPath= 'C:\windows\system32\drivers\kepoch.sys'
 params='HKLM\System\CurrentControlSet\Services\kepoch\Parameters'
 
@@ -91,9 +100,21 @@ echo stop_rc=%ERRORLEVEL%
 EOF
 
 failures=0
+case_failures=0
 fail() {
     echo "FAIL [$case]: $*"
     failures=$((failures + 1))
+    case_failures=$((case_failures + 1))
+}
+# After a case's checks: when one failed, shows what the case printed and what Wine and the driver
+# logged, so the failure can be diagnosed from the CI log alone.
+diagnose_case() {
+    [ "$case_failures" -eq 0 ] && return
+    echo "---- $case: batch output ($out)"
+    sed 's/^/   > /' "$out"
+    echo "---- $case: driver log and Wine errors ($log, last 60 lines)"
+    grep -a -E 'kepoch: |^err:|err:service|err:winedevice|Unhandled' "$log" | tail -n 60 | sed 's/^/   | /' || true
+    echo "---- end of $case"
 }
 expect_log() { grep -a -q -F -- "$1" "$log" || fail "log line missing: $1"; }
 expect_out() { grep -a -q -x -F -- "$1" "$out" || fail "expected '$1' in the batch output"; }
@@ -106,6 +127,7 @@ json_is() {
 # run_case NAME VALUE-SPEC: VALUE-SPEC is "absent", "dword:N" or "sz:TEXT".
 run_case() {
     case=$1
+    case_failures=0
     local spec=$2
     stop_wine
     case $spec in
@@ -174,21 +196,25 @@ run_case lazy dword:0
 check_loaded lazy 0
 expect_log "kepoch: strategy lazy (registry value 0)"
 
+diagnose_case
 run_case callback dword:1
 check_loaded callback 0
 expect_log "kepoch: KeRegisterProcessorChangeCallback is missing; running as lazy"
 json_is "$work/callback.stats.json" '.results[0].callback_state' api-missing
 
+diagnose_case
 run_case absent absent
 check_loaded callback 0
 expect_log "kepoch: KeRegisterProcessorChangeCallback is missing; running as lazy"
 expect_log "kepoch: strategy callback (registry value 1)"
 
+diagnose_case
 run_case out-of-range dword:7
 check_loaded callback 1
 expect_log "kepoch: registry value ActivationStrategy = 7 is not an accepted value; using the default"
 expect_log "kepoch: KeRegisterProcessorChangeCallback is missing; running as lazy"
 
+diagnose_case
 run_case wrong-type sz:lazy
 check_loaded callback 1
 expect_log "kepoch: registry value ActivationStrategy has type 1 instead of REG_DWORD; using the default"
@@ -196,6 +222,7 @@ expect_log "kepoch: registry value ActivationStrategy has type 1 instead of REG_
 # eager: Wine reports max == active, but it does not export KeGetProcessorNumberFromIndex, which eager
 # needs for every index; the driver refuses to load with the routine's failure (STATUS_NOT_SUPPORTED) in
 # the same LoadError line that names STATUS_INVALID_PARAMETER on a kernel where max > active.
+diagnose_case
 run_case eager dword:2
 case=eager
 if grep -a -q -F "kepoch: ready:" "$log"; then
@@ -212,5 +239,6 @@ else
         fail "DriverEntry failed without KeFlushQueuedDpcs after the failure (the probe DPC may still be queued)"
 fi
 
+diagnose_case
 echo "== driver smoke test: $((failures)) failure(s) in $(($(date +%s) - started)) s"
 [ "$failures" -eq 0 ]
