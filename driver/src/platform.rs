@@ -722,6 +722,11 @@ unsafe impl Platform for NtPlatform {
         log_line(level, args);
     }
 
+    fn spin_lock_acquired(&self, _lock: *const ()) {
+        // The core's spin locks raise to DISPATCH before spinning; anything lower risks bug check 0x133.
+        self.verify_irql("core spin lock", IrqlRule::Dispatch);
+    }
+
     fn verify_irql(&self, routine: &'static str, rule: IrqlRule) {
         // A broken rule is a driver bug: say so once in the debugger log (a bugcheck would take the
         // machine down for what Driver Verifier reports as a warning first).

@@ -10,10 +10,17 @@
 //! Shared by both: numeric constants, IRQL access through CR8 (what the WDK headers inline on x64), and
 //! the routines resolved at run time with `MmGetSystemRoutineAddress` (they must never be imported:
 //! older kernels and Wine lack them, and an unresolved import fails the load).
+//! - `host` (any 64-bit host other than Windows): the same routines emulated in user mode
+//!   (`host/`), so the driver's own code runs in `cargo test`; `raw`'s structures are shared.
+//!
 //! Everything above this module (the platform, the driver) uses safe wrappers or documented `unsafe`.
 #![allow(non_camel_case_types, non_snake_case, clippy::upper_case_acronyms)]
 
+#[cfg_attr(not(target_os = "windows"), path = "host/irql.rs")]
 pub mod irql;
+
+#[cfg(not(target_os = "windows"))]
+pub mod host;
 
 #[cfg(not(feature = "wdk"))]
 mod raw;

@@ -1,0 +1,650 @@
+//! The test-facing side of the emulation: the machine's configuration, starting it, loading the driver
+//! (`DriverEntry`), sending it IRPs, hot-adding processors, unloading, and the final checks.
+
+use std::boxed::Box;
+use std::format;
+use std::string::{String, ToString};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use std::vec;
+use std::vec::Vec;
+
+use super::io::{dispatch, IoctlResult};
+use super::kernel::{Kernel, Role, PASSIVE};
+use super::pool::PoolReport;
+use super::processor::{start_processor, Cpu, Phase};
+use super::security::DeviceSecurity;
+use crate::nt::{
+    DRIVER_OBJECT, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, NTSTATUS, UNICODE_STRING,
+};
+
+/// The service key the I/O manager passes to `DriverEntry`.
+pub const SERVICE_KEY: &str = "\\Registry\\Machine\\System\\CurrentControlSet\\Services\\kepoch";
+
+/// One processor group: numbers `0..max` can exist, `active` are present at boot (sparse is fine).
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    /// Processors the group can hold (`KeQueryMaximumProcessorCountEx(group)`).
+    pub max: u8,
+    /// Group-relative numbers present at boot.
+    pub active: Vec<u8>,
+}
+
+/// A registry value under `Parameters`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegistryData {
+    /// A `REG_DWORD`.
+    Dword(u32),
+    /// Any type and bytes (wrong types, malformed DWORDs).
+    Raw {
+        /// `REG_*`.
+        reg_type: u32,
+        /// The data.
+        data: Vec<u8>,
+    },
+    /// `ZwQueryValueKey` fails with this status.
+    QueryFails(NTSTATUS),
+}
+
+/// Everything about an emulated machine.
+#[derive(Clone, Debug)]
+pub struct MachineConfig {
+    /// Processor groups.
+    pub groups: Vec<GroupConfig>,
+    /// Values under `<service key>\Parameters`.
+    pub parameters: Vec<(String, RegistryData)>,
+    /// Whether the `Parameters` key exists.
+    pub parameters_key: bool,
+    /// Opening the service key fails with this status.
+    pub service_key_fails: Option<NTSTATUS>,
+    /// Routines `MmGetSystemRoutineAddress` does not find.
+    pub missing_routines: Vec<String>,
+    /// Pool allocation attempts (1-based, counted from boot) that fail: `(first, count)`.
+    pub fail_allocations: Option<(u64, u64)>,
+    /// The n-th (1-based) `PsCreateSystemThread` fails.
+    pub fail_thread_creation: Option<u64>,
+    /// `KeRegisterProcessorChangeCallback` returns null.
+    pub fail_callback_registration: bool,
+    /// Seed of every thread's migration choices.
+    pub seed: u64,
+    /// Longest any single wait of the emulation may take before the machine fails.
+    pub wait_deadline: Duration,
+    /// Longest a call into the driver (DriverEntry, an IRP, unload, a hot-add) may take.
+    pub call_deadline: Duration,
+    /// DPCs are not delivered until this long after boot (a processor that keeps DISPATCH busy).
+    pub dpc_stall: Duration,
+    /// How long a DPC is held up after it signals an event (it is interrupted there).
+    pub signal_delay: Duration,
+    /// How long a hot-added processor runs before AddComplete is delivered.
+    pub hot_add_window: Duration,
+    /// A thread below DISPATCH migrates on one in this many scheduling points.
+    pub migrate_one_in: u64,
+    /// Error-level log lines containing one of these are expected.
+    pub expected_errors: Vec<String>,
+}
+
+impl Default for MachineConfig {
+    /// Two groups of four with two processors active in each (sparse numbers), so the maximum (8) is
+    /// above the active count (4).
+    fn default() -> Self {
+        MachineConfig {
+            groups: vec![
+                GroupConfig {
+                    max: 4,
+                    active: vec![0, 2],
+                },
+                GroupConfig {
+                    max: 4,
+                    active: vec![1, 3],
+                },
+            ],
+            parameters: Vec::new(),
+            parameters_key: true,
+            service_key_fails: None,
+            missing_routines: Vec::new(),
+            fail_allocations: None,
+            fail_thread_creation: None,
+            fail_callback_registration: false,
+            seed: 1,
+            wait_deadline: Duration::from_secs(20),
+            call_deadline: Duration::from_secs(60),
+            dpc_stall: Duration::ZERO,
+            signal_delay: Duration::from_micros(200),
+            hot_add_window: Duration::from_millis(5),
+            migrate_one_in: 8,
+            expected_errors: Vec::new(),
+        }
+    }
+}
+
+impl MachineConfig {
+    /// Sets a registry value under `Parameters`.
+    pub fn parameter(mut self, name: &str, data: RegistryData) -> Self {
+        self.parameters.push((name.to_string(), data));
+        self
+    }
+
+    /// Makes `MmGetSystemRoutineAddress(name)` return null.
+    pub fn missing(mut self, name: &str) -> Self {
+        self.missing_routines.push(name.to_string());
+        self
+    }
+
+    /// Accepts error-level log lines containing `pattern`.
+    pub fn expect_error(mut self, pattern: &str) -> Self {
+        self.expected_errors.push(pattern.to_string());
+        self
+    }
+}
+
+/// One processor slot, for reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessorReport {
+    /// Group.
+    pub group: u16,
+    /// Group-relative number.
+    pub number: u8,
+    /// NT index, if started.
+    pub index: Option<u32>,
+    /// Started and AddComplete delivered (or present at boot).
+    pub complete: bool,
+    /// DPCs that ran on it.
+    pub dpcs: u64,
+}
+
+/// Only one machine per process: the driver has statics, as a kernel image does.
+static EXCLUSIVE: Mutex<()> = Mutex::new(());
+
+/// A running emulated machine.
+pub struct Machine {
+    kernel: Arc<Kernel>,
+    _exclusive: MutexGuard<'static, ()>,
+    /// DRIVER_OBJECTs and registry paths handed to DriverEntry (the I/O manager owns them).
+    objects: Mutex<Vec<Box<(DRIVER_OBJECT, Vec<u16>, UNICODE_STRING)>>>,
+}
+
+/// A raw pointer moved to an emulated thread.
+#[derive(Clone, Copy)]
+struct Shared<T>(T);
+// SAFETY: used only for pointers to objects the machine keeps alive while the driver call runs.
+unsafe impl<T> Send for Shared<T> {}
+
+/// `DriverEntry`'s signature.
+pub type DriverEntry = unsafe fn(*mut DRIVER_OBJECT, *mut UNICODE_STRING) -> NTSTATUS;
+
+impl Machine {
+    /// Boots a machine: processor threads, the clock, two system worker threads.
+    pub fn start(config: MachineConfig) -> Machine {
+        let exclusive = EXCLUSIVE.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cpus = Vec::new();
+        let mut index = 0;
+        for (group, g) in config.groups.iter().enumerate() {
+            for number in 0..g.max {
+                let active = g.active.contains(&number);
+                cpus.push(Cpu::new(group as u16, number, active.then_some(index)));
+                index += u32::from(active);
+            }
+        }
+        assert!(index > 0, "a machine needs an active processor");
+        let kernel = Kernel::new(config.clone(), cpus);
+        {
+            let mut state = kernel.lock();
+            state.registry.add_key(SERVICE_KEY);
+            if let Some(status) = config.service_key_fails {
+                state.registry.fail_open(SERVICE_KEY, status);
+            }
+            let parameters = format!("{SERVICE_KEY}\\Parameters");
+            if config.parameters_key {
+                state.registry.add_key(&parameters);
+            }
+            for (name, data) in &config.parameters {
+                state.registry.set(&parameters, name, data.clone());
+            }
+        }
+        let slots: Vec<usize> = {
+            let state = kernel.lock();
+            (0..state.cpus.len())
+                .filter(|&s| state.cpus[s].phase == Phase::Complete)
+                .collect()
+        };
+        for slot in slots {
+            kernel.keep_service_thread(start_processor(&kernel, slot));
+        }
+        let service = |role: Role, body: fn(Arc<Kernel>)| {
+            let id = kernel.new_thread_id();
+            let k = kernel.clone();
+            kernel.keep_service_thread(kernel.spawn(id, role, 0, PASSIVE, move || body(k)));
+        };
+        service(Role::Clock, super::dpc::clock_loop);
+        service(Role::Worker, super::io::worker_loop);
+        service(Role::Worker, super::io::worker_loop);
+        Machine {
+            kernel,
+            _exclusive: exclusive,
+            objects: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Panics with every failure recorded so far.
+    fn check(&self, after: &str) {
+        if self.kernel.failed() {
+            panic!("{}", self.failure_report(after));
+        }
+    }
+
+    fn failure_report(&self, after: &str) -> String {
+        let mut text = format!("the emulated kernel recorded failures (checked after {after}):");
+        for failure in self.kernel.failures() {
+            text.push_str("\n  - ");
+            text.push_str(&failure);
+        }
+        text
+    }
+
+    /// Runs `f` on a new emulated thread at PASSIVE (the I/O manager's or a caller's) and returns its
+    /// result; fails the test on a recorded failure or when it does not return within the deadline.
+    pub fn call<R: Send + 'static>(&self, what: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+        let (sender, receiver) = mpsc::channel();
+        let id = self.kernel.new_thread_id();
+        let handle = self.kernel.spawn(id, Role::Caller, 0, PASSIVE, move || {
+            let _ = sender.send(f());
+        });
+        let started = Instant::now();
+        let mut failed_at = None;
+        loop {
+            match receiver.recv_timeout(Duration::from_millis(20)) {
+                Ok(result) => {
+                    let _ = handle.join();
+                    self.check(what);
+                    return result;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = handle.join();
+                    self.check(what);
+                    panic!("{what}: the call ended without a result");
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.kernel.failed() {
+                        let at = *failed_at.get_or_insert_with(Instant::now);
+                        if at.elapsed() > Duration::from_secs(2) {
+                            panic!("{} (the call is stuck)", self.failure_report(what));
+                        }
+                    }
+                    if started.elapsed() > self.kernel.config.call_deadline {
+                        self.kernel.fail(format!(
+                            "{what} did not return within {:?}",
+                            self.kernel.config.call_deadline
+                        ));
+                        panic!("{}", self.failure_report(what));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs `DriverEntry` with a fresh driver object and the service key path. On failure the image
+    /// is unloaded (and checked) at once.
+    pub fn load(&self, entry: DriverEntry) -> Result<Driver<'_>, NTSTATUS> {
+        let path: Vec<u16> = SERVICE_KEY.encode_utf16().collect();
+        // SAFETY: a DRIVER_OBJECT is integers, pointers and optional function pointers: zero is valid.
+        let object: DRIVER_OBJECT = unsafe { core::mem::zeroed() };
+        let mut storage = Box::new((
+            object,
+            path,
+            UNICODE_STRING {
+                Length: 0,
+                MaximumLength: 0,
+                Buffer: core::ptr::null_mut(),
+            },
+        ));
+        let bytes = (storage.1.len() * 2) as u16;
+        storage.2 = UNICODE_STRING {
+            Length: bytes,
+            MaximumLength: bytes,
+            Buffer: storage.1.as_mut_ptr(),
+        };
+        let driver = Shared(&mut storage.0 as *mut DRIVER_OBJECT);
+        let registry_path = Shared(&mut storage.2 as *mut UNICODE_STRING);
+        self.objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(storage);
+        let status = self.call("DriverEntry", move || {
+            let (driver, registry_path) = (driver, registry_path);
+            // SAFETY: a valid driver object and service key path, at PASSIVE, once: DriverEntry's
+            // contract.
+            unsafe { entry(driver.0, registry_path.0) }
+        });
+        if status < 0 {
+            self.image_unloaded("DriverEntry failed");
+            return Err(status);
+        }
+        Ok(Driver {
+            machine: self,
+            object: driver.0,
+            open: Mutex::new(0),
+        })
+    }
+
+    /// The image is gone once no work item holds a device reference: from then on no driver code may
+    /// run, and nothing of the driver may still be queued, armed, registered or running.
+    fn image_unloaded(&self, when: &str) {
+        let kernel = &self.kernel;
+        let state = kernel.lock();
+        let mut state = kernel.wait_until(
+            state,
+            &kernel.changed,
+            |s| format!("{} work item(s) to finish ({when})", s.io.work_in_progress),
+            |s| s.io.work_in_progress == 0,
+        );
+        state.image.unloaded = true;
+        let mut problems = Vec::new();
+        for cpu in state.cpus.iter_mut() {
+            let name = cpu.name();
+            for queued in cpu.queue.drain(..) {
+                problems.push(format!(
+                    "DPC {:#x} (routine {:p}) still queued on {name}",
+                    queued.dpc, queued.routine as *const ()
+                ));
+                cpu.completed_total += 1;
+            }
+            if let Some(dpc) = cpu.running {
+                problems.push(format!("DPC {dpc:#x} still running on {}", cpu.name()));
+            }
+        }
+        let armed = state.dpc.armed_timers();
+        if armed > 0 {
+            problems.push(format!("{armed} timer(s) still armed"));
+        }
+        problems.extend(
+            state
+                .threads
+                .running()
+                .into_iter()
+                .map(|t| format!("{t} still running")),
+        );
+        if state.callbacks.registered() > 0 {
+            problems.push("a processor-change callback is still registered".into());
+        }
+        problems.extend(
+            state
+                .io
+                .devices
+                .iter()
+                .map(|d| format!("device {} not deleted", d.name)),
+        );
+        problems.extend(
+            state
+                .io
+                .links
+                .keys()
+                .map(|l| format!("symbolic link {l} not deleted")),
+        );
+        drop(state);
+        for problem in problems {
+            kernel.fail(format!("{when}: {problem}"));
+        }
+        kernel.changed.notify_all();
+    }
+
+    /// Hot-adds the absent processor `(group, number)`: AddStart, start, AddComplete. Returns its index
+    /// or the status a callback vetoed it with.
+    pub fn hot_add(&self, group: u16, number: u8) -> Result<u32, NTSTATUS> {
+        let kernel = self.kernel.clone();
+        self.call("hot-add", move || {
+            super::callbacks::hot_add(&kernel, group, number, None)
+        })
+    }
+
+    /// A hot-add that fails after AddStart: AddFailure with `status`; the processor stays absent.
+    pub fn hot_add_failing(
+        &self,
+        group: u16,
+        number: u8,
+        status: NTSTATUS,
+    ) -> Result<u32, NTSTATUS> {
+        let kernel = self.kernel.clone();
+        self.call("failed hot-add", move || {
+            super::callbacks::hot_add(&kernel, group, number, Some(status))
+        })
+    }
+
+    /// Every processor slot.
+    pub fn processors(&self) -> Vec<ProcessorReport> {
+        self.kernel
+            .lock()
+            .cpus
+            .iter()
+            .map(|c| ProcessorReport {
+                group: c.group,
+                number: c.number,
+                index: c.index,
+                complete: c.phase == Phase::Complete,
+                dpcs: c.completed_total,
+            })
+            .collect()
+    }
+
+    /// Every DbgPrintEx line so far: (level, text).
+    pub fn log(&self) -> Vec<(u32, String)> {
+        self.kernel.lock().io.log.clone()
+    }
+
+    /// The DACL applied to the device named `name`.
+    pub fn device_security(&self, name: &str) -> Option<DeviceSecurity> {
+        self.kernel
+            .lock()
+            .io
+            .devices
+            .iter()
+            .find(|d| d.name == name)
+            .and_then(|d| d.security.clone())
+    }
+
+    /// Pool counters.
+    pub fn pool(&self) -> PoolReport {
+        self.kernel.pool.report()
+    }
+
+    /// Removes and returns the failures recorded so far (tests of the checks themselves).
+    pub fn take_failures(&self) -> Vec<String> {
+        self.kernel.take_failures()
+    }
+
+    /// Final checks after the image was unloaded: no pool leak, no write to freed pool, no handle
+    /// left open, no unexpected error in the log, no failure at all. Stops the machine.
+    pub fn finish(self) -> PoolReport {
+        let kernel = &self.kernel;
+        assert!(
+            kernel.lock().image.unloaded,
+            "finish() before the driver was unloaded"
+        );
+        for leak in kernel.pool.leaks() {
+            kernel.fail(format!("leak: {leak}"));
+        }
+        for corruption in kernel.pool.corruption() {
+            kernel.fail(format!("use after free: {corruption}"));
+        }
+        let (handles, work_items, log) = {
+            let state = kernel.lock();
+            (
+                state.handles.open_handles(),
+                state.io.work_items(),
+                state.io.log.clone(),
+            )
+        };
+        for handle in handles {
+            kernel.fail(format!("leak: handle to {handle:?} never closed"));
+        }
+        if work_items > 0 {
+            kernel.fail(format!("leak: {work_items} work item(s) never freed"));
+        }
+        for (_, line) in log
+            .iter()
+            .filter(|(level, _)| *level == crate::nt::DPFLTR_ERROR_LEVEL)
+        {
+            if !kernel
+                .config
+                .expected_errors
+                .iter()
+                .any(|p| line.contains(p.as_str()))
+            {
+                kernel.fail(format!("unexpected error in the debugger log: {line}"));
+            }
+        }
+        self.check("finish");
+        let report = kernel.pool.report();
+        self.stop();
+        kernel.pool.release_quarantine();
+        report
+    }
+
+    /// Ends the service threads (processors, clock, workers).
+    fn stop(&self) {
+        self.kernel.lock().shutdown = true;
+        self.kernel.changed.notify_all();
+        for condvar in &self.kernel.cpu_changed {
+            condvar.notify_all();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for thread in self.kernel.take_service_threads() {
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if !self.kernel.lock().shutdown {
+            self.stop();
+        }
+        if self.kernel.failed() {
+            // Stuck driver threads may still use these objects: keep them.
+            core::mem::forget(core::mem::take(
+                &mut *self.objects.lock().unwrap_or_else(|p| p.into_inner()),
+            ));
+        }
+    }
+}
+
+/// The loaded driver, driven the way the I/O manager and user mode do.
+pub struct Driver<'m> {
+    machine: &'m Machine,
+    object: *mut DRIVER_OBJECT,
+    /// Handles open on the control device.
+    open: Mutex<u32>,
+}
+
+impl Driver<'_> {
+    fn send(
+        &self,
+        what: &str,
+        major: usize,
+        code: u32,
+        input: &[u8],
+        output_length: u32,
+        buffer: bool,
+    ) -> IoctlResult {
+        let kernel = self.machine.kernel.clone();
+        let driver = Shared(self.object);
+        let input = input.to_vec();
+        self.machine.call(what, move || {
+            let driver = driver;
+            dispatch(
+                &kernel,
+                driver.0,
+                major,
+                code,
+                &input,
+                output_length,
+                buffer,
+            )
+        })
+    }
+
+    /// `CreateFile(\\.\kepoch)`: IRP_MJ_CREATE.
+    pub fn open(&self) -> NTSTATUS {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.send("IRP_MJ_CREATE", IRP_MJ_CREATE, 0, &[], 0, false)
+            .status
+    }
+
+    /// `CloseHandle`: IRP_MJ_CLOSE.
+    pub fn close(&self) -> NTSTATUS {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        self.send("IRP_MJ_CLOSE", IRP_MJ_CLOSE, 0, &[], 0, false)
+            .status
+    }
+
+    /// `DeviceIoControl(code, input, output_length)` through the driver's dispatch routine.
+    pub fn ioctl(&self, code: u32, input: &[u8], output_length: u32) -> IoctlResult {
+        self.send(
+            "IRP_MJ_DEVICE_CONTROL",
+            IRP_MJ_DEVICE_CONTROL,
+            code,
+            input,
+            output_length,
+            true,
+        )
+    }
+
+    /// An IOCTL whose IRP has lengths but no `SystemBuffer` (what a METHOD_NEITHER or a forged request
+    /// looks like to a METHOD_BUFFERED handler).
+    pub fn ioctl_without_buffer(
+        &self,
+        code: u32,
+        input_length: u32,
+        output_length: u32,
+    ) -> IoctlResult {
+        let input = vec![0u8; input_length as usize];
+        self.send(
+            "IRP_MJ_DEVICE_CONTROL",
+            IRP_MJ_DEVICE_CONTROL,
+            code,
+            &input,
+            output_length,
+            false,
+        )
+    }
+
+    /// Reads the statistics with IOCTL_GET_STATS.
+    pub fn stats(&self) -> kepoch::Stats {
+        let result = self.ioctl(
+            crate::ioctl::IOCTL_GET_STATS,
+            &[],
+            crate::ioctl::STATS_SIZE as u32,
+        );
+        assert_eq!(result.status, 0, "IOCTL_GET_STATS failed");
+        crate::ioctl::decode_stats(&result.output)
+            .expect("IOCTL_GET_STATS returned a decodable Stats")
+    }
+
+    /// `sc stop`: calls DriverUnload at PASSIVE, then unloads the image and checks that nothing of the
+    /// driver is left running, queued or registered.
+    pub fn unload(self) {
+        assert_eq!(
+            *self.open.lock().unwrap_or_else(|p| p.into_inner()),
+            0,
+            "unload with handles open"
+        );
+        let driver = Shared(self.object);
+        self.machine.call("DriverUnload", move || {
+            let driver = driver;
+            // SAFETY: DriverEntry succeeded and set DriverUnload; called once at PASSIVE with no handle
+            // open, as the I/O manager does.
+            unsafe {
+                let unload = (*driver.0)
+                    .DriverUnload
+                    .expect("DriverEntry set DriverUnload");
+                unload(driver.0);
+            }
+        });
+        self.machine.image_unloaded("after DriverUnload returned");
+        self.machine.check("DriverUnload");
+    }
+}
