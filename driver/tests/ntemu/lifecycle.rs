@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kepoch_driver::nt::host::Machine;
+use kepoch_driver::nt::host::{Machine, MachineConfig, RegistryData};
 
 use crate::common::*;
 
@@ -31,4 +31,26 @@ fn cycles_run_as_dpcs_on_several_processors_of_two_groups_and_unload_leaves_noth
     let stats = quiesce_and_unload(driver);
     machine.finish();
     assert!(stats.freed > 0, "{stats:#?}");
+}
+
+#[test]
+fn unload_while_the_load_generator_and_cycles_run_leaves_nothing_running_or_allocated() {
+    for seed in 1..=20 {
+        // Processors never leave the cycle when idle, so cycles are in flight when unload comes.
+        let machine = Machine::start(MachineConfig {
+            seed,
+            ..machine_with_strategy(1).parameter("IdleDeactivation", RegistryData::Dword(0))
+        });
+        let driver = load(&machine);
+        start_load(&driver, 50_000, 30, 0);
+        wait_for(&driver, "cycles with messages", |s| {
+            s.cycles >= 10 && s.messages >= 10
+        });
+        assert_eq!(driver.close(), 0);
+        // DriverUnload stops the load threads, then the domain stops the timer, waits for the cycle
+        // in flight, flushes the messages and frees everything, with cycles still arriving.
+        driver.unload();
+        let pool = machine.finish();
+        assert!(pool.frees > 100, "{pool:?}");
+    }
 }

@@ -1,4 +1,4 @@
-//! `DbgPrintEx` (lines recorded for the test), `KeBugCheckEx`, and `MmGetSystemRoutineAddress` over
+//! `DbgPrintEx` (lines recorded for the test; an error-level line the test does not expect fails it), `KeBugCheckEx`, and `MmGetSystemRoutineAddress` over
 //! the routines the driver resolves at run time (any of them can be made missing).
 
 use core::ffi::{c_char, c_void, CStr};
@@ -42,6 +42,14 @@ pub unsafe fn DbgPrintEx(
     if std::env::var_os("NTEMU_LOG").is_some() {
         std::eprintln!("ntemu: DbgPrintEx[{level}] {line}");
     }
+    let expected = kernel
+        .config
+        .expected_errors
+        .iter()
+        .any(|p| line.contains(p.as_str()));
+    if level == crate::nt::DPFLTR_ERROR_LEVEL && !expected {
+        kernel.fail(format!("error in the debugger log: {line}"));
+    }
     kernel.lock().io.log.push((level, line));
     0
 }
@@ -83,7 +91,7 @@ pub unsafe fn MmGetSystemRoutineAddress(name: *mut UNICODE_STRING) -> *mut c_voi
     let (kernel, _) = enter("MmGetSystemRoutineAddress", Rule::Passive);
     // SAFETY: per the caller.
     let name = unsafe { read_unicode(name) };
-    if kernel.config.missing_routines.iter().any(|m| *m == name) {
+    if kernel.config.missing_routines.contains(&name) {
         return core::ptr::null_mut();
     }
     routine(&name)

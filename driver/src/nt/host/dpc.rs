@@ -32,6 +32,8 @@ pub(super) struct QueuedDpc {
     pub(super) context: usize,
     pub(super) argument1: usize,
     pub(super) argument2: usize,
+    /// Not delivered before this (the machine's DPC latency).
+    pub(super) due: Instant,
 }
 
 /// An initialised KDPC.
@@ -150,7 +152,14 @@ fn queue(
         return false;
     }
     object.queued = Some(slot);
+    let latency = kernel.config.dpc_latency.as_nanos() as u64;
+    let delay = if latency == 0 {
+        0
+    } else {
+        with_context(|c| c.next_random()) % (latency + 1)
+    };
     let entry = QueuedDpc {
+        due: Instant::now() + Duration::from_nanos(delay),
         dpc,
         routine: object.routine,
         context: object.context,
@@ -364,10 +373,12 @@ pub unsafe fn KeSetTimerEx(
         return 0;
     }
     // SAFETY: per the caller.
-    if !dpc.is_null()
-        && !unsafe { check_signature(&kernel, "KeSetTimerEx (DPC)", dpc.cast(), DPC_SIGNATURE) }
-    {
-        return 0;
+    if !dpc.is_null() {
+        // SAFETY: per the caller (a non-null DPC was initialised).
+        let valid = unsafe { check_signature(&kernel, "KeSetTimerEx", dpc.cast(), DPC_SIGNATURE) };
+        if !valid {
+            return 0;
+        }
     }
     // SAFETY: a plain i64 view of the union.
     let due = unsafe { due.QuadPart };

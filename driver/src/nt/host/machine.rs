@@ -71,6 +71,9 @@ pub struct MachineConfig {
     pub wait_deadline: Duration,
     /// Longest a call into the driver (DriverEntry, an IRP, unload, a hot-add) may take.
     pub call_deadline: Duration,
+    /// Each DPC is delivered between 0 and this long after it was queued (seeded): DPCs still queued
+    /// when their memory is freed are found even when the driver's timing is lucky.
+    pub dpc_latency: Duration,
     /// DPCs are not delivered until this long after boot (a processor that keeps DISPATCH busy).
     pub dpc_stall: Duration,
     /// How long a DPC is held up after it signals an event (it is interrupted there).
@@ -108,8 +111,9 @@ impl Default for MachineConfig {
             seed: 1,
             wait_deadline: Duration::from_secs(20),
             call_deadline: Duration::from_secs(60),
+            dpc_latency: Duration::from_micros(500),
             dpc_stall: Duration::ZERO,
-            signal_delay: Duration::from_micros(200),
+            signal_delay: Duration::from_millis(1),
             hot_add_window: Duration::from_millis(5),
             migrate_one_in: 8,
             expected_errors: Vec::new(),
@@ -152,6 +156,10 @@ pub struct ProcessorReport {
     pub dpcs: u64,
 }
 
+/// What the I/O manager hands to DriverEntry: the driver object, the service key path and its
+/// `UNICODE_STRING`.
+type DriverStorage = (DRIVER_OBJECT, Vec<u16>, UNICODE_STRING);
+
 /// Only one machine per process: the driver has statics, as a kernel image does.
 static EXCLUSIVE: Mutex<()> = Mutex::new(());
 
@@ -160,7 +168,9 @@ pub struct Machine {
     kernel: Arc<Kernel>,
     _exclusive: MutexGuard<'static, ()>,
     /// DRIVER_OBJECTs and registry paths handed to DriverEntry (the I/O manager owns them).
-    objects: Mutex<Vec<Box<(DRIVER_OBJECT, Vec<u16>, UNICODE_STRING)>>>,
+    /// Boxed: the driver keeps pointers into them, so they must not move when the list grows.
+    #[allow(clippy::vec_box)]
+    objects: Mutex<Vec<Box<DriverStorage>>>,
 }
 
 /// A raw pointer moved to an emulated thread.
@@ -452,7 +462,7 @@ impl Machine {
     }
 
     /// Final checks after the image was unloaded: no pool leak, no write to freed pool, no handle
-    /// left open, no unexpected error in the log, no failure at all. Stops the machine.
+    /// left open, no failure at all. Stops the machine.
     pub fn finish(self) -> PoolReport {
         let kernel = &self.kernel;
         assert!(
@@ -465,32 +475,15 @@ impl Machine {
         for corruption in kernel.pool.corruption() {
             kernel.fail(format!("use after free: {corruption}"));
         }
-        let (handles, work_items, log) = {
+        let (handles, work_items) = {
             let state = kernel.lock();
-            (
-                state.handles.open_handles(),
-                state.io.work_items(),
-                state.io.log.clone(),
-            )
+            (state.handles.open_handles(), state.io.work_items())
         };
         for handle in handles {
             kernel.fail(format!("leak: handle to {handle:?} never closed"));
         }
         if work_items > 0 {
             kernel.fail(format!("leak: {work_items} work item(s) never freed"));
-        }
-        for (_, line) in log
-            .iter()
-            .filter(|(level, _)| *level == crate::nt::DPFLTR_ERROR_LEVEL)
-        {
-            if !kernel
-                .config
-                .expected_errors
-                .iter()
-                .any(|p| line.contains(p.as_str()))
-            {
-                kernel.fail(format!("unexpected error in the debugger log: {line}"));
-            }
         }
         self.check("finish");
         let report = kernel.pool.report();

@@ -80,13 +80,15 @@ fn fill(start: usize, len: usize, byte: u8) {
     }
 }
 
+/// The offset of the first byte of a quarantined block that is no longer poison.
 fn poison_intact(start: usize, len: usize) -> Option<usize> {
+    let byte = |address: usize| {
+        // SAFETY: a quarantined block this pool still owns; atomic, see `fill`.
+        unsafe { (*(address as *const AtomicU8)).load(Ordering::Relaxed) }
+    };
     (start..start + len)
-        // SAFETY: a quarantined block this pool still owns.
-        .find(
-            |&address| unsafe { (*(address as *const AtomicU8)).load(Ordering::Relaxed) } != POISON,
-        )
-        .map(|address| address - start)
+        .find(|&a| byte(a) != POISON)
+        .map(|a| a - start)
 }
 
 impl Pool {

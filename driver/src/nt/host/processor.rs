@@ -4,7 +4,7 @@
 use std::format;
 use std::string::String;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use std::vec::Vec;
 
 use super::dpc::QueuedDpc;
@@ -176,13 +176,21 @@ pub(super) fn dpc_loop(kernel: Arc<Kernel>, slot: usize) {
             if state.shutdown {
                 return;
             }
+            let now = Instant::now();
             let stalled = kernel.boot.elapsed() < kernel.config.dpc_stall;
             let cpu = &state.cpus[slot];
-            if !stalled && cpu.owner.is_none() && !cpu.queue.is_empty() {
+            let due = cpu.queue.front().map(|d| d.due);
+            if !stalled && cpu.owner.is_none() && due.is_some_and(|d| d <= now) {
                 break state.cpus[slot].queue.pop_front().expect("non-empty queue");
             }
+            let wait = due.map_or(Duration::from_millis(20), |d| {
+                d.saturating_duration_since(now)
+            });
             state = kernel.cpu_changed[slot]
-                .wait_timeout(state, Duration::from_millis(20))
+                .wait_timeout(
+                    state,
+                    wait.clamp(Duration::from_micros(50), Duration::from_millis(20)),
+                )
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
         };

@@ -174,7 +174,7 @@ pub unsafe fn KeWaitForSingleObject(
         &kernel.changed,
         |_| format!("KeWaitForSingleObject(KEVENT {address:#x}) to be signalled"),
         |s| {
-            let signaled = s.sync.events.get(&address).map_or(true, |e| e.signaled);
+            let signaled = s.sync.events.get(&address).is_none_or(|e| e.signaled);
             timed_out = !signaled && limit.is_some_and(|l| Instant::now() >= l);
             signaled || timed_out
         },

@@ -156,7 +156,7 @@ pub unsafe fn ZwWaitForSingleObject(
         state,
         &kernel.changed,
         |_| format!("system thread {id} to end (ZwWaitForSingleObject)"),
-        |s| s.threads.records.get(&id).map_or(true, |t| t.finished),
+        |s| s.threads.records.get(&id).is_none_or(|t| t.finished),
     );
     0
 }
