@@ -5,4 +5,5 @@
 #![cfg(all(not(target_os = "windows"), target_pointer_width = "64"))]
 
 mod common;
+mod hotplug;
 mod lifecycle;

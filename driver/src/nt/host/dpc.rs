@@ -152,6 +152,7 @@ fn queue(
         return false;
     }
     object.queued = Some(slot);
+    let targeted = object.target.is_some();
     let latency = kernel.config.dpc_latency.as_nanos() as u64;
     let delay = if latency == 0 {
         0
@@ -177,6 +178,7 @@ fn queue(
     }
     cpu.queue.push_back(entry);
     cpu.queued_total += 1;
+    cpu.targeted_total += u64::from(targeted);
     kernel.cpu_changed[slot].notify_all();
     true
 }

@@ -154,6 +154,8 @@ pub struct ProcessorReport {
     pub complete: bool,
     /// DPCs that ran on it.
     pub dpcs: u64,
+    /// DPCs queued to it with a target processor (the driver's per-CPU messages).
+    pub messages: u64,
 }
 
 /// What the I/O manager hands to DriverEntry: the driver object, the service key path and its
@@ -431,6 +433,7 @@ impl Machine {
                 index: c.index,
                 complete: c.phase == Phase::Complete,
                 dpcs: c.completed_total,
+                messages: c.targeted_total,
             })
             .collect()
     }
@@ -449,6 +452,16 @@ impl Machine {
             .iter()
             .find(|d| d.name == name)
             .and_then(|d| d.security.clone())
+    }
+
+    /// The target of a symbolic link, if it exists.
+    pub fn symbolic_link(&self, link: &str) -> Option<String> {
+        self.kernel
+            .lock()
+            .io
+            .links
+            .get(&link.to_lowercase())
+            .cloned()
     }
 
     /// Pool counters.

@@ -39,6 +39,8 @@ pub(super) struct Cpu {
     /// DPCs ever queued here / finished (or discarded) here: `KeFlushQueuedDpcs` compares them.
     pub(super) queued_total: u64,
     pub(super) completed_total: u64,
+    /// DPCs queued here through `KeSetTargetProcessorDpcEx` (the driver's per-CPU messages).
+    pub(super) targeted_total: u64,
 }
 
 impl Cpu {
@@ -58,6 +60,7 @@ impl Cpu {
             running: None,
             queued_total: 0,
             completed_total: 0,
+            targeted_total: 0,
         }
     }
 
