@@ -7,3 +7,4 @@
 mod common;
 mod hotplug;
 mod lifecycle;
+mod registry;
