@@ -6,5 +6,6 @@
 
 mod common;
 mod hotplug;
+mod ioctl;
 mod lifecycle;
 mod registry;
