@@ -5,6 +5,7 @@
 #![cfg(all(not(target_os = "windows"), target_pointer_width = "64"))]
 
 mod common;
+mod faults;
 mod hotplug;
 mod ioctl;
 mod lifecycle;

@@ -136,7 +136,7 @@ fn describe_current() -> String {
                 "thread {} ({:?}) on processor slot {} at IRQL {}",
                 c.thread, c.role, c.cpu, c.irql
             ),
-            None => "a thread outside the machine".to_string(),
+            None => "the I/O manager (test thread)".to_string(),
         },
         Err(_) => "the current thread".to_string(),
     })
