@@ -167,6 +167,8 @@ pub(super) fn enter(routine: &'static str, rule: Rule) -> (Arc<Kernel>, u8) {
 /// Whether the image is loaded, and the failure state of DriverEntry/unload.
 #[derive(Default)]
 pub(super) struct ImageState {
+    /// DriverEntry was called.
+    pub(super) loaded: bool,
     /// DriverUnload returned, or DriverEntry failed: no driver code may run any more.
     pub(super) unloaded: bool,
 }

@@ -4,6 +4,7 @@
 use std::boxed::Box;
 use std::format;
 use std::string::{String, ToString};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use std::vec;
@@ -173,6 +174,18 @@ pub struct Machine {
     /// Boxed: the driver keeps pointers into them, so they must not move when the list grows.
     #[allow(clippy::vec_box)]
     objects: Mutex<Vec<Box<DriverStorage>>>,
+    /// Something failed (even if the failures were taken since): driver threads may be stuck.
+    tainted: AtomicBool,
+}
+
+/// The panic message of a failed machine.
+fn failure_report(after: &str, failures: &[String]) -> String {
+    let mut text = format!("the emulated kernel recorded failures (checked after {after}):");
+    for failure in failures {
+        text.push_str("\n  - ");
+        text.push_str(failure);
+    }
+    text
 }
 
 /// A raw pointer moved to an emulated thread.
@@ -234,28 +247,33 @@ impl Machine {
             kernel,
             _exclusive: exclusive,
             objects: Mutex::new(Vec::new()),
+            tainted: AtomicBool::new(false),
         }
     }
 
     /// Panics with every failure recorded so far.
     fn check(&self, after: &str) {
         if self.kernel.failed() {
-            panic!("{}", self.failure_report(after));
+            panic!("{}", failure_report(after, &self.kernel.failures()));
         }
-    }
-
-    fn failure_report(&self, after: &str) -> String {
-        let mut text = format!("the emulated kernel recorded failures (checked after {after}):");
-        for failure in self.kernel.failures() {
-            text.push_str("\n  - ");
-            text.push_str(&failure);
-        }
-        text
     }
 
     /// Runs `f` on a new emulated thread at PASSIVE (the I/O manager's or a caller's) and returns its
     /// result; fails the test on a recorded failure or when it does not return within the deadline.
     pub fn call<R: Send + 'static>(&self, what: &str, f: impl FnOnce() -> R + Send + 'static) -> R {
+        match self.try_call(what, f) {
+            Ok(result) => result,
+            Err(failures) => panic!("{}", failure_report(what, &failures)),
+        }
+    }
+
+    /// Like [`Machine::call`], but returns the recorded failures instead of panicking (and clears
+    /// them): `Err` when anything failed, `Ok` with the result otherwise.
+    pub fn try_call<R: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, Vec<String>> {
         let (sender, receiver) = mpsc::channel();
         let id = self.kernel.new_thread_id();
         let handle = self.kernel.spawn(id, Role::Caller, 0, PASSIVE, move || {
@@ -267,27 +285,39 @@ impl Machine {
             match receiver.recv_timeout(Duration::from_millis(20)) {
                 Ok(result) => {
                     let _ = handle.join();
-                    self.check(what);
-                    return result;
+                    return if self.kernel.failed() {
+                        self.tainted.store(true, Ordering::Relaxed);
+                        Err(self.kernel.take_failures())
+                    } else {
+                        Ok(result)
+                    };
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let _ = handle.join();
-                    self.check(what);
-                    panic!("{what}: the call ended without a result");
+                    self.tainted.store(true, Ordering::Relaxed);
+                    let mut failures = self.kernel.take_failures();
+                    failures.push(format!("{what}: the call ended without a result"));
+                    return Err(failures);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if self.kernel.failed() {
+                        // A failed call may be parked for good: give it a moment, then report.
                         let at = *failed_at.get_or_insert_with(Instant::now);
                         if at.elapsed() > Duration::from_secs(2) {
-                            panic!("{} (the call is stuck)", self.failure_report(what));
+                            self.tainted.store(true, Ordering::Relaxed);
+                            let mut failures = self.kernel.take_failures();
+                            failures.push(format!("{what} is stuck"));
+                            return Err(failures);
                         }
                     }
                     if started.elapsed() > self.kernel.config.call_deadline {
-                        self.kernel.fail(format!(
+                        self.tainted.store(true, Ordering::Relaxed);
+                        let mut failures = self.kernel.take_failures();
+                        failures.push(format!(
                             "{what} did not return within {:?}",
                             self.kernel.config.call_deadline
                         ));
-                        panic!("{}", self.failure_report(what));
+                        return Err(failures);
                     }
                 }
             }
@@ -321,6 +351,7 @@ impl Machine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(storage);
+        self.kernel.lock().image.loaded = true;
         let status = self.call("DriverEntry", move || {
             let (driver, registry_path) = (driver, registry_path);
             // SAFETY: a valid driver object and service key path, at PASSIVE, once: DriverEntry's
@@ -478,8 +509,12 @@ impl Machine {
     /// left open, no failure at all. Stops the machine.
     pub fn finish(self) -> PoolReport {
         let kernel = &self.kernel;
+        let (loaded, unloaded) = {
+            let state = kernel.lock();
+            (state.image.loaded, state.image.unloaded)
+        };
         assert!(
-            kernel.lock().image.unloaded,
+            !loaded || unloaded,
             "finish() before the driver was unloaded"
         );
         for leak in kernel.pool.leaks() {
@@ -529,7 +564,7 @@ impl Drop for Machine {
         if !self.kernel.lock().shutdown {
             self.stop();
         }
-        if self.kernel.failed() {
+        if self.kernel.failed() || self.tainted.load(Ordering::Relaxed) {
             // Stuck driver threads may still use these objects: keep them.
             core::mem::forget(core::mem::take(
                 &mut *self.objects.lock().unwrap_or_else(|p| p.into_inner()),

@@ -35,6 +35,9 @@ mod security;
 mod sync;
 mod thread;
 
+#[cfg(test)]
+mod tests;
+
 pub use io::IoctlResult;
 pub use machine::{
     Driver, DriverEntry, GroupConfig, Machine, MachineConfig, ProcessorReport, RegistryData,
