@@ -202,15 +202,22 @@ fn imported_and_resolved_routines_and_callbacks_match_the_header_prototypes() {
     );
 }
 
+/// A routine, how to break its Rust declaration, and what the compiler must then report.
+type Case = (
+    &'static str,
+    Box<dyn Fn(&mut declarations::Routine)>,
+    &'static str,
+);
+
 #[test]
 fn a_changed_parameter_fails_the_signature_check() {
-    use declarations::{Abi, Routine};
+    use declarations::Abi;
     let Some(tools) = toolchain() else { return };
     let unsigned = Abi::Integer {
         size: 4,
         signed: false,
     };
-    let cases: [(&str, Box<dyn Fn(&mut Routine)>, &str); 3] = [
+    let cases: [Case; 3] = [
         ("KeInitializeDpc", Box::new(|r| drop(r.parameters.pop())), "KeInitializeDpc: 2 parameter(s)"),
         (
             "KeQueryActiveProcessorCountEx",
@@ -279,7 +286,7 @@ fn every_imported_and_resolved_name_is_exported_by_its_dll() {
                 routine.name
             ),
         };
-        if !library.iter().any(|s| *s == routine.name) {
+        if !library.contains(&routine.name) {
             missing.push(format!("{} (from {:?})", routine.name, routine.dll));
         }
     }

@@ -1,12 +1,8 @@
-//! The I/O manager: device objects, symbolic links, IRP dispatch and completion, work items and the
-//! system worker threads that run them.
+//! The I/O manager: device objects, symbolic links, IRP dispatch and completion.
 
-use core::ffi::c_void;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::format;
 use std::string::String;
-use std::sync::Arc;
-use std::time::Duration;
 use std::vec;
 use std::vec::Vec;
 
@@ -17,8 +13,8 @@ use super::kernel::{
 use super::pool::free_checked;
 use super::security::DeviceSecurity;
 use crate::nt::{
-    BOOLEAN, DEVICE_OBJECT, DRIVER_OBJECT, IO_STACK_LOCATION, IO_WORKITEM, IRP, NTSTATUS,
-    PIO_WORKITEM_ROUTINE, STATUS_OBJECT_NAME_NOT_FOUND, UNICODE_STRING,
+    BOOLEAN, DEVICE_OBJECT, DRIVER_OBJECT, IO_STACK_LOCATION, IRP, NTSTATUS,
+    STATUS_OBJECT_NAME_NOT_FOUND, UNICODE_STRING,
 };
 
 /// `STATUS_OBJECT_NAME_COLLISION`.
@@ -29,8 +25,6 @@ const DO_DEVICE_INITIALIZING: u32 = 0x80;
 const NEXT_DEVICE: usize = 0x10;
 /// Pool tag of the emulation's own device objects.
 pub(super) const DEVICE_TAG: u32 = u32::from_le_bytes(*b"Devi");
-/// Pool tag of the emulation's own work items.
-const WORK_ITEM_TAG: u32 = u32::from_le_bytes(*b"IoWk");
 
 /// A device object created by the driver.
 pub(super) struct Device {
@@ -38,21 +32,10 @@ pub(super) struct Device {
     pub(super) name: String,
     driver: usize,
     /// IoDeleteDevice was called; the memory goes once no work item references it.
-    deleted: bool,
-    references: u32,
+    pub(super) deleted: bool,
+    /// Work items queued or running for it.
+    pub(super) references: u32,
     pub(super) security: Option<DeviceSecurity>,
-}
-
-struct WorkItem {
-    device: usize,
-    queued: bool,
-    running_on: Option<u64>,
-}
-
-struct QueuedWork {
-    item: usize,
-    routine: unsafe extern "C" fn(*mut DEVICE_OBJECT, *mut c_void),
-    context: usize,
 }
 
 /// The result of an IOCTL sent through the driver's dispatch routine.
@@ -73,19 +56,8 @@ pub(super) struct IoState {
     pub(super) links: HashMap<String, String>,
     /// Dispatched IRPs: (times completed, status, information).
     irps: HashMap<usize, (u32, NTSTATUS, u64)>,
-    work_items: HashMap<usize, WorkItem>,
-    work_queue: VecDeque<QueuedWork>,
-    /// Work items queued or running.
-    pub(super) work_in_progress: u32,
     /// Every DbgPrintEx line: (level, text).
     pub(super) log: Vec<(u32, String)>,
-}
-
-impl IoState {
-    /// Work items not freed (leak report).
-    pub(super) fn work_items(&self) -> usize {
-        self.work_items.len()
-    }
 }
 
 /// `IoCreateDevice`: the device object and its zeroed extension in one pool block.
@@ -147,7 +119,7 @@ pub unsafe fn IoCreateDevice(
 }
 
 /// Unlinks and frees a deleted device nobody references any more.
-fn release_device(kernel: &Kernel, address: usize) {
+pub(super) fn release_device(kernel: &Kernel, address: usize) {
     let driver = {
         let mut state = kernel.lock();
         let Some(position) = state.io.devices.iter().position(|d| d.address == address) else {
@@ -356,160 +328,6 @@ pub(super) fn dispatch(
         status,
         information,
         output,
-    }
-}
-
-/// `IoAllocateWorkItem`.
-///
-/// # Safety
-/// `device` is a live device object of the driver.
-pub unsafe fn IoAllocateWorkItem(device: *mut DEVICE_OBJECT) -> *mut IO_WORKITEM {
-    let (kernel, _) = enter("IoAllocateWorkItem", Rule::AtMostDispatch);
-    if !kernel
-        .lock()
-        .io
-        .devices
-        .iter()
-        .any(|d| d.address == device as usize && !d.deleted)
-    {
-        kernel.fail(format!(
-            "IoAllocateWorkItem({device:p}): not a live device object"
-        ));
-        return core::ptr::null_mut();
-    }
-    let item = kernel.pool.allocate(64, WORK_ITEM_TAG, true);
-    if !item.is_null() {
-        kernel.lock().io.work_items.insert(
-            item as usize,
-            WorkItem {
-                device: device as usize,
-                queued: false,
-                running_on: None,
-            },
-        );
-    }
-    item.cast()
-}
-
-/// `IoQueueWorkItem`: the item's device is referenced until the routine has returned.
-///
-/// # Safety
-/// `item` came from `IoAllocateWorkItem`; `routine` may run with `context` at PASSIVE.
-pub unsafe fn IoQueueWorkItem(
-    item: *mut IO_WORKITEM,
-    routine: PIO_WORKITEM_ROUTINE,
-    queue: i32,
-    context: *mut c_void,
-) {
-    let (kernel, _) = enter("IoQueueWorkItem", Rule::AtMostDispatch);
-    let Some(routine) = routine else {
-        kernel.fail("IoQueueWorkItem without a routine".into());
-        return;
-    };
-    if !(0..=2).contains(&queue) {
-        kernel.fail(format!("IoQueueWorkItem: unknown WORK_QUEUE_TYPE {queue}"));
-    }
-    let mut state = kernel.lock();
-    let Some(work) = state.io.work_items.get_mut(&(item as usize)) else {
-        drop(state);
-        kernel.fail(format!(
-            "IoQueueWorkItem({item:p}): not an allocated work item"
-        ));
-        return;
-    };
-    if work.queued {
-        drop(state);
-        kernel.fail(format!("IoQueueWorkItem({item:p}): already queued"));
-        return;
-    }
-    work.queued = true;
-    let device = work.device;
-    if let Some(d) = state.io.devices.iter_mut().find(|d| d.address == device) {
-        d.references += 1;
-    }
-    state.io.work_in_progress += 1;
-    state.io.work_queue.push_back(QueuedWork {
-        item: item as usize,
-        routine,
-        context: context as usize,
-    });
-    drop(state);
-    kernel.changed.notify_all();
-}
-
-/// `IoFreeWorkItem`: allowed while not queued, or from the item's own routine.
-///
-/// # Safety
-/// `item` came from `IoAllocateWorkItem` and is freed once.
-pub unsafe fn IoFreeWorkItem(item: *mut IO_WORKITEM) {
-    let (kernel, _) = enter("IoFreeWorkItem", Rule::AtMostDispatch);
-    let me = with_context(|c| c.thread);
-    let problem = {
-        let mut state = kernel.lock();
-        match state.io.work_items.get(&(item as usize)) {
-            None => Some("not an allocated work item"),
-            Some(w) if w.queued => Some("freed while queued"),
-            Some(w) if w.running_on.is_some_and(|t| t != me) => {
-                Some("freed while its routine runs on another thread")
-            }
-            Some(_) => {
-                state.io.work_items.remove(&(item as usize));
-                None
-            }
-        }
-    };
-    match problem {
-        Some(problem) => kernel.fail(format!("IoFreeWorkItem({item:p}): {problem}")),
-        None => free_checked(&kernel, item as usize, WORK_ITEM_TAG, "IoFreeWorkItem"),
-    }
-}
-
-/// A system worker thread: runs queued work items at PASSIVE until shutdown.
-pub(super) fn worker_loop(kernel: Arc<Kernel>) {
-    let me = with_context(|c| c.thread);
-    loop {
-        let mut state = kernel.lock();
-        let work = loop {
-            if state.shutdown {
-                return;
-            }
-            if let Some(work) = state.io.work_queue.pop_front() {
-                break work;
-            }
-            state = kernel
-                .changed
-                .wait_timeout(state, Duration::from_millis(20))
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        };
-        let device = match state.io.work_items.get_mut(&work.item) {
-            Some(w) => {
-                w.queued = false;
-                w.running_on = Some(me);
-                w.device
-            }
-            None => 0,
-        };
-        drop(state);
-        // SAFETY: the driver queued this routine with this context for its device, which the queued
-        // item references, at PASSIVE on a system worker thread.
-        unsafe { (work.routine)(device as *mut DEVICE_OBJECT, work.context as *mut c_void) };
-        let irql = with_context(|c| c.irql);
-        if irql != PASSIVE {
-            kernel.fail(format!("work item routine returned at IRQL {irql}"));
-        }
-        {
-            let mut state = kernel.lock();
-            if let Some(w) = state.io.work_items.get_mut(&work.item) {
-                w.running_on = None;
-            }
-            if let Some(d) = state.io.devices.iter_mut().find(|d| d.address == device) {
-                d.references -= 1;
-            }
-            state.io.work_in_progress -= 1;
-        }
-        release_device(&kernel, device);
-        kernel.changed.notify_all();
     }
 }
 

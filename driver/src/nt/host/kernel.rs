@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 use std::vec::Vec;
 
 use super::callbacks::Callbacks;
+use super::config::MachineConfig;
 use super::dpc::DpcState;
 use super::io::IoState;
-use super::machine::MachineConfig;
 use super::pool::Pool;
 use super::processor::Cpu;
 use super::registry::RegistryState;
 use super::sync::SyncState;
 use super::thread::Threads;
+use super::work::WorkState;
 use crate::nt::{HANDLE, NTSTATUS};
 
 /// `PASSIVE_LEVEL`.
@@ -220,6 +221,7 @@ pub(super) struct State {
     pub(super) handles: Handles,
     pub(super) threads: Threads,
     pub(super) io: IoState,
+    pub(super) work: WorkState,
     pub(super) registry: RegistryState,
     pub(super) callbacks: Callbacks,
     pub(super) image: ImageState,

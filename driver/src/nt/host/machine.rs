@@ -3,144 +3,19 @@
 
 use std::boxed::Box;
 use std::format;
-use std::string::{String, ToString};
+use std::string::String;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use std::vec;
 use std::vec::Vec;
 
-use super::io::{dispatch, IoctlResult};
+use super::config::{MachineConfig, SERVICE_KEY};
 use super::kernel::{Kernel, Role, PASSIVE};
+use super::loaded::Driver;
 use super::pool::PoolReport;
 use super::processor::{start_processor, Cpu, Phase};
 use super::security::DeviceSecurity;
-use crate::nt::{
-    DRIVER_OBJECT, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, NTSTATUS, UNICODE_STRING,
-};
-
-/// The service key the I/O manager passes to `DriverEntry`.
-pub const SERVICE_KEY: &str = "\\Registry\\Machine\\System\\CurrentControlSet\\Services\\kepoch";
-
-/// One processor group: numbers `0..max` can exist, `active` are present at boot (sparse is fine).
-#[derive(Clone, Debug)]
-pub struct GroupConfig {
-    /// Processors the group can hold (`KeQueryMaximumProcessorCountEx(group)`).
-    pub max: u8,
-    /// Group-relative numbers present at boot.
-    pub active: Vec<u8>,
-}
-
-/// A registry value under `Parameters`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RegistryData {
-    /// A `REG_DWORD`.
-    Dword(u32),
-    /// Any type and bytes (wrong types, malformed DWORDs).
-    Raw {
-        /// `REG_*`.
-        reg_type: u32,
-        /// The data.
-        data: Vec<u8>,
-    },
-    /// `ZwQueryValueKey` fails with this status.
-    QueryFails(NTSTATUS),
-}
-
-/// Everything about an emulated machine.
-#[derive(Clone, Debug)]
-pub struct MachineConfig {
-    /// Processor groups.
-    pub groups: Vec<GroupConfig>,
-    /// Values under `<service key>\Parameters`.
-    pub parameters: Vec<(String, RegistryData)>,
-    /// Whether the `Parameters` key exists.
-    pub parameters_key: bool,
-    /// Opening the service key fails with this status.
-    pub service_key_fails: Option<NTSTATUS>,
-    /// Routines `MmGetSystemRoutineAddress` does not find.
-    pub missing_routines: Vec<String>,
-    /// Pool allocation attempts (1-based, counted from boot) that fail: `(first, count)`.
-    pub fail_allocations: Option<(u64, u64)>,
-    /// The n-th (1-based) `PsCreateSystemThread` fails.
-    pub fail_thread_creation: Option<u64>,
-    /// `KeRegisterProcessorChangeCallback` returns null.
-    pub fail_callback_registration: bool,
-    /// Seed of every thread's migration choices.
-    pub seed: u64,
-    /// Longest any single wait of the emulation may take before the machine fails.
-    pub wait_deadline: Duration,
-    /// Longest a call into the driver (DriverEntry, an IRP, unload, a hot-add) may take.
-    pub call_deadline: Duration,
-    /// Each DPC is delivered between 0 and this long after it was queued (seeded): DPCs still queued
-    /// when their memory is freed are found even when the driver's timing is lucky.
-    pub dpc_latency: Duration,
-    /// DPCs are not delivered until this long after boot (a processor that keeps DISPATCH busy).
-    pub dpc_stall: Duration,
-    /// How long a DPC is held up after it signals an event (it is interrupted there).
-    pub signal_delay: Duration,
-    /// How long a hot-added processor runs before AddComplete is delivered.
-    pub hot_add_window: Duration,
-    /// A thread below DISPATCH migrates on one in this many scheduling points.
-    pub migrate_one_in: u64,
-    /// Error-level log lines containing one of these are expected.
-    pub expected_errors: Vec<String>,
-}
-
-impl Default for MachineConfig {
-    /// Two groups of four with two processors active in each (sparse numbers), so the maximum (8) is
-    /// above the active count (4).
-    fn default() -> Self {
-        MachineConfig {
-            groups: vec![
-                GroupConfig {
-                    max: 4,
-                    active: vec![0, 2],
-                },
-                GroupConfig {
-                    max: 4,
-                    active: vec![1, 3],
-                },
-            ],
-            parameters: Vec::new(),
-            parameters_key: true,
-            service_key_fails: None,
-            missing_routines: Vec::new(),
-            fail_allocations: None,
-            fail_thread_creation: None,
-            fail_callback_registration: false,
-            seed: 1,
-            wait_deadline: Duration::from_secs(20),
-            call_deadline: Duration::from_secs(60),
-            dpc_latency: Duration::from_micros(500),
-            dpc_stall: Duration::ZERO,
-            signal_delay: Duration::from_millis(1),
-            hot_add_window: Duration::from_millis(5),
-            migrate_one_in: 8,
-            expected_errors: Vec::new(),
-        }
-    }
-}
-
-impl MachineConfig {
-    /// Sets a registry value under `Parameters`.
-    pub fn parameter(mut self, name: &str, data: RegistryData) -> Self {
-        self.parameters.push((name.to_string(), data));
-        self
-    }
-
-    /// Makes `MmGetSystemRoutineAddress(name)` return null.
-    pub fn missing(mut self, name: &str) -> Self {
-        self.missing_routines.push(name.to_string());
-        self
-    }
-
-    /// Accepts error-level log lines containing `pattern`.
-    pub fn expect_error(mut self, pattern: &str) -> Self {
-        self.expected_errors.push(pattern.to_string());
-        self
-    }
-}
+use crate::nt::{DRIVER_OBJECT, NTSTATUS, UNICODE_STRING};
 
 /// One processor slot, for reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,7 +43,7 @@ static EXCLUSIVE: Mutex<()> = Mutex::new(());
 
 /// A running emulated machine.
 pub struct Machine {
-    kernel: Arc<Kernel>,
+    pub(super) kernel: Arc<Kernel>,
     _exclusive: MutexGuard<'static, ()>,
     /// DRIVER_OBJECTs and registry paths handed to DriverEntry (the I/O manager owns them).
     /// Boxed: the driver keeps pointers into them, so they must not move when the list grows.
@@ -190,7 +65,7 @@ fn failure_report(after: &str, failures: &[String]) -> String {
 
 /// A raw pointer moved to an emulated thread.
 #[derive(Clone, Copy)]
-struct Shared<T>(T);
+pub(super) struct Shared<T>(pub(super) T);
 // SAFETY: used only for pointers to objects the machine keeps alive while the driver call runs.
 unsafe impl<T> Send for Shared<T> {}
 
@@ -241,8 +116,8 @@ impl Machine {
             kernel.keep_service_thread(kernel.spawn(id, role, 0, PASSIVE, move || body(k)));
         };
         service(Role::Clock, super::dpc::clock_loop);
-        service(Role::Worker, super::io::worker_loop);
-        service(Role::Worker, super::io::worker_loop);
+        service(Role::Worker, super::work::worker_loop);
+        service(Role::Worker, super::work::worker_loop);
         Machine {
             kernel,
             _exclusive: exclusive,
@@ -252,7 +127,7 @@ impl Machine {
     }
 
     /// Panics with every failure recorded so far.
-    fn check(&self, after: &str) {
+    pub(super) fn check(&self, after: &str) {
         if self.kernel.failed() {
             panic!("{}", failure_report(after, &self.kernel.failures()));
         }
@@ -362,23 +237,19 @@ impl Machine {
             self.image_unloaded("DriverEntry failed");
             return Err(status);
         }
-        Ok(Driver {
-            machine: self,
-            object: driver.0,
-            open: Mutex::new(0),
-        })
+        Ok(Driver::new(self, driver.0))
     }
 
     /// The image is gone once no work item holds a device reference: from then on no driver code may
     /// run, and nothing of the driver may still be queued, armed, registered or running.
-    fn image_unloaded(&self, when: &str) {
+    pub(super) fn image_unloaded(&self, when: &str) {
         let kernel = &self.kernel;
         let state = kernel.lock();
         let mut state = kernel.wait_until(
             state,
             &kernel.changed,
-            |s| format!("{} work item(s) to finish ({when})", s.io.work_in_progress),
-            |s| s.io.work_in_progress == 0,
+            |s| format!("{} work item(s) to finish ({when})", s.work.in_progress),
+            |s| s.work.in_progress == 0,
         );
         state.image.unloaded = true;
         let mut problems = Vec::new();
@@ -525,7 +396,7 @@ impl Machine {
         }
         let (handles, work_items) = {
             let state = kernel.lock();
-            (state.handles.open_handles(), state.io.work_items())
+            (state.handles.open_handles(), state.work.allocated())
         };
         for handle in handles {
             kernel.fail(format!("leak: handle to {handle:?} never closed"));
@@ -570,122 +441,5 @@ impl Drop for Machine {
                 &mut *self.objects.lock().unwrap_or_else(|p| p.into_inner()),
             ));
         }
-    }
-}
-
-/// The loaded driver, driven the way the I/O manager and user mode do.
-pub struct Driver<'m> {
-    machine: &'m Machine,
-    object: *mut DRIVER_OBJECT,
-    /// Handles open on the control device.
-    open: Mutex<u32>,
-}
-
-impl Driver<'_> {
-    fn send(
-        &self,
-        what: &str,
-        major: usize,
-        code: u32,
-        input: &[u8],
-        output_length: u32,
-        buffer: bool,
-    ) -> IoctlResult {
-        let kernel = self.machine.kernel.clone();
-        let driver = Shared(self.object);
-        let input = input.to_vec();
-        self.machine.call(what, move || {
-            let driver = driver;
-            dispatch(
-                &kernel,
-                driver.0,
-                major,
-                code,
-                &input,
-                output_length,
-                buffer,
-            )
-        })
-    }
-
-    /// `CreateFile(\\.\kepoch)`: IRP_MJ_CREATE.
-    pub fn open(&self) -> NTSTATUS {
-        *self.open.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.send("IRP_MJ_CREATE", IRP_MJ_CREATE, 0, &[], 0, false)
-            .status
-    }
-
-    /// `CloseHandle`: IRP_MJ_CLOSE.
-    pub fn close(&self) -> NTSTATUS {
-        *self.open.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
-        self.send("IRP_MJ_CLOSE", IRP_MJ_CLOSE, 0, &[], 0, false)
-            .status
-    }
-
-    /// `DeviceIoControl(code, input, output_length)` through the driver's dispatch routine.
-    pub fn ioctl(&self, code: u32, input: &[u8], output_length: u32) -> IoctlResult {
-        self.send(
-            "IRP_MJ_DEVICE_CONTROL",
-            IRP_MJ_DEVICE_CONTROL,
-            code,
-            input,
-            output_length,
-            true,
-        )
-    }
-
-    /// An IOCTL whose IRP has lengths but no `SystemBuffer` (what a METHOD_NEITHER or a forged request
-    /// looks like to a METHOD_BUFFERED handler).
-    pub fn ioctl_without_buffer(
-        &self,
-        code: u32,
-        input_length: u32,
-        output_length: u32,
-    ) -> IoctlResult {
-        let input = vec![0u8; input_length as usize];
-        self.send(
-            "IRP_MJ_DEVICE_CONTROL",
-            IRP_MJ_DEVICE_CONTROL,
-            code,
-            &input,
-            output_length,
-            false,
-        )
-    }
-
-    /// Reads the statistics with IOCTL_GET_STATS.
-    pub fn stats(&self) -> kepoch::Stats {
-        let result = self.ioctl(
-            crate::ioctl::IOCTL_GET_STATS,
-            &[],
-            crate::ioctl::STATS_SIZE as u32,
-        );
-        assert_eq!(result.status, 0, "IOCTL_GET_STATS failed");
-        crate::ioctl::decode_stats(&result.output)
-            .expect("IOCTL_GET_STATS returned a decodable Stats")
-    }
-
-    /// `sc stop`: calls DriverUnload at PASSIVE, then unloads the image and checks that nothing of the
-    /// driver is left running, queued or registered.
-    pub fn unload(self) {
-        assert_eq!(
-            *self.open.lock().unwrap_or_else(|p| p.into_inner()),
-            0,
-            "unload with handles open"
-        );
-        let driver = Shared(self.object);
-        self.machine.call("DriverUnload", move || {
-            let driver = driver;
-            // SAFETY: DriverEntry succeeded and set DriverUnload; called once at PASSIVE with no handle
-            // open, as the I/O manager does.
-            unsafe {
-                let unload = (*driver.0)
-                    .DriverUnload
-                    .expect("DriverEntry set DriverUnload");
-                unload(driver.0);
-            }
-        });
-        self.machine.image_unloaded("after DriverUnload returned");
-        self.machine.check("DriverUnload");
     }
 }

@@ -23,10 +23,12 @@
 #![allow(non_snake_case)]
 
 mod callbacks;
+mod config;
 mod debug;
 mod dpc;
 mod io;
 mod kernel;
+mod loaded;
 mod machine;
 mod pool;
 pub(in crate::nt) mod processor;
@@ -34,15 +36,15 @@ mod registry;
 mod security;
 mod sync;
 mod thread;
+mod work;
 
 #[cfg(test)]
 mod tests;
 
+pub use config::{GroupConfig, MachineConfig, RegistryData, SERVICE_KEY};
 pub use io::IoctlResult;
-pub use machine::{
-    Driver, DriverEntry, GroupConfig, Machine, MachineConfig, ProcessorReport, RegistryData,
-    SERVICE_KEY,
-};
+pub use loaded::Driver;
+pub use machine::{DriverEntry, Machine, ProcessorReport};
 pub use pool::PoolReport;
 pub use security::DeviceSecurity;
 
@@ -54,8 +56,8 @@ pub(crate) mod routines {
         KeSetTargetProcessorDpcEx, KeSetTimerEx,
     };
     pub use super::io::{
-        IoAllocateWorkItem, IoCreateDevice, IoCreateSymbolicLink, IoDeleteDevice,
-        IoDeleteSymbolicLink, IoFreeWorkItem, IoQueueWorkItem, IofCompleteRequest,
+        IoCreateDevice, IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink,
+        IofCompleteRequest,
     };
     pub use super::kernel::ZwClose;
     pub use super::pool::{ExAllocatePoolWithTag, ExFreePoolWithTag};
@@ -75,4 +77,5 @@ pub(crate) mod routines {
         KeRevertToUserAffinityThreadEx, KeSetSystemAffinityThreadEx, PsCreateSystemThread,
         PsTerminateSystemThread, ZwWaitForSingleObject,
     };
+    pub use super::work::{IoAllocateWorkItem, IoFreeWorkItem, IoQueueWorkItem};
 }

@@ -10,8 +10,8 @@ use std::string::String;
 use std::sync::Mutex;
 use std::vec::Vec;
 
+use super::config::MachineConfig;
 use super::kernel::{enter, Kernel, Rule, DISPATCH};
-use super::machine::MachineConfig;
 
 /// What a freed block is filled with.
 pub(super) const POISON: u8 = 0xDD;

@@ -7,8 +7,8 @@ use std::format;
 use std::string::String;
 use std::vec::Vec;
 
+use super::config::RegistryData;
 use super::kernel::{enter, read_unicode, HandleObject, Rule, STATUS_INVALID_HANDLE};
-use super::machine::RegistryData;
 use crate::nt::{
     HANDLE, NTSTATUS, OBJECT_ATTRIBUTES, STATUS_BUFFER_OVERFLOW, STATUS_OBJECT_NAME_NOT_FOUND,
     UNICODE_STRING,
