@@ -239,18 +239,35 @@ pub unsafe fn IofCompleteRequest(irp: *mut IRP, _boost: i8) {
     }
 }
 
-/// Sends one IRP to the driver's dispatch routine for `major` on the calling (caller) thread, as the
-/// I/O manager does for `DeviceIoControl` with METHOD_BUFFERED: `SystemBuffer` holds
-/// `max(input, output)` bytes, the input first (none when `buffer` is false).
+/// One IRP the test sends.
+pub(super) struct Request {
+    /// `IRP_MJ_*`.
+    pub(super) major: usize,
+    /// IOCTL code (device control only).
+    pub(super) code: u32,
+    /// Input bytes.
+    pub(super) input: Vec<u8>,
+    /// `OutputBufferLength`.
+    pub(super) output_length: u32,
+    /// Whether the IRP gets a `SystemBuffer` (a forged request has lengths without one).
+    pub(super) buffer: bool,
+}
+
+/// Sends one IRP to the driver's dispatch routine on the calling (caller) thread, as the I/O manager
+/// does for `DeviceIoControl` with METHOD_BUFFERED: `SystemBuffer` holds `max(input, output)` bytes,
+/// the input first.
 pub(super) fn dispatch(
     kernel: &Kernel,
     driver: *mut DRIVER_OBJECT,
-    major: usize,
-    code: u32,
-    input: &[u8],
-    output_length: u32,
-    buffer: bool,
+    request: &Request,
 ) -> IoctlResult {
+    let Request {
+        major,
+        code,
+        ref input,
+        output_length,
+        buffer,
+    } = *request;
     let length = input.len().max(output_length as usize);
     // 16-aligned, like the pool buffer the I/O manager allocates.
     let mut system_buffer = vec![0u128; length.div_ceil(16)];

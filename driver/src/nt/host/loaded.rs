@@ -4,7 +4,7 @@
 use std::sync::Mutex;
 use std::vec;
 
-use super::io::{dispatch, IoctlResult};
+use super::io::{dispatch, IoctlResult, Request};
 use super::machine::{Machine, Shared};
 use crate::nt::{DRIVER_OBJECT, IRP_MJ_CLOSE, IRP_MJ_CREATE, IRP_MJ_DEVICE_CONTROL, NTSTATUS};
 
@@ -26,56 +26,43 @@ impl<'m> Driver<'m> {
         }
     }
 
-    fn send(
-        &self,
-        what: &str,
-        major: usize,
-        code: u32,
-        input: &[u8],
-        output_length: u32,
-        buffer: bool,
-    ) -> IoctlResult {
+    fn send(&self, what: &str, request: Request) -> IoctlResult {
         let kernel = self.machine.kernel.clone();
         let driver = Shared(self.object);
-        let input = input.to_vec();
         self.machine.call(what, move || {
             let driver = driver;
-            dispatch(
-                &kernel,
-                driver.0,
-                major,
-                code,
-                &input,
-                output_length,
-                buffer,
-            )
+            dispatch(&kernel, driver.0, &request)
         })
+    }
+
+    fn irp(major: usize, code: u32, input: &[u8], output_length: u32, buffer: bool) -> Request {
+        Request {
+            major,
+            code,
+            input: input.to_vec(),
+            output_length,
+            buffer,
+        }
     }
 
     /// `CreateFile(\\.\kepoch)`: IRP_MJ_CREATE.
     pub fn open(&self) -> NTSTATUS {
         *self.open.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.send("IRP_MJ_CREATE", IRP_MJ_CREATE, 0, &[], 0, false)
+        self.send("IRP_MJ_CREATE", Self::irp(IRP_MJ_CREATE, 0, &[], 0, false))
             .status
     }
 
     /// `CloseHandle`: IRP_MJ_CLOSE.
     pub fn close(&self) -> NTSTATUS {
         *self.open.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
-        self.send("IRP_MJ_CLOSE", IRP_MJ_CLOSE, 0, &[], 0, false)
+        self.send("IRP_MJ_CLOSE", Self::irp(IRP_MJ_CLOSE, 0, &[], 0, false))
             .status
     }
 
     /// `DeviceIoControl(code, input, output_length)` through the driver's dispatch routine.
     pub fn ioctl(&self, code: u32, input: &[u8], output_length: u32) -> IoctlResult {
-        self.send(
-            "IRP_MJ_DEVICE_CONTROL",
-            IRP_MJ_DEVICE_CONTROL,
-            code,
-            input,
-            output_length,
-            true,
-        )
+        let irp = Self::irp(IRP_MJ_DEVICE_CONTROL, code, input, output_length, true);
+        self.send("IRP_MJ_DEVICE_CONTROL", irp)
     }
 
     /// An IOCTL whose IRP has lengths but no `SystemBuffer` (what a METHOD_NEITHER or a forged request
@@ -87,14 +74,8 @@ impl<'m> Driver<'m> {
         output_length: u32,
     ) -> IoctlResult {
         let input = vec![0u8; input_length as usize];
-        self.send(
-            "IRP_MJ_DEVICE_CONTROL",
-            IRP_MJ_DEVICE_CONTROL,
-            code,
-            &input,
-            output_length,
-            false,
-        )
+        let irp = Self::irp(IRP_MJ_DEVICE_CONTROL, code, &input, output_length, false);
+        self.send("IRP_MJ_DEVICE_CONTROL", irp)
     }
 
     /// Reads the statistics with IOCTL_GET_STATS.
