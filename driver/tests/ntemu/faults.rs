@@ -44,10 +44,10 @@ fn each_allocation_of_load_and_unload_failing_in_turn_leaks_nothing() {
 
 #[test]
 fn a_probe_dpc_delivered_after_the_probe_gave_up_is_flushed_by_unload() {
-    // DPCs are held up for 800 ms: the driver's 500 ms probe concludes they are not delivered (as on
+    // DPCs are held up for 2 s: the driver's 500 ms probe concludes they are not delivered (as on
     // Wine) and uses the overflow slot; its probe DPC is still queued when unload runs.
     let config = MachineConfig {
-        dpc_stall: Duration::from_millis(800),
+        dpc_stall: Duration::from_secs(2),
         ..MachineConfig::default()
     };
     let machine = Machine::start(config);
@@ -70,7 +70,7 @@ fn driver_entry_failing_after_the_probe_leaves_no_dpc_queued() {
     // object failing (the domain never exists): the failure path itself must flush before the image
     // goes away.
     let held_up = || MachineConfig {
-        dpc_stall: Duration::from_millis(800),
+        dpc_stall: Duration::from_secs(2),
         ..MachineConfig::default()
     };
     let eager = MachineConfig {
