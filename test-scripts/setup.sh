@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on Debian 12 with Rust (rustup), skipping what is already there:
 # the linter for every .sh (shellcheck), wine64 (loads kepoch.sys in the smoke test), jq (reads its JSON),
-# mingw (links kepochctl.exe), openssl and osslsigncode (the test-signed package), qemu-system-x86 and
-# socat (the QEMU hot-add check; QEMU without its recommends), the Windows targets, rustfmt/clippy, and nightly
-# with Miri (optional: without it the Miri step prints SKIPPED and says why). test-all.sh runs it first.
+# mingw-w64 (links kepochctl.exe; its DDK headers, import libraries and C/C++ compilers check the
+# driver's ABI), openssl and osslsigncode (the test-signed package), qemu-system-x86 and socat (the QEMU
+# hot-add check; QEMU without its recommends), the Windows targets, rustfmt/clippy, and nightly with Miri
+# (optional: without it the Miri step prints SKIPPED and says why). test-all.sh runs it first.
 set -euo pipefail
 
 missing=()
-for package in shellcheck wine64 jq gcc-mingw-w64-x86-64 openssl osslsigncode qemu-system-x86 socat; do
+for package in shellcheck wine64 jq gcc-mingw-w64-x86-64 g++-mingw-w64-x86-64 mingw-w64-x86-64-dev openssl osslsigncode qemu-system-x86 socat; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
         missing+=("$package")
 done

@@ -10,9 +10,16 @@
 //!   the cycle DPCs' importance, written against small traits and tested on the host;
 //! - [`slots`]: load-thread slots (the thread's parameters apart from its creator's handle).
 //!
-//! The image itself is the `kepoch` binary (`driver/src/main.rs`). On hosts other than
-//! `x86_64-pc-windows-msvc` only [`ioctl`], [`support`], [`lifecycle`] and [`slots`] are compiled, so the workspace builds and tests anywhere.
+//! The image itself is the `kepoch` binary (`driver/src/main.rs`). On 64-bit hosts other than Windows the
+//! same driver code is compiled against the emulated kernel of `nt::host`, so `cargo test` runs it; on
+//! other Windows targets (`kepochctl`'s) only [`ioctl`], [`support`], [`lifecycle`] and [`slots`] are
+//! compiled.
 #![no_std]
+
+// The emulated kernel (`nt::host`) is ordinary std code; the driver code itself stays `core`-only (the
+// kernel build proves it).
+#[cfg(all(not(target_os = "windows"), target_pointer_width = "64"))]
+extern crate std;
 
 pub use kepoch;
 
@@ -21,9 +28,18 @@ pub mod lifecycle;
 pub mod slots;
 pub mod support;
 
-#[cfg(all(target_os = "windows", target_env = "msvc", target_arch = "x86_64"))]
+#[cfg(any(
+    all(target_os = "windows", target_env = "msvc", target_arch = "x86_64"),
+    all(not(target_os = "windows"), target_pointer_width = "64")
+))]
 pub mod driver;
-#[cfg(all(target_os = "windows", target_env = "msvc", target_arch = "x86_64"))]
+#[cfg(any(
+    all(target_os = "windows", target_env = "msvc", target_arch = "x86_64"),
+    all(not(target_os = "windows"), target_pointer_width = "64")
+))]
 pub mod nt;
-#[cfg(all(target_os = "windows", target_env = "msvc", target_arch = "x86_64"))]
+#[cfg(any(
+    all(target_os = "windows", target_env = "msvc", target_arch = "x86_64"),
+    all(not(target_os = "windows"), target_pointer_width = "64")
+))]
 pub mod platform;

@@ -167,6 +167,8 @@ unsafe extern "C" fn probe_dpc(
 /// overflow slot (a spin-locked participant whose cycles need no DPC). PASSIVE_LEVEL, once per load.
 pub fn dpcs_are_delivered() -> bool {
     let dpc = DPC_PROBE.dpc.get().cast::<nt::KDPC>();
+    // A fresh image starts with `false`; reset anyway so that the answer is about this probe only.
+    DPC_PROBE.ran.store(false, Ordering::Release);
     let mut number = nt::PROCESSOR_NUMBER::default();
     // SAFETY: the static KDPC is initialised before it is queued and never moves; DriverEntry runs the
     // probe once per load, so it is not queued already; the routine only sets an atomic.
@@ -751,6 +753,11 @@ unsafe impl Platform for NtPlatform {
 
     fn log(&self, level: LogLevel, args: fmt::Arguments<'_>) {
         log_line(level, args);
+    }
+
+    fn spin_lock_acquired(&self, _lock: *const ()) {
+        // The core's spin locks raise to DISPATCH before spinning; anything lower risks bug check 0x133.
+        self.verify_irql("core spin lock", IrqlRule::Dispatch);
     }
 
     fn verify_irql(&self, routine: &'static str, rule: IrqlRule) {

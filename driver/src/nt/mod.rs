@@ -1,19 +1,27 @@
 //! The binding facade: the only place with raw NT declarations.
 //!
-//! Two interchangeable backends provide the same names (the C names, bindgen-style types, as wdk-sys
+//! Interchangeable backends provide the same names (the C names, bindgen-style types, as wdk-sys
 //! spells them):
 //! - `raw` (default): the project's own minimal declarations, imported with
 //!   `#[link(kind = "raw-dylib", modifiers = "+verbatim")]` from `ntoskrnl.exe`, so the driver links on
 //!   any host with rust-lld and no WDK;
-//! - `wdk` (feature `wdk`, Windows host with the WDK only): re-exports of the same items from `wdk-sys`.
+//! - `wdk` (feature `wdk`, Windows host with the WDK only): re-exports of the same items from `wdk-sys`;
+//! - `host` (any 64-bit host other than Windows): `raw`'s structures with the routines emulated in user
+//!   mode (`host/`, selected in `raw.rs`), so the driver's own code runs in `cargo test`; IRQL is the
+//!   emulated thread's (`host/irql.rs` in place of `irql.rs`).
 //!
-//! Shared by both: numeric constants, IRQL access through CR8 (what the WDK headers inline on x64), and
+//! Shared by all: numeric constants, IRQL access through CR8 (what the WDK headers inline on x64), and
 //! the routines resolved at run time with `MmGetSystemRoutineAddress` (they must never be imported:
 //! older kernels and Wine lack them, and an unresolved import fails the load).
+//!
 //! Everything above this module (the platform, the driver) uses safe wrappers or documented `unsafe`.
 #![allow(non_camel_case_types, non_snake_case, clippy::upper_case_acronyms)]
 
+#[cfg_attr(not(target_os = "windows"), path = "host/irql.rs")]
 pub mod irql;
+
+#[cfg(not(target_os = "windows"))]
+pub mod host;
 
 #[cfg(not(feature = "wdk"))]
 mod raw;

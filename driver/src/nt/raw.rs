@@ -2,7 +2,7 @@
 //! reference/nt-apis.md §1.6 (pinned in `super`), and `raw-dylib` imports from `ntoskrnl.exe`. Only the
 //! fields the driver touches are named; the rest is opaque padding of the documented size.
 
-use core::ffi::{c_char, c_void};
+use core::ffi::c_void;
 
 use static_assertions::const_assert_eq;
 
@@ -252,7 +252,12 @@ pub unsafe fn device_io_control(irp: *mut IRP) -> super::DeviceIoControl {
     }
 }
 
+// On other hosts the emulated kernel provides the same routines (`nt/host`).
+#[cfg(not(target_os = "windows"))]
+pub use super::host::routines::*;
+
 // The routines are documented by Microsoft (DDI reference); reference/nt-apis.md §1 has the facts used.
+#[cfg(target_os = "windows")]
 #[allow(missing_docs)]
 #[link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")]
 extern "system" {
@@ -394,20 +399,23 @@ extern "system" {
 }
 
 // hal.dll: forwarded to ntoskrnl on Windows 8 and later; Wine 8 implements it only in hal.dll.
+#[cfg(target_os = "windows")]
 #[allow(missing_docs)]
 #[link(name = "hal.dll", kind = "raw-dylib", modifiers = "+verbatim")]
 extern "system" {
     pub fn KeQueryPerformanceCounter(frequency: *mut LARGE_INTEGER) -> LARGE_INTEGER;
 }
 
+#[cfg(target_os = "windows")]
 #[allow(missing_docs)]
 #[link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")]
 extern "C" {
-    pub fn DbgPrintEx(component: u32, level: u32, format: *const c_char, ...) -> u32;
+    pub fn DbgPrintEx(component: u32, level: u32, format: *const core::ffi::c_char, ...) -> u32;
 }
 
 // Code generation references these (slice copies, core::fmt, zeroing); the msvc compiler_builtins has
 // no mem functions, ntoskrnl exports them (so do WDK drivers get them). Never called directly.
+#[cfg(target_os = "windows")]
 #[allow(dead_code)]
 #[link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")]
 extern "C" {

@@ -1,0 +1,506 @@
+//! DPCs and timers: `KDPC` objects queued to their target processor's DPC loop, `KeFlushQueuedDpcs`,
+//! periodic `KTIMER`s expired by a clock thread.
+
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::format;
+use std::string::String;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use std::vec::Vec;
+
+use super::kernel::{enter, with_context, Kernel, Rule, State, STATUS_INVALID_PARAMETER};
+use super::processor::Phase;
+use crate::nt::{
+    BOOLEAN, KDPC, KTIMER, LARGE_INTEGER, NTSTATUS, PKDEFERRED_ROUTINE, PROCESSOR_NUMBER,
+};
+
+/// Signature written into the first word of an initialised KDPC.
+const DPC_SIGNATURE: u64 = u64::from_le_bytes(*b"ntemuDPC");
+/// Signature written into the first word of an initialised KTIMER.
+const TIMER_SIGNATURE: u64 = u64::from_le_bytes(*b"ntemuTMR");
+
+/// A deferred routine.
+pub(super) type DeferredRoutine =
+    unsafe extern "C" fn(*mut KDPC, *mut c_void, *mut c_void, *mut c_void);
+
+/// A DPC in a processor's queue.
+pub(super) struct QueuedDpc {
+    pub(super) dpc: usize,
+    pub(super) routine: DeferredRoutine,
+    pub(super) context: usize,
+    pub(super) argument1: usize,
+    pub(super) argument2: usize,
+    /// Not delivered before this (the machine's DPC latency).
+    pub(super) due: Instant,
+}
+
+/// `LowImportance` (`KDPC_IMPORTANCE`).
+const LOW_IMPORTANCE: i32 = 0;
+/// `MediumImportance`, what `KeInitializeDpc` sets.
+const MEDIUM_IMPORTANCE: i32 = 1;
+/// `MediumHighImportance`: a remote target processor takes the DPC at once.
+const MEDIUM_HIGH_IMPORTANCE: i32 = 3;
+
+/// An initialised KDPC.
+pub(super) struct DpcObject {
+    routine: DeferredRoutine,
+    context: usize,
+    /// Slot set by `KeSetTargetProcessorDpcEx`.
+    target: Option<usize>,
+    /// Slot whose queue holds it.
+    pub(super) queued: Option<usize>,
+    /// `KDPC_IMPORTANCE` (`KeSetImportanceDpc`; `MediumImportance` after `KeInitializeDpc`).
+    importance: i32,
+}
+
+/// An initialised KTIMER.
+pub(super) struct TimerObject {
+    due: Option<Instant>,
+    period: Option<Duration>,
+    dpc: Option<usize>,
+}
+
+/// DPC and timer objects by address.
+#[derive(Default)]
+pub(super) struct DpcState {
+    pub(super) objects: HashMap<usize, DpcObject>,
+    pub(super) timers: HashMap<usize, TimerObject>,
+    /// Round-robin cursor for timer DPCs (expired "on" some processor).
+    next_timer_cpu: usize,
+}
+
+impl DpcState {
+    /// DPCs queued or running and timers armed inside `[start, start + len)`, for frees.
+    pub(super) fn busy_in(
+        &self,
+        cpus: &[super::processor::Cpu],
+        start: usize,
+        len: usize,
+    ) -> Vec<String> {
+        let inside = |address: usize| address >= start && address < start + len;
+        let mut busy = Vec::new();
+        for (address, object) in &self.objects {
+            if inside(*address) && object.queued.is_some() {
+                busy.push(format!("KDPC at +{:#x} is queued", address - start));
+            }
+        }
+        for cpu in cpus {
+            if let Some(address) = cpu.running.filter(|a| inside(*a)) {
+                busy.push(format!(
+                    "KDPC at +{:#x} is running on {}",
+                    address - start,
+                    cpu.name()
+                ));
+            }
+        }
+        for (address, timer) in &self.timers {
+            if inside(*address) && timer.due.is_some() {
+                busy.push(format!("KTIMER at +{:#x} is armed", address - start));
+            }
+        }
+        busy
+    }
+
+    /// Forgets the objects inside a freed range.
+    pub(super) fn forget(&mut self, start: usize, len: usize) {
+        let inside = |address: &usize| *address >= start && *address < start + len;
+        self.objects.retain(|address, _| !inside(address));
+        self.timers.retain(|address, _| !inside(address));
+    }
+
+    /// Armed timers (leak report).
+    pub(super) fn armed_timers(&self) -> usize {
+        self.timers.values().filter(|t| t.due.is_some()).count()
+    }
+}
+
+/// Writes `signature` into the first word of an object.
+///
+/// # Safety
+/// `object` is writable, 8-aligned storage of at least 8 bytes.
+pub(super) unsafe fn sign(object: *mut c_void, signature: u64) {
+    // SAFETY: per the caller; atomic because poisoning of freed pool uses atomic stores too.
+    unsafe { (*object.cast::<AtomicU64>()).store(signature, Ordering::Relaxed) }
+}
+
+/// Checks the signature of an object the driver passed to `routine`.
+///
+/// # Safety
+/// `object` is readable, 8-aligned storage of at least 8 bytes.
+pub(super) unsafe fn check_signature(
+    kernel: &Kernel,
+    routine: &str,
+    object: *mut c_void,
+    signature: u64,
+) -> bool {
+    // SAFETY: per the caller.
+    let found = unsafe { (*object.cast::<AtomicU64>()).load(Ordering::Relaxed) };
+    if found != signature {
+        kernel.fail(format!(
+            "{routine}({object:p}): not an initialised object (its first word reads {found:#018x}: \
+             never initialised, overwritten, or in freed pool)"
+        ));
+    }
+    found == signature
+}
+
+/// Queues `dpc` to `slot` (the caller checked the object). Returns whether it was queued.
+fn queue(
+    kernel: &Kernel,
+    state: &mut State,
+    dpc: usize,
+    slot: usize,
+    arguments: (usize, usize),
+) -> bool {
+    let Some(object) = state.dpc.objects.get_mut(&dpc) else {
+        return false;
+    };
+    if object.queued.is_some() {
+        return false;
+    }
+    object.queued = Some(slot);
+    let targeted = object.target.is_some();
+    let slow = targeted && object.importance < MEDIUM_HIGH_IMPORTANCE;
+    let latency = kernel.config.dpc_latency.as_nanos() as u64;
+    let delay = if latency == 0 {
+        0
+    } else {
+        with_context(|c| c.next_random()) % (latency + 1)
+    };
+    let entry = QueuedDpc {
+        due: Instant::now() + Duration::from_nanos(delay),
+        dpc,
+        routine: object.routine,
+        context: object.context,
+        argument1: arguments.0,
+        argument2: arguments.1,
+    };
+    let cpu = &mut state.cpus[slot];
+    if cpu.phase != Phase::Complete {
+        let text = format!(
+            "DPC {dpc:#x} queued to {} before its AddComplete was delivered (phase {:?})",
+            cpu.name(),
+            cpu.phase
+        );
+        kernel.fail(text);
+    }
+    cpu.queue.push_back(entry);
+    cpu.queued_total += 1;
+    cpu.targeted_total += u64::from(targeted);
+    cpu.targeted_slow_total += u64::from(slow);
+    kernel.cpu_changed[slot].notify_all();
+    true
+}
+
+/// `KeInitializeDpc`.
+///
+/// # Safety
+/// `dpc` is writable KDPC storage that stays in place while the DPC is used.
+pub unsafe fn KeInitializeDpc(dpc: *mut KDPC, routine: PKDEFERRED_ROUTINE, context: *mut c_void) {
+    let (kernel, _) = enter("KeInitializeDpc", Rule::Any);
+    let Some(routine) = routine else {
+        kernel.fail("KeInitializeDpc without a deferred routine".into());
+        return;
+    };
+    let mut state = kernel.lock();
+    let address = dpc as usize;
+    if state
+        .dpc
+        .objects
+        .get(&address)
+        .is_some_and(|o| o.queued.is_some())
+    {
+        drop(state);
+        kernel.fail(format!("KeInitializeDpc({dpc:p}) while the DPC is queued"));
+        return;
+    }
+    state.dpc.objects.insert(
+        address,
+        DpcObject {
+            routine,
+            context: context as usize,
+            target: None,
+            queued: None,
+            importance: MEDIUM_IMPORTANCE,
+        },
+    );
+    // SAFETY: per the caller (KDPC is 0x40 bytes, 8-aligned).
+    unsafe { sign(dpc.cast(), DPC_SIGNATURE) };
+}
+
+/// `KeSetTargetProcessorDpcEx`.
+///
+/// # Safety
+/// `dpc` was initialised; `number` is readable.
+pub unsafe fn KeSetTargetProcessorDpcEx(dpc: *mut KDPC, number: *mut PROCESSOR_NUMBER) -> NTSTATUS {
+    let (kernel, _) = enter("KeSetTargetProcessorDpcEx", Rule::Any);
+    // SAFETY: per the caller.
+    if !unsafe {
+        check_signature(
+            &kernel,
+            "KeSetTargetProcessorDpcEx",
+            dpc.cast(),
+            DPC_SIGNATURE,
+        )
+    } {
+        return STATUS_INVALID_PARAMETER;
+    }
+    // SAFETY: per the caller.
+    let number = unsafe { *number };
+    let mut state = kernel.lock();
+    let Some(slot) = state
+        .cpus
+        .iter()
+        .position(|cpu| cpu.group == number.Group && cpu.number == number.Number)
+    else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    if let Some(object) = state.dpc.objects.get_mut(&(dpc as usize)) {
+        if object.queued.is_none() {
+            object.target = Some(slot);
+        }
+    }
+    0
+}
+
+/// `KeSetImportanceDpc`: sets how urgently the DPC's target processor takes it. Checked: the DPC was
+/// initialised, is not queued, and the value is a `KDPC_IMPORTANCE` (0..=3).
+///
+/// # Safety
+/// `dpc` was initialised.
+pub unsafe fn KeSetImportanceDpc(dpc: *mut KDPC, importance: i32) {
+    let (kernel, _) = enter("KeSetImportanceDpc", Rule::Any);
+    // SAFETY: per the caller.
+    if !unsafe { check_signature(&kernel, "KeSetImportanceDpc", dpc.cast(), DPC_SIGNATURE) } {
+        return;
+    }
+    if !(LOW_IMPORTANCE..=MEDIUM_HIGH_IMPORTANCE).contains(&importance) {
+        kernel.fail(format!(
+            "KeSetImportanceDpc({dpc:p}, {importance}): not a KDPC_IMPORTANCE value"
+        ));
+        return;
+    }
+    let mut state = kernel.lock();
+    match state.dpc.objects.get_mut(&(dpc as usize)) {
+        Some(object) if object.queued.is_some() => {
+            drop(state);
+            kernel.fail(format!("KeSetImportanceDpc({dpc:p}) on a queued DPC"));
+        }
+        Some(object) => object.importance = importance,
+        None => {
+            drop(state);
+            kernel.fail(format!("KeSetImportanceDpc({dpc:p}): DPC not initialised"));
+        }
+    }
+}
+
+/// `KeInsertQueueDpc`: queues to the target processor, or the current one without a target.
+///
+/// # Safety
+/// `dpc` was initialised and stays valid while queued.
+pub unsafe fn KeInsertQueueDpc(
+    dpc: *mut KDPC,
+    argument1: *mut c_void,
+    argument2: *mut c_void,
+) -> BOOLEAN {
+    let (kernel, _) = enter("KeInsertQueueDpc", Rule::Any);
+    // SAFETY: per the caller.
+    if !unsafe { check_signature(&kernel, "KeInsertQueueDpc", dpc.cast(), DPC_SIGNATURE) } {
+        return 0;
+    }
+    let here = with_context(|c| c.cpu);
+    let mut state = kernel.lock();
+    let Some(object) = state.dpc.objects.get(&(dpc as usize)) else {
+        drop(state);
+        kernel.fail(format!("KeInsertQueueDpc({dpc:p}): DPC not initialised"));
+        return 0;
+    };
+    let slot = object.target.unwrap_or(here);
+    let queued = queue(
+        &kernel,
+        &mut state,
+        dpc as usize,
+        slot,
+        (argument1 as usize, argument2 as usize),
+    );
+    BOOLEAN::from(queued)
+}
+
+/// `KeFlushQueuedDpcs`: returns once every DPC queued before the call has run.
+///
+/// # Safety
+/// None (kept `unsafe` like the import).
+pub unsafe fn KeFlushQueuedDpcs() {
+    let (kernel, _) = enter("KeFlushQueuedDpcs", Rule::Passive);
+    let state = kernel.lock();
+    let targets: Vec<u64> = state.cpus.iter().map(|cpu| cpu.queued_total).collect();
+    let _state = kernel.wait_until(
+        state,
+        &kernel.changed,
+        |s| {
+            let pending: Vec<String> = s
+                .cpus
+                .iter()
+                .zip(&targets)
+                .filter(|(cpu, target)| cpu.completed_total < **target)
+                .map(|(cpu, target)| {
+                    format!(
+                        "{} ({:?}): {} DPC(s)",
+                        cpu.name(),
+                        cpu.phase,
+                        target - cpu.completed_total
+                    )
+                })
+                .collect();
+            format!(
+                "KeFlushQueuedDpcs: DPCs still queued or running on {}",
+                pending.join(", ")
+            )
+        },
+        |s| {
+            s.cpus
+                .iter()
+                .zip(&targets)
+                .all(|(cpu, target)| cpu.completed_total >= *target)
+        },
+    );
+}
+
+/// `KeInitializeTimerEx`.
+///
+/// # Safety
+/// `timer` is writable KTIMER storage that stays in place while the timer is used.
+pub unsafe fn KeInitializeTimerEx(timer: *mut KTIMER, kind: i32) {
+    let (kernel, _) = enter("KeInitializeTimerEx", Rule::AtMostDispatch);
+    if kind != crate::nt::NOTIFICATION_TIMER && kind != 1 {
+        kernel.fail(format!("KeInitializeTimerEx: unknown TIMER_TYPE {kind}"));
+    }
+    let mut state = kernel.lock();
+    if state
+        .dpc
+        .timers
+        .get(&(timer as usize))
+        .is_some_and(|t| t.due.is_some())
+    {
+        drop(state);
+        kernel.fail(format!(
+            "KeInitializeTimerEx({timer:p}) while the timer is armed"
+        ));
+        return;
+    }
+    state.dpc.timers.insert(
+        timer as usize,
+        TimerObject {
+            due: None,
+            period: None,
+            dpc: None,
+        },
+    );
+    // SAFETY: per the caller (KTIMER is 0x40 bytes, 8-aligned).
+    unsafe { sign(timer.cast(), TIMER_SIGNATURE) };
+}
+
+/// `KeSetTimerEx`: relative due times (negative, 100 ns units) and periods in milliseconds.
+///
+/// # Safety
+/// `timer` (and `dpc`, if not null) were initialised and stay valid while the timer is armed.
+pub unsafe fn KeSetTimerEx(
+    timer: *mut KTIMER,
+    due: LARGE_INTEGER,
+    period_ms: i32,
+    dpc: *mut KDPC,
+) -> BOOLEAN {
+    let (kernel, _) = enter("KeSetTimerEx", Rule::AtMostDispatch);
+    // SAFETY: per the caller.
+    if !unsafe { check_signature(&kernel, "KeSetTimerEx", timer.cast(), TIMER_SIGNATURE) } {
+        return 0;
+    }
+    // SAFETY: per the caller.
+    if !dpc.is_null() {
+        // SAFETY: per the caller (a non-null DPC was initialised).
+        let valid = unsafe { check_signature(&kernel, "KeSetTimerEx", dpc.cast(), DPC_SIGNATURE) };
+        if !valid {
+            return 0;
+        }
+    }
+    // SAFETY: a plain i64 view of the union.
+    let due = unsafe { due.QuadPart };
+    if due > 0 || period_ms < 0 {
+        kernel.fail(format!(
+            "KeSetTimerEx: absolute due time {due} or negative period {period_ms} (unsupported)"
+        ));
+        return 0;
+    }
+    let mut state = kernel.lock();
+    let Some(object) = state.dpc.timers.get_mut(&(timer as usize)) else {
+        return 0;
+    };
+    let was_armed = object.due.is_some();
+    object.due = Some(Instant::now() + Duration::from_nanos(due.unsigned_abs() * 100));
+    object.period = (period_ms > 0).then(|| Duration::from_millis(period_ms as u64));
+    object.dpc = (!dpc.is_null()).then_some(dpc as usize);
+    drop(state);
+    kernel.changed.notify_all();
+    BOOLEAN::from(was_armed)
+}
+
+/// `KeCancelTimer`: disarms; a DPC already queued still runs.
+///
+/// # Safety
+/// `timer` was initialised.
+pub unsafe fn KeCancelTimer(timer: *mut KTIMER) -> BOOLEAN {
+    let (kernel, _) = enter("KeCancelTimer", Rule::AtMostDispatch);
+    // SAFETY: per the caller.
+    if !unsafe { check_signature(&kernel, "KeCancelTimer", timer.cast(), TIMER_SIGNATURE) } {
+        return 0;
+    }
+    let mut state = kernel.lock();
+    let Some(object) = state.dpc.timers.get_mut(&(timer as usize)) else {
+        return 0;
+    };
+    BOOLEAN::from(object.due.take().is_some())
+}
+
+/// The clock: expires due timers, queueing their DPCs round-robin on the processors whose add
+/// completed (a timer DPC runs on the processor where the timer expired). Ends at shutdown.
+pub(super) fn clock_loop(kernel: Arc<Kernel>) {
+    let mut state = kernel.lock();
+    while !state.shutdown {
+        let now = Instant::now();
+        let due: Vec<usize> = state
+            .dpc
+            .timers
+            .iter()
+            .filter(|(_, t)| t.due.is_some_and(|d| d <= now))
+            .map(|(a, _)| *a)
+            .collect();
+        for address in due {
+            let timer = state.dpc.timers.get_mut(&address).expect("listed above");
+            let dpc = timer.dpc;
+            timer.due = timer.period.map(|p| (timer.due.expect("due") + p).max(now));
+            let Some(dpc) = dpc else { continue };
+            let complete: Vec<usize> = (0..state.cpus.len())
+                .filter(|&s| state.cpus[s].phase == Phase::Complete)
+                .collect();
+            state.dpc.next_timer_cpu = state.dpc.next_timer_cpu.wrapping_add(1);
+            let slot = complete[state.dpc.next_timer_cpu % complete.len()];
+            queue(&kernel, &mut state, dpc, slot, (0, 0));
+        }
+        let next = state
+            .dpc
+            .timers
+            .values()
+            .filter_map(|t| t.due)
+            .min()
+            .map_or(Duration::from_millis(20), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+        state = kernel
+            .changed
+            .wait_timeout(state, next.min(Duration::from_millis(20)))
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0;
+    }
+}

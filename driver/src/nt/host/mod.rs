@@ -1,0 +1,82 @@
+//! The host backend of the binding facade: the kernel routines the driver imports, emulated in user
+//! mode on Linux so that the driver's own code (`driver.rs`, `platform.rs`, `ioctl.rs`) runs in
+//! `cargo test`.
+//!
+//! The emulated machine ([`Machine`]) has processors in groups with sparse numbers and a maximum above
+//! the active count. Every active processor is an OS thread that runs the DPCs queued to it at
+//! DISPATCH_LEVEL; a thread at DISPATCH owns its processor, so DPCs and other DISPATCH code on the same
+//! processor are excluded from it, as on NT. IRQL is per thread; threads below DISPATCH migrate between
+//! the processors of their affinity. Timers, events, system threads, work items, pool, handles, the
+//! registry, devices and IRPs, and the processor-change callback with `KE_PROCESSOR_CHANGE_ADD_EXISTING`
+//! replay and live hot-add (AddStart, then AddComplete or AddFailure) are emulated with the documented
+//! semantics of reference/nt-apis.md.
+//!
+//! Checks, recorded as failures of the machine (reported by [`Machine::finish`] and by every call that
+//! runs driver code): each routine's documented IRQL (as Driver Verifier does), objects used before
+//! initialisation or inside freed memory, pool leaks and tags, writes to freed (poisoned, quarantined)
+//! pool, DPCs queued to processors whose AddComplete has not been delivered, kernel objects still
+//! queued, armed or waited on when the memory holding them is freed, handles and registrations left
+//! open, and driver code running after the image was unloaded. Every wait has a deadline: a wait that
+//! exceeds it fails the machine with a description of what was waited for.
+//!
+//! One machine runs at a time per process (the driver has statics, as a kernel image does).
+#![allow(non_snake_case)]
+
+mod callbacks;
+mod config;
+mod debug;
+mod dpc;
+mod io;
+mod kernel;
+mod loaded;
+mod machine;
+mod pool;
+pub(in crate::nt) mod processor;
+mod registry;
+mod security;
+mod sync;
+mod thread;
+mod work;
+
+#[cfg(test)]
+mod tests;
+
+pub use config::{GroupConfig, MachineConfig, RegistryData, SERVICE_KEY};
+pub use io::IoctlResult;
+pub use loaded::Driver;
+pub use machine::{DriverEntry, Machine, ProcessorReport};
+pub use pool::PoolReport;
+pub use security::DeviceSecurity;
+
+/// The emulated routines, re-exported by `nt` in place of the `raw-dylib` imports.
+pub(crate) mod routines {
+    pub use super::debug::{DbgPrintEx, KeBugCheckEx, MmGetSystemRoutineAddress};
+    pub use super::dpc::{
+        KeCancelTimer, KeFlushQueuedDpcs, KeInitializeDpc, KeInitializeTimerEx, KeInsertQueueDpc,
+        KeSetImportanceDpc, KeSetTargetProcessorDpcEx, KeSetTimerEx,
+    };
+    pub use super::io::{
+        IoCreateDevice, IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink,
+        IofCompleteRequest,
+    };
+    pub use super::kernel::ZwClose;
+    pub use super::pool::{ExAllocatePoolWithTag, ExFreePoolWithTag};
+    pub use super::processor::{
+        KeGetCurrentProcessorNumberEx, KeQueryActiveProcessorCountEx, KeQueryActiveProcessors,
+        KeQueryMaximumProcessorCountEx, KeQueryPerformanceCounter,
+    };
+    pub use super::registry::{ZwOpenKey, ZwQueryValueKey};
+    pub use super::security::{
+        ObOpenObjectByPointer, RtlAddAccessAllowedAce, RtlCreateAcl, RtlCreateSecurityDescriptor,
+        RtlSetDaclSecurityDescriptor, ZwSetSecurityObject,
+    };
+    pub use super::sync::{
+        KeClearEvent, KeDelayExecutionThread, KeEnterCriticalRegion, KeInitializeEvent,
+        KeLeaveCriticalRegion, KeSetEvent, KeWaitForSingleObject,
+    };
+    pub use super::thread::{
+        KeRevertToUserAffinityThreadEx, KeSetSystemAffinityThreadEx, PsCreateSystemThread,
+        PsTerminateSystemThread, ZwWaitForSingleObject,
+    };
+    pub use super::work::{IoAllocateWorkItem, IoFreeWorkItem, IoQueueWorkItem};
+}
