@@ -171,13 +171,22 @@ impl Group {
 
 fn interval_json(i: &Interval) -> Value {
     match (i.low, i.high) {
-        (Some(lo), Some(hi)) => json!([round3(lo), round3(hi)]),
+        (Some(lo), Some(hi)) => json!([number(lo), number(hi)]),
         _ => Value::Null,
     }
 }
 
 fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
+}
+
+/// A JSON number: an integer when the value is whole (counts stay counts), else rounded to 0.001.
+fn number(v: f64) -> Value {
+    if v.fract() == 0.0 && v.abs() < 9e15 {
+        json!(v as i64)
+    } else {
+        json!(round3(v))
+    }
 }
 
 /// Sets `value` at `path` in `target`, creating objects on the way.
@@ -227,7 +236,7 @@ fn summarize(group: &Group, boot: &Bootstrap) -> Value {
         set(
             &mut out,
             f.path,
-            value.map_or(Value::Null, |i| json!(round3(i.value))),
+            value.map_or(Value::Null, |i| number(i.value)),
         );
         if let Some(i) = value {
             let samples = match f.stat {
@@ -237,7 +246,7 @@ fn summarize(group: &Group, boot: &Bootstrap) -> Value {
             estimates.insert(
                 f.key.into(),
                 json!({
-                    "value": round3(i.value),
+                    "value": number(i.value),
                     "ci95": interval_json(&i),
                     "rounds": obs.len(),
                     "samples": samples,
@@ -246,8 +255,13 @@ fn summarize(group: &Group, boot: &Bootstrap) -> Value {
             );
         }
     }
-    for object in ["first_enter_ns", "enter_exit_ns"] {
-        if out.get(object).is_some_and(Value::is_object) {
+    if up.is_empty() {
+        // Nothing was measured: every figure is null, as in a single result that did not load.
+        for key in super::FIGURES {
+            out[*key] = Value::Null;
+        }
+    } else {
+        for object in ["first_enter_ns", "enter_exit_ns"] {
             out[object]["count"] = json!(group.samples(object));
         }
     }
@@ -274,9 +288,9 @@ fn comparison_json(figure: &Figure, a: &str, b: &str, c: &Comparison, rounds: (u
         "a": a,
         "b": b,
         "rounds": [rounds.0, rounds.1],
-        "difference": round3(c.difference.value),
+        "difference": number(c.difference.value),
         "difference_ci95": interval_json(&c.difference),
-        "ratio": c.ratio.map(|r| round3(r.value)),
+        "ratio": c.ratio.map(|r| number(r.value)),
         "ratio_ci95": c.ratio.as_ref().map_or(Value::Null, interval_json),
         "significant": c.significant(),
     })

@@ -219,31 +219,37 @@ pub fn check_topology(rounds: &[Value]) -> Result<(), String> {
         if t == t0 {
             continue;
         }
-        let file = |v: &Value| v["file"].as_str().unwrap_or("?").to_string();
-        let keys: Vec<String> = t0
-            .as_object()
-            .into_iter()
-            .flatten()
-            .chain(t.as_object().into_iter().flatten())
-            .map(|(k, _)| k.clone())
-            .collect();
-        let key = keys
-            .iter()
-            .find(|k| t0.get(k.as_str()) != t.get(k.as_str()))
-            .cloned()
-            .unwrap_or_default();
-        let shown = |v: &Value| match v.get(key.as_str()) {
-            None => "nothing (another kind of source)".to_string(),
-            Some(x) => format!("{key} {x}"),
+        let file = |v: &Value| {
+            format!(
+                "{} ({})",
+                v["file"].as_str().unwrap_or("?"),
+                v["strategy"].as_str().unwrap_or("?")
+            )
+        };
+        let keys = |v: &Value| -> Vec<String> {
+            v.as_object().into_iter().flatten().map(|(k, _)| k.clone()).collect()
+        };
+        let kind = |v: &Value| match v.get("scenario") {
+            Some(name) => format!("a simulated scenario {name}"),
+            None => format!(
+                "a guest ({} {})",
+                v["hypervisor"].as_str().unwrap_or("unknown hypervisor"),
+                v["os_build"].as_str().unwrap_or("")
+            ),
+        };
+        let (what0, what) = if keys(t0) != keys(t) {
+            (kind(t0), kind(t))
+        } else {
+            let key = keys(t0)
+                .into_iter()
+                .find(|k| t0.get(k.as_str()) != t.get(k.as_str()))
+                .unwrap_or_default();
+            (format!("{key} {}", t0[key.as_str()]), format!("{key} {}", t[key.as_str()]))
         };
         return Err(format!(
-            "rounds from different guests/topologies: {} ({}) has {}, {} ({}) has {}; pass --allow-mixed to compare them anyway",
+            "rounds from different guests/topologies: {} has {what0}, {} has {what}; pass --allow-mixed to compare them anyway",
             file(first),
-            first["strategy"].as_str().unwrap_or("?"),
-            shown(t0),
-            file(r),
-            r["strategy"].as_str().unwrap_or("?"),
-            shown(t)
+            file(r)
         ));
     }
     Ok(())

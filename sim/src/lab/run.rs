@@ -293,6 +293,8 @@ pub fn round_seed(seed: u64, round: u32) -> u64 {
 /// What the lifetimes of a round add up to.
 #[derive(Default)]
 struct Round {
+    /// Simulated time at which the round began.
+    origin_us: u64,
     lifetimes: u32,
     first: Vec<u64>,
     enter_exit: Option<Histogram<u64>>,
@@ -337,9 +339,9 @@ fn run_lifetime(
     mode: RunMode,
     duration_us: u64,
     round: &mut Round,
-    origin_us: u64,
     progress: &(dyn Fn(f64) + Sync),
 ) -> Result<(), String> {
+    let origin_us = round.origin_us;
     let running = machine.running_indexes();
     let boot = running[0];
     let config = Config {
@@ -588,10 +590,13 @@ pub fn run_round(
     }
     let reloads = scenario.workload.reloads.max(1);
     let lifetime_us = scenario.workload.duration_ms * 1_000 / u64::from(reloads);
-    let mut round = Round::default();
+    let mut round = Round {
+        origin_us: origin,
+        ..Round::default()
+    };
     for k in 0..reloads {
         let p = |f: f64| progress((f64::from(k) + f) / f64::from(reloads));
-        let run = run_lifetime(&machine, scenario, strategy, mode, lifetime_us, &mut round, origin, &p);
+        let run = run_lifetime(&machine, scenario, strategy, mode, lifetime_us, &mut round, &p);
         if let Err(error) = run {
             if k == 0 {
                 let mut v = not_loaded(strategy, round_no, seed, error);

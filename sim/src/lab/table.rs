@@ -34,9 +34,7 @@ fn short_error(text: &str) -> String {
 
 /// A number as the table prints it: whole numbers without decimals, others with up to one.
 pub fn fmt_num(v: f64) -> String {
-    if (v - v.round()).abs() < 1e-9 {
-        format!("{v:.0}")
-    } else if v.abs() >= 100.0 {
+    if (v - v.round()).abs() < 1e-9 || v.abs() >= 100.0 {
         format!("{v:.0}")
     } else {
         format!("{v:.1}")
