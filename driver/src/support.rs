@@ -350,9 +350,8 @@ impl AtomicHistogram {
     pub fn record(&self, ns: u64) {
         match LatencyHistogram::bucket_of(ns) {
             Some(b) => {
-                let _ = self.buckets[b].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    n.checked_add(1)
-                });
+                let _ = self.buckets[b]
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
             }
             None => {
                 self.above.fetch_add(1, Ordering::Relaxed);

@@ -245,7 +245,10 @@ impl LatencyHistogram {
         }
         let k = 7 + (b - LATENCY_EXACT_BELOW) / SUB;
         let sub = (b - LATENCY_EXACT_BELOW) % SUB;
-        ((SUB + sub) << (k - u64::from(LATENCY_SUB_BITS)), 1 << (k - 6))
+        (
+            (SUB + sub) << (k - u64::from(LATENCY_SUB_BITS)),
+            1 << (k - 6),
+        )
     }
 
     /// The value `bucket` is read as: its midpoint.
@@ -358,7 +361,10 @@ mod histogram_tests {
         assert_eq!(LatencyHistogram::bucket_of(128), Some(128));
         assert_eq!(LatencyHistogram::bucket_of(129), Some(128));
         assert_eq!(LatencyHistogram::bucket_of(130), Some(129));
-        assert_eq!(LatencyHistogram::bucket_of((1 << 36) - 1), Some(LATENCY_BUCKETS - 1));
+        assert_eq!(
+            LatencyHistogram::bucket_of((1 << 36) - 1),
+            Some(LATENCY_BUCKETS - 1)
+        );
         assert_eq!(LatencyHistogram::bucket_of(1 << 36), None);
         assert_eq!(LatencyHistogram::bucket_of(u64::MAX), None);
         // Buckets tile the range without gaps or overlaps.
@@ -366,7 +372,11 @@ mod histogram_tests {
             let (low, width) = LatencyHistogram::bucket_range(b);
             assert_eq!(LatencyHistogram::bucket_of(low), Some(b));
             assert_eq!(LatencyHistogram::bucket_of(low + width - 1), Some(b));
-            assert_eq!(LatencyHistogram::bucket_range(b + 1).0, low + width, "bucket {b}");
+            assert_eq!(
+                LatencyHistogram::bucket_range(b + 1).0,
+                low + width,
+                "bucket {b}"
+            );
         }
     }
 

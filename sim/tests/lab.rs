@@ -254,7 +254,10 @@ fn qemu_hotadd_ab_json_svg_and_report() {
                 fe["samples"].as_array().unwrap().len() as u64,
                 fe["count"].as_u64().unwrap()
             );
-            assert!(!round["enter_exit_ns"]["hist"].as_array().unwrap().is_empty());
+            assert!(!round["enter_exit_ns"]["hist"]
+                .as_array()
+                .unwrap()
+                .is_empty());
             assert_eq!(round["lifetimes"], 4);
         }
     }
@@ -304,7 +307,10 @@ fn qemu_hotadd_ab_json_svg_and_report() {
     let out = sim(&["report", &json.display().to_string()]);
     let table = text(&out.stdout);
     assert!(out.status.success(), "{table}{}", text(&out.stderr));
-    assert!(table.contains("9 round(s) from 1 file(s) in 3 column(s)"), "{table}");
+    assert!(
+        table.contains("9 round(s) from 1 file(s) in 3 column(s)"),
+        "{table}"
+    );
     assert_eq!(row(&table, "first enter p50 (ns)"), fe_row);
 
     // A guest file of schema 1 (no rounds, no histograms) merges only when asked.
@@ -345,7 +351,10 @@ fn qemu_hotadd_ab_json_svg_and_report() {
     ]);
     let table = text(&out.stdout);
     assert!(out.status.success(), "{table}{}", text(&out.stderr));
-    assert!(table.contains("10 round(s) from 2 file(s) in 4 column(s)"), "{table}");
+    assert!(
+        table.contains("10 round(s) from 2 file(s) in 4 column(s)"),
+        "{table}"
+    );
     assert!(table.contains("sim qemu-hotadd") && table.contains("guest Hyper-V 10.0.20348"));
     assert!(table.contains("too few rounds"), "{table}");
     well_formed_xml(&std::fs::read_to_string(&report_svg).unwrap()).unwrap();
@@ -405,12 +414,18 @@ fn report_treats_guest_files_as_rounds_with_intervals() {
     let out = sim(&args);
     let table = text(&out.stdout);
     assert!(out.status.success(), "{table}{}", text(&out.stderr));
-    assert!(table.contains("8 round(s) from 8 file(s) in 2 column(s)"), "{table}");
+    assert!(
+        table.contains("8 round(s) from 8 file(s) in 2 column(s)"),
+        "{table}"
+    );
     let rounds = row(&table, "rounds (loaded / run)");
     assert_eq!(rounds.matches("4 / 4").count(), 2, "{rounds}");
     let fe = row(&table, "first enter p50 (ns)");
     assert_eq!(fe.matches(" [").count(), 2, "{fe}");
-    assert!(row(&table, "first enter samples (count)").contains("32"), "{table}");
+    assert!(
+        row(&table, "first enter samples (count)").contains("32"),
+        "{table}"
+    );
     assert!(table.contains("First enter p50: lazy"), "{table}");
     assert!(table.contains("95 % CI"), "{table}");
     // The same files give the same report (seeded bootstrap).
@@ -425,7 +440,10 @@ fn report_treats_guest_files_as_rounds_with_intervals() {
     let out = sim(&mixed);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("max_processors 64") && err.contains("max_processors 16"), "{err}");
+    assert!(
+        err.contains("max_processors 64") && err.contains("max_processors 16"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     mixed.insert(1, "--allow-mixed");
     assert!(sim(&mixed).status.success());

@@ -103,7 +103,11 @@ impl<P: Platform> Domain<P> {
     /// What holds reclamation back (see [`Holdback`]). Any IRQL up to DISPATCH.
     pub fn holdback(&self) -> Holdback {
         let mut oldest: Option<(Holder, u64)> = None;
+        // Pending as `stats()` counts it, without building a 24 KB `Stats` on a DISPATCH-level stack.
+        let (mut retired, mut freed) = (0u64, 0u64);
         let mut consider = |holder: Holder, part: &Participant| {
+            retired += part.counters.retires.load(Ordering::Relaxed);
+            freed += part.counters.freed.load(Ordering::Relaxed);
             if let Some(epoch) = part.readers.oldest_active_epoch() {
                 if !matches!(oldest, Some((_, e)) if e <= epoch) {
                     oldest = Some((holder, epoch));
@@ -125,7 +129,7 @@ impl<P: Platform> Domain<P> {
             global_epoch: self.global_epoch.load(Ordering::Relaxed),
             released_epoch: self.released_epoch.load(Ordering::Relaxed),
             oldest_reader: oldest,
-            pending: self.stats().pending,
+            pending: retired.saturating_sub(freed),
         }
     }
 }

@@ -42,8 +42,20 @@ use Statistic::{Median, Quantile, Sum};
 
 /// Every numeric figure, in table order.
 pub const FIGURES: &[Figure] = &[
-    fig("cpus_prepared", "CPUs prepared", &["cpus_prepared"], Median, true),
-    fig("per_cpu_bytes", "per-CPU memory (bytes)", &["per_cpu_bytes"], Median, true),
+    fig(
+        "cpus_prepared",
+        "CPUs prepared",
+        &["cpus_prepared"],
+        Median,
+        true,
+    ),
+    fig(
+        "per_cpu_bytes",
+        "per-CPU memory (bytes)",
+        &["per_cpu_bytes"],
+        Median,
+        true,
+    ),
     fig(
         "prepare_at_dispatch",
         "prepared at DISPATCH, hot path (count)",
@@ -51,18 +63,84 @@ pub const FIGURES: &[Figure] = &[
         Median,
         true,
     ),
-    fig("prepare_failures", "preparation failures (count)", &["prepare_failures"], Median, false),
-    fig("fallback_uses", "overflow fallback uses (count)", &["fallback_uses"], Median, false),
-    fig("first_enter_ns.p50", "first enter p50 (ns)", &["first_enter_ns", "p50"], Quantile(0.5), true),
-    fig("first_enter_ns.p99", "first enter p99 (ns)", &["first_enter_ns", "p99"], Quantile(0.99), true),
-    fig("first_enter_ns.max", "first enter max (ns)", &["first_enter_ns", "max"], Quantile(1.0), false),
-    fig("enter_exit_ns.p50", "enter+exit p50 (ns)", &["enter_exit_ns", "p50"], Quantile(0.5), true),
-    fig("enter_exit_ns.p99", "enter+exit p99 (ns)", &["enter_exit_ns", "p99"], Quantile(0.99), false),
-    fig("enter_exit_ns.max", "enter+exit max (ns)", &["enter_exit_ns", "max"], Quantile(1.0), false),
+    fig(
+        "prepare_failures",
+        "preparation failures (count)",
+        &["prepare_failures"],
+        Median,
+        false,
+    ),
+    fig(
+        "fallback_uses",
+        "overflow fallback uses (count)",
+        &["fallback_uses"],
+        Median,
+        false,
+    ),
+    fig(
+        "first_enter_ns.p50",
+        "first enter p50 (ns)",
+        &["first_enter_ns", "p50"],
+        Quantile(0.5),
+        true,
+    ),
+    fig(
+        "first_enter_ns.p99",
+        "first enter p99 (ns)",
+        &["first_enter_ns", "p99"],
+        Quantile(0.99),
+        true,
+    ),
+    fig(
+        "first_enter_ns.max",
+        "first enter max (ns)",
+        &["first_enter_ns", "max"],
+        Quantile(1.0),
+        false,
+    ),
+    fig(
+        "enter_exit_ns.p50",
+        "enter+exit p50 (ns)",
+        &["enter_exit_ns", "p50"],
+        Quantile(0.5),
+        true,
+    ),
+    fig(
+        "enter_exit_ns.p99",
+        "enter+exit p99 (ns)",
+        &["enter_exit_ns", "p99"],
+        Quantile(0.99),
+        false,
+    ),
+    fig(
+        "enter_exit_ns.max",
+        "enter+exit max (ns)",
+        &["enter_exit_ns", "max"],
+        Quantile(1.0),
+        false,
+    ),
     fig("cycles", "cycles (count)", &["cycles"], Median, false),
-    fig("cycle_latency_us.p50", "cycle latency p50 (us)", &["cycle_latency_us", "p50"], Quantile(0.5), true),
-    fig("cycle_latency_us.p99", "cycle latency p99 (us)", &["cycle_latency_us", "p99"], Quantile(0.99), false),
-    fig("messages", "messages, DPCs delivered (count)", &["messages"], Median, false),
+    fig(
+        "cycle_latency_us.p50",
+        "cycle latency p50 (us)",
+        &["cycle_latency_us", "p50"],
+        Quantile(0.5),
+        true,
+    ),
+    fig(
+        "cycle_latency_us.p99",
+        "cycle latency p99 (us)",
+        &["cycle_latency_us", "p99"],
+        Quantile(0.99),
+        false,
+    ),
+    fig(
+        "messages",
+        "messages, DPCs delivered (count)",
+        &["messages"],
+        Median,
+        false,
+    ),
     fig(
         "messages_to_idle_cpus",
         "messages to idle CPUs (count)",
@@ -72,14 +150,62 @@ pub const FIGURES: &[Figure] = &[
     ),
     fig("retired", "retired (objects)", &["retired"], Median, false),
     fig("freed", "freed (objects)", &["freed"], Median, false),
-    fig("pending_at_end", "pending at end (objects)", &["pending_at_end"], Median, false),
-    fig("leaked", "leaked after unload (blocks, all rounds)", &["leaked"], Sum, false),
-    fig("use_after_free", "use-after-free (reads, all rounds)", &["use_after_free"], Sum, false),
-    fig("stalls_reported", "stalls reported (count)", &["stalls_reported"], Median, false),
-    fig("hot_add.start", "hot-add AddStart (count)", &["hot_add", "start"], Median, false),
-    fig("hot_add.complete", "hot-add AddComplete (count)", &["hot_add", "complete"], Median, false),
-    fig("hot_add.failure", "hot-add AddFailure (count)", &["hot_add", "failure"], Median, false),
-    fig("hot_add.vetoed", "hot-add vetoed (count)", &["hot_add", "vetoed"], Median, false),
+    fig(
+        "pending_at_end",
+        "pending at end (objects)",
+        &["pending_at_end"],
+        Median,
+        false,
+    ),
+    fig(
+        "leaked",
+        "leaked after unload (blocks, all rounds)",
+        &["leaked"],
+        Sum,
+        false,
+    ),
+    fig(
+        "use_after_free",
+        "use-after-free (reads, all rounds)",
+        &["use_after_free"],
+        Sum,
+        false,
+    ),
+    fig(
+        "stalls_reported",
+        "stalls reported (count)",
+        &["stalls_reported"],
+        Median,
+        false,
+    ),
+    fig(
+        "hot_add.start",
+        "hot-add AddStart (count)",
+        &["hot_add", "start"],
+        Median,
+        false,
+    ),
+    fig(
+        "hot_add.complete",
+        "hot-add AddComplete (count)",
+        &["hot_add", "complete"],
+        Median,
+        false,
+    ),
+    fig(
+        "hot_add.failure",
+        "hot-add AddFailure (count)",
+        &["hot_add", "failure"],
+        Median,
+        false,
+    ),
+    fig(
+        "hot_add.vetoed",
+        "hot-add vetoed (count)",
+        &["hot_add", "vetoed"],
+        Median,
+        false,
+    ),
 ];
 
 /// The distribution a round carries for a latency object (`first_enter_ns`, ...): exact `samples`, a
@@ -219,7 +345,7 @@ fn summarize(group: &Group, boot: &Bootstrap) -> Value {
         "rounds": group.rounds.len(),
         "rounds_loaded": up.len(),
     });
-    for key in ["guest", "callback_state", "mode"] {
+    for key in ["guest", "callback_state", "mode", "max_reported", "active"] {
         if let Some(v) = first.and_then(|r| r.get(key)) {
             out[key] = v.clone();
         }
@@ -282,7 +408,13 @@ fn summarize(group: &Group, boot: &Bootstrap) -> Value {
 }
 
 /// A comparison of one figure between two columns, as JSON.
-fn comparison_json(figure: &Figure, a: &str, b: &str, c: &Comparison, rounds: (usize, usize)) -> Value {
+fn comparison_json(
+    figure: &Figure,
+    a: &str,
+    b: &str,
+    c: &Comparison,
+    rounds: (usize, usize),
+) -> Value {
     json!({
         "figure": figure.key,
         "a": a,
@@ -306,10 +438,7 @@ pub fn analyze(groups: &[Group], seed: u64) -> (Vec<Value>, Vec<Value>) {
         for i in 0..groups.len() {
             for j in i + 1..groups.len() {
                 let (oi, oj) = (groups[i].observations(f), groups[j].observations(f));
-                let (vi, vj) = (
-                    num(&results[i], f.path),
-                    num(&results[j], f.path),
-                );
+                let (vi, vj) = (num(&results[i], f.path), num(&results[j], f.path));
                 let (Some(vi), Some(vj)) = (vi, vj) else {
                     continue;
                 };
@@ -318,7 +447,12 @@ pub fn analyze(groups: &[Group], seed: u64) -> (Vec<Value>, Vec<Value>) {
                 } else {
                     (j, i, &oj, &oi)
                 };
-                let salt = format!("{} {} {}", f.key, groups[a].name(groups), groups[b].name(groups));
+                let salt = format!(
+                    "{} {} {}",
+                    f.key,
+                    groups[a].name(groups),
+                    groups[b].name(groups)
+                );
                 if let Some(c) = boot.compare(f.stat, oa, ob, &salt) {
                     comparisons.push(comparison_json(
                         f,

@@ -123,7 +123,9 @@ impl Statistic {
                 median(&values)
             }
             Statistic::Quantile(q) => {
-                let pooled = picks.iter().all(|&i| matches!(obs[i], Observation::Dist(_)));
+                let pooled = picks
+                    .iter()
+                    .all(|&i| matches!(obs[i], Observation::Dist(_)));
                 if pooled {
                     let mut points = Vec::new();
                     for &i in picks {
@@ -361,7 +363,10 @@ mod tests {
         assert!(!c.significant(), "{c:?}");
         assert!(c.ratio.unwrap().low.unwrap() < 1.0 && c.ratio.unwrap().high.unwrap() > 1.0);
         // Seeded: the same seed gives the same interval, another seed a (slightly) different one.
-        assert_eq!(b.compare(q, &slow, &fast, "x"), b.compare(q, &slow, &fast, "x"));
+        assert_eq!(
+            b.compare(q, &slow, &fast, "x"),
+            b.compare(q, &slow, &fast, "x")
+        );
         assert_ne!(
             b.compare(q, &slow, &fast, "x"),
             Bootstrap::new(2).compare(q, &slow, &fast, "x")

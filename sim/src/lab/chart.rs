@@ -28,7 +28,8 @@ pub fn render(document: &Value, title: &str) -> Result<String, String> {
     let rounds = document["rounds"].as_array().cloned().unwrap_or_default();
     let groups = super::group(&rounds);
     let mut svg = String::new();
-    draw(&mut svg, &results, &groups, title).map_err(|e| format!("drawing the chart failed: {e}"))?;
+    draw(&mut svg, &results, &groups, title)
+        .map_err(|e| format!("drawing the chart failed: {e}"))?;
     Ok(svg)
 }
 
@@ -119,7 +120,11 @@ fn first_enter_panel(
         .collect();
     let all = columns.iter().flatten().map(|p| p.0);
     let (lo, hi) = all.fold((f64::INFINITY, 0.0f64), |(l, h), v| (l.min(v), h.max(v)));
-    let (lo, hi) = if hi > 0.0 { ((lo / 1.5).max(1.0), hi * 1.5) } else { (1.0, 1e4) };
+    let (lo, hi) = if hi > 0.0 {
+        ((lo / 1.5).max(1.0), hi * 1.5)
+    } else {
+        (1.0, 1e4)
+    };
     let mut chart = ChartBuilder::on(area)
         .caption(
             "First enter on a CPU: CDF of every round's samples",
@@ -149,14 +154,18 @@ fn first_enter_panel(
             line.push((*v, seen as f64 / n as f64));
         }
         let label = match estimate(r, "first_enter_ns.p50") {
-            Some((m, Some((a, b)))) => format!("{}: median {m:.0} ns [{a:.0}, {b:.0}], n={n}", heads[i]),
+            Some((m, Some((a, b)))) => {
+                format!("{}: median {m:.0} ns [{a:.0}, {b:.0}], n={n}", heads[i])
+            }
             Some((m, None)) => format!("{}: median {m:.0} ns, n={n}", heads[i]),
             None => format!("{}: n={n}", heads[i]),
         };
         chart
             .draw_series(LineSeries::new(line, color.stroke_width(2)))?
             .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
         if let Some((m, ci)) = estimate(r, "first_enter_ns.p50") {
             let (a, b) = ci.unwrap_or((m, m));
             let y = 0.5 + 0.03 * (i as f64 - 1.0);
@@ -183,19 +192,21 @@ fn memory_panel(
 ) -> DrawResult {
     let n = results.len().max(1);
     let bytes: Vec<Option<f64>> = results.iter().map(|r| num(r, &["per_cpu_bytes"])).collect();
-    let max_reported = results
-        .iter()
-        .find_map(|r| {
-            r["max_reported"]
-                .as_f64()
-                .or_else(|| num(r, &["guest", "max_processors"]))
-        });
+    let max_reported = results.iter().find_map(|r| {
+        r["max_reported"]
+            .as_f64()
+            .or_else(|| num(r, &["guest", "max_processors"]))
+    });
     // What O(reported maximum) takes: the smallest bytes per prepared CPU times the maximum.
     let per_cpu = results
         .iter()
-        .filter_map(|r| Some(num(r, &["per_cpu_bytes"])? / num(r, &["cpus_prepared"]).filter(|c| *c > 0.0)?))
+        .filter_map(|r| {
+            Some(num(r, &["per_cpu_bytes"])? / num(r, &["cpus_prepared"]).filter(|c| *c > 0.0)?)
+        })
         .fold(f64::INFINITY, f64::min);
-    let o_max = max_reported.filter(|_| per_cpu.is_finite()).map(|m| m * per_cpu);
+    let o_max = max_reported
+        .filter(|_| per_cpu.is_finite())
+        .map(|m| m * per_cpu);
     let top = bytes
         .iter()
         .flatten()
@@ -205,7 +216,10 @@ fn memory_panel(
         .max(1.0)
         * 1.2;
     let mut chart = ChartBuilder::on(area)
-        .caption("Per-CPU memory against the reported maximum", ("sans-serif", 15))
+        .caption(
+            "Per-CPU memory against the reported maximum",
+            ("sans-serif", 15),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -223,7 +237,10 @@ fn memory_panel(
         .draw()?;
     if let (Some(line), Some(m)) = (o_max, max_reported) {
         chart.draw_series(LineSeries::new(
-            [(SegmentValue::Exact(0), line), (SegmentValue::Exact(n), line)],
+            [
+                (SegmentValue::Exact(0), line),
+                (SegmentValue::Exact(n), line),
+            ],
             BLACK.mix(0.6).stroke_width(1),
         ))?;
         chart.draw_series(std::iter::once(Text::new(
@@ -237,7 +254,10 @@ fn memory_panel(
         match b {
             Some(b) => {
                 let mut bar = Rectangle::new(
-                    [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), *b)],
+                    [
+                        (SegmentValue::Exact(i), 0.0),
+                        (SegmentValue::Exact(i + 1), *b),
+                    ],
                     color.mix(0.8).filled(),
                 );
                 bar.set_margin(0, 0, 25, 25);
@@ -250,7 +270,11 @@ fn memory_panel(
                 )))?;
             }
             None => {
-                let why = if r["loaded"] == false { "did not load" } else { "not measured" };
+                let why = if r["loaded"] == false {
+                    "did not load"
+                } else {
+                    "not measured"
+                };
                 chart.draw_series(std::iter::once(Text::new(
                     why.to_string(),
                     (SegmentValue::CenterOf(i), top * 0.05),
@@ -272,10 +296,23 @@ fn idle_panel(
         .iter()
         .map(|r| idle_rates(group_of(groups, r)))
         .collect();
-    let t_end = series.iter().flatten().map(|p| p.0 + 50.0).fold(100.0, f64::max);
-    let top = series.iter().flatten().map(|p| p.1).fold(0.0, f64::max).max(1.0) * 1.2;
+    let t_end = series
+        .iter()
+        .flatten()
+        .map(|p| p.0 + 50.0)
+        .fold(100.0, f64::max);
+    let top = series
+        .iter()
+        .flatten()
+        .map(|p| p.1)
+        .fold(0.0, f64::max)
+        .max(1.0)
+        * 1.2;
     let mut chart = ChartBuilder::on(area)
-        .caption("Messages to CPUs the workload keeps idle", ("sans-serif", 15))
+        .caption(
+            "Messages to CPUs the workload keeps idle",
+            ("sans-serif", 15),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -284,7 +321,13 @@ fn idle_panel(
         .configure_mesh()
         .x_desc("ms into the round (100 ms bins, mean over rounds)")
         .y_desc("messages per second")
-        .y_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| {
+            if top < 10.0 {
+                format!("{v:.1}")
+            } else {
+                format!("{v:.0}")
+            }
+        })
         .draw()?;
     if series.iter().all(Vec::is_empty) {
         chart.draw_series(std::iter::once(Text::new(
@@ -301,7 +344,9 @@ fn idle_panel(
         chart
             .draw_series(LineSeries::new(s.iter().copied(), color.stroke_width(2)))?
             .label(heads[i].clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
     }
     if series.iter().any(|s| !s.is_empty()) {
         chart

@@ -94,7 +94,11 @@ pub fn run_ab(
     for round in &mut all {
         round["column_source"] = json!(label);
     }
-    Ok(document(scenario_json(scenario, mode, rounds), all, scenario.seed))
+    Ok(document(
+        scenario_json(scenario, mode, rounds),
+        all,
+        scenario.seed,
+    ))
 }
 
 /// The SPEC §6 document of `rounds` (each with `strategy` and `column_source`): the rounds, one
@@ -126,7 +130,10 @@ pub fn group(rounds: &[Value]) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     for r in rounds {
         let strategy = r.get("strategy").and_then(Value::as_str).unwrap_or("?");
-        let source = r.get("column_source").and_then(Value::as_str).unwrap_or("?");
+        let source = r
+            .get("column_source")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
         match groups
             .iter_mut()
             .find(|g| g.strategy == strategy && g.source == source)
@@ -197,7 +204,12 @@ fn topology(result: &Value, scenario: Option<&Value>) -> Value {
             "active_processors": g.get("active_processors").cloned().unwrap_or(Value::Null),
         });
     }
-    let pick = |k: &str| scenario.and_then(|s| s.get(k)).cloned().unwrap_or(Value::Null);
+    let pick = |k: &str| {
+        scenario
+            .and_then(|s| s.get(k))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
     json!({
         "scenario": pick("name"),
         "max_reported": pick("max_reported"),
@@ -227,7 +239,11 @@ pub fn check_topology(rounds: &[Value]) -> Result<(), String> {
             )
         };
         let keys = |v: &Value| -> Vec<String> {
-            v.as_object().into_iter().flatten().map(|(k, _)| k.clone()).collect()
+            v.as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k.clone())
+                .collect()
         };
         let kind = |v: &Value| match v.get("scenario") {
             Some(name) => format!("a simulated scenario {name}"),
@@ -244,7 +260,10 @@ pub fn check_topology(rounds: &[Value]) -> Result<(), String> {
                 .into_iter()
                 .find(|k| t0.get(k.as_str()) != t.get(k.as_str()))
                 .unwrap_or_default();
-            (format!("{key} {}", t0[key.as_str()]), format!("{key} {}", t[key.as_str()]))
+            (
+                format!("{key} {}", t0[key.as_str()]),
+                format!("{key} {}", t[key.as_str()]),
+            )
         };
         return Err(format!(
             "rounds from different guests/topologies: {} has {what0}, {} has {what}; pass --allow-mixed to compare them anyway",

@@ -277,8 +277,9 @@ impl Task for StalledReader {
 /// An HDR histogram for enter/exit pairs: 1 ns to 60 s (longer pairs are counted at 60 s), 2
 /// significant digits (at most 0.4 % error).
 fn new_hdr() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000_000, 2)
-        .unwrap_or_else(|e| unreachable!("1 ns..60 s at 2 significant digits are valid bounds: {e}"))
+    Histogram::new_with_bounds(1, 60_000_000_000, 2).unwrap_or_else(|e| {
+        unreachable!("1 ns..60 s at 2 significant digits are valid bounds: {e}")
+    })
 }
 
 /// The seed of round `round` of a scenario whose seed is `seed` (splitmix64, so that neighbouring
@@ -353,9 +354,12 @@ fn run_lifetime(
     let domain = machine
         .with_cpu(boot, || Domain::create(machine.platform(), config))
         .map_err(|e| e.to_string())?;
-    round.bytes_at_load = round
-        .bytes_at_load
-        .max(machine.alloc_stats().live_bytes.saturating_sub(bytes_before));
+    round.bytes_at_load = round.bytes_at_load.max(
+        machine
+            .alloc_stats()
+            .live_bytes
+            .saturating_sub(bytes_before),
+    );
     round.callback_state = Some(domain.callback_state());
     let w = &scenario.workload;
     let idle: HashSet<u32> = running
@@ -391,16 +395,37 @@ fn run_lifetime(
         .collect();
     for &cpu in &busy {
         let batch = w.retire_per_ms;
-        machine.spawn(cpu, Writer { lab: lab.clone(), batch });
+        machine.spawn(
+            cpu,
+            Writer {
+                lab: lab.clone(),
+                batch,
+            },
+        );
         for _ in 0..w.readers_per_cpu {
             let latencies = new_hdr();
-            machine.spawn(cpu, Reader { lab: lab.clone(), held: None, latencies });
+            machine.spawn(
+                cpu,
+                Reader {
+                    lab: lab.clone(),
+                    held: None,
+                    latencies,
+                },
+            );
         }
     }
     if w.stall_reader_ms > 0 {
         let stall_us = w.stall_reader_ms * 1_000;
         let lab = lab.clone();
-        machine.spawn(busy[0], StalledReader { lab, stall_us, until_us: None, held: None });
+        machine.spawn(
+            busy[0],
+            StalledReader {
+                lab,
+                stall_us,
+                until_us: None,
+                held: None,
+            },
+        );
     }
     let sample = |series: &mut Vec<(u64, u64)>| {
         let t = machine.now_us().saturating_sub(origin_us) / 1_000;
@@ -447,7 +472,9 @@ fn run_lifetime(
             }
             lab.stop.store(true, Ordering::Relaxed);
             if !machine.run_until_idle(5_000_000) {
-                round.violations.push("the workload did not finish after the stop".into());
+                round
+                    .violations
+                    .push("the workload did not finish after the stop".into());
             }
         }
     }
@@ -512,7 +539,9 @@ fn run_lifetime(
     ] {
         round.add(key, n);
     }
-    round.violations.extend(lab.violations.lock().iter().cloned());
+    round
+        .violations
+        .extend(lab.violations.lock().iter().cloned());
     Ok(())
 }
 
@@ -532,7 +561,12 @@ fn hdr_json(h: Option<&Histogram<u64>>) -> Value {
         Some(h) => {
             let hist: Vec<Value> = h
                 .iter_recorded()
-                .map(|v| json!([h.median_equivalent(v.value_iterated_to()), v.count_at_value()]))
+                .map(|v| {
+                    json!([
+                        h.median_equivalent(v.value_iterated_to()),
+                        v.count_at_value()
+                    ])
+                })
                 .collect();
             json!({
                 "p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99), "max": h.max(),
@@ -596,7 +630,15 @@ pub fn run_round(
     };
     for k in 0..reloads {
         let p = |f: f64| progress((f64::from(k) + f) / f64::from(reloads));
-        let run = run_lifetime(&machine, scenario, strategy, mode, lifetime_us, &mut round, &p);
+        let run = run_lifetime(
+            &machine,
+            scenario,
+            strategy,
+            mode,
+            lifetime_us,
+            &mut round,
+            &p,
+        );
         if let Err(error) = run {
             if k == 0 {
                 let mut v = not_loaded(strategy, round_no, seed, error);
@@ -605,7 +647,9 @@ pub fn run_round(
                 return Ok(v);
             }
             // Not a fault of the strategy (e.g. injected allocation failures): the round ends here.
-            round.reload_errors.push(format!("load {} of {reloads}: {error}", k + 1));
+            round
+                .reload_errors
+                .push(format!("load {} of {reloads}: {error}", k + 1));
             break;
         }
     }
@@ -613,7 +657,12 @@ pub fn run_round(
     let report = machine.report();
     let w = &scenario.workload;
     let running = machine.running_indexes();
-    let idle: HashSet<u32> = running.iter().rev().take(w.idle_cpus as usize).copied().collect();
+    let idle: HashSet<u32> = running
+        .iter()
+        .rev()
+        .take(w.idle_cpus as usize)
+        .copied()
+        .collect();
     let mut idle_indexes = Vec::new();
     let (mut messages, mut messages_to_idle) = (0u64, 0u64);
     for cpu in &report.cpus {
@@ -625,7 +674,11 @@ pub fn run_round(
         }
     }
     round.violations.extend(
-        report.violations.iter().take(20).map(|v| format!("machine: {:?}: {}", v.kind, v.message)),
+        report
+            .violations
+            .iter()
+            .take(20)
+            .map(|v| format!("machine: {:?}: {}", v.kind, v.message)),
     );
     round.violations.truncate(20);
     let alloc = machine.alloc_stats();

@@ -53,7 +53,10 @@ pub fn headings(results: &[Value]) -> Vec<String> {
                 .count()
                 > 1;
             if shared {
-                format!("{strategy} ({})", r["column_source"].as_str().unwrap_or("?"))
+                format!(
+                    "{strategy} ({})",
+                    r["column_source"].as_str().unwrap_or("?")
+                )
             } else {
                 strategy.to_string()
             }
@@ -204,7 +207,12 @@ fn ci_text(ci: &Value, unit: &dyn Fn(f64) -> String) -> Option<String> {
 }
 
 /// One sentence about figure `f`: the differences that are significant, then the pairs without one.
-fn figure_sentence(f: &Figure, results: &[Value], heads: &[String], comparisons: &[Value]) -> Option<String> {
+fn figure_sentence(
+    f: &Figure,
+    results: &[Value],
+    heads: &[String],
+    comparisons: &[Value],
+) -> Option<String> {
     let mine: Vec<&Value> = comparisons
         .iter()
         .filter(|c| c["figure"].as_str() == Some(f.key))
@@ -220,13 +228,21 @@ fn figure_sentence(f: &Figure, results: &[Value], heads: &[String], comparisons:
     let mut none = Vec::new();
     let mut unknown = Vec::new();
     for c in &mine {
-        let (a, b) = (c["a"].as_str().unwrap_or("?"), c["b"].as_str().unwrap_or("?"));
-        let (va, vb) = (value_of(a).unwrap_or(f64::NAN), value_of(b).unwrap_or(f64::NAN));
+        let (a, b) = (
+            c["a"].as_str().unwrap_or("?"),
+            c["b"].as_str().unwrap_or("?"),
+        );
+        let (va, vb) = (
+            value_of(a).unwrap_or(f64::NAN),
+            value_of(b).unwrap_or(f64::NAN),
+        );
         let values = format!("{} vs {}", with_unit(f, va), with_unit(f, vb));
         if c["difference_ci95"].is_null() {
             unknown.push(format!("{a} and {b} ({values})"));
         } else if c["significant"] == true {
-            let ratio = c["ratio"].as_f64().zip(ci_text(&c["ratio_ci95"], &|x| format!("{x:.2}x")));
+            let ratio = c["ratio"]
+                .as_f64()
+                .zip(ci_text(&c["ratio_ci95"], &|x| format!("{x:.2}x")));
             real.push(match ratio {
                 Some((r, ci)) => format!("{a} {r:.2}x {b} ({values}; 95 % CI {ci})"),
                 None => format!(
@@ -289,13 +305,20 @@ fn wrap(text: &str, width: usize) -> String {
 /// difference" otherwise), then safety. Every number comes from `results` and `comparisons`.
 pub fn verdict(results: &[Value], comparisons: &[Value]) -> String {
     let heads = headings(results);
-    let up: Vec<usize> = (0..results.len()).filter(|&i| loaded(&results[i])).collect();
-    let down: Vec<usize> = (0..results.len()).filter(|&i| !loaded(&results[i])).collect();
+    let up: Vec<usize> = (0..results.len())
+        .filter(|&i| loaded(&results[i]))
+        .collect();
+    let down: Vec<usize> = (0..results.len())
+        .filter(|&i| !loaded(&results[i]))
+        .collect();
     let mut s = Vec::new();
 
     let rounds_of = |i: usize| {
         let r = &results[i];
-        let (l, n) = (r["rounds_loaded"].as_u64().unwrap_or(0), r["rounds"].as_u64().unwrap_or(0));
+        let (l, n) = (
+            r["rounds_loaded"].as_u64().unwrap_or(0),
+            r["rounds"].as_u64().unwrap_or(0),
+        );
         if l == n {
             format!("{} ({n} rounds)", heads[i])
         } else {
@@ -345,7 +368,10 @@ pub fn verdict(results: &[Value], comparisons: &[Value]) -> String {
         .iter()
         .any(|&i| num(&results[i], &["use_after_free"]).is_some());
     if !bad.is_empty() {
-        s.push(format!("FAILURE: use-after-free or leak under {}.", list(&bad)));
+        s.push(format!(
+            "FAILURE: use-after-free or leak under {}.",
+            list(&bad)
+        ));
     } else if checked {
         s.push("No use-after-free and no leak in any round of any strategy that loaded.".into());
     }
