@@ -65,8 +65,6 @@ fn replay_command(test: &str, schedule: &std::path::Path) -> String {
 fn check(test: &str, scheduler: impl Scheduler + 'static, scenario: fn()) {
     let mut config = Config::new();
     config.silence_warnings = true;
-    // `Domain::stats` returns a 24 KB `Stats`; shuttle's default 32 KiB task stacks are too small.
-    config.stack_size = 256 * 1024;
     if let Ok(schedule) = std::env::var("KEPOCH_SHUTTLE_REPLAY") {
         eprintln!("replaying {schedule}");
         let replay = ReplayScheduler::new_from_file(&schedule)
@@ -266,7 +264,7 @@ fn quiesce_and_check(w: &World) {
             w.cycle();
         }
     });
-    let pending = w.domain.stats().pending;
+    let pending = w.stats().pending;
     assert_eq!(
         pending, 0,
         "L1: {pending} retired item(s) still pending with no reader inside"

@@ -6,6 +6,7 @@
 use super::analysis::{estimate, round_dist, Group};
 use super::table::{headings, num};
 use plotters::coord::ranged1d::SegmentValue;
+use plotters::coord::CoordTranslate;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
@@ -95,6 +96,20 @@ fn idle_rates(group: Option<&Group>) -> Vec<(f64, f64)> {
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
+/// The legend box of a panel's labelled series.
+fn draw_legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    position: SeriesLabelPosition,
+) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK.mix(0.3))
+        .draw()?;
+    Ok(())
+}
+
 fn draw(svg: &mut String, results: &[Value], groups: &[Group], title: &str) -> DrawResult {
     let root = SVGBackend::with_string(svg, (1650, 560)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -176,12 +191,7 @@ fn first_enter_panel(
             chart.draw_series(std::iter::once(Circle::new((m, y), 4, color.filled())))?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK.mix(0.3))
-        .draw()?;
+    draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     Ok(())
 }
 
@@ -349,12 +359,7 @@ fn idle_panel(
             });
     }
     if series.iter().any(|s| !s.is_empty()) {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK.mix(0.3))
-            .draw()?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     }
     Ok(())
 }
