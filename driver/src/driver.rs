@@ -41,9 +41,12 @@ pub struct DeviceState {
     config_warnings: u64,
     first_enter: AtomicHistogram,
     enter_exit: AtomicHistogram,
-    /// Serialises RESET_STATS, LOAD_START, LOAD_STOP and unload; guards `baseline` and `load.threads`.
+    /// Serialises GET_STATS, RESET_STATS, LOAD_START, LOAD_STOP and unload; guards `baseline`,
+    /// `scratch` and `load.threads`.
     control: PassiveLock,
     baseline: UnsafeCell<Stats>,
+    /// Where GET_STATS assembles its answer (a `Stats` is 24 KB, too large for the kernel stack).
+    scratch: UnsafeCell<Stats>,
     load: LoadGenerator,
 }
 
@@ -510,25 +513,21 @@ impl EntrySteps for NtEntry {
     }
 
     fn install_state(&mut self, device: Self::Device, domain: Self::Domain) {
-        // SAFETY: the device extension is DeviceState-sized, suitably aligned (pool) and ours; the lock
-        // is initialised at its final address before anything can use it (no link exists yet).
+        // SAFETY: the device extension is DeviceState-sized, suitably aligned (pool) and ours. It is
+        // zeroed first: all-zero is a valid value of the histograms, the statistics buffers and the
+        // lock's uninitialised event, so those (about 66 KB) are never built on the 24 KiB kernel stack;
+        // the other fields are written in place, and the lock is initialised at its final address before
+        // anything can use it (no link exists yet).
         unsafe {
             let state = (*device.as_ptr()).DeviceExtension.cast::<DeviceState>();
-            state.write(DeviceState {
-                domain,
-                config_warnings: self.config_warnings,
-                first_enter: AtomicHistogram::new(),
-                enter_exit: AtomicHistogram::new(),
-                control: PassiveLock {
-                    event: UnsafeCell::new(MaybeUninit::uninit()),
-                },
-                baseline: UnsafeCell::new(Stats::default()),
-                load: LoadGenerator {
-                    threads: core::array::from_fn(|_| ThreadSlot::new(LoadThread::IDLE)),
-                    stop: AtomicBool::new(false),
-                    running: AtomicU32::new(0),
-                    shared: AtomicPtr::new(ptr::null_mut()),
-                },
+            ptr::write_bytes(state.cast::<u8>(), 0, mem::size_of::<DeviceState>());
+            ptr::addr_of_mut!((*state).domain).write(domain);
+            ptr::addr_of_mut!((*state).config_warnings).write(self.config_warnings);
+            ptr::addr_of_mut!((*state).load).write(LoadGenerator {
+                threads: core::array::from_fn(|_| ThreadSlot::new(LoadThread::IDLE)),
+                stop: AtomicBool::new(false),
+                running: AtomicU32::new(0),
+                shared: AtomicPtr::new(ptr::null_mut()),
             });
             PassiveLock::init(ptr::addr_of_mut!((*state).control));
         }
@@ -633,7 +632,7 @@ unsafe extern "C" fn device_control(
                 let output = unsafe {
                     core::slice::from_raw_parts_mut(params.buffer, params.output_length as usize)
                 };
-                let (status, written) = ioctl::encode_stats(&state.stats_since_reset(), output);
+                let (status, written) = state.encode_stats_since_reset(output);
                 (status, written as u64)
             }
             Ok(Request::ResetStats) => {
@@ -657,25 +656,29 @@ unsafe extern "C" fn device_control(
 }
 
 impl DeviceState {
-    fn snapshot(&self) -> Stats {
-        let mut stats = self.domain.stats();
-        stats.config_warnings = self.config_warnings;
-        stats.first_enter_ns = self.first_enter.snapshot();
-        stats.enter_exit_ns = self.enter_exit.snapshot();
-        stats
+    /// Writes the current counters into `out` in place.
+    fn snapshot_into(&self, out: &mut Stats) {
+        self.domain.stats_into(out);
+        out.config_warnings = self.config_warnings;
+        self.first_enter.snapshot_into(&mut out.first_enter_ns);
+        self.enter_exit.snapshot_into(&mut out.enter_exit_ns);
     }
 
-    fn stats_since_reset(&self) -> Stats {
-        let now = self.snapshot();
-        // SAFETY: `baseline` is only accessed under `control`.
-        self.control
-            .with(|| ioctl::since_baseline(&now, unsafe { &*self.baseline.get() }))
+    /// GET_STATS: the counters since the last reset, encoded into `output`.
+    fn encode_stats_since_reset(&self, output: &mut [u8]) -> (i32, usize) {
+        self.control.with(|| {
+            // SAFETY: `scratch` and `baseline` are only accessed under `control`.
+            let (scratch, baseline) = unsafe { (&mut *self.scratch.get(), &*self.baseline.get()) };
+            self.snapshot_into(scratch);
+            ioctl::subtract_baseline(scratch, baseline);
+            ioctl::encode_stats(scratch, output)
+        })
     }
 
     fn reset_stats(&self) {
-        let now = self.snapshot();
         // SAFETY: `baseline` is only accessed under `control`.
-        self.control.with(|| unsafe { *self.baseline.get() = now });
+        self.control
+            .with(|| self.snapshot_into(unsafe { &mut *self.baseline.get() }));
         log_line(LogLevel::Info, format_args!("statistics reset"));
     }
 

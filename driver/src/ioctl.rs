@@ -220,16 +220,18 @@ pub fn decode(code: u32, input: &[u8], output_len: usize) -> Result<Request, i32
 
 // The stats travel as raw bytes, so `Stats` must have no padding (padding would leak kernel memory to
 // user mode). It is six u32s followed only by u64s and u64 arrays; this sum breaks the build when a
-// field is appended, as a reminder to update it together with `since_baseline`.
+// field is appended, as a reminder to update it together with `subtract_baseline`.
 const STATS_U64_FIELDS: usize = 27;
 const _: () = assert!(core::mem::offset_of!(Stats, cpus_prepared) == 24);
 const _: () = assert!(
     core::mem::size_of::<Stats>()
         == 24 + 8 * STATS_U64_FIELDS + 3 * core::mem::size_of::<LatencyHistogram>(),
-    "Stats changed: update STATS_U64_FIELDS and since_baseline in driver/src/ioctl.rs"
+    "Stats changed: update STATS_U64_FIELDS and subtract_baseline in driver/src/ioctl.rs"
 );
-const _: () =
-    assert!(core::mem::size_of::<LatencyHistogram>() == 8 * (kepoch::stats::LATENCY_BUCKETS + 1));
+const _: () = assert!(
+    core::mem::size_of::<LatencyHistogram>() == 4 * kepoch::stats::LATENCY_BUCKETS + 3 * 8,
+    "LatencyHistogram changed (or padded): the u32 buckets must be followed by exactly three u64s"
+);
 
 /// Size of the current [`Stats`].
 pub const STATS_SIZE: usize = core::mem::size_of::<Stats>();
@@ -287,13 +289,13 @@ pub fn decode_stats(bytes: &[u8]) -> Result<Stats, StatsDecodeError> {
     Ok(unsafe { bytes.as_ptr().cast::<Stats>().read_unaligned() })
 }
 
-/// Counters since a reset: monotonic counters minus the baseline; gauges (prepared processors, bytes,
-/// epochs, pending, load facts) as they are now; histograms bucket-wise.
-pub fn since_baseline(now: &Stats, baseline: &Stats) -> Stats {
-    let mut out = *now;
+/// Counters since a reset, in place: monotonic counters of `now` minus the baseline; gauges (prepared
+/// processors, bytes, epochs, pending, load facts) as they are now; histograms bucket-wise. In place
+/// because a [`Stats`] (24 KB) does not belong on a 24 KiB kernel stack.
+pub fn subtract_baseline(now: &mut Stats, baseline: &Stats) {
     macro_rules! delta {
         ($($field:ident),* $(,)?) => {
-            $( out.$field = now.$field.saturating_sub(baseline.$field); )*
+            $( now.$field = now.$field.saturating_sub(baseline.$field); )*
         };
     }
     delta!(
@@ -318,10 +320,9 @@ pub fn since_baseline(now: &Stats, baseline: &Stats) -> Stats {
         hot_add_vetoed,
         work_items_run,
     );
-    out.first_enter_ns = now.first_enter_ns.since(&baseline.first_enter_ns);
-    out.enter_exit_ns = now.enter_exit_ns.since(&baseline.enter_exit_ns);
-    out.cycle_latency_ns = now.cycle_latency_ns.since(&baseline.cycle_latency_ns);
-    out
+    now.first_enter_ns.subtract(&baseline.first_enter_ns);
+    now.enter_exit_ns.subtract(&baseline.enter_exit_ns);
+    now.cycle_latency_ns.subtract(&baseline.cycle_latency_ns);
 }
 
 #[cfg(test)]
@@ -345,8 +346,8 @@ mod tests {
     }
 
     #[test]
-    fn stats_have_the_version_3_size_and_round_trip() {
-        assert_eq!(STATS_SIZE, 1416);
+    fn stats_have_the_version_4_size_and_round_trip() {
+        assert_eq!(STATS_SIZE, 24120);
         let mut stats = Stats {
             version: STATS_VERSION,
             size: STATS_SIZE as u32,
@@ -355,7 +356,7 @@ mod tests {
             ..Stats::default()
         };
         stats.enter_exit_ns.record(300);
-        let mut buffer = vec![0u8; 2000];
+        let mut buffer = vec![0u8; STATS_SIZE + 100];
         assert_eq!(
             encode_stats(&stats, &mut buffer),
             (status::SUCCESS, STATS_SIZE)
@@ -497,7 +498,8 @@ mod tests {
         };
         now.enter_exit_ns = baseline.enter_exit_ns;
         now.enter_exit_ns.record(5000);
-        let d = since_baseline(&now, &baseline);
+        let mut d = now;
+        subtract_baseline(&mut d, &baseline);
         assert_eq!(d.enters, 5);
         assert_eq!(d.cycles, 0);
         assert_eq!(d.cpus_prepared, 4);
@@ -607,7 +609,7 @@ mod tests {
         }
 
         #[test]
-        fn stats_encoding_fits_any_buffer(len in 0usize..1100) {
+        fn stats_encoding_fits_any_buffer(len in prop_oneof![0usize..64, STATS_SIZE - 64..STATS_SIZE + 64]) {
             let stats = Stats { version: STATS_VERSION, size: STATS_SIZE as u32, ..Stats::default() };
             let mut buffer = vec![0u8; len];
             let (st, written) = encode_stats(&stats, &mut buffer);

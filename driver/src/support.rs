@@ -4,7 +4,7 @@
 use core::alloc::Layout;
 use core::fmt;
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use kepoch::config::RegistryValue;
 use kepoch::platform::{ProcessorChange, Status};
@@ -324,9 +324,12 @@ pub fn ticks_to_ns(ticks: u64, frequency: u64) -> u64 {
 }
 
 /// A [`LatencyHistogram`] that several threads record into (relaxed atomics; the load generator times
-/// outside the measured region, so the shared writes do not skew the figures).
+/// outside the measured region, so the shared writes do not skew the figures). All-zero is an empty
+/// histogram, so it can live in zeroed pool memory without being built on the stack.
 pub struct AtomicHistogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS],
+    buckets: [AtomicU32; LATENCY_BUCKETS],
+    above: AtomicU64,
+    count: AtomicU64,
     max_ns: AtomicU64,
 }
 
@@ -334,27 +337,38 @@ impl AtomicHistogram {
     /// An empty histogram.
     pub const fn new() -> Self {
         #[allow(clippy::declare_interior_mutable_const)]
-        const ZERO: AtomicU64 = AtomicU64::new(0);
+        const ZERO: AtomicU32 = AtomicU32::new(0);
         AtomicHistogram {
             buckets: [ZERO; LATENCY_BUCKETS],
+            above: AtomicU64::new(0),
+            count: AtomicU64::new(0),
             max_ns: AtomicU64::new(0),
         }
     }
 
-    /// Counts one sample.
+    /// Counts one sample (bucket counts saturate, like [`LatencyHistogram::record`]).
     pub fn record(&self, ns: u64) {
-        self.buckets[LatencyHistogram::bucket_of(ns)].fetch_add(1, Ordering::Relaxed);
+        match LatencyHistogram::bucket_of(ns) {
+            Some(b) => {
+                let _ = self.buckets[b]
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
+            }
+            None => {
+                self.above.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
         self.max_ns.fetch_max(ns, Ordering::Relaxed);
     }
 
-    /// A copy of the current counts.
-    pub fn snapshot(&self) -> LatencyHistogram {
-        let mut out = LatencyHistogram::default();
+    /// Copies the current counts into `out`, in place.
+    pub fn snapshot_into(&self, out: &mut LatencyHistogram) {
         for (o, b) in out.buckets.iter_mut().zip(self.buckets.iter()) {
             *o = b.load(Ordering::Relaxed);
         }
+        out.above = self.above.load(Ordering::Relaxed);
+        out.count = self.count.load(Ordering::Relaxed);
         out.max_ns = self.max_ns.load(Ordering::Relaxed);
-        out
     }
 }
 
@@ -456,10 +470,14 @@ mod tests {
         h.record(100);
         h.record(100);
         h.record(9000);
-        let s = h.snapshot();
-        assert_eq!(s.count(), 3);
-        assert_eq!(s.max_ns, 9000);
-        assert_eq!(s.summary().p50, 127);
+        h.record(1 << 40);
+        let mut s = std::boxed::Box::<LatencyHistogram>::default();
+        h.snapshot_into(&mut s);
+        assert_eq!(s.count(), 4);
+        assert_eq!(s.above, 1);
+        assert_eq!(s.max_ns, 1 << 40);
+        assert_eq!(s.summary().p50, 100);
+        assert!(s.quantile(3, 4).abs_diff(9000) <= 9000 / 128);
     }
 
     #[test]

@@ -69,7 +69,10 @@ pub enum CallbackState {
 ///
 /// 2: appended `config_warnings`, `first_enter_ns` and `enter_exit_ns`.
 /// 3: appended `cycle_latency_ns`.
-pub const STATS_VERSION: u32 = 3;
+/// 4: the three histograms became log-linear ([`LatencyHistogram`]: exact below 128 ns, then 64
+///    linear sub-buckets per power of two, at most 0.79 % error) instead of one bucket per power of
+///    two; `size` grew from 1416 to 24120 bytes.
+pub const STATS_VERSION: u32 = 4;
 
 /// A snapshot of a domain's counters. `repr(C)` and versioned: the driver returns it through an IOCTL
 /// and user-mode tools decode it, so fields are only ever appended.
@@ -154,16 +157,43 @@ pub struct Stats {
     pub cycle_latency_ns: LatencyHistogram,
 }
 
-/// Number of buckets of a [`LatencyHistogram`]: bucket 47 starts at 2^47 ns (about 39 hours).
-pub const LATENCY_BUCKETS: usize = 48;
+impl Stats {
+    /// Sets every field to zero in place (a `Stats` is 24 KB: kernel code never builds one on its
+    /// 24 KiB stack).
+    pub fn clear(&mut self) {
+        // SAFETY: `Stats` is repr(C) and made of integers only (u32, u64, arrays of u32/u64), so the
+        // all-zero bit pattern is a valid value; `self` is a unique reference to one `Stats`.
+        unsafe { core::ptr::write_bytes(self as *mut Stats, 0, 1) };
+    }
+}
 
-/// A log2 histogram of durations in nanoseconds: bucket 0 counts 0 and 1 ns, bucket `i > 0` counts
-/// `2^i ..= 2^(i+1) - 1` ns (the last bucket also everything above). `repr(C)`, part of [`Stats`].
+/// Sub-buckets per power-of-two range of a [`LatencyHistogram`], as a power of two (64).
+pub const LATENCY_SUB_BITS: u32 = 6;
+const SUB: u64 = 1 << LATENCY_SUB_BITS;
+/// Durations below this many nanoseconds are counted exactly, one bucket per nanosecond.
+pub const LATENCY_EXACT_BELOW: u64 = 2 * SUB;
+/// Durations of at least `2^LATENCY_TOP_BITS` ns (about 68.7 s) are counted in `above` only.
+pub const LATENCY_TOP_BITS: u32 = 36;
+/// Buckets of a [`LatencyHistogram`]: 128 exact ones, then 64 for each power of two from 2^7 to 2^35.
+pub const LATENCY_BUCKETS: usize =
+    LATENCY_EXACT_BELOW as usize + (LATENCY_TOP_BITS as usize - 7) * SUB as usize;
+
+/// A log-linear histogram of durations in nanoseconds, `repr(C)`, part of [`Stats`].
+///
+/// Durations below 128 ns have one bucket each; from 128 ns on, each power-of-two range
+/// `2^k ..= 2^(k+1) - 1` is split into 64 equal sub-buckets of width `2^(k-6)`. A bucket is read as its
+/// midpoint, so a percentile is within `width / 2 / lower bound <= 1/128` (0.79 %) of the sample of
+/// that rank (and never above the exact maximum). Recording is an index computation (a leading-zero
+/// count and a shift) and one add. Bucket counts saturate at `u32::MAX`; `count` and `max_ns` are exact.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LatencyHistogram {
     /// Samples per bucket.
-    pub buckets: [u64; LATENCY_BUCKETS],
+    pub buckets: [u32; LATENCY_BUCKETS],
+    /// Samples of at least `2^LATENCY_TOP_BITS` ns.
+    pub above: u64,
+    /// Number of samples (exact).
+    pub count: u64,
     /// Largest sample seen, exact.
     pub max_ns: u64,
 }
@@ -172,6 +202,8 @@ impl Default for LatencyHistogram {
     fn default() -> Self {
         LatencyHistogram {
             buckets: [0; LATENCY_BUCKETS],
+            above: 0,
+            count: 0,
             max_ns: 0,
         }
     }
@@ -182,42 +214,63 @@ impl Default for LatencyHistogram {
 pub struct LatencySummary {
     /// Number of samples.
     pub count: u64,
-    /// Median: upper bound of the bucket holding it (never above `max`).
+    /// Median (within 0.79 %, never above `max`).
     pub p50: u64,
-    /// 99th percentile: upper bound of the bucket holding it (never above `max`).
+    /// 99th percentile (within 0.79 %, never above `max`).
     pub p99: u64,
     /// Largest sample.
     pub max: u64,
 }
 
 impl LatencyHistogram {
-    /// The bucket a duration falls into.
-    pub fn bucket_of(ns: u64) -> usize {
-        let bucket = (u64::BITS - 1).saturating_sub(ns.leading_zeros()) as usize;
-        bucket.min(LATENCY_BUCKETS - 1)
+    /// The bucket a duration falls into; `None` at or above `2^LATENCY_TOP_BITS` ns.
+    #[inline]
+    pub fn bucket_of(ns: u64) -> Option<usize> {
+        if ns < LATENCY_EXACT_BELOW {
+            return Some(ns as usize);
+        }
+        let k = u64::BITS - 1 - ns.leading_zeros();
+        if k >= LATENCY_TOP_BITS {
+            return None;
+        }
+        let sub = (ns >> (k - LATENCY_SUB_BITS)) - SUB;
+        Some(LATENCY_EXACT_BELOW as usize + (k as usize - 7) * SUB as usize + sub as usize)
     }
 
-    /// Largest duration counted in `bucket`.
-    pub fn bucket_upper_bound(bucket: usize) -> u64 {
-        if bucket + 1 >= LATENCY_BUCKETS {
-            u64::MAX
-        } else {
-            (1u64 << (bucket + 1)) - 1
+    /// Smallest duration and width of `bucket`.
+    pub fn bucket_range(bucket: usize) -> (u64, u64) {
+        let b = bucket as u64;
+        if b < LATENCY_EXACT_BELOW {
+            return (b, 1);
         }
+        let k = 7 + (b - LATENCY_EXACT_BELOW) / SUB;
+        let sub = (b - LATENCY_EXACT_BELOW) % SUB;
+        (
+            (SUB + sub) << (k - u64::from(LATENCY_SUB_BITS)),
+            1 << (k - 6),
+        )
+    }
+
+    /// The value `bucket` is read as: its midpoint.
+    pub fn bucket_value(bucket: usize) -> u64 {
+        let (low, width) = Self::bucket_range(bucket);
+        low + (width - 1) / 2
     }
 
     /// Counts one sample.
+    #[inline]
     pub fn record(&mut self, ns: u64) {
-        let bucket = &mut self.buckets[Self::bucket_of(ns)];
-        *bucket = bucket.saturating_add(1);
+        match Self::bucket_of(ns) {
+            Some(b) => self.buckets[b] = self.buckets[b].saturating_add(1),
+            None => self.above = self.above.saturating_add(1),
+        }
+        self.count = self.count.saturating_add(1);
         self.max_ns = self.max_ns.max(ns);
     }
 
     /// Number of samples.
     pub fn count(&self) -> u64 {
-        self.buckets
-            .iter()
-            .fold(0u64, |sum, &b| sum.saturating_add(b))
+        self.count
     }
 
     /// Adds the samples of `other`.
@@ -225,49 +278,67 @@ impl LatencyHistogram {
         for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets.iter()) {
             *mine = mine.saturating_add(*theirs);
         }
+        self.above = self.above.saturating_add(other.above);
+        self.count = self.count.saturating_add(other.count);
         self.max_ns = self.max_ns.max(other.max_ns);
     }
 
-    /// The samples recorded since `baseline` was taken (bucket-wise difference). The maximum cannot
-    /// be subtracted: it is kept when new samples arrived and reset to 0 otherwise.
-    pub fn since(&self, baseline: &LatencyHistogram) -> LatencyHistogram {
-        let mut out = LatencyHistogram::default();
-        for (o, (now, then)) in out
-            .buckets
-            .iter_mut()
-            .zip(self.buckets.iter().zip(baseline.buckets.iter()))
-        {
-            *o = now.saturating_sub(*then);
-        }
-        if out.count() != 0 {
-            out.max_ns = self.max_ns;
-        }
-        out
+    /// Makes `self` a copy of `other` in place (no temporary on the stack).
+    pub fn copy_from(&mut self, other: &LatencyHistogram) {
+        self.buckets.copy_from_slice(&other.buckets);
+        self.above = other.above;
+        self.count = other.count;
+        self.max_ns = other.max_ns;
     }
 
-    /// The `q`-quantile (`q_num / q_den`, e.g. 99/100): the upper bound of the bucket holding the
-    /// sample of that rank, capped at the exact maximum. 0 for an empty histogram.
+    /// Keeps only the samples recorded since `baseline` was taken (bucket-wise difference, in place).
+    /// The maximum cannot be subtracted: it is kept when new samples arrived and reset to 0 otherwise.
+    pub fn subtract(&mut self, baseline: &LatencyHistogram) {
+        for (now, then) in self.buckets.iter_mut().zip(baseline.buckets.iter()) {
+            *now = now.saturating_sub(*then);
+        }
+        self.above = self.above.saturating_sub(baseline.above);
+        self.count = self.count.saturating_sub(baseline.count);
+        if self.count == 0 {
+            self.max_ns = 0;
+        }
+    }
+
+    /// Non-empty buckets as `(value, count)`, smallest first; samples above the range are reported at
+    /// the exact maximum.
+    pub fn points(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let max = self.max_ns;
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n != 0)
+            .map(move |(b, &n)| (Self::bucket_value(b).min(max), u64::from(n)))
+            .chain((self.above != 0).then_some((max, self.above)))
+    }
+
+    /// The `q`-quantile (`q_num / q_den`, e.g. 99/100) by nearest rank: the value of the bucket holding
+    /// the sample of rank `ceil(count * q)`, capped at the exact maximum. 0 for an empty histogram.
     pub fn quantile(&self, q_num: u64, q_den: u64) -> u64 {
-        let count = self.count();
+        let count = self.count;
         if count == 0 || q_den == 0 {
             return 0;
         }
-        // Rank (1-based) of the sample: ceil(count * q), at least 1.
         let rank = ((u128::from(count) * u128::from(q_num)).div_ceil(u128::from(q_den))).max(1);
         let mut seen = 0u128;
-        for (bucket, &n) in self.buckets.iter().enumerate() {
+        for (value, n) in self.points() {
             seen += u128::from(n);
             if seen >= rank {
-                return Self::bucket_upper_bound(bucket).min(self.max_ns);
+                return value;
             }
         }
+        // Saturated buckets lost samples: the rank lies beyond what they hold.
         self.max_ns
     }
 
     /// p50, p99 and max.
     pub fn summary(&self) -> LatencySummary {
         LatencySummary {
-            count: self.count(),
+            count: self.count,
             p50: self.quantile(50, 100),
             p99: self.quantile(99, 100),
             max: self.max_ns,
@@ -277,22 +348,49 @@ impl LatencyHistogram {
 
 #[cfg(test)]
 mod histogram_tests {
+    extern crate std;
     use super::*;
+    use std::boxed::Box;
 
     #[test]
-    fn buckets_are_log2() {
-        assert_eq!(LatencyHistogram::bucket_of(0), 0);
-        assert_eq!(LatencyHistogram::bucket_of(1), 0);
-        assert_eq!(LatencyHistogram::bucket_of(2), 1);
-        assert_eq!(LatencyHistogram::bucket_of(3), 1);
-        assert_eq!(LatencyHistogram::bucket_of(4), 2);
-        assert_eq!(LatencyHistogram::bucket_of(1023), 9);
-        assert_eq!(LatencyHistogram::bucket_of(1024), 10);
-        assert_eq!(LatencyHistogram::bucket_of(u64::MAX), LATENCY_BUCKETS - 1);
-        for bucket in 0..LATENCY_BUCKETS - 1 {
-            let top = LatencyHistogram::bucket_upper_bound(bucket);
-            assert_eq!(LatencyHistogram::bucket_of(top), bucket);
-            assert_eq!(LatencyHistogram::bucket_of(top + 1), bucket + 1);
+    fn buckets_are_exact_then_log_linear() {
+        for ns in 0..LATENCY_EXACT_BELOW {
+            assert_eq!(LatencyHistogram::bucket_of(ns), Some(ns as usize));
+            assert_eq!(LatencyHistogram::bucket_range(ns as usize), (ns, 1));
+        }
+        assert_eq!(LatencyHistogram::bucket_of(128), Some(128));
+        assert_eq!(LatencyHistogram::bucket_of(129), Some(128));
+        assert_eq!(LatencyHistogram::bucket_of(130), Some(129));
+        assert_eq!(
+            LatencyHistogram::bucket_of((1 << 36) - 1),
+            Some(LATENCY_BUCKETS - 1)
+        );
+        assert_eq!(LatencyHistogram::bucket_of(1 << 36), None);
+        assert_eq!(LatencyHistogram::bucket_of(u64::MAX), None);
+        // Buckets tile the range without gaps or overlaps.
+        for b in 0..LATENCY_BUCKETS - 1 {
+            let (low, width) = LatencyHistogram::bucket_range(b);
+            assert_eq!(LatencyHistogram::bucket_of(low), Some(b));
+            assert_eq!(LatencyHistogram::bucket_of(low + width - 1), Some(b));
+            assert_eq!(
+                LatencyHistogram::bucket_range(b + 1).0,
+                low + width,
+                "bucket {b}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_value_reads_back_within_0_79_percent() {
+        let mut ns = 1u64;
+        while ns < 1 << 36 {
+            for v in [ns, ns + ns / 3, ns * 2 - 1] {
+                let b = LatencyHistogram::bucket_of(v).unwrap();
+                let read = LatencyHistogram::bucket_value(b) as f64;
+                let error = (read - v as f64).abs() / v as f64;
+                assert!(error <= 1.0 / 128.0, "{v} read as {read}: {error}");
+            }
+            ns *= 2;
         }
     }
 
@@ -305,24 +403,25 @@ mod histogram_tests {
     }
 
     #[test]
-    fn percentiles_pick_the_right_bucket() {
-        let mut h = LatencyHistogram::default();
-        // 98 fast samples (100 ns, bucket 6: 64..=127), 2 slow ones (5000 ns, bucket 12: 4096..=8191).
+    fn percentiles_are_within_one_percent() {
+        let mut h = Box::<LatencyHistogram>::default();
+        // 98 fast samples (1000 ns), 2 slow ones (5003 ns).
         for _ in 0..98 {
-            h.record(100);
+            h.record(1000);
         }
-        h.record(5000);
-        h.record(5000);
+        h.record(5003);
+        h.record(5003);
         let s = h.summary();
         assert_eq!(s.count, 100);
-        assert_eq!(s.p50, 127);
-        assert_eq!(s.p99, 5000); // bucket bound 8191, capped at the exact maximum
-        assert_eq!(s.max, 5000);
-        // One sample: every percentile is that sample's bucket, capped at the sample.
+        assert!(s.p50.abs_diff(1000) <= 8, "{s:?}");
+        assert_eq!(s.p99, 5003); // the bucket's midpoint is above, capped at the exact maximum
+        assert_eq!(s.max, 5003);
         let mut one = LatencyHistogram::default();
         one.record(300);
         assert_eq!(one.summary().p50, 300);
-        assert_eq!(one.summary().p99, 300);
+        let mut far = LatencyHistogram::default();
+        far.record(1 << 40);
+        assert_eq!((far.above, far.summary().p50), (1, 1 << 40));
     }
 
     #[test]
@@ -332,25 +431,35 @@ mod histogram_tests {
             h.record(10);
         }
         h.record(1_000_000);
-        // Rank 99 of 100 is still a fast sample.
-        assert_eq!(h.quantile(99, 100), 15);
+        assert_eq!(h.quantile(99, 100), 10);
         assert_eq!(h.summary().max, 1_000_000);
     }
 
     #[test]
-    fn since_and_merge_are_bucket_wise() {
+    fn subtract_and_merge_are_bucket_wise() {
         let mut a = LatencyHistogram::default();
         a.record(10);
         let baseline = a;
-        assert_eq!(a.since(&baseline), LatencyHistogram::default());
+        let mut d = a;
+        d.subtract(&baseline);
+        assert_eq!(d, LatencyHistogram::default());
         a.record(10);
         a.record(2000);
-        let d = a.since(&baseline);
+        let mut d = a;
+        d.subtract(&baseline);
         assert_eq!(d.count(), 2);
         assert_eq!(d.max_ns, 2000);
         let mut m = baseline;
         m.merge(&d);
         assert_eq!(m.count(), 3);
         assert_eq!(m.buckets, a.buckets);
+        let mut c = LatencyHistogram::default();
+        c.copy_from(&m);
+        assert_eq!(c, m);
+        let mut s = Box::<Stats>::default();
+        s.enters = 3;
+        s.cycle_latency_ns.record(5);
+        s.clear();
+        assert_eq!(*s, Stats::default());
     }
 }

@@ -264,7 +264,7 @@ fn quiesce_and_check(w: &World) {
             w.cycle();
         }
     });
-    let pending = w.domain.stats().pending;
+    let pending = w.stats().pending;
     assert_eq!(
         pending, 0,
         "L1: {pending} retired item(s) still pending with no reader inside"

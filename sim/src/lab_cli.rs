@@ -5,7 +5,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kepoch::Strategy;
 use kepoch_sim::lab::run::RunMode;
 use kepoch_sim::lab::scenario::{self, HotAdd, Overrides, Scenario};
-use kepoch_sim::lab::{self, chart, columns_of, table, Column};
+use kepoch_sim::lab::{self, chart, table};
 use serde_json::Value;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -43,9 +43,13 @@ pub struct AbArgs {
     /// Override: accurate, under-report or sparse.
     #[arg(long, value_parser = ["accurate", "under-report", "sparse"])]
     firmware: Option<String>,
-    /// Override: run time per strategy in milliseconds.
+    /// Override: run time of one round of one strategy in milliseconds.
     #[arg(long)]
     duration_ms: Option<u64>,
+    /// Rounds per strategy: each a fresh simulated machine with its own seed; strategies are
+    /// interleaved round by round. Intervals need at least 3.
+    #[arg(long, default_value_t = lab::DEFAULT_ROUNDS, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    rounds: u32,
     /// Override: seed of the machine and the workload.
     #[arg(long)]
     seed: Option<u64>,
@@ -55,7 +59,8 @@ pub struct AbArgs {
     /// Write the SPEC §6 JSON here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Write an SVG chart (first-enter latency, per-CPU memory) here.
+    /// Write an SVG chart (first-enter latency distributions, per-CPU memory against the reported
+    /// maximum, messages to idle CPUs per second) here.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
     /// No progress bar.
@@ -74,6 +79,10 @@ pub struct ReportArgs {
     /// Write the merged JSON here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Compare rounds from different guests or topologies (by default refused, naming the
+    /// difference); columns are then strategy and source.
+    #[arg(long)]
+    allow_mixed: bool,
 }
 
 fn write_file(path: &PathBuf, text: &str) -> Result<(), String> {
@@ -95,7 +104,7 @@ fn describe(s: &Scenario, mode: RunMode) -> String {
         .collect();
     let w = &s.workload;
     format!(
-        "scenario {}: {}\nmachine: max reported {}, active {}, group size {}, firmware {}, hot-add {}; workload: {} ms per strategy ({} mode), {} reader(s)/CPU, {} retire/ms/CPU, {} idle CPU(s){}{}; seed {}",
+        "scenario {}: {}\nmachine: max reported {}, active {}, group size {}, firmware {}, hot-add {}; workload: {} ms per round and strategy in {} load(s) ({} mode), {} reader(s)/CPU, {} retire/ms/CPU, {} idle CPU(s){}{}; seed {}",
         s.name,
         s.description,
         s.max_reported,
@@ -104,6 +113,7 @@ fn describe(s: &Scenario, mode: RunMode) -> String {
         s.firmware,
         if adds.is_empty() { "none".into() } else { adds.join(", ") },
         w.duration_ms,
+        w.reloads,
         mode.name(),
         w.readers_per_cpu,
         w.retire_per_ms,
@@ -137,9 +147,16 @@ pub fn ab_command(args: AbArgs) -> ExitCode {
         LabMode::Deterministic => RunMode::Deterministic,
     };
     println!("{}", describe(&scenario, mode));
+    println!(
+        "{} rounds per strategy, interleaved; 95 % intervals from a bootstrap over rounds ({} resamples, seed {})",
+        args.rounds,
+        lab::bootstrap::RESAMPLES,
+        scenario.seed
+    );
 
+    let steps = u64::from(args.rounds) * lab::ORDER.len() as u64;
     let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
-        let bar = ProgressBar::new(lab::ORDER.len() as u64 * 1000);
+        let bar = ProgressBar::new(steps * 1000);
         bar.set_style(
             ProgressStyle::with_template("{spinner} ab [{elapsed_precise}] {bar:30} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -147,15 +164,22 @@ pub fn ab_command(args: AbArgs) -> ExitCode {
         bar.enable_steady_tick(Duration::from_millis(200));
         bar
     });
-    let progress = |strategy: Strategy, done: f64| {
+    let progress = |round: u32, strategy: Strategy, done: f64| {
         if let Some(bar) = &bar {
             let k = lab::ORDER.iter().position(|s| *s == strategy).unwrap_or(0) as u64;
-            bar.set_position(k * 1000 + (done.clamp(0.0, 1.0) * 1000.0) as u64);
-            bar.set_message(format!("{} on {}", strategy.name(), scenario.name));
+            let step = u64::from(round) * lab::ORDER.len() as u64 + k;
+            bar.set_position(step * 1000 + (done.clamp(0.0, 1.0) * 1000.0) as u64);
+            bar.set_message(format!(
+                "round {}/{}: {} on {}",
+                round + 1,
+                args.rounds,
+                strategy.name(),
+                scenario.name
+            ));
         }
     };
     let started = Instant::now();
-    let document = lab::run_ab(&scenario, mode, &progress);
+    let document = lab::run_ab(&scenario, mode, args.rounds, &progress);
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
@@ -163,18 +187,16 @@ pub fn ab_command(args: AbArgs) -> ExitCode {
         Ok(d) => d,
         Err(e) => return usage_error(&e.0),
     };
-    let columns = match columns_of(&document, "ab") {
-        Ok(c) => c,
-        Err(e) => return usage_error(&e),
-    };
+    let results = document["results"].as_array().cloned().unwrap_or_default();
     println!();
-    print!("{}", table::render(&columns));
+    print!("{}", table::render(&results));
     println!();
-    println!("{}", table::verdict(&columns));
+    println!("{}", document["verdict"].as_str().unwrap_or(""));
     println!();
     println!(
-        "ran {} strategies in {:.1} s",
-        columns.len(),
+        "ran {} rounds of {} strategies in {:.1} s",
+        args.rounds,
+        lab::ORDER.len(),
         started.elapsed().as_secs_f64()
     );
     if let Some(path) = &args.json {
@@ -186,16 +208,17 @@ pub fn ab_command(args: AbArgs) -> ExitCode {
     }
     if let Some(path) = &args.svg {
         let title = format!(
-            "kepoch A/B: {} ({} mode, source sim)",
+            "kepoch A/B: {} ({} rounds, {} mode, source sim)",
             scenario.name,
+            args.rounds,
             mode.name()
         );
-        match chart::render(&columns, &title).and_then(|svg| write_file(path, &svg)) {
+        match chart::render(&document, &title).and_then(|svg| write_file(path, &svg)) {
             Ok(()) => println!("wrote {}", path.display()),
             Err(e) => return usage_error(&e),
         }
     }
-    if failed(&columns) {
+    if failed(&results) {
         println!(
             "FAILED: a loaded strategy had a use-after-free, a leak or a violation (see above)"
         );
@@ -205,11 +228,10 @@ pub fn ab_command(args: AbArgs) -> ExitCode {
 }
 
 /// True if a loaded column shows a correctness failure.
-fn failed(columns: &[Column]) -> bool {
-    columns.iter().any(|c| {
-        let n = |k: &str| c.result.get(k).and_then(Value::as_u64).unwrap_or(0);
+fn failed(results: &[Value]) -> bool {
+    results.iter().any(|c| {
+        let n = |k: &str| c.get(k).and_then(Value::as_u64).unwrap_or(0);
         let violations = c
-            .result
             .get("violations")
             .and_then(Value::as_array)
             .is_some_and(|v| !v.is_empty());
@@ -237,8 +259,7 @@ pub fn scenarios_command() -> ExitCode {
 
 /// `kepoch-sim report`.
 pub fn report_command(args: ReportArgs) -> ExitCode {
-    let mut columns = Vec::new();
-    let mut merged = Vec::new();
+    let mut rounds = Vec::new();
     for path in &args.files {
         let origin = path.display().to_string();
         let text = match std::fs::read_to_string(path) {
@@ -249,44 +270,45 @@ pub fn report_command(args: ReportArgs) -> ExitCode {
             Ok(v) => v,
             Err(e) => return usage_error(&format!("{origin}: not valid JSON: {e}")),
         };
-        match columns_of(&document, &origin) {
-            Ok(c) => {
-                for col in &c {
-                    let mut r = col.result.clone();
-                    r["file"] = Value::String(origin.clone());
-                    r["column_source"] = Value::String(col.source.clone());
-                    merged.push(r);
-                }
-                columns.extend(c);
-            }
+        match lab::rounds_of(&document, &origin) {
+            Ok(r) => rounds.extend(r),
             Err(e) => return usage_error(&e),
         }
     }
+    if !args.allow_mixed {
+        if let Err(e) = lab::check_topology(&rounds) {
+            return usage_error(&e);
+        }
+    }
+    let files: Vec<String> = args.files.iter().map(|p| p.display().to_string()).collect();
+    let n = rounds.len();
+    let scenario = serde_json::json!({"name": "merged report", "source": "report", "files": files});
+    let document = lab::document(scenario, rounds, REPORT_BOOTSTRAP_SEED);
+    let results = document["results"].as_array().cloned().unwrap_or_default();
     println!(
-        "report: {} column(s) from {} file(s)\n",
-        columns.len(),
-        args.files.len()
+        "report: {n} round(s) from {} file(s) in {} column(s); 95 % intervals from a bootstrap over rounds ({} resamples, seed {REPORT_BOOTSTRAP_SEED})\n",
+        args.files.len(),
+        results.len(),
+        lab::bootstrap::RESAMPLES,
     );
-    print!("{}", table::render(&columns));
+    print!("{}", table::render(&results));
     println!();
-    println!("{}", table::verdict(&columns));
+    println!("{}", document["verdict"].as_str().unwrap_or(""));
     if let Some(path) = &args.json {
-        let files: Vec<String> = args.files.iter().map(|p| p.display().to_string()).collect();
-        let doc = serde_json::json!({
-            "scenario": {"name": "merged report", "source": "report", "files": files},
-            "results": merged,
-        });
-        let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+        let text = serde_json::to_string_pretty(&document).unwrap_or_default();
         if let Err(e) = write_file(path, &(text + "\n")) {
             return usage_error(&e);
         }
         println!("wrote {}", path.display());
     }
     if let Some(path) = &args.svg {
-        match chart::render(&columns, "kepoch A/B report").and_then(|svg| write_file(path, &svg)) {
+        match chart::render(&document, "kepoch A/B report").and_then(|svg| write_file(path, &svg)) {
             Ok(()) => println!("wrote {}", path.display()),
             Err(e) => return usage_error(&e),
         }
     }
     ExitCode::SUCCESS
 }
+
+/// Seed of the report's bootstrap: the same files give the same intervals.
+const REPORT_BOOTSTRAP_SEED: u64 = 0x6b65_706f_6368;

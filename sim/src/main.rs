@@ -30,12 +30,14 @@ enum Command {
     /// reloaded during the run; every run is held to liveness, garbage, memory and time bounds; exits 1
     /// with a diagnosis and a replay command on any violation.
     Torture(TortureArgs),
-    /// A/B test: runs eager, lazy and callback on the same scenario (same seed, hot-add schedule and
-    /// workload) and prints the measured figures side by side, then a verdict.
+    /// A/B test: runs eager, lazy and callback for several rounds (fresh machines with per-round seeds,
+    /// strategies interleaved) on the same scenario and prints the figures side by side with 95 %
+    /// intervals (bootstrap over rounds), then a verdict that states only significant differences.
     Ab(lab_cli::AbArgs),
     /// Lists the built-in scenarios, one line each.
     Scenarios,
-    /// Merges `ab --json` files and guest stats (`kepochctl stats --json`) into one table (and chart).
+    /// Reads `ab --json` files and guest stats (`kepochctl stats --json`, one round per file), groups the
+    /// rounds by strategy and source and prints the same table, intervals and verdict (and chart).
     Report(lab_cli::ReportArgs),
 }
 

@@ -165,6 +165,14 @@ fn scenarios_lists_every_builtin() {
     }
 }
 
+/// The row of the table whose label starts with `label`, split into cells.
+fn row<'a>(table: &'a str, label: &str) -> &'a str {
+    table
+        .lines()
+        .find(|l| l.starts_with(label))
+        .unwrap_or_else(|| panic!("no row {label} in\n{table}"))
+}
+
 #[test]
 fn qemu_hotadd_ab_json_svg_and_report() {
     let json = temp("qemu.json");
@@ -173,8 +181,8 @@ fn qemu_hotadd_ab_json_svg_and_report() {
         "ab",
         "--scenario",
         "qemu-hotadd",
-        "--duration-ms",
-        "1200",
+        "--rounds",
+        "3",
         "--quiet",
         "--json",
         &json.display().to_string(),
@@ -189,9 +197,13 @@ fn qemu_hotadd_ab_json_svg_and_report() {
         text(&out.stderr)
     );
     assert!(stdout.contains("first enter p50 (ns)"), "{stdout}");
+    assert!(stdout.contains("3 rounds per strategy"), "{stdout}");
 
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(doc["schema_version"], 2);
     assert_eq!(doc["scenario"]["name"], "qemu-hotadd");
+    assert_eq!(doc["scenario"]["rounds"], 3);
+    assert_eq!(doc["rounds"].as_array().unwrap().len(), 9);
     let results = doc["results"].as_array().unwrap();
     let names: Vec<&str> = results
         .iter()
@@ -203,9 +215,10 @@ fn qemu_hotadd_ab_json_svg_and_report() {
             assert!(r.get(*key).is_some(), "{} lacks {key}", r["strategy"]);
         }
         assert_eq!(r["source"], "sim");
+        assert_eq!(r["rounds"], 3);
         for (k, sub) in [
-            ("first_enter_ns", &["p50", "p99", "max"][..]),
-            ("enter_exit_ns", &["p50", "p99", "max"][..]),
+            ("first_enter_ns", &["p50", "p99", "max", "count"][..]),
+            ("enter_exit_ns", &["p50", "p99", "max", "count"][..]),
             ("cycle_latency_us", &["p50", "p99"][..]),
             ("hot_add", &["start", "complete", "failure", "vetoed"][..]),
         ] {
@@ -221,8 +234,31 @@ fn qemu_hotadd_ab_json_svg_and_report() {
             assert!(r["load_error"].is_null());
             assert!(r["cycles"].as_u64().unwrap() > 0);
             assert!(r["retired"].as_u64().unwrap() > 0);
+            // 2 boot CPUs, 8 hot-added over the round, 4 loads: at least 3 × 20 samples.
+            assert!(r["first_enter_ns"]["count"].as_u64().unwrap() >= 60, "{r}");
+            let e = &r["estimates"]["first_enter_ns.p50"];
+            assert_eq!(e["rounds"], 3);
+            assert_eq!(e["pooled"], true);
+            let ci = e["ci95"].as_array().unwrap();
+            let value = e["value"].as_f64().unwrap();
+            assert!(ci[0].as_f64().unwrap() <= value && value <= ci[1].as_f64().unwrap());
+            assert_eq!(r["first_enter_ns"]["p50"], e["value"]);
         } else {
             assert!(r["cpus_prepared"].is_null() && r["first_enter_ns"].is_null());
+        }
+    }
+    for round in doc["rounds"].as_array().unwrap() {
+        if round["loaded"] == true {
+            let fe = &round["first_enter_ns"];
+            assert_eq!(
+                fe["samples"].as_array().unwrap().len() as u64,
+                fe["count"].as_u64().unwrap()
+            );
+            assert!(!round["enter_exit_ns"]["hist"]
+                .as_array()
+                .unwrap()
+                .is_empty());
+            assert_eq!(round["lifetimes"], 4);
         }
     }
     let eager = &results[0];
@@ -241,11 +277,43 @@ fn qemu_hotadd_ab_json_svg_and_report() {
     }
     assert!(results[1]["prepare_at_dispatch"].as_u64().unwrap() > 0);
 
+    // Table and verdict show the same numbers; the verdict states the first-enter comparison.
+    let verdict = doc["verdict"].as_str().unwrap();
+    assert!(stdout.contains(&verdict[..60]), "{stdout}");
+    let first = doc["comparisons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["figure"] == "first_enter_ns.p50")
+        .expect("a first-enter comparison");
+    let fe_row = row(&stdout, "first enter p50 (ns)");
+    for r in &results[1..] {
+        let v = r["first_enter_ns"]["p50"].as_f64().unwrap();
+        assert!(fe_row.contains(&format!("{v:.0} [")), "{v} not in {fe_row}");
+    }
+    assert!(first["ratio_ci95"].is_array(), "{first}");
+    if first["significant"] == true {
+        let ratio = format!("{:.2}x", first["ratio"].as_f64().unwrap());
+        assert!(verdict.contains(&ratio), "{ratio} not in {verdict}");
+    } else {
+        assert!(verdict.contains("no significant difference"), "{verdict}");
+    }
+
     let svg_text = std::fs::read_to_string(&svg).unwrap();
-    assert!(svg_text.contains("<svg"));
+    assert!(svg_text.contains("<svg") && svg_text.contains("CDF"));
     well_formed_xml(&svg_text).unwrap();
 
-    // `report` merges this file with a guest's stats (one loaded guest, one that failed to load).
+    // `report` re-reads the file and computes the same summaries from its rounds.
+    let out = sim(&["report", &json.display().to_string()]);
+    let table = text(&out.stdout);
+    assert!(out.status.success(), "{table}{}", text(&out.stderr));
+    assert!(
+        table.contains("9 round(s) from 1 file(s) in 3 column(s)"),
+        "{table}"
+    );
+    assert_eq!(row(&table, "first enter p50 (ns)"), fe_row);
+
+    // A guest file of schema 1 (no rounds, no histograms) merges only when asked.
     let guest = temp("guest.json");
     std::fs::write(
         &guest,
@@ -261,34 +329,34 @@ fn qemu_hotadd_ab_json_svg_and_report() {
               "stalls_reported": 0, "hot_add": {"start": 4, "complete": 4, "failure": 0, "vetoed": 0}}]}"#,
     )
     .unwrap();
-    let failed = temp("guest-eager.json");
-    std::fs::write(
-        &failed,
-        r#"{"scenario": {"name": "guest", "source": "guest"},
-            "results": [{"strategy": "eager", "loaded": false, "load_error": "STATUS_INVALID_PARAMETER"}]}"#,
-    )
-    .unwrap();
-    let report_svg = temp("report.svg");
     let out = sim(&[
         "report",
         &json.display().to_string(),
         &guest.display().to_string(),
-        &failed.display().to_string(),
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--allow-mixed") && err.contains("scenario"),
+        "{err}"
+    );
+    let report_svg = temp("report.svg");
+    let out = sim(&[
+        "report",
+        "--allow-mixed",
+        &json.display().to_string(),
+        &guest.display().to_string(),
         "--svg",
         &report_svg.display().to_string(),
     ]);
     let table = text(&out.stdout);
     assert!(out.status.success(), "{table}{}", text(&out.stderr));
-    assert!(table.contains("5 column(s) from 3 file(s)"), "{table}");
-    assert_eq!(
-        table
-            .lines()
-            .filter(|l| l.starts_with("per-CPU memory"))
-            .count(),
-        1,
+    assert!(
+        table.contains("10 round(s) from 2 file(s) in 4 column(s)"),
         "{table}"
     );
     assert!(table.contains("sim qemu-hotadd") && table.contains("guest Hyper-V 10.0.20348"));
+    assert!(table.contains("too few rounds"), "{table}");
     well_formed_xml(&std::fs::read_to_string(&report_svg).unwrap()).unwrap();
 
     // A file that is not a report is refused with exit code 2.
@@ -296,6 +364,89 @@ fn qemu_hotadd_ab_json_svg_and_report() {
     std::fs::write(&junk, "{\"hello\": 1}").unwrap();
     let out = sim(&["report", &junk.display().to_string()]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A guest round as `kepochctl stats --json` writes it (schema 2): one boot, one strategy.
+fn guest_round(strategy: &str, round: u32, max: u32, first_enter: &[u64]) -> String {
+    let hist: Vec<String> = first_enter.iter().map(|v| format!("[{v}, 1]")).collect();
+    let mut sorted = first_enter.to_vec();
+    sorted.sort_unstable();
+    let p50 = sorted[(sorted.len() - 1) / 2];
+    let prepared_at_dispatch = if strategy == "lazy" { 4 } else { 0 };
+    format!(
+        r#"{{"schema_version": 2, "scenario": {{"name": "guest", "source": "guest"}},
+            "results": [{{"strategy": "{strategy}", "source": "guest", "round": {round}, "loaded": true,
+              "load_error": null,
+              "guest": {{"os_build": "10.0.20348", "active_processors": 4, "max_processors": {max},
+                        "hypervisor": {{"vendor": "KVMKVMKVM", "name": "KVM"}}}},
+              "cpus_prepared": 4, "per_cpu_bytes": 2560, "prepare_at_dispatch": {prepared_at_dispatch},
+              "prepare_failures": 0, "fallback_uses": 0,
+              "first_enter_ns": {{"p50": {p50}, "p99": {}, "max": {}, "count": {}, "hist": [{}]}},
+              "enter_exit_ns": {{"p50": 95, "p99": 400, "max": 900, "count": 1, "hist": [[{}, 1]]}},
+              "cycles": 100, "cycle_latency_us": {{"p50": 12.0, "p99": 40.5}}, "messages": 400,
+              "messages_to_idle_cpus": null, "retired": 10, "freed": 10, "pending_at_end": 0,
+              "leaked": null, "use_after_free": null, "stalls_reported": 0,
+              "hot_add": {{"start": 0, "complete": 0, "failure": 0, "vetoed": 0}}}}]}}"#,
+        sorted[sorted.len() - 1],
+        sorted[sorted.len() - 1],
+        sorted.len(),
+        hist.join(", "),
+        90 + round
+    )
+}
+
+#[test]
+fn report_treats_guest_files_as_rounds_with_intervals() {
+    let mut files = Vec::new();
+    for round in 0..4u32 {
+        for (strategy, base) in [("lazy", 6000u64), ("callback", 500)] {
+            let samples: Vec<u64> = (0..8u64)
+                .map(|k| base + (k * 37 + u64::from(round) * 11) % (base / 5))
+                .collect();
+            let path = temp(&format!("guest-round-{round}-{strategy}.json"));
+            std::fs::write(&path, guest_round(strategy, round, 64, &samples)).unwrap();
+            files.push(path.display().to_string());
+        }
+    }
+    let args: Vec<&str> = std::iter::once("report")
+        .chain(files.iter().map(String::as_str))
+        .collect();
+    let out = sim(&args);
+    let table = text(&out.stdout);
+    assert!(out.status.success(), "{table}{}", text(&out.stderr));
+    assert!(
+        table.contains("8 round(s) from 8 file(s) in 2 column(s)"),
+        "{table}"
+    );
+    let rounds = row(&table, "rounds (loaded / run)");
+    assert_eq!(rounds.matches("4 / 4").count(), 2, "{rounds}");
+    let fe = row(&table, "first enter p50 (ns)");
+    assert_eq!(fe.matches(" [").count(), 2, "{fe}");
+    assert!(
+        row(&table, "first enter samples (count)").contains("32"),
+        "{table}"
+    );
+    assert!(table.contains("First enter p50: lazy"), "{table}");
+    assert!(table.contains("95 % CI"), "{table}");
+    // The same files give the same report (seeded bootstrap).
+    assert_eq!(text(&sim(&args).stdout), table);
+
+    // A round from a guest with another processor maximum is refused, naming the difference.
+    let other = temp("guest-other.json");
+    std::fs::write(&other, guest_round("lazy", 9, 16, &[7000, 7100])).unwrap();
+    let mut mixed = args.clone();
+    let other_path = other.display().to_string();
+    mixed.push(&other_path);
+    let out = sim(&mixed);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("max_processors 64") && err.contains("max_processors 16"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    mixed.insert(1, "--allow-mixed");
+    assert!(sim(&mixed).status.success());
 }
 
 #[test]

@@ -71,27 +71,54 @@ fn callback_state_name(value: u32) -> &'static str {
     }
 }
 
+/// Version of the SPEC §6 JSON this tool writes (the same as `kepoch-sim ab --json`): 2 added
+/// `schema_version`, rounds and sample counts, and the `hist` of every latency.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The non-empty buckets of a histogram as `[[value, count], ...]`, values divided by `scale`.
+fn hist_json(histogram: &LatencyHistogram, scale: f64) -> String {
+    let points: Vec<String> = histogram
+        .points()
+        .map(|(v, n)| {
+            if scale == 1.0 {
+                format!("[{v}, {n}]")
+            } else {
+                format!("[{}, {n}]", v as f64 / scale)
+            }
+        })
+        .collect();
+    format!("[{}]", points.join(", "))
+}
+
+/// `p50`, `p99`, `max`, `count` (within 0.79 %, from the log-linear histogram) and the `hist`.
 fn percentiles(histogram: &LatencyHistogram) -> String {
     let s = histogram.summary();
     if s.count == 0 {
-        return "{\"p50\": null, \"p99\": null, \"max\": null, \"count\": 0}".into();
+        return "{\"p50\": null, \"p99\": null, \"max\": null, \"count\": 0, \"hist\": []}".into();
     }
     format!(
-        "{{\"p50\": {}, \"p99\": {}, \"max\": {}, \"count\": {}}}",
-        s.p50, s.p99, s.max, s.count
+        "{{\"p50\": {}, \"p99\": {}, \"max\": {}, \"count\": {}, \"hist\": {}}}",
+        s.p50,
+        s.p99,
+        s.max,
+        s.count,
+        hist_json(histogram, 1.0)
     )
 }
 
-/// Cycle latency in microseconds (`p50`, `p99`), from the core's nanosecond histogram.
+/// Cycle latency in microseconds (`p50`, `p99`, `count`, `hist`), from the core's nanosecond
+/// histogram.
 fn cycle_latency_us(histogram: &LatencyHistogram) -> String {
     let s = histogram.summary();
     if s.count == 0 {
-        return "{\"p50\": null, \"p99\": null}".into();
+        return "{\"p50\": null, \"p99\": null, \"count\": 0, \"hist\": []}".into();
     }
     format!(
-        "{{\"p50\": {:.1}, \"p99\": {:.1}}}",
+        "{{\"p50\": {:.3}, \"p99\": {:.3}, \"count\": {}, \"hist\": {}}}",
         s.p50 as f64 / 1e3,
-        s.p99 as f64 / 1e3
+        s.p99 as f64 / 1e3,
+        s.count,
+        hist_json(histogram, 1e3)
     )
 }
 
@@ -122,6 +149,7 @@ pub fn stats_json(stats: &Stats, guest: &GuestInfo) -> String {
     };
     field("strategy", json_string(&strategy_name(stats.strategy)));
     field("source", json_string("guest"));
+    field("round", "0".into());
     field("guest", guest_json.clone());
     field("loaded", "true".into());
     field("load_error", "null".into());
@@ -176,7 +204,7 @@ pub fn stats_json(stats: &Stats, guest: &GuestInfo) -> String {
     field("released_epoch", stats.released_epoch.to_string());
     field("stats_version", stats.version.to_string());
     format!(
-        "{{\n  \"scenario\": {{\"name\": \"guest\", \"source\": \"guest\", \"description\": {}, \"max_reported\": {}, \"active_at_boot\": null, \"guest\": {}}},\n  \"results\": [\n    {{\n      {}\n    }}\n  ]\n}}\n",
+        "{{\n  \"schema_version\": {SCHEMA_VERSION},\n  \"scenario\": {{\"name\": \"guest\", \"source\": \"guest\", \"description\": {}, \"max_reported\": {}, \"active_at_boot\": null, \"guest\": {}}},\n  \"results\": [\n    {{\n      {}\n    }}\n  ]\n}}\n",
         json_string("kepoch.sys counters read with kepochctl stats --json"),
         stats.max_reported,
         guest_json,
@@ -281,6 +309,7 @@ mod tests {
             ..Stats::default()
         };
         stats.enter_exit_ns.record(250);
+        stats.cycle_latency_ns.record(2000);
         let text = stats_json(&stats, &guest(Some("Microsoft Hv")));
         let value: serde_json::Value = serde_json::from_str(&text).expect(&text);
         let result = &value["results"][0];
@@ -291,7 +320,13 @@ mod tests {
         assert!(result["load_error"].is_null());
         assert_eq!(result["config_warnings"], 1);
         assert_eq!(result["pending_at_end"], 3);
+        assert_eq!(value["schema_version"], SCHEMA_VERSION);
         assert_eq!(result["enter_exit_ns"]["p50"], 250);
+        assert_eq!(result["enter_exit_ns"]["count"], 1);
+        assert_eq!(result["enter_exit_ns"]["hist"][0][1], 1);
+        let v = result["enter_exit_ns"]["hist"][0][0].as_f64().unwrap();
+        assert!((v - 250.0).abs() <= 250.0 / 128.0, "{v}");
+        assert_eq!(result["cycle_latency_us"]["hist"][0][0], 2.0);
         assert!(result["first_enter_ns"]["p50"].is_null());
         assert_eq!(result["guest"]["os_build"], "10.0.20348");
         assert_eq!(result["guest"]["hypervisor"]["name"], "Hyper-V");

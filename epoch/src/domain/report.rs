@@ -36,17 +36,23 @@ pub struct Holdback {
 }
 
 impl<P: Platform> Domain<P> {
-    /// A snapshot of every counter.
+    /// A snapshot of every counter. A [`Stats`] is about 24 KB: kernel code, whose stack is 24 KiB,
+    /// uses [`Domain::stats_into`] with a buffer it owns instead.
     pub fn stats(&self) -> Stats {
-        let mut stats = Stats {
-            version: STATS_VERSION,
-            size: mem::size_of::<Stats>() as u32,
-            strategy: self.config.strategy.registry_value(),
-            callback_state: self.callback_state() as u32,
-            max_reported: self.platform.max_processor_count(),
-            active: self.platform.active_processor_count(),
-            ..Stats::default()
-        };
+        let mut stats = Stats::default();
+        self.stats_into(&mut stats);
+        stats
+    }
+
+    /// Writes a snapshot of every counter into `stats`, in place (no [`Stats`] on the stack).
+    pub fn stats_into(&self, stats: &mut Stats) {
+        stats.clear();
+        stats.version = STATS_VERSION;
+        stats.size = mem::size_of::<Stats>() as u32;
+        stats.strategy = self.config.strategy.registry_value();
+        stats.callback_state = self.callback_state() as u32;
+        stats.max_reported = self.platform.max_processor_count();
+        stats.active = self.platform.active_processor_count();
         let c = &self.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         stats.cpus_prepared = load(&c.cpus_prepared);
@@ -64,7 +70,9 @@ impl<P: Platform> Domain<P> {
         stats.hot_add_complete = load(&c.hot_add_complete);
         stats.hot_add_failure = load(&c.hot_add_failure);
         stats.leaked_readers = load(&c.leaked_readers);
-        stats.cycle_latency_ns = *self.locked(&self.cycle_latency);
+        stats
+            .cycle_latency_ns
+            .copy_from(&self.locked(&self.cycle_latency));
         stats.global_epoch = self.global_epoch.load(Ordering::Relaxed);
         stats.released_epoch = self.released_epoch.load(Ordering::Relaxed);
         let mut add = |part: &Participant| {
@@ -90,13 +98,16 @@ impl<P: Platform> Domain<P> {
         add(&self.locked(&self.overflow));
         stats.exits += stats.remote_exits;
         stats.pending = stats.retired.saturating_sub(stats.freed);
-        stats
     }
 
     /// What holds reclamation back (see [`Holdback`]). Any IRQL up to DISPATCH.
     pub fn holdback(&self) -> Holdback {
         let mut oldest: Option<(Holder, u64)> = None;
+        // Pending as `stats()` counts it, without building a 24 KB `Stats` on a DISPATCH-level stack.
+        let (mut retired, mut freed) = (0u64, 0u64);
         let mut consider = |holder: Holder, part: &Participant| {
+            retired += part.counters.retires.load(Ordering::Relaxed);
+            freed += part.counters.freed.load(Ordering::Relaxed);
             if let Some(epoch) = part.readers.oldest_active_epoch() {
                 if !matches!(oldest, Some((_, e)) if e <= epoch) {
                     oldest = Some((holder, epoch));
@@ -118,7 +129,7 @@ impl<P: Platform> Domain<P> {
             global_epoch: self.global_epoch.load(Ordering::Relaxed),
             released_epoch: self.released_epoch.load(Ordering::Relaxed),
             oldest_reader: oldest,
-            pending: self.stats().pending,
+            pending: retired.saturating_sub(freed),
         }
     }
 }

@@ -896,6 +896,23 @@ impl Gate {
 }
 
 impl World {
+    /// The domain's counters in a heap buffer: a `Stats` (24 KB) on a model thread's small stack would
+    /// overflow it.
+    pub fn stats(&self) -> Box<kepoch::Stats> {
+        let layout = Layout::new::<kepoch::Stats>();
+        // SAFETY: `Stats` is made of integers only, so zeroed memory is a valid value; the layout is
+        // that of `Stats` (not zero-sized) and a failed allocation is reported, not dereferenced.
+        let mut stats = unsafe {
+            let raw = std::alloc::alloc_zeroed(layout).cast::<kepoch::Stats>();
+            if raw.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            Box::from_raw(raw)
+        };
+        self.domain.stats_into(&mut stats);
+        stats
+    }
+
     /// Loads a domain with `strategy` on a machine where CPUs `0..running` run.
     pub fn new(strategy: Strategy, running: usize) -> Arc<World> {
         let platform = ModelPlatform::new(running);
@@ -1003,7 +1020,7 @@ impl World {
                 world.cycle();
             }
         });
-        let pending = world.domain.stats().pending;
+        let pending = world.stats().pending;
         assert_eq!(
             pending, 0,
             "L1: {pending} retired item(s) still pending after three cycles with no reader inside"

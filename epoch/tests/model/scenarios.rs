@@ -69,7 +69,7 @@ pub fn hot_add_races_with_a_cycle_and_synchronize() {
     on_cpu(1, || w.domain.synchronize());
     hot_add.join().unwrap();
     assert_eq!(
-        w.domain.stats().prepare_at_dispatch,
+        w.stats().prepare_at_dispatch,
         0,
         "the hot-added CPU was pre-warmed"
     );
@@ -84,7 +84,7 @@ pub fn add_failure_races_with_synchronize() {
     w.replace(0);
     on_cpu(1, || w.domain.synchronize());
     hot_add.join().unwrap();
-    assert_eq!(w.domain.stats().cpus_prepared, 2, "AddFailure rolls back");
+    assert_eq!(w.stats().cpus_prepared, 2, "AddFailure rolls back");
     World::finish(w);
 }
 
@@ -96,11 +96,7 @@ pub fn overflow_reader_races_a_writer_and_the_fold_in() {
     let w = World::new(Strategy::Lazy, 2);
     w.platform.fail_allocations_on(1, true);
     w.read(1);
-    assert_eq!(
-        w.domain.stats().fallback_uses,
-        1,
-        "CPU 1 uses the overflow slot"
-    );
+    assert_eq!(w.stats().fallback_uses, 1, "CPU 1 uses the overflow slot");
     let reader = w.spawn(|w| w.read(1));
     w.replace(0);
     w.cycle();

@@ -1,9 +1,12 @@
-//! The SVG chart: first-enter latency distribution (every sample, log scale, with the median) and
-//! per-CPU memory, one column per strategy.
+//! The SVG chart of a SPEC §6 document, three panels one column per strategy: the distribution of
+//! first-enter latency (CDF over every round's samples, log scale, with the median and its 95 %
+//! interval), per-CPU memory against what O(reported maximum) would take, and messages per second to
+//! the CPUs the workload keeps idle over the round.
 
-use super::table::num;
-use super::Column;
+use super::analysis::{estimate, round_dist, Group};
+use super::table::{headings, num};
 use plotters::coord::ranged1d::SegmentValue;
+use plotters::coord::CoordTranslate;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde_json::Value;
@@ -20,51 +23,15 @@ fn color_of(heading: &str, i: usize) -> RGBColor {
     }
 }
 
-/// First-enter samples of a result: the raw samples if present, else its p50/p99/max.
-fn samples(v: &Value) -> Vec<f64> {
-    if let Some(s) = v.get("first_enter_samples_ns").and_then(Value::as_array) {
-        let s: Vec<f64> = s.iter().filter_map(Value::as_f64).collect();
-        if !s.is_empty() {
-            return s;
-        }
-    }
-    ["p50", "p99", "max"]
-        .iter()
-        .filter_map(|k| num(v, &["first_enter_ns", k]))
-        .collect()
-}
-
-fn median(s: &[f64]) -> Option<f64> {
-    let mut s = s.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(s[n / 2]),
-        _ => Some((s[n / 2 - 1] + s[n / 2]) / 2.0),
-    }
-}
-
-/// Renders the chart for `columns` as an SVG document. `title` goes on top.
-pub fn render(columns: &[Column], title: &str) -> Result<String, String> {
+/// Renders the chart of `document` (its `results` and `rounds`) as an SVG document.
+pub fn render(document: &Value, title: &str) -> Result<String, String> {
+    let results = document["results"].as_array().cloned().unwrap_or_default();
+    let rounds = document["rounds"].as_array().cloned().unwrap_or_default();
+    let groups = super::group(&rounds);
     let mut svg = String::new();
-    draw(&mut svg, columns, title).map_err(|e| format!("drawing the chart failed: {e}"))?;
+    draw(&mut svg, &results, &groups, title)
+        .map_err(|e| format!("drawing the chart failed: {e}"))?;
     Ok(svg)
-}
-
-/// Axis labels: the heading, with the source when the columns come from different sources.
-fn labels(columns: &[Column]) -> Vec<String> {
-    let mixed = columns.iter().any(|c| c.source != columns[0].source);
-    columns
-        .iter()
-        .map(|c| {
-            if mixed {
-                format!("{} [{}]", c.heading, c.source)
-            } else {
-                c.heading.clone()
-            }
-        })
-        .collect()
 }
 
 fn centered(size: u32, color: RGBColor) -> TextStyle<'static> {
@@ -74,95 +41,195 @@ fn centered(size: u32, color: RGBColor) -> TextStyle<'static> {
         .pos(Pos::new(HPos::Center, VPos::Bottom))
 }
 
-fn draw(
-    svg: &mut String,
-    columns: &[Column],
-    title: &str,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let n = columns.len().max(1);
-    let width = (400 + 220 * n).min(2400) as u32;
-    let root = SVGBackend::with_string(svg, (width, 520)).into_drawing_area();
+/// The group of result `r` (same strategy and source).
+fn group_of<'a>(groups: &'a [Group], r: &Value) -> Option<&'a Group> {
+    groups.iter().find(|g| {
+        Some(g.strategy.as_str()) == r["strategy"].as_str()
+            && Some(g.source.as_str()) == r["column_source"].as_str()
+    })
+}
+
+/// Every first-enter sample of a column's loaded rounds, sorted, with its count.
+fn first_enter_points(group: Option<&Group>) -> Vec<(f64, u64)> {
+    let mut points: Vec<(f64, u64)> = group
+        .into_iter()
+        .flat_map(|g| g.rounds.iter())
+        .filter(|r| r["loaded"] == true)
+        .filter_map(|r| round_dist(r, "first_enter_ns"))
+        .flat_map(|d| d.points)
+        .filter(|p| p.0 > 0.0 && p.1 > 0)
+        .collect();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    points
+}
+
+/// Messages per second to idle CPUs in 100 ms bins, averaged over a column's rounds.
+fn idle_rates(group: Option<&Group>) -> Vec<(f64, f64)> {
+    let mut bins: Vec<(f64, u32)> = Vec::new();
+    for r in group.into_iter().flat_map(|g| g.rounds.iter()) {
+        let Some(series) = r["idle_messages"].as_array() else {
+            continue;
+        };
+        let pts: Vec<(f64, f64)> = series
+            .iter()
+            .filter_map(|p| Some((p.get(0)?.as_f64()?, p.get(1)?.as_f64()?)))
+            .collect();
+        for w in pts.windows(2) {
+            let ((t0, c0), (t1, c1)) = (w[0], w[1]);
+            if t1 <= t0 {
+                continue;
+            }
+            let bin = (t1 / 100.0) as usize;
+            if bins.len() <= bin {
+                bins.resize(bin + 1, (0.0, 0));
+            }
+            bins[bin].0 += (c1 - c0).max(0.0) / (t1 - t0) * 1_000.0;
+            bins[bin].1 += 1;
+        }
+    }
+    bins.iter()
+        .enumerate()
+        .filter(|(_, b)| b.1 > 0)
+        .map(|(i, b)| (i as f64 * 100.0 + 50.0, b.0 / f64::from(b.1)))
+        .collect()
+}
+
+type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The legend box of a panel's labelled series.
+fn draw_legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    position: SeriesLabelPosition,
+) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK.mix(0.3))
+        .draw()?;
+    Ok(())
+}
+
+fn draw(svg: &mut String, results: &[Value], groups: &[Group], title: &str) -> DrawResult {
+    let root = SVGBackend::with_string(svg, (1650, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(title, ("sans-serif", 20))?;
-    let (left, right) = root.split_horizontally(width / 2);
-    let labels = labels(columns);
-    let x_fmt = |x: &SegmentValue<usize>| match x {
-        SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
-        _ => String::new(),
-    };
+    let panels = root.split_evenly((1, 3));
+    let heads = headings(results);
+    first_enter_panel(&panels[0], results, groups, &heads)?;
+    memory_panel(&panels[1], results, &heads)?;
+    idle_panel(&panels[2], results, groups, &heads)?;
+    root.present()?;
+    Ok(())
+}
 
-    // Left: first-enter latency, every sample, log scale.
-    let all: Vec<f64> = columns
+fn first_enter_panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    results: &[Value],
+    groups: &[Group],
+    heads: &[String],
+) -> DrawResult {
+    let columns: Vec<Vec<(f64, u64)>> = results
         .iter()
-        .flat_map(|c| samples(&c.result))
-        .filter(|v| *v > 0.0)
+        .map(|r| first_enter_points(group_of(groups, r)))
         .collect();
-    let lo = all.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = all.iter().copied().fold(0.0, f64::max);
-    let (lo, hi) = if all.is_empty() {
-        (1.0, 1_000.0)
+    let all = columns.iter().flatten().map(|p| p.0);
+    let (lo, hi) = all.fold((f64::INFINITY, 0.0f64), |(l, h), v| (l.min(v), h.max(v)));
+    let (lo, hi) = if hi > 0.0 {
+        ((lo / 1.5).max(1.0), hi * 1.5)
     } else {
-        ((lo / 2.0).max(1.0), hi * 2.0)
+        (1.0, 1e4)
     };
-    let mut chart = ChartBuilder::on(&left)
+    let mut chart = ChartBuilder::on(area)
         .caption(
-            "First enter on a CPU (ns, log scale; bar = median)",
+            "First enter on a CPU: CDF of every round's samples",
             ("sans-serif", 15),
         )
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d((0..n - 1).into_segmented(), (lo..hi).log_scale())?;
+        .y_label_area_size(50)
+        .build_cartesian_2d((lo..hi).log_scale(), 0.0..1.0)?;
     chart
         .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(n)
-        .x_label_formatter(&x_fmt)
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .y_desc("nanoseconds")
+        .x_desc("nanoseconds (log scale); bar at 0.5 = median and its 95 % interval")
+        .y_desc("fraction of samples")
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
-    for (i, c) in columns.iter().enumerate() {
-        let color = color_of(&c.heading, i);
-        let s = samples(&c.result);
-        let k = s.len().max(1) as i32;
-        chart.draw_series(
-            s.iter()
-                .enumerate()
-                .filter(|(_, v)| **v > 0.0)
-                .map(|(j, v)| {
-                    let dx = ((j as i32 * 37) % 41 - 20) * 2 / k.clamp(1, 4);
-                    EmptyElement::at((SegmentValue::CenterOf(i), *v))
-                        + Circle::new((dx, 0), 4, color.mix(0.7).filled())
-                }),
-        )?;
-        if let Some(m) = median(&s).filter(|m| *m > 0.0) {
-            chart.draw_series(std::iter::once(
-                EmptyElement::at((SegmentValue::CenterOf(i), m))
-                    + Rectangle::new([(-40, -1), (40, 1)], color.filled()),
-            ))?;
+    for (i, (r, points)) in results.iter().zip(&columns).enumerate() {
+        let color = color_of(r["strategy"].as_str().unwrap_or(""), i);
+        let n: u64 = points.iter().map(|p| p.1).sum();
+        if n == 0 {
+            continue;
         }
-        if s.is_empty() {
-            let why = if c.result.get("loaded").and_then(Value::as_bool) == Some(false) {
-                "did not load"
-            } else {
-                "no samples"
-            };
-            chart.draw_series(std::iter::once(Text::new(
-                why.to_string(),
-                (SegmentValue::CenterOf(i), (lo * hi).sqrt()),
-                centered(14, color),
+        let mut seen = 0;
+        let mut line = Vec::new();
+        for (v, c) in points {
+            line.push((*v, seen as f64 / n as f64));
+            seen += c;
+            line.push((*v, seen as f64 / n as f64));
+        }
+        let label = match estimate(r, "first_enter_ns.p50") {
+            Some((m, Some((a, b)))) => {
+                format!("{}: median {m:.0} ns [{a:.0}, {b:.0}], n={n}", heads[i])
+            }
+            Some((m, None)) => format!("{}: median {m:.0} ns, n={n}", heads[i]),
+            None => format!("{}: n={n}", heads[i]),
+        };
+        chart
+            .draw_series(LineSeries::new(line, color.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
+        if let Some((m, ci)) = estimate(r, "first_enter_ns.p50") {
+            let (a, b) = ci.unwrap_or((m, m));
+            let y = 0.5 + 0.03 * (i as f64 - 1.0);
+            chart.draw_series(std::iter::once(Rectangle::new(
+                [(a.max(lo), y - 0.01), (b.min(hi), y + 0.01)],
+                color.mix(0.5).filled(),
             )))?;
+            chart.draw_series(std::iter::once(Circle::new((m, y), 4, color.filled())))?;
         }
     }
+    draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
+    Ok(())
+}
 
-    // Right: per-CPU memory.
-    let bytes: Vec<Option<f64>> = columns
+fn memory_panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    results: &[Value],
+    heads: &[String],
+) -> DrawResult {
+    let n = results.len().max(1);
+    let bytes: Vec<Option<f64>> = results.iter().map(|r| num(r, &["per_cpu_bytes"])).collect();
+    let max_reported = results.iter().find_map(|r| {
+        r["max_reported"]
+            .as_f64()
+            .or_else(|| num(r, &["guest", "max_processors"]))
+    });
+    // What O(reported maximum) takes: the smallest bytes per prepared CPU times the maximum.
+    let per_cpu = results
         .iter()
-        .map(|c| num(&c.result, &["per_cpu_bytes"]))
-        .collect();
-    let top = bytes.iter().flatten().copied().fold(0.0, f64::max).max(1.0) * 1.2;
-    let mut chart = ChartBuilder::on(&right)
-        .caption("Per-CPU memory (bytes)", ("sans-serif", 15))
+        .filter_map(|r| {
+            Some(num(r, &["per_cpu_bytes"])? / num(r, &["cpus_prepared"]).filter(|c| *c > 0.0)?)
+        })
+        .fold(f64::INFINITY, f64::min);
+    let o_max = max_reported
+        .filter(|_| per_cpu.is_finite())
+        .map(|m| m * per_cpu);
+    let top = bytes
+        .iter()
+        .flatten()
+        .copied()
+        .chain(o_max)
+        .fold(0.0, f64::max)
+        .max(1.0)
+        * 1.2;
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            "Per-CPU memory against the reported maximum",
+            ("sans-serif", 15),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -171,12 +238,29 @@ fn draw(
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(n)
-        .x_label_formatter(&x_fmt)
+        .x_label_formatter(&|x| match x {
+            SegmentValue::CenterOf(i) => heads.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
         .y_label_formatter(&|v| format!("{v:.0}"))
-        .y_desc("bytes")
+        .y_desc("bytes (median over rounds)")
         .draw()?;
-    for (i, (c, b)) in columns.iter().zip(&bytes).enumerate() {
-        let color = color_of(&c.heading, i);
+    if let (Some(line), Some(m)) = (o_max, max_reported) {
+        chart.draw_series(LineSeries::new(
+            [
+                (SegmentValue::Exact(0), line),
+                (SegmentValue::Exact(n), line),
+            ],
+            BLACK.mix(0.6).stroke_width(1),
+        ))?;
+        chart.draw_series(std::iter::once(Text::new(
+            format!("O(max): {m:.0} CPUs x {per_cpu:.0} B = {line:.0} B"),
+            (SegmentValue::CenterOf(n / 2), line + top * 0.01),
+            centered(12, BLACK),
+        )))?;
+    }
+    for (i, (r, b)) in results.iter().zip(&bytes).enumerate() {
+        let color = color_of(r["strategy"].as_str().unwrap_or(""), i);
         match b {
             Some(b) => {
                 let mut bar = Rectangle::new(
@@ -188,15 +272,15 @@ fn draw(
                 );
                 bar.set_margin(0, 0, 25, 25);
                 chart.draw_series(std::iter::once(bar))?;
-                let cpus = num(&c.result, &["cpus_prepared"]).unwrap_or(0.0);
+                let cpus = num(r, &["cpus_prepared"]).unwrap_or(0.0);
                 chart.draw_series(std::iter::once(Text::new(
-                    format!("{b:.0} B, {cpus:.0} CPUs"),
-                    (SegmentValue::CenterOf(i), *b + top * 0.02),
-                    centered(13, BLACK),
+                    format!("{b:.0} B, {cpus:.0} CPUs prepared"),
+                    (SegmentValue::CenterOf(i), *b + top * 0.05),
+                    centered(12, BLACK),
                 )))?;
             }
             None => {
-                let why = if c.result.get("loaded").and_then(Value::as_bool) == Some(false) {
+                let why = if r["loaded"] == false {
                     "did not load"
                 } else {
                     "not measured"
@@ -209,6 +293,73 @@ fn draw(
             }
         }
     }
-    root.present()?;
+    Ok(())
+}
+
+fn idle_panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    results: &[Value],
+    groups: &[Group],
+    heads: &[String],
+) -> DrawResult {
+    let series: Vec<Vec<(f64, f64)>> = results
+        .iter()
+        .map(|r| idle_rates(group_of(groups, r)))
+        .collect();
+    let t_end = series
+        .iter()
+        .flatten()
+        .map(|p| p.0 + 50.0)
+        .fold(100.0, f64::max);
+    let top = series
+        .iter()
+        .flatten()
+        .map(|p| p.1)
+        .fold(0.0, f64::max)
+        .max(1.0)
+        * 1.2;
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            "Messages to CPUs the workload keeps idle",
+            ("sans-serif", 15),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..t_end, 0.0..top)?;
+    chart
+        .configure_mesh()
+        .x_desc("ms into the round (100 ms bins, mean over rounds)")
+        .y_desc("messages per second")
+        .y_label_formatter(&|v| {
+            if top < 10.0 {
+                format!("{v:.1}")
+            } else {
+                format!("{v:.0}")
+            }
+        })
+        .draw()?;
+    if series.iter().all(Vec::is_empty) {
+        chart.draw_series(std::iter::once(Text::new(
+            "not measured (no time series in these rounds)".to_string(),
+            (t_end / 2.0, top / 2.0),
+            centered(14, BLACK),
+        )))?;
+    }
+    for (i, (r, s)) in results.iter().zip(&series).enumerate() {
+        if s.is_empty() {
+            continue;
+        }
+        let color = color_of(r["strategy"].as_str().unwrap_or(""), i);
+        chart
+            .draw_series(LineSeries::new(s.iter().copied(), color.stroke_width(2)))?
+            .label(heads[i].clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
+    }
+    if series.iter().any(|s| !s.is_empty()) {
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+    }
     Ok(())
 }

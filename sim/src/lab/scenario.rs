@@ -25,7 +25,7 @@ pub struct HotAdd {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
-    /// Run time per strategy, in milliseconds (wall clock in parallel mode).
+    /// Run time of one round of one strategy, in milliseconds (wall clock in parallel mode).
     #[serde(default = "default_duration_ms")]
     pub duration_ms: u64,
     /// Reader tasks per busy CPU.
@@ -43,6 +43,14 @@ pub struct Workload {
     /// `> 0`: every N-th platform allocation fails.
     #[serde(default)]
     pub alloc_fail_every: u64,
+    /// Driver loads per round: the round's `duration_ms` is split into this many lifetimes (load, run,
+    /// unload on the same machine), each giving every busy CPU a new first enter.
+    #[serde(default = "default_reloads")]
+    pub reloads: u32,
+}
+
+fn default_reloads() -> u32 {
+    1
 }
 
 fn default_duration_ms() -> u64 {
@@ -66,6 +74,7 @@ impl Default for Workload {
             idle_cpus: 0,
             stall_reader_ms: 0,
             alloc_fail_every: 0,
+            reloads: default_reloads(),
         }
     }
 }
@@ -129,175 +138,7 @@ fn err<T>(message: String) -> Result<T, ScenarioError> {
     Err(ScenarioError(message))
 }
 
-/// A built-in scenario's TOML text.
-struct Builtin {
-    name: &'static str,
-    text: &'static str,
-}
-
-const BUILTINS: &[Builtin] = &[
-    Builtin {
-        name: "hyperv-maxproc",
-        text: r#"
-name = "hyperv-maxproc"
-description = "Hyper-V guest booted with bcdedit /set maxproc yes: maximum 64, 4 running, no live hot-add (Hyper-V cannot add vCPUs to a running guest)"
-max_reported = 64
-active_at_boot = 4
-group_size = 64
-firmware = "accurate"
-seed = 1
-[workload]
-duration_ms = 2500
-readers_per_cpu = 2
-retire_per_ms = 20
-idle_cpus = 1
-"#,
-    },
-    Builtin {
-        name: "qemu-hotadd",
-        text: r#"
-name = "qemu-hotadd"
-description = "QEMU/KVM guest started with -smp 2,maxcpus=16; vCPUs hot-added over QMP device_add during load (one add fails)"
-max_reported = 16
-active_at_boot = 2
-group_size = 64
-firmware = "accurate"
-seed = 2
-[[hot_add]]
-at_ms = 300
-count = 2
-[[hot_add]]
-at_ms = 700
-count = 1
-fail = true
-[[hot_add]]
-at_ms = 1000
-count = 2
-[workload]
-duration_ms = 2000
-readers_per_cpu = 2
-retire_per_ms = 20
-"#,
-    },
-    Builtin {
-        name: "vmware-hotadd",
-        text: r#"
-name = "vmware-hotadd"
-description = "VMware VM with CPU hot-add enabled: 4 vCPUs at boot, maximum 128, vCPUs added in bursts of 4"
-max_reported = 128
-active_at_boot = 4
-group_size = 64
-firmware = "accurate"
-seed = 3
-[[hot_add]]
-at_ms = 400
-count = 4
-[[hot_add]]
-at_ms = 1100
-count = 4
-[workload]
-duration_ms = 2000
-readers_per_cpu = 1
-retire_per_ms = 10
-idle_cpus = 1
-"#,
-    },
-    Builtin {
-        name: "firmware-underreport",
-        text: r#"
-name = "firmware-underreport"
-description = "Firmware (MADT/ACPI) that reports fewer processors than run: maximum 2, 4 running; CPUs 2 and 3 have indexes at or above the maximum"
-max_reported = 2
-active_at_boot = 4
-group_size = 64
-firmware = "under-report"
-seed = 4
-[workload]
-duration_ms = 2000
-readers_per_cpu = 2
-retire_per_ms = 20
-idle_cpus = 1
-"#,
-    },
-    Builtin {
-        name: "multi-group",
-        text: r#"
-name = "multi-group"
-description = "Server with several processor groups (bcdedit /set groupsize 4): 8 CPUs spread over groups with gaps in the indexes, one added later"
-max_reported = 16
-active_at_boot = 8
-group_size = 4
-firmware = "sparse"
-seed = 5
-[[hot_add]]
-at_ms = 800
-count = 1
-[workload]
-duration_ms = 2000
-readers_per_cpu = 1
-retire_per_ms = 10
-idle_cpus = 2
-"#,
-    },
-    Builtin {
-        name: "idle-fleet",
-        text: r#"
-name = "idle-fleet"
-description = "Large host where few CPUs use the driver: 24 CPUs (maximum = active, so eager loads), 20 never run epoch code: the energy cost of waking idle CPUs"
-max_reported = 24
-active_at_boot = 24
-group_size = 64
-firmware = "accurate"
-seed = 6
-[workload]
-duration_ms = 2000
-readers_per_cpu = 2
-retire_per_ms = 20
-idle_cpus = 20
-"#,
-    },
-    Builtin {
-        name: "stalled-reader",
-        text: r#"
-name = "stalled-reader"
-description = "A reader stuck inside its epoch for 1.2 s (a driver bug or a preempted thread): reclamation is held back, bounded and reported, never silent"
-max_reported = 4
-active_at_boot = 4
-group_size = 64
-firmware = "accurate"
-seed = 7
-[workload]
-duration_ms = 2000
-readers_per_cpu = 2
-retire_per_ms = 10
-idle_cpus = 1
-stall_reader_ms = 1200
-"#,
-    },
-    Builtin {
-        name: "alloc-failure",
-        text: r#"
-name = "alloc-failure"
-description = "Non-paged pool under pressure while CPUs are added: every 5th allocation fails, including per-CPU preparations"
-max_reported = 16
-active_at_boot = 4
-group_size = 64
-firmware = "accurate"
-seed = 8
-[[hot_add]]
-at_ms = 300
-count = 2
-[[hot_add]]
-at_ms = 900
-count = 2
-[workload]
-duration_ms = 2000
-readers_per_cpu = 2
-retire_per_ms = 10
-alloc_fail_every = 5
-"#,
-    },
-];
+use super::builtins::BUILTINS;
 
 /// Name of the scenario `kepoch-sim ab` runs without arguments.
 pub const DEFAULT_SCENARIO: &str = "hyperv-maxproc";
@@ -530,10 +371,17 @@ impl Scenario {
                 w.idle_cpus, self.active_at_boot
             ));
         }
-        if w.stall_reader_ms >= w.duration_ms {
+        if !(1..=100).contains(&w.reloads) || u64::from(w.reloads) * 10 > w.duration_ms {
             return err(format!(
-                "workload.stall_reader_ms {} must be shorter than the run ({} ms)",
-                w.stall_reader_ms, w.duration_ms
+                "workload.reloads {} is not in 1..=100 with at least 10 ms per load ({} ms per round)",
+                w.reloads, w.duration_ms
+            ));
+        }
+        let lifetime_ms = w.duration_ms / u64::from(w.reloads);
+        if w.stall_reader_ms >= lifetime_ms {
+            return err(format!(
+                "workload.stall_reader_ms {} must be shorter than one load's run ({} ms: duration_ms {} / reloads {})",
+                w.stall_reader_ms, lifetime_ms, w.duration_ms, w.reloads
             ));
         }
         for h in &self.hot_add {
@@ -631,10 +479,11 @@ retire_per_ms = 50
 idle_cpus = 0
 stall_reader_ms = 0
 alloc_fail_every = 0
+reloads = 2
 "#;
         let s = parse(text, "spec").unwrap();
         s.validate().unwrap();
-        assert_eq!(s.workload.retire_per_ms, 50);
+        assert_eq!((s.workload.retire_per_ms, s.workload.reloads), (50, 2));
         assert_eq!(
             s.hot_add,
             vec![HotAdd {

@@ -1,45 +1,11 @@
-//! The side-by-side table (one column per strategy, one row per SPEC §6 figure) and the verdict
-//! paragraph, both computed from result objects.
+//! The side-by-side table (one column per strategy and source, one row per SPEC §6 figure, with the
+//! 95 % interval of every compared figure) and the verdict, both read from the same summaries and
+//! comparisons ([`super::analysis`]).
 
-use super::Column;
+use super::analysis::{estimate, Figure, FIGURES};
+use super::bootstrap::MIN_ROUNDS;
 use serde_json::Value;
 use std::fmt::Write;
-
-/// Rows of the table: label (with unit) and the path of the figure in a result object.
-const ROWS: &[(&str, &[&str])] = &[
-    ("loaded", &["loaded"]),
-    ("load error", &["load_error"]),
-    ("callback registration", &["callback_state"]),
-    ("CPUs prepared", &["cpus_prepared"]),
-    ("per-CPU memory (bytes)", &["per_cpu_bytes"]),
-    (
-        "prepared at DISPATCH, hot path (count)",
-        &["prepare_at_dispatch"],
-    ),
-    ("preparation failures (count)", &["prepare_failures"]),
-    ("overflow fallback uses (count)", &["fallback_uses"]),
-    ("first enter p50 (ns)", &["first_enter_ns", "p50"]),
-    ("first enter p99 (ns)", &["first_enter_ns", "p99"]),
-    ("first enter max (ns)", &["first_enter_ns", "max"]),
-    ("enter+exit p50 (ns)", &["enter_exit_ns", "p50"]),
-    ("enter+exit p99 (ns)", &["enter_exit_ns", "p99"]),
-    ("enter+exit max (ns)", &["enter_exit_ns", "max"]),
-    ("cycles (count)", &["cycles"]),
-    ("cycle latency p50 (us)", &["cycle_latency_us", "p50"]),
-    ("cycle latency p99 (us)", &["cycle_latency_us", "p99"]),
-    ("messages, DPCs delivered (count)", &["messages"]),
-    ("messages to idle CPUs (count)", &["messages_to_idle_cpus"]),
-    ("retired (objects)", &["retired"]),
-    ("freed (objects)", &["freed"]),
-    ("pending at end (objects)", &["pending_at_end"]),
-    ("leaked after unload (blocks)", &["leaked"]),
-    ("use-after-free (reads)", &["use_after_free"]),
-    ("stalls reported (count)", &["stalls_reported"]),
-    ("hot-add AddStart (count)", &["hot_add", "start"]),
-    ("hot-add AddComplete (count)", &["hot_add", "complete"]),
-    ("hot-add AddFailure (count)", &["hot_add", "failure"]),
-    ("hot-add vetoed (count)", &["hot_add", "vetoed"]),
-];
 
 /// The value at `path`, if present.
 pub fn at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
@@ -66,94 +32,139 @@ fn short_error(text: &str) -> String {
         .map_or_else(|| text.chars().take(28).collect(), str::to_string)
 }
 
-fn cell(v: &Value, path: &[&str]) -> String {
-    match at(v, path) {
-        None => "-".into(),
-        Some(Value::Null) => {
-            if path == ["load_error"] {
-                "none".into()
-            } else if loaded(v) {
-                "n/a".into()
+/// A number as the table prints it: whole numbers without decimals, others with up to one.
+pub fn fmt_num(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-9 || v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// Column headings: the strategy, with the source when several columns share a strategy.
+pub fn headings(results: &[Value]) -> Vec<String> {
+    results
+        .iter()
+        .map(|r| {
+            let strategy = r["strategy"].as_str().unwrap_or("?");
+            let shared = results
+                .iter()
+                .filter(|o| o["strategy"].as_str() == Some(strategy))
+                .count()
+                > 1;
+            if shared {
+                format!(
+                    "{strategy} ({})",
+                    r["column_source"].as_str().unwrap_or("?")
+                )
             } else {
-                "-".into()
+                strategy.to_string()
             }
-        }
+        })
+        .collect()
+}
+
+fn text_cell(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        None => "-".into(),
+        Some(Value::Null) if key == "load_error" => "none".into(),
+        Some(Value::Null) => "-".into(),
         Some(Value::Bool(b)) => if *b { "yes" } else { "NO" }.into(),
-        Some(Value::String(s)) if path == ["load_error"] => short_error(s),
+        Some(Value::String(s)) if key == "load_error" => short_error(s),
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
         Some(other) => other.to_string(),
     }
 }
 
-/// The table, with the full load errors as notes under it.
-pub fn render(columns: &[Column]) -> String {
-    let label_width = ROWS.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
-    let cells: Vec<Vec<String>> = columns
-        .iter()
-        .map(|c| ROWS.iter().map(|(_, p)| cell(&c.result, p)).collect())
-        .collect();
-    let widths: Vec<usize> = columns
-        .iter()
-        .zip(&cells)
-        .map(|(c, col)| {
-            col.iter()
-                .map(String::len)
-                .chain([c.heading.len(), c.source.len()])
+fn figure_cell(v: &Value, f: &Figure) -> String {
+    match estimate(v, f.key) {
+        Some((value, Some((lo, hi)))) if f.compared => {
+            format!("{} [{}, {}]", fmt_num(value), fmt_num(lo), fmt_num(hi))
+        }
+        Some((value, _)) => fmt_num(value),
+        None if loaded(v) => "n/a".into(),
+        None => "-".into(),
+    }
+}
+
+fn samples_cell(v: &Value, object: &str) -> String {
+    match num(v, &[object, "count"]) {
+        Some(n) if loaded(v) => fmt_num(n),
+        _ => "-".into(),
+    }
+}
+
+/// The table, with the full load errors and the violations as notes under it.
+pub fn render(results: &[Value]) -> String {
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let col = |f: &dyn Fn(&Value) -> String| results.iter().map(f).collect::<Vec<_>>();
+    rows.push((
+        "rounds (loaded / run)".into(),
+        col(&|r| format!("{} / {}", r["rounds_loaded"], r["rounds"])),
+    ));
+    for (label, key) in [
+        ("loaded", "loaded"),
+        ("load error", "load_error"),
+        ("callback registration", "callback_state"),
+    ] {
+        rows.push((label.into(), col(&|r| text_cell(r, key))));
+    }
+    for f in FIGURES {
+        if f.key == "first_enter_ns.p50" {
+            rows.push((
+                "first enter samples (count)".into(),
+                col(&|r| samples_cell(r, "first_enter_ns")),
+            ));
+        }
+        if f.key == "enter_exit_ns.p50" {
+            rows.push((
+                "enter+exit samples (count)".into(),
+                col(&|r| samples_cell(r, "enter_exit_ns")),
+            ));
+        }
+        rows.push((f.label.into(), col(&|r| figure_cell(r, f))));
+    }
+    let heads = headings(results);
+    let sources = col(&|r| r["column_source"].as_str().unwrap_or("").to_string());
+    let label_width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..results.len())
+        .map(|i| {
+            rows.iter()
+                .map(|(_, c)| c[i].len())
+                .chain([heads[i].len(), sources[i].len()])
                 .max()
                 .unwrap_or(0)
         })
         .collect();
     let mut out = String::new();
-    let mut line = |label: &str, values: Vec<&str>| {
+    let mut line = |label: &str, values: &[String]| {
         let _ = write!(out, "{label:<label_width$}");
         for (v, w) in values.iter().zip(&widths) {
             let _ = write!(out, "  {v:>w$}");
         }
         out.push('\n');
     };
-    line("", columns.iter().map(|c| c.heading.as_str()).collect());
-    line("", columns.iter().map(|c| c.source.as_str()).collect());
+    line("", &heads);
+    line("", &sources);
     let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-    line(
-        &"-".repeat(label_width),
-        rule.iter().map(String::as_str).collect(),
-    );
-    for (r, (label, _)) in ROWS.iter().enumerate() {
-        line(label, cells.iter().map(|col| col[r].as_str()).collect());
+    line(&"-".repeat(label_width), &rule);
+    for (label, cells) in &rows {
+        line(label, cells);
     }
-    for c in columns {
-        if let Some(error) = c.result.get("load_error").and_then(Value::as_str) {
-            let _ = writeln!(
-                out,
-                "note: {} ({}) did not load: {error}",
-                c.heading, c.source
-            );
+    out.push_str(
+        "[a, b]: 95 % interval, bootstrap over rounds; latencies pooled over the rounds' samples\n",
+    );
+    for (c, head) in results.iter().zip(&heads) {
+        if let Some(error) = c.get("load_error").and_then(Value::as_str) {
+            let _ = writeln!(out, "note: {head} did not load: {error}");
         }
-        if let Some(v) = c.result.get("violations").and_then(Value::as_array) {
+        if let Some(v) = c.get("violations").and_then(Value::as_array) {
             for text in v.iter().filter_map(Value::as_str) {
-                let _ = writeln!(out, "VIOLATION: {} ({}): {text}", c.heading, c.source);
+                let _ = writeln!(out, "VIOLATION: {head}: {text}");
             }
         }
     }
     out
-}
-
-/// Exact median of the first-enter samples when the result has them, else the histogram's p50.
-fn first_enter_median(v: &Value) -> Option<f64> {
-    if let Some(samples) = v.get("first_enter_samples_ns").and_then(Value::as_array) {
-        let mut s: Vec<f64> = samples.iter().filter_map(Value::as_f64).collect();
-        if !s.is_empty() {
-            s.sort_by(f64::total_cmp);
-            let n = s.len();
-            return Some(if n % 2 == 1 {
-                s[n / 2]
-            } else {
-                (s[n / 2 - 1] + s[n / 2]) / 2.0
-            });
-        }
-    }
-    num(v, &["first_enter_ns", "p50"])
 }
 
 fn list(names: &[String]) -> String {
@@ -164,12 +175,111 @@ fn list(names: &[String]) -> String {
     }
 }
 
-fn ns(value: f64) -> String {
-    if value >= 10_000.0 {
-        format!("{:.1} us", value / 1_000.0)
+/// A figure's value with the unit its label names.
+fn with_unit(f: &Figure, v: f64) -> String {
+    if f.label.ends_with("(ns)") {
+        if v >= 10_000.0 {
+            format!("{:.1} us", v / 1_000.0)
+        } else {
+            format!("{v:.0} ns")
+        }
+    } else if f.label.ends_with("(us)") {
+        format!("{} us", fmt_num(v))
+    } else if f.label.ends_with("(bytes)") {
+        format!("{} bytes", fmt_num(v))
     } else {
-        format!("{value:.0} ns")
+        fmt_num(v)
     }
+}
+
+/// The label without its unit.
+fn name_of(f: &Figure) -> &str {
+    f.label.split(" (").next().unwrap_or(f.label)
+}
+
+fn ci_text(ci: &Value, unit: &dyn Fn(f64) -> String) -> Option<String> {
+    let a = ci.as_array()?;
+    Some(format!(
+        "{} to {}",
+        unit(a.first()?.as_f64()?),
+        unit(a.get(1)?.as_f64()?)
+    ))
+}
+
+/// One sentence about figure `f`: the differences that are significant, then the pairs without one.
+fn figure_sentence(
+    f: &Figure,
+    results: &[Value],
+    heads: &[String],
+    comparisons: &[Value],
+) -> Option<String> {
+    let mine: Vec<&Value> = comparisons
+        .iter()
+        .filter(|c| c["figure"].as_str() == Some(f.key))
+        .collect();
+    if mine.is_empty() {
+        return None;
+    }
+    let value_of = |name: &str| {
+        let i = heads.iter().position(|h| h == name)?;
+        estimate(&results[i], f.key).map(|(v, _)| v)
+    };
+    let mut real = Vec::new();
+    let mut none = Vec::new();
+    let mut unknown = Vec::new();
+    for c in &mine {
+        let (a, b) = (
+            c["a"].as_str().unwrap_or("?"),
+            c["b"].as_str().unwrap_or("?"),
+        );
+        let (va, vb) = (
+            value_of(a).unwrap_or(f64::NAN),
+            value_of(b).unwrap_or(f64::NAN),
+        );
+        let values = format!("{} vs {}", with_unit(f, va), with_unit(f, vb));
+        if c["difference_ci95"].is_null() {
+            unknown.push(format!("{a} and {b} ({values})"));
+        } else if c["significant"] == true {
+            let ratio = c["ratio"]
+                .as_f64()
+                .zip(ci_text(&c["ratio_ci95"], &|x| format!("{x:.2}x")));
+            real.push(match ratio {
+                Some((r, ci)) => format!("{a} {r:.2}x {b} ({values}; 95 % CI {ci})"),
+                None => format!(
+                    "{a} above {b} ({values}; difference 95 % CI {})",
+                    ci_text(&c["difference_ci95"], &|x| with_unit(f, x)).unwrap_or_default()
+                ),
+            });
+        } else {
+            let ratio = c["ratio"]
+                .as_f64()
+                .zip(ci_text(&c["ratio_ci95"], &|x| format!("{x:.2}x")))
+                .map(|(r, ci)| format!(", ratio {r:.2}x, 95 % CI {ci}"))
+                .unwrap_or_default();
+            none.push(format!("{a} and {b} ({values}{ratio})"));
+        }
+    }
+    let mut parts = Vec::new();
+    if !real.is_empty() {
+        parts.push(real.join("; "));
+    }
+    if !none.is_empty() {
+        parts.push(format!("no significant difference between {}", list(&none)));
+    }
+    if !unknown.is_empty() {
+        parts.push(format!(
+            "too few rounds for an interval (needs {MIN_ROUNDS} per strategy) for {}",
+            list(&unknown)
+        ));
+    }
+    Some(format!("{}: {}.", capitalise(name_of(f)), parts.join("; ")))
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
 }
 
 /// Wraps `text` at `width` columns.
@@ -190,177 +300,87 @@ fn wrap(text: &str, width: usize) -> String {
     out
 }
 
-/// The verdict paragraph: which strategy loads, which pays preparation on the hot path, the
-/// first-enter latency ratio, the memory ratio and the messages to idle CPUs, all from the figures.
-pub fn verdict(columns: &[Column]) -> String {
-    let name = |c: &Column| {
-        if columns.iter().filter(|o| o.heading == c.heading).count() > 1 {
-            format!("{} ({})", c.heading, c.source)
-        } else {
-            c.heading.clone()
-        }
-    };
-    let up: Vec<&Column> = columns.iter().filter(|c| loaded(&c.result)).collect();
-    let down: Vec<&Column> = columns.iter().filter(|c| !loaded(&c.result)).collect();
+/// The verdict paragraph: which strategy loads, what each figure rests on, then for every compared
+/// figure only the differences whose 95 % interval excludes "no difference" (and "no significant
+/// difference" otherwise), then safety. Every number comes from `results` and `comparisons`.
+pub fn verdict(results: &[Value], comparisons: &[Value]) -> String {
+    let heads = headings(results);
+    let up: Vec<usize> = (0..results.len())
+        .filter(|&i| loaded(&results[i]))
+        .collect();
+    let down: Vec<usize> = (0..results.len())
+        .filter(|&i| !loaded(&results[i]))
+        .collect();
     let mut s = Vec::new();
 
-    // Loading.
-    let up_names: Vec<String> = up.iter().map(|c| name(c)).collect();
+    let rounds_of = |i: usize| {
+        let r = &results[i];
+        let (l, n) = (
+            r["rounds_loaded"].as_u64().unwrap_or(0),
+            r["rounds"].as_u64().unwrap_or(0),
+        );
+        if l == n {
+            format!("{} ({n} rounds)", heads[i])
+        } else {
+            format!("{} ({l} of {n} rounds)", heads[i])
+        }
+    };
+    let up_names: Vec<String> = up.iter().map(|&i| rounds_of(i)).collect();
     match (up.is_empty(), down.is_empty()) {
-        (false, true) => s.push(format!("All of {} loaded.", list(&up_names))),
+        (false, true) => s.push(format!("Loaded: {}.", list(&up_names))),
         (true, _) => s.push("No strategy loaded.".into()),
         (false, false) => {
             let why: Vec<String> = down
                 .iter()
-                .map(|c| {
-                    let error = c
-                        .result
-                        .get("load_error")
-                        .and_then(Value::as_str)
+                .map(|&i| {
+                    let error = results[i]["load_error"]
+                        .as_str()
                         .map_or_else(|| "unknown error".into(), short_error);
-                    format!("{} did not ({error})", name(c))
+                    format!("{} did not ({error})", heads[i])
                 })
                 .collect();
-            s.push(format!("{} loaded; {}.", list(&up_names), list(&why)));
+            s.push(format!("Loaded: {}; {}.", list(&up_names), list(&why)));
         }
     }
-
-    // Preparation on the hot path.
-    let mut paid = Vec::new();
-    let mut clean = Vec::new();
-    for c in &up {
-        match num(&c.result, &["prepare_at_dispatch"]) {
-            Some(n) if n > 0.0 => paid.push(format!("{} ({n:.0})", name(c))),
-            Some(_) => clean.push(name(c)),
-            None => {}
-        }
-    }
-    if !paid.is_empty() {
-        s.push(format!(
-            "Preparation paid on the hot path, at DISPATCH in a first enter: {}.",
-            list(&paid)
-        ));
-    }
-    if !clean.is_empty() {
-        s.push(format!(
-            "{} paid no preparation on the hot path.",
-            list(&clean)
-        ));
-    }
-    for c in &up {
-        if let Some(f) = num(&c.result, &["prepare_failures"]).filter(|f| *f > 0.0) {
-            s.push(format!(
-                "{} saw {f:.0} failed preparation(s) and fell back to the lazy path or the overflow slot.",
-                name(c)
-            ));
-        }
-    }
-
-    // First-enter latency ratio.
-    let mut firsts: Vec<(String, f64)> = up
+    let samples: Vec<String> = up
         .iter()
-        .filter_map(|c| first_enter_median(&c.result).map(|m| (name(c), m)))
-        .filter(|(_, m)| *m > 0.0)
-        .collect();
-    firsts.sort_by(|a, b| a.1.total_cmp(&b.1));
-    if firsts.len() >= 2 {
-        let (fast, slow) = (&firsts[0], &firsts[firsts.len() - 1]);
-        s.push(format!(
-            "Median first enter on a CPU: {}; {} is {:.1}x {}.",
-            firsts
-                .iter()
-                .map(|(n, m)| format!("{n} {}", ns(*m)))
-                .collect::<Vec<_>>()
-                .join(", "),
-            slow.0,
-            slow.1 / fast.1,
-            fast.0
-        ));
-    }
-
-    // Memory ratio.
-    let mut mem: Vec<(String, f64, f64)> = up
-        .iter()
-        .filter_map(|c| {
-            Some((
-                name(c),
-                num(&c.result, &["per_cpu_bytes"])?,
-                num(&c.result, &["cpus_prepared"]).unwrap_or(0.0),
-            ))
+        .filter_map(|&i| {
+            num(&results[i], &["first_enter_ns", "count"]).map(|n| format!("{} {n:.0}", heads[i]))
         })
         .collect();
-    mem.sort_by(|a, b| a.1.total_cmp(&b.1));
-    if mem.len() >= 2 && mem[0].1 > 0.0 {
-        let small = &mem[0];
-        let parts: Vec<String> = mem
-            .iter()
-            .map(|(n, b, cpus)| {
-                format!(
-                    "{n} {b:.0} bytes for {cpus:.0} CPU(s) ({:.1}x {})",
-                    b / small.1,
-                    small.0
-                )
-            })
-            .collect();
-        s.push(format!("Per-CPU memory: {}.", parts.join(", ")));
+    if !samples.is_empty() {
+        s.push(format!("First-enter samples: {}.", list(&samples)));
     }
-
-    // Messages to idle CPUs.
-    let mut quiet = Vec::new();
-    let mut noisy = Vec::new();
-    for c in &up {
-        match num(&c.result, &["messages_to_idle_cpus"]) {
-            Some(n) if n > 0.0 => {
-                let idle = c
-                    .result
-                    .get("idle_cpus")
-                    .and_then(Value::as_array)
-                    .map_or(0, Vec::len);
-                noisy.push(format!("{} sent {n:.0} to {idle} idle CPU(s)", name(c)))
-            }
-            Some(_) => quiet.push(name(c)),
-            None => {}
+    for f in FIGURES.iter().filter(|f| f.compared) {
+        if let Some(text) = figure_sentence(f, results, &heads, comparisons) {
+            s.push(text);
         }
     }
-    if !quiet.is_empty() {
-        s.push(format!(
-            "Idle CPUs received no messages under {}.",
-            list(&quiet)
-        ));
-    }
-    if !noisy.is_empty() {
-        s.push(format!(
-            "Energy cost: {} (every prepared CPU is visited in every cycle).",
-            list(&noisy)
-        ));
-    }
-
-    // Safety and liveness.
     let bad: Vec<String> = up
         .iter()
-        .filter(|c| {
-            num(&c.result, &["use_after_free"]).unwrap_or(0.0) > 0.0
-                || num(&c.result, &["leaked"]).unwrap_or(0.0) > 0.0
+        .filter(|&&i| {
+            num(&results[i], &["use_after_free"]).unwrap_or(0.0) > 0.0
+                || num(&results[i], &["leaked"]).unwrap_or(0.0) > 0.0
         })
-        .map(|c| name(c))
+        .map(|&i| heads[i].clone())
         .collect();
     let checked = up
         .iter()
-        .any(|c| num(&c.result, &["use_after_free"]).is_some());
+        .any(|&i| num(&results[i], &["use_after_free"]).is_some());
     if !bad.is_empty() {
         s.push(format!(
             "FAILURE: use-after-free or leak under {}.",
             list(&bad)
         ));
     } else if checked {
-        s.push("No use-after-free and no leak under any strategy that loaded.".into());
+        s.push("No use-after-free and no leak in any round of any strategy that loaded.".into());
     }
     let stalls: Vec<String> = up
         .iter()
-        .filter_map(|c| {
-            num(&c.result, &["stalls_reported"])
+        .filter_map(|&i| {
+            num(&results[i], &["stalls_reported"])
                 .filter(|n| *n > 0.0)
-                .map(|n| format!("{} {n:.0}", name(c)))
+                .map(|n| format!("{} {} per round", heads[i], fmt_num(n)))
         })
         .collect();
     if !stalls.is_empty() {
