@@ -52,6 +52,56 @@
 //! destructor runs at DISPATCH in a cycle on some processor (or in unload's drain): it must not
 //! block, and may retire more.
 
+//!
+//! # What the compiler refuses
+//!
+//! A value read under a guard, used after the guard exited:
+//!
+//! ```compile_fail,E0597
+//! # use kepoch::{Atomic, Config, Domain, Owned};
+//! # let domain = Domain::create(kepoch_sim::bench::BenchPlatform::new(1, 1), Config::default()).unwrap();
+//! let atomic = Atomic::new(Owned::new(&domain, 1u32).unwrap());
+//! let value = {
+//!     let guard = domain.enter();
+//!     atomic.load(&guard).unwrap().get()
+//! }; // the guard exits here
+//! assert_eq!(*value, 1);
+//! ```
+//!
+//! An atomic dropped (which frees its value) while a reader holds that value:
+//!
+//! ```compile_fail,E0505
+//! # use kepoch::{Atomic, Config, Domain, Owned};
+//! # let domain = Domain::create(kepoch_sim::bench::BenchPlatform::new(1, 1), Config::default()).unwrap();
+//! let atomic = Atomic::new(Owned::new(&domain, 1u32).unwrap());
+//! let guard = domain.enter();
+//! let value = atomic.load(&guard).unwrap();
+//! drop(atomic);
+//! assert_eq!(*value, 1);
+//! ```
+//!
+//! A value retired twice:
+//!
+//! ```compile_fail,E0382
+//! # use kepoch::{Atomic, Config, Domain, Owned};
+//! # let domain = Domain::create(kepoch_sim::bench::BenchPlatform::new(1, 1), Config::default()).unwrap();
+//! let atomic = Atomic::new(Owned::new(&domain, 1u32).unwrap());
+//! let old = atomic.take().unwrap();
+//! old.retire();
+//! old.retire();
+//! ```
+//!
+//! Readers on other threads sharing a value that is not `Sync`:
+//!
+//! ```compile_fail,E0277
+//! # use kepoch::{Atomic, Config, Domain, Owned};
+//! # let domain = Domain::create(kepoch_sim::bench::BenchPlatform::new(1, 1), Config::default()).unwrap();
+//! let atomic = Atomic::new(Owned::new(&domain, std::cell::Cell::new(1u32)).unwrap());
+//! std::thread::scope(|s| {
+//!     s.spawn(|| atomic.load(&domain.enter()).map(|v| v.get()));
+//! });
+//! ```
+
 use crate::domain::Domain;
 use crate::guard::Guard;
 use crate::mutation::Mutation;
