@@ -435,7 +435,7 @@ fn torture_command(args: TortureArgs) -> ExitCode {
     };
     let t = &totals;
     let figures = format!(
-        "{runs} run(s), {} lifetimes, {} reads, {} retires, {} cycles, {} synchronizes, {} flushes, {} hot-adds ({} completed, {} failed), work items {} run / {} cancelled / {} chained, {} destructor retires, {} polls, {} overflow uses, max reader-table depth {}, peak pending {}, longest hold-back {} cycles, peak RSS {} MiB",
+        "{runs} run(s), {} lifetimes, {} reads, {} retires, {} cycles, {} synchronizes, {} flushes, {} hot-adds ({} completed, {} failed), work items {} run / {} cancelled / {} chained, {} destructor retires, {} polls, map {} bucket reads / {} updates / {} lost races, {} overflow uses, max reader-table depth {}, peak pending {}, longest hold-back {} cycles, peak RSS {} MiB",
         t.lifetimes,
         t.reads,
         t.retires,
@@ -450,6 +450,9 @@ fn torture_command(args: TortureArgs) -> ExitCode {
         t.work_chained,
         t.destructor_retires,
         t.polls,
+        t.map_lookups,
+        t.map_updates,
+        t.map_conflicts,
         t.fallback_uses,
         t.max_depth,
         t.peak_pending,
