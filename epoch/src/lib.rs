@@ -8,7 +8,7 @@
 //!
 //! # Example
 //!
-//! Enter, read, swap, retire, synchronize, with the safe pointer types of [`pointer`]:
+//! Enter, read, swap, retire, synchronize, with the safe pointer types of [`atomic`]:
 //!
 //! ```
 //! use kepoch::{Atomic, Config, Domain, Owned, Strategy};
@@ -68,7 +68,7 @@
 //!
 //! # Layers
 //!
-//! - [`pointer`]: [`Atomic`], [`Owned`], [`Shared`], [`Unlinked`] — the safe layer; its module
+//! - [`atomic`]: [`Atomic`], [`Owned`], [`Shared`], [`Unlinked`] — the safe layer; its module
 //!   documentation gives the argument for why its safe path is sound.
 //! - [`Domain`]: [`enter`](Domain::enter) / [`Guard`], [`synchronize`](Domain::synchronize),
 //!   [`flush`](Domain::flush), work items ([`Domain::new_work_item`]), [`stats`](Domain::stats); and
@@ -85,6 +85,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod atomic;
 pub mod config;
 mod deferred;
 pub mod domain;
@@ -92,7 +93,6 @@ pub mod guard;
 pub mod mutation;
 mod participant;
 pub mod platform;
-pub mod pointer;
 mod readers;
 mod spin;
 pub mod stats;
@@ -101,12 +101,12 @@ pub mod table;
 #[cfg(all(test, not(loom)))]
 mod tests;
 
+pub use atomic::{Atomic, CompareExchangeError, Owned, Shared, Unlinked};
 pub use config::{select_config, Config, Strategy};
 pub use domain::{
     Domain, DomainBox, Holdback, Holder, LoadError, LoadFailure, RetireError, WorkItem,
 };
 pub use guard::{Guard, RawGuard};
 pub use mutation::{Mutation, MutationKind, Mutations};
-pub use pointer::{Atomic, CompareExchangeError, Owned, Shared, Unlinked};
 pub use readers::READER_ENTRIES;
 pub use stats::{CallbackState, Stats, STATS_VERSION};

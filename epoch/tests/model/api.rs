@@ -1,4 +1,4 @@
-//! Directed scenarios of the safe pointer layer (`kepoch::pointer`): readers load through
+//! Directed scenarios of the safe pointer layer (`kepoch::atomic`): readers load through
 //! [`Atomic::load`], writers publish [`Owned`] boxes and retire what they unlinked. The machine's
 //! checks are the same as for the raw scenarios (an object's payload is a model cell: loom reports a
 //! read not ordered after its initialisation or before its destructor, and a late read panics).
@@ -20,7 +20,9 @@ fn world_with_atomic(initial: bool) -> (Arc<World>, SharedAtomic) {
     // SAFETY: `finish` drops the atomic before it unloads the domain.
     let atomic = Arc::new(unsafe { Atomic::null_detached(&w.domain) });
     if initial {
-        on_cpu(0, || atomic.store(Owned::new(&w.domain, Object::new()).ok().expect("alloc")));
+        on_cpu(0, || {
+            atomic.store(Owned::new(&w.domain, Object::new()).ok().expect("alloc"))
+        });
     }
     (w, atomic)
 }
@@ -65,7 +67,9 @@ pub fn api_reader_sees_the_published_value() {
         let (w, atomic) = (w.clone(), atomic.clone());
         rt::thread::spawn(move || api_read(&w, &atomic, 1))
     };
-    on_cpu(0, || atomic.store(Owned::new(&w.domain, Object::new()).ok().expect("alloc")));
+    on_cpu(0, || {
+        atomic.store(Owned::new(&w.domain, Object::new()).ok().expect("alloc"))
+    });
     reader.join().unwrap();
     finish(w, atomic);
 }

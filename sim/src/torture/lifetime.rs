@@ -2,8 +2,8 @@
 //! checked; panics and broken bounds end a lifetime with a diagnosis.
 
 use super::bounds::{self, Watchdog};
-use super::tasks::{FlushStorm, Monitor, Poller, Reader, Staller, Synchronizer, Writer};
 use super::map::{self, MapReader, MapWriter};
+use super::tasks::{FlushStorm, Monitor, Poller, Reader, Staller, Synchronizer, Writer};
 use super::work::{self, WorkEnv, WorkItems};
 use super::{fault, Mode, RunOptions, RunOutcome, RunSpec, RunStats, Shared, TORTURE_CYCLE_US};
 use crate::machine::{AllocRequest, FaultHook, Firmware, Machine, MachineConfig};
@@ -252,7 +252,9 @@ fn drive_lifetime(
     );
     // SAFETY: the map drops before the domain: it is taken out before unload, and declared before
     // the domain in `Shared` for the paths that drop the shared state with the domain in it.
-    let map = workloads.map.then(|| unsafe { map::ObjectMap::new(&domain) });
+    let map = workloads
+        .map
+        .then(|| unsafe { map::ObjectMap::new(&domain) });
     let shared = Arc::new(Shared {
         map: RwLock::new(map),
         domain: RwLock::new(Some(domain)),

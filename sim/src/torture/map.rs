@@ -1,4 +1,4 @@
-//! The read-mostly workload, written with the core's safe pointer layer (`kepoch::pointer`) the way
+//! The read-mostly workload, written with the core's safe pointer layer (`kepoch::atomic`) the way
 //! a driver would: a fixed-bucket hash map whose buckets readers look keys up in and writers replace
 //! as a whole (copy on write).
 //!
@@ -107,7 +107,11 @@ impl Bucket {
             .entries
             .iter_mut()
             .position(|e| *e.key.get_mut() == key)
-            .or_else(|| self.entries.iter_mut().position(|e| *e.key.get_mut() == EMPTY))
+            .or_else(|| {
+                self.entries
+                    .iter_mut()
+                    .position(|e| *e.key.get_mut() == EMPTY)
+            })
             .unwrap_or(version as usize % BUCKET_CAPACITY);
         let entry = &mut self.entries[slot];
         *entry.key.get_mut() = key;
@@ -170,7 +174,10 @@ impl ObjectMap {
 
 /// A fresh bucket from `domain`, registered for the guard-page fault handler; `None` if the
 /// allocation failed.
-fn new_bucket<'d>(shared: &Shared, domain: &'d SimDomain) -> Option<Owned<'d, Bucket, SimPlatform>> {
+fn new_bucket<'d>(
+    shared: &Shared,
+    domain: &'d SimDomain,
+) -> Option<Owned<'d, Bucket, SimPlatform>> {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let bucket = Owned::new(domain, Bucket::new(id)).ok()?;
     objects::register(std::ptr::from_ref::<Bucket>(&bucket) as usize, id);

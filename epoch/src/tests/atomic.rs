@@ -1,7 +1,7 @@
-//! The safe pointer layer (`crate::pointer`) on the test platform: what it frees when, and the
+//! The safe pointer layer (`crate::atomic`) on the test platform: what it frees when, and the
 //! misuse it refuses.
 
-use super::{domain, Tracked, TestPlatform};
+use super::{domain, TestPlatform, Tracked};
 use crate::config::Strategy;
 use crate::{Atomic, CompareExchangeError, Domain, Owned};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,8 +28,14 @@ fn a_swapped_out_value_is_freed_only_after_the_readers_that_saw_it() {
     let guard = TestPlatform::on_cpu(1, || domain.enter());
     let seen = atomic.load(&guard).expect("published");
     TestPlatform::on_cpu(0, || {
-        let old = atomic.swap(tracked(&domain, &drops)).expect("was published");
-        assert_eq!(old.as_ptr(), seen.as_ptr(), "swap hands back what readers saw");
+        let old = atomic
+            .swap(tracked(&domain, &drops))
+            .expect("was published");
+        assert_eq!(
+            old.as_ptr(),
+            seen.as_ptr(),
+            "swap hands back what readers saw"
+        );
         old.retire();
     });
     for _ in 0..5 {
@@ -43,7 +49,11 @@ fn a_swapped_out_value_is_freed_only_after_the_readers_that_saw_it() {
     }
     assert_eq!(dropped(&drops), 1, "freed once the reader exited");
     drop(atomic);
-    assert_eq!(dropped(&drops), 2, "dropping the atomic frees its value at once");
+    assert_eq!(
+        dropped(&drops),
+        2,
+        "dropping the atomic frees its value at once"
+    );
     drop(domain);
     assert_eq!(platform.live_allocations(), 0, "leak");
 }
@@ -53,13 +63,23 @@ fn store_take_and_dropped_tokens_retire_and_unload_frees_them() {
     let (platform, domain) = domain(1, Strategy::Lazy);
     let drops = Arc::new(AtomicUsize::new(0));
     let atomic = Atomic::null(&domain);
-    assert!(atomic.take().is_none(), "nothing to take from an empty atomic");
+    assert!(
+        atomic.take().is_none(),
+        "nothing to take from an empty atomic"
+    );
     atomic.store(tracked(&domain, &drops));
     atomic.store(tracked(&domain, &drops));
     assert_eq!(domain.stats().retired, 1, "store retires what it replaced");
     drop(atomic.take().expect("published"));
-    assert_eq!(domain.stats().retired, 2, "dropping an unlinked value retires it");
-    assert!(atomic.load(&domain.enter()).is_none(), "take empties the atomic");
+    assert_eq!(
+        domain.stats().retired,
+        2,
+        "dropping an unlinked value retires it"
+    );
+    assert!(
+        atomic.load(&domain.enter()).is_none(),
+        "take empties the atomic"
+    );
     assert_eq!(dropped(&drops), 0, "nothing freed before a cycle");
     drop(atomic);
     drop(domain);
@@ -105,7 +125,11 @@ fn an_unpublished_box_is_freed_at_once() {
     drop(tracked(&domain, &drops));
     assert_eq!(dropped(&drops), 1);
     assert_eq!(platform.live_allocations(), before);
-    assert_eq!(domain.stats().retired, 0, "an unpublished box is not retired");
+    assert_eq!(
+        domain.stats().retired,
+        0,
+        "an unpublished box is not retired"
+    );
 }
 
 #[test]
@@ -139,7 +163,10 @@ fn a_retired_value_frees_the_atomic_it_owns_when_disposed_of() {
         let guard = domain.enter();
         let node = root.load(&guard).expect("published").get();
         let value = node.child.load(&guard).expect("published");
-        assert!(Arc::ptr_eq(&value.0, &drops), "a loaded node's atomic loads too");
+        assert!(
+            Arc::ptr_eq(&value.0, &drops),
+            "a loaded node's atomic loads too"
+        );
     }
     drop(root.take());
     domain.synchronize();

@@ -520,7 +520,9 @@ impl<'a, T: Send + 'static, P: Platform> Unlinked<'a, T, P> {
         // SAFETY: per the caller: unreachable for readers that enter from now on, retired once.
         match unsafe { domain.retire(ptr) } {
             Ok(stamp) => stamp,
-            Err(error) => panic!("kepoch: a value unlinked from an Atomic was retired twice ({error:?})"),
+            Err(error) => {
+                panic!("kepoch: a value unlinked from an Atomic was retired twice ({error:?})")
+            }
         }
     }
 }
