@@ -3,7 +3,7 @@
 
 use super::{domain, TestPlatform, Tracked};
 use crate::config::Strategy;
-use crate::{Atomic, CompareExchangeError, Domain, Owned};
+use crate::{Atomic, CompareExchangeError, Domain, DomainBox, Owned};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -20,10 +20,21 @@ fn dropped(drops: &AtomicUsize) -> usize {
     drops.load(Ordering::SeqCst)
 }
 
+/// A lazy domain on `cpus` processors and a drop counter.
+fn setup(cpus: usize) -> (TestPlatform, DomainBox<TestPlatform>, Arc<AtomicUsize>) {
+    let (platform, domain) = domain(cpus, Strategy::Lazy);
+    (platform, domain, Arc::new(AtomicUsize::new(0)))
+}
+
+/// Unloads the domain and checks that nothing is left allocated.
+fn unload_without_leak(platform: &TestPlatform, domain: DomainBox<TestPlatform>) {
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0, "leak");
+}
+
 #[test]
 fn a_swapped_out_value_is_freed_only_after_the_readers_that_saw_it() {
-    let (platform, domain) = domain(2, Strategy::Lazy);
-    let drops = Arc::new(AtomicUsize::new(0));
+    let (platform, domain, drops) = setup(2);
     let atomic = Atomic::new(tracked(&domain, &drops));
     let guard = TestPlatform::on_cpu(1, || domain.enter());
     let seen = atomic.load(&guard).expect("published");
@@ -54,14 +65,12 @@ fn a_swapped_out_value_is_freed_only_after_the_readers_that_saw_it() {
         2,
         "dropping the atomic frees its value at once"
     );
-    drop(domain);
-    assert_eq!(platform.live_allocations(), 0, "leak");
+    unload_without_leak(&platform, domain);
 }
 
 #[test]
 fn store_take_and_dropped_tokens_retire_and_unload_frees_them() {
-    let (platform, domain) = domain(1, Strategy::Lazy);
-    let drops = Arc::new(AtomicUsize::new(0));
+    let (platform, domain, drops) = setup(1);
     let atomic = Atomic::null(&domain);
     assert!(
         atomic.take().is_none(),
@@ -89,8 +98,7 @@ fn store_take_and_dropped_tokens_retire_and_unload_frees_them() {
 
 #[test]
 fn compare_exchange_publishes_only_over_the_value_seen() {
-    let (platform, domain) = domain(1, Strategy::Lazy);
-    let drops = Arc::new(AtomicUsize::new(0));
+    let (platform, domain, drops) = setup(1);
     let atomic = Atomic::null(&domain);
     let guard = domain.enter();
     let first = match atomic.compare_exchange(None, tracked(&domain, &drops), &guard) {
@@ -113,14 +121,12 @@ fn compare_exchange_publishes_only_over_the_value_seen() {
     domain.synchronize();
     assert_eq!(dropped(&drops), 1, "only the replaced value was freed");
     drop(atomic);
-    drop(domain);
-    assert_eq!(platform.live_allocations(), 0, "leak");
+    unload_without_leak(&platform, domain);
 }
 
 #[test]
 fn an_unpublished_box_is_freed_at_once() {
-    let (platform, domain) = domain(1, Strategy::Lazy);
-    let drops = Arc::new(AtomicUsize::new(0));
+    let (platform, domain, drops) = setup(1);
     let before = platform.live_allocations();
     drop(tracked(&domain, &drops));
     assert_eq!(dropped(&drops), 1);
@@ -148,8 +154,7 @@ struct Node {
 
 #[test]
 fn a_retired_value_frees_the_atomic_it_owns_when_disposed_of() {
-    let (platform, domain) = domain(1, Strategy::Lazy);
-    let drops = Arc::new(AtomicUsize::new(0));
+    let (platform, domain, drops) = setup(1);
     // SAFETY: the node (and so the atomic) is dropped at the latest by unload's drain, while the
     // domain still exists.
     let child = unsafe { Atomic::null_detached(&domain) };
@@ -172,8 +177,7 @@ fn a_retired_value_frees_the_atomic_it_owns_when_disposed_of() {
     domain.synchronize();
     assert_eq!(dropped(&drops), 2, "the node and the value its atomic held");
     drop(root);
-    drop(domain);
-    assert_eq!(platform.live_allocations(), 0, "leak");
+    unload_without_leak(&platform, domain);
 }
 
 #[test]
