@@ -7,8 +7,10 @@
 //! (create, schedule, cancel, reschedule after cancel, callbacks that retire and schedule more), stats
 //! and holdback pollers, flush/synchronize storms from several CPUs, stallers that stay inside across
 //! many cycles in distinct epochs (more than the reader table's entries on one CPU), allocation
-//! failures that put a CPU on the overflow slot, and an unload while work items run and a cycle is in
-//! flight. Every read checks the object:
+//! failures that put a CPU on the overflow slot, an unload while work items run and a cycle is in
+//! flight, and a read-mostly hash map written with the core's safe pointer layer (`kepoch::atomic`;
+//! see `map.rs`: readers look keys up, writers replace buckets by compare-and-exchange and retire
+//! what they unlinked). Every read checks the object:
 //! - its magic is intact (freed memory is poisoned by the simulated allocator, so a use-after-free
 //!   reads poison and is caught, never silently passed);
 //! - its retirement epoch has not been released while the reader still holds it (the object is "older
