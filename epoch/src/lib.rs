@@ -1,19 +1,91 @@
 //! kepoch: per-CPU epoch-based memory reclamation for Windows kernel drivers.
 //!
-//! Readers [`enter`](Domain::enter) an epoch; writers unlink an object and
-//! [`retire`](Domain::retire) it; a reclamation cycle visits the participating processors with pinned
-//! per-CPU messages, finds the oldest epoch still in use and frees what was retired before it.
-//! Processors join the cycle when they first run epoch code and leave when idle, so processors that
-//! were never used (or were hot-added, or that the firmware misreports) cost nothing and never block
-//! reclamation.
+//! Readers [`enter`](Domain::enter) an epoch; writers unlink an object and retire it; a reclamation
+//! cycle visits the participating processors with pinned per-CPU messages (DPCs), finds the oldest
+//! epoch still in use and frees what was retired before it. Processors join the cycle when they
+//! first run epoch code and leave when idle, so processors that were never used (or were hot-added,
+//! or that the firmware misreports) cost nothing and never block reclamation.
 //!
-//! The crate is `no_std` and allocation-free: everything it needs from its host — the NT kernel or a
-//! simulated machine — goes through [`Platform`](platform::Platform).
+//! # Example
+//!
+//! Enter, read, swap, retire, synchronize, with the safe pointer types of [`atomic`]:
+//!
+//! ```
+//! use kepoch::{Atomic, Config, Domain, Owned, Strategy};
+//! use kepoch_sim::bench::BenchPlatform;
+//!
+//! /// What readers look up. Replaced as a whole, never changed in place.
+//! #[derive(Debug)]
+//! struct Route {
+//!     gateway: u32,
+//! }
+//!
+//! // A domain on a platform: the NT kernel in kepoch.sys; here the simulator's benchmark platform
+//! // (a machine reporting 4 processors, 2 of them running). At PASSIVE_LEVEL.
+//! let platform = BenchPlatform::new(4, 2);
+//! let domain = Domain::create(platform.clone(), Config::with_strategy(Strategy::Callback))
+//!     .expect("load");
+//! let route = Atomic::new(Owned::new(&domain, Route { gateway: 1 }).expect("memory"));
+//!
+//! // Enter and read: what `load` returns is valid until the guard drops, on any processor.
+//! let guard = domain.enter();
+//! let seen = route.load(&guard).expect("published");
+//! assert_eq!(seen.gateway, 1);
+//!
+//! // Swap in a new value (any processor may, while readers are inside) and retire the old one:
+//! // it is freed once every reader that could still see it has exited.
+//! let old = route.swap(Owned::new(&domain, Route { gateway: 2 }).expect("memory"));
+//! old.expect("was published").retire();
+//! domain.flush(); // asks for a cycle; this platform runs its DPCs when pumped
+//! platform.pump();
+//! assert_eq!(seen.gateway, 1, "a cycle cannot free what a reader inside holds");
+//! assert_eq!(domain.stats().pending, 1);
+//! drop(guard);
+//!
+//! // Synchronize (PASSIVE, outside any epoch): everything retired before the call is freed.
+//! domain.synchronize();
+//! assert_eq!(domain.stats().pending, 0);
+//! assert_eq!(route.load(&domain.enter()).map(|r| r.gateway), Some(2));
+//! ```
+//!
+//! Dropping `route` frees the value it holds; dropping the [`DomainBox`] unloads the domain (SPEC
+//! S8): it stops the cycles, waits for work items and frees everything still retired.
+//!
+//! # Strategies
+//!
+//! Selected at load by [`Config::strategy`] (the driver reads the registry value
+//! `ActivationStrategy`, see [`select_config`]). They differ in when and where a processor's
+//! per-CPU state (its slot: reader table, retired list, DPC) is prepared:
+//!
+//! | registry value | [`Strategy`] | a processor's slot is prepared | notes |
+//! |---|---|---|---|
+//! | 0 | [`Lazy`](Strategy::Lazy) | on its first epoch use, at DISPATCH_LEVEL, on that processor | memory O(processors ever used); the first enter pays the preparation |
+//! | 1 | [`Callback`](Strategy::Callback) (default) | in processor-change notifications at PASSIVE: every existing processor at registration, a hot-added one at AddStart, ready at AddComplete | falls back to lazy when the API is missing, registration fails or a preparation fails |
+//! | 2 | [`Eager`](Strategy::Eager) | for every index below the reported maximum, at load | the original design, kept to reproduce its failure: refuses to load where max > active |
+//!
+//! With `lazy` and `callback`, processors take part in cycles only while they have readers or
+//! retired objects ([`Config::idle_deactivation`]); `eager` keeps every processor in every cycle.
+//!
+//! # Layers
+//!
+//! - [`atomic`]: [`Atomic`], [`Owned`], [`Shared`], [`Unlinked`] — the safe layer; its module
+//!   documentation gives the argument for why its safe path is sound.
+//! - [`Domain`]: [`enter`](Domain::enter) / [`Guard`], [`synchronize`](Domain::synchronize),
+//!   [`flush`](Domain::flush), work items ([`Domain::new_work_item`]), [`stats`](Domain::stats); and
+//!   the raw layer under the safe one: [`Domain::alloc`], the `unsafe` [`Domain::retire`],
+//!   [`Domain::enter_raw`] for callers that cannot hold a borrow.
+//! - [`platform::Platform`]: everything the core needs from its host (the NT kernel, a simulated
+//!   machine). The crate is `no_std` and needs no global allocator: all memory comes from
+//!   [`Platform::allocate`](platform::Platform::allocate).
+//!
+//! The protocol and the argument for why it is safe are in `PROTOCOL.md` next to this crate.
 #![no_std]
+#![deny(missing_docs)]
 
 #[cfg(test)]
 extern crate std;
 
+pub mod atomic;
 pub mod config;
 mod deferred;
 pub mod domain;
@@ -29,6 +101,7 @@ pub mod table;
 #[cfg(all(test, not(loom)))]
 mod tests;
 
+pub use atomic::{Atomic, CompareExchangeError, Owned, Shared, Unlinked};
 pub use config::{select_config, Config, Strategy};
 pub use domain::{
     Domain, DomainBox, Holdback, Holder, LoadError, LoadFailure, RetireError, WorkItem,

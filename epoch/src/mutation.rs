@@ -99,6 +99,9 @@ mutations! {
     /// Unload flushes messages without first waiting for the in-flight cycle, whose visits then keep
     /// sending messages to slots being freed.
     UnloadSkipCycleWait = 18, "unload-skip-cycle-wait", Ordering;
+    /// The safe [`Atomic`](crate::Atomic) publishes a value without the Release half of its
+    /// read-modify-write: a reader that loads the pointer may not see the value initialised.
+    PublishWithoutRelease = 19, "publish-without-release", Ordering;
 }
 
 impl Mutation {

@@ -1,4 +1,5 @@
 //! `kepoch-sim` library: the simulated machine, the torture and the A/B lab.
+#![deny(missing_docs)]
 
 pub mod bench;
 pub mod lab;

@@ -100,7 +100,8 @@ struct TortureArgs {
     /// and schedule), stats (stats()/holdback() callers), chains (destructors that retire), storms
     /// (flush/synchronize storms), stalls (readers inside across many cycles in distinct epochs),
     /// overflow (allocation failures put a CPU on the overflow slot), busy-unload (unload while work
-    /// items run and a cycle is in flight).
+    /// items run and a cycle is in flight), map (a read-mostly hash map through the safe pointer
+    /// layer: lookups, compare-and-exchange updates, safe retirement).
     #[arg(long, default_value = "all", value_parser = parse_workloads)]
     workloads: Workloads,
     /// Deterministic: machine lifetimes per seed (each a new machine, load, hot-adds, unload), each
@@ -437,7 +438,7 @@ fn torture_command(args: TortureArgs) -> ExitCode {
     };
     let t = &totals;
     let figures = format!(
-        "{runs} run(s), {} lifetimes, {} reads, {} retires, {} cycles, {} synchronizes, {} flushes, {} hot-adds ({} completed, {} failed), work items {} run / {} cancelled / {} chained, {} destructor retires, {} polls, {} overflow uses, max reader-table depth {}, peak pending {}, longest hold-back {} cycles, peak RSS {} MiB",
+        "{runs} run(s), {} lifetimes, {} reads, {} retires, {} cycles, {} synchronizes, {} flushes, {} hot-adds ({} completed, {} failed), work items {} run / {} cancelled / {} chained, {} destructor retires, {} polls, map {} bucket reads / {} updates / {} lost races, {} overflow uses, max reader-table depth {}, peak pending {}, longest hold-back {} cycles, peak RSS {} MiB",
         t.lifetimes,
         t.reads,
         t.retires,
@@ -452,6 +453,9 @@ fn torture_command(args: TortureArgs) -> ExitCode {
         t.work_chained,
         t.destructor_retires,
         t.polls,
+        t.map_lookups,
+        t.map_updates,
+        t.map_conflicts,
         t.fallback_uses,
         t.max_depth,
         t.peak_pending,

@@ -74,7 +74,7 @@ pub fn new_object(domain: &SimDomain, id: u64) -> Option<NonNull<Object>> {
         retired_at: AtomicU64::new(NOT_RETIRED),
     };
     let object = domain.alloc(object).ok()?;
-    register(object, id);
+    register(object.as_ptr() as usize, id);
     Some(object)
 }
 
@@ -93,6 +93,12 @@ pub unsafe fn check(domain: &SimDomain, object: NonNull<Object>) -> Check {
             object.retired_at.load(Ordering::Acquire),
         )
     };
+    verdict(domain, magic, retired_at)
+}
+
+/// What a reader holding a block with this magic word and retirement epoch (both read atomically
+/// inside its epoch) found: freed, released while held, or fine.
+pub fn verdict(domain: &SimDomain, magic: u64, retired_at: u64) -> Check {
     if magic != LIVE {
         return Check::UseAfterFree(magic);
     }
@@ -143,7 +149,7 @@ pub unsafe fn replace(
         .retired_at
         .store(stamp, Ordering::Release);
     // SAFETY: as above.
-    note_retired(old, unsafe { old.as_ref() }.id, stamp);
+    note_retired(old.as_ptr() as usize, unsafe { old.as_ref() }.id, stamp);
     Ok(true)
 }
 
@@ -221,7 +227,9 @@ pub fn set_fault_registry(on: bool) {
     REGISTRY_ON.store(on, Ordering::Release);
 }
 
-fn register(object: NonNull<Object>, id: u64) {
+/// Records that the block at `addr` holds the torture block with serial `id` (a no-op unless the
+/// registry is on).
+pub(crate) fn register(addr: usize, id: u64) {
     if !REGISTRY_ON.load(Ordering::Relaxed) {
         return;
     }
@@ -229,16 +237,17 @@ fn register(object: NonNull<Object>, id: u64) {
     entry.page.store(0, Ordering::Release);
     entry.id.store(id, Ordering::Release);
     entry.retired_at.store(NOT_RETIRED, Ordering::Release);
-    let page = object.as_ptr() as usize & PAGE_MASK.load(Ordering::Relaxed);
+    let page = addr & PAGE_MASK.load(Ordering::Relaxed);
     entry.page.store(page, Ordering::Release);
 }
 
-fn note_retired(object: NonNull<Object>, id: u64, stamp: u64) {
+/// Records the retirement epoch of the block `id` at `addr` (see [`register`]).
+pub(crate) fn note_retired(addr: usize, id: u64, stamp: u64) {
     if !REGISTRY_ON.load(Ordering::Relaxed) {
         return;
     }
     let entry = &REGISTRY[(id % REGISTRY_SLOTS as u64) as usize];
-    let page = object.as_ptr() as usize & PAGE_MASK.load(Ordering::Relaxed);
+    let page = addr & PAGE_MASK.load(Ordering::Relaxed);
     if entry.id.load(Ordering::Acquire) == id && entry.page.load(Ordering::Acquire) == page {
         entry.retired_at.store(stamp, Ordering::Release);
     }

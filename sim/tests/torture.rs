@@ -58,6 +58,10 @@ fn every_workload_runs() {
         t.fallback_uses > 0,
         "no CPU ran on the overflow slot: {t:?}"
     );
+    assert!(
+        t.map_lookups > 0 && t.map_updates > 0 && t.map_conflicts > 0,
+        "the map workload did not look up, update and retry: {t:?}"
+    );
 }
 
 #[test]

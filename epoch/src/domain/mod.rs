@@ -288,7 +288,7 @@ impl<P: Platform> Domain<P> {
         unsafe { self.work_idle.assume_init_ref() }
     }
 
-    fn mutated(&self, mutation: Mutation) -> bool {
+    pub(crate) fn mutated(&self, mutation: Mutation) -> bool {
         self.config.mutations.active(mutation)
     }
 

@@ -39,7 +39,8 @@ unsafe fn dispose_object<T, P: Platform>(header: *mut RetireHeader, domain: *con
 
 impl<P: Platform> Domain<P> {
     /// Allocates a cache-aligned block holding `value`, ready to be retired with [`Domain::retire`].
-    /// Returns the value back if the allocation fails.
+    /// Returns the value back if the allocation fails. The safe layer's [`Owned`](crate::Owned)
+    /// wraps this.
     pub fn alloc<T: Send>(&self, value: T) -> Result<NonNull<T>, T> {
         let layout = block_layout::<T>();
         let Some(memory) = self.platform.allocate(layout) else {
@@ -74,6 +75,8 @@ impl<P: Platform> Domain<P> {
     /// Retires a block from [`Domain::alloc`] that the caller has unlinked: its destructor runs and its
     /// memory is freed once every reader that could still see it has exited. Returns the epoch it was
     /// stamped with; a second retirement of the same block is refused and counted.
+    ///
+    /// The safe layer retires without `unsafe`: see [`Unlinked::retire`](crate::Unlinked::retire).
     ///
     /// # Safety
     /// `value` came from `alloc` of this domain and is no longer reachable by readers that enter from

@@ -939,4 +939,5 @@ fn allocation_failure_at_add_start_never_vetoes_and_leaves_the_cpu_to_the_lazy_p
     assert_eq!(platform.live_allocations(), 0);
 }
 
+mod atomic;
 mod review;

@@ -29,6 +29,7 @@
 //! real thread may be delayed (a worker thread just started, a signaller about to signal), so
 //! that the switch costs no preemption.
 
+pub mod api;
 pub mod rt;
 pub mod scenarios;
 
@@ -812,6 +813,9 @@ pub struct Object {
 // SAFETY: the payload is only written by the destructor, which the protocol orders after every
 // reader; that ordering is exactly what the models check.
 unsafe impl Send for Object {}
+// SAFETY: readers on several threads only read the payload; the one write (the destructor) is
+// what the protocol orders after them, which is what the models check.
+unsafe impl Sync for Object {}
 
 impl Object {
     fn new() -> Self {

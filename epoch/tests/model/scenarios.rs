@@ -2,6 +2,9 @@
 //! shuttle samples them). The loom and shuttle test files run the same functions, listed once in
 //! [`every_scenario`].
 
+pub use super::api::{
+    api_reader_holds_a_value_a_writer_swaps_and_retires, api_reader_sees_the_published_value,
+};
 use super::{check_unloaded, on_cpu, retire_fresh_object, rt, World};
 use kepoch::{Domain, Strategy};
 use rt::atomic::Ordering;
@@ -352,6 +355,8 @@ macro_rules! every_scenario {
             writer_retires_then_a_reader_joins_after_the_snapshot,
             reader_enters_after_its_visit_then_a_writer_retires,
             overflow_reader_enters_after_a_writer_retired,
+            api_reader_sees_the_published_value,
+            api_reader_holds_a_value_a_writer_swaps_and_retires,
         }
     };
 }

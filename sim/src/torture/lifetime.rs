@@ -2,6 +2,7 @@
 //! checked; panics and broken bounds end a lifetime with a diagnosis.
 
 use super::bounds::{self, Watchdog};
+use super::map::{self, MapReader, MapWriter};
 use super::tasks::{FlushStorm, Monitor, Poller, Reader, Staller, Synchronizer, Writer};
 use super::work::{self, WorkEnv, WorkItems};
 use super::{fault, Mode, RunOptions, RunOutcome, RunSpec, RunStats, Shared, TORTURE_CYCLE_US};
@@ -249,7 +250,13 @@ fn drive_lifetime(
         ptr::from_ref::<SimDomain>(&domain).cast_mut(),
         Ordering::Release,
     );
+    // SAFETY: the map drops before the domain: it is taken out before unload, and declared before
+    // the domain in `Shared` for the paths that drop the shared state with the domain in it.
+    let map = workloads
+        .map
+        .then(|| unsafe { map::ObjectMap::new(&domain) });
     let shared = Arc::new(Shared {
+        map: RwLock::new(map),
         domain: RwLock::new(Some(domain)),
         machine: machine.clone(),
         mode: spec.mode,
@@ -274,6 +281,9 @@ fn drive_lifetime(
         max_depth: AtomicU64::new(0),
         peak_pending: AtomicU64::new(0),
         max_no_release: AtomicU64::new(0),
+        map_lookups: AtomicU64::new(0),
+        map_updates: AtomicU64::new(0),
+        map_conflicts: AtomicU64::new(0),
         cycles_seen: AtomicU64::new(0),
         held_age: Default::default(),
         max_held_age: AtomicU64::new(0),
@@ -349,6 +359,13 @@ fn drive_lifetime(
         let domain = guard.as_deref().expect("domain present until unload");
         if objects::retire_cells(domain, &shared.cells) != 0 {
             shared.violation("final retire refused".into());
+        }
+        // The map's last buckets: retired, or (the other half of the runs) freed at once by
+        // dropping the map, which no reader can reach any more.
+        if let Some(map) = shared.map.write().take() {
+            if rng.gen_ratio(1, 2) {
+                map.clear();
+            }
         }
         let chain = shared.chain_cell.swap(ptr::null_mut(), Ordering::AcqRel);
         if let Some(chain) = NonNull::new(chain) {
@@ -481,6 +498,19 @@ fn spawn_tasks(
             );
         }
     }
+    if workloads.map {
+        for &cpu in busy {
+            machine.spawn(cpu, MapReader::new(shared.clone()));
+        }
+        for &cpu in busy.iter().rev().take(2) {
+            machine.spawn(
+                cpu,
+                MapWriter {
+                    shared: shared.clone(),
+                },
+            );
+        }
+    }
     if workloads.stalls {
         machine.spawn(
             busy[rng.gen_range(0..busy.len())],
@@ -544,6 +574,9 @@ fn collect_stats(lifetime: &Lifetime, before_unload: Option<&kepoch::Stats>) -> 
         max_depth: shared.max_depth.load(Ordering::Relaxed),
         peak_pending: shared.peak_pending.load(Ordering::Relaxed),
         max_no_release: shared.max_no_release.load(Ordering::Relaxed),
+        map_lookups: shared.map_lookups.load(Ordering::Relaxed),
+        map_updates: shared.map_updates.load(Ordering::Relaxed),
+        map_conflicts: shared.map_conflicts.load(Ordering::Relaxed),
     }
 }
 

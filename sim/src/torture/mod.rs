@@ -7,8 +7,10 @@
 //! (create, schedule, cancel, reschedule after cancel, callbacks that retire and schedule more), stats
 //! and holdback pollers, flush/synchronize storms from several CPUs, stallers that stay inside across
 //! many cycles in distinct epochs (more than the reader table's entries on one CPU), allocation
-//! failures that put a CPU on the overflow slot, and an unload while work items run and a cycle is in
-//! flight. Every read checks the object:
+//! failures that put a CPU on the overflow slot, an unload while work items run and a cycle is in
+//! flight, and a read-mostly hash map written with the core's safe pointer layer (`kepoch::atomic`;
+//! see `map.rs`: readers look keys up, writers replace buckets by compare-and-exchange and retire
+//! what they unlinked). Every read checks the object:
 //! - its magic is intact (freed memory is poisoned by the simulated allocator, so a use-after-free
 //!   reads poison and is caught, never silently passed);
 //! - its retirement epoch has not been released while the reader still holds it (the object is "older
@@ -41,6 +43,7 @@
 pub mod bounds;
 pub mod fault;
 mod lifetime;
+mod map;
 mod tasks;
 mod work;
 
@@ -114,6 +117,9 @@ pub struct Workloads {
     pub overflow: bool,
     /// Unload while work items run and a cycle is in flight (else: synchronize, then unload).
     pub busy_unload: bool,
+    /// A read-mostly hash map through the safe pointer layer: readers look keys up, writers
+    /// replace buckets by compare-and-exchange and retire what they unlinked.
+    pub map: bool,
 }
 
 impl Workloads {
@@ -126,6 +132,7 @@ impl Workloads {
         stalls: true,
         overflow: true,
         busy_unload: true,
+        map: true,
     };
     /// None: readers, writers and the synchronizer only.
     pub const NONE: Workloads = Workloads {
@@ -136,6 +143,7 @@ impl Workloads {
         stalls: false,
         overflow: false,
         busy_unload: false,
+        map: false,
     };
     /// Command-line names, in order.
     pub const NAMES: &'static [&'static str] = &[
@@ -146,6 +154,7 @@ impl Workloads {
         "stalls",
         "overflow",
         "busy-unload",
+        "map",
     ];
 
     /// The switch of a command-line name.
@@ -158,6 +167,7 @@ impl Workloads {
             "stalls" => &mut self.stalls,
             "overflow" => &mut self.overflow,
             "busy-unload" => &mut self.busy_unload,
+            "map" => &mut self.map,
             _ => return None,
         })
     }
@@ -246,6 +256,12 @@ pub struct RunStats {
     pub peak_pending: u64,
     /// Longest the released epoch stayed put, in cycles.
     pub max_no_release: u64,
+    /// Map buckets checked (safe-API workload).
+    pub map_lookups: u64,
+    /// Map updates published by compare-and-exchange.
+    pub map_updates: u64,
+    /// Map compare-and-exchanges that lost a race and retried.
+    pub map_conflicts: u64,
 }
 
 impl RunStats {
@@ -270,6 +286,9 @@ impl RunStats {
         self.work_chained += other.work_chained;
         self.destructor_retires += other.destructor_retires;
         self.polls += other.polls;
+        self.map_lookups += other.map_lookups;
+        self.map_updates += other.map_updates;
+        self.map_conflicts += other.map_conflicts;
         self.max_held_age = self.max_held_age.max(other.max_held_age);
         self.max_depth = self.max_depth.max(other.max_depth);
         self.peak_pending = self.peak_pending.max(other.peak_pending);
@@ -290,6 +309,9 @@ pub struct RunOutcome {
 
 /// State shared by the tasks of one machine lifetime.
 struct Shared {
+    /// The read-mostly map of the safe-API workload. Declared before `domain` so that it drops
+    /// first: its atomics must not outlive the domain. Taken out before unload.
+    map: RwLock<Option<map::ObjectMap>>,
     domain: RwLock<Option<DomainBox<crate::machine::SimPlatform>>>,
     machine: Machine,
     mode: Mode,
@@ -317,6 +339,12 @@ struct Shared {
     max_depth: AtomicU64,
     peak_pending: AtomicU64,
     max_no_release: AtomicU64,
+    /// Map buckets checked by map readers and writers.
+    map_lookups: AtomicU64,
+    /// Map updates published by compare-and-exchange.
+    map_updates: AtomicU64,
+    /// Compare-and-exchanges of map writers that lost a race and retried.
+    map_conflicts: AtomicU64,
     /// Cycles completed, as the monitor last saw them (the figure of a lifetime that failed).
     cycles_seen: AtomicU64,
     held_age: [AtomicU64; 4],
