@@ -10,7 +10,9 @@ use crate::sync::{AtomicBool, AtomicPtr, AtomicU64};
 use core::mem::MaybeUninit;
 
 /// What every participant of the reclamation cycle has: readers, retired items, its copy of the
-/// epoch and whether it takes part in cycles.
+/// epoch and whether it takes part in cycles. `repr(C)` keeps what a steady-state enter reads
+/// (`local_epoch`, `participating`) on one cache line, right after the reader table.
+#[repr(C)]
 pub(crate) struct Participant {
     pub(crate) readers: ReaderTable,
     /// The epoch new readers here enter: set by the cycle's visit and on joining.
