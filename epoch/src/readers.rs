@@ -75,46 +75,57 @@ impl ReaderTable {
         entry.enters.load(Ordering::Relaxed) - entry.exits.load(Ordering::Relaxed) - remote
     }
 
-    /// Records a reader entering `epoch` and returns its entry. Owner only (at DISPATCH on the owning
-    /// processor, or under the overflow lock). `epoch` must not be older than any epoch recorded before.
+    /// Records a reader entering `epoch` and returns its entry: [`ReaderTable::open`] then
+    /// [`ReaderTable::enter_newest`]. Owner only (at DISPATCH on the owning processor, or under the
+    /// overflow lock). `epoch` must not be older than any epoch recorded before.
     #[inline]
     pub(crate) fn enter(&self, epoch: u64) -> EntryIndex {
+        self.open(epoch);
+        self.enter_newest()
+    }
+
+    /// Records a reader in the newest entry and returns it: the hot path of a processor's slot, whose
+    /// newest entry was opened for its `local_epoch` when that was set (join, visit), so it needs no
+    /// epoch comparison. The entry's epoch is the last opened one or, if the table was full then,
+    /// older: recording a reader as older only holds reclamation back longer. Owner only.
+    #[inline(always)]
+    pub(crate) fn enter_newest(&self) -> EntryIndex {
         let newest = self.newest.load(Ordering::Relaxed) as usize & INDEX_MASK;
-        let entry = &self.entries[newest];
-        if entry.epoch.load(Ordering::Relaxed) == epoch {
-            owner_add(&entry.enters, 1);
-            return newest as EntryIndex;
+        owner_add(&self.entries[newest].enters, 1);
+        newest as EntryIndex
+    }
+
+    /// Makes the newest entry one for `epoch`, where the next readers are counted: keeps it if it is
+    /// already for `epoch`, else reuses an unused or drained entry; when every entry holds readers
+    /// the newest (older) entry stays. Owner only. `epoch` must not be older than any epoch opened
+    /// before.
+    #[inline]
+    pub(crate) fn open(&self, epoch: u64) {
+        let newest = self.newest.load(Ordering::Relaxed) as usize & INDEX_MASK;
+        if self.entries[newest].epoch.load(Ordering::Relaxed) != epoch {
+            self.open_slow(epoch);
         }
-        self.enter_slow(epoch, newest)
     }
 
     #[cold]
-    fn enter_slow(&self, epoch: u64, newest: usize) -> EntryIndex {
+    fn open_slow(&self, epoch: u64) {
         let free = (0..READER_ENTRIES).find(|&i| {
             let unused = self.entries[i].epoch.load(Ordering::Relaxed) == UNUSED;
             unused || self.active(i) == 0
         });
-        let chosen = match free {
-            Some(i) => {
-                let entry = &self.entries[i];
-                // No reader holds entry `i` (active == 0 has seen every remote exit), so nobody
-                // else writes its counters any more: resetting them is safe.
-                owner_add(&self.closed_enters, entry.enters.load(Ordering::Relaxed));
-                owner_add(&self.closed_exits, entry.exits.load(Ordering::Relaxed));
-                entry.enters.store(1, Ordering::Relaxed);
-                entry.exits.store(0, Ordering::Relaxed);
-                self.remote_exits.0[i].store(0, Ordering::Relaxed);
-                entry.epoch.store(epoch, Ordering::Relaxed);
-                self.newest.store(i as u64, Ordering::Relaxed);
-                i
-            }
-            None => {
-                // Full: count the reader in the newest entry, whose epoch is not newer than `epoch`.
-                owner_add(&self.entries[newest].enters, 1);
-                newest
-            }
-        };
-        chosen as EntryIndex
+        // Full: the newest entry stays; its epoch is not newer than `epoch`.
+        if let Some(i) = free {
+            let entry = &self.entries[i];
+            // No reader holds entry `i` (active == 0 has seen every remote exit), so nobody else
+            // writes its counters any more: resetting them is safe.
+            owner_add(&self.closed_enters, entry.enters.load(Ordering::Relaxed));
+            owner_add(&self.closed_exits, entry.exits.load(Ordering::Relaxed));
+            entry.enters.store(0, Ordering::Relaxed);
+            entry.exits.store(0, Ordering::Relaxed);
+            self.remote_exits.0[i].store(0, Ordering::Relaxed);
+            entry.epoch.store(epoch, Ordering::Relaxed);
+            self.newest.store(i as u64, Ordering::Relaxed);
+        }
     }
 
     /// Records the exit of a reader of entry `i`, on the owning processor. Owner only.
@@ -226,6 +237,21 @@ mod tests {
         assert_eq!(table.totals(), (22, 20));
         table.exit_local(held);
         assert_eq!(table.totals(), (22, 21));
+    }
+
+    #[test]
+    fn readers_after_an_open_are_counted_in_its_entry() {
+        let table = ReaderTable::new();
+        table.open(4);
+        let a = table.enter_newest();
+        table.open(6);
+        let b = table.enter_newest();
+        assert_ne!(a, b);
+        assert_eq!(table.oldest_active_epoch(), Some(4));
+        table.exit_local(a);
+        assert_eq!(table.oldest_active_epoch(), Some(6));
+        table.exit_local(b);
+        assert_eq!(table.oldest_active_epoch(), None);
     }
 
     #[test]

@@ -36,11 +36,12 @@ impl<P: Platform> Domain<P> {
         token
     }
 
-    /// Records a reader in the current processor's own slot, which participates. At DISPATCH on the
-    /// slot's processor, whose system-wide index is `home`.
+    /// Records a reader in the current processor's own slot, which participates: its newest reader
+    /// entry was opened for `local_epoch` when that was set (join, visit). At DISPATCH on the slot's
+    /// processor, whose system-wide index is `home`.
     #[inline(always)]
     fn enter_owned(part: &Participant, home: u32) -> RawGuard {
-        let entry = part.readers.enter(part.local_epoch.load(Ordering::Relaxed));
+        let entry = part.readers.enter_newest();
         RawGuard::new(part, Some(home), entry)
     }
 
@@ -102,6 +103,7 @@ impl<P: Platform> Domain<P> {
             fence(Ordering::SeqCst);
         }
         part.local_epoch.store(epoch, Ordering::Relaxed);
+        part.readers.open(epoch);
         ParticipantCounters::bump(&part.counters.joins);
         part.mark_joined();
     }
