@@ -10,7 +10,11 @@ fn main() {
     println!("cargo::rerun-if-changed=benches/urcu/shim.c");
     println!("cargo::rerun-if-changed=build.rs");
     let header = "urcu/urcu-memb.h";
-    let dirs = ["/usr/include", "/usr/include/x86_64-linux-gnu", "/usr/local/include"];
+    let dirs = [
+        "/usr/include",
+        "/usr/include/x86_64-linux-gnu",
+        "/usr/local/include",
+    ];
     for dir in dirs {
         println!("cargo::rerun-if-changed={dir}/{header}");
     }
@@ -19,7 +23,10 @@ fn main() {
         return;
     }
     let mut build = cc::Build::new();
-    build.file("benches/urcu/shim.c").opt_level(2).cargo_metadata(false);
+    build
+        .file("benches/urcu/shim.c")
+        .opt_level(2)
+        .cargo_metadata(false);
     if let Err(error) = build.try_compile("kepoch_urcu_shim") {
         println!("cargo::warning=building the liburcu shim failed ({error}): the benchmark report skips the liburcu peers");
         return;

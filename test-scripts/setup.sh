@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on Debian 12 with Rust (rustup), skipping what is already there:
 # the linter for every .sh (shellcheck), wine64 (loads kepoch.sys in the smoke test), jq (reads its JSON),
-# mingw (links kepochctl.exe), the Windows targets, rustfmt/clippy, and nightly with Miri (optional:
+# mingw (links kepochctl.exe), liburcu-dev (the liburcu peer of the benchmark report), the Windows targets, rustfmt/clippy, and nightly with Miri (optional:
 # without it the Miri step prints SKIPPED and says why). test-all.sh runs it first.
 set -euo pipefail
 
 missing=()
-for package in shellcheck wine64 jq gcc-mingw-w64-x86-64; do
+for package in shellcheck wine64 jq gcc-mingw-w64-x86-64 liburcu-dev; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
         missing+=("$package")
 done

@@ -141,7 +141,12 @@ fn enter_exit_rows(effort: Effort, rows: &mut Vec<Row>, extra: &mut String) -> f
         "liburcu-qsbr read lock+unlock (empty by design; QSBR pays in `quiescent_state`)",
     ];
     for (w, name) in names.iter().enumerate().take(r.ns.len()) {
-        let _ = writeln!(extra, "| {name} | {} | {} |", ns(r.median_ns(w)), r.ratio(0, w));
+        let _ = writeln!(
+            extra,
+            "| {name} | {} | {} |",
+            ns(r.median_ns(w)),
+            r.ratio(0, w)
+        );
     }
     let _ = writeln!(extra);
     steady
@@ -333,9 +338,7 @@ fn throughput_row(effort: Effort, rows: &mut Vec<Row>, extra: &mut String) {
             median(&mut k2s) / 1e6,
             median(&mut k1s) / 1e6
         ),
-        peer: format!(
-            "crossbeam-epoch: {crossbeam}; control, the floor loop: {control}"
-        ),
+        peer: format!("crossbeam-epoch: {crossbeam}; control, the floor loop: {control}"),
         ratio: scaling.to_string(),
         target: "≥ 1.8× (median of ≥ 5 runs)",
         pass: scaling.median >= 1.8,
@@ -361,19 +364,25 @@ enter never does. Profile: `perf record` of `cargo bench -p kepoch-sim --bench e
 const PLATFORM_NOTE: &str = "\
 kepoch runs on `kepoch_sim::bench::BenchPlatform`, not on the simulated machine (whose DISPATCH emulation \
 takes a per-CPU spin lock, a locked instruction the kernel does not execute). On the benchmark platform each \
-benchmark thread is one simulated CPU (thread-local index); raising to DISPATCH and lowering only swap a \
-thread-local IRQL byte (the kernel writes CR8, also a plain, non-locked instruction); `current_processor` \
-reads the thread-local (the kernel reads the PRCB through `gs`); allocation is `std::alloc` (the kernel: \
-`ExAllocatePool2`), with the core's 64-byte-aligned blocks over-allocated from `malloc` and aligned by hand \
-(glibc's `memalign` path bypasses its thread cache and cost 3× a `malloc` in the profile; the NT pool serves \
-small blocks from per-processor lookaside lists). **Included**: everything the core does on enter, exit, alloc, retire, in a cycle's \
-visits and when preparing a processor. **Not included**: DPC/IPI delivery of cycle messages (messages are \
-queued in a FIFO and run by the driving thread, which takes the target CPU's identity at DISPATCH; the \
-queue's mutex is included in the cycle figures), timer interrupts (cycles are started with `flush`), and \
-the processor-change notification itself (AddStart/AddComplete run before the clock starts for \
-`callback`). crossbeam-epoch (default collector, `pin()`) and seize (`Collector::new()`, default batch) \
-run their normal user-mode code in the same process, in alternating rounds with kepoch; ratios are \
-medians of per-round ratios.";
+benchmark thread is one simulated CPU: `current_processor` is one thread-local load of the CPU index (the \
+kernel reads the PRCB through `gs`, also one load); raising to DISPATCH and lowering swap a thread-local \
+IRQL word (the kernel reads and writes CR8, plain, non-locked instructions; a byte-wide emulation would add \
+a store-to-load forwarding delay per raise that the register does not have); allocation is `std::alloc` \
+(the kernel: `ExAllocatePool2`), with the core's 64-byte-aligned blocks over-allocated from `malloc` and \
+aligned by hand (glibc's `memalign` path bypasses its thread cache; the NT pool serves small blocks from \
+per-processor lookaside lists). **Included**: everything the core does on enter, exit, alloc, retire, in \
+a cycle's visits and when preparing a processor, plus those platform calls. **Not included**: DPC/IPI \
+delivery of cycle messages (messages are queued in a FIFO and run by the driving thread, which takes the \
+target CPU's identity at DISPATCH; the queue's mutex is included in the cycle figures), timer interrupts \
+(cycles are started with `flush`), and the processor-change notification itself (AddStart/AddComplete run \
+before the clock starts for `callback`). Peers run their normal user-mode code in the same process, in \
+the same rounds as kepoch (the order rotates from round to round): crossbeam-epoch (default collector, \
+`pin()`), seize (`Collector::new()`, default batch), liburcu 0.13 (`urcu-memb` and `urcu-qsbr`, the \
+inline read side of `_LGPL_SOURCE`, each thread registered; the loops run in a C shim compiled with -O2, \
+see `sim/benches/urcu/shim.c`), and the floor (a thread-local counter increment). Every loop drops its \
+guard at once, without `black_box` on it. Single-threaded figures are timed in the thread's CPU time \
+(`CLOCK_THREAD_CPUTIME_ID`), so that time descheduled on a busy machine is not counted; the throughput \
+figure is wall time. A ratio is the median of the per-round ratios, with their minimum and maximum.";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -4,9 +4,9 @@
 //! `build.rs` compiles with `_LGPL_SOURCE`, i.e. the library's inline fast paths, what a C user gets.
 //! Without liburcu's headers the shim is not built and [`available`] says why.
 
-use super::Workload;
 #[cfg(kepoch_urcu)]
 use super::CpuInstant;
+use super::Workload;
 use std::time::Duration;
 
 #[cfg(kepoch_urcu)]
@@ -56,27 +56,32 @@ pub struct UrcuReadSide(pub Flavour);
 impl Workload for UrcuReadSide {
     #[cfg(kepoch_urcu)]
     fn run(&mut self, iters: u64) -> Duration {
+        type Calls = (
+            unsafe extern "C" fn(),
+            unsafe extern "C" fn(u64),
+            unsafe extern "C" fn(),
+        );
+        let (register, read_loop, unregister): Calls = match self.0 {
+            Flavour::Memb => (
+                ffi::kepoch_urcu_memb_register,
+                ffi::kepoch_urcu_memb_loop,
+                ffi::kepoch_urcu_memb_unregister,
+            ),
+            Flavour::Qsbr => (
+                ffi::kepoch_urcu_qsbr_register,
+                ffi::kepoch_urcu_qsbr_loop,
+                ffi::kepoch_urcu_qsbr_unregister,
+            ),
+        };
         // SAFETY: the thread registers before its read-side critical sections and unregisters after
         // them, outside any critical section, as liburcu requires.
         unsafe {
-            match self.0 {
-                Flavour::Memb => {
-                    ffi::kepoch_urcu_memb_register();
-                    let start = CpuInstant::now();
-                    ffi::kepoch_urcu_memb_loop(iters);
-                    let took = start.elapsed();
-                    ffi::kepoch_urcu_memb_unregister();
-                    took
-                }
-                Flavour::Qsbr => {
-                    ffi::kepoch_urcu_qsbr_register();
-                    let start = CpuInstant::now();
-                    ffi::kepoch_urcu_qsbr_loop(iters);
-                    let took = start.elapsed();
-                    ffi::kepoch_urcu_qsbr_unregister();
-                    took
-                }
-            }
+            register();
+            let start = CpuInstant::now();
+            read_loop(iters);
+            let took = start.elapsed();
+            unregister();
+            took
         }
     }
 

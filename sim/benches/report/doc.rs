@@ -121,7 +121,10 @@ pub fn section(
         "{header} Machine: {}, {}; load average {} at the start, {} at the end.\n",
         machine.model, machine.details, load.0, load.1
     );
-    let _ = writeln!(out, "| figure | kepoch | peer | ratio: median (min–max) | target | result |");
+    let _ = writeln!(
+        out,
+        "| figure | kepoch | peer | ratio: median (min–max) | target | result |"
+    );
     let _ = writeln!(out, "|---|---|---|---|---|---|");
     for row in rows {
         let _ = writeln!(
