@@ -22,7 +22,11 @@ const OVERFLOW_HOME: u64 = u64::MAX >> 8;
 impl RawGuard {
     /// A token of `entry` in `participant`, the slot of processor `home` (`None`: the overflow slot).
     #[inline(always)]
-    pub(crate) fn new(participant: *const Participant, home: Option<u32>, entry: EntryIndex) -> Self {
+    pub(crate) fn new(
+        participant: *const Participant,
+        home: Option<u32>,
+        entry: EntryIndex,
+    ) -> Self {
         let home = home.map_or(OVERFLOW_HOME, u64::from);
         RawGuard {
             participant,
