@@ -5,12 +5,52 @@ use crate::participant::Participant;
 use crate::platform::Platform;
 use crate::readers::EntryIndex;
 
-/// Token of one epoch entry: which participant recorded the reader and in which entry. Exiting on
-/// another processor than the one it entered on is allowed (migrated readers).
+/// Token of one epoch entry: which participant recorded the reader, in which entry, and the
+/// system-wide index of the processor whose slot that is (so that an exit there needs no lookup).
+/// Exiting on another processor than the one it entered on is allowed (migrated readers).
 #[derive(Debug)]
 pub struct RawGuard {
     pub(crate) participant: *const Participant,
-    pub(crate) entry: EntryIndex,
+    /// `home << 8 | entry`: two full words make the token cheap to copy (no partial-width store that
+    /// a later full-width load would have to wait for).
+    tag: u64,
+}
+
+/// `home` of a token of the overflow slot: no processor's index (indexes are `u32`).
+const OVERFLOW_HOME: u64 = u64::MAX >> 8;
+
+impl RawGuard {
+    /// A token of `entry` in `participant`, the slot of processor `home` (`None`: the overflow slot).
+    #[inline(always)]
+    pub(crate) fn new(
+        participant: *const Participant,
+        home: Option<u32>,
+        entry: EntryIndex,
+    ) -> Self {
+        let home = home.map_or(OVERFLOW_HOME, u64::from);
+        RawGuard {
+            participant,
+            tag: home << 8 | u64::from(entry),
+        }
+    }
+
+    /// Whether the token's slot is the one of the processor with this system-wide index.
+    #[inline(always)]
+    pub(crate) fn is_home(&self, index: u32) -> bool {
+        self.tag >> 8 == u64::from(index)
+    }
+
+    /// Whether the token is of the overflow slot.
+    #[inline(always)]
+    pub(crate) fn is_overflow(&self) -> bool {
+        self.tag >> 8 == OVERFLOW_HOME
+    }
+
+    /// The reader-table entry.
+    #[inline(always)]
+    pub(crate) fn entry(&self) -> EntryIndex {
+        self.tag as EntryIndex
+    }
 }
 
 // SAFETY: the token names a participant of a domain that outlives it; exiting from any thread is part
@@ -21,15 +61,12 @@ unsafe impl Send for RawGuard {}
 /// handles.
 pub struct Guard<'d, P: Platform> {
     domain: &'d Domain<P>,
-    token: Option<RawGuard>,
+    token: RawGuard,
 }
 
 impl<'d, P: Platform> Guard<'d, P> {
     pub(crate) fn new(domain: &'d Domain<P>, token: RawGuard) -> Self {
-        Guard {
-            domain,
-            token: Some(token),
-        }
+        Guard { domain, token }
     }
 
     /// The domain this guard belongs to.
@@ -39,10 +76,9 @@ impl<'d, P: Platform> Guard<'d, P> {
 }
 
 impl<P: Platform> Drop for Guard<'_, P> {
+    #[inline]
     fn drop(&mut self) {
-        if let Some(token) = self.token.take() {
-            // SAFETY: the token came from this domain's `enter_raw` and is exited once, here.
-            unsafe { self.domain.exit_raw(token) };
-        }
+        // SAFETY: the token came from this domain's `enter_raw` and is exited once, here.
+        unsafe { self.domain.exit_token(&self.token) };
     }
 }

@@ -10,15 +10,18 @@ use crate::sync::{AtomicBool, AtomicPtr, AtomicU64};
 use core::mem::MaybeUninit;
 
 /// What every participant of the reclamation cycle has: readers, retired items, its copy of the
-/// epoch and whether it takes part in cycles.
+/// epoch and whether it takes part in cycles. `repr(C)` keeps what a steady-state enter reads
+/// (`local_epoch`, `participating`) and what a join writes (the counters) on one cache line, right
+/// after the reader table, with the slot's `ready` on the next.
+#[repr(C)]
 pub(crate) struct Participant {
     pub(crate) readers: ReaderTable,
     /// The epoch new readers here enter: set by the cycle's visit and on joining.
     pub(crate) local_epoch: AtomicU64,
     /// In the cycle: written only by the owner (join on first use, leave when idle during a visit).
     pub(crate) participating: AtomicBool,
-    pub(crate) retired: RetiredList,
     pub(crate) counters: ParticipantCounters,
+    pub(crate) retired: RetiredList,
     /// Oldest reader epoch already reported as stalled, so that a stall is reported once.
     pub(crate) stall_reported: AtomicU64,
     /// Set by `join`, cleared by the next ring snapshot; only the `release-while-joining` mutation

@@ -16,6 +16,11 @@ use crate::sync::{owner_add, AtomicU64, Ordering};
 /// Entries per participant. Readers in more distinct epochs than this share the newest entry.
 pub const READER_ENTRIES: usize = 8;
 
+/// Masks an entry index into the table. Indexes are always in range (they come from the table); the
+/// mask replaces a bounds check and its panic branch on the hot path with one `and`.
+const INDEX_MASK: usize = READER_ENTRIES - 1;
+const _: () = assert!(READER_ENTRIES.is_power_of_two());
+
 /// Epoch value of an entry that holds no readers.
 const UNUSED: u64 = u64::MAX;
 
@@ -33,12 +38,17 @@ struct Entry {
 #[repr(align(64))]
 struct RemoteExits([AtomicU64; READER_ENTRIES]);
 
-/// The readers of one participant (a processor slot or the shared overflow slot).
+/// The readers of one participant (a processor slot or the shared overflow slot). `newest` and the
+/// first entries share the table's first cache line, which is what a steady-state enter touches.
 #[repr(C, align(64))]
 pub(crate) struct ReaderTable {
-    entries: [Entry; READER_ENTRIES],
     /// Index of the most recently opened entry.
     newest: AtomicU64,
+    entries: [Entry; READER_ENTRIES],
+    /// Enters and local exits counted in entries before they were reused: with the live counts they
+    /// give the participant's totals (the statistics derive `enters`/`exits` from them).
+    closed_enters: AtomicU64,
+    closed_exits: AtomicU64,
     remote_exits: RemoteExits,
 }
 
@@ -52,6 +62,8 @@ impl ReaderTable {
                 exits: AtomicU64::new(0),
             }),
             newest: AtomicU64::new(0),
+            closed_enters: AtomicU64::new(0),
+            closed_exits: AtomicU64::new(0),
             remote_exits: RemoteExits(core::array::from_fn(|_| AtomicU64::new(0))),
         }
     }
@@ -63,57 +75,83 @@ impl ReaderTable {
         entry.enters.load(Ordering::Relaxed) - entry.exits.load(Ordering::Relaxed) - remote
     }
 
-    /// Records a reader entering `epoch` and returns its entry. Owner only (at DISPATCH on the owning
-    /// processor, or under the overflow lock). `epoch` must not be older than any epoch recorded before.
+    /// Records a reader entering `epoch` and returns its entry: [`ReaderTable::open`] then
+    /// [`ReaderTable::enter_newest`]. Owner only (at DISPATCH on the owning processor, or under the
+    /// overflow lock). `epoch` must not be older than any epoch recorded before.
     #[inline]
     pub(crate) fn enter(&self, epoch: u64) -> EntryIndex {
-        let newest = self.newest.load(Ordering::Relaxed) as usize;
-        let entry = &self.entries[newest];
-        if entry.epoch.load(Ordering::Relaxed) == epoch {
-            owner_add(&entry.enters, 1);
-            return newest as EntryIndex;
+        self.open(epoch);
+        self.enter_newest()
+    }
+
+    /// Records a reader in the newest entry and returns it: the hot path of a processor's slot, whose
+    /// newest entry was opened for its `local_epoch` when that was set (join, visit), so it needs no
+    /// epoch comparison. The entry's epoch is the last opened one or, if the table was full then,
+    /// older: recording a reader as older only holds reclamation back longer. Owner only.
+    #[inline(always)]
+    pub(crate) fn enter_newest(&self) -> EntryIndex {
+        let newest = self.newest.load(Ordering::Relaxed) as usize & INDEX_MASK;
+        owner_add(&self.entries[newest].enters, 1);
+        newest as EntryIndex
+    }
+
+    /// Makes the newest entry one for `epoch`, where the next readers are counted: keeps it if it is
+    /// already for `epoch`, else reuses an unused or drained entry; when every entry holds readers
+    /// the newest (older) entry stays. Owner only. `epoch` must not be older than any epoch opened
+    /// before.
+    #[inline]
+    pub(crate) fn open(&self, epoch: u64) {
+        let newest = self.newest.load(Ordering::Relaxed) as usize & INDEX_MASK;
+        if self.entries[newest].epoch.load(Ordering::Relaxed) != epoch {
+            self.open_slow(epoch);
         }
-        self.enter_slow(epoch, newest)
     }
 
     #[cold]
-    fn enter_slow(&self, epoch: u64, newest: usize) -> EntryIndex {
+    fn open_slow(&self, epoch: u64) {
         let free = (0..READER_ENTRIES).find(|&i| {
             let unused = self.entries[i].epoch.load(Ordering::Relaxed) == UNUSED;
             unused || self.active(i) == 0
         });
-        let chosen = match free {
-            Some(i) => {
-                let entry = &self.entries[i];
-                // No reader holds entry `i` (active == 0 has seen every remote exit), so nobody
-                // else writes its counters any more: resetting them is safe.
-                entry.enters.store(1, Ordering::Relaxed);
-                entry.exits.store(0, Ordering::Relaxed);
-                self.remote_exits.0[i].store(0, Ordering::Relaxed);
-                entry.epoch.store(epoch, Ordering::Relaxed);
-                self.newest.store(i as u64, Ordering::Relaxed);
-                i
-            }
-            None => {
-                // Full: count the reader in the newest entry, whose epoch is not newer than `epoch`.
-                owner_add(&self.entries[newest].enters, 1);
-                newest
-            }
-        };
-        chosen as EntryIndex
+        // Full: the newest entry stays; its epoch is not newer than `epoch`.
+        if let Some(i) = free {
+            let entry = &self.entries[i];
+            // No reader holds entry `i` (active == 0 has seen every remote exit), so nobody else
+            // writes its counters any more: resetting them is safe.
+            owner_add(&self.closed_enters, entry.enters.load(Ordering::Relaxed));
+            owner_add(&self.closed_exits, entry.exits.load(Ordering::Relaxed));
+            entry.enters.store(0, Ordering::Relaxed);
+            entry.exits.store(0, Ordering::Relaxed);
+            self.remote_exits.0[i].store(0, Ordering::Relaxed);
+            entry.epoch.store(epoch, Ordering::Relaxed);
+            self.newest.store(i as u64, Ordering::Relaxed);
+        }
     }
 
     /// Records the exit of a reader of entry `i`, on the owning processor. Owner only.
     #[inline]
     pub(crate) fn exit_local(&self, i: EntryIndex) {
-        owner_add(&self.entries[i as usize].exits, 1);
+        owner_add(&self.entries[i as usize & INDEX_MASK].exits, 1);
     }
 
     /// Records the exit of a reader of entry `i` from another processor (a migrated reader). The
     /// add is a release (`ordering`; only the `remote-exit-relaxed` mutation passes a weaker one): the
     /// visit that counts the exit acquires it, so the reader's loads happen before any free.
     pub(crate) fn exit_remote(&self, i: EntryIndex, ordering: Ordering) {
-        self.remote_exits.0[i as usize].fetch_add(1, ordering);
+        self.remote_exits.0[i as usize & INDEX_MASK].fetch_add(1, ordering);
+    }
+
+    /// Every enter recorded in this table and every exit on the owning processor, since it was
+    /// created: (enters, local exits). Racy when read from another processor, like all statistics.
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let live = self.entries.iter();
+        let enters = live.clone().map(|e| load(&e.enters)).sum::<u64>();
+        let exits = live.map(|e| load(&e.exits)).sum::<u64>();
+        (
+            load(&self.closed_enters).wrapping_add(enters),
+            load(&self.closed_exits).wrapping_add(exits),
+        )
     }
 
     /// The oldest epoch any active reader entered, if there is an active reader. Owner only.
@@ -183,6 +221,36 @@ mod tests {
             Some(10 + READER_ENTRIES as u64 - 1)
         );
         table.exit_local(overflow);
+        assert_eq!(table.oldest_active_epoch(), None);
+    }
+
+    #[test]
+    fn totals_survive_entry_reuse() {
+        let table = ReaderTable::new();
+        for epoch in 1..=20 {
+            let i = table.enter(epoch);
+            table.exit_local(i);
+        }
+        let held = table.enter(21);
+        let migrated = table.enter(21);
+        table.exit_remote(migrated, Ordering::Release);
+        assert_eq!(table.totals(), (22, 20));
+        table.exit_local(held);
+        assert_eq!(table.totals(), (22, 21));
+    }
+
+    #[test]
+    fn readers_after_an_open_are_counted_in_its_entry() {
+        let table = ReaderTable::new();
+        table.open(4);
+        let a = table.enter_newest();
+        table.open(6);
+        let b = table.enter_newest();
+        assert_ne!(a, b);
+        assert_eq!(table.oldest_active_epoch(), Some(4));
+        table.exit_local(a);
+        assert_eq!(table.oldest_active_epoch(), Some(6));
+        table.exit_local(b);
         assert_eq!(table.oldest_active_epoch(), None);
     }
 

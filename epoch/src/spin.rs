@@ -30,11 +30,6 @@ impl<T> SpinLock<T> {
         }
     }
 
-    /// Address of the protected value, for identity comparisons only.
-    pub(crate) fn value_ptr(&self) -> *const T {
-        self.value.get()
-    }
-
     fn id(&self) -> *const () {
         self as *const Self as *const ()
     }

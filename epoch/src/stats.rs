@@ -4,11 +4,10 @@
 use crate::sync::{owner_add, AtomicU64, Ordering};
 
 /// Counters of one participant, written only by its owner (the processor at DISPATCH, or the holder of
-/// the overflow lock).
+/// the overflow lock). Enters and exits are not counted here: the reader table's entries already
+/// count them (`ReaderTable::totals`).
 #[derive(Default)]
 pub(crate) struct ParticipantCounters {
-    pub(crate) enters: AtomicU64,
-    pub(crate) exits: AtomicU64,
     pub(crate) retires: AtomicU64,
     pub(crate) freed: AtomicU64,
     pub(crate) messages: AtomicU64,

@@ -21,8 +21,9 @@ impl<P: Platform> Domain<P> {
         let part = Participant::new();
         if participating {
             part.participating.store(true, Ordering::Relaxed);
-            part.local_epoch
-                .store(self.global_epoch(), Ordering::Relaxed);
+            let epoch = self.global_epoch();
+            part.local_epoch.store(epoch, Ordering::Relaxed);
+            part.readers.open(epoch);
         }
         // SAFETY: fresh allocation of `Slot<P>`'s layout.
         unsafe {

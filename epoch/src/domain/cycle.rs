@@ -202,6 +202,7 @@ impl<P: Platform> Domain<P> {
         }
 
         part.local_epoch.store(epoch, Ordering::Relaxed);
+        part.readers.open(epoch);
         let oldest = if domain.mutated(Mutation::SkipReaderScan) {
             None
         } else {

@@ -24,26 +24,25 @@ impl<P: Platform> Domain<P> {
         let current = self.platform.current_processor();
         let slot = self.table.lookup(current.number);
         // SAFETY: a published slot stays valid for the domain's life (rollback only removes slots that
-        // were never ready, and we check `ready`).
+        // were never ready). A participating slot is ready: only the owner joins, after it saw `ready`
+        // (or the slot was created ready and participating, `eager`), and `ready` is never cleared.
         let token = match unsafe { slot.as_ref() } {
-            Some(slot) if slot.ready.load(Ordering::Acquire) => self.enter_owned(&slot.part),
-            _ => self.enter_slow(current, slot.is_null()),
+            Some(slot) if slot.part.participating.load(Ordering::Relaxed) => {
+                Self::enter_owned(&slot.part, current.index)
+            }
+            _ => self.enter_slow(current, slot),
         };
         self.platform.lower_irql(previous);
         token
     }
 
-    /// Records a reader in the current processor's own slot, joining the cycle first if it left.
-    /// At DISPATCH on the slot's processor.
-    #[inline]
-    fn enter_owned(&self, part: &Participant) -> RawGuard {
-        self.ensure_joined(part);
-        let entry = part.readers.enter(part.local_epoch.load(Ordering::Relaxed));
-        ParticipantCounters::bump(&part.counters.enters);
-        RawGuard {
-            participant: part as *const Participant,
-            entry,
-        }
+    /// Records a reader in the current processor's own slot, which participates: its newest reader
+    /// entry was opened for `local_epoch` when that was set (join, visit). At DISPATCH on the slot's
+    /// processor, whose system-wide index is `home`.
+    #[inline(always)]
+    fn enter_owned(part: &Participant, home: u32) -> RawGuard {
+        let entry = part.readers.enter_newest();
+        RawGuard::new(part, Some(home), entry)
     }
 
     /// Joins the cycle if `part` is not in it. Called by the participant's owner only.
@@ -56,15 +55,21 @@ impl<P: Platform> Domain<P> {
 
     /// Enter on a processor without a usable slot: prepare one (`lazy`, `callback` fallback) or use the
     /// shared overflow slot. At DISPATCH.
+    /// Also the first enter of a prepared slot that is not in the cycle (yet, or since it left).
     #[cold]
-    fn enter_slow(&self, current: CurrentProcessor, no_slot: bool) -> RawGuard {
-        if no_slot {
-            if let Some(slot) = self.prepare_here(current.number) {
-                // SAFETY: freshly prepared (or existing) published slot.
-                let slot = unsafe { &*slot };
-                if slot.ready.load(Ordering::Acquire) {
-                    return self.enter_owned(&slot.part);
-                }
+    #[inline(never)]
+    fn enter_slow(&self, current: CurrentProcessor, slot: *mut Slot<P>) -> RawGuard {
+        let slot = if slot.is_null() {
+            self.prepare_here(current.number)
+        } else {
+            Some(slot)
+        };
+        if let Some(slot) = slot {
+            // SAFETY: a published slot (prepared just now or earlier), valid for the domain's life.
+            let slot = unsafe { &*slot };
+            if slot.ready.load(Ordering::Acquire) {
+                self.ensure_joined(&slot.part);
+                return Self::enter_owned(&slot.part, current.index);
             }
         }
         let overflow = self.locked(&self.overflow);
@@ -82,12 +87,8 @@ impl<P: Platform> Domain<P> {
             overflow.local_epoch.load(Ordering::Relaxed)
         };
         let entry = overflow.readers.enter(epoch);
-        ParticipantCounters::bump(&overflow.counters.enters);
         DomainCounters::add(&self.counters.fallback_uses, 1);
-        RawGuard {
-            participant: &*overflow as *const Participant,
-            entry,
-        }
+        RawGuard::new(&*overflow, None, entry)
     }
 
     /// The owner of `part` puts it back into the cycle: store `participating`, load the global epoch,
@@ -102,6 +103,7 @@ impl<P: Platform> Domain<P> {
             fence(Ordering::SeqCst);
         }
         part.local_epoch.store(epoch, Ordering::Relaxed);
+        part.readers.open(epoch);
         ParticipantCounters::bump(&part.counters.joins);
         part.mark_joined();
     }
@@ -112,38 +114,54 @@ impl<P: Platform> Domain<P> {
     /// `token` came from [`Domain::enter_raw`] of this domain and was not exited yet.
     #[inline]
     pub unsafe fn exit_raw(&self, token: RawGuard) {
+        // SAFETY: per the caller.
+        unsafe { self.exit_token(&token) }
+    }
+
+    /// [`Domain::exit_raw`] by reference (the guard's drop). The fast path: the reader exits on the
+    /// processor it entered on, whose slot holds it; no table lookup, the token says where it is.
+    ///
+    /// # Safety
+    /// As for [`Domain::exit_raw`]; `token` is not used again.
+    #[inline]
+    pub(crate) unsafe fn exit_token(&self, token: &RawGuard) {
         let previous = self.platform.raise_to_dispatch();
-        let overflow_part = self.overflow_ptr();
-        if ptr::eq(token.participant, overflow_part) {
-            let overflow = self.locked(&self.overflow);
-            overflow.readers.exit_local(token.entry);
-            ParticipantCounters::bump(&overflow.counters.exits);
-        } else {
-            // SAFETY: the token points into a live slot (slots with readers are never freed).
+        let current = self.platform.current_processor();
+        if token.is_home(current.index) {
+            // SAFETY: the token points into a live slot (slots with readers are never freed), the
+            // slot of this processor: the one `enter_raw` found for it here, and a processor's
+            // published, ready slot is never replaced.
             let part = unsafe { &*token.participant };
-            let current = self.platform.current_processor();
-            let here = self.table.lookup(current.number);
-            // SAFETY: `here` is null or a published slot.
-            if !here.is_null() && ptr::eq(unsafe { &(*here).part }, part) {
-                if !self.mutated(Mutation::LostExit) {
-                    part.readers.exit_local(token.entry);
-                }
-                ParticipantCounters::bump(&part.counters.exits);
-            } else {
-                let ordering = if self.mutated(Mutation::RemoteExitRelaxed) {
-                    Ordering::Relaxed
-                } else {
-                    Ordering::Release
-                };
-                part.readers.exit_remote(token.entry, ordering);
-                DomainCounters::add(&self.counters.remote_exits, 1);
+            if !self.mutated(Mutation::LostExit) {
+                part.readers.exit_local(token.entry());
             }
+        } else {
+            // SAFETY: per the caller.
+            unsafe { self.exit_elsewhere(token) };
         }
         self.platform.lower_irql(previous);
     }
 
-    fn overflow_ptr(&self) -> *const Participant {
-        // The lock's value never moves; its address identifies overflow tokens.
-        self.overflow.value_ptr()
+    /// A migrated reader's exit, or an exit of the overflow slot. At DISPATCH.
+    ///
+    /// # Safety
+    /// As for [`Domain::exit_raw`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn exit_elsewhere(&self, token: &RawGuard) {
+        if token.is_overflow() {
+            let overflow = self.locked(&self.overflow);
+            overflow.readers.exit_local(token.entry());
+            return;
+        }
+        let ordering = if self.mutated(Mutation::RemoteExitRelaxed) {
+            Ordering::Relaxed
+        } else {
+            Ordering::Release
+        };
+        // SAFETY: the token points into a live slot (slots with readers are never freed).
+        let part = unsafe { &*token.participant };
+        part.readers.exit_remote(token.entry(), ordering);
+        DomainCounters::add(&self.counters.remote_exits, 1);
     }
 }

@@ -77,8 +77,9 @@ impl<P: Platform> Domain<P> {
         stats.released_epoch = self.released_epoch.load(Ordering::Relaxed);
         let mut add = |part: &Participant| {
             let pc = &part.counters;
-            stats.enters += load(&pc.enters);
-            stats.exits += load(&pc.exits);
+            let (enters, local_exits) = part.readers.totals();
+            stats.enters += enters;
+            stats.exits += local_exits;
             stats.retired += load(&pc.retires);
             stats.freed += load(&pc.freed);
             stats.messages += load(&pc.messages);

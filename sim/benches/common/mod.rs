@@ -1,13 +1,44 @@
 //! Workloads shared by the criterion benchmarks (`benches/epoch.rs`) and the report harness
-//! (`benches/report.rs`): kepoch on [`BenchPlatform`] and its peers, crossbeam-epoch and seize.
+//! (`benches/report.rs`): kepoch on [`BenchPlatform`] and its peers, crossbeam-epoch, seize, liburcu
+//! (`peers`) and the machine's floor.
+//!
+//! Single-threaded workloads are timed in the calling thread's CPU time
+//! (`CLOCK_THREAD_CPUTIME_ID`), so that time the thread spends descheduled on a busy machine is not
+//! counted; on an idle machine it equals the wall time of these loops (no system calls in them).
 
 #![allow(dead_code)]
+
+pub mod peers;
 
 use kepoch::{Config, Domain, DomainBox, Strategy};
 use kepoch_sim::bench::BenchPlatform;
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
+
+/// A point in the calling thread's CPU time.
+#[derive(Clone, Copy)]
+pub struct CpuInstant(Duration);
+
+impl CpuInstant {
+    /// The calling thread's CPU time now.
+    pub fn now() -> Self {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec to write; the clock id is a constant Linux knows.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+        CpuInstant(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }
+
+    /// CPU time the calling thread used since `self`.
+    pub fn elapsed(self) -> Duration {
+        Self::now().0.saturating_sub(self.0)
+    }
+}
 
 /// The value every alloc+retire workload allocates (32 bytes, like a small tree node).
 pub type Node = [u64; 4];
@@ -40,6 +71,11 @@ pub fn domain(
 }
 
 /// kepoch enter+exit on one CPU, steady state (the CPU participates already).
+///
+/// The enter+exit loops here and in the peers' workloads drop each guard at once, as a caller does,
+/// without passing it through `black_box`: that would store the guard to the stack and load it back,
+/// which no caller does and which costs more for a larger guard. Nothing can be optimised away: every
+/// enter and exit writes shared memory through atomics (both kepoch's and the peers').
 pub struct KepochEnterExit {
     _platform: BenchPlatform,
     domain: DomainBox<BenchPlatform>,
@@ -62,9 +98,9 @@ impl Workload for KepochEnterExit {
     fn run(&mut self, iters: u64) -> Duration {
         BenchPlatform::pin_current_thread(0);
         let domain = black_box(&*self.domain);
-        let start = Instant::now();
+        let start = CpuInstant::now();
         for _ in 0..iters {
-            drop(black_box(domain.enter()));
+            drop(domain.enter());
         }
         start.elapsed()
     }
@@ -76,9 +112,9 @@ pub struct CrossbeamPin;
 impl Workload for CrossbeamPin {
     fn run(&mut self, iters: u64) -> Duration {
         drop(crossbeam_epoch::pin());
-        let start = Instant::now();
+        let start = CpuInstant::now();
         for _ in 0..iters {
-            drop(black_box(crossbeam_epoch::pin()));
+            drop(crossbeam_epoch::pin());
         }
         start.elapsed()
     }
@@ -108,7 +144,7 @@ impl Workload for KepochRetire {
     fn run(&mut self, iters: u64) -> Duration {
         BenchPlatform::pin_current_thread(0);
         let domain = black_box(&*self.domain);
-        let start = Instant::now();
+        let start = CpuInstant::now();
         for _ in 0..iters {
             let guard = domain.enter();
             let node = domain
@@ -146,7 +182,7 @@ impl Workload for SeizeRetire {
     fn run(&mut self, iters: u64) -> Duration {
         use seize::Guard as _;
         let collector = black_box(&self.collector);
-        let start = Instant::now();
+        let start = CpuInstant::now();
         for _ in 0..iters {
             let guard = collector.enter();
             let node = Box::into_raw(Box::new(black_box([0u64; 4] as Node)));
@@ -203,10 +239,10 @@ impl Workload for FirstEnter {
                 }
             }
             let domain_ref = black_box(&*domain);
-            let start = Instant::now();
+            let start = CpuInstant::now();
             for cpu in first..first + n {
                 BenchPlatform::pin_current_thread(cpu);
-                drop(black_box(domain_ref.enter()));
+                drop(domain_ref.enter());
             }
             total += start.elapsed();
             BenchPlatform::pin_current_thread(0);
@@ -226,7 +262,7 @@ pub fn kepoch_throughput(threads: u32, iters: u64) -> f64 {
         drop(domain.enter());
         move || {
             for _ in 0..iters {
-                drop(black_box(domain.enter()));
+                drop(domain.enter());
             }
         }
     })
@@ -238,7 +274,7 @@ pub fn crossbeam_throughput(threads: u32, iters: u64) -> f64 {
         drop(crossbeam_epoch::pin());
         move || {
             for _ in 0..iters {
-                drop(black_box(crossbeam_epoch::pin()));
+                drop(crossbeam_epoch::pin());
             }
         }
     })
@@ -273,16 +309,33 @@ where
     (u64::from(threads) * iters) as f64 / elapsed.as_secs_f64()
 }
 
-/// Throughput of a loop that touches nothing shared (a private counter): how well the machine itself
-/// scales at this moment, the control for the enter+exit throughput figures.
+/// Throughput of the floor loop ([`Floor`]: a thread-local counter increment, nothing shared): how
+/// well the machine itself scales at this moment, the control for the enter+exit throughput figures.
 pub fn private_loop_throughput(threads: u32, iters: u64) -> f64 {
-    run_threads(threads, iters, |_| {
-        move || {
-            let mut counter = 0u64;
-            for _ in 0..iters {
-                counter = black_box(counter + 1);
-            }
-            black_box(counter);
-        }
-    })
+    run_threads(threads, iters, |_| move || floor_loop(iters))
+}
+
+thread_local! {
+    /// The floor loop's counter.
+    static FLOOR: AtomicU64 = const { AtomicU64::new(0) };
+}
+
+/// `iters` increments of a thread-local counter, each a relaxed load and store (two plain `mov`s, the
+/// way the core counts its readers), which the compiler must keep.
+#[inline(never)]
+fn floor_loop(iters: u64) {
+    for _ in 0..iters {
+        FLOOR.with(|c| c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed));
+    }
+}
+
+/// The machine's floor for a per-thread read side: an empty thread-local counter increment.
+pub struct Floor;
+
+impl Workload for Floor {
+    fn run(&mut self, iters: u64) -> Duration {
+        let start = CpuInstant::now();
+        floor_loop(iters);
+        start.elapsed()
+    }
 }
