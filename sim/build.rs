@@ -15,10 +15,18 @@ fn main() {
         "/usr/include/x86_64-linux-gnu",
         "/usr/local/include",
     ];
-    for dir in dirs {
-        println!("cargo::rerun-if-changed={dir}/{header}");
+    // Only paths that exist: cargo treats a missing `rerun-if-changed` path as changed on every build,
+    // which would rebuild this crate (and every test binary above it) each time. Installing liburcu
+    // creates `/usr/include/urcu`, which changes the watched directory.
+    println!("cargo::rerun-if-changed=/usr/include");
+    let found = dirs
+        .iter()
+        .map(|d| Path::new(d).join(header))
+        .find(|p| p.exists());
+    if let Some(path) = &found {
+        println!("cargo::rerun-if-changed={}", path.display());
     }
-    if !dirs.iter().any(|d| Path::new(d).join(header).exists()) {
+    if found.is_none() {
         println!("cargo::warning=liburcu headers not found ({header}): the benchmark report skips the liburcu peers");
         return;
     }
