@@ -52,13 +52,13 @@ pub enum LoadCommand {
 /// `load start` options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Args)]
 pub struct LoadStart {
-    /// Operations per second over all threads.
+    /// Operations per second over all threads, 1..=10000000.
     #[arg(long, value_name = "N", value_parser = value_parser!(u32).range(i64::from(limits::MIN_RATE)..=i64::from(limits::MAX_RATE)))]
     pub rate: u32,
-    /// How long the load runs.
+    /// How long the load runs in seconds, 1..=3600.
     #[arg(long, value_name = "S", value_parser = value_parser!(u32).range(i64::from(limits::MIN_SECONDS)..=i64::from(limits::MAX_SECONDS)))]
     pub seconds: u32,
-    /// Load threads, each pinned to a processor; 0 = one per active processor.
+    /// Load threads, each pinned to a processor, 0..=64; 0 = one per active processor.
     #[arg(long, value_name = "T", default_value_t = 0, value_parser = value_parser!(u32).range(0..=i64::from(limits::MAX_THREADS)))]
     pub threads: u32,
     /// Return only once every load thread has made at least two operations (polls the statistics
@@ -171,6 +171,21 @@ mod tests {
             assert!(help.contains(needle), "{needle} missing in\n{help}");
         }
         assert!(!help.contains("selftest-garbage"));
+        // The ranges the help states are the driver's.
+        let mut start = Cli::command();
+        let start = start
+            .find_subcommand_mut("load")
+            .and_then(|l| l.find_subcommand_mut("start"))
+            .expect("load start")
+            .render_help()
+            .to_string();
+        for range in [
+            format!("{}..={}", limits::MIN_RATE, limits::MAX_RATE),
+            format!("{}..={}", limits::MIN_SECONDS, limits::MAX_SECONDS),
+            format!("0..={}", limits::MAX_THREADS),
+        ] {
+            assert!(start.contains(&range), "{range} missing in\n{start}");
+        }
     }
 
     #[test]
