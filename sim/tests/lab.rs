@@ -125,6 +125,32 @@ fn bad_input_exits_2_with_one_line() {
 }
 
 #[test]
+fn report_refuses_malformed_and_newer_documents() {
+    for (name, body, needle) in [
+        (
+            "newer.json",
+            r#"{"schema_version": 3, "results": [{"strategy": "lazy"}]}"#,
+            "schema_version 3 is newer than this tool reads",
+        ),
+        (
+            "results-not-array.json",
+            r#"{"results": 7}"#,
+            "expected a sequence",
+        ),
+        ("array.json", "[1, 2]", "not a JSON object"),
+        ("empty.json", r#"{"results": []}"#, "\"results\" is empty"),
+        ("none.json", r#"{"scenario": {}}"#, "no \"results\" array"),
+    ] {
+        let path = temp(name);
+        std::fs::write(&path, body).unwrap();
+        let out = sim(&["report", &path.display().to_string()]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains(needle), "{name}: {err}");
+    }
+}
+
+#[test]
 fn scenarios_lists_every_builtin() {
     let out = sim(&["scenarios"]);
     assert!(out.status.success());
