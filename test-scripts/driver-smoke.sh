@@ -5,7 +5,9 @@
 # 0, 1, 2, absent, 7 (out of range) and a REG_SZ (wrong type); checks each outcome and its log lines;
 # reads `kepochctl stats --json` through the IOCTL and checks strategy and warning counters; sends
 # malformed IOCTLs (`kepochctl selftest-garbage`) and checks the driver still answers; runs the load
-# generator briefly and `sync`; `sc stop` must unload cleanly (DriverUnload's line appears).
+# generator until every load thread has made two operations (`load start --wait`, so a cold Wine that
+# starts the threads late cannot see the stop first), stops it and runs `sync`; `sc stop` must unload
+# cleanly (DriverUnload's line appears).
 #
 # What Wine can and cannot show: Wine 8 loads the driver into winedevice.exe in user mode. It has no IRQL
 # (CR8 writes are ignored), never runs queued DPCs, reports max == active processors and lacks
@@ -85,7 +87,7 @@ C:\kepoch\kepochctl.exe stats --json > C:\kepoch\stats.json
 echo stats_rc=%ERRORLEVEL%
 C:\kepoch\kepochctl.exe selftest-garbage
 echo garbage_rc=%ERRORLEVEL%
-C:\kepoch\kepochctl.exe load start --rate 2000 --seconds 1 --threads 2
+C:\kepoch\kepochctl.exe load start --rate 2000 --seconds 1 --threads 2 --wait
 echo load_rc=%ERRORLEVEL%
 C:\kepoch\kepochctl.exe load stop
 echo load_stop_rc=%ERRORLEVEL%

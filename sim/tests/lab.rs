@@ -4,29 +4,12 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-const FIGURES: &[&str] = &[
-    "strategy",
-    "loaded",
-    "load_error",
-    "cpus_prepared",
-    "per_cpu_bytes",
-    "prepare_at_dispatch",
-    "prepare_failures",
-    "fallback_uses",
-    "first_enter_ns",
-    "enter_exit_ns",
-    "cycles",
-    "cycle_latency_us",
-    "messages",
-    "messages_to_idle_cpus",
-    "retired",
-    "freed",
-    "pending_at_end",
-    "leaked",
-    "use_after_free",
-    "stalls_reported",
-    "hot_add",
-];
+/// The keys every round carries: the schema's SPEC §6 figures and what says whether it ran.
+fn round_keys() -> impl Iterator<Item = &'static str> {
+    ["strategy", "loaded", "load_error"]
+        .into_iter()
+        .chain(kepoch_report::FIGURES.iter().copied())
+}
 
 fn sim(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kepoch-sim"))
@@ -142,6 +125,32 @@ fn bad_input_exits_2_with_one_line() {
 }
 
 #[test]
+fn report_refuses_malformed_and_newer_documents() {
+    for (name, body, needle) in [
+        (
+            "newer.json",
+            r#"{"schema_version": 3, "results": [{"strategy": "lazy"}]}"#,
+            "schema_version 3 is newer than this tool reads",
+        ),
+        (
+            "results-not-array.json",
+            r#"{"results": 7}"#,
+            "expected a sequence",
+        ),
+        ("array.json", "[1, 2]", "not a JSON object"),
+        ("empty.json", r#"{"results": []}"#, "\"results\" is empty"),
+        ("none.json", r#"{"scenario": {}}"#, "no \"results\" array"),
+    ] {
+        let path = temp(name);
+        std::fs::write(&path, body).unwrap();
+        let out = sim(&["report", &path.display().to_string()]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains(needle), "{name}: {err}");
+    }
+}
+
+#[test]
 fn scenarios_lists_every_builtin() {
     let out = sim(&["scenarios"]);
     assert!(out.status.success());
@@ -211,8 +220,8 @@ fn qemu_hotadd_ab_json_svg_and_report() {
         .collect();
     assert_eq!(names, ["eager", "lazy", "callback"]);
     for r in results {
-        for key in FIGURES {
-            assert!(r.get(*key).is_some(), "{} lacks {key}", r["strategy"]);
+        for key in round_keys() {
+            assert!(r.get(key).is_some(), "{} lacks {key}", r["strategy"]);
         }
         assert_eq!(r["source"], "sim");
         assert_eq!(r["rounds"], 3);

@@ -1,211 +1,271 @@
-//! Command-line parsing (host-testable).
+//! Command-line parsing with clap (host-testable).
 
+use clap::{value_parser, Args, Parser, Subcommand};
 use kepoch_driver::ioctl::{limits, LoadRequest};
 
+/// `kepochctl`: the control tool of kepoch.sys.
+#[derive(Debug, Parser, PartialEq, Eq)]
+#[command(
+    name = "kepochctl",
+    version,
+    about = "Control tool of kepoch.sys: statistics, the built-in load generator and synchronize",
+    after_help = "Requires kepoch.sys to be running and an elevated prompt (the device admits SYSTEM and \
+                  Administrators).\nExit codes: 0 success, 1 the driver could not be reached or refused \
+                  the request, 2 bad arguments."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
 /// What the user asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Subcommand)]
 pub enum Command {
-    /// `stats [--json]`.
+    /// Counters of kepoch.sys since the last reset.
     Stats {
-        /// SPEC §6 JSON instead of a table.
+        /// Write the SPEC section 6 JSON (kepoch-report schema) instead of a table.
+        #[arg(long)]
         json: bool,
     },
-    /// `reset`.
+    /// Start counting from zero (a new baseline).
     Reset,
-    /// `load start --rate N --seconds S [--threads T]`.
-    LoadStart(LoadRequest),
-    /// `load stop`.
-    LoadStop,
-    /// `sync`.
+    /// The built-in load generator.
+    #[command(subcommand)]
+    Load(LoadCommand),
+    /// Wait until everything retired so far is freed.
     Sync,
-    /// `selftest-garbage` (hidden): malformed IOCTLs, then checks the driver still answers.
+    /// Send malformed IOCTLs, then check that the driver still answers.
+    #[command(hide = true)]
     SelftestGarbage,
-    /// `help`, `--help`, `-h`.
-    Help,
 }
 
-/// Usage text.
-pub const USAGE: &str = "\
-usage: kepochctl <command>
-
-commands:
-  stats [--json]                                   counters of kepoch.sys (--json: SPEC section 6 schema)
-  reset                                            start counting from zero (a new baseline)
-  load start --rate N --seconds S [--threads T]    run the built-in load generator
-                                                   (N operations/s in total, 1..=10000000; S in 1..=3600;
-                                                   T threads, 0 or omitted = one per active processor, max 64)
-  load stop                                        stop the load generator
-  sync                                             wait until everything retired so far is freed
-  help                                             this text
-
-Requires kepoch.sys to be running and an elevated prompt (the device admits SYSTEM and Administrators).
-Exit codes: 0 success, 1 the driver could not be reached or refused the request, 2 bad arguments.";
-
-/// Parses the arguments after the program name.
-pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Command, String> {
-    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-    match args.as_slice() {
-        [] => Err("missing command".into()),
-        ["help" | "--help" | "-h"] => Ok(Command::Help),
-        ["stats"] => Ok(Command::Stats { json: false }),
-        ["stats", "--json"] => Ok(Command::Stats { json: true }),
-        ["stats", other, ..] => Err(format!("stats: unexpected argument '{other}'")),
-        ["reset"] => Ok(Command::Reset),
-        ["sync"] => Ok(Command::Sync),
-        ["selftest-garbage"] => Ok(Command::SelftestGarbage),
-        ["load", "stop"] => Ok(Command::LoadStop),
-        ["load", "start", rest @ ..] => parse_load_start(rest).map(Command::LoadStart),
-        ["load", ..] => Err("load: expected 'start' or 'stop'".into()),
-        [command @ ("reset" | "sync" | "selftest-garbage"), other, ..] => {
-            Err(format!("{command}: unexpected argument '{other}'"))
-        }
-        [other, ..] => Err(format!("unknown command '{other}'")),
-    }
+/// `load start` / `load stop`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Subcommand)]
+pub enum LoadCommand {
+    /// Run the load generator (it stops by itself after --seconds).
+    Start(LoadStart),
+    /// Stop the load generator.
+    Stop,
 }
 
-fn parse_load_start(args: &[&str]) -> Result<LoadRequest, String> {
-    let mut rate = None;
-    let mut seconds = None;
-    let mut threads = None;
-    let mut rest = args.iter();
-    while let Some(&flag) = rest.next() {
-        let (name, inline) = match flag.split_once('=') {
-            Some((name, value)) => (name, Some(value)),
-            None => (flag, None),
-        };
-        let target = match name {
-            "--rate" => &mut rate,
-            "--seconds" => &mut seconds,
-            "--threads" => &mut threads,
-            _ => return Err(format!("load start: unknown option '{flag}'")),
-        };
-        let value = match inline {
-            Some(value) => value,
-            None => rest
-                .next()
-                .copied()
-                .ok_or_else(|| format!("load start: {name} needs a value"))?,
-        };
-        if target.is_some() {
-            return Err(format!("load start: {name} given twice"));
+/// `load start` options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Args)]
+pub struct LoadStart {
+    /// Operations per second over all threads, 1..=10000000.
+    #[arg(long, value_name = "N", value_parser = value_parser!(u32).range(i64::from(limits::MIN_RATE)..=i64::from(limits::MAX_RATE)))]
+    pub rate: u32,
+    /// How long the load runs in seconds, 1..=3600.
+    #[arg(long, value_name = "S", value_parser = value_parser!(u32).range(i64::from(limits::MIN_SECONDS)..=i64::from(limits::MAX_SECONDS)))]
+    pub seconds: u32,
+    /// Load threads, each pinned to a processor, 0..=64; 0 = one per active processor.
+    #[arg(long, value_name = "T", default_value_t = 0, value_parser = value_parser!(u32).range(0..=i64::from(limits::MAX_THREADS)))]
+    pub threads: u32,
+    /// Return only once every load thread has made at least two operations (polls the statistics
+    /// every 20 ms; fails after 60 s). Needs a rate and duration giving each thread two operations.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+impl LoadStart {
+    /// The IOCTL request.
+    #[cfg_attr(not(windows), allow(dead_code))]
+    pub fn request(&self) -> LoadRequest {
+        LoadRequest {
+            rate: self.rate,
+            seconds: self.seconds,
+            threads: self.threads,
         }
-        let number: u32 = value
-            .parse()
-            .map_err(|_| format!("load start: {name} '{value}' is not a non-negative integer"))?;
-        *target = Some(number);
     }
-    let request = LoadRequest {
-        rate: rate.ok_or("load start: --rate is required")?,
-        seconds: seconds.ok_or("load start: --seconds is required")?,
-        threads: threads.unwrap_or(0),
-    };
-    if !(limits::MIN_RATE..=limits::MAX_RATE).contains(&request.rate) {
-        return Err(format!(
-            "load start: --rate must be in {}..={}",
-            limits::MIN_RATE,
-            limits::MAX_RATE
-        ));
-    }
-    if !(limits::MIN_SECONDS..=limits::MAX_SECONDS).contains(&request.seconds) {
-        return Err(format!(
-            "load start: --seconds must be in {}..={}",
-            limits::MIN_SECONDS,
-            limits::MAX_SECONDS
-        ));
-    }
-    if request.threads > limits::MAX_THREADS {
-        return Err(format!(
-            "load start: --threads must be in 0..={}",
-            limits::MAX_THREADS
-        ));
-    }
-    debug_assert!(request.validate().is_ok());
-    Ok(request)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::error::ErrorKind;
+    use clap::CommandFactory;
 
-    #[test]
-    fn parses_every_command() {
-        assert_eq!(parse(&["stats"]), Ok(Command::Stats { json: false }));
-        assert_eq!(
-            parse(&["stats", "--json"]),
-            Ok(Command::Stats { json: true })
-        );
-        assert_eq!(parse(&["reset"]), Ok(Command::Reset));
-        assert_eq!(parse(&["sync"]), Ok(Command::Sync));
-        assert_eq!(parse(&["load", "stop"]), Ok(Command::LoadStop));
-        assert_eq!(parse(&["--help"]), Ok(Command::Help));
-        assert_eq!(parse(&["selftest-garbage"]), Ok(Command::SelftestGarbage));
-        assert_eq!(
-            parse(&["load", "start", "--rate", "1000", "--seconds", "10"]),
-            Ok(Command::LoadStart(LoadRequest {
-                rate: 1000,
-                seconds: 10,
-                threads: 0
-            }))
-        );
-        assert_eq!(
-            parse(&["load", "start", "--seconds=5", "--threads", "2", "--rate=7"]),
-            Ok(Command::LoadStart(LoadRequest {
-                rate: 7,
-                seconds: 5,
-                threads: 2
-            }))
-        );
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kepochctl").chain(args.iter().copied()))
+            .map(|c| c.command)
+    }
+
+    fn start(rate: u32, seconds: u32, threads: u32, wait: bool) -> Command {
+        Command::Load(LoadCommand::Start(LoadStart {
+            rate,
+            seconds,
+            threads,
+            wait,
+        }))
     }
 
     #[test]
-    fn rejects_bad_arguments_with_a_message() {
-        for bad in [
-            &[][..],
-            &["frobnicate"],
-            &["stats", "--xml"],
-            &["reset", "now"],
-            &["load"],
-            &["load", "go"],
-            &["load", "start"],
-            &["load", "start", "--rate", "10"],
-            &["load", "start", "--rate", "10", "--seconds"],
-            &["load", "start", "--rate", "-1", "--seconds", "1"],
-            &["load", "start", "--rate", "ten", "--seconds", "1"],
-            &["load", "start", "--rate", "0", "--seconds", "1"],
-            &["load", "start", "--rate", "10", "--seconds", "0"],
-            &["load", "start", "--rate", "10", "--seconds", "3601"],
-            &[
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_every_command() {
+        assert_eq!(parse(&["stats"]).unwrap(), Command::Stats { json: false });
+        assert_eq!(
+            parse(&["stats", "--json"]).unwrap(),
+            Command::Stats { json: true }
+        );
+        assert_eq!(parse(&["reset"]).unwrap(), Command::Reset);
+        assert_eq!(parse(&["sync"]).unwrap(), Command::Sync);
+        assert_eq!(
+            parse(&["load", "stop"]).unwrap(),
+            Command::Load(LoadCommand::Stop)
+        );
+        assert_eq!(
+            parse(&["selftest-garbage"]).unwrap(),
+            Command::SelftestGarbage
+        );
+        assert_eq!(
+            parse(&["load", "start", "--rate", "1000", "--seconds", "10"]).unwrap(),
+            start(1000, 10, 0, false)
+        );
+        assert_eq!(
+            parse(&[
                 "load",
                 "start",
-                "--rate",
-                "10",
-                "--seconds",
-                "1",
+                "--seconds=5",
                 "--threads",
-                "65",
-            ],
-            &[
-                "load",
-                "start",
+                "2",
+                "--rate=7",
+                "--wait"
+            ])
+            .unwrap(),
+            start(7, 5, 2, true)
+        );
+        let limits = format!("--rate={}", limits::MAX_RATE);
+        assert_eq!(
+            parse(&["load", "start", &limits, "--seconds=3600", "--threads=64"]).unwrap(),
+            start(
+                limits::MAX_RATE,
+                limits::MAX_SECONDS,
+                limits::MAX_THREADS,
+                false
+            )
+        );
+        let Command::Load(LoadCommand::Start(s)) = start(7, 5, 2, true) else {
+            unreachable!()
+        };
+        assert!(s.request().validate().is_ok());
+    }
+
+    #[test]
+    fn help_and_version_are_not_errors_of_usage() {
+        for args in [
+            &["--help"][..],
+            &["help"],
+            &["-h"],
+            &["load", "start", "--help"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::DisplayHelp, "{args:?}");
+            assert_eq!(e.exit_code(), 0, "{args:?}");
+        }
+        let help = Cli::command().render_long_help().to_string();
+        for needle in ["stats", "reset", "load", "sync", "Exit codes"] {
+            assert!(help.contains(needle), "{needle} missing in\n{help}");
+        }
+        assert!(!help.contains("selftest-garbage"));
+        // The ranges the help states are the driver's.
+        let mut start = Cli::command();
+        let start = start
+            .find_subcommand_mut("load")
+            .and_then(|l| l.find_subcommand_mut("start"))
+            .expect("load start")
+            .render_help()
+            .to_string();
+        for range in [
+            format!("{}..={}", limits::MIN_RATE, limits::MAX_RATE),
+            format!("{}..={}", limits::MIN_SECONDS, limits::MAX_SECONDS),
+            format!("0..={}", limits::MAX_THREADS),
+        ] {
+            assert!(start.contains(&range), "{range} missing in\n{start}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_arguments_with_exit_code_2_and_a_message() {
+        for (bad, needle) in [
+            (&[][..], "Usage: kepochctl"),
+            (&["frobnicate"], "unrecognized subcommand 'frobnicate'"),
+            (&["stats", "--xml"], "unexpected argument '--xml'"),
+            (&["reset", "now"], "unexpected argument 'now'"),
+            (&["load"], "Usage: kepochctl load"),
+            (&["load", "go"], "unrecognized subcommand 'go'"),
+            (&["load", "start"], "--rate <N>"),
+            (&["load", "start", "--rate", "10"], "--seconds <S>"),
+            (
+                &["load", "start", "--rate", "10", "--seconds"],
+                "a value is required",
+            ),
+            (
+                &["load", "start", "--rate", "-1", "--seconds", "1"],
                 "--rate",
-                "10",
-                "--rate",
-                "11",
-                "--seconds",
-                "1",
-            ],
-            &[
-                "load",
-                "start",
-                "--rate",
-                "10",
-                "--seconds",
-                "1",
-                "--verbose",
-            ],
+            ),
+            (
+                &["load", "start", "--rate", "ten", "--seconds", "1"],
+                "invalid digit",
+            ),
+            (
+                &["load", "start", "--rate", "0", "--seconds", "1"],
+                "0 is not in 1..=10000000",
+            ),
+            (
+                &["load", "start", "--rate", "10", "--seconds", "0"],
+                "0 is not in 1..=3600",
+            ),
+            (
+                &["load", "start", "--rate", "10", "--seconds", "3601"],
+                "3601 is not in 1..=3600",
+            ),
+            (
+                &[
+                    "load",
+                    "start",
+                    "--rate",
+                    "10",
+                    "--seconds",
+                    "1",
+                    "--threads",
+                    "65",
+                ],
+                "65 is not in 0..=64",
+            ),
+            (
+                &[
+                    "load",
+                    "start",
+                    "--rate",
+                    "10",
+                    "--rate",
+                    "11",
+                    "--seconds",
+                    "1",
+                ],
+                "cannot be used multiple times",
+            ),
+            (
+                &[
+                    "load",
+                    "start",
+                    "--rate",
+                    "10",
+                    "--seconds",
+                    "1",
+                    "--verbose",
+                ],
+                "unexpected argument '--verbose'",
+            ),
         ] {
             let error = parse(bad).expect_err(&format!("{bad:?} must be refused"));
-            assert!(!error.is_empty());
+            assert_eq!(error.exit_code(), 2, "{bad:?}");
+            let text = error.render().to_string();
+            assert!(text.contains(needle), "{bad:?}: {text}");
         }
     }
 }

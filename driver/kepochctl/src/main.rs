@@ -1,7 +1,8 @@
-//! `kepochctl`: the user-mode control tool of kepoch.sys (Windows). See `kepochctl help`.
+//! `kepochctl`: the user-mode control tool of kepoch.sys (Windows). See `kepochctl --help`.
 //!
-//! Argument parsing ([`cli`]), the JSON report ([`report`]) and the garbage self-test cases
-//! ([`garbage`]) are plain Rust, unit-tested on any host; only [`win`] talks to Windows.
+//! The command line ([`cli`], clap), the JSON report ([`report`], the `kepoch-report` schema), the wait
+//! condition of `load start --wait` ([`wait`]) and the garbage self-test cases ([`garbage`]) are
+//! unit-tested on any host; only [`win`] talks to Windows (through `windows-sys`).
 
 mod cli;
 // Used by the Windows build and the host tests.
@@ -9,12 +10,15 @@ mod cli;
 mod garbage;
 #[cfg_attr(not(windows), allow(dead_code))]
 mod report;
+#[cfg_attr(not(windows), allow(dead_code))]
+mod wait;
 #[cfg(windows)]
 mod win;
 
 use std::process::ExitCode;
 
-use cli::Command;
+use clap::Parser;
+use cli::{Cli, Command};
 
 /// CPUID leaf 0x40000000 vendor signature when CPUID.1:ECX bit 31 says a hypervisor is present.
 #[cfg(target_arch = "x86_64")]
@@ -45,19 +49,9 @@ pub fn hypervisor_vendor() -> Option<String> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match cli::parse(&args) {
-        Ok(command) => command,
-        Err(message) => {
-            eprintln!("kepochctl: {message}\n\n{}", cli::USAGE);
-            return ExitCode::from(2);
-        }
-    };
-    if command == Command::Help {
-        println!("{}", cli::USAGE);
-        return ExitCode::SUCCESS;
-    }
-    match run(command) {
+    // Bad arguments exit with 2 and clap's message and usage; --help and --version with 0.
+    let cli = Cli::parse();
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("kepochctl: {message}");
@@ -73,7 +67,9 @@ fn run(_command: Command) -> Result<(), String> {
 
 #[cfg(windows)]
 fn run(command: Command) -> Result<(), String> {
+    use cli::LoadCommand;
     use kepoch_driver::ioctl;
+    use windows_sys::Win32::Foundation::ERROR_BUSY;
 
     let device = win::Device::open()?;
     let simple = |code: u32, input: &[u8], what: &str| {
@@ -86,26 +82,72 @@ fn run(command: Command) -> Result<(), String> {
         Command::Stats { json } => {
             let stats = read_stats(&device)?;
             if json {
-                print!("{}", report::stats_json(&stats, &win::guest_info()));
+                let text = report::stats_json(&stats, win::guest_info())
+                    .map_err(|e| format!("writing the JSON failed: {e}"))?;
+                print!("{text}");
             } else {
                 print!("{}", report::stats_table(&stats));
             }
             Ok(())
         }
         Command::Reset => simple(ioctl::IOCTL_RESET_STATS, &[], "reset"),
-        Command::LoadStart(request) => {
-            simple(ioctl::IOCTL_LOAD_START, &request.encode(), "load start").map_err(|e| {
-                if e.ends_with(" 170") {
-                    format!("{e} (the load generator is already running: `kepochctl load stop`)")
-                } else {
-                    e
-                }
-            })
+        Command::Load(LoadCommand::Start(start)) => {
+            let before = if start.wait {
+                Some(read_stats(&device)?)
+            } else {
+                None
+            };
+            let request = start.request();
+            device
+                .ioctl(ioctl::IOCTL_LOAD_START, &request.encode(), &mut [])
+                .map_err(|(error, _)| {
+                    let hint = if error == ERROR_BUSY {
+                        " (the load generator is already running: `kepochctl load stop`)"
+                    } else {
+                        ""
+                    };
+                    format!("load start failed: Win32 error {error}{hint}")
+                })?;
+            match before {
+                Some(before) => wait_for_load(&device, &before, &start),
+                None => Ok(()),
+            }
         }
-        Command::LoadStop => simple(ioctl::IOCTL_LOAD_STOP, &[], "load stop"),
+        Command::Load(LoadCommand::Stop) => simple(ioctl::IOCTL_LOAD_STOP, &[], "load stop"),
         Command::Sync => simple(ioctl::IOCTL_SYNC, &[], "sync"),
         Command::SelftestGarbage => selftest_garbage(&device),
-        Command::Help => Ok(()),
+    }
+}
+
+/// `load start --wait`: polls the statistics every 20 ms until every load thread has made two
+/// operations ([`wait::Progress::done`]); fails after 60 s saying how far the load got.
+#[cfg(windows)]
+fn wait_for_load(
+    device: &win::Device,
+    before: &kepoch::Stats,
+    start: &cli::LoadStart,
+) -> Result<(), String> {
+    use std::time::{Duration, Instant};
+
+    const POLL: Duration = Duration::from_millis(20);
+    const DEADLINE: Duration = Duration::from_secs(60);
+    let threads = wait::expected_threads(start.threads, start.rate, before.active);
+    let began = Instant::now();
+    loop {
+        let now = read_stats(device)?;
+        let progress = wait::Progress::between(before, &now);
+        if progress.done(threads) {
+            return Ok(());
+        }
+        if began.elapsed() >= DEADLINE {
+            return Err(format!(
+                "load start --wait: after {} s only {} of {threads} load thread(s) made a first operation and {} further operation(s) were made (wanted {threads}); the threads did not start or the load ended first (--rate and --seconds must give every thread two operations)",
+                DEADLINE.as_secs(),
+                progress.first,
+                progress.later
+            ));
+        }
+        std::thread::sleep(POLL);
     }
 }
 
@@ -117,7 +159,7 @@ fn read_stats(device: &win::Device) -> Result<kepoch::Stats, String> {
     let written = match device.ioctl(ioctl::IOCTL_GET_STATS, &[], &mut buffer) {
         Ok(written) => written,
         // ERROR_MORE_DATA: a newer driver with a larger struct; the header tells.
-        Err((234, written)) => written,
+        Err((windows_sys::Win32::Foundation::ERROR_MORE_DATA, written)) => written,
         Err((error, _)) => return Err(format!("reading statistics failed: Win32 error {error}")),
     };
     ioctl::decode_stats(&buffer[..written.min(buffer.len())]).map_err(|e| match e {

@@ -1,63 +1,22 @@
-//! The Win32 calls kepochctl needs (the only FFI in the tool): the control device, the OS build and
+//! The Win32 calls kepochctl needs (through `windows-sys`): the control device, the OS build and
 //! processor counts.
 
-use std::ffi::c_void;
-
-use crate::report::GuestInfo;
-
-type Handle = *mut c_void;
-
-const GENERIC_READ: u32 = 0x8000_0000;
-const GENERIC_WRITE: u32 = 0x4000_0000;
-const OPEN_EXISTING: u32 = 3;
-const INVALID_HANDLE_VALUE: Handle = usize::MAX as Handle;
-const ALL_PROCESSOR_GROUPS: u16 = 0xFFFF;
-
-#[repr(C)]
-struct OsVersionInfoW {
-    size: u32,
-    major: u32,
-    minor: u32,
-    build: u32,
-    platform: u32,
-    csd: [u16; 128],
-}
-
-#[link(name = "kernel32")]
-extern "system" {
-    fn CreateFileW(
-        name: *const u16,
-        access: u32,
-        share: u32,
-        security: *mut c_void,
-        disposition: u32,
-        flags: u32,
-        template: Handle,
-    ) -> Handle;
-    fn DeviceIoControl(
-        device: Handle,
-        code: u32,
-        input: *const c_void,
-        input_len: u32,
-        output: *mut c_void,
-        output_len: u32,
-        returned: *mut u32,
-        overlapped: *mut c_void,
-    ) -> i32;
-    fn CloseHandle(handle: Handle) -> i32;
-    fn GetLastError() -> u32;
-    fn GetActiveProcessorCount(group: u16) -> u32;
-    fn GetMaximumProcessorCount(group: u16) -> u32;
-}
-
-#[link(name = "ntdll")]
-extern "system" {
-    fn RtlGetVersion(info: *mut OsVersionInfoW) -> i32;
-}
+use kepoch_report::{Guest, Hypervisor};
+use windows_sys::Wdk::System::SystemServices::RtlGetVersion;
+use windows_sys::Win32::Foundation::{
+    CloseHandle, GetLastError, ERROR_ACCESS_DENIED, ERROR_FILE_NOT_FOUND, ERROR_INVALID_PARAMETER,
+    GENERIC_READ, GENERIC_WRITE, HANDLE, INVALID_HANDLE_VALUE,
+};
+use windows_sys::Win32::Storage::FileSystem::{CreateFileW, FILE_SHARE_NONE, OPEN_EXISTING};
+use windows_sys::Win32::System::SystemInformation::OSVERSIONINFOW;
+use windows_sys::Win32::System::Threading::{
+    GetActiveProcessorCount, GetMaximumProcessorCount, ALL_PROCESSOR_GROUPS,
+};
+use windows_sys::Win32::System::IO::DeviceIoControl;
 
 /// An open handle to `\\.\kepoch`.
 pub struct Device {
-    handle: Handle,
+    handle: HANDLE,
 }
 
 impl Device {
@@ -69,8 +28,8 @@ impl Device {
             CreateFileW(
                 name.as_ptr(),
                 GENERIC_READ | GENERIC_WRITE,
-                0,
-                std::ptr::null_mut(),
+                FILE_SHARE_NONE,
+                std::ptr::null(),
                 OPEN_EXISTING,
                 0,
                 std::ptr::null_mut(),
@@ -80,8 +39,8 @@ impl Device {
             // SAFETY: no arguments.
             let error = unsafe { GetLastError() };
             let hint = match error {
-                2 => " (is kepoch.sys running? `sc start kepoch`)",
-                5 => " (access denied: run from an elevated prompt)",
+                ERROR_FILE_NOT_FOUND => " (is kepoch.sys running? `sc start kepoch`)",
+                ERROR_ACCESS_DENIED => " (access denied: run from an elevated prompt)",
                 _ => "",
             };
             return Err(format!(
@@ -95,7 +54,7 @@ impl Device {
     /// written anyway (ERROR_MORE_DATA returns data).
     pub fn ioctl(&self, code: u32, input: &[u8], output: &mut [u8]) -> Result<usize, (u32, usize)> {
         let mut returned = 0u32;
-        let too_long = |len: usize| u32::try_from(len).map_err(|_| (87u32, 0usize));
+        let too_long = |len: usize| u32::try_from(len).map_err(|_| (ERROR_INVALID_PARAMETER, 0));
         let input_len = too_long(input.len())?;
         let output_len = too_long(output.len())?;
         // SAFETY: the buffers are valid for the lengths passed; synchronous call (no OVERLAPPED).
@@ -136,19 +95,18 @@ impl Drop for Device {
 }
 
 /// OS build, processor counts and hypervisor of this machine.
-pub fn guest_info() -> GuestInfo {
-    let mut version = OsVersionInfoW {
-        size: std::mem::size_of::<OsVersionInfoW>() as u32,
-        major: 0,
-        minor: 0,
-        build: 0,
-        platform: 0,
-        csd: [0; 128],
+pub fn guest_info() -> Guest {
+    let mut version = OSVERSIONINFOW {
+        dwOSVersionInfoSize: std::mem::size_of::<OSVERSIONINFOW>() as u32,
+        ..OSVERSIONINFOW::default()
     };
     // SAFETY: a sized OSVERSIONINFOW; RtlGetVersion fills it and cannot fail for this size.
     let status = unsafe { RtlGetVersion(&mut version) };
     let os_build = if status >= 0 {
-        format!("{}.{}.{}", version.major, version.minor, version.build)
+        format!(
+            "{}.{}.{}",
+            version.dwMajorVersion, version.dwMinorVersion, version.dwBuildNumber
+        )
     } else {
         "unknown".into()
     };
@@ -159,10 +117,10 @@ pub fn guest_info() -> GuestInfo {
             GetMaximumProcessorCount(ALL_PROCESSOR_GROUPS),
         )
     };
-    GuestInfo {
+    Guest {
         os_build,
         active_processors: active,
         max_processors: max,
-        hypervisor_vendor: crate::hypervisor_vendor(),
+        hypervisor: crate::hypervisor_vendor().map(|v| Hypervisor::from_vendor(&v)),
     }
 }

@@ -1,14 +1,15 @@
-//! Bad arguments: a clear message and exit code 2, on any host.
+//! Bad arguments: a clear message, the usage (or where to find it) and exit code 2; help: exit code 0; on any host.
 
 use std::process::Command;
 
-fn run(args: &[&str]) -> (Option<i32>, String) {
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_kepochctl"))
         .args(args)
         .output()
         .expect("run kepochctl");
     (
         output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
@@ -16,24 +17,47 @@ fn run(args: &[&str]) -> (Option<i32>, String) {
 #[test]
 fn bad_arguments_exit_with_2_and_say_why() {
     for (args, needle) in [
-        (&[][..], "missing command"),
-        (&["frob"], "unknown command 'frob'"),
+        (&[][..], "Usage: kepochctl <COMMAND>"),
+        (&["frob"], "unrecognized subcommand 'frob'"),
         (
             &["load", "start", "--rate", "0", "--seconds", "1"],
-            "--rate must be in",
+            "invalid value '0' for '--rate <N>': 0 is not in 1..=10000000",
         ),
-        (&["load", "start", "--rate", "5"], "--seconds is required"),
-        (&["stats", "--yaml"], "unexpected argument"),
+        (
+            &["load", "start", "--rate", "5"],
+            "the following required arguments were not provided:\n  --seconds <S>",
+        ),
+        (&["stats", "--yaml"], "unexpected argument '--yaml' found"),
     ] {
-        let (code, stderr) = run(args);
+        let (code, _, stderr) = run(args);
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
-        assert!(stderr.contains("usage: kepochctl"), "{args:?}: {stderr}");
+        // clap's usage line, or its pointer to it for a bad value.
+        assert!(
+            stderr.contains("Usage: kepochctl") || stderr.contains("try '--help'"),
+            "{args:?}: {stderr}"
+        );
     }
 }
 
 #[test]
-fn help_exits_with_0() {
-    let (code, _) = run(&["help"]);
+fn help_exits_with_0_and_documents_wait() {
+    for args in [&["help"][..], &["--help"]] {
+        let (code, stdout, _) = run(args);
+        assert_eq!(code, Some(0));
+        assert!(stdout.contains("Exit codes: 0 success"), "{stdout}");
+    }
+    let (code, stdout, _) = run(&["load", "start", "--help"]);
     assert_eq!(code, Some(0));
+    assert!(stdout.contains("--wait"), "{stdout}");
+}
+
+#[test]
+fn off_windows_valid_commands_exit_with_1() {
+    if cfg!(windows) {
+        return;
+    }
+    let (code, _, stderr) = run(&["stats", "--json"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("runs on Windows only"), "{stderr}");
 }

@@ -19,36 +19,15 @@ use run::{run_round, Progress, RunMode};
 use scenario::{Scenario, ScenarioError};
 use serde_json::{json, Value};
 
-/// Version of the SPEC §6 JSON written by `ab --json` and `kepochctl stats --json`: 1 (no
-/// `schema_version` field) had one result per strategy; 2 adds `rounds` (every round's result),
-/// summaries over rounds with sample counts and 95 % intervals (`estimates`), `comparisons` and the
-/// `verdict`. `report` reads both.
-pub const SCHEMA_VERSION: u64 = 2;
+/// Version of the SPEC §6 JSON (the `kepoch-report` schema) written by `ab --json`, `report --json`
+/// and `kepochctl stats --json`; `report` reads schema 1 and 2.
+pub use kepoch_report::SCHEMA_VERSION;
+
+/// SPEC §6 figures every result carries (besides `strategy`, `loaded` and `load_error`).
+pub use kepoch_report::FIGURES;
 
 /// Rounds per strategy when `--rounds` is not given.
 pub const DEFAULT_ROUNDS: u32 = 8;
-
-/// SPEC §6 figures every result carries (besides `strategy`, `loaded` and `load_error`).
-pub const FIGURES: &[&str] = &[
-    "cpus_prepared",
-    "per_cpu_bytes",
-    "prepare_at_dispatch",
-    "prepare_failures",
-    "fallback_uses",
-    "first_enter_ns",
-    "enter_exit_ns",
-    "cycles",
-    "cycle_latency_us",
-    "messages",
-    "messages_to_idle_cpus",
-    "retired",
-    "freed",
-    "pending_at_end",
-    "leaked",
-    "use_after_free",
-    "stalls_reported",
-    "hot_add",
-];
 
 /// Strategies in the order the lab runs and shows them.
 pub const ORDER: [Strategy; 3] = [Strategy::Eager, Strategy::Lazy, Strategy::Callback];
@@ -160,28 +139,24 @@ pub fn group(rounds: &[Value]) -> Vec<Group> {
 /// version): its `rounds` when it has them, else every entry of `results` is one round. Each round gets
 /// `file` (= `origin`), `column_source` and `topology` (what must match for rounds to be compared).
 pub fn rounds_of(document: &Value, origin: &str) -> Result<Vec<Value>, String> {
-    let list = document
-        .get("rounds")
-        .and_then(Value::as_array)
-        .or_else(|| document.get("results").and_then(Value::as_array))
-        .ok_or_else(|| {
-            format!(
-                "{origin}: no \"results\" array (not an ab --json or kepochctl stats --json file)"
-            )
-        })?;
+    let source = kepoch_report::SourceDocument::from_value(document)
+        .map_err(|e| format!("{origin}: {e}"))?;
+    let scenario = source.scenario.clone();
+    let list = source.into_rounds().ok_or_else(|| {
+        format!("{origin}: no \"results\" array (not an ab --json or kepochctl stats --json file)")
+    })?;
     if list.is_empty() {
         return Err(format!("{origin}: \"results\" is empty"));
     }
-    let scenario = document.get("scenario");
+    let scenario = scenario.as_ref();
     let mut rounds = Vec::new();
-    for (i, r) in list.iter().enumerate() {
+    for (i, mut r) in list.into_iter().enumerate() {
         if !r.is_object() {
             return Err(format!("{origin}: result {i} is not an object"));
         }
         if r.get("strategy").and_then(Value::as_str).is_none() {
             return Err(format!("{origin}: result {i} has no \"strategy\""));
         }
-        let mut r = r.clone();
         r["column_source"] = json!(source_label(&r, scenario));
         r["topology"] = topology(&r, scenario);
         r["file"] = json!(origin);

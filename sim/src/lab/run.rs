@@ -16,6 +16,7 @@ use crate::objects::{self, Check, Object, SimDomain};
 use hdrhistogram::Histogram;
 use kepoch::stats::LatencyHistogram;
 use kepoch::{CallbackState, Config, Domain, DomainBox, RawGuard, Strategy};
+use kepoch_report::{callback_state_name, CycleLatency, HotAdd, Latency, Samples};
 use parking_lot::{Mutex, RwLock};
 use rand::Rng;
 use serde_json::{json, Value};
@@ -548,43 +549,41 @@ fn run_lifetime(
 /// Exact quantiles of samples (nearest rank), with the samples.
 fn samples_json(samples: &[u64]) -> Value {
     let d = Dist::from_samples(&samples.iter().map(|&v| v as f64).collect::<Vec<_>>());
-    json!({
-        "p50": d.quantile(0.5), "p99": d.quantile(0.99), "max": d.max(),
-        "count": samples.len(), "samples": samples,
+    to_json(Samples {
+        p50: d.quantile(0.5),
+        p99: d.quantile(0.99),
+        max: d.max(),
+        count: samples.len() as u64,
+        samples: samples.to_vec(),
     })
 }
 
 /// Quantiles of an HDR histogram, with its non-empty buckets as `[value, count]`.
 fn hdr_json(h: Option<&Histogram<u64>>) -> Value {
-    match h.filter(|h| !h.is_empty()) {
-        None => json!({"p50": null, "p99": null, "max": null, "count": 0, "hist": []}),
-        Some(h) => {
-            let hist: Vec<Value> = h
+    let latency = match h.filter(|h| !h.is_empty()) {
+        None => Latency::default(),
+        Some(h) => Latency {
+            p50: Some(h.value_at_quantile(0.5)),
+            p99: Some(h.value_at_quantile(0.99)),
+            max: Some(h.max()),
+            count: h.len(),
+            hist: h
                 .iter_recorded()
                 .map(|v| {
-                    json!([
+                    (
                         h.median_equivalent(v.value_iterated_to()),
-                        v.count_at_value()
-                    ])
+                        v.count_at_value(),
+                    )
                 })
-                .collect();
-            json!({
-                "p50": h.value_at_quantile(0.5), "p99": h.value_at_quantile(0.99), "max": h.max(),
-                "count": h.len(), "hist": hist,
-            })
-        }
-    }
+                .collect(),
+        },
+    };
+    to_json(latency)
 }
 
-/// The core's cycle-latency histogram in microseconds.
-fn cycle_json(h: &LatencyHistogram) -> Value {
-    if h.count() == 0 {
-        return json!({"p50": null, "p99": null, "count": 0, "hist": []});
-    }
-    let us = |ns: u64| ns as f64 / 1e3;
-    let s = h.summary();
-    let hist: Vec<Value> = h.points().map(|(v, n)| json!([us(v), n])).collect();
-    json!({"p50": us(s.p50), "p99": us(s.p99), "count": s.count, "hist": hist})
+/// A schema value as JSON (the lab's results are JSON objects; see the module documentation).
+fn to_json(value: impl serde::Serialize) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
 /// The result of a strategy that did not load: every figure null.
@@ -691,7 +690,7 @@ pub fn run_round(
         "loaded": true,
         "load_error": null,
         "lifetimes": round.lifetimes,
-        "callback_state": round.callback_state.map(callback_state_name),
+        "callback_state": round.callback_state.map(|s| callback_state_name(s as u32)),
         "mode": mode.name(),
         "max_reported": scenario.max_reported,
         "active": scenario.active_at_boot,
@@ -711,7 +710,7 @@ pub fn run_round(
         "enters": n("enters"),
         "remote_exits": n("remote_exits"),
         "cycles": n("cycles"),
-        "cycle_latency_us": cycle_json(&round.cycle),
+        "cycle_latency_us": to_json(CycleLatency::from_ns_histogram(&round.cycle)),
         "messages": messages,
         "core_messages": n("core_messages"),
         "messages_to_idle_cpus": messages_to_idle,
@@ -727,12 +726,12 @@ pub fn run_round(
         "use_after_free": n("use_after_free"),
         "reads": n("reads"),
         "stalls_reported": n("stalls_reported"),
-        "hot_add": {
-            "start": n("hot_add_start"),
-            "complete": n("hot_add_complete"),
-            "failure": n("hot_add_failure"),
-            "vetoed": n("hot_add_vetoed"),
-        },
+        "hot_add": to_json(HotAdd {
+            start: n("hot_add_start"),
+            complete: n("hot_add_complete"),
+            failure: n("hot_add_failure"),
+            vetoed: n("hot_add_vetoed"),
+        }),
         "cpus_added": report.counters.hot_add_complete,
         "violations": round.violations,
         "reload_errors": round.reload_errors,
@@ -742,14 +741,4 @@ pub fn run_round(
         v.extend(more);
     }
     Ok(v)
-}
-
-/// The name `kepochctl` uses for a callback state.
-pub fn callback_state_name(state: CallbackState) -> &'static str {
-    match state {
-        CallbackState::NotUsed => "not-used",
-        CallbackState::Registered => "registered",
-        CallbackState::ApiMissing => "api-missing",
-        CallbackState::RegistrationFailed => "registration-failed",
-    }
 }
