@@ -63,7 +63,7 @@ impl PassiveLock {
         // SAFETY: per the caller; a synchronization event created signalled = an unlocked lock.
         unsafe {
             let event = UnsafeCell::raw_get(ptr::addr_of!((*this).event)).cast::<nt::KEVENT>();
-            nt::KeInitializeEvent(event, nt::SYNCHRONIZATION_EVENT, 1);
+            nt::KeInitializeEvent(event, nt::SYNCHRONIZATION_EVENT, true);
         }
     }
 
@@ -97,15 +97,15 @@ impl CriticalRegionLock for PassiveLock {
                 self.event().cast(),
                 nt::EXECUTIVE,
                 nt::KERNEL_MODE,
-                0,
-                ptr::null_mut(),
+                false,
+                ptr::null(),
             );
         }
     }
 
     fn release(&self) {
         // SAFETY: initialised in DriverEntry; signalling the event hands the lock to one waiter.
-        unsafe { nt::KeSetEvent(self.event(), 0, 0) };
+        unsafe { nt::KeSetEvent(self.event(), 0, false) };
     }
 }
 
@@ -330,7 +330,7 @@ fn restrict_to_system_and_admins(device: NonNull<nt::DEVICE_OBJECT>) -> Result<(
     // write inside them; the descriptor points at `dacl`, which outlives the ZwSetSecurityObject call
     // that copies it. PASSIVE_LEVEL (DriverEntry).
     unsafe {
-        let descriptor = descriptor.as_mut_ptr();
+        let descriptor: nt::PSECURITY_DESCRIPTOR = descriptor.as_mut_ptr().cast();
         check(nt::RtlCreateSecurityDescriptor(
             descriptor,
             nt::SECURITY_DESCRIPTOR_REVISION,
@@ -350,9 +350,9 @@ fn restrict_to_system_and_admins(device: NonNull<nt::DEVICE_OBJECT>) -> Result<(
         }
         check(nt::RtlSetDaclSecurityDescriptor(
             descriptor,
-            1,
-            dacl.as_mut_ptr().cast(),
-            0,
+            true,
+            dacl.as_ptr().cast(),
+            false,
         ))?;
         let mut handle: nt::HANDLE = ptr::null_mut();
         check(nt::ObOpenObjectByPointer(
@@ -360,7 +360,7 @@ fn restrict_to_system_and_admins(device: NonNull<nt::DEVICE_OBJECT>) -> Result<(
             nt::OBJ_KERNEL_HANDLE,
             ptr::null_mut(),
             nt::WRITE_DAC,
-            ptr::null_mut(),
+            0,
             nt::KERNEL_MODE,
             &mut handle,
         ))?;
@@ -442,7 +442,7 @@ impl EntrySteps for NtEntry {
                 &mut device_name,
                 nt::FILE_DEVICE_UNKNOWN,
                 nt::FILE_DEVICE_SECURE_OPEN,
-                0,
+                false,
                 &mut device,
             )
         };
@@ -568,7 +568,7 @@ impl EntrySteps for NtEntry {
     }
 }
 
-unsafe extern "C" fn driver_unload(driver: *mut nt::DRIVER_OBJECT) {
+unsafe extern "system" fn driver_unload(driver: *const nt::DRIVER_OBJECT) {
     // SAFETY: called once by the I/O manager at PASSIVE_LEVEL after all handles to our device are
     // closed; DriverEntry succeeded, so DeviceObject is our device with an initialised DeviceState.
     unsafe {
@@ -590,8 +590,8 @@ unsafe extern "C" fn driver_unload(driver: *mut nt::DRIVER_OBJECT) {
 
 /// IRP_MJ_CREATE / IRP_MJ_CLOSE: opening and closing the control device always succeeds (access is
 /// decided by the device's security descriptor before the IRP reaches us).
-unsafe extern "C" fn create_close(
-    _device: *mut nt::DEVICE_OBJECT,
+unsafe extern "system" fn create_close(
+    _device: *const nt::DEVICE_OBJECT,
     irp: *mut nt::IRP,
 ) -> nt::NTSTATUS {
     // SAFETY: the I/O manager dispatched this IRP to us; we complete it exactly once.
@@ -600,8 +600,8 @@ unsafe extern "C" fn create_close(
 }
 
 /// IRP_MJ_DEVICE_CONTROL (PASSIVE_LEVEL, caller's thread): validated by [`ioctl::decode`], then run.
-unsafe extern "C" fn device_control(
-    device: *mut nt::DEVICE_OBJECT,
+unsafe extern "system" fn device_control(
+    device: *const nt::DEVICE_OBJECT,
     irp: *mut nt::IRP,
 ) -> nt::NTSTATUS {
     // SAFETY: the I/O manager dispatched an IRP_MJ_DEVICE_CONTROL IRP for our device, whose extension
@@ -724,7 +724,7 @@ impl DeviceState {
                         &mut attributes,
                         ptr::null_mut(),
                         ptr::null_mut(),
-                        Some(load_thread),
+                        nt::start_routine(load_thread),
                         slot.context(),
                     )
                 };
@@ -789,7 +789,7 @@ impl DeviceState {
             // SAFETY: our kernel handle to a thread we created; an untimed wait at PASSIVE returns once
             // the thread has terminated; closed once (taken out of the slot above).
             unsafe {
-                nt::ZwWaitForSingleObject(handle, 0, ptr::null_mut());
+                nt::ZwWaitForSingleObject(handle, false, ptr::null());
                 nt::ZwClose(handle);
             }
             reaped += 1;
@@ -835,7 +835,7 @@ impl DeviceState {
 
 /// Start routine of a load thread: pin to its processor, run at its rate until stopped or its time is
 /// up, then end.
-unsafe extern "C" fn load_thread(context: *mut c_void) {
+unsafe extern "system" fn load_thread(context: *mut c_void) {
     // SAFETY: `context` is the context of the thread's slot, prepared before the thread was created and
     // unchanged until it is reaped; its DeviceState outlives every load thread (unload and LOAD_STOP reap
     // them first).
@@ -865,11 +865,9 @@ unsafe extern "C" fn load_thread(context: *mut c_void) {
             batch += 1;
         }
         if done >= due {
-            let mut interval = nt::LARGE_INTEGER {
-                QuadPart: -10_000, // 1 ms, relative
-            };
-            // SAFETY: a kernel-mode, non-alertable delay at PASSIVE_LEVEL with a valid interval.
-            unsafe { nt::KeDelayExecutionThread(nt::KERNEL_MODE, 0, &mut interval) };
+            let interval: i64 = -10_000; // 1 ms, relative
+                                         // SAFETY: a kernel-mode, non-alertable delay at PASSIVE_LEVEL with a valid interval.
+            unsafe { nt::KeDelayExecutionThread(nt::KERNEL_MODE, false, &interval) };
         }
     }
 
@@ -894,12 +892,14 @@ pub fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     );
     // SAFETY: KeBugCheckEx never returns; the parameters are plain values shown in the crash dump.
     unsafe {
-        nt::KeBugCheckEx(
+        nt::bug_check(
             nt::BUGCHECK_RUST_PANIC,
-            file.as_ptr() as u64,
-            file.len() as u64,
-            u64::from(line),
-            u64::from(column),
+            [
+                file.as_ptr() as usize,
+                file.len(),
+                line as usize,
+                column as usize,
+            ],
         )
     }
 }

@@ -6,7 +6,7 @@ use core::ffi::c_void;
 use core::fmt;
 use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 
 use kepoch::platform::{
     CurrentProcessor, Handler, Irql, IrqlRule, LogLevel, Platform, ProcessorChangeFn,
@@ -26,11 +26,10 @@ const STATUS_UNSUCCESSFUL: Status = Status(0xC000_0001u32 as i32);
 
 /// `KeQueryPerformanceCounter`: (ticks, frequency).
 pub(crate) fn performance_counter() -> (u64, u64) {
-    let mut frequency = nt::LARGE_INTEGER { QuadPart: 0 };
+    let mut frequency = 0i64;
     // SAFETY: callable at any IRQL; writes the frequency we pass.
     let ticks = unsafe { nt::KeQueryPerformanceCounter(&mut frequency) };
-    // SAFETY: both are plain i64 views of the union.
-    unsafe { (ticks.QuadPart as u64, frequency.QuadPart as u64) }
+    (ticks as u64, frequency as u64)
 }
 
 /// Writes one line to the kernel debugger (DbgPrintEx, IHV component), prefixed with `kepoch: `.
@@ -52,7 +51,7 @@ pub fn log_line(level: LogLevel, args: fmt::Arguments<'_>) {
         nt::DbgPrintEx(
             nt::DPFLTR_IHVDRIVER_ID,
             level,
-            c"%s".as_ptr(),
+            c"%s".as_ptr().cast(),
             text.as_ptr(),
         );
     }
@@ -151,7 +150,7 @@ static DPC_PROBE: DpcProbe = DpcProbe {
     ran: AtomicBool::new(false),
 };
 
-unsafe extern "C" fn probe_dpc(
+unsafe extern "system" fn probe_dpc(
     _dpc: *mut nt::KDPC,
     _context: *mut c_void,
     _argument1: *mut c_void,
@@ -174,19 +173,17 @@ pub fn dpcs_are_delivered() -> bool {
     // probe once per load, so it is not queued already; the routine only sets an atomic.
     unsafe {
         nt::KeGetCurrentProcessorNumberEx(&mut number);
-        nt::KeInitializeDpc(dpc, Some(probe_dpc), ptr::null_mut());
+        nt::KeInitializeDpc(dpc, nt::deferred_routine(probe_dpc), ptr::null());
         nt::KeSetTargetProcessorDpcEx(dpc, &mut number);
-        nt::KeInsertQueueDpc(dpc, ptr::null_mut(), ptr::null_mut());
+        nt::KeInsertQueueDpc(dpc, ptr::null(), ptr::null());
     }
     for _ in 0..50 {
         if DPC_PROBE.ran.load(Ordering::Acquire) {
             return true;
         }
-        let mut interval = nt::LARGE_INTEGER {
-            QuadPart: -100_000, // 10 ms, relative
-        };
-        // SAFETY: a kernel-mode, non-alertable delay at PASSIVE_LEVEL with a valid interval.
-        unsafe { nt::KeDelayExecutionThread(nt::KERNEL_MODE, 0, &mut interval) };
+        let interval: i64 = -100_000; // 10 ms, relative
+                                      // SAFETY: a kernel-mode, non-alertable delay at PASSIVE_LEVEL with a valid interval.
+        unsafe { nt::KeDelayExecutionThread(nt::KERNEL_MODE, false, &interval) };
     }
     DPC_PROBE.ran.load(Ordering::Acquire)
 }
@@ -240,8 +237,7 @@ impl NtPlatform {
             .cast(),
             None => {
                 // SAFETY: as above for ExAllocatePoolWithTag with NonPagedPoolNx.
-                unsafe { nt::ExAllocatePoolWithTag(nt::NON_PAGED_POOL_NX, bytes as u64, POOL_TAG) }
-                    .cast()
+                unsafe { nt::ExAllocatePoolWithTag(nt::NON_PAGED_POOL_NX, bytes, POOL_TAG) }.cast()
             }
         }
     }
@@ -265,7 +261,7 @@ impl NtMessage {
     }
 }
 
-unsafe extern "C" fn message_dpc(
+unsafe extern "system" fn message_dpc(
     _dpc: *mut nt::KDPC,
     context: *mut c_void,
     _argument1: *mut c_void,
@@ -291,7 +287,7 @@ impl DpcSetup for CycleDpc {
     fn initialize(&mut self) {
         // SAFETY: `dpc` is the message's KDPC storage, in place until message_release and not queued
         // (message_init runs before the message can be sent); the context is that message.
-        unsafe { nt::KeInitializeDpc(self.dpc, Some(message_dpc), self.context) }
+        unsafe { nt::KeInitializeDpc(self.dpc, nt::deferred_routine(message_dpc), self.context) }
     }
 
     fn set_importance(&mut self, importance: i32) {
@@ -326,7 +322,7 @@ unsafe impl Send for NtTimer {}
 // SAFETY: see the Send impl.
 unsafe impl Sync for NtTimer {}
 
-unsafe extern "C" fn timer_dpc(
+unsafe extern "system" fn timer_dpc(
     _dpc: *mut nt::KDPC,
     context: *mut c_void,
     _argument1: *mut c_void,
@@ -346,7 +342,8 @@ unsafe extern "C" fn timer_dpc(
 /// A passive work item (`IO_WORKITEM`, which holds a reference on the device while it runs, so the driver
 /// cannot unload under a running item).
 pub struct NtPassiveWork {
-    item: AtomicPtr<nt::IO_WORKITEM>,
+    /// The `PIO_WORKITEM` (0 once freed).
+    item: AtomicIsize,
     handler: UnsafeCell<MaybeUninit<Handler>>,
 }
 
@@ -355,7 +352,7 @@ unsafe impl Send for NtPassiveWork {}
 // SAFETY: see the Send impl.
 unsafe impl Sync for NtPassiveWork {}
 
-unsafe extern "C" fn passive_work(_device: *mut nt::DEVICE_OBJECT, context: *mut c_void) {
+unsafe extern "system" fn passive_work(_device: *mut nt::DEVICE_OBJECT, context: *mut c_void) {
     // The handler may release this very item (and free the memory holding it) as its last act, so
     // take a copy of it first and hold no reference into the item while it runs.
     // SAFETY: `context` is the NtPassiveWork that queued this item, initialised until passive_release,
@@ -581,8 +578,8 @@ unsafe impl Platform for NtPlatform {
             nt::KeInitializeTimerEx(timer.timer.get().cast(), nt::NOTIFICATION_TIMER);
             nt::KeInitializeDpc(
                 timer.dpc.get().cast(),
-                Some(timer_dpc),
-                ptr::from_ref(timer).cast_mut().cast(),
+                nt::deferred_routine(timer_dpc),
+                ptr::from_ref(timer).cast(),
             );
         }
         Ok(())
@@ -590,9 +587,7 @@ unsafe impl Platform for NtPlatform {
 
     fn timer_start(&self, timer: &NtTimer, period_us: u32) {
         timer.armed.store(true, Ordering::SeqCst);
-        let due = nt::LARGE_INTEGER {
-            QuadPart: relative_due_time(period_us),
-        };
+        let due = relative_due_time(period_us);
         // SAFETY: timer and DPC were initialised by timer_init and stay in place until timer_release;
         // KeSetTimerEx is callable at IRQL <= DISPATCH.
         unsafe {
@@ -627,13 +622,13 @@ unsafe impl Platform for NtPlatform {
     ) -> Result<(), Status> {
         // SAFETY: the device object outlives the platform (NtPlatform::new's contract).
         let item = unsafe { nt::IoAllocateWorkItem(self.device.as_ptr()) };
-        if item.is_null() {
+        if item == 0 {
             return Err(Status::INSUFFICIENT_RESOURCES);
         }
         // SAFETY: the caller gives writable storage that stays in place until passive_release.
         unsafe {
             work.write(NtPassiveWork {
-                item: AtomicPtr::new(item),
+                item: AtomicIsize::new(item),
                 handler: UnsafeCell::new(MaybeUninit::new(handler)),
             });
         }
@@ -646,9 +641,9 @@ unsafe impl Platform for NtPlatform {
         unsafe {
             nt::IoQueueWorkItem(
                 work.item.load(Ordering::Relaxed),
-                Some(passive_work),
+                nt::work_item_routine(passive_work),
                 nt::DELAYED_WORK_QUEUE,
-                ptr::from_ref(work).cast_mut().cast(),
+                ptr::from_ref(work).cast(),
             );
         }
     }
@@ -656,8 +651,8 @@ unsafe impl Platform for NtPlatform {
     unsafe fn passive_release(&self, work: *mut NtPassiveWork) {
         // SAFETY: the caller guarantees the item is neither queued nor running; freed once.
         unsafe {
-            let item = (*work).item.swap(ptr::null_mut(), Ordering::Relaxed);
-            if !item.is_null() {
+            let item = (*work).item.swap(0, Ordering::Relaxed);
+            if item != 0 {
                 nt::IoFreeWorkItem(item);
             }
         }
@@ -667,14 +662,14 @@ unsafe impl Platform for NtPlatform {
         // SAFETY: the caller gives writable storage that stays in place while the event is used.
         unsafe {
             let raw = UnsafeCell::raw_get(ptr::addr_of!((*event).event)).cast::<nt::KEVENT>();
-            nt::KeInitializeEvent(raw, nt::NOTIFICATION_EVENT, 0);
+            nt::KeInitializeEvent(raw, nt::NOTIFICATION_EVENT, false);
         }
     }
 
     fn event_signal(&self, event: &NtEvent) {
         // SAFETY: initialised by event_init; KeSetEvent with Wait = FALSE is callable at IRQL <= DISPATCH.
         unsafe {
-            nt::KeSetEvent(event.raw(), 0, 0);
+            nt::KeSetEvent(event.raw(), 0, false);
         }
     }
 
@@ -691,8 +686,8 @@ unsafe impl Platform for NtPlatform {
                 event.raw().cast(),
                 nt::EXECUTIVE,
                 nt::KERNEL_MODE,
-                0,
-                ptr::null_mut(),
+                false,
+                ptr::null(),
             );
         }
     }

@@ -1,14 +1,14 @@
 //! The binding facade: the only place with raw NT declarations.
 //!
-//! Interchangeable backends provide the same names (the C names, bindgen-style types, as wdk-sys
-//! spells them):
-//! - `raw` (default): the project's own minimal declarations, imported with
-//!   `#[link(kind = "raw-dylib", modifiers = "+verbatim")]` from `ntoskrnl.exe`, so the driver links on
-//!   any host with rust-lld and no WDK;
+//! Interchangeable backends provide the same names (the C names):
+//! - `raw` (default): Microsoft's `windows-sys` (routines imported with `raw-dylib` from `ntoskrnl.exe`
+//!   and `hal.dll` through `windows-link`, and its structures), plus the few declarations windows-sys
+//!   gets wrong for a driver (listed in `raw.rs`), so the driver links on any host with rust-lld and no
+//!   WDK;
 //! - `wdk` (feature `wdk`, Windows host with the WDK only): re-exports of the same items from `wdk-sys`;
 //! - `host` (any 64-bit host other than Windows): `raw`'s structures with the routines emulated in user
-//!   mode (`host/`, selected in `raw.rs`), so the driver's own code runs in `cargo test`; IRQL is the
-//!   emulated thread's (`host/irql.rs` in place of `irql.rs`).
+//!   mode (`host/`, selected in `raw.rs`) with windows-sys's signatures, so the driver's own code runs
+//!   in `cargo test`; IRQL is the emulated thread's (`host/irql.rs` in place of `irql.rs`).
 //!
 //! Shared by all: numeric constants, IRQL access through CR8 (what the WDK headers inline on x64), and
 //! the routines resolved at run time with `MmGetSystemRoutineAddress` (they must never be imported:
@@ -134,7 +134,7 @@ pub struct DeviceIoControl {
 
 /// `KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT` (wdm.h, NTDDI >= WIN7).
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT {
     /// `KE_PROCESSOR_CHANGE_NOTIFY_STATE`: 0 AddStart, 1 AddComplete, 2 AddFailure.
     pub State: u32,
@@ -185,9 +185,9 @@ assert_eq_size!(UNICODE_STRING, [u8; 16]);
 assert_eq_size!(KDPC, [u8; 0x40]);
 assert_eq_size!(KTIMER, [u8; 0x40]);
 assert_eq_size!(KEVENT, [u8; 0x18]);
-assert_eq_size!(LARGE_INTEGER, i64);
 assert_eq_size!(DRIVER_OBJECT, [u8; 0x150]);
-assert_eq_size!(DEVICE_OBJECT, [u8; 0x150]);
+// The WDK's DEVICE_OBJECT is DECLSPEC_ALIGN(16) (0x150 bytes); windows-sys and mingw-w64 omit the
+// alignment (0x148). The driver never allocates or embeds one, so only the field offsets matter.
 assert_eq_size!(IRP, [u8; 0xD0]);
 assert_eq_size!(OBJECT_ATTRIBUTES, [u8; 0x30]);
 assert_eq_size!(IO_STACK_LOCATION, [u8; 0x48]);
@@ -200,5 +200,6 @@ const_assert_eq!(core::mem::offset_of!(DRIVER_OBJECT, MajorFunction), 0x70);
 const_assert_eq!(core::mem::offset_of!(DEVICE_OBJECT, Flags), 0x30);
 const_assert_eq!(core::mem::offset_of!(DEVICE_OBJECT, DeviceExtension), 0x40);
 const_assert_eq!(core::mem::offset_of!(IRP, IoStatus), 0x30);
+
 const_assert_eq!(core::mem::offset_of!(OBJECT_ATTRIBUTES, ObjectName), 0x10);
 const_assert_eq!(core::mem::offset_of!(OBJECT_ATTRIBUTES, Attributes), 0x18);

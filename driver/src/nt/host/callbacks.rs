@@ -111,7 +111,15 @@ fn notify(
     if change.State != sent.State
         || change.NtNumber != sent.NtNumber
         || change.Status != sent.Status
-        || change.ProcNumber != sent.ProcNumber
+        || (
+            change.ProcNumber.Group,
+            change.ProcNumber.Number,
+            change.ProcNumber.Reserved,
+        ) != (
+            sent.ProcNumber.Group,
+            sent.ProcNumber.Number,
+            sent.ProcNumber.Reserved,
+        )
     {
         kernel.fail("a processor-change callback modified its ChangeContext".into());
     }

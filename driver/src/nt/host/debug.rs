@@ -1,7 +1,7 @@
 //! `DbgPrintEx` (lines recorded for the test; an error-level line the test does not expect fails it), `KeBugCheckEx`, and `MmGetSystemRoutineAddress` over
 //! the routines the driver resolves at run time (any of them can be made missing).
 
-use core::ffi::{c_char, c_void, CStr};
+use core::ffi::{c_void, CStr};
 use std::format;
 use std::string::{String, ToString};
 
@@ -9,19 +9,15 @@ use super::kernel::{enter, park_forever, read_unicode, Rule};
 use crate::nt::UNICODE_STRING;
 
 /// `DbgPrintEx` with the one format the driver uses, `"%s"` (a C variadic function cannot be defined
-/// on stable Rust, so the host version takes that one argument).
+/// on stable Rust, so the host version takes that one argument, as a Rust function: the only routine
+/// whose type differs from windows-sys's).
 ///
 /// # Safety
 /// `format` and `text` are NUL-terminated strings.
-pub unsafe fn DbgPrintEx(
-    _component: u32,
-    level: u32,
-    format: *const c_char,
-    text: *const u8,
-) -> u32 {
+pub unsafe fn DbgPrintEx(_component: u32, level: u32, format: *const u8, text: *const u8) -> u32 {
     let (kernel, _) = enter("DbgPrintEx", Rule::Any);
     // SAFETY: per the caller.
-    let format_string = unsafe { CStr::from_ptr(format) };
+    let format_string = unsafe { CStr::from_ptr(format.cast()) };
     if format_string.to_bytes() != b"%s" {
         kernel.fail(format!(
             "DbgPrintEx with format {format_string:?} (the emulation supports \"%s\")"
@@ -58,7 +54,7 @@ pub unsafe fn DbgPrintEx(
 ///
 /// # Safety
 /// None (kept `unsafe` like the import).
-pub unsafe fn KeBugCheckEx(code: u32, p1: u64, p2: u64, p3: u64, p4: u64) -> ! {
+pub unsafe extern "system" fn KeBugCheckEx(code: u32, p1: usize, p2: usize, p3: usize, p4: usize) {
     let (kernel, _) = enter("KeBugCheckEx", Rule::Any);
     kernel.fail(format!(
         "KeBugCheckEx({code:#x}, {p1:#x}, {p2:#x}, {p3:#x}, {p4:#x})"
@@ -87,7 +83,9 @@ fn routine(name: &str) -> *mut c_void {
 ///
 /// # Safety
 /// `name` is a valid `UNICODE_STRING`.
-pub unsafe fn MmGetSystemRoutineAddress(name: *mut UNICODE_STRING) -> *mut c_void {
+pub unsafe extern "system" fn MmGetSystemRoutineAddress(
+    name: *const UNICODE_STRING,
+) -> *mut c_void {
     let (kernel, _) = enter("MmGetSystemRoutineAddress", Rule::Passive);
     // SAFETY: per the caller.
     let name = unsafe { read_unicode(name) };

@@ -12,18 +12,15 @@ use std::vec::Vec;
 
 use super::kernel::{enter, with_context, Kernel, Rule, State, STATUS_INVALID_PARAMETER};
 use super::processor::Phase;
-use crate::nt::{
-    BOOLEAN, KDPC, KTIMER, LARGE_INTEGER, NTSTATUS, PKDEFERRED_ROUTINE, PROCESSOR_NUMBER,
-};
+use crate::nt::{KDEFERRED_ROUTINE, KDPC, KTIMER, NTSTATUS, PKDEFERRED_ROUTINE, PROCESSOR_NUMBER};
 
 /// Signature written into the first word of an initialised KDPC.
 const DPC_SIGNATURE: u64 = u64::from_le_bytes(*b"ntemuDPC");
 /// Signature written into the first word of an initialised KTIMER.
 const TIMER_SIGNATURE: u64 = u64::from_le_bytes(*b"ntemuTMR");
 
-/// A deferred routine.
-pub(super) type DeferredRoutine =
-    unsafe extern "C" fn(*mut KDPC, *mut c_void, *mut c_void, *mut c_void);
+/// A deferred routine (with the parameters windows-sys's `PKDEFERRED_ROUTINE` lacks).
+pub(super) type DeferredRoutine = KDEFERRED_ROUTINE;
 
 /// A DPC in a processor's queue.
 pub(super) struct QueuedDpc {
@@ -198,12 +195,20 @@ fn queue(
 ///
 /// # Safety
 /// `dpc` is writable KDPC storage that stays in place while the DPC is used.
-pub unsafe fn KeInitializeDpc(dpc: *mut KDPC, routine: PKDEFERRED_ROUTINE, context: *mut c_void) {
+pub unsafe extern "system" fn KeInitializeDpc(
+    dpc: *mut KDPC,
+    routine: PKDEFERRED_ROUTINE,
+    context: *const c_void,
+) {
     let (kernel, _) = enter("KeInitializeDpc", Rule::Any);
     let Some(routine) = routine else {
         kernel.fail("KeInitializeDpc without a deferred routine".into());
         return;
     };
+    // SAFETY: the driver converted a KDEFERRED_ROUTINE (`nt::deferred_routine`); this restores its
+    // type (function pointers of the same size).
+    let routine =
+        unsafe { core::mem::transmute::<unsafe extern "system" fn(), DeferredRoutine>(routine) };
     let mut state = kernel.lock();
     let address = dpc as usize;
     if state
@@ -234,7 +239,10 @@ pub unsafe fn KeInitializeDpc(dpc: *mut KDPC, routine: PKDEFERRED_ROUTINE, conte
 ///
 /// # Safety
 /// `dpc` was initialised; `number` is readable.
-pub unsafe fn KeSetTargetProcessorDpcEx(dpc: *mut KDPC, number: *mut PROCESSOR_NUMBER) -> NTSTATUS {
+pub unsafe extern "system" fn KeSetTargetProcessorDpcEx(
+    dpc: *mut KDPC,
+    number: *const PROCESSOR_NUMBER,
+) -> NTSTATUS {
     let (kernel, _) = enter("KeSetTargetProcessorDpcEx", Rule::Any);
     // SAFETY: per the caller.
     if !unsafe {
@@ -270,7 +278,7 @@ pub unsafe fn KeSetTargetProcessorDpcEx(dpc: *mut KDPC, number: *mut PROCESSOR_N
 ///
 /// # Safety
 /// `dpc` was initialised.
-pub unsafe fn KeSetImportanceDpc(dpc: *mut KDPC, importance: i32) {
+pub unsafe extern "system" fn KeSetImportanceDpc(dpc: *mut KDPC, importance: i32) {
     let (kernel, _) = enter("KeSetImportanceDpc", Rule::Any);
     // SAFETY: per the caller.
     if !unsafe { check_signature(&kernel, "KeSetImportanceDpc", dpc.cast(), DPC_SIGNATURE) } {
@@ -300,22 +308,22 @@ pub unsafe fn KeSetImportanceDpc(dpc: *mut KDPC, importance: i32) {
 ///
 /// # Safety
 /// `dpc` was initialised and stays valid while queued.
-pub unsafe fn KeInsertQueueDpc(
+pub unsafe extern "system" fn KeInsertQueueDpc(
     dpc: *mut KDPC,
-    argument1: *mut c_void,
-    argument2: *mut c_void,
-) -> BOOLEAN {
+    argument1: *const c_void,
+    argument2: *const c_void,
+) -> bool {
     let (kernel, _) = enter("KeInsertQueueDpc", Rule::Any);
     // SAFETY: per the caller.
     if !unsafe { check_signature(&kernel, "KeInsertQueueDpc", dpc.cast(), DPC_SIGNATURE) } {
-        return 0;
+        return false;
     }
     let here = with_context(|c| c.cpu);
     let mut state = kernel.lock();
     let Some(object) = state.dpc.objects.get(&(dpc as usize)) else {
         drop(state);
         kernel.fail(format!("KeInsertQueueDpc({dpc:p}): DPC not initialised"));
-        return 0;
+        return false;
     };
     let slot = object.target.unwrap_or(here);
     let queued = queue(
@@ -325,14 +333,14 @@ pub unsafe fn KeInsertQueueDpc(
         slot,
         (argument1 as usize, argument2 as usize),
     );
-    BOOLEAN::from(queued)
+    queued
 }
 
 /// `KeFlushQueuedDpcs`: returns once every DPC queued before the call has run.
 ///
 /// # Safety
 /// None (kept `unsafe` like the import).
-pub unsafe fn KeFlushQueuedDpcs() {
+pub unsafe extern "system" fn KeFlushQueuedDpcs() {
     let (kernel, _) = enter("KeFlushQueuedDpcs", Rule::Passive);
     let state = kernel.lock();
     let targets: Vec<u64> = state.cpus.iter().map(|cpu| cpu.queued_total).collect();
@@ -372,7 +380,7 @@ pub unsafe fn KeFlushQueuedDpcs() {
 ///
 /// # Safety
 /// `timer` is writable KTIMER storage that stays in place while the timer is used.
-pub unsafe fn KeInitializeTimerEx(timer: *mut KTIMER, kind: i32) {
+pub unsafe extern "system" fn KeInitializeTimerEx(timer: *mut KTIMER, kind: i32) {
     let (kernel, _) = enter("KeInitializeTimerEx", Rule::AtMostDispatch);
     if kind != crate::nt::NOTIFICATION_TIMER && kind != 1 {
         kernel.fail(format!("KeInitializeTimerEx: unknown TIMER_TYPE {kind}"));
@@ -406,36 +414,41 @@ pub unsafe fn KeInitializeTimerEx(timer: *mut KTIMER, kind: i32) {
 ///
 /// # Safety
 /// `timer` (and `dpc`, if not null) were initialised and stay valid while the timer is armed.
-pub unsafe fn KeSetTimerEx(
+pub unsafe extern "system" fn KeSetTimerEx(
     timer: *mut KTIMER,
-    due: LARGE_INTEGER,
+    due: i64,
     period_ms: i32,
-    dpc: *mut KDPC,
-) -> BOOLEAN {
+    dpc: *const KDPC,
+) -> bool {
     let (kernel, _) = enter("KeSetTimerEx", Rule::AtMostDispatch);
     // SAFETY: per the caller.
     if !unsafe { check_signature(&kernel, "KeSetTimerEx", timer.cast(), TIMER_SIGNATURE) } {
-        return 0;
+        return false;
     }
     // SAFETY: per the caller.
     if !dpc.is_null() {
         // SAFETY: per the caller (a non-null DPC was initialised).
-        let valid = unsafe { check_signature(&kernel, "KeSetTimerEx", dpc.cast(), DPC_SIGNATURE) };
+        let valid = unsafe {
+            check_signature(
+                &kernel,
+                "KeSetTimerEx",
+                dpc.cast_mut().cast(),
+                DPC_SIGNATURE,
+            )
+        };
         if !valid {
-            return 0;
+            return false;
         }
     }
-    // SAFETY: a plain i64 view of the union.
-    let due = unsafe { due.QuadPart };
     if due > 0 || period_ms < 0 {
         kernel.fail(format!(
             "KeSetTimerEx: absolute due time {due} or negative period {period_ms} (unsupported)"
         ));
-        return 0;
+        return false;
     }
     let mut state = kernel.lock();
     let Some(object) = state.dpc.timers.get_mut(&(timer as usize)) else {
-        return 0;
+        return false;
     };
     let was_armed = object.due.is_some();
     object.due = Some(Instant::now() + Duration::from_nanos(due.unsigned_abs() * 100));
@@ -443,24 +456,24 @@ pub unsafe fn KeSetTimerEx(
     object.dpc = (!dpc.is_null()).then_some(dpc as usize);
     drop(state);
     kernel.changed.notify_all();
-    BOOLEAN::from(was_armed)
+    was_armed
 }
 
 /// `KeCancelTimer`: disarms; a DPC already queued still runs.
 ///
 /// # Safety
 /// `timer` was initialised.
-pub unsafe fn KeCancelTimer(timer: *mut KTIMER) -> BOOLEAN {
+pub unsafe extern "system" fn KeCancelTimer(timer: *mut KTIMER) -> bool {
     let (kernel, _) = enter("KeCancelTimer", Rule::AtMostDispatch);
     // SAFETY: per the caller.
     if !unsafe { check_signature(&kernel, "KeCancelTimer", timer.cast(), TIMER_SIGNATURE) } {
-        return 0;
+        return false;
     }
     let mut state = kernel.lock();
     let Some(object) = state.dpc.timers.get_mut(&(timer as usize)) else {
-        return 0;
+        return false;
     };
-    BOOLEAN::from(object.due.take().is_some())
+    object.due.take().is_some()
 }
 
 /// The clock: expires due timers, queueing their DPCs round-robin on the processors whose add

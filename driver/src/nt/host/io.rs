@@ -13,8 +13,8 @@ use super::kernel::{
 use super::pool::free_checked;
 use super::security::DeviceSecurity;
 use crate::nt::{
-    BOOLEAN, DEVICE_OBJECT, DRIVER_OBJECT, IO_STACK_LOCATION, IRP, NTSTATUS,
-    STATUS_OBJECT_NAME_NOT_FOUND, UNICODE_STRING,
+    DEVICE_OBJECT, DRIVER_OBJECT, IO_STACK_LOCATION, IRP, NTSTATUS, STATUS_OBJECT_NAME_NOT_FOUND,
+    UNICODE_STRING,
 };
 
 /// `STATUS_OBJECT_NAME_COLLISION`.
@@ -63,16 +63,18 @@ pub(super) struct IoState {
 /// `IoCreateDevice`: the device object and its zeroed extension in one pool block.
 ///
 /// # Safety
-/// `driver`, `name` and `device` are valid.
-pub unsafe fn IoCreateDevice(
-    driver: *mut DRIVER_OBJECT,
+/// `driver` (the driver object the I/O manager passed to DriverEntry, writable although windows-sys
+/// types it `*const`), `name` and `device` are valid.
+pub unsafe extern "system" fn IoCreateDevice(
+    driver: *const DRIVER_OBJECT,
     extension_size: u32,
-    name: *mut UNICODE_STRING,
+    name: *const UNICODE_STRING,
     _device_type: u32,
     characteristics: u32,
-    _exclusive: BOOLEAN,
+    _exclusive: bool,
     device: *mut *mut DEVICE_OBJECT,
 ) -> NTSTATUS {
+    let driver = driver.cast_mut();
     let (kernel, _) = enter("IoCreateDevice", Rule::Passive);
     // SAFETY: per the caller.
     let name = unsafe { read_unicode(name) };
@@ -151,7 +153,7 @@ pub(super) fn release_device(kernel: &Kernel, address: usize) {
 ///
 /// # Safety
 /// `device` was created by `IoCreateDevice` and is deleted once.
-pub unsafe fn IoDeleteDevice(device: *mut DEVICE_OBJECT) {
+pub unsafe extern "system" fn IoDeleteDevice(device: *const DEVICE_OBJECT) {
     let (kernel, _) = enter("IoDeleteDevice", Rule::Passive);
     let known = {
         let mut state = kernel.lock();
@@ -181,9 +183,9 @@ pub unsafe fn IoDeleteDevice(device: *mut DEVICE_OBJECT) {
 ///
 /// # Safety
 /// Both strings are valid.
-pub unsafe fn IoCreateSymbolicLink(
-    link: *mut UNICODE_STRING,
-    target: *mut UNICODE_STRING,
+pub unsafe extern "system" fn IoCreateSymbolicLink(
+    link: *const UNICODE_STRING,
+    target: *const UNICODE_STRING,
 ) -> NTSTATUS {
     let (kernel, _) = enter("IoCreateSymbolicLink", Rule::Passive);
     // SAFETY: per the caller.
@@ -200,7 +202,7 @@ pub unsafe fn IoCreateSymbolicLink(
 ///
 /// # Safety
 /// `link` is valid.
-pub unsafe fn IoDeleteSymbolicLink(link: *mut UNICODE_STRING) -> NTSTATUS {
+pub unsafe extern "system" fn IoDeleteSymbolicLink(link: *const UNICODE_STRING) -> NTSTATUS {
     let (kernel, _) = enter("IoDeleteSymbolicLink", Rule::Passive);
     // SAFETY: per the caller.
     let link = unsafe { read_unicode(link) };
@@ -215,10 +217,15 @@ pub unsafe fn IoDeleteSymbolicLink(link: *mut UNICODE_STRING) -> NTSTATUS {
 ///
 /// # Safety
 /// `irp` was dispatched to the driver.
-pub unsafe fn IofCompleteRequest(irp: *mut IRP, _boost: i8) {
+pub unsafe extern "system" fn IofCompleteRequest(irp: *const IRP, _boost: i8) {
     let (kernel, _) = enter("IofCompleteRequest", Rule::AtMostDispatch);
-    // SAFETY: per the caller; plain field reads.
-    let (status, information) = unsafe { ((*irp).IoStatus.Status, (*irp).IoStatus.Information) };
+    // SAFETY: per the caller; plain field reads (the driver wrote the Status member of the union).
+    let (status, information) = unsafe {
+        (
+            (*irp).IoStatus.Anonymous.Status,
+            (*irp).IoStatus.Information as u64,
+        )
+    };
     let mut state = kernel.lock();
     match state.io.irps.get_mut(&(irp as usize)) {
         Some(entry) => {
@@ -282,12 +289,13 @@ pub(super) fn dispatch(
     stack.OutputBufferLength = output_length;
     // SAFETY: as above.
     let mut irp: IRP = unsafe { core::mem::zeroed() };
-    irp.SystemBuffer = if buffer && length > 0 {
+    irp.AssociatedIrp.SystemBuffer = if buffer && length > 0 {
         bytes.cast()
     } else {
         core::ptr::null_mut()
     };
-    irp.CurrentStackLocation = &mut stack;
+    irp.Tail.Overlay.Anonymous2.Anonymous.CurrentStackLocation =
+        core::ptr::addr_of_mut!(stack).cast();
     let irp_address = &mut irp as *mut IRP as usize;
     kernel.lock().io.irps.insert(irp_address, (0, 0, 0));
     // SAFETY: the driver object is the one DriverEntry filled in; its dispatch routine gets a valid

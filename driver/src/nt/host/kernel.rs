@@ -456,7 +456,7 @@ pub(super) unsafe fn read_unicode(string: *const crate::nt::UNICODE_STRING) -> S
 ///
 /// # Safety
 /// Same contract as the kernel routine: `handle` is a kernel handle the caller owns.
-pub unsafe fn ZwClose(handle: HANDLE) -> NTSTATUS {
+pub unsafe extern "system" fn ZwClose(handle: HANDLE) -> NTSTATUS {
     let (kernel, _) = enter("ZwClose", Rule::Passive);
     let mut state = kernel.lock();
     if state.handles.table.remove(&(handle as usize)).is_none() {

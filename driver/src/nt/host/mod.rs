@@ -79,4 +79,43 @@ pub(crate) mod routines {
         PsTerminateSystemThread, ZwWaitForSingleObject,
     };
     pub use super::work::{IoAllocateWorkItem, IoFreeWorkItem, IoQueueWorkItem};
+
+    /// Proves at compile time that each emulated routine has exactly the type of windows-sys's
+    /// declaration (an array of the two function items only type-checks when their signatures are
+    /// identical). The routines the driver declares itself (`nt/raw.rs`) are compared with windows-sys's
+    /// ntdll declarations, whose signatures the ABI test shows they share. `DbgPrintEx` (C variadic,
+    /// not definable on stable Rust) is the one exception. Evaluated at compile time only: nothing
+    /// references the windows-sys symbols (they have no definition on this host).
+    macro_rules! same_types {
+        ($($module:path => [$($name:ident),* $(,)?];)*) => {
+            $($(const _: () = {
+                use $module as declared;
+                let _ = [declared::$name, $name];
+            };)*)*
+        };
+    }
+    same_types! {
+        windows_sys::Wdk::System::SystemServices => [
+            ExAllocatePoolWithTag, ExFreePoolWithTag, IoAllocateWorkItem, IoCreateDevice,
+            IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink, IoFreeWorkItem,
+            IoQueueWorkItem, IofCompleteRequest, KeBugCheckEx, KeCancelTimer, KeClearEvent,
+            KeDelayExecutionThread, KeEnterCriticalRegion, KeFlushQueuedDpcs,
+            KeGetCurrentProcessorNumberEx, KeInitializeDpc, KeInitializeEvent, KeInitializeTimerEx,
+            KeInsertQueueDpc, KeLeaveCriticalRegion, KeQueryActiveProcessorCountEx,
+            KeQueryActiveProcessors, KeQueryMaximumProcessorCountEx, KeQueryPerformanceCounter,
+            KeRevertToUserAffinityThreadEx, KeSetEvent, KeSetImportanceDpc,
+            KeSetSystemAffinityThreadEx, KeSetTargetProcessorDpcEx, KeSetTimerEx,
+            KeWaitForSingleObject, MmGetSystemRoutineAddress, PsCreateSystemThread,
+            PsTerminateSystemThread,
+            // ntdll-linked in windows-sys: declared by the driver with the same signature.
+            RtlCreateSecurityDescriptor, RtlSetDaclSecurityDescriptor, ZwClose,
+        ];
+        windows_sys::Wdk::Storage::FileSystem => [
+            ObOpenObjectByPointer,
+            // ntdll-linked in windows-sys, as above.
+            RtlAddAccessAllowedAce, RtlCreateAcl, ZwSetSecurityObject,
+        ];
+        windows_sys::Wdk::System::Registry => [ZwOpenKey, ZwQueryValueKey];
+        windows_sys::Wdk::System::Threading => [ZwWaitForSingleObject];
+    }
 }

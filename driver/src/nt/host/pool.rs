@@ -243,11 +243,15 @@ fn check_pool_irql(kernel: &Kernel, routine: &str, irql: u8, non_paged: bool) {
 ///
 /// # Safety
 /// None beyond the DDI's: the block is freed with `ExFreePoolWithTag` and `tag`.
-pub unsafe fn ExAllocatePoolWithTag(pool_type: i32, bytes: u64, tag: u32) -> *mut c_void {
+pub unsafe extern "system" fn ExAllocatePoolWithTag(
+    pool_type: i32,
+    bytes: usize,
+    tag: u32,
+) -> *mut c_void {
     let (kernel, irql) = enter("ExAllocatePoolWithTag", Rule::AtMostDispatch);
     let non_paged = pool_type == NON_PAGED_POOL || pool_type == crate::nt::NON_PAGED_POOL_NX;
     check_pool_irql(&kernel, "ExAllocatePoolWithTag", irql, non_paged);
-    kernel.pool.allocate(bytes as usize, tag, false)
+    kernel.pool.allocate(bytes, tag, false)
 }
 
 /// `ExAllocatePool2` (resolved with `MmGetSystemRoutineAddress`): zeroed unless
@@ -298,7 +302,7 @@ pub(super) fn free_checked(kernel: &Kernel, start: usize, tag: u32, what: &str) 
 ///
 /// # Safety
 /// `block` came from one of the allocation routines with `tag`.
-pub unsafe fn ExFreePoolWithTag(block: *mut c_void, tag: u32) {
+pub unsafe extern "system" fn ExFreePoolWithTag(block: *mut c_void, tag: u32) {
     let (kernel, _) = enter("ExFreePoolWithTag", Rule::AtMostDispatch);
     free_checked(&kernel, block as usize, tag, "ExFreePoolWithTag");
 }

@@ -9,7 +9,7 @@ use std::vec::Vec;
 
 use super::dpc::QueuedDpc;
 use super::kernel::{enter, with_context, Kernel, Role, Rule, State, DISPATCH};
-use crate::nt::{LARGE_INTEGER, NTSTATUS, PROCESSOR_NUMBER};
+use crate::nt::{NTSTATUS, PROCESSOR_NUMBER};
 
 /// Where a processor slot is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -256,7 +256,7 @@ pub(super) fn start_processor(kernel: &Arc<Kernel>, slot: usize) -> std::thread:
 ///
 /// # Safety
 /// `number` is null or writable.
-pub unsafe fn KeGetCurrentProcessorNumberEx(number: *mut PROCESSOR_NUMBER) -> u32 {
+pub unsafe extern "system" fn KeGetCurrentProcessorNumberEx(number: *mut PROCESSOR_NUMBER) -> u32 {
     let (kernel, irql) = enter("KeGetCurrentProcessorNumberEx", Rule::Any);
     let state = kernel.lock();
     let slot = if irql < DISPATCH {
@@ -282,7 +282,7 @@ pub unsafe fn KeGetCurrentProcessorNumberEx(number: *mut PROCESSOR_NUMBER) -> u3
 ///
 /// # Safety
 /// None (kept `unsafe` like the import).
-pub unsafe fn KeQueryMaximumProcessorCountEx(group: u16) -> u32 {
+pub unsafe extern "system" fn KeQueryMaximumProcessorCountEx(group: u16) -> u32 {
     let (kernel, _) = enter("KeQueryMaximumProcessorCountEx", Rule::Any);
     let state = kernel.lock();
     state
@@ -296,7 +296,7 @@ pub unsafe fn KeQueryMaximumProcessorCountEx(group: u16) -> u32 {
 ///
 /// # Safety
 /// None (kept `unsafe` like the import).
-pub unsafe fn KeQueryActiveProcessorCountEx(group: u16) -> u32 {
+pub unsafe extern "system" fn KeQueryActiveProcessorCountEx(group: u16) -> u32 {
     let (kernel, _) = enter("KeQueryActiveProcessorCountEx", Rule::Any);
     let state = kernel.lock();
     state
@@ -311,7 +311,7 @@ pub unsafe fn KeQueryActiveProcessorCountEx(group: u16) -> u32 {
 ///
 /// # Safety
 /// None (kept `unsafe` like the import).
-pub unsafe fn KeQueryActiveProcessors() -> usize {
+pub unsafe extern "system" fn KeQueryActiveProcessors() -> usize {
     let (kernel, _) = enter("KeQueryActiveProcessors", Rule::Any);
     let state = kernel.lock();
     state
@@ -358,17 +358,11 @@ pub(super) const PERFORMANCE_FREQUENCY: i64 = 10_000_000;
 ///
 /// # Safety
 /// `frequency` is null or writable.
-pub unsafe fn KeQueryPerformanceCounter(frequency: *mut LARGE_INTEGER) -> LARGE_INTEGER {
+pub unsafe extern "system" fn KeQueryPerformanceCounter(frequency: *mut i64) -> i64 {
     let (kernel, _) = enter("KeQueryPerformanceCounter", Rule::Any);
     if !frequency.is_null() {
         // SAFETY: per the caller.
-        unsafe {
-            frequency.write(LARGE_INTEGER {
-                QuadPart: PERFORMANCE_FREQUENCY,
-            })
-        };
+        unsafe { frequency.write(PERFORMANCE_FREQUENCY) };
     }
-    LARGE_INTEGER {
-        QuadPart: (kernel.boot.elapsed().as_nanos() / 100) as i64,
-    }
+    (kernel.boot.elapsed().as_nanos() / 100) as i64
 }

@@ -10,8 +10,8 @@ use std::vec::Vec;
 use super::config::RegistryData;
 use super::kernel::{enter, read_unicode, HandleObject, Rule, STATUS_INVALID_HANDLE};
 use crate::nt::{
-    HANDLE, NTSTATUS, OBJECT_ATTRIBUTES, STATUS_BUFFER_OVERFLOW, STATUS_OBJECT_NAME_NOT_FOUND,
-    UNICODE_STRING,
+    HANDLE, KEY_VALUE_INFORMATION_CLASS, NTSTATUS, OBJECT_ATTRIBUTES, STATUS_BUFFER_OVERFLOW,
+    STATUS_OBJECT_NAME_NOT_FOUND, UNICODE_STRING,
 };
 
 /// `STATUS_BUFFER_TOO_SMALL`.
@@ -59,10 +59,10 @@ impl RegistryState {
 ///
 /// # Safety
 /// `key` is writable; `attributes` and its name are valid.
-pub unsafe fn ZwOpenKey(
+pub unsafe extern "system" fn ZwOpenKey(
     key: *mut HANDLE,
     _access: u32,
-    attributes: *mut OBJECT_ATTRIBUTES,
+    attributes: *const OBJECT_ATTRIBUTES,
 ) -> NTSTATUS {
     let (kernel, _) = enter("ZwOpenKey", Rule::Passive);
     // SAFETY: per the caller.
@@ -108,10 +108,10 @@ pub unsafe fn ZwOpenKey(
 /// # Safety
 /// `key` is an open key handle; `name` is valid; `information` has `length` writable bytes;
 /// `result_length` is writable.
-pub unsafe fn ZwQueryValueKey(
+pub unsafe extern "system" fn ZwQueryValueKey(
     key: HANDLE,
-    name: *mut UNICODE_STRING,
-    class: i32,
+    name: *const UNICODE_STRING,
+    class: KEY_VALUE_INFORMATION_CLASS,
     information: *mut c_void,
     length: u32,
     result_length: *mut u32,

@@ -8,7 +8,8 @@ use std::vec::Vec;
 
 use super::io::live_device;
 use super::kernel::{enter, HandleObject, Rule, STATUS_INVALID_HANDLE, STATUS_INVALID_PARAMETER};
-use crate::nt::{BOOLEAN, HANDLE, NTSTATUS, SECURITY_DESCRIPTOR};
+use crate::nt::{ACL, HANDLE, NTSTATUS, PSECURITY_DESCRIPTOR, PSID, SECURITY_DESCRIPTOR};
+use windows_sys::Wdk::Foundation::{ACCESS_STATE, POBJECT_TYPE};
 
 /// `STATUS_UNKNOWN_REVISION`.
 const STATUS_UNKNOWN_REVISION: NTSTATUS = 0xC000_0058u32 as i32;
@@ -54,8 +55,8 @@ unsafe fn sid_text(sid: *const u8) -> String {
 ///
 /// # Safety
 /// `descriptor` is writable.
-pub unsafe fn RtlCreateSecurityDescriptor(
-    descriptor: *mut SECURITY_DESCRIPTOR,
+pub unsafe extern "system" fn RtlCreateSecurityDescriptor(
+    descriptor: PSECURITY_DESCRIPTOR,
     revision: u32,
 ) -> NTSTATUS {
     enter("RtlCreateSecurityDescriptor", Rule::Any);
@@ -76,7 +77,7 @@ pub unsafe fn RtlCreateSecurityDescriptor(
 ///
 /// # Safety
 /// `acl` has `length` writable bytes.
-pub unsafe fn RtlCreateAcl(acl: *mut c_void, length: u32, revision: u32) -> NTSTATUS {
+pub unsafe extern "system" fn RtlCreateAcl(acl: *mut ACL, length: u32, revision: u32) -> NTSTATUS {
     enter("RtlCreateAcl", Rule::Any);
     if revision != crate::nt::ACL_REVISION {
         return STATUS_UNKNOWN_REVISION;
@@ -120,11 +121,11 @@ unsafe fn aces(acl: *const u8) -> (usize, Vec<(usize, usize)>) {
 ///
 /// # Safety
 /// `acl` was initialised by `RtlCreateAcl`; `sid` is a valid SID.
-pub unsafe fn RtlAddAccessAllowedAce(
-    acl: *mut c_void,
+pub unsafe extern "system" fn RtlAddAccessAllowedAce(
+    acl: *mut ACL,
     revision: u32,
     access: u32,
-    sid: *mut c_void,
+    sid: PSID,
 ) -> NTSTATUS {
     enter("RtlAddAccessAllowedAce", Rule::Any);
     if revision != crate::nt::ACL_REVISION {
@@ -156,11 +157,11 @@ pub unsafe fn RtlAddAccessAllowedAce(
 ///
 /// # Safety
 /// `descriptor` was initialised; `dacl` outlives its use through the descriptor.
-pub unsafe fn RtlSetDaclSecurityDescriptor(
-    descriptor: *mut SECURITY_DESCRIPTOR,
-    present: BOOLEAN,
-    dacl: *mut c_void,
-    defaulted: BOOLEAN,
+pub unsafe extern "system" fn RtlSetDaclSecurityDescriptor(
+    descriptor: PSECURITY_DESCRIPTOR,
+    present: bool,
+    dacl: *const ACL,
+    defaulted: bool,
 ) -> NTSTATUS {
     enter("RtlSetDaclSecurityDescriptor", Rule::Any);
     // SAFETY: per the caller: Control at +2, Dacl at +32.
@@ -168,21 +169,17 @@ pub unsafe fn RtlSetDaclSecurityDescriptor(
         let bytes = descriptor.cast::<u8>();
         let mut control =
             bytes.add(2).cast::<u16>().read_unaligned() & !(SE_DACL_PRESENT | SE_DACL_DEFAULTED);
-        if present != 0 {
+        if present {
             control |= SE_DACL_PRESENT;
         }
-        if defaulted != 0 {
+        if defaulted {
             control |= SE_DACL_DEFAULTED;
         }
         bytes.add(2).cast::<u16>().write_unaligned(control);
         bytes
             .add(DACL_OFFSET)
-            .cast::<*mut c_void>()
-            .write_unaligned(if present != 0 {
-                dacl
-            } else {
-                core::ptr::null_mut()
-            });
+            .cast::<*const ACL>()
+            .write_unaligned(if present { dacl } else { core::ptr::null() });
     }
     0
 }
@@ -191,12 +188,12 @@ pub unsafe fn RtlSetDaclSecurityDescriptor(
 ///
 /// # Safety
 /// `handle` is writable.
-pub unsafe fn ObOpenObjectByPointer(
-    object: *mut c_void,
+pub unsafe extern "system" fn ObOpenObjectByPointer(
+    object: *const c_void,
     attributes: u32,
-    _access_state: *mut c_void,
+    _access_state: *const ACCESS_STATE,
     _access: u32,
-    _object_type: *mut c_void,
+    _object_type: POBJECT_TYPE,
     _mode: i8,
     handle: *mut HANDLE,
 ) -> NTSTATUS {
@@ -223,10 +220,10 @@ pub unsafe fn ObOpenObjectByPointer(
 ///
 /// # Safety
 /// `handle` is open; `descriptor` is a valid absolute descriptor.
-pub unsafe fn ZwSetSecurityObject(
+pub unsafe extern "system" fn ZwSetSecurityObject(
     handle: HANDLE,
     information: u32,
-    descriptor: *mut SECURITY_DESCRIPTOR,
+    descriptor: PSECURITY_DESCRIPTOR,
 ) -> NTSTATUS {
     let (kernel, _) = enter("ZwSetSecurityObject", Rule::Passive);
     let mut state = kernel.lock();

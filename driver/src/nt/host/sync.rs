@@ -9,7 +9,7 @@ use std::vec::Vec;
 
 use super::dpc::{check_signature, sign};
 use super::kernel::{enter, with_context, Role, Rule, DISPATCH};
-use crate::nt::{BOOLEAN, KEVENT, LARGE_INTEGER, NTSTATUS, STATUS_TIMEOUT};
+use crate::nt::{KEVENT, NTSTATUS, STATUS_TIMEOUT};
 
 /// Signature written into the first word of an initialised KEVENT.
 const EVENT_SIGNATURE: u64 = u64::from_le_bytes(*b"ntemuEVT");
@@ -52,7 +52,7 @@ fn relative(interval: i64) -> Option<Duration> {
 ///
 /// # Safety
 /// `event` is writable KEVENT storage that stays in place while the event is used.
-pub unsafe fn KeInitializeEvent(event: *mut KEVENT, kind: i32, state: BOOLEAN) {
+pub unsafe extern "system" fn KeInitializeEvent(event: *mut KEVENT, kind: i32, state: bool) {
     let (kernel, _) = enter("KeInitializeEvent", Rule::Any);
     if kind != crate::nt::NOTIFICATION_EVENT && kind != crate::nt::SYNCHRONIZATION_EVENT {
         kernel.fail(format!("KeInitializeEvent: unknown EVENT_TYPE {kind}"));
@@ -74,7 +74,7 @@ pub unsafe fn KeInitializeEvent(event: *mut KEVENT, kind: i32, state: BOOLEAN) {
         event as usize,
         EventObject {
             synchronization: kind == crate::nt::SYNCHRONIZATION_EVENT,
-            signaled: state != 0,
+            signaled: state,
             waiters: 0,
         },
     );
@@ -88,9 +88,9 @@ pub unsafe fn KeInitializeEvent(event: *mut KEVENT, kind: i32, state: BOOLEAN) {
 ///
 /// # Safety
 /// `event` was initialised.
-pub unsafe fn KeSetEvent(event: *mut KEVENT, _increment: i32, wait: BOOLEAN) -> i32 {
+pub unsafe extern "system" fn KeSetEvent(event: *mut KEVENT, _increment: i32, wait: bool) -> i32 {
     let (kernel, irql) = enter("KeSetEvent", Rule::AtMostDispatch);
-    if wait != 0 {
+    if wait {
         kernel.fail("KeSetEvent with Wait = TRUE (not used by this driver; unsupported)".into());
     }
     // SAFETY: per the caller.
@@ -115,7 +115,7 @@ pub unsafe fn KeSetEvent(event: *mut KEVENT, _increment: i32, wait: BOOLEAN) -> 
 ///
 /// # Safety
 /// `event` was initialised.
-pub unsafe fn KeClearEvent(event: *mut KEVENT) {
+pub unsafe extern "system" fn KeClearEvent(event: *mut KEVENT) {
     let (kernel, _) = enter("KeClearEvent", Rule::AtMostDispatch);
     // SAFETY: per the caller.
     if !unsafe { check_signature(&kernel, "KeClearEvent", event.cast(), EVENT_SIGNATURE) } {
@@ -132,15 +132,16 @@ pub unsafe fn KeClearEvent(event: *mut KEVENT) {
 ///
 /// # Safety
 /// `object` is an initialised KEVENT; `timeout` is null or readable.
-pub unsafe fn KeWaitForSingleObject(
-    object: *mut c_void,
+pub unsafe extern "system" fn KeWaitForSingleObject(
+    object: *const c_void,
     _reason: i32,
     _mode: i8,
-    _alertable: BOOLEAN,
-    timeout: *mut LARGE_INTEGER,
+    _alertable: bool,
+    timeout: *const i64,
 ) -> NTSTATUS {
-    // SAFETY: per the caller; a plain i64 view of the union.
-    let interval = (!timeout.is_null()).then(|| unsafe { (*timeout).QuadPart });
+    let object = object.cast_mut();
+    // SAFETY: per the caller.
+    let interval = (!timeout.is_null()).then(|| unsafe { *timeout });
     let rule = if interval == Some(0) {
         Rule::AtMostDispatch
     } else {
@@ -196,14 +197,14 @@ pub unsafe fn KeWaitForSingleObject(
 ///
 /// # Safety
 /// `interval` is readable.
-pub unsafe fn KeDelayExecutionThread(
+pub unsafe extern "system" fn KeDelayExecutionThread(
     _mode: i8,
-    _alertable: BOOLEAN,
-    interval: *mut LARGE_INTEGER,
+    _alertable: bool,
+    interval: *const i64,
 ) -> NTSTATUS {
     let (kernel, _) = enter("KeDelayExecutionThread", Rule::AtMostApc);
-    // SAFETY: per the caller; a plain i64 view of the union.
-    let interval = unsafe { (*interval).QuadPart };
+    // SAFETY: per the caller.
+    let interval = unsafe { *interval };
     match relative(interval) {
         Some(duration) if duration <= kernel.config.wait_deadline => {
             std::thread::sleep(duration);
@@ -223,7 +224,7 @@ pub unsafe fn KeDelayExecutionThread(
 ///
 /// # Safety
 /// None beyond the kernel's: the caller leaves the region on the same thread.
-pub unsafe fn KeEnterCriticalRegion() {
+pub unsafe extern "system" fn KeEnterCriticalRegion() {
     enter("KeEnterCriticalRegion", Rule::AtMostApc);
     with_context(|c| c.critical_regions += 1);
 }
@@ -232,7 +233,7 @@ pub unsafe fn KeEnterCriticalRegion() {
 ///
 /// # Safety
 /// Matches an earlier `KeEnterCriticalRegion` of this thread.
-pub unsafe fn KeLeaveCriticalRegion() {
+pub unsafe extern "system" fn KeLeaveCriticalRegion() {
     let (kernel, _) = enter("KeLeaveCriticalRegion", Rule::AtMostApc);
     let unmatched = with_context(|c| match c.critical_regions.checked_sub(1) {
         Some(left) => {

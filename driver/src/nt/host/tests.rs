@@ -24,7 +24,7 @@ fn dpc() -> *mut KDPC {
 
 static RUNS: AtomicU32 = AtomicU32::new(0);
 
-unsafe extern "C" fn count(_: *mut KDPC, _: *mut c_void, _: *mut c_void, _: *mut c_void) {
+unsafe extern "system" fn count(_: *mut KDPC, _: *mut c_void, _: *mut c_void, _: *mut c_void) {
     RUNS.fetch_add(1, Ordering::SeqCst);
 }
 
@@ -81,7 +81,7 @@ fn a_dpc_waits_while_a_thread_holds_its_processor_at_dispatch() {
         let dpc = dpc();
         // SAFETY: the KDPC is leaked, so it stays valid; paired raise and lower.
         unsafe {
-            nt::KeInitializeDpc(dpc, Some(count), core::ptr::null_mut());
+            nt::KeInitializeDpc(dpc, nt::deferred_routine(count), core::ptr::null());
             let previous = irql::raise_to_dispatch();
             let mut here = PROCESSOR_NUMBER::default();
             nt::KeGetCurrentProcessorNumberEx(&mut here);
@@ -117,7 +117,7 @@ fn a_dpc_queued_to_a_processor_before_add_complete_fails() {
             };
             // SAFETY: the KDPC is leaked, so it stays valid while queued (forever).
             unsafe {
-                nt::KeInitializeDpc(dpc, Some(count), core::ptr::null_mut());
+                nt::KeInitializeDpc(dpc, nt::deferred_routine(count), core::ptr::null());
                 assert_eq!(nt::KeSetTargetProcessorDpcEx(dpc, &mut absent), 0);
                 nt::KeInsertQueueDpc(dpc, core::ptr::null_mut(), core::ptr::null_mut());
             }
@@ -143,7 +143,7 @@ fn freeing_pool_that_holds_a_queued_dpc_fails() {
             // SAFETY: a pool block large enough for a KDPC; freed while it is queued on purpose.
             unsafe {
                 let block = nt::ExAllocatePoolWithTag(nt::NON_PAGED_POOL_NX, 64, 0x7473_6554);
-                nt::KeInitializeDpc(block.cast(), Some(count), core::ptr::null_mut());
+                nt::KeInitializeDpc(block.cast(), nt::deferred_routine(count), core::ptr::null());
                 nt::KeInsertQueueDpc(block.cast(), core::ptr::null_mut(), core::ptr::null_mut());
                 nt::ExFreePoolWithTag(block, 0x7473_6554);
             }
@@ -198,8 +198,8 @@ fn a_wait_past_the_deadline_fails_with_what_it_waited_for() {
             // SAFETY: the KEVENT is leaked, so it stays valid for the stuck waiter.
             unsafe {
                 let event = Box::into_raw(Box::new(core::mem::zeroed::<KEVENT>()));
-                nt::KeInitializeEvent(event, nt::NOTIFICATION_EVENT, 0);
-                nt::KeWaitForSingleObject(event.cast(), 0, 0, 0, core::ptr::null_mut());
+                nt::KeInitializeEvent(event, nt::NOTIFICATION_EVENT, false);
+                nt::KeWaitForSingleObject(event.cast(), 0, 0, false, core::ptr::null());
             }
         })
         .expect_err("an endless wait must fail");
@@ -326,7 +326,7 @@ fn dpc_importance_is_checked_and_counted_for_targeted_dpcs() {
             let dpc = dpc();
             // SAFETY: the KDPC is leaked, so it stays valid.
             unsafe {
-                nt::KeInitializeDpc(dpc, Some(count), core::ptr::null_mut());
+                nt::KeInitializeDpc(dpc, nt::deferred_routine(count), core::ptr::null());
                 nt::KeSetImportanceDpc(dpc, 7);
             }
         })
@@ -340,7 +340,7 @@ fn dpc_importance_is_checked_and_counted_for_targeted_dpcs() {
             let dpc = dpc();
             // SAFETY: the KDPC is leaked, so it stays valid while queued; the flush waits for it.
             unsafe {
-                nt::KeInitializeDpc(dpc, Some(count), core::ptr::null_mut());
+                nt::KeInitializeDpc(dpc, nt::deferred_routine(count), core::ptr::null());
                 nt::KeSetImportanceDpc(dpc, importance);
                 let mut boot = PROCESSOR_NUMBER::default();
                 assert_eq!(nt::KeSetTargetProcessorDpcEx(dpc, &mut boot), 0);

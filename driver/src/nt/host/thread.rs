@@ -11,9 +11,7 @@ use super::kernel::{
     STATUS_INVALID_HANDLE, STATUS_INVALID_PARAMETER,
 };
 use super::processor::maybe_migrate;
-use crate::nt::{
-    BOOLEAN, CLIENT_ID, HANDLE, LARGE_INTEGER, NTSTATUS, OBJECT_ATTRIBUTES, PKSTART_ROUTINE,
-};
+use crate::nt::{CLIENT_ID, HANDLE, KSTART_ROUTINE, NTSTATUS, OBJECT_ATTRIBUTES, PKSTART_ROUTINE};
 
 /// A driver-created system thread.
 struct ThreadRecord {
@@ -40,7 +38,7 @@ impl Threads {
 }
 
 /// Address and context of a start routine, sent to the new OS thread.
-struct Start(unsafe extern "C" fn(*mut c_void), usize);
+struct Start(KSTART_ROUTINE, usize);
 // SAFETY: the context pointer is handed to the new thread exactly as the kernel hands it over; the
 // driver's contract (PsCreateSystemThread) is that it may be used from that thread.
 unsafe impl Send for Start {}
@@ -49,20 +47,24 @@ unsafe impl Send for Start {}
 ///
 /// # Safety
 /// `handle` is writable; `attributes` is null or valid; `routine` may run with `context`.
-pub unsafe fn PsCreateSystemThread(
+pub unsafe extern "system" fn PsCreateSystemThread(
     handle: *mut HANDLE,
     _access: u32,
-    attributes: *mut OBJECT_ATTRIBUTES,
+    attributes: *const OBJECT_ATTRIBUTES,
     process: HANDLE,
     _client: *mut CLIENT_ID,
     routine: PKSTART_ROUTINE,
-    context: *mut c_void,
+    context: *const c_void,
 ) -> NTSTATUS {
     let (kernel, _) = enter("PsCreateSystemThread", Rule::Passive);
     let Some(routine) = routine else {
         kernel.fail("PsCreateSystemThread without a start routine".into());
         return STATUS_INVALID_PARAMETER;
     };
+    // SAFETY: the driver converted a KSTART_ROUTINE (`nt::start_routine`); this restores its type
+    // (function pointers of the same size).
+    let routine =
+        unsafe { core::mem::transmute::<unsafe extern "system" fn(), KSTART_ROUTINE>(routine) };
     // SAFETY: per the caller.
     let kernel_handle = !attributes.is_null()
         && unsafe { (*attributes).Attributes } & crate::nt::OBJ_KERNEL_HANDLE != 0;
@@ -117,7 +119,7 @@ pub unsafe fn PsCreateSystemThread(
 ///
 /// # Safety
 /// Called by a system thread on itself.
-pub unsafe fn PsTerminateSystemThread(_status: NTSTATUS) -> NTSTATUS {
+pub unsafe extern "system" fn PsTerminateSystemThread(_status: NTSTATUS) -> NTSTATUS {
     let (kernel, _) = enter("PsTerminateSystemThread", Rule::Passive);
     let role = with_context(|c| {
         c.terminated = true;
@@ -133,10 +135,10 @@ pub unsafe fn PsTerminateSystemThread(_status: NTSTATUS) -> NTSTATUS {
 ///
 /// # Safety
 /// `handle` is an open handle; `timeout` is null or readable.
-pub unsafe fn ZwWaitForSingleObject(
+pub unsafe extern "system" fn ZwWaitForSingleObject(
     handle: HANDLE,
-    _alertable: BOOLEAN,
-    timeout: *mut LARGE_INTEGER,
+    _alertable: bool,
+    timeout: *const i64,
 ) -> NTSTATUS {
     let (kernel, _) = enter("ZwWaitForSingleObject", Rule::Passive);
     if !timeout.is_null() {
@@ -165,7 +167,7 @@ pub unsafe fn ZwWaitForSingleObject(
 ///
 /// # Safety
 /// None (kept `unsafe` like the import).
-pub unsafe fn KeSetSystemAffinityThreadEx(affinity: usize) -> usize {
+pub unsafe extern "system" fn KeSetSystemAffinityThreadEx(affinity: usize) -> usize {
     let (kernel, _) = enter("KeSetSystemAffinityThreadEx", Rule::AtMostApc);
     let previous = with_context(|c| {
         let previous = c.affinity.unwrap_or(0) as usize;
@@ -188,7 +190,7 @@ pub unsafe fn KeSetSystemAffinityThreadEx(affinity: usize) -> usize {
 ///
 /// # Safety
 /// `previous` came from `KeSetSystemAffinityThreadEx` on this thread.
-pub unsafe fn KeRevertToUserAffinityThreadEx(previous: usize) {
+pub unsafe extern "system" fn KeRevertToUserAffinityThreadEx(previous: usize) {
     let (kernel, _) = enter("KeRevertToUserAffinityThreadEx", Rule::AtMostApc);
     with_context(|c| c.affinity = (previous != 0).then_some(previous as u64));
     let state = kernel.lock();

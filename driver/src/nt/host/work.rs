@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::io::release_device;
 use super::kernel::{enter, with_context, Kernel, Rule, PASSIVE};
 use super::pool::free_checked;
-use crate::nt::{DEVICE_OBJECT, IO_WORKITEM, PIO_WORKITEM_ROUTINE};
+use crate::nt::{DEVICE_OBJECT, IO_WORKITEM_ROUTINE, PIO_WORKITEM, PIO_WORKITEM_ROUTINE};
 
 /// Pool tag of the emulation's own work items.
 const WORK_ITEM_TAG: u32 = u32::from_le_bytes(*b"IoWk");
@@ -23,7 +23,7 @@ struct WorkItem {
 
 struct QueuedWork {
     item: usize,
-    routine: unsafe extern "C" fn(*mut DEVICE_OBJECT, *mut c_void),
+    routine: IO_WORKITEM_ROUTINE,
     context: usize,
 }
 
@@ -43,11 +43,11 @@ impl WorkState {
     }
 }
 
-/// `IoAllocateWorkItem`.
+/// `IoAllocateWorkItem`: the `PIO_WORKITEM` is the address of the emulation's block (0 on failure).
 ///
 /// # Safety
 /// `device` is a live device object of the driver.
-pub unsafe fn IoAllocateWorkItem(device: *mut DEVICE_OBJECT) -> *mut IO_WORKITEM {
+pub unsafe extern "system" fn IoAllocateWorkItem(device: *const DEVICE_OBJECT) -> PIO_WORKITEM {
     let (kernel, _) = enter("IoAllocateWorkItem", Rule::AtMostDispatch);
     if !kernel
         .lock()
@@ -59,7 +59,7 @@ pub unsafe fn IoAllocateWorkItem(device: *mut DEVICE_OBJECT) -> *mut IO_WORKITEM
         kernel.fail(format!(
             "IoAllocateWorkItem({device:p}): not a live device object"
         ));
-        return core::ptr::null_mut();
+        return 0;
     }
     let item = kernel.pool.allocate(64, WORK_ITEM_TAG, true);
     if !item.is_null() {
@@ -72,23 +72,28 @@ pub unsafe fn IoAllocateWorkItem(device: *mut DEVICE_OBJECT) -> *mut IO_WORKITEM
             },
         );
     }
-    item.cast()
+    item as PIO_WORKITEM
 }
 
 /// `IoQueueWorkItem`: the item's device is referenced until the routine has returned.
 ///
 /// # Safety
 /// `item` came from `IoAllocateWorkItem`; `routine` may run with `context` at PASSIVE.
-pub unsafe fn IoQueueWorkItem(
-    item: *mut IO_WORKITEM,
+pub unsafe extern "system" fn IoQueueWorkItem(
+    item: PIO_WORKITEM,
     routine: PIO_WORKITEM_ROUTINE,
     queue: i32,
-    context: *mut c_void,
+    context: *const c_void,
 ) {
     let (kernel, _) = enter("IoQueueWorkItem", Rule::AtMostDispatch);
     let Some(routine) = routine else {
         kernel.fail("IoQueueWorkItem without a routine".into());
         return;
+    };
+    // SAFETY: the driver converted an IO_WORKITEM_ROUTINE (`nt::work_item_routine`); this restores its
+    // type (function pointers of the same size).
+    let routine = unsafe {
+        core::mem::transmute::<unsafe extern "system" fn(), IO_WORKITEM_ROUTINE>(routine)
     };
     if !(0..=2).contains(&queue) {
         kernel.fail(format!("IoQueueWorkItem: unknown WORK_QUEUE_TYPE {queue}"));
@@ -97,13 +102,13 @@ pub unsafe fn IoQueueWorkItem(
     let Some(work) = state.work.items.get_mut(&(item as usize)) else {
         drop(state);
         kernel.fail(format!(
-            "IoQueueWorkItem({item:p}): not an allocated work item"
+            "IoQueueWorkItem({item:#x}): not an allocated work item"
         ));
         return;
     };
     if work.queued {
         drop(state);
-        kernel.fail(format!("IoQueueWorkItem({item:p}): already queued"));
+        kernel.fail(format!("IoQueueWorkItem({item:#x}): already queued"));
         return;
     }
     work.queued = true;
@@ -125,7 +130,7 @@ pub unsafe fn IoQueueWorkItem(
 ///
 /// # Safety
 /// `item` came from `IoAllocateWorkItem` and is freed once.
-pub unsafe fn IoFreeWorkItem(item: *mut IO_WORKITEM) {
+pub unsafe extern "system" fn IoFreeWorkItem(item: PIO_WORKITEM) {
     let (kernel, _) = enter("IoFreeWorkItem", Rule::AtMostDispatch);
     let me = with_context(|c| c.thread);
     let problem = {
@@ -143,7 +148,7 @@ pub unsafe fn IoFreeWorkItem(item: *mut IO_WORKITEM) {
         }
     };
     match problem {
-        Some(problem) => kernel.fail(format!("IoFreeWorkItem({item:p}): {problem}")),
+        Some(problem) => kernel.fail(format!("IoFreeWorkItem({item:#x}): {problem}")),
         None => free_checked(&kernel, item as usize, WORK_ITEM_TAG, "IoFreeWorkItem"),
     }
 }
