@@ -210,12 +210,17 @@ fn imports(data: &[u8]) -> Result<Vec<(String, String)>, String> {
 }
 
 fn check_imports(data: &[u8]) -> Check {
-    let imports = imports(data)?;
+    check_import_list(&imports(data)?)
+}
+
+/// The import rules on a list of (dll, routine): only ntoskrnl.exe/hal.dll (a driver importing from a
+/// user-mode DLL such as ntdll.dll fails to load), nothing resolved at run time, everything required.
+fn check_import_list(imports: &[(String, String)]) -> Check {
     if imports.is_empty() {
         return Err("imports nothing (expected ntoskrnl.exe routines)".into());
     }
     let mut problems = Vec::new();
-    for (dll, name) in &imports {
+    for (dll, name) in imports {
         if !ALLOWED_DLLS.iter().any(|d| d.eq_ignore_ascii_case(dll)) {
             problems.push(format!(
                 "{name} from {dll} (only ntoskrnl.exe/hal.dll allowed)"
@@ -411,6 +416,40 @@ fn mutation_foreign_dll_is_caught() {
     replace_once(&mut data, b"ntoskrnl.exe\0", b"kernel32.dll\0");
     let error = check_imports(&data).unwrap_err();
     assert!(error.contains("kernel32.dll"), "{error}");
+}
+
+/// windows-sys links some kernel routines (ZwClose, the Rtl security routines, DbgPrintEx...) to
+/// ntdll.dll: an image that picked up one of those declarations must fail the check, naming both.
+#[test]
+fn an_ntdll_import_is_caught() {
+    let Some((mut data, _)) = image() else { return };
+    // The real image passes and imports ZwClose from ntoskrnl.exe.
+    let real = imports(&data).expect("the import table");
+    check_import_list(&real).expect("kepoch.sys passes the import rules");
+    assert!(
+        real.contains(&("ntoskrnl.exe".into(), "ZwClose".into())),
+        "{real:?}"
+    );
+    // The same list with ZwClose taken from ntdll.dll, as windows-sys declares it.
+    let synthetic: Vec<(String, String)> = real
+        .iter()
+        .map(|(dll, name)| match name.as_str() {
+            "ZwClose" => ("ntdll.dll".to_string(), name.clone()),
+            _ => (dll.clone(), name.clone()),
+        })
+        .collect();
+    let error = check_import_list(&synthetic).unwrap_err();
+    assert_eq!(
+        error, "ZwClose from ntdll.dll (only ntoskrnl.exe/hal.dll allowed)",
+        "exactly the ntdll import is reported"
+    );
+    // And in a PE image: the ntoskrnl.exe descriptor renamed to ntdll.dll (same length with padding).
+    replace_once(&mut data, b"ntoskrnl.exe\0", b"ntdll.dll\0\0\0\0");
+    let error = check_imports(&data).unwrap_err();
+    assert!(
+        error.contains("ZwClose from ntdll.dll") && error.contains("RtlCreateAcl from ntdll.dll"),
+        "{error}"
+    );
 }
 
 #[test]

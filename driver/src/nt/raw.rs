@@ -263,7 +263,7 @@ extern "system" {
 #[allow(missing_docs)]
 #[link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")]
 extern "C" {
-    pub fn DbgPrintEx(componentid: u32, level: u32, format: *const u8, ...) -> u32;
+    pub fn DbgPrintEx(componentid: u32, level: u32, format: windows_sys::core::PCSTR, ...) -> u32;
 }
 
 // Code generation references these (slice copies, core::fmt, zeroing); the msvc compiler_builtins has

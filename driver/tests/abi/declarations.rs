@@ -1,10 +1,12 @@
-//! The driver's own routine declarations, read from its sources with `syn`: the `extern` blocks of
-//! `nt/raw.rs` (imports, with their DLL) and the function-pointer types of `nt/raw.rs` and `nt/mod.rs`
-//! (callbacks and the routines resolved at run time).
+//! The driver's routine declarations, read with `syn`: the `extern` blocks of `nt/raw.rs` (the
+//! hand-written imports, with their DLL), the `windows_link::link!("dll" "abi" fn ...)` invocations of
+//! windows-sys for the routines `nt/raw.rs` re-exports from it, and the function-pointer types of
+//! `nt/raw.rs`, `nt/mod.rs` and windows-sys (callbacks and the routines resolved at run time).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use syn::{FnArg, ForeignItem, Item, ReturnType, Type};
+use syn::parse::{Parse, ParseStream};
+use syn::{FnArg, ForeignItem, Item, ReturnType, Type, UseTree};
 
 /// How a parameter or return value is passed on x64: what the ABI check compares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,19 +59,29 @@ pub struct Routine {
 /// The integer behind a type name, following the facade's aliases.
 fn integer(name: &str) -> Option<(usize, bool)> {
     Some(match name {
-        "u8" | "BOOLEAN" => (1, false),
+        "u8" | "bool" => (1, false),
         "i8" => (1, true),
         "u16" => (2, false),
         "i16" => (2, true),
-        "u32" => (4, false),
-        "i32" | "NTSTATUS" => (4, true),
+        "u32" | "BUGCHECK_ERROR" | "OBJECT_ATTRIBUTE_FLAGS" => (4, false),
+        // windows-sys's aliases of C enums (int under MSVC).
+        "i32"
+        | "NTSTATUS"
+        | "KDPC_IMPORTANCE"
+        | "KWAIT_REASON"
+        | "TIMER_TYPE"
+        | "EVENT_TYPE"
+        | "POOL_TYPE"
+        | "WORK_QUEUE_TYPE"
+        | "KEY_VALUE_INFORMATION_CLASS" => (4, true),
         "u64" | "usize" => (8, false),
         "i64" | "isize" => (8, true),
         _ => return None,
     })
 }
 
-/// Type aliases of the facade that are pointers.
+/// Type aliases of the facade and windows-sys that are pointers in the headers. windows-sys spells
+/// the opaque `PIO_WORKITEM` and `POBJECT_TYPE` as `isize`, which x64 passes like a pointer.
 fn pointer_alias(name: &str) -> bool {
     matches!(
         name,
@@ -77,9 +89,14 @@ fn pointer_alias(name: &str) -> bool {
             | "PKSTART_ROUTINE"
             | "PKDEFERRED_ROUTINE"
             | "PIO_WORKITEM_ROUTINE"
-            | "PDRIVER_UNLOAD"
-            | "PDRIVER_DISPATCH"
+            | "DRIVER_UNLOAD"
+            | "DRIVER_DISPATCH"
             | "ProcessorCallbackFn"
+            | "PIO_WORKITEM"
+            | "POBJECT_TYPE"
+            | "PSECURITY_DESCRIPTOR"
+            | "PSID"
+            | "PCSTR"
     )
 }
 
@@ -160,8 +177,8 @@ fn parse(path: &Path) -> syn::File {
     syn::parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Every routine imported by `raw.rs`' `extern` blocks, with its DLL.
-pub fn imports(raw: &Path) -> Vec<Routine> {
+/// Every routine imported by `raw.rs`' own `extern` blocks, with its DLL.
+pub fn hand_written_imports(raw: &Path) -> Vec<Routine> {
     let mut out = Vec::new();
     for item in parse(raw).items {
         let Item::ForeignMod(block) = item else {
@@ -234,4 +251,191 @@ pub fn function_types(files: &[&Path]) -> Vec<Routine> {
         }
     }
     out
+}
+
+/// Normalised text of a type: paths reduced to their last segment (`super::super::Foundation::KDPC`
+/// and `KDPC` are the same type), pointer mutability and `Option<..>` kept.
+pub fn type_text(ty: &Type) -> String {
+    match ty {
+        Type::Ptr(p) => format!(
+            "*{} {}",
+            if p.mutability.is_some() {
+                "mut"
+            } else {
+                "const"
+            },
+            type_text(&p.elem)
+        ),
+        Type::Path(path) => {
+            use quote::ToTokens;
+            let last = path.path.segments.last().expect("a path type");
+            last.to_token_stream().to_string()
+        }
+        Type::Tuple(t) if t.elems.is_empty() => "()".into(),
+        Type::Never(_) => "!".into(),
+        other => quote_type(other),
+    }
+}
+
+/// A routine's signature as text (parameter types and return type, names left out).
+pub fn signature_text(inputs: &[&Type], output: &ReturnType, variadic: bool) -> String {
+    let mut parameters: Vec<String> = inputs.iter().map(|t| type_text(t)).collect();
+    if variadic {
+        parameters.push("...".into());
+    }
+    let returns = match output {
+        ReturnType::Default => "()".into(),
+        ReturnType::Type(_, ty) => type_text(ty),
+    };
+    format!("fn({}) -> {returns}", parameters.join(", "))
+}
+
+/// Name, calling convention and signature text of every hand-written import of `raw.rs`.
+pub fn hand_written_signatures(raw: &Path) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for item in parse(raw).items {
+        let Item::ForeignMod(block) = item else {
+            continue;
+        };
+        let abi = block.abi.name.as_ref().map_or("C".into(), |n| n.value());
+        for item in block.items {
+            let ForeignItem::Fn(f) = item else { continue };
+            let inputs: Vec<&Type> = f
+                .sig
+                .inputs
+                .iter()
+                .map(|arg| match arg {
+                    FnArg::Typed(t) => &*t.ty,
+                    FnArg::Receiver(_) => panic!("a receiver in an extern block"),
+                })
+                .collect();
+            out.push((
+                f.sig.ident.to_string(),
+                abi.clone(),
+                signature_text(&inputs, &f.sig.output, f.sig.variadic.is_some()),
+            ));
+        }
+    }
+    out
+}
+
+/// One `windows_link::link!("dll" "abi" fn Name(..) -> R)` of windows-sys.
+pub struct Linked {
+    /// The routine in the form the checks use (its DLL is the macro's).
+    pub routine: Routine,
+    /// Calling convention literal (`system`, `C`).
+    pub abi: String,
+    /// [`signature_text`] of it.
+    pub signature: String,
+}
+
+struct LinkInput {
+    dll: syn::LitStr,
+    abi: syn::LitStr,
+    signature: syn::Signature,
+}
+
+impl Parse for LinkInput {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let dll = input.parse()?;
+        let abi = input.parse()?;
+        // An optional link-name literal precedes `fn` in the macro's grammar.
+        if input.peek(syn::LitStr) {
+            let _: syn::LitStr = input.parse()?;
+        }
+        let signature = input.parse()?;
+        Ok(LinkInput {
+            dll,
+            abi,
+            signature,
+        })
+    }
+}
+
+/// Every `windows_link::link!` invocation of a windows-sys module file, by routine name.
+pub fn linked(module: &Path) -> Vec<Linked> {
+    let mut out = Vec::new();
+    for item in parse(module).items {
+        let Item::Macro(m) = item else { continue };
+        let is_link = m
+            .mac
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "link");
+        if !is_link {
+            continue;
+        }
+        let input: LinkInput = m
+            .mac
+            .parse_body()
+            .unwrap_or_else(|e| panic!("{}: a link! invocation: {e}", module.display()));
+        let sig = &input.signature;
+        let typed: Vec<(String, &Type)> = sig
+            .inputs
+            .iter()
+            .map(|arg| match arg {
+                FnArg::Typed(t) => (quote_pat(&t.pat), &*t.ty),
+                FnArg::Receiver(_) => panic!("a receiver in link!"),
+            })
+            .collect();
+        let types: Vec<&Type> = typed.iter().map(|(_, t)| *t).collect();
+        let signature = signature_text(&types, &sig.output, sig.variadic.is_some());
+        out.push(Linked {
+            routine: routine(
+                sig.ident.to_string(),
+                Some(input.dll.value()),
+                typed,
+                &sig.output,
+                sig.variadic.is_some(),
+            ),
+            abi: input.abi.value(),
+            signature,
+        });
+    }
+    out
+}
+
+/// The names `raw.rs` re-exports from windows-sys, each with the windows-sys module path it names
+/// (`["Wdk", "System", "SystemServices"]`).
+pub fn windows_sys_reexports(raw: &Path) -> Vec<(String, Vec<String>)> {
+    fn walk(tree: &UseTree, path: &mut Vec<String>, out: &mut Vec<(String, Vec<String>)>) {
+        match tree {
+            UseTree::Path(p) => {
+                path.push(p.ident.to_string());
+                walk(&p.tree, path, out);
+                path.pop();
+            }
+            UseTree::Name(n) => out.push((n.ident.to_string(), path.clone())),
+            UseTree::Rename(r) => out.push((r.rename.to_string(), path.clone())),
+            UseTree::Group(g) => g.items.iter().for_each(|t| walk(t, path, out)),
+            UseTree::Glob(_) => assert!(
+                path.first().map(String::as_str) != Some("windows_sys"),
+                "a glob re-export from windows-sys: list the names"
+            ),
+        }
+    }
+    let mut out = Vec::new();
+    for item in parse(raw).items {
+        let Item::Use(u) = item else { continue };
+        let mut path = Vec::new();
+        let mut found = Vec::new();
+        walk(&u.tree, &mut path, &mut found);
+        for (name, mut path) in found {
+            if path.first().map(String::as_str) == Some("windows_sys") {
+                path.remove(0);
+                out.push((name, path));
+            }
+        }
+    }
+    out
+}
+
+/// The file of a windows-sys module (`["Wdk", "System", "SystemServices"]`) under its `src`.
+pub fn module_file(windows_sys_src: &Path, module: &[String]) -> PathBuf {
+    let mut file = windows_sys_src.join("Windows");
+    for segment in module {
+        file.push(segment);
+    }
+    file.join("mod.rs")
 }

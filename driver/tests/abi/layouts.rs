@@ -22,10 +22,10 @@ pub struct Check {
 /// `size`, `align` and field offsets of a Rust struct against a C type. Fields are
 /// `RustField => "C.member.path"`.
 macro_rules! layout {
-    ($out:ident, $rust:ty, $c:literal, [$($field:ident => $member:literal),* $(,)?]) => {{
+    ($out:ident, $rust:ty, $c:literal, [$($($field:ident).+ => $member:literal),* $(,)?]) => {{
         $out.push(Check {
             c: padded_size($c),
-            rust: size_of::<$rust>() as i128,
+            rust: padded_rust_size($c, size_of::<$rust>()) as i128,
             what: format!("size of {} (Rust {})", $c, stringify!($rust)),
         });
         $out.push(Check {
@@ -35,20 +35,29 @@ macro_rules! layout {
         });
         $($out.push(Check {
             c: format!("offsetof({}, {})", $c, $member),
-            rust: offset_of!($rust, $field) as i128,
-            what: format!("offset of {}.{} (Rust {}::{})", $c, $member, stringify!($rust), stringify!($field)),
+            rust: offset_of!($rust, $($field).+) as i128,
+            what: format!("offset of {}.{} (Rust {}::{})", $c, $member, stringify!($rust), stringify!($($field).+)),
         });)*
     }};
 }
 
-/// Types mingw-w64 declares with a smaller alignment than the WDK: (C type, WDK alignment, why). Their
-/// size is compared rounded up to the WDK's alignment.
+/// Types mingw-w64 and windows-sys declare with a smaller alignment than the WDK: (C type, WDK
+/// alignment, why). Their size is compared rounded up to the WDK's alignment on both sides.
 pub const PADDED: &[(&str, usize, &str)] = &[(
     "DEVICE_OBJECT",
     16,
     "the WDK declares _DEVICE_OBJECT DECLSPEC_ALIGN(MEMORY_ALLOCATION_ALIGNMENT): 328 bytes of fields \
-     padded to 0x150; mingw-w64 omits the alignment (328 bytes, 8-aligned)",
+     padded to 0x150; mingw-w64 and windows-sys omit the alignment (328 bytes, 8-aligned); the driver \
+     never allocates or embeds one",
 )];
+
+/// The Rust size, rounded up like [`padded_size`] rounds the C one.
+fn padded_rust_size(c: &str, size: usize) -> usize {
+    match PADDED.iter().find(|(name, _, _)| *name == c) {
+        Some((_, align, _)) => size.div_ceil(*align) * align,
+        None => size,
+    }
+}
 
 /// `sizeof(c)`, rounded up to the WDK's alignment for the [`PADDED`] types.
 fn padded_size(c: &str) -> String {
@@ -82,17 +91,30 @@ pub fn layouts() -> Vec<Check> {
     let mut out = Vec::new();
     layout!(out, nt::PROCESSOR_NUMBER, "PROCESSOR_NUMBER", [Group => "Group", Number => "Number", Reserved => "Reserved"]);
     layout!(out, nt::UNICODE_STRING, "UNICODE_STRING", [Length => "Length", MaximumLength => "MaximumLength", Buffer => "Buffer"]);
-    layout!(out, nt::LARGE_INTEGER, "LARGE_INTEGER", [QuadPart => "QuadPart"]);
-    // Opaque to the driver: only size and alignment matter (storage it embeds).
-    layout!(out, nt::KDPC, "KDPC", []);
+    // windows-sys passes LARGE_INTEGER as i64.
+    out.push(Check {
+        c: "sizeof(LARGE_INTEGER)".into(),
+        rust: size_of::<i64>() as i128,
+        what: "size of LARGE_INTEGER (Rust i64)".into(),
+    });
+    // Storage the driver embeds and only the Ke* routines touch: size and alignment matter.
+    layout!(out, nt::KDPC, "KDPC", [DeferredRoutine => "DeferredRoutine", DeferredContext => "DeferredContext"]);
     layout!(out, nt::KTIMER, "KTIMER", []);
-    layout!(out, nt::KEVENT, "KEVENT", []);
-    layout!(out, nt::SECURITY_DESCRIPTOR, "SECURITY_DESCRIPTOR", []);
-    layout!(out, nt::IO_STATUS_BLOCK, "IO_STATUS_BLOCK", [Status => "Status", Information => "Information"]);
+    layout!(out, nt::KEVENT, "KEVENT", [Header => "Header"]);
+    layout!(out, nt::SECURITY_DESCRIPTOR, "SECURITY_DESCRIPTOR", [
+        Revision => "Revision",
+        Control => "Control",
+        Owner => "Owner",
+        Group => "Group",
+        Sacl => "Sacl",
+        Dacl => "Dacl",
+    ]);
+    layout!(out, nt::ACL, "ACL", [AclRevision => "AclRevision", AclSize => "AclSize", AceCount => "AceCount"]);
+    layout!(out, nt::IO_STATUS_BLOCK, "IO_STATUS_BLOCK", [Anonymous.Status => "Status", Information => "Information"]);
     layout!(out, nt::IRP, "IRP", [
-        SystemBuffer => "AssociatedIrp.SystemBuffer",
+        AssociatedIrp.SystemBuffer => "AssociatedIrp.SystemBuffer",
         IoStatus => "IoStatus",
-        CurrentStackLocation => "Tail.Overlay.CurrentStackLocation",
+        Tail.Overlay.Anonymous2.Anonymous.CurrentStackLocation => "Tail.Overlay.CurrentStackLocation",
     ]);
     layout!(out, nt::IO_STACK_LOCATION, "IO_STACK_LOCATION", [
         MajorFunction => "MajorFunction",
@@ -106,6 +128,7 @@ pub fn layouts() -> Vec<Check> {
     ]);
     layout!(out, nt::CLIENT_ID, "CLIENT_ID", [UniqueProcess => "UniqueProcess", UniqueThread => "UniqueThread"]);
     layout!(out, nt::DEVICE_OBJECT, "DEVICE_OBJECT", [
+        NextDevice => "NextDevice",
         Flags => "Flags",
         Characteristics => "Characteristics",
         DeviceExtension => "DeviceExtension",
@@ -282,4 +305,37 @@ pub const PINNED: &[(&str, u64, &str)] = &[
 pub fn pinned_values_are_documented() {
     assert_eq!(nt::POOL_FLAG_NON_PAGED, 0x40);
     assert_eq!(nt::POOL_FLAG_UNINITIALIZED, 0x2);
+}
+
+/// What windows-sys gets wrong, so that the driver declares it itself (`nt/raw.rs`): C expressions
+/// that must *differ* from windows-sys's value. Once windows-sys is fixed the assertion fails and the
+/// hand-written declaration can go.
+pub fn windows_sys_differences() -> Vec<Check> {
+    use windows_sys::Wdk::Foundation::IO_STACK_LOCATION;
+    let mut out = Vec::new();
+    for (c, rust, field) in [
+        (
+            "offsetof(IO_STACK_LOCATION, Parameters.DeviceIoControl.InputBufferLength)",
+            offset_of!(
+                IO_STACK_LOCATION,
+                Parameters.DeviceIoControl.InputBufferLength
+            ),
+            "InputBufferLength",
+        ),
+        (
+            "offsetof(IO_STACK_LOCATION, Parameters.DeviceIoControl.IoControlCode)",
+            offset_of!(IO_STACK_LOCATION, Parameters.DeviceIoControl.IoControlCode),
+            "IoControlCode",
+        ),
+    ] {
+        out.push(Check {
+            c: c.into(),
+            rust: rust as i128,
+            what: format!(
+                "windows-sys's IO_STACK_LOCATION.Parameters.DeviceIoControl.{field} matches the DDK now: \
+                 use windows-sys's IO_STACK_LOCATION instead of nt/raw.rs' own"
+            ),
+        });
+    }
+    out
 }

@@ -4,7 +4,11 @@
 //! - layouts, constants and IOCTL codes: C `_Static_assert`s generated from the Rust values, compiled
 //!   with `x86_64-w64-mingw32-gcc -fsyntax-only`;
 //! - every imported routine, every run-time-resolved routine type and every callback type, read from
-//!   the driver's sources: C++ `static_assert`s on the header prototypes (`x86_64-w64-mingw32-g++`);
+//!   the driver's sources and, for what `nt/raw.rs` re-exports from windows-sys, from windows-sys's own
+//!   `windows_link::link!` invocations and type aliases (located with `cargo metadata`): C++
+//!   `static_assert`s on the header prototypes (`x86_64-w64-mingw32-g++`);
+//! - the routines the driver declares itself (windows-sys links them to ntdll.dll) have windows-sys's
+//!   signatures, and windows-sys still links them to ntdll;
 //! - every imported name exists in the import library of its DLL (read with the `object` crate).
 //!
 //! What mingw-w64 lacks is pinned in one allow-list (`layouts::PINNED`, `ExAllocatePool2Fn`). Without
@@ -76,6 +80,118 @@ fn source(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// The `src` directory of the windows-sys package kepoch-driver depends on (`cargo metadata`).
+fn windows_sys_src() -> PathBuf {
+    let output = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--manifest-path",
+        ])
+        .arg(source("Cargo.toml"))
+        .output()
+        .expect("running cargo metadata");
+    assert!(
+        output.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("cargo metadata's JSON");
+    let driver = metadata["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .find(|p| p["name"] == "kepoch-driver")
+        .expect("the kepoch-driver package");
+    let node = metadata["resolve"]["nodes"]
+        .as_array()
+        .expect("resolve nodes")
+        .iter()
+        .find(|n| n["id"] == driver["id"])
+        .expect("kepoch-driver's resolve node");
+    let id = node["deps"]
+        .as_array()
+        .expect("deps")
+        .iter()
+        .find(|d| d["name"] == "windows_sys")
+        .map(|d| d["pkg"].clone())
+        .expect("kepoch-driver depends on windows-sys");
+    let package = metadata["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .find(|p| p["id"] == id)
+        .expect("the windows-sys package");
+    let manifest = PathBuf::from(package["manifest_path"].as_str().expect("manifest_path"));
+    manifest.parent().expect("a package directory").join("src")
+}
+
+/// The windows-sys modules of the driver's `Wdk_*` features (`["Wdk", "System", "Threading"]`).
+fn wdk_modules() -> Vec<Vec<String>> {
+    let manifest = std::fs::read_to_string(source("Cargo.toml")).expect("Cargo.toml");
+    let dependency = manifest
+        .split("\nwindows-sys = ")
+        .nth(1)
+        .expect("the windows-sys dependency in Cargo.toml");
+    let features = &dependency[..dependency.find("] }").expect("its feature list")];
+    features
+        .split('"')
+        .filter(|f| f.starts_with("Wdk_"))
+        .map(|f| f.split('_').map(str::to_string).collect())
+        .collect()
+}
+
+/// What the driver imports and the callback types it implements, read once from the sources.
+struct Sources {
+    /// Hand-written imports of `nt/raw.rs`.
+    hand_written: Vec<declarations::Routine>,
+    /// The routines `nt/raw.rs` re-exports from windows-sys, as windows-sys declares them.
+    from_windows_sys: Vec<declarations::Routine>,
+    /// Function-pointer types: the facade's own and those it re-exports from windows-sys.
+    callbacks: Vec<declarations::Routine>,
+    /// Every `link!` of the driver's windows-sys `Wdk_*` modules.
+    linked: Vec<declarations::Linked>,
+}
+
+fn sources() -> Sources {
+    let raw = source("driver/src/nt/raw.rs");
+    let src = windows_sys_src();
+    let reexports = declarations::windows_sys_reexports(&raw);
+    let mut modules: Vec<Vec<String>> = reexports.iter().map(|(_, m)| m.clone()).collect();
+    modules.extend(wdk_modules());
+    modules.sort();
+    modules.dedup();
+    let mut linked = Vec::new();
+    let mut aliases = Vec::new();
+    for module in &modules {
+        let file = declarations::module_file(&src, module);
+        linked.extend(declarations::linked(&file));
+        aliases.extend(declarations::function_types(&[&file]));
+    }
+    let mut from_windows_sys = Vec::new();
+    let mut callbacks = declarations::function_types(&[&raw, &source("driver/src/nt/mod.rs")]);
+    for (name, module) in &reexports {
+        if let Some(l) = linked.iter().find(|l| &l.routine.name == name) {
+            assert!(
+                modules.contains(module),
+                "{name}: re-exported from an unread module"
+            );
+            from_windows_sys.push(l.routine.clone());
+        } else if let Some(alias) = aliases.iter().find(|a| &a.name == name) {
+            callbacks.push(alias.clone());
+        }
+    }
+    Sources {
+        hand_written: declarations::hand_written_imports(&raw),
+        from_windows_sys,
+        callbacks,
+        linked,
+    }
+}
+
 /// Headers for both compilers: Windows 10 declarations of the kernel-mode headers.
 const DEFINES: &[&str] = &["-D_WIN32_WINNT=0x0A00", "-DNTDDI_VERSION=0x0A000000"];
 
@@ -116,6 +232,14 @@ fn c_file(checks: &[Check]) -> String {
         writeln!(
             out,
             "_Static_assert((long long)({}) == {}LL, \"{}\");",
+            check.c, check.rust, check.what
+        )
+        .unwrap();
+    }
+    for check in layouts::windows_sys_differences() {
+        writeln!(
+            out,
+            "_Static_assert((long long)({}) != {}LL, \"{}\");",
             check.c, check.rust, check.what
         )
         .unwrap();
@@ -167,16 +291,18 @@ const CXX_INCLUDES: &str = "#include <intrin.h>\n#define InterlockedBitTestAndSe
 
 /// The declarations to check, each with its header function type; the pinned ones listed apart.
 fn declared_routines() -> (Vec<(declarations::Routine, String)>, Vec<String>) {
-    let raw = source("driver/src/nt/raw.rs");
-    let mut routines: Vec<_> = declarations::imports(&raw)
+    let sources = sources();
+    let mut routines: Vec<_> = sources
+        .hand_written
         .into_iter()
+        .chain(sources.from_windows_sys)
         .map(|r| {
             let header = format!("decltype({})", r.name);
             (r, header)
         })
         .collect();
     let mut pinned = Vec::new();
-    for alias in declarations::function_types(&[&raw, &source("driver/src/nt/mod.rs")]) {
+    for alias in sources.callbacks {
         match signatures::header_type_of_alias(&alias.name) {
             Ok(header) => routines.push((alias, header.to_string())),
             Err(why) => pinned.push(format!("{}: {why}", alias.name)),
@@ -222,7 +348,7 @@ fn a_changed_parameter_fails_the_signature_check() {
         (
             "KeQueryActiveProcessorCountEx",
             Box::new(move |r| r.parameters[0].1 = unsigned.clone()),
-            "KeQueryActiveProcessorCountEx: parameter 1 `group` is a 4-byte unsigned integer",
+            "KeQueryActiveProcessorCountEx: parameter 1 `groupnumber` is a 4-byte unsigned integer",
         ),
         (
             "KeSetEvent",
@@ -276,7 +402,17 @@ fn every_imported_and_resolved_name_is_exported_by_its_dll() {
     let ntoskrnl = archive_symbols(&tools.lib.join("libntoskrnl.a"));
     let hal = archive_symbols(&tools.lib.join("libhal.a"));
     let mut missing = Vec::new();
-    let imports = declarations::imports(&source("driver/src/nt/raw.rs"));
+    let sources = sources();
+    let imports: Vec<_> = sources
+        .hand_written
+        .iter()
+        .chain(&sources.from_windows_sys)
+        .collect();
+    assert!(
+        sources.from_windows_sys.len() > 30,
+        "only {} routines found re-exported from windows-sys",
+        sources.from_windows_sys.len()
+    );
     for routine in &imports {
         let library = match routine.dll.as_deref() {
             Some("ntoskrnl.exe") => &ntoskrnl,
@@ -313,4 +449,74 @@ fn every_imported_and_resolved_name_is_exported_by_its_dll() {
         imports.len(),
         resolved.len()
     );
+}
+
+/// The imports `nt/raw.rs` declares itself although windows-sys declares them (with an ntdll.dll link),
+/// and the ones windows-sys does not declare at all.
+const NOT_IN_WINDOWS_SYS: &[&str] = &["memcpy", "memmove", "memset", "memcmp"];
+
+#[test]
+fn hand_written_imports_have_windows_sys_signatures_and_are_ntdll_linked_there() {
+    let sources = sources();
+    let raw = source("driver/src/nt/raw.rs");
+    let mut compared = 0;
+    for (name, abi, signature) in declarations::hand_written_signatures(&raw) {
+        let declared: Vec<_> = sources
+            .linked
+            .iter()
+            .filter(|l| l.routine.name == name)
+            .collect();
+        if NOT_IN_WINDOWS_SYS.contains(&name.as_str()) {
+            assert!(
+                declared.is_empty(),
+                "windows-sys declares {name} now: check whether nt/raw.rs can re-export it"
+            );
+            continue;
+        }
+        let [linked] = declared[..] else {
+            panic!(
+                "{name}: {} declarations in windows-sys's Wdk modules (expected 1)",
+                declared.len()
+            );
+        };
+        assert_eq!(
+            linked.routine.dll.as_deref(),
+            Some("ntdll.dll"),
+            "{name}: windows-sys links it to {:?} now: re-export it from windows-sys instead of \
+             declaring it in nt/raw.rs",
+            linked.routine.dll
+        );
+        assert_eq!(
+            (abi.as_str(), signature.as_str()),
+            (linked.abi.as_str(), linked.signature.as_str()),
+            "{name}: nt/raw.rs' calling convention or signature differs from windows-sys's"
+        );
+        compared += 1;
+    }
+    assert!(
+        compared >= 10,
+        "only {compared} hand-written imports compared"
+    );
+    println!("{compared} hand-written imports have windows-sys's signatures (ntdll-linked there)");
+}
+
+#[test]
+fn windows_sys_callbacks_are_still_parameterless() {
+    let sources = sources();
+    for name in [
+        "PKDEFERRED_ROUTINE",
+        "PIO_WORKITEM_ROUTINE",
+        "PKSTART_ROUTINE",
+    ] {
+        let alias = sources
+            .callbacks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("{name} is re-exported from windows-sys"));
+        assert!(
+            alias.parameters.is_empty(),
+            "windows-sys's {name} has parameters now: check it against the header and drop the \
+             K*_ROUTINE conversion of nt/raw.rs"
+        );
+    }
 }
