@@ -189,13 +189,13 @@ fn read_parameters(registry_path: *mut nt::UNICODE_STRING) -> (RegistryInput, u6
         return (input, 0);
     }
     let mut service: nt::HANDLE = ptr::null_mut();
-    let mut attributes = object_attributes(
+    let attributes = object_attributes(
         registry_path,
         nt::OBJ_CASE_INSENSITIVE | nt::OBJ_KERNEL_HANDLE,
         ptr::null_mut(),
     );
     // SAFETY: the I/O manager's service key path and valid attributes; PASSIVE_LEVEL (DriverEntry).
-    let status = unsafe { nt::ZwOpenKey(&mut service, nt::KEY_READ, &mut attributes) };
+    let status = unsafe { nt::ZwOpenKey(&mut service, nt::KEY_READ, &attributes) };
     if status < 0 {
         log_line(
             LogLevel::Warning,
@@ -208,13 +208,13 @@ fn read_parameters(registry_path: *mut nt::UNICODE_STRING) -> (RegistryInput, u6
     }
     let mut name = unicode(PARAMETERS_KEY);
     let mut parameters: nt::HANDLE = ptr::null_mut();
-    let mut attributes = object_attributes(
+    let attributes = object_attributes(
         &mut name,
         nt::OBJ_CASE_INSENSITIVE | nt::OBJ_KERNEL_HANDLE,
         service,
     );
     // SAFETY: as above, relative to the open service key.
-    let status = unsafe { nt::ZwOpenKey(&mut parameters, nt::KEY_READ, &mut attributes) };
+    let status = unsafe { nt::ZwOpenKey(&mut parameters, nt::KEY_READ, &attributes) };
     // SAFETY: our handle, closed once.
     unsafe { nt::ZwClose(service) };
     if status == nt::STATUS_OBJECT_NAME_NOT_FOUND {
@@ -273,12 +273,12 @@ fn query_value(key: nt::HANDLE, name: &'static [u16]) -> Result<RegistryValue, i
     // KEY_VALUE_PARTIAL_INFORMATION: TitleIndex, Type, DataLength (u32 each), then the data.
     let mut buffer = [0u32; 16];
     let mut result_length = 0u32;
-    let mut name = unicode(name);
+    let name = unicode(name);
     // SAFETY: valid key handle, name and a 4-aligned buffer of the length we pass; PASSIVE_LEVEL.
     let status = unsafe {
         nt::ZwQueryValueKey(
             key,
-            &mut name,
+            &name,
             nt::KEY_VALUE_PARTIAL_INFORMATION_CLASS,
             buffer.as_mut_ptr().cast(),
             mem::size_of_val(&buffer) as u32,
@@ -431,7 +431,7 @@ impl EntrySteps for NtEntry {
     type Domain = DomainBox<NtPlatform>;
 
     fn create_device(&mut self) -> Result<Self::Device, i32> {
-        let mut device_name = unicode(DEVICE_NAME);
+        let device_name = unicode(DEVICE_NAME);
         let mut device: *mut nt::DEVICE_OBJECT = ptr::null_mut();
         // SAFETY: valid driver object (NtEntry's origin) and name; the extension is sized for
         // DeviceState.
@@ -439,7 +439,7 @@ impl EntrySteps for NtEntry {
             nt::IoCreateDevice(
                 self.driver,
                 mem::size_of::<DeviceState>() as u32,
-                &mut device_name,
+                &device_name,
                 nt::FILE_DEVICE_UNKNOWN,
                 nt::FILE_DEVICE_SECURE_OPEN,
                 false,
@@ -534,10 +534,10 @@ impl EntrySteps for NtEntry {
     }
 
     fn create_link(&mut self) -> Result<(), i32> {
-        let mut link_name = unicode(LINK_NAME);
-        let mut device_name = unicode(DEVICE_NAME);
+        let link_name = unicode(LINK_NAME);
+        let device_name = unicode(DEVICE_NAME);
         // SAFETY: both strings are valid for the call.
-        let status = unsafe { nt::IoCreateSymbolicLink(&mut link_name, &mut device_name) };
+        let status = unsafe { nt::IoCreateSymbolicLink(&link_name, &device_name) };
         if status < 0 {
             log_line(
                 LogLevel::Error,
@@ -573,8 +573,8 @@ unsafe extern "system" fn driver_unload(driver: *const nt::DRIVER_OBJECT) {
     // closed; DriverEntry succeeded, so DeviceObject is our device with an initialised DeviceState.
     unsafe {
         let device = (*driver).DeviceObject;
-        let mut link_name = unicode(LINK_NAME);
-        nt::IoDeleteSymbolicLink(&mut link_name);
+        let link_name = unicode(LINK_NAME);
+        nt::IoDeleteSymbolicLink(&link_name);
         if !device.is_null() {
             let state = (*device).DeviceExtension.cast::<DeviceState>();
             (*state).stop_load();
@@ -711,7 +711,7 @@ impl DeviceState {
                         processor: nth_set_bit(mask, index),
                     });
                 }
-                let mut attributes =
+                let attributes =
                     object_attributes(ptr::null_mut(), nt::OBJ_KERNEL_HANDLE, ptr::null_mut());
                 self.load.running.fetch_add(1, Ordering::AcqRel);
                 let mut handle: nt::HANDLE = ptr::null_mut();
@@ -721,7 +721,7 @@ impl DeviceState {
                     nt::PsCreateSystemThread(
                         &mut handle,
                         nt::THREAD_ALL_ACCESS,
-                        &mut attributes,
+                        &attributes,
                         ptr::null_mut(),
                         ptr::null_mut(),
                         nt::start_routine(load_thread),

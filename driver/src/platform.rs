@@ -122,14 +122,14 @@ impl OptionalRoutines {
 /// `MmGetSystemRoutineAddress(name)`.
 fn resolve(name: &'static [u16]) -> Option<NonNull<c_void>> {
     let bytes = (name.len() * 2) as u16;
-    let mut string = nt::UNICODE_STRING {
+    let string = nt::UNICODE_STRING {
         Length: bytes,
         MaximumLength: bytes,
         Buffer: name.as_ptr().cast_mut(),
     };
     // SAFETY: `string` describes a valid UTF-16 buffer that the routine only reads; called at PASSIVE
     // (OptionalRoutines::resolve's contract).
-    NonNull::new(unsafe { nt::MmGetSystemRoutineAddress(&mut string) })
+    NonNull::new(unsafe { nt::MmGetSystemRoutineAddress(&string) })
 }
 
 /// Storage of the DPC delivery probe. Static (never moves, never freed) so that a probe DPC that runs
@@ -174,7 +174,7 @@ pub fn dpcs_are_delivered() -> bool {
     unsafe {
         nt::KeGetCurrentProcessorNumberEx(&mut number);
         nt::KeInitializeDpc(dpc, nt::deferred_routine(probe_dpc), ptr::null());
-        nt::KeSetTargetProcessorDpcEx(dpc, &mut number);
+        nt::KeSetTargetProcessorDpcEx(dpc, &number);
         nt::KeInsertQueueDpc(dpc, ptr::null(), ptr::null());
     }
     for _ in 0..50 {
@@ -297,7 +297,7 @@ impl DpcSetup for CycleDpc {
 
     fn set_target(&mut self) -> i32 {
         // SAFETY: as above; writes nothing but the KDPC.
-        unsafe { nt::KeSetTargetProcessorDpcEx(self.dpc, &mut self.number) }
+        unsafe { nt::KeSetTargetProcessorDpcEx(self.dpc, &self.number) }
     }
 }
 

@@ -326,14 +326,13 @@ pub unsafe extern "system" fn KeInsertQueueDpc(
         return false;
     };
     let slot = object.target.unwrap_or(here);
-    let queued = queue(
+    queue(
         &kernel,
         &mut state,
         dpc as usize,
         slot,
         (argument1 as usize, argument2 as usize),
-    );
-    queued
+    )
 }
 
 /// `KeFlushQueuedDpcs`: returns once every DPC queued before the call has run.

@@ -55,7 +55,7 @@ fn routines_called_above_their_irql_fail_with_the_routine_and_the_irql() {
                 let mut handle = core::ptr::null_mut();
                 let mut attributes: nt::OBJECT_ATTRIBUTES = core::mem::zeroed();
                 attributes.Attributes = nt::OBJ_KERNEL_HANDLE;
-                nt::ZwOpenKey(&mut handle, nt::KEY_READ, &mut attributes);
+                nt::ZwOpenKey(&mut handle, nt::KEY_READ, &attributes);
                 irql::lower(previous);
             }
         })
@@ -85,7 +85,7 @@ fn a_dpc_waits_while_a_thread_holds_its_processor_at_dispatch() {
             let previous = irql::raise_to_dispatch();
             let mut here = PROCESSOR_NUMBER::default();
             nt::KeGetCurrentProcessorNumberEx(&mut here);
-            nt::KeSetTargetProcessorDpcEx(dpc, &mut here);
+            nt::KeSetTargetProcessorDpcEx(dpc, &here);
             let before = RUNS.load(Ordering::SeqCst);
             nt::KeInsertQueueDpc(dpc, core::ptr::null_mut(), core::ptr::null_mut());
             std::thread::sleep(Duration::from_millis(50));
@@ -110,7 +110,7 @@ fn a_dpc_queued_to_a_processor_before_add_complete_fails() {
     let failures = machine
         .try_call("queue to an absent processor", || {
             let dpc = dpc();
-            let mut absent = PROCESSOR_NUMBER {
+            let absent = PROCESSOR_NUMBER {
                 Group: 0,
                 Number: 1,
                 Reserved: 0,
@@ -118,7 +118,7 @@ fn a_dpc_queued_to_a_processor_before_add_complete_fails() {
             // SAFETY: the KDPC is leaked, so it stays valid while queued (forever).
             unsafe {
                 nt::KeInitializeDpc(dpc, nt::deferred_routine(count), core::ptr::null());
-                assert_eq!(nt::KeSetTargetProcessorDpcEx(dpc, &mut absent), 0);
+                assert_eq!(nt::KeSetTargetProcessorDpcEx(dpc, &absent), 0);
                 nt::KeInsertQueueDpc(dpc, core::ptr::null_mut(), core::ptr::null_mut());
             }
         })
@@ -342,8 +342,8 @@ fn dpc_importance_is_checked_and_counted_for_targeted_dpcs() {
             unsafe {
                 nt::KeInitializeDpc(dpc, nt::deferred_routine(count), core::ptr::null());
                 nt::KeSetImportanceDpc(dpc, importance);
-                let mut boot = PROCESSOR_NUMBER::default();
-                assert_eq!(nt::KeSetTargetProcessorDpcEx(dpc, &mut boot), 0);
+                let boot = PROCESSOR_NUMBER::default();
+                assert_eq!(nt::KeSetTargetProcessorDpcEx(dpc, &boot), 0);
                 nt::KeInsertQueueDpc(dpc, core::ptr::null_mut(), core::ptr::null_mut());
                 nt::KeFlushQueuedDpcs();
             }
