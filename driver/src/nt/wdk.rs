@@ -2,6 +2,13 @@
 //! headers). It can only be built on a Windows host with the WDK (wdk-build refuses other hosts), so it
 //! is deliberately a list of re-exports plus one accessor: everything else about the driver is shared
 //! with the raw backend, which is built and checked on every host.
+//!
+//! Not yet adapted to the bindings of the raw backend (windows-sys): the driver now calls the routines
+//! with windows-sys's types (`bool` for `BOOLEAN`, `i64` for `LARGE_INTEGER`, `*const` parameters,
+//! `PIO_WORKITEM` as `isize`, `extern "system"` callbacks with `*const DEVICE_OBJECT`, and
+//! `deferred_routine`/`work_item_routine`/`start_routine`/`bug_check`), which wdk-sys' prototypes do
+//! not take; this backend needs wrappers with those signatures before it builds again (it could not be
+//! compiled where the change was made).
 
 pub use wdk_sys::{
     BOOLEAN, DEVICE_OBJECT, DRIVER_OBJECT, HANDLE, IO_WORKITEM, IRP, KDPC, KEVENT,
