@@ -110,7 +110,7 @@ impl CriticalRegionLock for PassiveLock {
     }
 }
 
-/// The object load threads read and replace: one cache-aligned block of the domain, published through
+/// The object load threads read and replace: one block of the domain, published through
 /// [`LoadGenerator::shared`].
 struct LoadItem {
     value: u64,

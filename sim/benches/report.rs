@@ -367,7 +367,7 @@ fn throughput_row(effort: Effort, rows: &mut Vec<Row>, extra: &mut String) {
 
 const RETIRE_MISS: &str = "\
 the retirement path's per-item cost (the double-retire check's `lock cmpxchg` and the retirement \
-stamp's fence, which PROTOCOL.md needs) and the 64-byte-aligned, header-padded block against \
+stamp's fence, which PROTOCOL.md needs) and the retire header in front of every block against \
 seize's batched retirement of a plain `Box`. Profile: `perf record` of `cargo bench -p kepoch-sim \
 --bench epoch -- --profile-time 4 enter_alloc_retire_exit/kepoch`.";
 
@@ -383,7 +383,7 @@ benchmark thread is one simulated CPU: `current_processor` is one thread-local l
 kernel reads the PRCB through `gs`, also one load); raising to DISPATCH and lowering swap a thread-local \
 IRQL word (the kernel reads and writes CR8, plain, non-locked instructions; a byte-wide emulation would add \
 a store-to-load forwarding delay per raise that the register does not have); allocation is `std::alloc` \
-(the kernel: `ExAllocatePool2`), with the core's 64-byte-aligned blocks over-allocated from `malloc` and \
+(the kernel: `ExAllocatePool2`), with the core's 64-byte-aligned per-CPU slots over-allocated from `malloc` and \
 aligned by hand (glibc's `memalign` path bypasses its thread cache; the NT pool serves small blocks from \
 per-processor lookaside lists). **Included**: everything the core does on enter, exit, alloc, retire, in \
 a cycle's visits and when preparing a processor, plus those platform calls. **Not included**: DPC/IPI \
