@@ -7,11 +7,11 @@ use core::cell::UnsafeCell;
 use core::ffi::c_void;
 use core::mem::{self, MaybeUninit};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use kepoch::config::{select_config, Config, RegistryInput, RegistryValue, Setting};
 use kepoch::platform::LogLevel;
-use kepoch::{Domain, DomainBox, Stats};
+use kepoch::{Atomic, Domain, DomainBox, Owned, Stats};
 
 use crate::ioctl::{self, LoadRequest, Request};
 use crate::lifecycle::{driver_entry_steps, with_passive_lock, CriticalRegionLock, EntrySteps};
@@ -36,6 +36,8 @@ const MAX_LOAD_THREADS: usize = ioctl::limits::MAX_THREADS as usize;
 
 /// Everything the driver owns, stored in the device extension of `\Device\kepoch`.
 pub struct DeviceState {
+    /// Declared before `domain`: its shared item belongs to the domain, so it must drop first.
+    load: LoadGenerator,
     domain: DomainBox<NtPlatform>,
     /// Registry values ignored or clamped at load (and registry reads that failed).
     config_warnings: u64,
@@ -47,7 +49,6 @@ pub struct DeviceState {
     baseline: UnsafeCell<Stats>,
     /// Where GET_STATS assembles its answer (a `Stats` is 24 KB, too large for the kernel stack).
     scratch: UnsafeCell<Stats>,
-    load: LoadGenerator,
 }
 
 /// A lock for PASSIVE_LEVEL callers: a synchronization event, signalled when free, held only inside a
@@ -109,7 +110,8 @@ impl CriticalRegionLock for PassiveLock {
     }
 }
 
-/// The object load threads read and replace: one cache-aligned block from `Domain::alloc`.
+/// The object load threads read and replace: one block of the domain, published through
+/// [`LoadGenerator::shared`].
 struct LoadItem {
     value: u64,
 }
@@ -143,7 +145,9 @@ struct LoadGenerator {
     stop: AtomicBool,
     /// Threads that have not finished their loop yet.
     running: AtomicU32,
-    shared: AtomicPtr<LoadItem>,
+    /// The item readers look up and writers replace, through the core's safe pointer API (detached
+    /// from the domain's borrow: both live in the same [`DeviceState`], which drops it first).
+    shared: Atomic<'static, LoadItem, NtPlatform>,
 }
 
 // SAFETY: the UnsafeCells and the thread slots' handles are only accessed under `control` (or in
@@ -523,11 +527,13 @@ impl EntrySteps for NtEntry {
             ptr::write_bytes(state.cast::<u8>(), 0, mem::size_of::<DeviceState>());
             ptr::addr_of_mut!((*state).domain).write(domain);
             ptr::addr_of_mut!((*state).config_warnings).write(self.config_warnings);
+            // The atomic is declared before the domain in DeviceState, so it drops first.
+            let shared = Atomic::null_detached(&(*state).domain);
             ptr::addr_of_mut!((*state).load).write(LoadGenerator {
                 threads: core::array::from_fn(|_| ThreadSlot::new(LoadThread::IDLE)),
                 stop: AtomicBool::new(false),
                 running: AtomicU32::new(0),
-                shared: AtomicPtr::new(ptr::null_mut()),
+                shared,
             });
             PassiveLock::init(ptr::addr_of_mut!((*state).control));
         }
@@ -760,11 +766,8 @@ impl DeviceState {
             self.load.stop.store(true, Ordering::Release);
             // SAFETY: under `control`.
             let reaped = unsafe { self.reap_threads() };
-            let last = self.load.shared.swap(ptr::null_mut(), Ordering::AcqRel);
-            if let Some(last) = NonNull::new(last) {
-                // SAFETY: allocated with `alloc` by a load thread, unlinked just above; no load thread
-                // runs any more.
-                let _ = unsafe { self.domain.retire(last) };
+            if let Some(last) = self.load.shared.take() {
+                last.retire();
             }
             if reaped != 0 {
                 log_line(
@@ -802,18 +805,13 @@ impl DeviceState {
     fn load_operation(&self, first: bool, value: u64, frequency: u64) {
         let domain = &*self.domain;
         let (start, _) = performance_counter();
-        // SAFETY: exited below on this thread, before the domain can be dropped (unload stops the load
-        // threads first).
-        let token = unsafe { domain.enter_raw() };
+        let guard = domain.enter();
         let (entered, _) = performance_counter();
-        let item = self.load.shared.load(Ordering::Acquire);
-        if !item.is_null() {
-            // SAFETY: inside the epoch the item cannot be freed (it is retired only after being
-            // unlinked, and freed only after every reader that could see it has exited).
-            unsafe { ptr::read_volatile(ptr::addr_of!((*item).value)) };
+        if let Some(item) = self.load.shared.load(&guard) {
+            // Read through an optimisation barrier, so the lookup is not optimised away.
+            core::hint::black_box(item.value);
         }
-        // SAFETY: the token from enter_raw above, exited once.
-        unsafe { domain.exit_raw(token) };
+        drop(guard);
         let (exited, _) = performance_counter();
         if first {
             self.first_enter
@@ -822,13 +820,8 @@ impl DeviceState {
             self.enter_exit
                 .record(ticks_to_ns(exited.wrapping_sub(start), frequency));
         }
-        if let Ok(new) = domain.alloc(LoadItem { value }) {
-            let old = self.load.shared.swap(new.as_ptr(), Ordering::AcqRel);
-            if let Some(old) = NonNull::new(old) {
-                // SAFETY: allocated with `alloc` by a load thread and unlinked by the swap; only this
-                // thread got it out of the swap, so it is retired once.
-                let _ = unsafe { domain.retire(old) };
-            }
+        if let Ok(new) = Owned::new(domain, LoadItem { value }) {
+            self.load.shared.store(new);
         }
     }
 }

@@ -9,8 +9,8 @@
 //! - `raise_to_dispatch` / `lower_irql` only swap a thread-local IRQL value (the real kernel writes CR8,
 //!   also a cheap, non-locked instruction); `current_processor` reads the thread-local (the kernel
 //!   reads the PRCB through `gs`);
-//! - `allocate` is `std::alloc`; cache-aligned requests (the core asks for 64-byte alignment) are
-//!   served from a plain allocation, over-allocated and aligned by hand, because glibc's `memalign`
+//! - `allocate` is `std::alloc`; cache-aligned requests (the core's per-CPU slots ask for 64-byte
+//!   alignment) are served from a plain allocation, over-allocated and aligned by hand, because glibc's `memalign`
 //!   path bypasses its per-thread cache and costs about three times a `malloc` (the kernel serves small
 //!   blocks from per-processor lookaside lists, `ExAllocatePool2`);
 //! - messages are queued in one FIFO and run by [`BenchPlatform::pump`] on the calling thread, which

@@ -129,8 +129,8 @@ fn report_refuses_malformed_and_newer_documents() {
     for (name, body, needle) in [
         (
             "newer.json",
-            r#"{"schema_version": 3, "results": [{"strategy": "lazy"}]}"#,
-            "schema_version 3 is newer than this tool reads",
+            r#"{"schema_version": 4, "results": [{"strategy": "lazy"}]}"#,
+            "schema_version 4 is newer than this tool reads",
         ),
         (
             "results-not-array.json",
@@ -209,7 +209,7 @@ fn qemu_hotadd_ab_json_svg_and_report() {
     assert!(stdout.contains("3 rounds per strategy"), "{stdout}");
 
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(doc["schema_version"], 2);
+    assert_eq!(doc["schema_version"], 3);
     assert_eq!(doc["scenario"]["name"], "qemu-hotadd");
     assert_eq!(doc["scenario"]["rounds"], 3);
     assert_eq!(doc["rounds"].as_array().unwrap().len(), 9);
@@ -375,15 +375,16 @@ fn qemu_hotadd_ab_json_svg_and_report() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-/// A guest round as `kepochctl stats --json` writes it (schema 2): one boot, one strategy.
-fn guest_round(strategy: &str, round: u32, max: u32, first_enter: &[u64]) -> String {
+/// A guest round as `kepochctl stats --json` writes it (schema 3, or 2 from an older kepochctl: the
+/// same keys): one boot, one strategy.
+fn guest_round(schema: u32, strategy: &str, round: u32, max: u32, first_enter: &[u64]) -> String {
     let hist: Vec<String> = first_enter.iter().map(|v| format!("[{v}, 1]")).collect();
     let mut sorted = first_enter.to_vec();
     sorted.sort_unstable();
     let p50 = sorted[(sorted.len() - 1) / 2];
     let prepared_at_dispatch = if strategy == "lazy" { 4 } else { 0 };
     format!(
-        r#"{{"schema_version": 2, "scenario": {{"name": "guest", "source": "guest"}},
+        r#"{{"schema_version": {schema}, "scenario": {{"name": "guest", "source": "guest"}},
             "results": [{{"strategy": "{strategy}", "source": "guest", "round": {round}, "loaded": true,
               "load_error": null,
               "guest": {{"os_build": "10.0.20348", "active_processors": 4, "max_processors": {max},
@@ -413,7 +414,9 @@ fn report_treats_guest_files_as_rounds_with_intervals() {
                 .map(|k| base + (k * 37 + u64::from(round) * 11) % (base / 5))
                 .collect();
             let path = temp(&format!("guest-round-{round}-{strategy}.json"));
-            std::fs::write(&path, guest_round(strategy, round, 64, &samples)).unwrap();
+            // Rounds from kepochctl before and after the schema crate are pooled alike.
+            let schema = if round < 2 { 2 } else { 3 };
+            std::fs::write(&path, guest_round(schema, strategy, round, 64, &samples)).unwrap();
             files.push(path.display().to_string());
         }
     }
@@ -442,7 +445,7 @@ fn report_treats_guest_files_as_rounds_with_intervals() {
 
     // A round from a guest with another processor maximum is refused, naming the difference.
     let other = temp("guest-other.json");
-    std::fs::write(&other, guest_round("lazy", 9, 16, &[7000, 7100])).unwrap();
+    std::fs::write(&other, guest_round(3, "lazy", 9, 16, &[7000, 7100])).unwrap();
     let mut mixed = args.clone();
     let other_path = other.display().to_string();
     mixed.push(&other_path);

@@ -11,7 +11,7 @@ use core::mem::ManuallyDrop;
 use core::ops::{Deref, DerefMut};
 use core::ptr::{self, NonNull};
 
-/// A value in a cache-aligned block from its domain's allocator, not yet published: the unique
+/// A value in a block from its domain's allocator, not yet published: the unique
 /// owner, like a `Box`. Publish it with [`Atomic::new`], [`Atomic::swap`], [`Atomic::store`] or
 /// [`Atomic::compare_exchange`]; dropping it instead runs the destructor and frees the block at
 /// once.

@@ -37,7 +37,7 @@ use crate::spin::{SpinGuard, SpinLock};
 use crate::stats::{
     CallbackState, DomainCounters, LatencyHistogram, ParticipantCounters, Stats, STATS_VERSION,
 };
-use crate::sync::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, LockedRmw, Ordering};
 use crate::table::SlotTable;
 use core::alloc::Layout;
 use core::fmt;

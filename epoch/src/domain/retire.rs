@@ -1,25 +1,32 @@
-//! Allocation and retirement: cache-aligned blocks with a retire header, the retirement stamp,
-//! double-retire detection and disposal of released items.
+//! Allocation and retirement: blocks with a retire header, the retirement stamp, double-retire
+//! detection and disposal of released items.
 
 use super::*;
 
-/// Byte offset of the value in a block from [`Domain::alloc`]: the header, padded to a cache line.
-const fn value_offset<T>() -> usize {
-    let align = if mem::align_of::<T>() > 64 {
+/// Alignment of a block holding a `T`: the value's own, at least the header's. Not a cache line:
+/// padding every object to 64 bytes would cost memory and, on NT, an over-aligned pool block per
+/// object. A type that needs a line of its own says so with `#[repr(align(64))]`.
+const fn block_align<T>() -> usize {
+    let header = mem::align_of::<RetireHeader>();
+    if mem::align_of::<T>() > header {
         mem::align_of::<T>()
     } else {
-        64
-    };
-    let header = mem::size_of::<RetireHeader>();
-    header.div_ceil(align) * align
+        header
+    }
+}
+
+/// Byte offset of the value in a block from [`Domain::alloc`]: the header, padded to the value's
+/// alignment.
+const fn value_offset<T>() -> usize {
+    let align = block_align::<T>();
+    mem::size_of::<RetireHeader>().div_ceil(align) * align
 }
 
 /// Layout of a block holding a header and a `T`.
 fn block_layout<T>() -> Layout {
-    let align = mem::align_of::<T>().max(64);
     let size = value_offset::<T>() + mem::size_of::<T>();
     // Size and alignment come from real types; the alignment is a power of two.
-    Layout::from_size_align(size, align).unwrap_or(Layout::new::<RetireHeader>())
+    Layout::from_size_align(size, block_align::<T>()).unwrap_or(Layout::new::<RetireHeader>())
 }
 
 /// Drops the `T` of a memory block and frees the block.
@@ -38,7 +45,7 @@ unsafe fn dispose_object<T, P: Platform>(header: *mut RetireHeader, domain: *con
 }
 
 impl<P: Platform> Domain<P> {
-    /// Allocates a cache-aligned block holding `value`, ready to be retired with [`Domain::retire`].
+    /// Allocates a block holding `value` (aligned for `T`), ready to be retired with [`Domain::retire`].
     /// Returns the value back if the allocation fails. The safe layer's [`Owned`](crate::Owned)
     /// wraps this.
     pub fn alloc<T: Send>(&self, value: T) -> Result<NonNull<T>, T> {
@@ -103,24 +110,28 @@ impl<P: Platform> Domain<P> {
     ) -> Result<u64, RetireError> {
         // SAFETY: the caller passes a live header.
         let head = unsafe { &*header };
-        if head
-            .state
-            .compare_exchange(from, state::RETIRED, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
+        let Ok(rmw) = LockedRmw::compare_exchange(
+            &head.state,
+            from,
+            state::RETIRED,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) else {
             DomainCounters::add(&self.counters.double_retires, 1);
             return Err(RetireError::AlreadyRetired);
-        }
+        };
         // SAFETY: the header is live and now RETIRED by us, in no list.
-        Ok(unsafe { self.link_retired(header) })
+        Ok(unsafe { self.link_retired(header, rmw) })
     }
 
     /// Appends a RETIRED header to the current processor's list (the overflow list without a usable
     /// slot, and during unload, whose drains own the per-CPU lists) and returns its stamp.
     ///
+    /// `rmw`: the caller's state transition to RETIRED, which the stamp's fence follows.
+    ///
     /// # Safety
     /// `header` is live, RETIRED by the caller and in no list.
-    pub(super) unsafe fn link_retired(&self, header: *mut RetireHeader) -> u64 {
+    pub(super) unsafe fn link_retired(&self, header: *mut RetireHeader, rmw: LockedRmw) -> u64 {
         let previous = self.platform.raise_to_dispatch();
         let unloading = self.shutting_down.load(Ordering::Relaxed);
         let current = self.platform.current_processor();
@@ -137,7 +148,7 @@ impl<P: Platform> Domain<P> {
             Some(slot) if slot.ready.load(Ordering::Acquire) => {
                 let part = &slot.part;
                 self.ensure_joined(part);
-                let stamp = self.retire_stamp(part);
+                let stamp = self.retire_stamp(part, rmw);
                 // SAFETY: we own this participant at DISPATCH; the header is ours to link.
                 unsafe { part.retired.push(header, stamp) };
                 ParticipantCounters::bump(&part.counters.retires);
@@ -146,7 +157,7 @@ impl<P: Platform> Domain<P> {
             _ => {
                 let overflow = self.locked(&self.overflow);
                 self.ensure_joined(&overflow);
-                let stamp = self.retire_stamp(&overflow);
+                let stamp = self.retire_stamp(&overflow, rmw);
                 // SAFETY: the overflow lock makes us its owner.
                 unsafe { overflow.retired.push(header, stamp) };
                 ParticipantCounters::bump(&overflow.counters.retires);
@@ -158,11 +169,12 @@ impl<P: Platform> Domain<P> {
         stamp
     }
 
-    /// The epoch a retirement is stamped with: the global epoch, read after a full fence so that any
-    /// reader that could still see the unlinked item entered at or before it.
-    fn retire_stamp(&self, part: &Participant) -> u64 {
+    /// The epoch a retirement is stamped with: the global epoch, read after a full fence (fence FW,
+    /// after the caller's state transition `rmw`) so that any reader that could still see the
+    /// unlinked item entered at or before it.
+    fn retire_stamp(&self, part: &Participant, rmw: LockedRmw) -> u64 {
         if !self.mutated(Mutation::StampNoFence) {
-            fence(Ordering::SeqCst);
+            rmw.full_fence();
         }
         if self.mutated(Mutation::LocalEpochStamp) {
             return part.local_epoch.load(Ordering::Relaxed);

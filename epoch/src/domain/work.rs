@@ -49,13 +49,15 @@ impl<P: Platform> Domain<P> {
                 state::RESCHEDULED => (state::RESCHEDULED, state::RETIRED),
                 _ => (state::CANCELLED, state::LIVE),
             };
-            if head
-                .state
-                .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-            {
+            let Ok(rmw) = LockedRmw::compare_exchange(
+                &head.state,
+                from,
+                to,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) else {
                 continue; // cancelled or rescheduled meanwhile
-            }
+            };
             match to {
                 state::QUEUED => {
                     self.outstanding_work.fetch_add(1, Ordering::AcqRel);
@@ -65,7 +67,7 @@ impl<P: Platform> Domain<P> {
                 }
                 // SAFETY: the block is live (the domain's reference), RETIRED by us and in no list.
                 state::RETIRED => unsafe {
-                    self.link_retired(block.cast());
+                    self.link_retired(block.cast(), rmw);
                 },
                 // SAFETY: the domain held one reference for the schedule.
                 _ => unsafe { self.release_work(block) },
@@ -119,17 +121,14 @@ impl<P: Platform> Domain<P> {
         // Cancelled while its entry still waits in a retired list: arm it again. Disposing of that
         // entry retires it anew with a fresh stamp, so it still waits for everything retired before
         // this call; the domain's reference for the old schedule carries over.
-        if head
-            .state
-            .compare_exchange(
-                state::CANCELLED,
-                state::RESCHEDULED,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_ok()
-        {
-            fence(Ordering::SeqCst);
+        if let Ok(rmw) = LockedRmw::compare_exchange(
+            &head.state,
+            state::CANCELLED,
+            state::RESCHEDULED,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
+            rmw.full_fence();
             return Ok(self.global_epoch.load(Ordering::Relaxed));
         }
         // SAFETY: the handle keeps the block alive; the domain takes a reference for the schedule.

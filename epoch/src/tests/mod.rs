@@ -940,4 +940,5 @@ fn allocation_failure_at_add_start_never_vetoes_and_leaves_the_cpu_to_the_lazy_p
 }
 
 mod atomic;
+mod hardware;
 mod review;

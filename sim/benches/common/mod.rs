@@ -339,3 +339,29 @@ impl Workload for Floor {
         start.elapsed()
     }
 }
+
+/// `iters` full fences, each after a store to a thread-local counter (so the store buffer has
+/// something to drain, as after a join's `participating` store): what one `fence(SeqCst)` costs
+/// this CPU on top of the floor loop.
+#[inline(never)]
+fn fence_loop(iters: u64) {
+    for _ in 0..iters {
+        FLOOR.with(|c| {
+            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            std::sync::atomic::fence(Ordering::SeqCst);
+        });
+    }
+}
+
+/// One full fence per operation (the floor loop plus `fence(SeqCst)`): the price of the step
+/// PROTOCOL.md's join (fence FJ, SPEC S5) cannot do without, measured in the same rounds as the
+/// first-enter figures.
+pub struct FullFence;
+
+impl Workload for FullFence {
+    fn run(&mut self, iters: u64) -> Duration {
+        let start = CpuInstant::now();
+        fence_loop(iters);
+        start.elapsed()
+    }
+}
