@@ -1,7 +1,7 @@
 //! `kepoch.sys`, the WDM driver that runs the kepoch core on the NT kernel.
 //!
 //! Layout:
-//! - [`nt`]: the binding facade (own `raw-dylib` declarations, or `wdk-sys` with the `wdk` feature);
+//! - [`nt`]: the binding facade (windows-sys, and the few declarations it gets wrong for a driver);
 //! - [`platform`]: `NtPlatform`, the core's platform trait on NT;
 //! - [`driver`]: `DriverEntry`/`DriverUnload` bodies and the control device;
 //! - [`ioctl`]: the control interface (codes, request layouts, the decoder), shared with `kepochctl`;

@@ -1,11 +1,11 @@
 //! The binding facade: the only place with raw NT declarations.
 //!
-//! Interchangeable backends provide the same names (the C names):
-//! - `raw` (default): Microsoft's `windows-sys` (routines imported with `raw-dylib` from `ntoskrnl.exe`
-//!   and `hal.dll` through `windows-link`, and its structures), plus the few declarations windows-sys
-//!   gets wrong for a driver (listed in `raw.rs`), so the driver links on any host with rust-lld and no
-//!   WDK;
-//! - `wdk` (feature `wdk`, Windows host with the WDK only): re-exports of the same items from `wdk-sys`;
+//! Two backends provide the same names (the C names):
+//! - `raw`: Microsoft's `windows-sys` (routines imported with `raw-dylib` from `ntoskrnl.exe` and
+//!   `hal.dll` through `windows-link`, and its structures), plus the few declarations windows-sys gets
+//!   wrong for a driver (listed in `raw.rs`), so the driver links on any host with rust-lld and no WDK.
+//!   The WDK build (feature `wdk`) uses the same bindings and differs only in the link, which
+//!   `wdk-build` configures: no second set of declarations that only a WDK host could compile;
 //! - `host` (any 64-bit host other than Windows): `raw`'s structures with the routines emulated in user
 //!   mode (`host/`, selected in `raw.rs`) with windows-sys's signatures, so the driver's own code runs
 //!   in `cargo test`; IRQL is the emulated thread's (`host/irql.rs` in place of `irql.rs`).
@@ -23,15 +23,8 @@ pub mod irql;
 #[cfg(not(target_os = "windows"))]
 pub mod host;
 
-#[cfg(not(feature = "wdk"))]
 mod raw;
-#[cfg(not(feature = "wdk"))]
 pub use raw::*;
-
-#[cfg(feature = "wdk")]
-mod wdk;
-#[cfg(feature = "wdk")]
-pub use wdk::*;
 
 use core::ffi::c_void;
 
