@@ -378,7 +378,7 @@ fn restrict_to_system_and_admins(device: NonNull<nt::DEVICE_OBJECT>) -> Result<(
     }
 }
 
-/// The body of `DriverEntry` (SPEC §7): the registry, then [`driver_entry_steps`] on [`NtEntry`].
+/// The body of `DriverEntry` (SPEC §7): the registry, then [`driver_entry_steps`] on `NtEntry`.
 ///
 /// # Safety
 /// Called once by the I/O manager at PASSIVE_LEVEL with its driver object and service key path.

@@ -8,6 +8,7 @@ use crate::readers::ReaderTable;
 use crate::stats::ParticipantCounters;
 use crate::sync::{AtomicBool, AtomicPtr, AtomicU64};
 use core::mem::MaybeUninit;
+use core::ptr;
 
 /// What every participant of the reclamation cycle has: readers, retired items, its copy of the
 /// epoch and whether it takes part in cycles. `repr(C)` keeps what a steady-state enter reads
@@ -31,17 +32,33 @@ pub(crate) struct Participant {
 }
 
 impl Participant {
-    /// A participant that is not in the cycle.
+    /// A participant that is not in the cycle (the overflow slot's, built once at load).
     pub(crate) fn new() -> Self {
-        Participant {
-            readers: ReaderTable::new(),
-            local_epoch: AtomicU64::new(0),
-            participating: AtomicBool::new(false),
-            retired: RetiredList::new(),
-            counters: ParticipantCounters::default(),
-            stall_reported: AtomicU64::new(u64::MAX),
+        let mut part = MaybeUninit::uninit();
+        // SAFETY: `write_idle` initialises every field of the fresh, aligned place.
+        unsafe {
+            Self::write_idle(part.as_mut_ptr());
+            part.assume_init()
+        }
+    }
+
+    /// Writes a participant that is not in the cycle at `place`, field by field, so that a processor
+    /// slot is built where it was allocated instead of on the stack and copied in (what a lazy
+    /// first enter would pay at DISPATCH).
+    ///
+    /// # Safety
+    /// `place` is valid for writes and aligned; what it held is overwritten without being dropped.
+    pub(crate) unsafe fn write_idle(place: *mut Participant) {
+        // SAFETY: per the caller; every field is written once, through raw pointers to the fields.
+        unsafe {
+            ReaderTable::write_empty(ptr::addr_of_mut!((*place).readers));
+            ptr::addr_of_mut!((*place).local_epoch).write(AtomicU64::new(0));
+            ptr::addr_of_mut!((*place).participating).write(AtomicBool::new(false));
+            ptr::addr_of_mut!((*place).retired).write(RetiredList::new());
+            ptr::addr_of_mut!((*place).counters).write(ParticipantCounters::default());
+            ptr::addr_of_mut!((*place).stall_reported).write(AtomicU64::new(u64::MAX));
             #[cfg(feature = "mutations")]
-            joined_since_snapshot: AtomicBool::new(false),
+            ptr::addr_of_mut!((*place).joined_since_snapshot).write(AtomicBool::new(false));
         }
     }
 

@@ -12,6 +12,7 @@
 //! reclamation back longer, so the table stays safe at any size.
 
 use crate::sync::{owner_add, AtomicU64, Ordering};
+use core::ptr;
 
 /// Entries per participant. Readers in more distinct epochs than this share the newest entry.
 pub const READER_ENTRIES: usize = 8;
@@ -53,18 +54,38 @@ pub(crate) struct ReaderTable {
 }
 
 impl ReaderTable {
-    /// An empty table.
+    /// An empty table on the stack (the tests' tables).
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
-        ReaderTable {
-            entries: core::array::from_fn(|_| Entry {
-                epoch: AtomicU64::new(UNUSED),
-                enters: AtomicU64::new(0),
-                exits: AtomicU64::new(0),
-            }),
-            newest: AtomicU64::new(0),
-            closed_enters: AtomicU64::new(0),
-            closed_exits: AtomicU64::new(0),
-            remote_exits: RemoteExits(core::array::from_fn(|_| AtomicU64::new(0))),
+        let mut table = core::mem::MaybeUninit::uninit();
+        // SAFETY: `write_empty` initialises every field of the fresh, aligned place.
+        unsafe {
+            Self::write_empty(table.as_mut_ptr());
+            table.assume_init()
+        }
+    }
+
+    /// Writes an empty table at `place`, field by field: a slot is built where it was allocated
+    /// (lazy preparation runs at DISPATCH on a first enter), never on the stack and copied.
+    ///
+    /// # Safety
+    /// `place` is valid for writes and aligned; what it held is overwritten without being dropped.
+    pub(crate) unsafe fn write_empty(place: *mut ReaderTable) {
+        // SAFETY: per the caller; every field is written once, through raw pointers to the fields.
+        unsafe {
+            ptr::addr_of_mut!((*place).newest).write(AtomicU64::new(0));
+            let entries = ptr::addr_of_mut!((*place).entries).cast::<Entry>();
+            let remote = ptr::addr_of_mut!((*place).remote_exits.0).cast::<AtomicU64>();
+            for i in 0..READER_ENTRIES {
+                entries.add(i).write(Entry {
+                    epoch: AtomicU64::new(UNUSED),
+                    enters: AtomicU64::new(0),
+                    exits: AtomicU64::new(0),
+                });
+                remote.add(i).write(AtomicU64::new(0));
+            }
+            ptr::addr_of_mut!((*place).closed_enters).write(AtomicU64::new(0));
+            ptr::addr_of_mut!((*place).closed_exits).write(AtomicU64::new(0));
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! The command line ([`cli`], clap), the JSON report ([`report`], the `kepoch-report` schema), the wait
 //! condition of `load start --wait` ([`wait`]) and the garbage self-test cases ([`garbage`]) are
-//! unit-tested on any host; only [`win`] talks to Windows (through `windows-sys`).
+//! unit-tested on any host; only `win` talks to Windows (through `windows-sys`).
 
 mod cli;
 // Used by the Windows build and the host tests.

@@ -18,25 +18,25 @@ impl<P: Platform> Domain<P> {
             return None;
         };
         let slot = memory.as_ptr().cast::<Slot<P>>();
-        let part = Participant::new();
-        if participating {
-            part.participating.store(true, Ordering::Relaxed);
-            let epoch = self.global_epoch();
-            part.local_epoch.store(epoch, Ordering::Relaxed);
-            part.readers.open(epoch);
-        }
-        // SAFETY: fresh allocation of `Slot<P>`'s layout.
+        // Built in place, field by field (a slot is several cache lines; the message stays
+        // uninitialised for `message_init` below).
+        // SAFETY: fresh allocation of `Slot<P>`'s layout; each field is written once.
         unsafe {
-            slot.write(Slot {
-                part,
-                ready: AtomicBool::new(ready),
-                processor,
-                domain: self,
-                next_in_cycle: AtomicPtr::new(ptr::null_mut()),
-                next_registered: AtomicPtr::new(ptr::null_mut()),
-                message: MaybeUninit::uninit(),
-            })
-        };
+            let part = ptr::addr_of_mut!((*slot).part);
+            Participant::write_idle(part);
+            if participating {
+                let part = &*part;
+                part.participating.store(true, Ordering::Relaxed);
+                let epoch = self.global_epoch();
+                part.local_epoch.store(epoch, Ordering::Relaxed);
+                part.readers.open(epoch);
+            }
+            ptr::addr_of_mut!((*slot).ready).write(AtomicBool::new(ready));
+            ptr::addr_of_mut!((*slot).processor).write(processor);
+            ptr::addr_of_mut!((*slot).domain).write(self);
+            ptr::addr_of_mut!((*slot).next_in_cycle).write(AtomicPtr::new(ptr::null_mut()));
+            ptr::addr_of_mut!((*slot).next_registered).write(AtomicPtr::new(ptr::null_mut()));
+        }
         let handler = Handler {
             func: Self::on_message,
             context: slot as *const (),
