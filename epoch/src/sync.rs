@@ -24,16 +24,19 @@ pub(crate) struct LockedRmw(());
 
 impl LockedRmw {
     /// `compare_exchange` on a byte; the evidence on success, the value found on failure.
+    ///
+    /// Success is always `AcqRel`: its release half keeps the compiler from sinking earlier stores
+    /// (the unlink) below the RMW, its acquire half from hoisting later loads (the stamp) above it,
+    /// which is what lets [`LockedRmw::full_fence`] leave the rest to the hardware on x86-64.
     #[inline(always)]
     pub(crate) fn compare_exchange(
         atomic: &AtomicU8,
         current: u8,
         new: u8,
-        success: Ordering,
         failure: Ordering,
     ) -> Result<LockedRmw, u8> {
         atomic
-            .compare_exchange(current, new, success, failure)
+            .compare_exchange(current, new, Ordering::AcqRel, failure)
             .map(|_| LockedRmw(()))
     }
 

@@ -110,13 +110,9 @@ impl<P: Platform> Domain<P> {
     ) -> Result<u64, RetireError> {
         // SAFETY: the caller passes a live header.
         let head = unsafe { &*header };
-        let Ok(rmw) = LockedRmw::compare_exchange(
-            &head.state,
-            from,
-            state::RETIRED,
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        ) else {
+        let Ok(rmw) =
+            LockedRmw::compare_exchange(&head.state, from, state::RETIRED, Ordering::Relaxed)
+        else {
             DomainCounters::add(&self.counters.double_retires, 1);
             return Err(RetireError::AlreadyRetired);
         };

@@ -49,13 +49,8 @@ impl<P: Platform> Domain<P> {
                 state::RESCHEDULED => (state::RESCHEDULED, state::RETIRED),
                 _ => (state::CANCELLED, state::LIVE),
             };
-            let Ok(rmw) = LockedRmw::compare_exchange(
-                &head.state,
-                from,
-                to,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) else {
+            let Ok(rmw) = LockedRmw::compare_exchange(&head.state, from, to, Ordering::Acquire)
+            else {
                 continue; // cancelled or rescheduled meanwhile
             };
             match to {
@@ -125,7 +120,6 @@ impl<P: Platform> Domain<P> {
             &head.state,
             state::CANCELLED,
             state::RESCHEDULED,
-            Ordering::AcqRel,
             Ordering::Relaxed,
         ) {
             rmw.full_fence();

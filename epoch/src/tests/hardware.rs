@@ -35,13 +35,9 @@ fn store_buffering_outcomes(with_rmw: bool) -> u32 {
                 fence(Ordering::SeqCst);
             } else if with_rmw {
                 let current = state.load(Ordering::Relaxed);
-                if let Ok(rmw) = LockedRmw::compare_exchange(
-                    &state,
-                    current,
-                    current ^ 1,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                ) {
+                if let Ok(rmw) =
+                    LockedRmw::compare_exchange(&state, current, current ^ 1, Ordering::Relaxed)
+                {
                     rmw.full_fence();
                 }
             } else {
