@@ -55,7 +55,7 @@ pub(crate) struct ReaderTable {
 
 impl ReaderTable {
     /// An empty table on the stack (the tests' tables).
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn new() -> Self {
         let mut table = core::mem::MaybeUninit::uninit();
         // SAFETY: `write_empty` initialises every field of the fresh, aligned place.
