@@ -3,13 +3,19 @@
 //! For the kernel target (`x86_64-pc-windows-msvc`) without the `wdk` feature it adds the link switches
 //! that turn the `kepoch` binary into a WDM driver image linked by rust-lld (reference/sys-on-linux.md).
 //! With the `wdk` feature the WDK build (`wdk-build`, Windows host only) configures the link instead.
-//! Host builds get nothing: there the package is an ordinary library (plus a placeholder binary).
+//! Host builds get nothing else: there the package is an ordinary library (plus a placeholder binary).
+//! Every build records the host triple for the ABI test (`KEPOCH_HOST_TRIPLE`).
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let target = std::env::var("TARGET").unwrap_or_default();
     let kernel_target = target == "x86_64-pc-windows-msvc";
     let wdk = std::env::var_os("CARGO_FEATURE_WDK").is_some();
+    // The ABI test asks `cargo metadata` for this host's dependency graph only.
+    println!(
+        "cargo:rustc-env=KEPOCH_HOST_TRIPLE={}",
+        std::env::var("HOST").unwrap_or_default()
+    );
 
     #[cfg(feature = "wdk")]
     {

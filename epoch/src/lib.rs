@@ -104,7 +104,8 @@ mod tests;
 pub use atomic::{Atomic, CompareExchangeError, Owned, Shared, Unlinked};
 pub use config::{select_config, Config, Strategy};
 pub use domain::{
-    Domain, DomainBox, Holdback, Holder, LoadError, LoadFailure, RetireError, WorkItem,
+    CacheAligned, Domain, DomainBox, Holdback, Holder, LoadError, LoadFailure, RetireError,
+    WorkItem,
 };
 pub use guard::{Guard, RawGuard};
 pub use mutation::{Mutation, MutationKind, Mutations};

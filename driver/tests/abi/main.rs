@@ -88,6 +88,11 @@ fn windows_sys_src() -> PathBuf {
             "--format-version",
             "1",
             "--offline",
+            // Only this host's dependency graph: without the filter cargo wants every platform's
+            // packages of the lock file (windows_i686_gnu, …), which a build for Linux and the
+            // Windows target never downloaded, and `--offline` then fails on a fresh machine.
+            "--filter-platform",
+            env!("KEPOCH_HOST_TRIPLE"),
             "--manifest-path",
         ])
         .arg(source("Cargo.toml"))

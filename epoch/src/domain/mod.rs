@@ -20,6 +20,7 @@ mod shutdown;
 mod work;
 
 pub use report::{Holdback, Holder};
+pub use retire::CacheAligned;
 pub use work::WorkItem;
 
 use cycle::Cycle;

@@ -5,7 +5,7 @@ use super::*;
 
 /// Alignment of a block holding a `T`: the value's own, at least the header's. Not a cache line:
 /// padding every object to 64 bytes would cost memory and, on NT, an over-aligned pool block per
-/// object. A type that needs a line of its own says so with `#[repr(align(64))]`.
+/// object. A value that needs a line of its own is allocated as a [`CacheAligned`].
 const fn block_align<T>() -> usize {
     let header = mem::align_of::<RetireHeader>();
     if mem::align_of::<T>() > header {
@@ -27,6 +27,35 @@ fn block_layout<T>() -> Layout {
     let size = value_offset::<T>() + mem::size_of::<T>();
     // Size and alignment come from real types; the alignment is a power of two.
     Layout::from_size_align(size, block_align::<T>()).unwrap_or(Layout::new::<RetireHeader>())
+}
+
+/// A value on cache lines of its own: `Domain::alloc(CacheAligned(value))` (or
+/// `Owned::new(&domain, CacheAligned(value))`) gives a block whose value starts on a 64-byte line
+/// and shares no line with another block, for objects that different processors write (counters,
+/// per-request state) where false sharing would cost more than the padding.
+///
+/// ```
+/// # use kepoch::{CacheAligned, Config, Domain};
+/// # let domain = Domain::create(kepoch_sim::bench::BenchPlatform::new(1, 1), Config::default()).unwrap();
+/// let counter = domain.alloc(CacheAligned(0u64)).unwrap();
+/// assert_eq!(counter.as_ptr() as usize % 64, 0);
+/// # unsafe { domain.free_now(counter) };
+/// ```
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheAligned<T>(pub T);
+
+impl<T> core::ops::Deref for CacheAligned<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> core::ops::DerefMut for CacheAligned<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
 }
 
 /// Drops the `T` of a memory block and frees the block.

@@ -455,6 +455,34 @@ fn a_retired_object_is_freed_after_cycles_and_not_under_a_reader() {
 }
 
 #[test]
+fn blocks_are_aligned_for_their_value_and_cache_aligned_on_request() {
+    let (platform, domain) = domain(1, Strategy::Lazy);
+    let small = domain.alloc(7u16).unwrap();
+    let wide = domain.alloc(7u128).unwrap();
+    let line = domain.alloc(crate::CacheAligned(7u8)).unwrap();
+    assert_eq!(small.as_ptr() as usize % core::mem::align_of::<u16>(), 0);
+    assert_eq!(wide.as_ptr() as usize % core::mem::align_of::<u128>(), 0);
+    assert_eq!(
+        line.as_ptr() as usize % 64,
+        0,
+        "a CacheAligned value starts a cache line"
+    );
+    assert_eq!(
+        core::mem::size_of::<crate::CacheAligned<u8>>(),
+        64,
+        "and owns its line"
+    );
+    // SAFETY: allocated just above, never published or retired.
+    unsafe {
+        domain.free_now(small);
+        domain.free_now(wide);
+        domain.free_now(line);
+    }
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0);
+}
+
+#[test]
 fn double_retire_is_refused_and_counted() {
     let (_platform, domain) = domain(1, Strategy::Lazy);
     let drops = Arc::new(AtomicUsize::new(0));
