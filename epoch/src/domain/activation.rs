@@ -63,17 +63,13 @@ impl<P: Platform> Domain<P> {
                         .store(registry.head, Ordering::Relaxed)
                 };
                 registry.head = slot;
+                registry.count_prepared(&self.counters, 1, (layout.size() + group_bytes) as i64);
                 drop(registry);
-                DomainCounters::add(
-                    &self.counters.per_cpu_bytes,
-                    (layout.size() + group_bytes) as u64,
-                );
-                DomainCounters::add(&self.counters.cpus_prepared, 1);
                 Some(slot)
             }
             Ok((Some(existing), group_bytes)) => {
+                registry.count_prepared(&self.counters, 0, group_bytes as i64);
                 drop(registry);
-                DomainCounters::add(&self.counters.per_cpu_bytes, group_bytes as u64);
                 // SAFETY: our slot was never published.
                 unsafe { self.discard_slot(slot) };
                 Some(existing)
@@ -235,12 +231,13 @@ impl<P: Platform> Domain<P> {
                 }
             }
         }
+        registry.count_prepared(
+            &self.counters,
+            -1,
+            -(Layout::new::<Slot<P>>().size() as i64),
+        );
         drop(registry);
         // A slot that never became ready never had readers, items or messages: nothing refers to it.
-        self.counters
-            .per_cpu_bytes
-            .fetch_sub(Layout::new::<Slot<P>>().size() as u64, Ordering::Relaxed);
-        self.counters.cpus_prepared.fetch_sub(1, Ordering::Relaxed);
         // SAFETY: unpublished above; no processor ran epoch code with it.
         unsafe { self.discard_slot(slot) };
     }

@@ -38,7 +38,9 @@ use crate::spin::{SpinGuard, SpinLock};
 use crate::stats::{
     CallbackState, DomainCounters, LatencyHistogram, ParticipantCounters, Stats, STATS_VERSION,
 };
-use crate::sync::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, LockedRmw, Ordering};
+use crate::sync::{
+    fence, owner_add, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, LockedRmw, Ordering,
+};
 use crate::table::SlotTable;
 use core::alloc::Layout;
 use core::fmt;
@@ -96,6 +98,17 @@ struct Registry<P: Platform> {
 
 // SAFETY: the registry only holds pointers to slots owned by the domain; it is reached under its lock.
 unsafe impl<P: Platform> Send for Registry<P> {}
+
+impl<P: Platform> Registry<P> {
+    /// Adds to the prepared-processor counters (`cpus_prepared`, `per_cpu_bytes`; negative: a
+    /// rollback). Only the registry lock's holder writes them (`&mut self` is the proof), so a plain
+    /// load and store do, not a locked add: a lazy first enter pays this at DISPATCH. Statistics read
+    /// them with relaxed loads.
+    fn count_prepared(&mut self, counters: &DomainCounters, cpus: i64, bytes: i64) {
+        owner_add(&counters.cpus_prepared, cpus as u64);
+        owner_add(&counters.per_cpu_bytes, bytes as u64);
+    }
+}
 
 /// Per-CPU epoch-based reclamation over a platform `P`. Create with [`Domain::create`].
 #[repr(C, align(64))]
