@@ -2,7 +2,6 @@
 //! retired items waiting for their epoch to be released.
 
 use crate::sync::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
-use core::alloc::Layout;
 use core::ptr;
 
 /// Lifecycle of a retirable block, used for double-retire detection.
@@ -33,20 +32,18 @@ pub(crate) struct RetireHeader {
     stamp: AtomicU64,
     /// See [`state`].
     pub(crate) state: AtomicU8,
+    /// Knows the block's type, and so its layout (no layout is stored: 32 bytes of header, not 48).
     pub(crate) dispose: DisposeFn,
-    /// Layout of the whole block (header included).
-    pub(crate) layout: Layout,
 }
 
 impl RetireHeader {
-    /// A live header for a block of `layout`.
-    pub(crate) fn new(dispose: DisposeFn, layout: Layout) -> Self {
+    /// A live header whose block `dispose` disposes of.
+    pub(crate) fn new(dispose: DisposeFn) -> Self {
         RetireHeader {
             next: AtomicPtr::new(ptr::null_mut()),
             stamp: AtomicU64::new(0),
             state: AtomicU8::new(state::LIVE),
             dispose,
-            layout,
         }
     }
 

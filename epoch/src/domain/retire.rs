@@ -63,7 +63,7 @@ unsafe fn dispose_object<T, P: Platform>(header: *mut RetireHeader, domain: *con
     // SAFETY: `header` starts a block made by `Domain::alloc::<T>` of `domain`, retired and released:
     // no reader can reach it any more.
     unsafe {
-        let layout = (*header).layout;
+        let layout = block_layout::<T>();
         let value = header.cast::<u8>().add(value_offset::<T>()).cast::<T>();
         ptr::drop_in_place(value);
         let domain = &*(domain as *const Domain<P>);
@@ -85,7 +85,7 @@ impl<P: Platform> Domain<P> {
         let header = memory.as_ptr().cast::<RetireHeader>();
         // SAFETY: fresh block of `layout`: header at 0, value at `value_offset`, both in bounds.
         unsafe {
-            header.write(RetireHeader::new(dispose_object::<T, P>, layout));
+            header.write(RetireHeader::new(dispose_object::<T, P>));
             let value_ptr = memory.as_ptr().add(value_offset::<T>()).cast::<T>();
             value_ptr.write(value);
             Ok(NonNull::new_unchecked(value_ptr))

@@ -79,7 +79,7 @@ impl<P: Platform> Domain<P> {
         // SAFETY: fresh block of the right layout; the passive object is initialised in place.
         unsafe {
             block.write(WorkBlock {
-                header: RetireHeader::new(dispose_work::<P>, layout),
+                header: RetireHeader::new(dispose_work::<P>),
                 refs: AtomicU32::new(1),
                 callback,
                 context,
@@ -186,10 +186,11 @@ impl<P: Platform> Domain<P> {
         unsafe {
             if (*block).refs.fetch_sub(1, Ordering::AcqRel) == 1 {
                 self.platform.passive_release((*block).passive.as_mut_ptr());
-                let layout = (*block).header.layout;
                 ptr::drop_in_place(block);
-                self.platform
-                    .free(NonNull::new_unchecked(block.cast()), layout);
+                self.platform.free(
+                    NonNull::new_unchecked(block.cast()),
+                    Layout::new::<WorkBlock<P>>(),
+                );
             }
         }
     }
