@@ -858,8 +858,9 @@ unsafe extern "system" fn load_thread(context: *mut c_void) {
             batch += 1;
         }
         if done >= due {
-            let interval: i64 = -10_000; // 1 ms, relative
-                                         // SAFETY: a kernel-mode, non-alertable delay at PASSIVE_LEVEL with a valid interval.
+            // 1 ms, relative (negative: 100 ns units from now).
+            let interval: i64 = -10_000;
+            // SAFETY: a kernel-mode, non-alertable delay at PASSIVE_LEVEL with a valid interval.
             unsafe { nt::KeDelayExecutionThread(nt::KERNEL_MODE, false, &interval) };
         }
     }

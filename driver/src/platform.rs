@@ -181,8 +181,9 @@ pub fn dpcs_are_delivered() -> bool {
         if DPC_PROBE.ran.load(Ordering::Acquire) {
             return true;
         }
-        let interval: i64 = -100_000; // 10 ms, relative
-                                      // SAFETY: a kernel-mode, non-alertable delay at PASSIVE_LEVEL with a valid interval.
+        // 10 ms, relative (negative: 100 ns units from now).
+        let interval: i64 = -100_000;
+        // SAFETY: a kernel-mode, non-alertable delay at PASSIVE_LEVEL with a valid interval.
         unsafe { nt::KeDelayExecutionThread(nt::KERNEL_MODE, false, &interval) };
     }
     DPC_PROBE.ran.load(Ordering::Acquire)

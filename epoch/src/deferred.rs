@@ -32,7 +32,7 @@ pub(crate) struct RetireHeader {
     stamp: AtomicU64,
     /// See [`state`].
     pub(crate) state: AtomicU8,
-    /// Knows the block's type, and so its layout (no layout is stored: 32 bytes of header, not 48).
+    /// Knows the block's type, and so its layout, which is therefore not stored in the header.
     pub(crate) dispose: DisposeFn,
 }
 

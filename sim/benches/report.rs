@@ -366,9 +366,9 @@ fn throughput_row(effort: Effort, rows: &mut Vec<Row>, extra: &mut String) {
 }
 
 const RETIRE_MISS: &str = "\
-the retirement path's per-item cost (the double-retire check's `lock cmpxchg` and the retirement \
-stamp's fence, which PROTOCOL.md needs) and the retire header in front of every block against \
-seize's batched retirement of a plain `Box`. Profile: `perf record` of `cargo bench -p kepoch-sim \
+the retirement path's one locked instruction per item (the double-retire check's `lock cmpxchg`, \
+which on x86-64 is also the stamp's fence FW that PROTOCOL.md needs) and the retire header in front \
+of every block against seize's batched retirement of a plain `Box`. Profile: `perf record` of `cargo bench -p kepoch-sim \
 --bench epoch -- --profile-time 4 enter_alloc_retire_exit/kepoch`.";
 
 const JOIN_MISS: &str = "\
