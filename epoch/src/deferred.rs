@@ -36,6 +36,10 @@ pub(crate) struct RetireHeader {
     pub(crate) dispose: DisposeFn,
 }
 
+// Four words: the block overhead the README states (the model checkers' atomics are larger).
+#[cfg(not(any(loom, shuttle)))]
+const _: () = assert!(core::mem::size_of::<RetireHeader>() == 32);
+
 impl RetireHeader {
     /// A live header whose block `dispose` disposes of.
     pub(crate) fn new(dispose: DisposeFn) -> Self {

@@ -20,7 +20,9 @@ impl<P: Platform> Domain<P> {
         let slot = memory.as_ptr().cast::<Slot<P>>();
         // Built in place, field by field (a slot is several cache lines; the message stays
         // uninitialised for `message_init` below).
-        // SAFETY: fresh allocation of `Slot<P>`'s layout; each field is written once.
+        // SAFETY: fresh allocation of `Slot<P>`'s layout; each field is written once, through raw
+        // pointers to the fields. The one reference, to `part`, is taken after `write_idle` has
+        // initialised that field; no reference to the whole slot exists before it is published.
         unsafe {
             let part = ptr::addr_of_mut!((*slot).part);
             Participant::write_idle(part);

@@ -22,11 +22,11 @@ const fn value_offset<T>() -> usize {
     mem::size_of::<RetireHeader>().div_ceil(align) * align
 }
 
-/// Layout of a block holding a header and a `T`.
-fn block_layout<T>() -> Layout {
-    let size = value_offset::<T>() + mem::size_of::<T>();
-    // Size and alignment come from real types; the alignment is a power of two.
-    Layout::from_size_align(size, block_align::<T>()).unwrap_or(Layout::new::<RetireHeader>())
+/// Layout of a block holding a header and a `T`; `None` for a `T` so large that the block's size
+/// would overflow (its allocation then fails like any other).
+fn block_layout<T>() -> Option<Layout> {
+    let size = value_offset::<T>().checked_add(mem::size_of::<T>())?;
+    Layout::from_size_align(size, block_align::<T>()).ok()
 }
 
 /// A value on cache lines of its own: `Domain::alloc(CacheAligned(value))` (or
@@ -63,7 +63,8 @@ unsafe fn dispose_object<T, P: Platform>(header: *mut RetireHeader, domain: *con
     // SAFETY: `header` starts a block made by `Domain::alloc::<T>` of `domain`, retired and released:
     // no reader can reach it any more.
     unsafe {
-        let layout = block_layout::<T>();
+        // `alloc` made this block with this layout, so it exists.
+        let layout = block_layout::<T>().unwrap_unchecked();
         let value = header.cast::<u8>().add(value_offset::<T>()).cast::<T>();
         ptr::drop_in_place(value);
         let domain = &*(domain as *const Domain<P>);
@@ -78,7 +79,9 @@ impl<P: Platform> Domain<P> {
     /// Returns the value back if the allocation fails. The safe layer's [`Owned`](crate::Owned)
     /// wraps this.
     pub fn alloc<T: Send>(&self, value: T) -> Result<NonNull<T>, T> {
-        let layout = block_layout::<T>();
+        let Some(layout) = block_layout::<T>() else {
+            return Err(value);
+        };
         let Some(memory) = self.platform.allocate(layout) else {
             return Err(value);
         };

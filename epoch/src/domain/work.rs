@@ -182,7 +182,8 @@ impl<P: Platform> Domain<P> {
     /// # Safety
     /// The caller owns one reference.
     unsafe fn release_work(&self, block: *mut WorkBlock<P>) {
-        // SAFETY: per the caller.
+        // SAFETY: per the caller; the last reference frees the block with the layout
+        // `new_work_item` allocated it with.
         unsafe {
             if (*block).refs.fetch_sub(1, Ordering::AcqRel) == 1 {
                 self.platform.passive_release((*block).passive.as_mut_ptr());
