@@ -102,6 +102,10 @@ mutations! {
     /// The safe [`Atomic`](crate::Atomic) publishes a value without the Release half of its
     /// read-modify-write: a reader that loads the pointer may not see the value initialised.
     PublishWithoutRelease = 19, "publish-without-release", Ordering;
+    /// A processor between AddStart and AddComplete that runs epoch code gets a routable slot from the
+    /// lazy path (as if its add had completed): cycles message it before AddComplete (S3), and after an
+    /// AddFailure wait forever for a processor that never came up.
+    PrepareInAddWindow = 24, "prepare-in-add-window", Logic;
 }
 
 impl Mutation {

@@ -2,10 +2,16 @@
 //! groups, each a table of 64 slot pointers allocated when the first processor of that group is
 //! prepared. Indexes at or above the reported maximum, sparse indexes and group ≠ 0 all work, and
 //! memory stays O(processors prepared).
+//!
+//! An entry is either empty, a **routable** slot (ready: its processor may run epoch code on it and
+//! receive messages) or a **pending** slot (prepared at AddStart, waiting for AddComplete), which is
+//! the slot pointer with [`PENDING_TAG`] set. [`SlotTable::lookup`] hands out routable slots only, so
+//! the hot path never dereferences a pending slot: AddFailure may free one while code on the new
+//! processor is looking it up.
 
 use crate::participant::Slot;
 use crate::platform::{Platform, ProcessorNumber};
-use crate::sync::{AtomicPtr, Ordering};
+use crate::sync::{AtomicPtr, AtomicU64, Ordering};
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
 
@@ -23,6 +29,46 @@ pub(crate) struct GroupTable<P: Platform> {
 /// Directory of group tables. Readers look up without a lock; writers hold the registry lock.
 pub(crate) struct SlotTable<P: Platform> {
     groups: [AtomicPtr<GroupTable<P>>; MAX_GROUPS],
+}
+
+/// Low bit of a pending entry. Slots are cache-line aligned, so the bit is free.
+const PENDING_TAG: usize = 1;
+
+/// What the table holds for one processor.
+pub(crate) enum Entry<P: Platform> {
+    /// No slot.
+    Empty,
+    /// Prepared at AddStart, not routable before AddComplete.
+    Pending(*mut Slot<P>),
+    /// Routable.
+    Ready(*mut Slot<P>),
+}
+
+impl<P: Platform> Clone for Entry<P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<P: Platform> Copy for Entry<P> {}
+
+impl<P: Platform> Entry<P> {
+    fn decode(raw: *mut Slot<P>) -> Self {
+        if raw.is_null() {
+            Entry::Empty
+        } else if raw as usize & PENDING_TAG != 0 {
+            Entry::Pending(raw.cast::<u8>().wrapping_sub(PENDING_TAG).cast())
+        } else {
+            Entry::Ready(raw)
+        }
+    }
+
+    /// The slot, whether pending or ready.
+    pub(crate) fn slot(self) -> Option<*mut Slot<P>> {
+        match self {
+            Entry::Empty => None,
+            Entry::Pending(slot) | Entry::Ready(slot) => Some(slot),
+        }
+    }
 }
 
 /// Why a slot could not be placed in the table.
@@ -47,29 +93,66 @@ impl<P: Platform> SlotTable<P> {
         Layout::new::<GroupTable<P>>()
     }
 
-    /// The slot of `processor`, or null. Lock-free.
+    /// The routable slot of `processor`, or null (no slot, or one still pending). Lock-free.
     #[inline]
     pub(crate) fn lookup(&self, processor: ProcessorNumber) -> *mut Slot<P> {
+        let raw = self.raw(processor);
+        if raw as usize & PENDING_TAG != 0 {
+            return ptr::null_mut();
+        }
+        raw
+    }
+
+    /// The entry of `processor`, pending slots included. Lock-free; a pending slot may only be
+    /// dereferenced under the registry lock (AddFailure frees it under that lock).
+    pub(crate) fn entry(&self, processor: ProcessorNumber) -> Entry<P> {
+        Entry::decode(self.raw(processor))
+    }
+
+    fn raw(&self, processor: ProcessorNumber) -> *mut Slot<P> {
+        let Some(entry) = self.cell(processor) else {
+            return ptr::null_mut();
+        };
+        entry.load(Ordering::Acquire)
+    }
+
+    /// The cell of `processor`, if its group table exists.
+    fn cell(&self, processor: ProcessorNumber) -> Option<&AtomicPtr<Slot<P>>> {
         let (group, number) = (processor.group as usize, processor.number as usize);
         if group >= MAX_GROUPS || number >= PROCESSORS_PER_GROUP {
-            return ptr::null_mut();
+            return None;
         }
         let table = self.groups[group].load(Ordering::Acquire);
         if table.is_null() {
-            return ptr::null_mut();
+            return None;
         }
         // SAFETY: group tables are freed only when the domain is torn down, after all users are gone.
-        unsafe { &*table }.slots[number].load(Ordering::Acquire)
+        Some(&unsafe { &*table }.slots[number])
     }
 
-    /// Publishes `slot` for `processor`; returns the slot already there if there is one (and then does
-    /// not publish). Returns the bytes allocated for a new group table. Caller holds the registry lock.
+    /// Makes the pending slot of `processor` routable (AddComplete). Caller holds the registry lock.
+    /// Returns the slot, or `None` if there was no pending one.
+    pub(crate) fn make_routable(&self, processor: ProcessorNumber) -> Option<*mut Slot<P>> {
+        let cell = self.cell(processor)?;
+        match Entry::decode(cell.load(Ordering::Acquire)) {
+            Entry::Pending(slot) => {
+                cell.store(slot, Ordering::Release);
+                Some(slot)
+            }
+            _ => None,
+        }
+    }
+
+    /// Publishes `slot` for `processor`, routable or `pending`; returns the entry already there if
+    /// there is one (and then does not publish). Returns the bytes allocated for a new group table.
+    /// Caller holds the registry lock.
     pub(crate) fn insert(
         &self,
         platform: &P,
         processor: ProcessorNumber,
         slot: *mut Slot<P>,
-    ) -> Result<(Option<*mut Slot<P>>, usize), InsertError> {
+        pending: bool,
+    ) -> Result<(Entry<P>, usize), InsertError> {
         let (group, number) = (processor.group as usize, processor.number as usize);
         if group >= MAX_GROUPS || number >= PROCESSORS_PER_GROUP {
             return Err(InsertError::OutOfRange);
@@ -92,16 +175,21 @@ impl<P: Platform> SlotTable<P> {
         }
         // SAFETY: the group table lives until teardown.
         let entry = &unsafe { &*table }.slots[number];
-        let existing = entry.load(Ordering::Acquire);
-        if !existing.is_null() {
-            return Ok((Some(existing), allocated));
+        let existing = Entry::decode(entry.load(Ordering::Acquire));
+        if existing.slot().is_some() {
+            return Ok((existing, allocated));
         }
-        entry.store(slot, Ordering::Release);
-        Ok((None, allocated))
+        let tagged = if pending {
+            slot.cast::<u8>().wrapping_add(PENDING_TAG).cast()
+        } else {
+            slot
+        };
+        entry.store(tagged, Ordering::Release);
+        Ok((Entry::Empty, allocated))
     }
 
-    /// Unpublishes the slot of `processor`. Caller holds the registry lock and guarantees no processor
-    /// can look it up concurrently with using it (the slot was never ready).
+    /// Unpublishes the slot of `processor`. Caller holds the registry lock and guarantees that the slot
+    /// was pending (never handed out by [`SlotTable::lookup`]).
     pub(crate) fn remove(&self, processor: ProcessorNumber) {
         let (group, number) = (processor.group as usize, processor.number as usize);
         if group >= MAX_GROUPS || number >= PROCESSORS_PER_GROUP {
@@ -122,6 +210,42 @@ impl<P: Platform> SlotTable<P> {
                 // SAFETY: allocated in `insert` with this layout; no lookups remain.
                 unsafe { platform.free(table.cast(), Self::group_table_layout()) };
             }
+        }
+    }
+}
+
+/// A set of processors, one bit per (group, number) the table covers; allocation-free, lock-free.
+pub(crate) struct ProcessorSet {
+    groups: [AtomicU64; MAX_GROUPS],
+}
+
+impl ProcessorSet {
+    /// The empty set.
+    pub(crate) fn new() -> Self {
+        ProcessorSet {
+            groups: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// Whether `processor` is in the set (never, for one outside the table's range).
+    pub(crate) fn get(&self, processor: ProcessorNumber) -> bool {
+        let (group, number) = (processor.group as usize, processor.number as usize);
+        group < MAX_GROUPS
+            && number < PROCESSORS_PER_GROUP
+            && self.groups[group].load(Ordering::Acquire) & (1 << number) != 0
+    }
+
+    /// Adds or removes `processor` (ignored outside the table's range). Writers are serialised by
+    /// the processor-change notifications, which never run concurrently with themselves.
+    pub(crate) fn set(&self, processor: ProcessorNumber, member: bool) {
+        let (group, number) = (processor.group as usize, processor.number as usize);
+        if group >= MAX_GROUPS || number >= PROCESSORS_PER_GROUP {
+            return;
+        }
+        if member {
+            self.groups[group].fetch_or(1 << number, Ordering::Release);
+        } else {
+            self.groups[group].fetch_and(!(1 << number), Ordering::Release);
         }
     }
 }

@@ -4,8 +4,9 @@
 use super::*;
 
 impl<P: Platform> Domain<P> {
-    /// Allocates, initialises and publishes the slot of `processor`. Returns the slot (an existing one if
-    /// another path prepared it first) or `None` when the allocation or the binding failed.
+    /// Allocates, initialises and publishes the slot of `processor`: routable if `ready`, else pending
+    /// until AddComplete. Returns the slot (an existing one if another path prepared it first and it
+    /// suits the caller) or `None` when the allocation or the binding failed.
     fn prepare_slot(
         &self,
         processor: ProcessorNumber,
@@ -56,8 +57,8 @@ impl<P: Platform> Domain<P> {
             return None;
         }
         let mut registry = self.locked(&self.registry);
-        match self.table.insert(&self.platform, processor, slot) {
-            Ok((None, group_bytes)) => {
+        match self.table.insert(&self.platform, processor, slot, !ready) {
+            Ok((Entry::Empty, group_bytes)) => {
                 // SAFETY: `slot` is ours and now published; the registry lock is held.
                 unsafe {
                     (*slot)
@@ -69,12 +70,17 @@ impl<P: Platform> Domain<P> {
                 drop(registry);
                 Some(slot)
             }
-            Ok((Some(existing), group_bytes)) => {
+            Ok((existing, group_bytes)) => {
                 registry.count_prepared(&self.counters, 0, group_bytes as i64);
                 drop(registry);
                 // SAFETY: our slot was never published.
                 unsafe { self.discard_slot(slot) };
-                Some(existing)
+                // A lazy preparation may only use a routable slot; AddStart's finds any slot enough.
+                match existing {
+                    Entry::Ready(existing) => Some(existing),
+                    Entry::Pending(existing) if !ready => Some(existing),
+                    _ => None,
+                }
             }
             Err(_) => {
                 drop(registry);
@@ -84,6 +90,16 @@ impl<P: Platform> Domain<P> {
                 None
             }
         }
+    }
+
+    /// Whether `processor` may get a routable slot: with the notifications registered, only once its
+    /// AddComplete was seen (replayed at registration for the processors already running). Code can
+    /// run on a processor between AddStart and AddComplete (PROTOCOL.md, "Hot-add window"); it uses
+    /// the overflow slot there. The `prepare-in-add-window` mutation skips this check.
+    fn add_completed(&self, processor: ProcessorNumber) -> bool {
+        self.callback_state() != CallbackState::Registered
+            || self.mutated(Mutation::PrepareInAddWindow)
+            || self.completed.get(processor)
     }
 
     /// Releases the message of an unpublished or unpublishable slot and frees it.
@@ -123,7 +139,8 @@ impl<P: Platform> Domain<P> {
         Ok(())
     }
 
-    /// `callback`: register for processor-change notifications, or fall back to `lazy`.
+    /// `callback` and `lazy`: register for processor-change notifications (`callback` prepares there;
+    /// both learn which processors completed their add), or run without them.
     pub(super) fn register_callback(&self) {
         // SAFETY: the domain outlives the registration: shutdown deregisters first.
         let result = unsafe {
@@ -142,7 +159,7 @@ impl<P: Platform> Domain<P> {
                 self.platform.log(
                     LogLevel::Warning,
                     format_args!(
-                        "kepoch: KeRegisterProcessorChangeCallback is missing; running as lazy"
+                        "kepoch: KeRegisterProcessorChangeCallback is missing; running as lazy (no processor can be hot-added on such a system)"
                     ),
                 );
                 CallbackState::ApiMissing
@@ -150,7 +167,7 @@ impl<P: Platform> Domain<P> {
             Err(status) => {
                 self.platform.log(
                     LogLevel::Warning,
-                    format_args!("kepoch: processor-change registration failed with {status}; running as lazy"),
+                    format_args!("kepoch: processor-change registration failed with {status}; running as lazy, and a processor hot-added from now on may be messaged before its AddComplete"),
                 );
                 CallbackState::RegistrationFailed
             }
@@ -173,7 +190,9 @@ impl<P: Platform> Domain<P> {
         match change {
             ProcessorChange::AddStart => {
                 DomainCounters::add(&domain.counters.hot_add_start, 1);
-                if domain.table.lookup(number).is_null() {
+                if domain.config.strategy == Strategy::Callback
+                    && domain.table.entry(number).slot().is_none()
+                {
                     // The `route-before-complete` mutation makes the slot ready and participating
                     // here, before the processor runs: cycles would message it too early.
                     let early = domain.mutated(Mutation::RouteBeforeComplete);
@@ -181,40 +200,44 @@ impl<P: Platform> Domain<P> {
                         Some(_) => DomainCounters::add(&domain.counters.prepare_passive, 1),
                         None => domain.platform.log(
                             LogLevel::Warning,
-                            format_args!("kepoch: preparing processor {number} at AddStart failed; it will use the lazy path"),
+                            format_args!("kepoch: preparing processor {number} at AddStart failed; it will use the lazy path after its AddComplete"),
                         ),
                     }
                 }
             }
             ProcessorChange::AddComplete => {
                 DomainCounters::add(&domain.counters.hot_add_complete, 1);
-                let slot = domain.table.lookup(number);
-                // SAFETY: published slots live until teardown or rollback (which only we do).
-                if let Some(slot) = unsafe { slot.as_ref() } {
+                domain.completed.set(number, true);
+                let registry = domain.locked(&domain.registry);
+                if let Entry::Pending(slot) = domain.table.entry(number) {
+                    // SAFETY: a published slot; pending slots are freed only under the registry
+                    // lock, which we hold.
+                    let slot = unsafe { &*slot };
                     slot.ready.store(true, Ordering::Release);
+                    domain.table.make_routable(number);
                     // The `activate-remote` mutation joins the slot here, on the notification thread,
                     // instead of on the processor's own first epoch use.
                     if domain.mutated(Mutation::ActivateRemote) {
                         domain.join(&slot.part);
                     }
                 }
+                drop(registry);
             }
             ProcessorChange::AddFailure(_) => {
                 DomainCounters::add(&domain.counters.hot_add_failure, 1);
+                domain.completed.set(number, false);
                 domain.roll_back(number);
             }
         }
         Status::SUCCESS
     }
 
-    /// Undoes the AddStart preparation of `processor` if it never became ready.
+    /// Undoes the AddStart preparation of `processor` if it is still pending.
     fn roll_back(&self, processor: ProcessorNumber) {
         let mut registry = self.locked(&self.registry);
-        let slot = self.table.lookup(processor);
-        // SAFETY: published slots stay valid while the registry lock is held.
-        if slot.is_null() || unsafe { &*slot }.ready.load(Ordering::Acquire) {
+        let Entry::Pending(slot) = self.table.entry(processor) else {
             return;
-        }
+        };
         self.table.remove(processor);
         // SAFETY: registry links are valid slots; we hold the lock.
         unsafe {
@@ -239,16 +262,22 @@ impl<P: Platform> Domain<P> {
             -(Layout::new::<Slot<P>>().size() as i64),
         );
         drop(registry);
-        // A slot that never became ready never had readers, items or messages: nothing refers to it.
-        // SAFETY: unpublished above; no processor ran epoch code with it.
+        // A pending slot was never handed out by `lookup` (code that ran on the processor since its
+        // AddStart used the overflow slot) and never had readers, items or messages.
+        // SAFETY: unpublished above; nothing else refers to it.
         unsafe { self.discard_slot(slot) };
     }
 
-    /// Lazy preparation of the current processor's slot, at DISPATCH on that processor.
+    /// Lazy preparation of the current processor's slot, at DISPATCH on that processor. `None`: use
+    /// the overflow slot (`eager`, unload, a failed allocation retried next cycle, or a processor that
+    /// has not completed its add).
     pub(super) fn prepare_here(&self, processor: ProcessorNumber) -> Option<*mut Slot<P>> {
         self.platform
             .verify_irql("lazy preparation", IrqlRule::Dispatch);
         if self.config.strategy == Strategy::Eager || self.shutting_down.load(Ordering::Relaxed) {
+            return None;
+        }
+        if !self.add_completed(processor) {
             return None;
         }
         if self.prepare_retry_epoch.load(Ordering::Relaxed)

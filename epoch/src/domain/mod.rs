@@ -41,7 +41,7 @@ use crate::stats::{
 use crate::sync::{
     fence, owner_add, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, LockedRmw, Ordering,
 };
-use crate::table::SlotTable;
+use crate::table::{Entry, ProcessorSet, SlotTable};
 use core::alloc::Layout;
 use core::fmt;
 use core::mem::{self, ManuallyDrop, MaybeUninit};
@@ -119,6 +119,9 @@ pub struct Domain<P: Platform> {
     freed_through: AtomicU64,
     cycle: Cycle,
     table: SlotTable<P>,
+    /// Processors whose add completed (AddComplete seen, replayed at registration for those
+    /// already running): the only ones a lazy preparation may make routable while registered.
+    completed: ProcessorSet,
     registry: SpinLock<Registry<P>>,
     overflow: SpinLock<Participant>,
     counters: DomainCounters,
@@ -195,6 +198,7 @@ impl<P: Platform> Domain<P> {
                 freed_through: AtomicU64::new(0),
                 cycle: Cycle::new(),
                 table: SlotTable::new(),
+                completed: ProcessorSet::new(),
                 registry: SpinLock::new(Registry {
                     head: ptr::null_mut(),
                 }),
@@ -250,8 +254,7 @@ impl<P: Platform> Domain<P> {
 
         match config.strategy {
             Strategy::Eager => domain.prepare_eager()?,
-            Strategy::Callback => domain.register_callback(),
-            Strategy::Lazy => {}
+            Strategy::Callback | Strategy::Lazy => domain.register_callback(),
         }
         domain
             .platform

@@ -127,6 +127,13 @@ impl TestPlatform {
     /// A live hot-add of the next processor: AddStart (not running yet), then AddComplete (running)
     /// or AddFailure. Returns the new processor's number.
     fn hot_add(&self, fail: bool) -> usize {
+        self.hot_add_with_window(fail, |_| {})
+    }
+
+    /// [`TestPlatform::hot_add`] with `window` run between AddStart and AddComplete (or AddFailure),
+    /// given the new processor's number: code running on the new processor in that window (a DPC
+    /// another driver targeted at it, an interrupt), and cycles the test runs meanwhile.
+    fn hot_add_with_window(&self, fail: bool, window: impl FnOnce(usize)) -> usize {
         let (callback, context, cpu) = {
             let state = self.0.lock().unwrap();
             let (callback, ContextPtr(context)) = state.callback.expect("registered");
@@ -139,6 +146,7 @@ impl TestPlatform {
         // SAFETY: the domain that registered is alive (it deregisters at unload).
         unsafe {
             callback(context, ProcessorChange::AddStart, processor);
+            window(cpu);
             if fail {
                 callback(
                     context,
@@ -969,4 +977,5 @@ fn allocation_failure_at_add_start_never_vetoes_and_leaves_the_cpu_to_the_lazy_p
 
 mod atomic;
 mod hardware;
+mod hot_add_window;
 mod review;

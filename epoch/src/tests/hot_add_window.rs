@@ -1,0 +1,127 @@
+//! Code running on a hot-added processor between AddStart and AddComplete (PROTOCOL.md, "Hot-add
+//! window"): it must use the overflow slot, cycles must not message the processor before its
+//! AddComplete, and an AddFailure after such code ran must roll back without leaving anything that
+//! waits for the processor.
+
+use super::*;
+
+/// What runs on the new processor inside its add window: a reader that also retires, then cycles on
+/// the running processors (the timer fires on processor 0).
+fn epoch_code_in_the_window(
+    platform: &TestPlatform,
+    domain: &Domain<TestPlatform>,
+    drops: &Arc<AtomicUsize>,
+    cpu: usize,
+) {
+    TestPlatform::on_cpu(cpu, || {
+        let guard = domain.enter();
+        retire_new(domain, drops);
+        drop(guard);
+        drop(domain.enter());
+    });
+    for _ in 0..4 {
+        TestPlatform::on_cpu(0, || platform.tick());
+    }
+}
+
+fn misrouted(platform: &TestPlatform) -> usize {
+    platform.0.lock().unwrap().misrouted
+}
+
+/// `callback`, AddStart's preparation failed (the case the lazy path takes over): code in the window
+/// must not get a routable slot; after AddComplete the lazy path prepares one on first use.
+#[test]
+fn callback_without_an_add_start_slot_keeps_the_window_on_the_overflow_slot() {
+    let platform = TestPlatform::new(2, 8);
+    let domain = Domain::create(platform.clone(), test_config(Strategy::Callback)).expect("load");
+    let drops = Arc::new(AtomicUsize::new(0));
+    platform.0.lock().unwrap().fail_allocations = 1; // AddStart's slot
+    let before = domain.stats();
+    let added = platform.hot_add_with_window(false, |cpu| {
+        epoch_code_in_the_window(&platform, &domain, &drops, cpu);
+    });
+    let window = domain.stats();
+    assert_eq!(window.prepare_failures, before.prepare_failures + 1);
+    assert_eq!(
+        misrouted(&platform),
+        0,
+        "a cycle messaged the processor before its AddComplete"
+    );
+    assert_eq!(
+        window.prepare_at_dispatch, before.prepare_at_dispatch,
+        "a routable slot was prepared inside the add window"
+    );
+    assert!(window.fallback_uses > before.fallback_uses);
+    TestPlatform::on_cpu(added, || drop(domain.enter()));
+    assert_eq!(
+        domain.stats().prepare_at_dispatch,
+        before.prepare_at_dispatch + 1,
+        "after AddComplete the lazy path prepares the processor"
+    );
+    domain.synchronize();
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    assert_eq!(misrouted(&platform), 0);
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0);
+}
+
+/// `lazy` learns about AddComplete from the notifications too, and keeps the window off the ring.
+#[test]
+fn lazy_keeps_a_processor_in_its_add_window_on_the_overflow_slot() {
+    let platform = TestPlatform::new(2, 8);
+    let domain = Domain::create(platform.clone(), test_config(Strategy::Lazy)).expect("load");
+    assert_eq!(domain.callback_state(), crate::CallbackState::Registered);
+    let drops = Arc::new(AtomicUsize::new(0));
+    let added = platform.hot_add_with_window(false, |cpu| {
+        epoch_code_in_the_window(&platform, &domain, &drops, cpu);
+    });
+    assert_eq!(
+        misrouted(&platform),
+        0,
+        "a cycle messaged the processor before its AddComplete"
+    );
+    assert_eq!(domain.stats().prepare_at_dispatch, 0);
+    TestPlatform::on_cpu(added, || drop(domain.enter()));
+    assert_eq!(domain.stats().prepare_at_dispatch, 1);
+    domain.synchronize();
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    assert_eq!(misrouted(&platform), 0);
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0);
+}
+
+/// AddFailure after the processor ran epoch code: its pending slot is freed (nothing handed it out),
+/// nothing waits for the processor that never came up, and a retry of the same processor works.
+#[test]
+fn add_failure_after_epoch_code_ran_in_the_window_rolls_back_and_a_retry_works() {
+    for strategy in [Strategy::Callback, Strategy::Lazy] {
+        let platform = TestPlatform::new(2, 8);
+        let domain = Domain::create(platform.clone(), test_config(strategy)).expect("load");
+        let drops = Arc::new(AtomicUsize::new(0));
+        let before = domain.stats();
+        let failed = platform.hot_add_with_window(true, |cpu| {
+            epoch_code_in_the_window(&platform, &domain, &drops, cpu);
+        });
+        let after = domain.stats();
+        assert_eq!(
+            (after.cpus_prepared, after.per_cpu_bytes),
+            (before.cpus_prepared, before.per_cpu_bytes),
+            "{strategy}: AddFailure left per-CPU state behind"
+        );
+        domain.synchronize();
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "{strategy}");
+        assert_eq!(misrouted(&platform), 0, "{strategy}");
+        let retried = platform.hot_add(false);
+        assert_eq!(retried, failed);
+        TestPlatform::on_cpu(retried, || {
+            let guard = domain.enter();
+            retire_new(&domain, &drops);
+            drop(guard);
+        });
+        domain.synchronize();
+        assert_eq!(drops.load(Ordering::SeqCst), 2, "{strategy}");
+        assert_eq!(misrouted(&platform), 0, "{strategy}");
+        drop(domain);
+        assert_eq!(platform.live_allocations(), 0, "{strategy}");
+    }
+}
