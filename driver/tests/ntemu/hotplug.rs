@@ -1,5 +1,7 @@
 //! Processors hot-added while the load generator and cycles run, and an add that fails.
 
+use std::time::Duration;
+
 use kepoch_driver::nt::host::{Machine, MachineConfig, ProcessorReport};
 
 use crate::common::*;
@@ -83,5 +85,91 @@ fn callback_strategy_without_the_callback_api_falls_back_to_lazy_for_hot_added_p
     hot_add_during_load(
         machine_with_strategy(1).missing("KeRegisterProcessorChangeCallback"),
         false,
+    );
+}
+
+// ---- Review 2026-12-06 --------------------------------------------------------------------------------
+
+/// Lets one test thread hot-add (which blocks for the whole AddStart → window → AddComplete sequence)
+/// while another sends IOCTLs: the machine's state is behind its own locks; only its bookkeeping of
+/// driver objects is not `Sync`, and `hot_add`/`ioctl` do not touch it.
+struct AcrossThreads<'a>(&'a Machine);
+// SAFETY: test-only; see above.
+unsafe impl Sync for AcrossThreads<'_> {}
+
+/// Hot-adds (0, 1) with a long window between the processor starting and AddComplete, and starts the
+/// load generator inside that window: `KeQueryActiveProcessors` already includes the running processor,
+/// so one load thread is pinned to it and runs epoch code there before AddComplete. Unloads at the end
+/// and returns the last statistics.
+fn epoch_code_on_a_processor_before_its_add_complete(config: MachineConfig) -> kepoch::Stats {
+    let machine = Machine::start(MachineConfig {
+        hot_add_window: Duration::from_millis(1500),
+        ..config
+    });
+    let driver = load(&machine);
+    let shared = AcrossThreads(&machine);
+    std::thread::scope(|scope| {
+        let adder = scope.spawn(|| {
+            let shared = &shared;
+            shared.0.hot_add(0, 1)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        start_load(&driver, 20_000, 1, 0);
+        let index = adder
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        assert_eq!(index, Ok(4));
+    });
+    let stats = quiesce_and_unload(driver);
+    machine.finish();
+    stats
+}
+
+/// PROTOCOL.md (Routing) and README: before AddComplete a hot-added processor uses the overflow slot;
+/// SPEC S3: no message before AddComplete. With the callback strategy, when AddStart's preparation fails
+/// (the documented "leaves the CPU to the lazy path"), the lazy path prepares a *ready* slot on the
+/// processor's first epoch use, whether or not AddComplete came: the next cycle queues its DPC to the
+/// processor before AddComplete. (Were AddFailure to follow, the slot would stay ready and participating
+/// - `roll_back` keeps ready slots - and every later cycle would wait for a DPC on a processor that never
+/// came up.)
+#[test]
+fn callback_strategy_does_not_message_a_processor_prepared_lazily_before_add_complete() {
+    // Allocation attempts of a load and open: the next one is AddStart's slot for the new processor.
+    let attempts = {
+        let machine = Machine::start(machine_with_strategy(1));
+        let driver = load(&machine);
+        let attempts = machine.pool().attempts;
+        assert_eq!(driver.close(), 0);
+        driver.unload();
+        machine.finish();
+        attempts
+    };
+    let stats = epoch_code_on_a_processor_before_its_add_complete(MachineConfig {
+        fail_allocations: Some((attempts + 1, 1)),
+        ..machine_with_strategy(1)
+    });
+    assert_eq!(
+        stats.prepare_failures, 1,
+        "AddStart's preparation was the one that failed"
+    );
+}
+
+/// The same with the lazy strategy (and so with `callback` when the API is missing): it never learns
+/// about AddComplete, prepares a ready slot on first use, and the cycle messages the processor before
+/// AddComplete. PROTOCOL.md accepts this for lazy ("prepared on the processor itself, so it runs"), but
+/// the emulated kernel (like SPEC S3) fails it; one of the two is wrong.
+#[test]
+fn lazy_strategy_does_not_message_a_processor_before_add_complete() {
+    epoch_code_on_a_processor_before_its_add_complete(machine_with_strategy(0));
+}
+
+/// Control for the two tests above: with its AddStart preparation in place, the callback strategy keeps
+/// the running-but-not-complete processor on the overflow slot and sends it nothing (passes).
+#[test]
+fn callback_strategy_with_its_add_start_preparation_waits_for_add_complete() {
+    let stats = epoch_code_on_a_processor_before_its_add_complete(machine_with_strategy(1));
+    assert!(
+        stats.fallback_uses > 0,
+        "the load thread on the new processor ran epoch code before AddComplete (overflow slot)"
     );
 }

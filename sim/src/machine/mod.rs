@@ -43,6 +43,8 @@ mod state;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod window_tests;
 
 use std::alloc::Layout;
 use std::sync::atomic::Ordering;
@@ -66,7 +68,8 @@ pub use report::{
     Bugcheck, Counters, CpuReport, CpuStatus, LogLine, MachineReport, Violation, ViolationKind,
 };
 pub use state::{
-    SimPlatform, StepContext, StepOutcome, Task, TaskId, HALTED_WAIT_LIMIT, STATUS_UNSUCCESSFUL,
+    AddWindowHook, SimPlatform, StepContext, StepOutcome, Task, TaskId, HALTED_WAIT_LIMIT,
+    STATUS_UNSUCCESSFUL,
 };
 
 use state::{PendingAdd, Shared, TaskSlot};
@@ -151,8 +154,10 @@ impl Machine {
         tid
     }
 
-    /// Schedules `count` hot-adds at simulated time `at_us`: each is AddStart → CPU runs → AddComplete,
-    /// or with `fail`, AddStart → AddFailure (the CPU stays absent and can be added again later).
+    /// Schedules `count` hot-adds at simulated time `at_us`: each is AddStart → add window (the hook of
+    /// [`Machine::set_add_window_hook`] runs on the new CPU) → AddComplete (tasks may run there), or
+    /// with `fail`, AddStart → add window → AddFailure (the CPU stops, stays absent and can be added
+    /// again later).
     pub fn schedule_hot_add(&self, at_us: u64, count: u32, fail: bool) {
         let mut st = self.sh().st.lock();
         let pos = st.pending_adds.partition_point(|a| a.due_us <= at_us);
@@ -317,6 +322,14 @@ impl Machine {
     /// The next `count` allocation attempts fail.
     pub fn fail_next_allocations(&self, count: u64) {
         self.sh().alloc.fail_next(count);
+    }
+
+    /// Installs (or removes) the code every hot-add runs at DISPATCH on the new CPU between AddStart and
+    /// AddComplete or AddFailure, as a DPC of another driver or an interrupt could (NT starts the
+    /// processor around AddStart but schedules threads on it only after AddComplete). Tasks never run
+    /// on a CPU before its AddComplete.
+    pub fn set_add_window_hook(&self, hook: Option<AddWindowHook>) {
+        *self.sh().add_window.lock() = hook;
     }
 
     /// Every `every`-th allocation attempt fails (0 = never).

@@ -306,12 +306,41 @@ pub(crate) fn hot_start(p: &SimPlatform, ctx_cpu: usize) {
         }
     });
     finish_passive(sh, ctx_cpu, "hot-add AddStart", end);
+    let window_ran = veto.is_some() || sh.add_window.lock().is_none();
     sh.st.lock().hot_cur = Some(HotCur {
         slot,
         fail,
         notified,
         veto,
+        window_ran,
     });
+    p.wake_waiters();
+}
+
+/// Hot-add, between the phases: the add window's code runs at DISPATCH on the new CPU (which has
+/// started, but runs no thread before AddComplete), once per add.
+pub(crate) fn hot_window(p: &SimPlatform) {
+    let sh = &*p.shared;
+    let Some(hook) = sh.add_window.lock().clone() else {
+        return;
+    };
+    let slot = {
+        let mut st = sh.st.lock();
+        let slot = match st.hot_cur.as_mut() {
+            Some(h) if !h.window_ran => {
+                h.window_ran = true;
+                h.slot
+            }
+            _ => return,
+        };
+        st.trace(&[7, slot as u64]);
+        slot
+    };
+    sh.lock_cpu(slot, "hot-add window");
+    let index = sh.slots[slot].index;
+    let ((), end) = sh.in_ctx(slot, Irql::DISPATCH, ContextKind::AddWindow, || hook(index));
+    sh.unlock_cpu(slot);
+    sh.check_irql("hot-add window code", Irql::DISPATCH, end, slot);
     p.wake_waiters();
 }
 
@@ -369,6 +398,7 @@ enum Action {
     Timer(u64),
     Passive,
     HotStart,
+    HotWindow,
     HotFinish,
 }
 
@@ -423,8 +453,12 @@ pub(crate) fn det_step_until(p: &SimPlatform, horizon: u64) -> bool {
         // Both phases run on a CPU that is free now (the callback raises there to take the core's
         // locks); the notification thread may have moved since AddStart.
         if !sh.callback_lock.is_locked() && !avail.is_empty() {
-            if st.hot_cur.is_some() {
-                actions.push(Action::HotFinish);
+            if let Some(h) = &st.hot_cur {
+                actions.push(if h.window_ran {
+                    Action::HotFinish
+                } else {
+                    Action::HotWindow
+                });
             } else if st.pending_adds.front().is_some_and(|a| a.due_us <= now) {
                 actions.push(Action::HotStart);
             }
@@ -486,6 +520,10 @@ pub(crate) fn det_step_until(p: &SimPlatform, horizon: u64) -> bool {
             let c = avail[st.rng.gen_range(0..avail.len())];
             drop(st);
             hot_start(p, c);
+        }
+        Action::HotWindow => {
+            drop(st);
+            hot_window(p);
         }
         Action::HotFinish => {
             let c = avail[st.rng.gen_range(0..avail.len())];
@@ -708,7 +746,12 @@ fn hotplug_thread_main(p: SimPlatform) {
             }
         };
         match what {
-            Some((true, c)) => hot_finish(&p, c),
+            Some((true, c)) => {
+                // The add window opens while the other CPUs run, and closes later.
+                hot_window(&p);
+                thread::sleep(Duration::from_micros(100));
+                hot_finish(&p, c)
+            }
             Some((false, c)) => hot_start(&p, c),
             None => {}
         }

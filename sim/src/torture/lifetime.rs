@@ -4,6 +4,7 @@
 use super::bounds::{self, Watchdog};
 use super::map::{self, MapReader, MapWriter};
 use super::tasks::{FlushStorm, Monitor, Poller, Reader, Staller, Synchronizer, Writer};
+use super::window;
 use super::work::{self, WorkEnv, WorkItems};
 use super::{fault, Mode, RunOptions, RunOutcome, RunSpec, RunStats, Shared, TORTURE_CYCLE_US};
 use crate::machine::{AllocRequest, FaultHook, Firmware, Machine, MachineConfig};
@@ -297,6 +298,7 @@ fn drive_lifetime(
         describe: describe.clone(),
     }));
 
+    window::install(&machine, &shared, seed);
     spawn_tasks(&machine, &shared, &env, &busy, &mut rng);
     if spec.hot_add_rate > 0 && machine_config.hot_add_slots > 0 {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x686F_7461_6464);

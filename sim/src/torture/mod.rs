@@ -45,6 +45,7 @@ pub mod fault;
 mod lifetime;
 mod map;
 mod tasks;
+mod window;
 mod work;
 
 use crate::machine::{FaultHook, Machine, StepContext, StepOutcome};

@@ -44,12 +44,22 @@ pub(crate) enum ContextKind {
     Timer(u64),
     /// Processor-change notifications (registration replay, hot-add phases).
     ProcessorChange,
+    /// Code at DISPATCH on a hot-added CPU between AddStart and AddComplete/AddFailure: a DPC another
+    /// driver targeted at it, or an interrupt ([`AddWindowHook`]).
+    AddWindow,
 }
+
+/// Code run at DISPATCH on a hot-added CPU inside its add window, given the CPU's system index; the
+/// workload's stand-in for another driver's DPC there (`Machine::set_add_window_hook`).
+pub type AddWindowHook = Arc<dyn Fn(u32) + Send + Sync>;
 
 impl ContextKind {
     /// Handlers that run at DISPATCH by definition.
     pub fn is_dpc(self) -> bool {
-        matches!(self, ContextKind::Message(_) | ContextKind::Timer(_))
+        matches!(
+            self,
+            ContextKind::Message(_) | ContextKind::Timer(_) | ContextKind::AddWindow
+        )
     }
 }
 
@@ -63,6 +73,7 @@ impl fmt::Display for ContextKind {
             ContextKind::Message(id) => write!(f, "DPC (message #{id})"),
             ContextKind::Timer(id) => write!(f, "timer DPC (timer #{id})"),
             ContextKind::ProcessorChange => write!(f, "a processor-change callback"),
+            ContextKind::AddWindow => write!(f, "a DPC in a hot-add window"),
         }
     }
 }
@@ -198,6 +209,8 @@ pub(crate) struct HotCur {
     /// Registrations that received AddStart.
     pub notified: Vec<u64>,
     pub veto: Option<kepoch::platform::Status>,
+    /// The add window's code ran (or there is none to run).
+    pub window_ran: bool,
 }
 
 pub(crate) struct State {
@@ -302,6 +315,8 @@ pub(crate) struct Shared {
     pub spin_since: std::sync::atomic::AtomicU64,
     /// Serialises processor-change callbacks (registration replay, hot-add phases, deregistration).
     pub callback_lock: Mutex<()>,
+    /// Code to run in every hot-add window.
+    pub add_window: Mutex<Option<AddWindowHook>>,
     /// True while parallel threads run: waits block instead of pumping.
     pub parallel: AtomicBool,
     /// Parallel mode: no new task steps.
@@ -383,6 +398,7 @@ impl Shared {
             violations: Mutex::new(Vec::new()),
             logs: Mutex::new(Vec::new()),
             callback_lock: Mutex::new(()),
+            add_window: Mutex::new(None),
             parallel: AtomicBool::new(false),
             stop_tasks: AtomicBool::new(false),
             stop: AtomicBool::new(false),
