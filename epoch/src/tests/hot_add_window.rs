@@ -4,6 +4,7 @@
 //! waits for the processor.
 
 use super::*;
+use core::mem::ManuallyDrop;
 
 /// What runs on the new processor inside its add window: a reader that also retires, then cycles on
 /// the running processors (the timer fires on processor 0).
@@ -24,6 +25,15 @@ fn epoch_code_in_the_window(
     }
 }
 
+/// The domain is unloaded only at the end of a passing test: a failed check leaks it rather than
+/// unloading a domain that may wait forever for a processor (a panic inside the unwinding drop would
+/// abort the whole test binary).
+fn leak_on_panic(
+    domain: Result<DomainBox<TestPlatform>, crate::LoadError>,
+) -> ManuallyDrop<DomainBox<TestPlatform>> {
+    ManuallyDrop::new(domain.expect("load"))
+}
+
 fn misrouted(platform: &TestPlatform) -> usize {
     platform.0.lock().unwrap().misrouted
 }
@@ -33,7 +43,10 @@ fn misrouted(platform: &TestPlatform) -> usize {
 #[test]
 fn callback_without_an_add_start_slot_keeps_the_window_on_the_overflow_slot() {
     let platform = TestPlatform::new(2, 8);
-    let domain = Domain::create(platform.clone(), test_config(Strategy::Callback)).expect("load");
+    let domain = leak_on_panic(Domain::create(
+        platform.clone(),
+        test_config(Strategy::Callback),
+    ));
     let drops = Arc::new(AtomicUsize::new(0));
     platform.0.lock().unwrap().fail_allocations = 1; // AddStart's slot
     let before = domain.stats();
@@ -61,7 +74,7 @@ fn callback_without_an_add_start_slot_keeps_the_window_on_the_overflow_slot() {
     domain.synchronize();
     assert_eq!(drops.load(Ordering::SeqCst), 1);
     assert_eq!(misrouted(&platform), 0);
-    drop(domain);
+    drop(ManuallyDrop::into_inner(domain));
     assert_eq!(platform.live_allocations(), 0);
 }
 
@@ -69,7 +82,10 @@ fn callback_without_an_add_start_slot_keeps_the_window_on_the_overflow_slot() {
 #[test]
 fn lazy_keeps_a_processor_in_its_add_window_on_the_overflow_slot() {
     let platform = TestPlatform::new(2, 8);
-    let domain = Domain::create(platform.clone(), test_config(Strategy::Lazy)).expect("load");
+    let domain = leak_on_panic(Domain::create(
+        platform.clone(),
+        test_config(Strategy::Lazy),
+    ));
     assert_eq!(domain.callback_state(), crate::CallbackState::Registered);
     let drops = Arc::new(AtomicUsize::new(0));
     let added = platform.hot_add_with_window(false, |cpu| {
@@ -86,7 +102,7 @@ fn lazy_keeps_a_processor_in_its_add_window_on_the_overflow_slot() {
     domain.synchronize();
     assert_eq!(drops.load(Ordering::SeqCst), 1);
     assert_eq!(misrouted(&platform), 0);
-    drop(domain);
+    drop(ManuallyDrop::into_inner(domain));
     assert_eq!(platform.live_allocations(), 0);
 }
 
@@ -96,7 +112,7 @@ fn lazy_keeps_a_processor_in_its_add_window_on_the_overflow_slot() {
 fn add_failure_after_epoch_code_ran_in_the_window_rolls_back_and_a_retry_works() {
     for strategy in [Strategy::Callback, Strategy::Lazy] {
         let platform = TestPlatform::new(2, 8);
-        let domain = Domain::create(platform.clone(), test_config(strategy)).expect("load");
+        let domain = leak_on_panic(Domain::create(platform.clone(), test_config(strategy)));
         let drops = Arc::new(AtomicUsize::new(0));
         let before = domain.stats();
         let failed = platform.hot_add_with_window(true, |cpu| {
@@ -108,9 +124,18 @@ fn add_failure_after_epoch_code_ran_in_the_window_rolls_back_and_a_retry_works()
             (before.cpus_prepared, before.per_cpu_bytes),
             "{strategy}: AddFailure left per-CPU state behind"
         );
+        // Cycles go on without the processor that never came up (checked before anything waits for
+        // a cycle, which would wait forever).
+        let released = domain.released_epoch();
+        for _ in 0..4 {
+            TestPlatform::on_cpu(0, || platform.tick());
+        }
+        if misrouted(&platform) != 0 || domain.released_epoch() == released {
+            let misrouted = misrouted(&platform);
+            panic!("{strategy}: after AddFailure, {misrouted} message(s) went to the failed processor and the released epoch stayed at {released}");
+        }
         domain.synchronize();
         assert_eq!(drops.load(Ordering::SeqCst), 1, "{strategy}");
-        assert_eq!(misrouted(&platform), 0, "{strategy}");
         let retried = platform.hot_add(false);
         assert_eq!(retried, failed);
         TestPlatform::on_cpu(retried, || {
@@ -121,7 +146,7 @@ fn add_failure_after_epoch_code_ran_in_the_window_rolls_back_and_a_retry_works()
         domain.synchronize();
         assert_eq!(drops.load(Ordering::SeqCst), 2, "{strategy}");
         assert_eq!(misrouted(&platform), 0, "{strategy}");
-        drop(domain);
+        drop(ManuallyDrop::into_inner(domain));
         assert_eq!(platform.live_allocations(), 0, "{strategy}");
     }
 }
