@@ -88,7 +88,8 @@ fn callback_strategy_without_the_callback_api_falls_back_to_lazy_for_hot_added_p
     );
 }
 
-// ---- Review 2026-12-06 --------------------------------------------------------------------------------
+// ---- Epoch code on a processor between AddStart and AddComplete/AddFailure (PROTOCOL.md, "Hot-add
+// window") ------------------------------------------------------------------------------------------------
 
 /// Lets one test thread hot-add (which blocks for the whole AddStart → window → AddComplete sequence)
 /// while another sends IOCTLs: the machine's state is behind its own locks; only its bookkeeping of
@@ -172,4 +173,69 @@ fn callback_strategy_with_its_add_start_preparation_waits_for_add_complete() {
         stats.fallback_uses > 0,
         "the load thread on the new processor ran epoch code before AddComplete (overflow slot)"
     );
+}
+
+/// The add fails after the processor started and ran the driver's load threads: AddFailure frees the
+/// slot prepared at AddStart (which no code on the processor held: it used the overflow slot), no DPC is
+/// ever queued to the processor, cycles and `synchronize` go on without it, and a retry of the same
+/// processor works. For both strategies that register (lazy only listens).
+#[test]
+fn an_add_failing_after_epoch_code_ran_on_the_processor_rolls_back_and_a_retry_works() {
+    for strategy in [1, 0] {
+        let machine = Machine::start(MachineConfig {
+            hot_add_window: Duration::from_millis(1500),
+            ..machine_with_strategy(strategy)
+        });
+        let driver = load(&machine);
+        let prepared = driver.stats().cpus_prepared;
+        let shared = AcrossThreads(&machine);
+        std::thread::scope(|scope| {
+            let adder = scope.spawn(|| {
+                let shared = &shared;
+                shared
+                    .0
+                    .hot_add_failing_after_start(0, 1, INSUFFICIENT_RESOURCES)
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            start_load(&driver, 20_000, 1, 0);
+            std::thread::sleep(Duration::from_millis(300));
+            stop_load(&driver);
+            let outcome = adder
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            assert_eq!(outcome, Err(INSUFFICIENT_RESOURCES));
+        });
+        let failed = driver.stats();
+        assert!(
+            failed.fallback_uses > 0,
+            "strategy {strategy}: the load ran on the processor inside its window (overflow slot)"
+        );
+        assert_eq!(failed.hot_add_failure, 1, "strategy {strategy}");
+        // Callback prepared the running processors at load; lazy prepares those the load ran on. Neither
+        // keeps a slot for the processor that failed.
+        if strategy == 1 {
+            assert_eq!(failed.cpus_prepared, prepared, "strategy {strategy}");
+        }
+        assert!(
+            failed.cpus_prepared <= u64::from(failed.active),
+            "strategy {strategy}: {} prepared, {} active",
+            failed.cpus_prepared,
+            failed.active
+        );
+        sync(&driver);
+        assert_eq!(processor(&machine, 0, 1).messages, 0, "strategy {strategy}");
+        assert_eq!(
+            machine.hot_add(0, 1),
+            Ok(4),
+            "strategy {strategy}: the retry"
+        );
+        start_load(&driver, 20_000, 60, 0);
+        wait_for(
+            &driver,
+            "cycles visiting the processor added on retry",
+            |_| processor(&machine, 0, 1).messages > 3,
+        );
+        quiesce_and_unload(driver);
+        machine.finish();
+    }
 }

@@ -225,16 +225,32 @@ pub unsafe extern "system" fn KeDeregisterProcessorChangeCallback(handle: *mut c
     }
 }
 
+/// How a live hot-add ends.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum AddOutcome {
+    /// The processor starts, runs for the window, and AddComplete follows.
+    Complete,
+    /// AddFailure with this status right after AddStart; the processor never starts.
+    FailBeforeStart(NTSTATUS),
+    /// The processor starts and runs for the window (code may run on it), then AddFailure with this
+    /// status: it stops and is absent again. The add-window documents disagree on whether the
+    /// processor runs at AddStart, so the emulation covers this worst reading (epoch/PROTOCOL.md,
+    /// "Hot-add window").
+    FailAfterStart(NTSTATUS),
+}
+
 /// A live hot-add of the absent processor `(group, number)`: AddStart to every registration; then,
-/// unless a callback vetoed or `failure` is given, the processor starts, runs for `window` before
-/// AddComplete (threads may already migrate to it), and AddComplete follows. Otherwise AddFailure goes
-/// to the callbacks that accepted AddStart and the processor stays absent. Returns the new index.
-/// Runs on an emulated thread at PASSIVE.
+/// unless a callback vetoed or the add fails before start, the processor starts and runs for the window
+/// (threads may already migrate to it: more than NT allows, which schedules threads there only after
+/// AddComplete, so that the driver's own threads exercise the window) and AddComplete follows, or
+/// AddFailure (`FailAfterStart`) after which the processor stops. A veto or `FailBeforeStart` sends
+/// AddFailure to the callbacks that accepted AddStart and the processor stays absent. Returns the new
+/// index. Runs on an emulated thread at PASSIVE.
 pub(super) fn hot_add(
     kernel: &Arc<Kernel>,
     group: u16,
     number: u8,
-    failure: Option<NTSTATUS>,
+    outcome: AddOutcome,
 ) -> Result<u32, NTSTATUS> {
     lock(kernel);
     let (slot, registrations) = {
@@ -254,7 +270,11 @@ pub(super) fn hot_add(
         (slot, state.callbacks.registrations.clone())
     };
     let refused = start_each(kernel, &registrations, slot);
-    let outcome = match refused.or(failure) {
+    let before_start = match outcome {
+        AddOutcome::FailBeforeStart(status) => Some(status),
+        _ => None,
+    };
+    let result = match refused.or(before_start) {
         Some(status) => {
             if refused.is_none() {
                 for registration in &registrations {
@@ -271,14 +291,44 @@ pub(super) fn hot_add(
             let thread = start_processor(kernel, slot);
             kernel.keep_service_thread(thread);
             std::thread::sleep(kernel.config.hot_add_window);
-            for registration in &registrations {
-                notify(kernel, *registration, ADD_COMPLETE, slot, 0);
+            match outcome {
+                AddOutcome::FailAfterStart(status) => {
+                    for registration in &registrations {
+                        notify(kernel, *registration, ADD_FAILURE, slot, status);
+                    }
+                    stop_failed_processor(kernel, slot);
+                    Err(status)
+                }
+                _ => {
+                    for registration in &registrations {
+                        notify(kernel, *registration, ADD_COMPLETE, slot, 0);
+                    }
+                    let mut state = kernel.lock();
+                    state.cpus[slot].phase = Phase::Complete;
+                    Ok(state.cpus[slot].index.expect("index"))
+                }
             }
-            let mut state = kernel.lock();
-            state.cpus[slot].phase = Phase::Complete;
-            Ok(state.cpus[slot].index.expect("index"))
         }
     };
     unlock(kernel);
-    outcome
+    result
+}
+
+/// After AddFailure the processor runs nothing again: its DPC loop ends, and a DPC still queued to it,
+/// or a thread still on it, is a failure (nothing would ever run them).
+fn stop_failed_processor(kernel: &Arc<Kernel>, slot: usize) {
+    let mut state = kernel.lock();
+    let name = state.cpus[slot].name();
+    let queued = state.cpus[slot].queue.len();
+    let busy = state.cpus[slot].owner.is_some();
+    state.cpus[slot].index = None;
+    state.cpus[slot].phase = Phase::Absent;
+    drop(state);
+    kernel.cpu_changed[slot].notify_all();
+    if queued > 0 || busy {
+        kernel.fail(format!(
+            "{name} failed its add with {queued} DPC(s) still queued to it{}: nothing will run them",
+            if busy { " and code running on it" } else { "" }
+        ));
+    }
 }

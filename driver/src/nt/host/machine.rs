@@ -9,6 +9,7 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
+use super::callbacks::AddOutcome;
 use super::config::{MachineConfig, SERVICE_KEY};
 use super::kernel::{Kernel, Role, PASSIVE};
 use super::loaded::Driver;
@@ -309,7 +310,7 @@ impl Machine {
     pub fn hot_add(&self, group: u16, number: u8) -> Result<u32, NTSTATUS> {
         let kernel = self.kernel.clone();
         self.call("hot-add", move || {
-            super::callbacks::hot_add(&kernel, group, number, None)
+            super::callbacks::hot_add(&kernel, group, number, AddOutcome::Complete)
         })
     }
 
@@ -322,7 +323,21 @@ impl Machine {
     ) -> Result<u32, NTSTATUS> {
         let kernel = self.kernel.clone();
         self.call("failed hot-add", move || {
-            super::callbacks::hot_add(&kernel, group, number, Some(status))
+            super::callbacks::hot_add(&kernel, group, number, AddOutcome::FailBeforeStart(status))
+        })
+    }
+
+    /// A hot-add whose processor starts and runs for the window (the driver's threads may run epoch
+    /// code on it) before AddFailure with `status`; then it stops and is absent again.
+    pub fn hot_add_failing_after_start(
+        &self,
+        group: u16,
+        number: u8,
+        status: NTSTATUS,
+    ) -> Result<u32, NTSTATUS> {
+        let kernel = self.kernel.clone();
+        self.call("hot-add failing after start", move || {
+            super::callbacks::hot_add(&kernel, group, number, AddOutcome::FailAfterStart(status))
         })
     }
 

@@ -180,7 +180,8 @@ pub(super) fn dpc_loop(kernel: Arc<Kernel>, slot: usize) {
     loop {
         let mut state = kernel.lock();
         let entry = loop {
-            if state.shutdown {
+            // Shut down, or a processor whose add failed after it started (it runs nothing again).
+            if state.shutdown || state.cpus[slot].phase == Phase::Absent {
                 return;
             }
             let now = Instant::now();
