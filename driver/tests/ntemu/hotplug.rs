@@ -126,13 +126,10 @@ fn epoch_code_on_a_processor_before_its_add_complete(config: MachineConfig) -> k
     stats
 }
 
-/// PROTOCOL.md (Routing) and README: before AddComplete a hot-added processor uses the overflow slot;
-/// SPEC S3: no message before AddComplete. With the callback strategy, when AddStart's preparation fails
-/// (the documented "leaves the CPU to the lazy path"), the lazy path prepares a *ready* slot on the
-/// processor's first epoch use, whether or not AddComplete came: the next cycle queues its DPC to the
-/// processor before AddComplete. (Were AddFailure to follow, the slot would stay ready and participating
-/// - `roll_back` keeps ready slots - and every later cycle would wait for a DPC on a processor that never
-/// came up.)
+/// With the callback strategy, when AddStart's preparation fails (the processor is left to the lazy
+/// path), code on the processor before its AddComplete must still use the overflow slot: the lazy path
+/// prepares a routable slot only after AddComplete (PROTOCOL.md, "Hot-add window"), so no cycle queues a
+/// DPC to the processor early.
 #[test]
 fn callback_strategy_does_not_message_a_processor_prepared_lazily_before_add_complete() {
     // Allocation attempts of a load and open: the next one is AddStart's slot for the new processor.
@@ -155,10 +152,8 @@ fn callback_strategy_does_not_message_a_processor_prepared_lazily_before_add_com
     );
 }
 
-/// The same with the lazy strategy (and so with `callback` when the API is missing): it never learns
-/// about AddComplete, prepares a ready slot on first use, and the cycle messages the processor before
-/// AddComplete. PROTOCOL.md accepts this for lazy ("prepared on the processor itself, so it runs"), but
-/// the emulated kernel (like SPEC S3) fails it; one of the two is wrong.
+/// The same with the lazy strategy, which registers for the notifications to learn when a processor's
+/// add completed.
 #[test]
 fn lazy_strategy_does_not_message_a_processor_before_add_complete() {
     epoch_code_on_a_processor_before_its_add_complete(machine_with_strategy(0));
