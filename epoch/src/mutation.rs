@@ -102,6 +102,9 @@ mutations! {
     /// The safe [`Atomic`](crate::Atomic) publishes a value without the Release half of its
     /// read-modify-write: a reader that loads the pointer may not see the value initialised.
     PublishWithoutRelease = 19, "publish-without-release", Ordering;
+    /// `schedule_work` and `cancel_work` accept a work item of another domain: the scheduling domain
+    /// counts and queues it, its trampoline accounts to (and may outlive) the domain that made it.
+    ForeignWorkItem = 20, "foreign-work-item", Logic;
 }
 
 impl Mutation {

@@ -384,3 +384,4 @@ mod atomic;
 mod callback;
 mod hardware;
 mod review;
+mod second_review;

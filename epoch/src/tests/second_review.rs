@@ -1,0 +1,108 @@
+//! Regression tests for what the second independent review found: each fails on the version it
+//! reviewed (or with the mutation that re-introduces the bug) and passes on this one.
+
+use super::*;
+
+fn do_nothing(_: usize) {}
+
+/// Domain `b` schedules domain `a`'s work item. An accepted item is taken back at once (cancelled,
+/// and its entry disposed of by `b`'s cycles), so that a broken check fails the caller's assertion
+/// instead of hanging an unload.
+fn schedule_on_the_other_domain(
+    b: &Domain<TestPlatform>,
+    item: &crate::WorkItem<'_, TestPlatform>,
+) -> Result<u64, RetireError> {
+    let result = TestPlatform::on_cpu(0, || b.schedule_work(item));
+    if result.is_ok() {
+        assert!(b.cancel_work(item), "take the accepted item back");
+        b.synchronize();
+    }
+    result
+}
+
+/// `Domain::schedule_work` (a safe function) took any `&WorkItem<'_, P>`: the block of domain A was
+/// retired into domain B's lists, B counted and queued it, and its trampoline released and
+/// decremented A. B's count never returned to zero (B's unload waited forever) and A's wrapped
+/// (A's unload too). It is refused now, with an error that says why.
+#[test]
+fn a_work_item_of_one_domain_cannot_be_scheduled_on_another() {
+    let platform = TestPlatform::new(1, 1);
+    let a = Domain::create(platform.clone(), test_config(Strategy::Lazy)).expect("load a");
+    let b = Domain::create(platform.clone(), test_config(Strategy::Lazy)).expect("load b");
+    let item = a.new_work_item(do_nothing, 0).expect("work item");
+    let refused = schedule_on_the_other_domain(&b, &item);
+    drop(item);
+    drop(b);
+    drop(a);
+    assert_eq!(
+        refused,
+        Err(RetireError::ForeignWorkItem),
+        "domain B accepted (and would run and account for) a work item of domain A"
+    );
+    assert_eq!(platform.live_allocations(), 0);
+}
+
+static CROSS_DOMAIN_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_cross_domain_run(_: usize) {
+    CROSS_DOMAIN_RUNS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Successor of the review's "a cross-domain work item leaves the scheduling domain unable to
+/// unload": B refuses A's item and cannot cancel it while A has it scheduled; A runs it once, and both
+/// domains unload (the test platform's bounded wait panics with "event never signalled" where an
+/// unload would wait forever).
+#[test]
+fn a_refused_cross_domain_work_item_leaves_both_domains_able_to_unload() {
+    let platform = TestPlatform::new(1, 1);
+    let a = Domain::create(platform.clone(), test_config(Strategy::Lazy)).expect("load a");
+    let b = Domain::create(platform.clone(), test_config(Strategy::Lazy)).expect("load b");
+    let item = a
+        .new_work_item(count_cross_domain_run, 0)
+        .expect("work item");
+    let refused = schedule_on_the_other_domain(&b, &item);
+    TestPlatform::on_cpu(0, || a.schedule_work(&item)).expect("its own domain schedules it");
+    let cancelled_by_b = b.cancel_work(&item);
+    if cancelled_by_b {
+        // Only a broken check gets here: put the item back on A's schedule.
+        a.schedule_work(&item).expect("reschedule");
+    }
+    a.synchronize();
+    platform.run_passive();
+    drop(item);
+    drop(b);
+    drop(a);
+    assert_eq!(refused, Err(RetireError::ForeignWorkItem));
+    assert!(
+        !cancelled_by_b,
+        "domain B cancelled a work item of domain A"
+    );
+    assert_eq!(CROSS_DOMAIN_RUNS.load(Ordering::SeqCst), 1);
+    assert_eq!(platform.live_allocations(), 0, "leak at unload");
+}
+
+/// The use-after-free the cross-domain schedule allowed in safe code: A unloads (nothing of A refers
+/// to the block, which waits in B's list), then B releases and queues the item, whose trampoline
+/// reads A through the block, after A was freed. Only under Miri
+/// (`cargo +nightly miri test -p kepoch -- a_cross_domain_work_item_runs_against_a_freed_domain`),
+/// which would report the access to freed memory; natively it would write into freed heap memory.
+#[test]
+#[cfg_attr(
+    not(miri),
+    ignore = "writes into freed memory if the check is broken: run under Miri"
+)]
+fn a_cross_domain_work_item_runs_against_a_freed_domain() {
+    let platform = TestPlatform::new(1, 1);
+    let a = Domain::create(platform.clone(), test_config(Strategy::Lazy)).expect("load a");
+    let b = Domain::create(platform.clone(), test_config(Strategy::Lazy)).expect("load b");
+    let item = a.new_work_item(do_nothing, 0).expect("work item");
+    let accepted = TestPlatform::on_cpu(0, || b.schedule_work(&item)).is_ok();
+    drop(item);
+    drop(a); // A is freed here; an accepted work block would still be in B's retired list.
+    if accepted {
+        b.synchronize(); // B disposes of the block; the item runs and touches A.
+        platform.run_passive();
+    }
+    core::mem::forget(b);
+    assert!(!accepted, "a work item of domain A was scheduled on B");
+}
