@@ -105,6 +105,9 @@ mutations! {
     /// `schedule_work` and `cancel_work` accept a work item of another domain: the scheduling domain
     /// counts and queues it, its trampoline accounts to (and may outlive) the domain that made it.
     ForeignWorkItem = 20, "foreign-work-item", Logic;
+    /// A work item cancelled and scheduled again runs when its old entry is released, with the first
+    /// schedule's stamp: it does not wait for readers that entered between the two schedules.
+    RescheduleKeepsStamp = 21, "reschedule-keeps-stamp", Logic;
 }
 
 impl Mutation {

@@ -46,6 +46,11 @@ impl<P: Platform> Domain<P> {
         loop {
             let (from, to) = match head.state.load(Ordering::Acquire) {
                 state::RETIRED => (state::RETIRED, state::QUEUED),
+                // The `reschedule-keeps-stamp` mutation runs a rescheduled item on its old entry's
+                // release, as if the first schedule's stamp covered the second.
+                state::RESCHEDULED if self.mutated(Mutation::RescheduleKeepsStamp) => {
+                    (state::RESCHEDULED, state::QUEUED)
+                }
                 state::RESCHEDULED => (state::RESCHEDULED, state::RETIRED),
                 _ => (state::CANCELLED, state::LIVE),
             };

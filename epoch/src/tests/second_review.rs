@@ -106,3 +106,48 @@ fn a_cross_domain_work_item_runs_against_a_freed_domain() {
     core::mem::forget(b);
     assert!(!accepted, "a work item of domain A was scheduled on B");
 }
+
+static RESCHEDULED_RUNS: AtomicUsize = AtomicUsize::new(0);
+
+fn count_rescheduled_run(_: usize) {
+    RESCHEDULED_RUNS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A work item cancelled and scheduled again waits for a new grace period: a reader that entered
+/// after the first schedule but before the second holds it back. The cancelled entry (stamped at the
+/// first schedule) is released by a cycle while that reader is inside; disposing of it must retire
+/// the item again with a fresh stamp, not run it (mutation `reschedule-keeps-stamp`).
+#[test]
+fn a_rescheduled_work_item_waits_for_readers_that_entered_before_the_second_schedule() {
+    let (platform, domain) = domain(1, Strategy::Lazy);
+    let item = domain
+        .new_work_item(count_rescheduled_run, 0)
+        .expect("work item");
+    let first = domain.schedule_work(&item).expect("schedule");
+    assert!(domain.cancel_work(&item));
+    // One cycle: the epoch moves past the first stamp, which the next cycle's visit releases.
+    platform.tick();
+    assert!(domain.global_epoch() > first);
+    let reader = domain.enter();
+    let second = domain.schedule_work(&item).expect("schedule again");
+    assert!(
+        second > first,
+        "the second schedule waits for a later epoch"
+    );
+    for _ in 0..6 {
+        platform.tick();
+    }
+    assert_eq!(
+        RESCHEDULED_RUNS.load(Ordering::SeqCst),
+        0,
+        "the rescheduled item ran while a reader that entered before its second schedule was inside"
+    );
+    drop(reader);
+    for _ in 0..6 {
+        platform.tick();
+    }
+    assert_eq!(RESCHEDULED_RUNS.load(Ordering::SeqCst), 1);
+    drop(item);
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0, "leak at unload");
+}
