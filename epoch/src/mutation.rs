@@ -102,6 +102,12 @@ mutations! {
     /// The safe [`Atomic`](crate::Atomic) publishes a value without the Release half of its
     /// read-modify-write: a reader that loads the pointer may not see the value initialised.
     PublishWithoutRelease = 19, "publish-without-release", Ordering;
+    /// `schedule_work` and `cancel_work` accept a work item of another domain: the scheduling domain
+    /// counts and queues it, its trampoline accounts to (and may outlive) the domain that made it.
+    ForeignWorkItem = 20, "foreign-work-item", Logic;
+    /// A work item cancelled and scheduled again runs when its old entry is released, with the first
+    /// schedule's stamp: it does not wait for readers that entered between the two schedules.
+    RescheduleKeepsStamp = 21, "reschedule-keeps-stamp", Logic;
     /// A processor between AddStart and AddComplete that runs epoch code gets a routable slot from the
     /// lazy path (as if its add had completed): cycles message it before AddComplete (S3), and after an
     /// AddFailure wait forever for a processor that never came up.

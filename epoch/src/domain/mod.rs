@@ -84,11 +84,26 @@ impl fmt::Display for LoadError {
     }
 }
 
-/// Why a retirement was refused.
+/// Why a retirement (or the schedule of a work item) was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetireError {
     /// The item was already retired (or the work item is already scheduled).
     AlreadyRetired,
+    /// The work item belongs to another domain: only the domain whose
+    /// [`new_work_item`](Domain::new_work_item) made it may schedule it (another domain would
+    /// account for it and run it against the domain it came from, which may be gone by then).
+    ForeignWorkItem,
+}
+
+impl fmt::Display for RetireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RetireError::AlreadyRetired => {
+                "the item is already retired (or the work item scheduled)"
+            }
+            RetireError::ForeignWorkItem => "the work item belongs to another domain",
+        })
+    }
 }
 
 /// All prepared slots, for building cycle rings and for teardown.

@@ -46,6 +46,11 @@ impl<P: Platform> Domain<P> {
         loop {
             let (from, to) = match head.state.load(Ordering::Acquire) {
                 state::RETIRED => (state::RETIRED, state::QUEUED),
+                // The `reschedule-keeps-stamp` mutation runs a rescheduled item on its old entry's
+                // release, as if the first schedule's stamp covered the second.
+                state::RESCHEDULED if self.mutated(Mutation::RescheduleKeepsStamp) => {
+                    (state::RESCHEDULED, state::QUEUED)
+                }
                 state::RESCHEDULED => (state::RESCHEDULED, state::RETIRED),
                 _ => (state::CANCELLED, state::LIVE),
             };
@@ -106,10 +111,21 @@ impl<P: Platform> Domain<P> {
         })
     }
 
+    /// Whether `item` was made by this domain: its block names the domain its trampoline accounts
+    /// to, so only that domain may schedule or cancel it (the `foreign-work-item` mutation accepts
+    /// any).
+    fn owns(&self, item: &WorkItem<'_, P>) -> bool {
+        ptr::eq(item.domain, self) || self.mutated(Mutation::ForeignWorkItem)
+    }
+
     /// Schedules `item` to run once everything retired before this call is safe; returns the epoch it
-    /// waits for (at least). Refused (and counted) if it is already scheduled. A cancelled item can be
-    /// scheduled again at once.
+    /// waits for (at least). Refused (and counted) if it is already scheduled, and refused with
+    /// [`RetireError::ForeignWorkItem`] if another domain made it. A cancelled item can be scheduled
+    /// again at once.
     pub fn schedule_work(&self, item: &WorkItem<'_, P>) -> Result<u64, RetireError> {
+        if !self.owns(item) {
+            return Err(RetireError::ForeignWorkItem);
+        }
         let block = item.block.as_ptr();
         // SAFETY: the handle keeps the block alive.
         let head = unsafe { &(*block).header };
@@ -137,8 +153,12 @@ impl<P: Platform> Domain<P> {
     }
 
     /// Cancels a scheduled work item that has not been handed to a passive thread yet. Returns whether
-    /// it was cancelled (it will then not run).
+    /// it was cancelled (it will then not run). An item of another domain is never scheduled here:
+    /// it is left alone and the answer is `false`.
     pub fn cancel_work(&self, item: &WorkItem<'_, P>) -> bool {
+        if !self.owns(item) {
+            return false;
+        }
         // SAFETY: the handle keeps the block alive.
         let header = unsafe { &(*item.block.as_ptr()).header };
         [state::RETIRED, state::RESCHEDULED]

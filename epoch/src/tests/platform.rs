@@ -1,0 +1,440 @@
+//! The test platform: a minimal single-threaded platform on which the test decides which CPU runs,
+//! when queued messages are delivered and when the timer fires; and the helpers every test uses.
+
+use crate::config::{Config, Strategy};
+use crate::platform::*;
+use crate::{Domain, DomainBox};
+use core::alloc::Layout;
+use core::cell::Cell;
+use core::fmt;
+use core::ptr::NonNull;
+use std::collections::{BTreeMap, VecDeque};
+use std::string::{String, ToString};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::vec::Vec;
+
+std::thread_local! {
+    pub(super) static CPU: Cell<usize> = const { Cell::new(0) };
+    pub(super) static IRQL: Cell<u8> = const { Cell::new(0) };
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) cpus: usize,
+    pub(super) max_reported: u32,
+    pub(super) messages: VecDeque<(usize, usize)>, // (cpu, message id)
+    pub(super) bound: BTreeMap<usize, (usize, HandlerBox)>,
+    pub(super) next_id: usize,
+    pub(super) timer: Option<HandlerBox>,
+    pub(super) passive: VecDeque<HandlerBox>,
+    pub(super) live: BTreeMap<usize, Layout>,
+    pub(super) fail_allocations: usize,
+    pub(super) delivered: Vec<usize>,
+    pub(super) logs: Vec<String>,
+    /// Processor-change registration exists.
+    pub(super) callback_api: bool,
+    /// The registered callback and its context.
+    pub(super) callback: Option<(ProcessorChangeFn, ContextPtr)>,
+    /// Registration replay: this Start (0-based) fails, as if another registrant vetoed it.
+    pub(super) veto_start: Option<usize>,
+    /// Registration replay sends AddStart twice per processor.
+    pub(super) replay_start_twice: bool,
+    /// Messages sent to a processor that is not running (S3).
+    pub(super) misrouted: usize,
+    /// The test clock.
+    pub(super) clock_ns: u64,
+    /// Broken IRQL rules: a core spin lock taken below DISPATCH, a routine called at the wrong IRQL.
+    pub(super) irql_faults: Vec<String>,
+    /// Runs after every clock reading, outside the state lock (a test's hook into the cycle).
+    pub(super) on_clock: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+/// The registration context, kept as a pointer (not an integer) so Miri tracks its provenance.
+#[derive(Clone, Copy)]
+pub(super) struct ContextPtr(pub(super) *const ());
+// SAFETY: test-only; the context is used on the single test thread.
+unsafe impl Send for ContextPtr {}
+
+#[derive(Clone, Copy)]
+pub(super) struct HandlerBox(pub(super) Handler);
+// SAFETY: test-only; handlers are run on the single test thread.
+unsafe impl Send for HandlerBox {}
+
+#[derive(Clone)]
+pub(super) struct TestPlatform(pub(super) Arc<Mutex<State>>);
+
+/// Message storage: an id into the platform's table.
+pub(super) struct TestMessage(Cell<usize>);
+// SAFETY: test-only, single-threaded.
+unsafe impl Sync for TestMessage {}
+
+pub(super) struct TestEvent(Cell<bool>);
+// SAFETY: test-only, single-threaded.
+unsafe impl Sync for TestEvent {}
+
+impl TestPlatform {
+    pub(super) fn new(cpus: usize, max_reported: u32) -> Self {
+        TestPlatform(Arc::new(Mutex::new(State {
+            cpus,
+            max_reported,
+            callback_api: true,
+            ..State::default()
+        })))
+    }
+    pub(super) fn on_cpu<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
+        let old = CPU.with(|c| c.replace(cpu));
+        let r = f();
+        CPU.with(|c| c.set(old));
+        r
+    }
+    /// Delivers queued messages until none is left; returns how many ran.
+    pub(super) fn run_messages(&self) -> usize {
+        let mut ran = 0;
+        loop {
+            let next = self.0.lock().unwrap().messages.pop_front();
+            let Some((cpu, id)) = next else { return ran };
+            let handler = self.0.lock().unwrap().bound[&id].1;
+            self.0.lock().unwrap().delivered.push(cpu);
+            Self::on_cpu(cpu, || {
+                let old = IRQL.with(|i| i.replace(2));
+                // SAFETY: the slot owning the message is alive while it is bound.
+                unsafe { handler.0.invoke() };
+                IRQL.with(|i| i.set(old));
+            });
+            ran += 1;
+        }
+    }
+    pub(super) fn tick(&self) {
+        let timer = self.0.lock().unwrap().timer;
+        if let Some(timer) = timer {
+            let old = IRQL.with(|i| i.replace(2));
+            // SAFETY: the domain is alive while its timer is armed.
+            unsafe { timer.0.invoke() };
+            IRQL.with(|i| i.set(old));
+        }
+        self.run_messages();
+        self.run_passive();
+    }
+    pub(super) fn run_passive(&self) {
+        loop {
+            let next = self.0.lock().unwrap().passive.pop_front();
+            let Some(work) = next else { return };
+            // SAFETY: queued work items are alive until they run.
+            unsafe { work.0.invoke() };
+        }
+    }
+    /// A live hot-add of the next processor: AddStart (not running yet), then AddComplete (running)
+    /// or AddFailure. Returns the new processor's number.
+    pub(super) fn hot_add(&self, fail: bool) -> usize {
+        self.hot_add_with_window(fail, |_| {})
+    }
+
+    /// [`TestPlatform::hot_add`] with `window` run between AddStart and AddComplete (or AddFailure),
+    /// given the new processor's number: code running on the new processor in that window (a DPC
+    /// another driver targeted at it, an interrupt), and cycles the test runs meanwhile.
+    pub(super) fn hot_add_with_window(&self, fail: bool, window: impl FnOnce(usize)) -> usize {
+        let (callback, context, cpu) = {
+            let state = self.0.lock().unwrap();
+            let (callback, ContextPtr(context)) = state.callback.expect("registered");
+            (callback, context, state.cpus)
+        };
+        let processor = CurrentProcessor {
+            number: ProcessorNumber::new(0, cpu as u8),
+            index: cpu as u32,
+        };
+        // SAFETY: the domain that registered is alive (it deregisters at unload).
+        unsafe {
+            callback(context, ProcessorChange::AddStart, processor);
+            window(cpu);
+            if fail {
+                callback(
+                    context,
+                    ProcessorChange::AddFailure(Status::INSUFFICIENT_RESOURCES),
+                    processor,
+                );
+            } else {
+                self.0.lock().unwrap().cpus += 1;
+                callback(context, ProcessorChange::AddComplete, processor);
+            }
+        }
+        cpu
+    }
+
+    /// IRQL rules broken so far.
+    pub(super) fn irql_faults(&self) -> Vec<String> {
+        self.0.lock().unwrap().irql_faults.clone()
+    }
+    pub(super) fn live_allocations(&self) -> usize {
+        self.0.lock().unwrap().live.len()
+    }
+    pub(super) fn delivered(&self) -> Vec<usize> {
+        core::mem::take(&mut self.0.lock().unwrap().delivered)
+    }
+}
+
+// SAFETY: single-threaded tests; DISPATCH exclusion holds because nothing runs concurrently.
+unsafe impl Platform for TestPlatform {
+    type Message = TestMessage;
+    type Timer = ();
+    type PassiveWork = TestMessage;
+    type Event = TestEvent;
+
+    fn current_processor(&self) -> CurrentProcessor {
+        let cpu = CPU.with(Cell::get);
+        CurrentProcessor {
+            number: ProcessorNumber::new(0, cpu as u8),
+            index: cpu as u32,
+        }
+    }
+    fn current_irql(&self) -> Irql {
+        Irql(IRQL.with(Cell::get))
+    }
+    fn raise_to_dispatch(&self) -> Irql {
+        Irql(IRQL.with(|i| i.replace(i.get().max(2))))
+    }
+    fn lower_irql(&self, previous: Irql) {
+        IRQL.with(|i| i.set(previous.0));
+    }
+    fn max_processor_count(&self) -> u32 {
+        self.0.lock().unwrap().max_reported
+    }
+    fn active_processor_count(&self) -> u32 {
+        self.0.lock().unwrap().cpus as u32
+    }
+    fn processor_number_from_index(&self, index: u32) -> Result<ProcessorNumber, Status> {
+        if (index as usize) < self.0.lock().unwrap().cpus {
+            Ok(ProcessorNumber::new(0, index as u8))
+        } else {
+            Err(Status::INVALID_PARAMETER)
+        }
+    }
+    fn allocate(&self, layout: Layout) -> Option<NonNull<u8>> {
+        let mut state = self.0.lock().unwrap();
+        if state.fail_allocations > 0 {
+            state.fail_allocations -= 1;
+            return None;
+        }
+        // SAFETY: layouts from the core have a non-zero size.
+        let ptr = NonNull::new(unsafe { std::alloc::alloc(layout) })?;
+        state.live.insert(ptr.as_ptr() as usize, layout);
+        Some(ptr)
+    }
+    unsafe fn free(&self, ptr: NonNull<u8>, layout: Layout) {
+        let recorded = self.0.lock().unwrap().live.remove(&(ptr.as_ptr() as usize));
+        assert_eq!(
+            recorded,
+            Some(layout),
+            "free of an unknown block or with the wrong layout"
+        );
+        // SAFETY: allocated above with this layout.
+        unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) };
+    }
+    unsafe fn message_init(
+        &self,
+        message: *mut TestMessage,
+        target: ProcessorNumber,
+        handler: Handler,
+    ) -> Result<(), Status> {
+        let mut state = self.0.lock().unwrap();
+        state.next_id += 1;
+        let id = state.next_id;
+        state
+            .bound
+            .insert(id, (target.number as usize, HandlerBox(handler)));
+        // SAFETY: the core passes writable storage.
+        unsafe { message.write(TestMessage(Cell::new(id))) };
+        Ok(())
+    }
+    fn message_send(&self, message: &TestMessage) {
+        let mut state = self.0.lock().unwrap();
+        let id = message.0.get();
+        let cpu = state.bound[&id].0;
+        if cpu >= state.cpus {
+            state.misrouted += 1;
+            return;
+        }
+        if !state.messages.iter().any(|&(_, queued)| queued == id) {
+            state.messages.push_back((cpu, id));
+        }
+    }
+    unsafe fn message_release(&self, message: *mut TestMessage) {
+        // SAFETY: initialised by `message_init`.
+        let id = unsafe { (*message).0.get() };
+        self.0.lock().unwrap().bound.remove(&id);
+    }
+    fn flush_messages(&self) {
+        self.run_messages();
+    }
+    unsafe fn timer_init(&self, _timer: *mut (), handler: Handler) -> Result<(), Status> {
+        self.0.lock().unwrap().timer = Some(HandlerBox(handler));
+        Ok(())
+    }
+    fn timer_start(&self, _timer: &(), _period_us: u32) {}
+    fn timer_stop(&self, _timer: &()) {
+        self.0.lock().unwrap().timer = None;
+    }
+    unsafe fn timer_release(&self, _timer: *mut ()) {}
+    unsafe fn passive_init(&self, work: *mut TestMessage, handler: Handler) -> Result<(), Status> {
+        let mut state = self.0.lock().unwrap();
+        state.next_id += 1;
+        let id = state.next_id;
+        state.bound.insert(id, (usize::MAX, HandlerBox(handler)));
+        // SAFETY: the core passes writable storage.
+        unsafe { work.write(TestMessage(Cell::new(id))) };
+        Ok(())
+    }
+    fn passive_queue(&self, work: &TestMessage) {
+        let mut state = self.0.lock().unwrap();
+        let handler = state.bound[&work.0.get()].1;
+        state.passive.push_back(handler);
+    }
+    unsafe fn passive_release(&self, work: *mut TestMessage) {
+        // SAFETY: initialised by `passive_init`.
+        let id = unsafe { (*work).0.get() };
+        self.0.lock().unwrap().bound.remove(&id);
+    }
+    unsafe fn event_init(&self, event: *mut TestEvent) {
+        // SAFETY: the core passes writable storage.
+        unsafe { event.write(TestEvent(Cell::new(false))) };
+    }
+    fn event_signal(&self, event: &TestEvent) {
+        event.0.set(true);
+    }
+    fn event_reset(&self, event: &TestEvent) {
+        event.0.set(false);
+    }
+    fn event_wait(&self, event: &TestEvent) {
+        // Single thread: waiting means letting queued messages and work run.
+        for _ in 0..1000 {
+            if event.0.get() {
+                return;
+            }
+            self.run_messages();
+            self.run_passive();
+        }
+        panic!("event never signalled");
+    }
+    unsafe fn processor_change_register(
+        &self,
+        callback: ProcessorChangeFn,
+        context: *const (),
+    ) -> Result<Option<NonNull<()>>, Status> {
+        let (api, cpus, veto, twice) = {
+            let state = self.0.lock().unwrap();
+            (
+                state.callback_api,
+                state.cpus,
+                state.veto_start,
+                state.replay_start_twice,
+            )
+        };
+        if !api {
+            return Ok(None);
+        }
+        let notify = |cpu: usize, change| {
+            let processor = CurrentProcessor {
+                number: ProcessorNumber::new(0, cpu as u8),
+                index: cpu as u32,
+            };
+            // SAFETY: the caller keeps `context` valid for the registration.
+            unsafe { callback(context, change, processor) }
+        };
+        for cpu in 0..cpus {
+            if veto == Some(cpu) {
+                for started in 0..cpu {
+                    notify(
+                        started,
+                        ProcessorChange::AddFailure(Status::INSUFFICIENT_RESOURCES),
+                    );
+                }
+                return Err(Status::INSUFFICIENT_RESOURCES);
+            }
+            notify(cpu, ProcessorChange::AddStart);
+            if twice {
+                notify(cpu, ProcessorChange::AddStart);
+            }
+        }
+        for cpu in 0..cpus {
+            notify(cpu, ProcessorChange::AddComplete);
+        }
+        self.0.lock().unwrap().callback = Some((callback, ContextPtr(context)));
+        Ok(Some(NonNull::dangling()))
+    }
+    unsafe fn processor_change_deregister(&self, _handle: NonNull<()>) {
+        self.0.lock().unwrap().callback = None;
+    }
+    fn now_ns(&self) -> u64 {
+        // Every reading advances a microsecond: cycles take a measurable, deterministic time.
+        let (now, hook) = {
+            let mut state = self.0.lock().unwrap();
+            state.clock_ns += 1_000;
+            (state.clock_ns, state.on_clock.clone())
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+        now
+    }
+    fn verify_irql(&self, routine: &'static str, rule: IrqlRule) {
+        let irql = self.current_irql();
+        if !rule.allows(irql) {
+            self.0.lock().unwrap().irql_faults.push(std::format!(
+                "{routine} called at IRQL {} ({rule:?})",
+                irql.0
+            ));
+        }
+    }
+    fn spin_lock_contended(&self, lock: *const ()) {
+        // One thread runs everything here: a held lock can never be released while we spin.
+        panic!("deadlock: core spin lock {lock:p} is held by the thread that now spins on it");
+    }
+    fn spin_lock_acquired(&self, lock: *const ()) {
+        let irql = self.current_irql();
+        if irql < Irql::DISPATCH {
+            self.0.lock().unwrap().irql_faults.push(std::format!(
+                "core spin lock {lock:p} acquired at IRQL {}",
+                irql.0
+            ));
+        }
+    }
+    fn log(&self, _level: LogLevel, args: fmt::Arguments<'_>) {
+        self.0.lock().unwrap().logs.push(args.to_string());
+    }
+}
+
+/// The configuration tests create domains with: `strategy`, plus the mutation named by the
+/// `KEPOCH_MUTATION` environment variable (with the `mutations` feature), so that
+/// `test-scripts/mutation-score.sh` can run this whole suite against a re-introduced bug.
+pub(super) fn test_config(strategy: Strategy) -> Config {
+    let mut mutations = crate::Mutations::NONE;
+    if let Ok(name) = std::env::var("KEPOCH_MUTATION") {
+        let mutation = crate::Mutation::from_name(&name)
+            .unwrap_or_else(|| panic!("KEPOCH_MUTATION={name}: no such mutation"));
+        mutations = mutations.with(mutation);
+    }
+    Config {
+        mutations,
+        ..Config::with_strategy(strategy)
+    }
+}
+
+/// A retirable test object that counts its drops.
+pub(super) struct Tracked(pub(super) Arc<AtomicUsize>);
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+pub(super) fn domain(cpus: usize, strategy: Strategy) -> (TestPlatform, DomainBox<TestPlatform>) {
+    let platform = TestPlatform::new(cpus, cpus as u32);
+    let domain = Domain::create(platform.clone(), test_config(strategy)).expect("load");
+    (platform, domain)
+}
+
+pub(super) fn retire_new(domain: &Domain<TestPlatform>, drops: &Arc<AtomicUsize>) -> u64 {
+    let object = domain.alloc(Tracked(drops.clone())).ok().expect("alloc");
+    // SAFETY: never published to readers.
+    unsafe { domain.retire(object) }.expect("first retire")
+}
