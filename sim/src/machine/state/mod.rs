@@ -1,17 +1,20 @@
 //! Machine state shared by the platform, the deterministic scheduler and the parallel threads. It knows
 //! nothing of the scheduler or of the platform module: both build on it.
 
+mod ctx;
+mod halt;
 mod handle;
 mod task;
 
+pub(crate) use ctx::{ctx_get, ctx_set, irql_name, ContextKind, Ctx};
+pub(crate) use halt::MachineHalted;
+pub use halt::HALTED_WAIT_LIMIT;
 pub use handle::{SimPlatform, STATUS_UNSUCCESSFUL};
 pub(crate) use task::TaskSlot;
 pub use task::{StepContext, StepOutcome, Task, TaskId};
 
 use std::any::Any;
-use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -27,71 +30,9 @@ use super::report::{Bugcheck, Counters, CpuStatus, LogLine, Violation, Violation
 
 static NEXT_MACHINE_ID: AtomicUsize = AtomicUsize::new(1);
 
-/// What kind of code a context runs (for the messages of violations and bugchecks).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ContextKind {
-    /// Code on the calling thread outside any task or handler: load, unload, a test's `with_cpu`.
-    Caller,
-    /// A parallel-mode CPU thread between the things it runs.
-    Idle,
-    /// A step of a task.
-    Task(usize),
-    /// A passive work item (by id).
-    PassiveWork(u64),
-    /// A message handler, i.e. a DPC (by message id).
-    Message(u64),
-    /// A timer handler, i.e. the timer's DPC (by timer id).
-    Timer(u64),
-    /// Processor-change notifications (registration replay, hot-add phases).
-    ProcessorChange,
-    /// Code at DISPATCH on a hot-added CPU between AddStart and AddComplete/AddFailure: a DPC another
-    /// driver targeted at it, or an interrupt ([`AddWindowHook`]).
-    AddWindow,
-}
-
 /// Code run at DISPATCH on a hot-added CPU inside its add window, given the CPU's system index; the
 /// workload's stand-in for another driver's DPC there (`Machine::set_add_window_hook`).
 pub type AddWindowHook = Arc<dyn Fn(u32) + Send + Sync>;
-
-impl ContextKind {
-    /// Handlers that run at DISPATCH by definition.
-    pub fn is_dpc(self) -> bool {
-        matches!(
-            self,
-            ContextKind::Message(_) | ContextKind::Timer(_) | ContextKind::AddWindow
-        )
-    }
-}
-
-impl fmt::Display for ContextKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ContextKind::Caller => write!(f, "the calling thread"),
-            ContextKind::Idle => write!(f, "the idle loop"),
-            ContextKind::Task(tid) => write!(f, "task {tid}"),
-            ContextKind::PassiveWork(id) => write!(f, "passive work item #{id}"),
-            ContextKind::Message(id) => write!(f, "DPC (message #{id})"),
-            ContextKind::Timer(id) => write!(f, "timer DPC (timer #{id})"),
-            ContextKind::ProcessorChange => write!(f, "a processor-change callback"),
-            ContextKind::AddWindow => write!(f, "a DPC in a hot-add window"),
-        }
-    }
-}
-
-/// Execution context of the calling thread: which machine, which CPU, which IRQL, which code.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Ctx {
-    pub machine: usize,
-    pub cpu: usize,
-    pub irql: Irql,
-    /// The thread is the parallel-mode thread of `cpu` (it must pump its own queue while waiting).
-    pub cpu_thread: bool,
-    pub kind: ContextKind,
-    /// Unique per context instance on its machine (tells a recursive acquisition from a nested one).
-    pub serial: u64,
-    /// The last core routine that announced itself through `verify_irql` in this context.
-    pub entry: Option<&'static str>,
-}
 
 /// Who holds a core spin lock, as recorded by `spin_lock_acquired`.
 #[derive(Clone, Copy, Debug)]
@@ -111,25 +52,6 @@ pub(crate) struct LockHolder {
 pub(crate) struct SpinLocks {
     pub holders: HashMap<usize, LockHolder>,
     pub acquisitions: u64,
-}
-
-/// Unwinding payload of machine threads that stop because another one bugchecked.
-pub(crate) struct MachineHalted;
-
-/// A halted machine that keeps being asked to wait (or to spin) while its caller unwinds aborts the
-/// process after this many such calls instead of letting the caller loop for ever.
-pub const HALTED_WAIT_LIMIT: u64 = 100_000;
-
-thread_local! {
-    static CTX: Cell<Option<Ctx>> = const { Cell::new(None) };
-}
-
-pub(crate) fn ctx_get() -> Option<Ctx> {
-    CTX.with(|c| c.get())
-}
-
-pub(crate) fn ctx_set(ctx: Option<Ctx>) {
-    CTX.with(|c| c.set(ctx));
 }
 
 /// Exclusion for "at DISPATCH on this CPU".
@@ -428,149 +350,6 @@ impl Shared {
         }
     }
 
-    /// A new context of `kind` on `cpu` at `irql`.
-    pub fn new_ctx(&self, cpu: usize, irql: Irql, kind: ContextKind, cpu_thread: bool) -> Ctx {
-        Ctx {
-            machine: self.id,
-            cpu,
-            irql,
-            cpu_thread,
-            kind,
-            serial: self.next_serial.fetch_add(1, Ordering::Relaxed),
-            entry: None,
-        }
-    }
-
-    /// The calling thread's context on this machine (the boot CPU at PASSIVE if it has none).
-    pub fn ctx(&self) -> Ctx {
-        match ctx_get() {
-            Some(c) if c.machine == self.id => c,
-            _ => {
-                let c = self.new_ctx(0, Irql::PASSIVE, ContextKind::Caller, false);
-                ctx_set(Some(c));
-                c
-            }
-        }
-    }
-
-    /// "CPU 1 (0:1)": the index and the group-relative number of `cpu`.
-    pub fn cpu_label(&self, cpu: usize) -> String {
-        format!("CPU {} ({})", self.slots[cpu].index, self.slots[cpu].number)
-    }
-
-    /// "task 3"; for the calling thread, which runs many unrelated things, also the last core entry
-    /// point it announced ("the calling thread (last core entry point: unload)").
-    pub fn label(&self, kind: ContextKind, entry: Option<&'static str>) -> String {
-        match (kind, entry) {
-            (ContextKind::Caller, Some(routine)) => {
-                format!("{kind} (last core entry point: {routine})")
-            }
-            _ => kind.to_string(),
-        }
-    }
-
-    /// "task 3 on CPU 1 (0:1) at IRQL 0 (PASSIVE)".
-    pub fn describe(
-        &self,
-        kind: ContextKind,
-        entry: Option<&'static str>,
-        cpu: usize,
-        irql: Irql,
-    ) -> String {
-        format!(
-            "{} on {} at IRQL {}",
-            self.label(kind, entry),
-            self.cpu_label(cpu),
-            irql_name(irql)
-        )
-    }
-
-    /// [`Shared::describe`] of the calling context.
-    pub fn describe_ctx(&self, c: &Ctx) -> String {
-        self.describe(c.kind, c.entry, c.cpu, c.irql)
-    }
-
-    pub fn is_halted(&self) -> bool {
-        self.halted.load(Ordering::Acquire)
-    }
-
-    /// Parallel mode: a machine thread that finds the machine halted unwinds (its guards release
-    /// what it holds) instead of waiting for something that will never happen.
-    pub fn unwind_if_halted(&self) {
-        if self.is_halted() && !std::thread::panicking() {
-            std::panic::resume_unwind(Box::new(MachineHalted));
-        }
-    }
-
-    /// Records `kind` with `message`, halts the machine and unwinds the calling thread with a
-    /// [`Bugcheck`] payload (the first bugcheck is the one kept).
-    pub fn bugcheck(&self, kind: ViolationKind, code: (u32, &'static str), message: String) -> ! {
-        self.violation(kind, message.clone());
-        let cpu = match ctx_get() {
-            Some(c) if c.machine == self.id => Some(self.slots[c.cpu].index),
-            _ => None,
-        };
-        let bugcheck = Bugcheck {
-            code: code.0,
-            name: code.1,
-            kind,
-            message,
-            time_us: self.now(),
-            cpu,
-        };
-        // The default panic hook cannot show a non-string payload: say what happened first.
-        eprintln!("kepoch-sim: {bugcheck}");
-        self.bugcheck.lock().get_or_insert_with(|| bugcheck.clone());
-        self.halt();
-        std::panic::panic_any(bugcheck)
-    }
-
-    /// Nothing runs on the machine any more; parallel threads that wait are woken to notice.
-    pub fn halt(&self) {
-        self.halted.store(true, Ordering::Release);
-        self.work_cv.notify_all();
-        let _g = self.ev_lock.lock();
-        self.ev_cv.notify_all();
-    }
-
-    /// A wait, or a spin, asked of the halted machine. Outside unwinding the machine stays down: a
-    /// parallel-mode machine thread unwinds quietly, any other caller gets the bugcheck again (also
-    /// quietly: the panic hook reported it once), or a `String` if a thread panic halted it. While the caller unwinds (a domain dropped by the
-    /// unwinding) it returns at once — nothing will ever satisfy it — and past [`HALTED_WAIT_LIMIT`]
-    /// such calls it aborts the process rather than let a caller loop for ever.
-    pub fn halted_wait(&self, what: &str) {
-        let bugcheck = self.bugcheck.lock().clone();
-        if !std::thread::panicking() {
-            if self.is_parallel() {
-                std::panic::resume_unwind(Box::new(MachineHalted));
-            }
-            match bugcheck {
-                Some(bugcheck) => std::panic::resume_unwind(Box::new(bugcheck)),
-                None => std::panic::resume_unwind(Box::new(String::from(
-                    "the machine halted: a machine thread panicked",
-                ))),
-            }
-        }
-        let reason = bugcheck.map_or_else(
-            || "a machine thread panicked".to_string(),
-            |b| b.to_string(),
-        );
-        if self.halted_waits.fetch_add(1, Ordering::Relaxed) + 1 >= HALTED_WAIT_LIMIT {
-            eprintln!(
-                "kepoch-sim: {what} asked of a halted machine {HALTED_WAIT_LIMIT} times while unwinding \
-                 (a domain unloaded after the bugcheck waits for handlers that will never run); aborting. \
-                 {reason}"
-            );
-            std::process::abort();
-        }
-    }
-
-    pub fn set_irql(&self, irql: Irql) {
-        let mut c = self.ctx();
-        c.irql = irql;
-        ctx_set(Some(c));
-    }
-
     pub fn current(&self, cpu: usize) -> CurrentProcessor {
         let s = self.slots[cpu];
         CurrentProcessor {
@@ -640,70 +419,4 @@ impl Shared {
     pub fn unlock_cpu(&self, cpu: usize) {
         self.cpu_locks[cpu].unlock();
     }
-
-    /// Runs `f` in a new context of `kind` (`cpu`, `irql`) on this thread, restoring the previous
-    /// context afterwards, also when `f` unwinds (a bugcheck). Returns the IRQL `f` ended at.
-    pub fn in_ctx<R>(
-        &self,
-        cpu: usize,
-        irql: Irql,
-        kind: ContextKind,
-        f: impl FnOnce() -> R,
-    ) -> (R, Irql) {
-        let saved = ctx_get();
-        let cpu_thread =
-            matches!(saved, Some(c) if c.machine == self.id && c.cpu_thread && c.cpu == cpu);
-        ctx_set(Some(self.new_ctx(cpu, irql, kind, cpu_thread)));
-        let restore = CtxRestore { sh: self, saved };
-        let r = f();
-        let end = self.ctx().irql;
-        drop(restore);
-        (r, end)
-    }
-
-    /// Records an IRQL violation if `end != expected`.
-    pub fn check_irql(&self, what: &str, expected: Irql, end: Irql, cpu: usize) {
-        if end != expected {
-            self.violation(
-                ViolationKind::Irql,
-                format!(
-                    "{what} on CPU {} returned at IRQL {} instead of {}",
-                    self.slots[cpu].index, end.0, expected.0
-                ),
-            );
-        }
-    }
-}
-
-/// Restores the thread's previous context when a context ends. When it ends by unwinding, it also gives
-/// back the DISPATCH exclusion the unwound context held (its CPU lock), so no machine lock stays held.
-struct CtxRestore<'a> {
-    sh: &'a Shared,
-    saved: Option<Ctx>,
-}
-
-impl Drop for CtxRestore<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            if let Some(inner) = ctx_get().filter(|c| c.machine == self.sh.id) {
-                let outer_holds = matches!(self.saved, Some(o) if o.machine == self.sh.id
-                    && o.cpu == inner.cpu && o.irql >= Irql::DISPATCH);
-                if inner.irql >= Irql::DISPATCH && !outer_holds {
-                    self.sh.unlock_cpu(inner.cpu);
-                }
-            }
-        }
-        ctx_set(self.saved);
-    }
-}
-
-/// "0 (PASSIVE)", "2 (DISPATCH)".
-pub(crate) fn irql_name(irql: Irql) -> String {
-    let name = match irql {
-        Irql::PASSIVE => "PASSIVE",
-        Irql::APC => "APC",
-        Irql::DISPATCH => "DISPATCH",
-        _ => "above DISPATCH",
-    };
-    format!("{} ({name})", irql.0)
 }
