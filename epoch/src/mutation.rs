@@ -112,6 +112,9 @@ mutations! {
     /// lazy path (as if its add had completed): cycles message it before AddComplete (S3), and after an
     /// AddFailure wait forever for a processor that never came up.
     PrepareInAddWindow = 24, "prepare-in-add-window", Logic;
+    /// AddStart returns an error when the new processor's preparation fails, vetoing the hot-add of a
+    /// processor the lazy path could serve (S7: kepoch never vetoes).
+    VetoOnPrepareFailure = 25, "veto-on-prepare-failure", Logic;
 }
 
 impl Mutation {

@@ -198,10 +198,16 @@ impl<P: Platform> Domain<P> {
                     let early = domain.mutated(Mutation::RouteBeforeComplete);
                     match domain.prepare_slot(number, early, early) {
                         Some(_) => DomainCounters::add(&domain.counters.prepare_passive, 1),
-                        None => domain.platform.log(
-                            LogLevel::Warning,
-                            format_args!("kepoch: preparing processor {number} at AddStart failed; it will use the lazy path after its AddComplete"),
-                        ),
+                        None => {
+                            domain.platform.log(
+                                LogLevel::Warning,
+                                format_args!("kepoch: preparing processor {number} at AddStart failed; it will use the lazy path after its AddComplete"),
+                            );
+                            // The `veto-on-prepare-failure` mutation refuses the add instead.
+                            if domain.mutated(Mutation::VetoOnPrepareFailure) {
+                                return Status::INSUFFICIENT_RESOURCES;
+                            }
+                        }
                     }
                 }
             }

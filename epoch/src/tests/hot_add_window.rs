@@ -56,6 +56,11 @@ fn callback_without_an_add_start_slot_keeps_the_window_on_the_overflow_slot() {
     let window = domain.stats();
     assert_eq!(window.prepare_failures, before.prepare_failures + 1);
     assert_eq!(
+        platform.0.lock().unwrap().vetoes,
+        0,
+        "a failed preparation vetoed the hot-add (kepoch never vetoes)"
+    );
+    assert_eq!(
         misrouted(&platform),
         0,
         "a cycle messaged the processor before its AddComplete"

@@ -42,6 +42,8 @@ pub(super) struct State {
     pub(super) replay_start_twice: bool,
     /// Messages sent to a processor that is not running (S3).
     pub(super) misrouted: usize,
+    /// Live hot-adds the callback vetoed (an error from AddStart; kepoch never vetoes).
+    pub(super) vetoes: usize,
     /// The test clock.
     pub(super) clock_ns: u64,
     /// Broken IRQL rules: a core spin lock taken below DISPATCH, a routine called at the wrong IRQL.
@@ -145,9 +147,13 @@ impl TestPlatform {
         };
         // SAFETY: the domain that registered is alive (it deregisters at unload).
         unsafe {
-            callback(context, ProcessorChange::AddStart, processor);
+            let vetoed = !callback(context, ProcessorChange::AddStart, processor).is_success();
+            if vetoed {
+                // As NT: the processor is not added; AddFailure follows.
+                self.0.lock().unwrap().vetoes += 1;
+            }
             window(cpu);
-            if fail {
+            if fail || vetoed {
                 callback(
                     context,
                     ProcessorChange::AddFailure(Status::INSUFFICIENT_RESOURCES),
