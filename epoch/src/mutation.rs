@@ -115,6 +115,9 @@ mutations! {
     /// AddStart returns an error when the new processor's preparation fails, vetoing the hot-add of a
     /// processor the lazy path could serve (S7: kepoch never vetoes).
     VetoOnPrepareFailure = 25, "veto-on-prepare-failure", Logic;
+    /// The safe layer's failed compare-exchange reads the value it hands back with Relaxed instead of
+    /// Acquire: the caller may read a value whose initialisation it does not see.
+    FailedCasRelaxed = 26, "failed-cas-relaxed", Ordering;
 }
 
 impl Mutation {

@@ -266,10 +266,16 @@ impl<T: Send + 'static, P: Platform> Atomic<'_, T, P> {
         self.check_owned(&new);
         let expected = current.map_or(ptr::null_mut(), Shared::as_mut_ptr);
         let desired = new.ptr.as_ptr();
-        // Failure: Acquire, because the caller may read the value found (under `guard`).
+        // Failure: Acquire, because the caller may read the value found (under `guard`); the
+        // `failed-cas-relaxed` mutation weakens it.
+        let failure = if self.domain.mutated(Mutation::FailedCasRelaxed) {
+            Ordering::Relaxed
+        } else {
+            Ordering::Acquire
+        };
         match self
             .ptr
-            .compare_exchange(expected, desired, self.publish(), Ordering::Acquire)
+            .compare_exchange(expected, desired, self.publish(), failure)
         {
             Ok(old) => {
                 new.into_ptr();

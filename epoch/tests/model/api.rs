@@ -89,3 +89,35 @@ pub fn api_reader_holds_a_value_a_writer_swaps_and_retires() {
     reader.join().unwrap();
     finish(w, atomic);
 }
+
+/// A writer on CPU 0 initialises an object and publishes it while a reader on CPU 1 tries to publish
+/// its own into the (it believes) empty atomic: when the compare-exchange fails, the value it hands
+/// back is read under the reader's guard, so the failure must read with Acquire, as `load` does
+/// (mutation `failed-cas-relaxed`).
+pub fn api_failed_compare_exchange_hands_back_an_initialised_value() {
+    let (w, atomic) = world_with_atomic(false);
+    let reader = {
+        let (w, atomic) = (w.clone(), atomic.clone());
+        rt::thread::spawn(move || {
+            on_cpu(1, || {
+                let guard = w.domain.enter();
+                let mine = Owned::new(&w.domain, Object::new()).ok().expect("alloc");
+                let outcome = atomic.compare_exchange(None, mine, &guard);
+                if let Err(lost) = &outcome {
+                    if let Some(found) = lost.current {
+                        found.check_alive("the value a failed compare-exchange handed back");
+                    }
+                }
+                drop(outcome);
+            })
+        })
+    };
+    on_cpu(0, || {
+        let fresh = Owned::new(&w.domain, Object::new()).ok().expect("alloc");
+        if let Some(old) = atomic.swap(fresh) {
+            old.retire();
+        }
+    });
+    reader.join().unwrap();
+    finish(w, atomic);
+}

@@ -3,6 +3,7 @@
 //! [`every_scenario`].
 
 pub use super::api::{
+    api_failed_compare_exchange_hands_back_an_initialised_value,
     api_reader_holds_a_value_a_writer_swaps_and_retires, api_reader_sees_the_published_value,
 };
 use super::{check_unloaded, on_cpu, retire_fresh_object, rt, World};
@@ -357,6 +358,7 @@ macro_rules! every_scenario {
             overflow_reader_enters_after_a_writer_retired,
             api_reader_sees_the_published_value,
             api_reader_holds_a_value_a_writer_swaps_and_retires,
+            api_failed_compare_exchange_hands_back_an_initialised_value,
         }
     };
 }
