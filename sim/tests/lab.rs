@@ -1,31 +1,15 @@
-//! The A/B lab through its command line: exit codes, the SPEC §6 JSON, the SVG and `report`.
+//! The A/B lab through its command line: exit codes, the report JSON, the SVG and `report`.
 
+mod common;
+
+use common::{row, sim, temp, text};
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::{Command, Output};
 
-/// The keys every round carries: the schema's SPEC §6 figures and what says whether it ran.
+/// The keys every round carries: the schema's figures and what says whether it ran.
 fn round_keys() -> impl Iterator<Item = &'static str> {
     ["strategy", "loaded", "load_error"]
         .into_iter()
         .chain(kepoch_report::FIGURES.iter().copied())
-}
-
-fn sim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kepoch-sim"))
-        .args(args)
-        .output()
-        .expect("run kepoch-sim")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kepoch-lab-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
 }
 
 /// A minimal XML well-formedness check: every element closes in order, the document has one root.
@@ -172,14 +156,6 @@ fn scenarios_lists_every_builtin() {
             "{listing}"
         );
     }
-}
-
-/// The row of the table whose label starts with `label`, split into cells.
-fn row<'a>(table: &'a str, label: &str) -> &'a str {
-    table
-        .lines()
-        .find(|l| l.starts_with(label))
-        .unwrap_or_else(|| panic!("no row {label} in\n{table}"))
 }
 
 #[test]

@@ -9,9 +9,13 @@ pub mod analysis;
 pub mod bootstrap;
 pub mod builtins;
 pub mod chart;
+pub mod figures;
+mod round;
 pub mod run;
 pub mod scenario;
 pub mod table;
+mod tasks;
+pub mod verdict;
 
 use analysis::Group;
 use kepoch::Strategy;
@@ -86,7 +90,7 @@ pub fn run_ab(
 pub fn document(scenario: Value, rounds: Vec<Value>, seed: u64) -> Value {
     let groups = group(&rounds);
     let (results, comparisons) = analysis::analyze(&groups, seed);
-    let verdict = table::verdict(&results, &comparisons);
+    let verdict = verdict::verdict(&results, &comparisons);
     json!({
         "schema_version": SCHEMA_VERSION,
         "scenario": scenario,
