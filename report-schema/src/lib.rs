@@ -9,9 +9,11 @@
 //! number spelling differ (`2.000` there, `2.0` here), which a byte-for-byte consumer would notice.
 //! [`SourceDocument`] reads all three.
 
+mod check;
 mod guest;
 mod latency;
 
+pub use check::{check_result, STRATEGIES};
 pub use guest::{
     callback_state_name, hypervisor_name, strategy_name, Guest, GuestDocument, GuestResult,
     GuestScenario, Hypervisor,
@@ -77,6 +79,9 @@ impl SourceDocument {
             Some(v) if v > SCHEMA_VERSION => Err(format!(
                 "schema_version {v} is newer than this tool reads (1..={SCHEMA_VERSION})"
             )),
+            Some(0) => Err(format!(
+                "schema_version 0 is not a schema version (1..={SCHEMA_VERSION}; schema 1 files have no schema_version)"
+            )),
             _ => Ok(doc),
         }
     }
@@ -119,6 +124,12 @@ mod tests {
         let v4 = json!({"schema_version": 4, "results": []});
         let e = SourceDocument::from_value(&v4).unwrap_err();
         assert!(e.contains("schema_version 4"), "{e}");
+        let v0 = json!({"schema_version": 0, "results": [{}]});
+        let e = SourceDocument::from_value(&v0).unwrap_err();
+        assert!(
+            e.contains("schema_version 0 is not a schema version"),
+            "{e}"
+        );
         let bad = json!({"results": 5});
         assert!(SourceDocument::from_value(&bad).is_err());
         assert!(SourceDocument::from_value(&json!([1])).is_err());

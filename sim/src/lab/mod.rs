@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod builtins;
 pub mod chart;
 pub mod figures;
+pub mod limits;
 mod round;
 pub mod run;
 pub mod scenario;
@@ -29,6 +30,9 @@ pub use kepoch_report::SCHEMA_VERSION;
 
 /// SPEC §6 figures every result carries (besides `strategy`, `loaded` and `load_error`).
 pub use kepoch_report::FIGURES;
+
+/// Longest column label (`sim NAME`, `guest HYPERVISOR BUILD`) taken from a file.
+const MAX_LABEL_CHARS: usize = 80;
 
 /// Rounds per strategy when `--rounds` is not given.
 pub const DEFAULT_ROUNDS: u32 = 8;
@@ -158,10 +162,11 @@ pub fn rounds_of(document: &Value, origin: &str) -> Result<Vec<Value>, String> {
         if !r.is_object() {
             return Err(format!("{origin}: result {i} is not an object"));
         }
-        if r.get("strategy").and_then(Value::as_str).is_none() {
-            return Err(format!("{origin}: result {i} has no \"strategy\""));
-        }
-        r["column_source"] = json!(source_label(&r, scenario));
+        kepoch_report::check_result(&r).map_err(|e| {
+            let strategy = r.get("strategy").and_then(Value::as_str).unwrap_or("?");
+            format!("{origin}: result {i} ({strategy}): {e}")
+        })?;
+        r["column_source"] = json!(table::clip(&source_label(&r, scenario), MAX_LABEL_CHARS));
         r["topology"] = topology(&r, scenario);
         r["file"] = json!(origin);
         rounds.push(r);
