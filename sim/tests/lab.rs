@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{row, sim, temp, text};
+use common::{guest_round, row, sim, temp, text};
 use serde_json::Value;
 
 /// The keys every round carries: the schema's figures and what says whether it ran.
@@ -349,36 +349,6 @@ fn qemu_hotadd_ab_json_svg_and_report() {
     std::fs::write(&junk, "{\"hello\": 1}").unwrap();
     let out = sim(&["report", &junk.display().to_string()]);
     assert_eq!(out.status.code(), Some(2));
-}
-
-/// A guest round as `kepochctl stats --json` writes it (schema 3, or 2 from an older kepochctl: the
-/// same keys): one boot, one strategy.
-fn guest_round(schema: u32, strategy: &str, round: u32, max: u32, first_enter: &[u64]) -> String {
-    let hist: Vec<String> = first_enter.iter().map(|v| format!("[{v}, 1]")).collect();
-    let mut sorted = first_enter.to_vec();
-    sorted.sort_unstable();
-    let p50 = sorted[(sorted.len() - 1) / 2];
-    let prepared_at_dispatch = if strategy == "lazy" { 4 } else { 0 };
-    format!(
-        r#"{{"schema_version": {schema}, "scenario": {{"name": "guest", "source": "guest"}},
-            "results": [{{"strategy": "{strategy}", "source": "guest", "round": {round}, "loaded": true,
-              "load_error": null,
-              "guest": {{"os_build": "10.0.20348", "active_processors": 4, "max_processors": {max},
-                        "hypervisor": {{"vendor": "KVMKVMKVM", "name": "KVM"}}}},
-              "cpus_prepared": 4, "per_cpu_bytes": 2560, "prepare_at_dispatch": {prepared_at_dispatch},
-              "prepare_failures": 0, "fallback_uses": 0,
-              "first_enter_ns": {{"p50": {p50}, "p99": {}, "max": {}, "count": {}, "hist": [{}]}},
-              "enter_exit_ns": {{"p50": 95, "p99": 400, "max": 900, "count": 1, "hist": [[{}, 1]]}},
-              "cycles": 100, "cycle_latency_us": {{"p50": 12.0, "p99": 40.5}}, "messages": 400,
-              "messages_to_idle_cpus": null, "retired": 10, "freed": 10, "pending_at_end": 0,
-              "leaked": null, "use_after_free": null, "stalls_reported": 0,
-              "hot_add": {{"start": 0, "complete": 0, "failure": 0, "vetoed": 0}}}}]}}"#,
-        sorted[sorted.len() - 1],
-        sorted[sorted.len() - 1],
-        sorted.len(),
-        hist.join(", "),
-        90 + round
-    )
 }
 
 #[test]

@@ -215,7 +215,7 @@ fn plan_sentences(results: &[Value], heads: &[String], up: &[usize]) -> Vec<Stri
                 return None;
             }
             let why = if count(i, "rounds_shortened") > 0 {
-                ", as rounds were shortened"
+                " (rounds were shortened)"
             } else {
                 ""
             };
