@@ -1,4 +1,4 @@
-//! The SPEC §6 report schema: the serde types of the JSON that `kepoch-sim ab --json`,
+//! The report schema: the serde types of the JSON that `kepoch-sim ab --json`,
 //! `kepoch-sim report --json` and `kepochctl stats --json` write, and of the envelope `report` reads.
 //!
 //! Version history ([`SCHEMA_VERSION`]): 1 had no `schema_version` field and one result per strategy;
@@ -23,10 +23,10 @@ pub use latency::{CycleLatency, HotAdd, Latency, Samples};
 use serde::Deserialize;
 use serde_json::Value;
 
-/// Version of the SPEC §6 JSON written today.
+/// Version of the report JSON written today.
 pub const SCHEMA_VERSION: u32 = 3;
 
-/// SPEC §6 figures every result carries (besides `strategy`, `loaded` and `load_error`); `null` when
+/// The figures every result carries (besides `strategy`, `loaded` and `load_error`); `null` when
 /// not measured.
 pub const FIGURES: &[&str] = &[
     "cpus_prepared",
@@ -49,7 +49,7 @@ pub const FIGURES: &[&str] = &[
     "hot_add",
 ];
 
-/// Any SPEC §6 document as `report` reads it (schema 1 or 2, from the lab or a guest): the envelope is
+/// Any report document as `report` reads it (schema 1 or 2, from the lab or a guest): the envelope is
 /// typed, the results stay JSON objects (their figures differ between sources and versions).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct SourceDocument {

@@ -56,7 +56,7 @@ pub struct AbArgs {
     /// Execution mode (the A/B test runs in parallel mode; deterministic is for debugging).
     #[arg(long, value_enum, default_value = "parallel")]
     mode: LabMode,
-    /// Write the SPEC §6 JSON here.
+    /// Write the report JSON (the `kepoch-report` schema) here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Write an SVG chart (first-enter latency distributions, per-CPU memory against the reported

@@ -1,4 +1,4 @@
-//! From rounds to columns: groups round results by strategy and source, computes every SPEC §6 figure
+//! From rounds to columns: groups round results by strategy and source, computes every figure of the report
 //! over the rounds (pooled exact quantiles for latencies, medians or sums for counts) with its 95 %
 //! interval, and compares every pair of strategies. `ab` and `report` both go through here, so the
 //! table, the verdict and the JSON are computed from the same numbers.
@@ -175,7 +175,7 @@ fn run_plan(rounds: &[&Value]) -> Value {
     })
 }
 
-/// The summary of a group: a SPEC §6 result whose figures are computed over the rounds, plus
+/// The summary of a group: a result whose figures are computed over the rounds, plus
 /// `estimates` (value, interval, rounds, samples of every figure).
 fn summarize(group: &Group, boot: &Bootstrap) -> Value {
     let up = group.loaded_rounds();

@@ -213,7 +213,7 @@ impl Round {
         self.loads.push(summary);
     }
 
-    /// The round's result (SPEC-schema figures plus the lab's own), with the machine's final report.
+    /// The round's result (report figures plus the lab's own), with the machine's final report.
     pub(super) fn result(&self, machine: &Machine, head: Value, planned_ms: u64) -> Value {
         let report = machine.report();
         let slots = machine.slots();

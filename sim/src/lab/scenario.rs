@@ -1,4 +1,4 @@
-//! Scenarios of the A/B lab: the SPEC §5 TOML format, the built-in scenarios, command-line overrides
+//! Scenarios of the A/B lab: the TOML format, the built-in scenarios, command-line overrides
 //! and the checks that turn contradictory input into one clear message.
 
 use super::limits::{read_text_file, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_SCENARIO_BYTES};
@@ -93,7 +93,7 @@ fn default_seed() -> u64 {
     1
 }
 
-/// A scenario: the machine, its hot-add schedule and the workload (SPEC §5).
+/// A scenario: the machine, its hot-add schedule and the workload (the TOML keys are the fields below).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {

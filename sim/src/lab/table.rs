@@ -1,4 +1,4 @@
-//! The side-by-side table (one column per strategy and source, one row per SPEC §6 figure, with the
+//! The side-by-side table (one column per strategy and source, one row per figure, with the
 //! 95 % interval of every compared figure) and the verdict, both read from the same summaries and
 //! comparisons ([`super::analysis`]).
 
