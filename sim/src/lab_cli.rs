@@ -63,7 +63,7 @@ pub struct AbArgs {
     /// maximum, messages to idle CPUs per second) here.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
-    /// No progress bar.
+    /// No progress (a bar on a terminal, else a line on stderr every few seconds).
     #[arg(long)]
     quiet: bool,
 }
