@@ -122,8 +122,11 @@ fn idle_cpus_get_no_messages_from_lazy_and_callback_across_hot_add_waves() {
         // the machine's adds, the rest were replayed for the CPUs running at each registration.
         let (added, replayed) = (&r["hot_add"], &r["hot_add_replayed"]);
         if strategy == "callback" {
-            assert_eq!(added["start"], r["cpus_added"], "{r}");
+            // Every add completes within a load (an AddStart may be the last event of a round).
             assert_eq!(added["complete"], r["cpus_added"], "{r}");
+            let (start, complete) = (u(&added["start"]), u(&added["complete"]));
+            assert!(start == complete || start == complete + 1, "{r}");
+            assert!(complete >= 2, "the first wave was not seen: {r}");
             let at_registration: u64 = loads
                 .iter()
                 .map(|l| u(&l["hot_add_replayed"]["start"]))
