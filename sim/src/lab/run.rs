@@ -2,11 +2,11 @@
 //!
 //! A round is a fresh simulated machine with the round's seed, on which the domain is loaded, driven
 //! and unloaded `workload.reloads` times (each load gives every busy CPU a new first enter). Everything
-//! is measured on the real code paths ([`super::tasks`]): first-enter latencies are exact samples;
+//! is measured on the real code paths (`lab/tasks.rs`): first-enter latencies are exact samples;
 //! enter/exit pairs go into an HDR histogram (2 significant digits: at most 0.4 % error); cycle latency
 //! comes from the core's own log-linear histogram; memory from the core's `per_cpu_bytes` and the
 //! simulated allocator's byte counters; messages from the machine's per-CPU delivery counters, per load
-//! ([`super::round`]); use-after-free from the poisoned-object checks the readers make; leaks from the
+//! (`lab/round.rs`); use-after-free from the poisoned-object checks the readers make; leaks from the
 //! allocator after unload.
 //!
 //! A reload that fails (e.g. an injected allocation failure hits the domain's own allocation) is
