@@ -1,7 +1,8 @@
 //! Build script of the driver package.
 //!
 //! For the kernel target (`x86_64-pc-windows-msvc`) without the `wdk` feature it adds the link switches
-//! that turn the `kepoch` binary into a WDM driver image linked by rust-lld (reference/sys-on-linux.md).
+//! that turn the `kepoch` binary into a WDM driver image linked by rust-lld
+//! (`driver/README.md`, "Build").
 //! With the `wdk` feature the WDK build (`wdk-build`, Windows host only) configures the link instead.
 //! Host builds get nothing else: there the package is an ordinary library (plus a placeholder binary).
 //! Every build records the host triple for the ABI test (`KEPOCH_HOST_TRIPLE`).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Wine smoke test of kepoch.sys and kepochctl.exe (SPEC §7, issue 5).
+# Wine smoke test of kepoch.sys and kepochctl.exe (issue 5).
 #
 # In a fresh WINEPREFIX: installs kepoch.sys as a kernel service and starts it with ActivationStrategy =
 # 0, 1, 2, absent, 7 (out of range) and a REG_SZ (wrong type); checks each outcome and its log lines;

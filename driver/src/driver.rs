@@ -378,7 +378,7 @@ fn restrict_to_system_and_admins(device: NonNull<nt::DEVICE_OBJECT>) -> Result<(
     }
 }
 
-/// The body of `DriverEntry` (SPEC §7): the registry, then [`driver_entry_steps`] on `NtEntry`.
+/// The body of `DriverEntry` (`driver/README.md`): the registry, then [`driver_entry_steps`] on `NtEntry`.
 ///
 /// # Safety
 /// Called once by the I/O manager at PASSIVE_LEVEL with its driver object and service key path.
@@ -395,7 +395,7 @@ pub unsafe fn driver_entry(
         (*driver).MajorFunction[nt::IRP_MJ_DEVICE_CONTROL] = Some(device_control);
     }
 
-    // Registry (SPEC §2): never fails the load.
+    // Registry (`driver/README.md`, "Registry"): never fails the load.
     let (input, read_errors) = read_parameters(registry_path);
     let (config, warnings) = select_config(&input);
     let mut config_warnings = read_errors;
@@ -584,7 +584,8 @@ unsafe extern "system" fn driver_unload(driver: *const nt::DRIVER_OBJECT) {
         if !device.is_null() {
             let state = (*device).DeviceExtension.cast::<DeviceState>();
             (*state).stop_load();
-            // Dropping the domain runs SPEC S8 (deregister, stop cycles, free everything, wait for work).
+            // Dropping the domain unloads it (`epoch/PROTOCOL.md` S8: deregister, stop cycles, free
+            // everything, wait for work).
             ptr::drop_in_place(state);
             // The DPC delivery probe may in theory still be queued.
             nt::KeFlushQueuedDpcs();

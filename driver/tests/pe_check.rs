@@ -1,4 +1,4 @@
-//! PE check of `kepoch.sys` (SPEC §7): machine AMD64, subsystem NATIVE, entry point = `DriverEntry`,
+//! PE check of `kepoch.sys`: machine AMD64, subsystem NATIVE, entry point = `DriverEntry`,
 //! imports only from ntoskrnl.exe / hal.dll, none of the routines resolved at run time and every routine
 //! of `REQUIRED`, no section both writable and executable, a valid PE checksum.
 //!

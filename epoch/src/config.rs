@@ -4,7 +4,7 @@
 use crate::mutation::Mutations;
 use core::fmt;
 
-/// When and where a processor's per-CPU state is prepared (SPEC §2).
+/// When and where a processor's per-CPU state is prepared (the strategy table of the crate documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Strategy {
     /// Prepared on that processor's first epoch use, at DISPATCH. Memory O(processors ever used).
@@ -75,7 +75,7 @@ pub const DEFAULT_STALL_THRESHOLD_CYCLES: u64 = 1_000;
 pub struct Config {
     /// Activation strategy.
     pub strategy: Strategy,
-    /// `true`: a processor with no readers and nothing retired leaves the cycle (SPEC S4).
+    /// `true`: a processor with no readers and nothing retired leaves the cycle (`PROTOCOL.md`, S4).
     /// Ignored by `Eager`, which keeps every processor in every cycle.
     pub idle_deactivation: bool,
     /// Period of the reclamation timer.

@@ -48,8 +48,8 @@
 //! assert_eq!(route.load(&domain.enter()).map(|r| r.gateway), Some(2));
 //! ```
 //!
-//! Dropping `route` frees the value it holds; dropping the [`DomainBox`] unloads the domain (SPEC
-//! S8): it stops the cycles, waits for work items and frees everything still retired.
+//! Dropping `route` frees the value it holds; dropping the [`DomainBox`] unloads the domain
+//! (`PROTOCOL.md`, S8): it stops the cycles, waits for work items and frees everything still retired.
 //!
 //! # Strategies
 //!

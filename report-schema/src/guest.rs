@@ -88,9 +88,9 @@ pub struct GuestScenario {
     pub guest: Guest,
 }
 
-/// One SPEC §6 result read from kepoch.sys. Figures a running kernel cannot measure are `null`.
+/// One result read from kepoch.sys. Figures a running kernel cannot measure are `null`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[allow(missing_docs)] // The fields are the SPEC §6 keys and the driver's counters of the same name.
+#[allow(missing_docs)] // The fields are the report's keys and the driver's counters of the same name.
 pub struct GuestResult {
     pub strategy: String,
     /// Always `guest`.

@@ -1,4 +1,4 @@
-//! Latency objects and the hot-add counters of a SPEC §6 result.
+//! Latency objects and the hot-add counters of a result.
 
 use kepoch::stats::LatencyHistogram;
 use serde::{Deserialize, Serialize};
@@ -81,7 +81,7 @@ pub struct Samples {
     pub samples: Vec<u64>,
 }
 
-/// Processor hot-add notifications seen (SPEC §6 `hot_add`).
+/// Processor hot-add notifications seen (`hot_add` of a result).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HotAdd {
     /// `KeProcessorAddStartNotify`.

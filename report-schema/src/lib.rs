@@ -1,4 +1,4 @@
-//! The SPEC §6 report schema: the serde types of the JSON that `kepoch-sim ab --json`,
+//! The report schema: the serde types of the JSON that `kepoch-sim ab --json`,
 //! `kepoch-sim report --json` and `kepochctl stats --json` write, and of the envelope `report` reads.
 //!
 //! Version history ([`SCHEMA_VERSION`]): 1 had no `schema_version` field and one result per strategy;
@@ -9,9 +9,11 @@
 //! number spelling differ (`2.000` there, `2.0` here), which a byte-for-byte consumer would notice.
 //! [`SourceDocument`] reads all three.
 
+mod check;
 mod guest;
 mod latency;
 
+pub use check::{check_result, STRATEGIES};
 pub use guest::{
     callback_state_name, hypervisor_name, strategy_name, Guest, GuestDocument, GuestResult,
     GuestScenario, Hypervisor,
@@ -21,10 +23,10 @@ pub use latency::{CycleLatency, HotAdd, Latency, Samples};
 use serde::Deserialize;
 use serde_json::Value;
 
-/// Version of the SPEC §6 JSON written today.
+/// Version of the report JSON written today.
 pub const SCHEMA_VERSION: u32 = 3;
 
-/// SPEC §6 figures every result carries (besides `strategy`, `loaded` and `load_error`); `null` when
+/// The figures every result carries (besides `strategy`, `loaded` and `load_error`); `null` when
 /// not measured.
 pub const FIGURES: &[&str] = &[
     "cpus_prepared",
@@ -47,7 +49,7 @@ pub const FIGURES: &[&str] = &[
     "hot_add",
 ];
 
-/// Any SPEC §6 document as `report` reads it (schema 1 or 2, from the lab or a guest): the envelope is
+/// Any report document as `report` reads it (schema 1 or 2, from the lab or a guest): the envelope is
 /// typed, the results stay JSON objects (their figures differ between sources and versions).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct SourceDocument {
@@ -76,6 +78,9 @@ impl SourceDocument {
         match doc.schema_version {
             Some(v) if v > SCHEMA_VERSION => Err(format!(
                 "schema_version {v} is newer than this tool reads (1..={SCHEMA_VERSION})"
+            )),
+            Some(0) => Err(format!(
+                "schema_version 0 is not a schema version (1..={SCHEMA_VERSION}; schema 1 files have no schema_version)"
             )),
             _ => Ok(doc),
         }
@@ -119,6 +124,12 @@ mod tests {
         let v4 = json!({"schema_version": 4, "results": []});
         let e = SourceDocument::from_value(&v4).unwrap_err();
         assert!(e.contains("schema_version 4"), "{e}");
+        let v0 = json!({"schema_version": 0, "results": [{}]});
+        let e = SourceDocument::from_value(&v0).unwrap_err();
+        assert!(
+            e.contains("schema_version 0 is not a schema version"),
+            "{e}"
+        );
         let bad = json!({"results": 5});
         assert!(SourceDocument::from_value(&bad).is_err());
         assert!(SourceDocument::from_value(&json!([1])).is_err());

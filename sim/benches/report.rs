@@ -224,7 +224,7 @@ fn measure(effort: Effort, extra: &mut String) -> Vec<Row> {
             pass: ratio.median <= limit,
             why_missed: if strategy == Strategy::Callback {
                 format!(
-                    "{JOIN_MISS} On this CPU the fence alone costs {} against {} for a steady-state enter+exit, so a join that keeps fence FJ (SPEC S5) costs about {bound:.2}× the steady state or more{}.",
+                    "{JOIN_MISS} On this CPU the fence alone costs {} against {} for a steady-state enter+exit, so a join that keeps fence FJ (PROTOCOL.md, S5) costs about {bound:.2}× the steady state or more{}.",
                     ns(fence),
                     ns(r.median_ns(1)),
                     if bound > limit {

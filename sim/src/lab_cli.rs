@@ -1,17 +1,17 @@
-//! The `ab`, `scenarios` and `report` subcommands.
+//! The `ab` and `scenarios` subcommands.
 
 use clap::ValueEnum;
-use indicatif::{ProgressBar, ProgressStyle};
 use kepoch::Strategy;
 use kepoch_sim::lab::run::RunMode;
 use kepoch_sim::lab::scenario::{self, HotAdd, Overrides, Scenario};
 use kepoch_sim::lab::{self, chart, table};
 use serde_json::Value;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::output::open_outputs;
+use crate::progress::{self, Progress};
 use crate::usage_error;
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -56,37 +56,16 @@ pub struct AbArgs {
     /// Execution mode (the A/B test runs in parallel mode; deterministic is for debugging).
     #[arg(long, value_enum, default_value = "parallel")]
     mode: LabMode,
-    /// Write the SPEC §6 JSON here.
+    /// Write the report JSON (the `kepoch-report` schema) here.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Write an SVG chart (first-enter latency distributions, per-CPU memory against the reported
     /// maximum, messages to idle CPUs per second) here.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
-    /// No progress bar.
+    /// No progress (a bar on a terminal, else a line on stderr every few seconds).
     #[arg(long)]
     quiet: bool,
-}
-
-#[derive(clap::Args)]
-pub struct ReportArgs {
-    /// `ab --json` outputs and/or `kepochctl stats --json` files.
-    #[arg(required = true, value_name = "FILE")]
-    files: Vec<PathBuf>,
-    /// Write an SVG chart of the merged columns here.
-    #[arg(long, value_name = "FILE")]
-    svg: Option<PathBuf>,
-    /// Write the merged JSON here.
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
-    /// Compare rounds from different guests or topologies (by default refused, naming the
-    /// difference); columns are then strategy and source.
-    #[arg(long)]
-    allow_mixed: bool,
-}
-
-fn write_file(path: &PathBuf, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 fn describe(s: &Scenario, mode: RunMode) -> String {
@@ -146,6 +125,11 @@ pub fn ab_command(args: AbArgs) -> ExitCode {
         LabMode::Parallel => RunMode::Parallel,
         LabMode::Deterministic => RunMode::Deterministic,
     };
+    let [json_out, svg_out] =
+        match open_outputs([("--json", args.json.as_ref()), ("--svg", args.svg.as_ref())]) {
+            Ok(outputs) => outputs,
+            Err(e) => return usage_error(&e),
+        };
     println!("{}", describe(&scenario, mode));
     println!(
         "{} rounds per strategy, interleaved; 95 % intervals from a bootstrap over rounds ({} resamples, seed {})",
@@ -155,34 +139,43 @@ pub fn ab_command(args: AbArgs) -> ExitCode {
     );
 
     let steps = u64::from(args.rounds) * lab::ORDER.len() as u64;
-    let bar = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
-        let bar = ProgressBar::new(steps * 1000);
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} ab [{elapsed_precise}] {bar:30} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.enable_steady_tick(Duration::from_millis(200));
-        bar
-    });
+    let started = Instant::now();
+    let show = Progress::new(
+        args.quiet,
+        Some(steps * 1000),
+        "{spinner} ab [{elapsed_precise}] {bar:30} {msg}",
+        &format!(
+            "ab: {} rounds of {} strategies on {}; a progress line every {} s",
+            args.rounds,
+            lab::ORDER.len(),
+            scenario.name,
+            progress::LINE_PERIOD.as_secs()
+        ),
+    );
     let progress = |round: u32, strategy: Strategy, done: f64| {
-        if let Some(bar) = &bar {
-            let k = lab::ORDER.iter().position(|s| *s == strategy).unwrap_or(0) as u64;
-            let step = u64::from(round) * lab::ORDER.len() as u64 + k;
-            bar.set_position(step * 1000 + (done.clamp(0.0, 1.0) * 1000.0) as u64);
-            bar.set_message(format!(
+        let k = lab::ORDER.iter().position(|s| *s == strategy).unwrap_or(0) as u64;
+        let step = u64::from(round) * lab::ORDER.len() as u64 + k;
+        let position = step * 1000 + (done.clamp(0.0, 1.0) * 1000.0) as u64;
+        let what = || {
+            format!(
                 "round {}/{}: {} on {}",
                 round + 1,
                 args.rounds,
                 strategy.name(),
                 scenario.name
-            ));
-        }
+            )
+        };
+        show.update(position, what, || {
+            format!(
+                "ab: {}, {:.0} % of the run done, {:.0} s elapsed",
+                what(),
+                position as f64 / (steps * 10) as f64,
+                started.elapsed().as_secs_f64()
+            )
+        });
     };
-    let started = Instant::now();
     let document = lab::run_ab(&scenario, mode, args.rounds, &progress);
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
+    show.finish();
     let document = match document {
         Ok(d) => d,
         Err(e) => return usage_error(&e.0),
@@ -199,24 +192,30 @@ pub fn ab_command(args: AbArgs) -> ExitCode {
         lab::ORDER.len(),
         started.elapsed().as_secs_f64()
     );
-    if let Some(path) = &args.json {
+    if let Some(out) = json_out {
+        let path = out.path().display().to_string();
         let text = serde_json::to_string_pretty(&document).unwrap_or_default();
-        if let Err(e) = write_file(path, &(text + "\n")) {
+        if let Err(e) = out.write(&(text + "\n")) {
             return usage_error(&e);
         }
-        println!("wrote {}", path.display());
+        println!("wrote {path}");
     }
-    if let Some(path) = &args.svg {
+    if let Some(out) = svg_out {
+        let path = out.path().display().to_string();
         let title = format!(
             "kepoch A/B: {} ({} rounds, {} mode, source sim)",
             scenario.name,
             args.rounds,
             mode.name()
         );
-        match chart::render(&document, &title).and_then(|svg| write_file(path, &svg)) {
-            Ok(()) => println!("wrote {}", path.display()),
+        match chart::render(&document, &title).and_then(|svg| out.write(&svg)) {
+            Ok(()) => println!("wrote {path}"),
             Err(e) => return usage_error(&e),
         }
+    }
+    if !results.iter().any(table::loaded) {
+        println!("FAILED: no strategy loaded on this scenario (see the notes above)");
+        return ExitCode::from(1);
     }
     if failed(&results) {
         println!(
@@ -256,59 +255,3 @@ pub fn scenarios_command() -> ExitCode {
         Err(e) => usage_error(&e.0),
     }
 }
-
-/// `kepoch-sim report`.
-pub fn report_command(args: ReportArgs) -> ExitCode {
-    let mut rounds = Vec::new();
-    for path in &args.files {
-        let origin = path.display().to_string();
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => return usage_error(&format!("cannot read {origin}: {e}")),
-        };
-        let document: Value = match serde_json::from_str(&text) {
-            Ok(v) => v,
-            Err(e) => return usage_error(&format!("{origin}: not valid JSON: {e}")),
-        };
-        match lab::rounds_of(&document, &origin) {
-            Ok(r) => rounds.extend(r),
-            Err(e) => return usage_error(&e),
-        }
-    }
-    if !args.allow_mixed {
-        if let Err(e) = lab::check_topology(&rounds) {
-            return usage_error(&e);
-        }
-    }
-    let files: Vec<String> = args.files.iter().map(|p| p.display().to_string()).collect();
-    let n = rounds.len();
-    let scenario = serde_json::json!({"name": "merged report", "source": "report", "files": files});
-    let document = lab::document(scenario, rounds, REPORT_BOOTSTRAP_SEED);
-    let results = document["results"].as_array().cloned().unwrap_or_default();
-    println!(
-        "report: {n} round(s) from {} file(s) in {} column(s); 95 % intervals from a bootstrap over rounds ({} resamples, seed {REPORT_BOOTSTRAP_SEED})\n",
-        args.files.len(),
-        results.len(),
-        lab::bootstrap::RESAMPLES,
-    );
-    print!("{}", table::render(&results));
-    println!();
-    println!("{}", document["verdict"].as_str().unwrap_or(""));
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&document).unwrap_or_default();
-        if let Err(e) = write_file(path, &(text + "\n")) {
-            return usage_error(&e);
-        }
-        println!("wrote {}", path.display());
-    }
-    if let Some(path) = &args.svg {
-        match chart::render(&document, "kepoch A/B report").and_then(|svg| write_file(path, &svg)) {
-            Ok(()) => println!("wrote {}", path.display()),
-            Err(e) => return usage_error(&e),
-        }
-    }
-    ExitCode::SUCCESS
-}
-
-/// Seed of the report's bootstrap: the same files give the same intervals.
-const REPORT_BOOTSTRAP_SEED: u64 = 0x6b65_706f_6368;

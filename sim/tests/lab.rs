@@ -1,31 +1,15 @@
-//! The A/B lab through its command line: exit codes, the SPEC §6 JSON, the SVG and `report`.
+//! The A/B lab through its command line: exit codes, the report JSON, the SVG and `report`.
 
+mod common;
+
+use common::{guest_round, row, sim, temp, text};
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::{Command, Output};
 
-/// The keys every round carries: the schema's SPEC §6 figures and what says whether it ran.
+/// The keys every round carries: the schema's figures and what says whether it ran.
 fn round_keys() -> impl Iterator<Item = &'static str> {
     ["strategy", "loaded", "load_error"]
         .into_iter()
         .chain(kepoch_report::FIGURES.iter().copied())
-}
-
-fn sim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kepoch-sim"))
-        .args(args)
-        .output()
-        .expect("run kepoch-sim")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kepoch-lab-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
 }
 
 /// A minimal XML well-formedness check: every element closes in order, the document has one root.
@@ -172,14 +156,6 @@ fn scenarios_lists_every_builtin() {
             "{listing}"
         );
     }
-}
-
-/// The row of the table whose label starts with `label`, split into cells.
-fn row<'a>(table: &'a str, label: &str) -> &'a str {
-    table
-        .lines()
-        .find(|l| l.starts_with(label))
-        .unwrap_or_else(|| panic!("no row {label} in\n{table}"))
 }
 
 #[test]
@@ -373,36 +349,6 @@ fn qemu_hotadd_ab_json_svg_and_report() {
     std::fs::write(&junk, "{\"hello\": 1}").unwrap();
     let out = sim(&["report", &junk.display().to_string()]);
     assert_eq!(out.status.code(), Some(2));
-}
-
-/// A guest round as `kepochctl stats --json` writes it (schema 3, or 2 from an older kepochctl: the
-/// same keys): one boot, one strategy.
-fn guest_round(schema: u32, strategy: &str, round: u32, max: u32, first_enter: &[u64]) -> String {
-    let hist: Vec<String> = first_enter.iter().map(|v| format!("[{v}, 1]")).collect();
-    let mut sorted = first_enter.to_vec();
-    sorted.sort_unstable();
-    let p50 = sorted[(sorted.len() - 1) / 2];
-    let prepared_at_dispatch = if strategy == "lazy" { 4 } else { 0 };
-    format!(
-        r#"{{"schema_version": {schema}, "scenario": {{"name": "guest", "source": "guest"}},
-            "results": [{{"strategy": "{strategy}", "source": "guest", "round": {round}, "loaded": true,
-              "load_error": null,
-              "guest": {{"os_build": "10.0.20348", "active_processors": 4, "max_processors": {max},
-                        "hypervisor": {{"vendor": "KVMKVMKVM", "name": "KVM"}}}},
-              "cpus_prepared": 4, "per_cpu_bytes": 2560, "prepare_at_dispatch": {prepared_at_dispatch},
-              "prepare_failures": 0, "fallback_uses": 0,
-              "first_enter_ns": {{"p50": {p50}, "p99": {}, "max": {}, "count": {}, "hist": [{}]}},
-              "enter_exit_ns": {{"p50": 95, "p99": 400, "max": 900, "count": 1, "hist": [[{}, 1]]}},
-              "cycles": 100, "cycle_latency_us": {{"p50": 12.0, "p99": 40.5}}, "messages": 400,
-              "messages_to_idle_cpus": null, "retired": 10, "freed": 10, "pending_at_end": 0,
-              "leaked": null, "use_after_free": null, "stalls_reported": 0,
-              "hot_add": {{"start": 0, "complete": 0, "failure": 0, "vetoed": 0}}}}]}}"#,
-        sorted[sorted.len() - 1],
-        sorted[sorted.len() - 1],
-        sorted.len(),
-        hist.join(", "),
-        90 + round
-    )
 }
 
 #[test]

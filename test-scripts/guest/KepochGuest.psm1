@@ -14,7 +14,7 @@
     registry values under HKLM\SYSTEM\CurrentControlSet\Services\kepoch\Parameters, restarts the driver,
     reports the processor topology (maximum/active per group, whether the OS supports processor hot-add),
     drives the built-in load generator through kepochctl.exe and writes one JSON file per round in the
-    schema that `kepoch-sim report` reads (SPEC section 6) with the guest's facts merged in.
+    schema that `kepoch-sim report` reads (the kepoch-report schema) with the guest's facts merged in.
 
 .NOTES
     Functions that change the system support -WhatIf and -Confirm.
@@ -722,7 +722,7 @@ function Stop-KepochLoad {
 
 <#
 .SYNOPSIS
-    Returns the driver's statistics (kepochctl stats --json) as an object in the SPEC section 6 schema.
+    Returns the driver's statistics (kepochctl stats --json) as an object in the kepoch-report schema.
 #>
 function Get-KepochStats {
     [CmdletBinding()]

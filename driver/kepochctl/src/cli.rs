@@ -24,7 +24,7 @@ pub struct Cli {
 pub enum Command {
     /// Counters of kepoch.sys since the last reset.
     Stats {
-        /// Write the SPEC section 6 JSON (kepoch-report schema) instead of a table.
+        /// Write the report JSON (the kepoch-report schema) instead of a table.
         #[arg(long)]
         json: bool,
     },

@@ -1,4 +1,4 @@
-//! The SPEC §6 document of a guest (the `kepoch-report` schema) and the plain-text table
+//! The report document of a guest (the `kepoch-report` schema) and the plain-text table
 //! (host-testable).
 
 use std::fmt::Write;
@@ -9,7 +9,7 @@ use kepoch_report::{
     Latency,
 };
 
-/// The SPEC §6 result of the running strategy from the driver's counters, read on `guest`.
+/// The report result of the running strategy from the driver's counters, read on `guest`.
 pub fn guest_result(stats: &Stats, guest: Guest) -> GuestResult {
     GuestResult {
         strategy: strategy_name(stats.strategy),

@@ -1,5 +1,5 @@
 //! IRQL on x64 is the CR8 register (task priority). The WDK headers implement `KeGetCurrentIrql`,
-//! `KfRaiseIrql` and `KeLowerIrql` inline on CR8 for AMD64 (reference/nt-apis.md §1.4), so both
+//! `KfRaiseIrql` and `KeLowerIrql` inline on CR8 for AMD64 (`wdm.h`), so both
 //! backends use these instead of imports. (Wine emulates `mov cr8`: reads give 0, writes are ignored.)
 
 /// `PASSIVE_LEVEL`.

@@ -212,7 +212,7 @@ pub unsafe fn bug_check(code: u32, parameters: [usize; 4]) -> ! {
 }
 
 // windows-sys links these to ntdll.dll (see the module documentation); same signatures, from ntoskrnl.
-// The routines are documented by Microsoft (DDI reference); reference/nt-apis.md §1 has the facts used.
+// The routines are documented by Microsoft (DDI reference).
 #[cfg(target_os = "windows")]
 #[allow(missing_docs)]
 #[link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")]

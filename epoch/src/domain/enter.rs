@@ -5,7 +5,7 @@ use super::*;
 
 impl<P: Platform> Domain<P> {
     /// Enters an epoch: until the guard drops, nothing retired after this call is freed.
-    /// Never fails (SPEC S2). Nested guards are fine.
+    /// Never fails (`PROTOCOL.md`, S2). Nested guards are fine.
     #[inline]
     pub fn enter(&self) -> Guard<'_, P> {
         // SAFETY: the guard borrows the domain and exits exactly once.

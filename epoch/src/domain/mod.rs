@@ -9,7 +9,7 @@
 //! | `work.rs` | work items: schedule, cancel, reschedule, the passive trampoline and its unload handshake |
 //! | `cycle.rs` | the reclamation cycle: start, visit, finish, iterative chaining, `flush`, `synchronize` |
 //! | `report.rs` | statistics and the holdback diagnosis |
-//! | `shutdown.rs` | unload (SPEC S8) |
+//! | `shutdown.rs` | unload (`PROTOCOL.md` S8) |
 
 mod activation;
 mod cycle;
@@ -160,7 +160,7 @@ unsafe impl<P: Platform> Sync for Domain<P> {}
 // SAFETY: as above; the domain owns its slots.
 unsafe impl<P: Platform> Send for Domain<P> {}
 
-/// Owner of a [`Domain`]: dereferences to it; dropping it shuts the domain down (SPEC S8).
+/// Owner of a [`Domain`]: dereferences to it; dropping it shuts the domain down (`PROTOCOL.md`, S8).
 pub struct DomainBox<P: Platform> {
     domain: NonNull<Domain<P>>,
 }

@@ -1,10 +1,10 @@
-//! Unload (SPEC S8): deregister, stop cycles, wait for work items and drain until nothing is left,
+//! Unload (`PROTOCOL.md`, S8): deregister, stop cycles, wait for work items and drain until nothing is left,
 //! free every slot.
 
 use super::*;
 
 impl<P: Platform> Domain<P> {
-    /// SPEC S8, in this order: deregister the processor-change callback; stop cycles (the timer, then
+    /// `PROTOCOL.md` S8, in this order: deregister the processor-change callback; stop cycles (the timer, then
     /// the cycle in flight, then every message); then, until a pass finds nothing, wait for work
     /// items and dispose of everything retired (a work callback or a destructor may retire more);
     /// then free every slot. PASSIVE only; no reader may still be inside an epoch, but work items

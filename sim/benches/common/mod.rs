@@ -354,7 +354,7 @@ fn fence_loop(iters: u64) {
 }
 
 /// One full fence per operation (the floor loop plus `fence(SeqCst)`): the price of the step
-/// PROTOCOL.md's join (fence FJ, SPEC S5) cannot do without, measured in the same rounds as the
+/// PROTOCOL.md's join (fence FJ, S5) cannot do without, measured in the same rounds as the
 /// first-enter figures.
 pub struct FullFence;
 

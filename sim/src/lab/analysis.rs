@@ -1,212 +1,13 @@
-//! From rounds to columns: groups round results by strategy and source, computes every SPEC §6 figure
+//! From rounds to columns: groups round results by strategy and source, computes every figure of the report
 //! over the rounds (pooled exact quantiles for latencies, medians or sums for counts) with its 95 %
 //! interval, and compares every pair of strategies. `ab` and `report` both go through here, so the
 //! table, the verdict and the JSON are computed from the same numbers.
 
 use super::bootstrap::{Bootstrap, Comparison, Dist, Interval, Observation, Statistic};
+use super::figures::{Figure, FIGURES};
 use super::table::{at, num};
 use serde_json::{json, Value};
-
-/// How a figure is read from a round and combined over rounds.
-#[derive(Clone, Copy, Debug)]
-pub struct Figure {
-    /// Key in the JSON (`first_enter_ns.p50`).
-    pub key: &'static str,
-    /// Row label of the table (with the unit).
-    pub label: &'static str,
-    /// Where the figure sits in a round result.
-    pub path: &'static [&'static str],
-    /// How rounds combine.
-    pub stat: Statistic,
-    /// Compared between strategies (interval and verdict).
-    pub compared: bool,
-}
-
-const fn fig(
-    key: &'static str,
-    label: &'static str,
-    path: &'static [&'static str],
-    stat: Statistic,
-    compared: bool,
-) -> Figure {
-    Figure {
-        key,
-        label,
-        path,
-        stat,
-        compared,
-    }
-}
-
 use Statistic::{Median, Quantile, Sum};
-
-/// Every numeric figure, in table order.
-pub const FIGURES: &[Figure] = &[
-    fig(
-        "cpus_prepared",
-        "CPUs prepared",
-        &["cpus_prepared"],
-        Median,
-        true,
-    ),
-    fig(
-        "per_cpu_bytes",
-        "per-CPU memory (bytes)",
-        &["per_cpu_bytes"],
-        Median,
-        true,
-    ),
-    fig(
-        "prepare_at_dispatch",
-        "prepared at DISPATCH, hot path (count)",
-        &["prepare_at_dispatch"],
-        Median,
-        true,
-    ),
-    fig(
-        "prepare_failures",
-        "preparation failures (count)",
-        &["prepare_failures"],
-        Median,
-        false,
-    ),
-    fig(
-        "fallback_uses",
-        "overflow fallback uses (count)",
-        &["fallback_uses"],
-        Median,
-        false,
-    ),
-    fig(
-        "first_enter_ns.p50",
-        "first enter p50 (ns)",
-        &["first_enter_ns", "p50"],
-        Quantile(0.5),
-        true,
-    ),
-    fig(
-        "first_enter_ns.p99",
-        "first enter p99 (ns)",
-        &["first_enter_ns", "p99"],
-        Quantile(0.99),
-        true,
-    ),
-    fig(
-        "first_enter_ns.max",
-        "first enter max (ns)",
-        &["first_enter_ns", "max"],
-        Quantile(1.0),
-        false,
-    ),
-    fig(
-        "enter_exit_ns.p50",
-        "enter+exit p50 (ns)",
-        &["enter_exit_ns", "p50"],
-        Quantile(0.5),
-        true,
-    ),
-    fig(
-        "enter_exit_ns.p99",
-        "enter+exit p99 (ns)",
-        &["enter_exit_ns", "p99"],
-        Quantile(0.99),
-        false,
-    ),
-    fig(
-        "enter_exit_ns.max",
-        "enter+exit max (ns)",
-        &["enter_exit_ns", "max"],
-        Quantile(1.0),
-        false,
-    ),
-    fig("cycles", "cycles (count)", &["cycles"], Median, false),
-    fig(
-        "cycle_latency_us.p50",
-        "cycle latency p50 (us)",
-        &["cycle_latency_us", "p50"],
-        Quantile(0.5),
-        true,
-    ),
-    fig(
-        "cycle_latency_us.p99",
-        "cycle latency p99 (us)",
-        &["cycle_latency_us", "p99"],
-        Quantile(0.99),
-        false,
-    ),
-    fig(
-        "messages",
-        "messages, DPCs delivered (count)",
-        &["messages"],
-        Median,
-        false,
-    ),
-    fig(
-        "messages_to_idle_cpus",
-        "messages to idle CPUs (count)",
-        &["messages_to_idle_cpus"],
-        Median,
-        true,
-    ),
-    fig("retired", "retired (objects)", &["retired"], Median, false),
-    fig("freed", "freed (objects)", &["freed"], Median, false),
-    fig(
-        "pending_at_end",
-        "pending at end (objects)",
-        &["pending_at_end"],
-        Median,
-        false,
-    ),
-    fig(
-        "leaked",
-        "leaked after unload (blocks, all rounds)",
-        &["leaked"],
-        Sum,
-        false,
-    ),
-    fig(
-        "use_after_free",
-        "use-after-free (reads, all rounds)",
-        &["use_after_free"],
-        Sum,
-        false,
-    ),
-    fig(
-        "stalls_reported",
-        "stalls reported (count)",
-        &["stalls_reported"],
-        Median,
-        false,
-    ),
-    fig(
-        "hot_add.start",
-        "hot-add AddStart (count)",
-        &["hot_add", "start"],
-        Median,
-        false,
-    ),
-    fig(
-        "hot_add.complete",
-        "hot-add AddComplete (count)",
-        &["hot_add", "complete"],
-        Median,
-        false,
-    ),
-    fig(
-        "hot_add.failure",
-        "hot-add AddFailure (count)",
-        &["hot_add", "failure"],
-        Median,
-        false,
-    ),
-    fig(
-        "hot_add.vetoed",
-        "hot-add vetoed (count)",
-        &["hot_add", "vetoed"],
-        Median,
-        false,
-    ),
-];
 
 /// The distribution a round carries for a latency object (`first_enter_ns`, ...): exact `samples`, a
 /// histogram `hist` of `[value, count]` pairs, or (files from before schema 2) the result's
@@ -327,7 +128,54 @@ fn set(target: &mut Value, path: &[&str], value: Value) {
     cur[path[path.len() - 1]] = value;
 }
 
-/// The summary of a group: a SPEC §6 result whose figures are computed over the rounds, plus
+/// How the loaded rounds kept to their plan (simulated rounds; `null` for rounds that do not say, as
+/// guest files): rounds that ran fewer loads than planned, rounds over their wall-clock time plan, and
+/// failed load attempts, with the first example of each.
+fn run_plan(rounds: &[&Value]) -> Value {
+    let planned: Vec<&Value> = rounds
+        .iter()
+        .copied()
+        .filter(|r| r.get("planned_ms").is_some())
+        .collect();
+    if planned.is_empty() {
+        return json!({"rounds_shortened": null, "rounds_overran": null, "failed_loads": null});
+    }
+    let round_no = |r: &Value| r.get("round").and_then(Value::as_u64).unwrap_or(0);
+    let shortened: Vec<String> = planned
+        .iter()
+        .filter_map(|r| {
+            let why = r.get("shortened").and_then(Value::as_str)?;
+            Some(format!("round {}: {why}", round_no(r)))
+        })
+        .collect();
+    let overran: Vec<String> = planned
+        .iter()
+        .filter(|r| r.get("overran") == Some(&Value::Bool(true)))
+        .map(|r| {
+            let ms = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
+            format!(
+                "round {}: {} ms of wall time for a plan of {} ms ({} ms of run)",
+                round_no(r),
+                ms("wall_ms"),
+                ms("time_plan_ms"),
+                ms("planned_ms")
+            )
+        })
+        .collect();
+    let failed: u64 = planned
+        .iter()
+        .filter_map(|r| r.get("failed_loads").and_then(Value::as_u64))
+        .sum();
+    json!({
+        "rounds_shortened": shortened.len(),
+        "shortened_example": shortened.first(),
+        "rounds_overran": overran.len(),
+        "overran_example": overran.first(),
+        "failed_loads": failed,
+    })
+}
+
+/// The summary of a group: a result whose figures are computed over the rounds, plus
 /// `estimates` (value, interval, rounds, samples of every figure).
 fn summarize(group: &Group, boot: &Bootstrap) -> Value {
     let up = group.loaded_rounds();
@@ -349,6 +197,9 @@ fn summarize(group: &Group, boot: &Bootstrap) -> Value {
         if let Some(v) = first.and_then(|r| r.get(key)) {
             out[key] = v.clone();
         }
+    }
+    if let (Some(o), Value::Object(plan)) = (out.as_object_mut(), run_plan(&up)) {
+        o.extend(plan);
     }
     let mut estimates = serde_json::Map::new();
     for f in FIGURES {

@@ -78,12 +78,17 @@ pub fn median(values: &[f64]) -> Option<f64> {
     if s.is_empty() {
         return None;
     }
-    s.sort_by(f64::total_cmp);
     let n = s.len();
+    let (below, &mut middle, _) = s.select_nth_unstable_by(n / 2, f64::total_cmp);
     Some(if n % 2 == 1 {
-        s[n / 2]
+        middle
     } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
+        let lower = below
+            .iter()
+            .copied()
+            .max_by(f64::total_cmp)
+            .unwrap_or(middle);
+        (lower + middle) / 2.0
     })
 }
 
@@ -113,7 +118,95 @@ pub enum Statistic {
 impl Statistic {
     /// The figure of the rounds picked by `picks` (indexes into `obs`).
     pub fn eval(self, obs: &[Observation], picks: &[usize]) -> Option<f64> {
-        match self {
+        Prepared::new(self, obs).eval(picks)
+    }
+
+    /// Whether every round's samples are pooled (false: median of the rounds' values).
+    pub fn pools(self, obs: &[Observation]) -> bool {
+        matches!(self, Statistic::Quantile(_))
+            && obs.iter().all(|o| matches!(o, Observation::Dist(_)))
+    }
+}
+
+/// The distributions of a set of rounds made ready for repeated pooled quantiles: every distinct
+/// value once, sorted, and each round as `(value index, count)` pairs. A pooled quantile of any
+/// selection of rounds then adds up counts and scans them once, in time linear in the selection's
+/// points and the distinct values: no sort per bootstrap resample.
+struct Pooled {
+    values: Vec<f64>,
+    rounds: Vec<Vec<(usize, u64)>>,
+}
+
+impl Pooled {
+    fn new(obs: &[Observation]) -> Pooled {
+        let mut values: Vec<f64> = obs
+            .iter()
+            .filter_map(|o| match o {
+                Observation::Dist(d) => Some(d.points.iter().filter(|p| p.1 > 0).map(|p| p.0)),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        values.sort_by(f64::total_cmp);
+        values.dedup_by(|a, b| a.total_cmp(b).is_eq());
+        let index = |v: f64| values.partition_point(|x| x.total_cmp(&v).is_lt());
+        let rounds = obs
+            .iter()
+            .map(|o| match o {
+                Observation::Dist(d) => d
+                    .points
+                    .iter()
+                    .filter(|p| p.1 > 0)
+                    .map(|p| (index(p.0), p.1))
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        Pooled { values, rounds }
+    }
+
+    /// Nearest-rank quantile `q` of the picked rounds' points together.
+    fn quantile(&self, picks: &[usize], q: f64) -> Option<f64> {
+        let mut counts = vec![0u64; self.values.len()];
+        let mut n = 0u64;
+        for &i in picks {
+            for &(k, c) in &self.rounds[i] {
+                counts[k] += c;
+                n += c;
+            }
+        }
+        if n == 0 {
+            return None;
+        }
+        let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
+        let mut seen = 0;
+        for (k, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(self.values[k]);
+            }
+        }
+        self.values.last().copied()
+    }
+}
+
+/// A statistic over a fixed set of rounds, ready to be evaluated on many selections of them.
+struct Prepared<'a> {
+    stat: Statistic,
+    obs: &'a [Observation],
+    pooled: Option<Pooled>,
+}
+
+impl<'a> Prepared<'a> {
+    fn new(stat: Statistic, obs: &'a [Observation]) -> Prepared<'a> {
+        let pooled = matches!(stat, Statistic::Quantile(_)).then(|| Pooled::new(obs));
+        Prepared { stat, obs, pooled }
+    }
+
+    /// The figure of the rounds picked by `picks` (indexes into the rounds).
+    fn eval(&self, picks: &[usize]) -> Option<f64> {
+        let obs = self.obs;
+        match self.stat {
             Statistic::Sum => {
                 let values: Vec<f64> = picks.iter().filter_map(|&i| scalar(&obs[i])).collect();
                 (!values.is_empty()).then(|| values.iter().sum())
@@ -123,35 +216,24 @@ impl Statistic {
                 median(&values)
             }
             Statistic::Quantile(q) => {
-                let pooled = picks
+                let all_dists = picks
                     .iter()
                     .all(|&i| matches!(obs[i], Observation::Dist(_)));
-                if pooled {
-                    let mut points = Vec::new();
-                    for &i in picks {
-                        if let Observation::Dist(d) = &obs[i] {
-                            points.extend_from_slice(&d.points);
-                        }
+                match &self.pooled {
+                    Some(pooled) if all_dists => pooled.quantile(picks, q),
+                    _ => {
+                        let values: Vec<f64> = picks
+                            .iter()
+                            .filter_map(|&i| match &obs[i] {
+                                Observation::Dist(d) => d.quantile(q),
+                                Observation::Point(v) | Observation::Scalar(v) => Some(*v),
+                            })
+                            .collect();
+                        median(&values)
                     }
-                    quantile_of(points, q)
-                } else {
-                    let values: Vec<f64> = picks
-                        .iter()
-                        .filter_map(|&i| match &obs[i] {
-                            Observation::Dist(d) => d.quantile(q),
-                            Observation::Point(v) | Observation::Scalar(v) => Some(*v),
-                        })
-                        .collect();
-                    median(&values)
                 }
             }
         }
-    }
-
-    /// Whether every round's samples are pooled (false: median of the rounds' values).
-    pub fn pools(self, obs: &[Observation]) -> bool {
-        matches!(self, Statistic::Quantile(_))
-            && obs.iter().all(|o| matches!(o, Observation::Dist(_)))
     }
 }
 
@@ -241,7 +323,8 @@ impl Bootstrap {
     /// The figure of every round and its interval. `salt` names the figure and column.
     pub fn estimate(&self, stat: Statistic, obs: &[Observation], salt: &str) -> Option<Interval> {
         let all: Vec<usize> = (0..obs.len()).collect();
-        let value = stat.eval(obs, &all)?;
+        let prepared = Prepared::new(stat, obs);
+        let value = prepared.eval(&all)?;
         if obs.len() < MIN_ROUNDS {
             return Some(Interval {
                 value,
@@ -254,7 +337,7 @@ impl Bootstrap {
         let reps: Vec<f64> = (0..RESAMPLES)
             .map(|_| {
                 resample(&mut rng, obs.len(), &mut picks);
-                stat.eval(obs, &picks).unwrap_or(f64::NAN)
+                prepared.eval(&picks).unwrap_or(f64::NAN)
             })
             .collect();
         let (low, high) = percentile_interval(reps).unzip();
@@ -271,8 +354,9 @@ impl Bootstrap {
         salt: &str,
     ) -> Option<Comparison> {
         let all = |n: usize| (0..n).collect::<Vec<usize>>();
-        let va = stat.eval(a, &all(a.len()))?;
-        let vb = stat.eval(b, &all(b.len()))?;
+        let (prepared_a, prepared_b) = (Prepared::new(stat, a), Prepared::new(stat, b));
+        let va = prepared_a.eval(&all(a.len()))?;
+        let vb = prepared_b.eval(&all(b.len()))?;
         let ratio_value = (vb > 0.0).then(|| va / vb);
         if a.len() < MIN_ROUNDS || b.len() < MIN_ROUNDS {
             let none = |value| Interval {
@@ -293,8 +377,8 @@ impl Bootstrap {
             resample(&mut rng, a.len(), &mut pa);
             resample(&mut rng, b.len(), &mut pb);
             let (x, y) = (
-                stat.eval(a, &pa).unwrap_or(f64::NAN),
-                stat.eval(b, &pb).unwrap_or(f64::NAN),
+                prepared_a.eval(&pa).unwrap_or(f64::NAN),
+                prepared_b.eval(&pb).unwrap_or(f64::NAN),
             );
             diffs.push(x - y);
             ratios.push(if y > 0.0 { x / y } else { f64::NAN });
@@ -316,94 +400,4 @@ impl Bootstrap {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rounds(rng: &mut ChaCha8Rng, n: usize, per: usize, center: f64) -> Vec<Observation> {
-        (0..n)
-            .map(|_| {
-                let s: Vec<f64> = (0..per)
-                    .map(|_| center * rng.gen_range(0.8..1.25))
-                    .collect();
-                Observation::Dist(Dist::from_samples(&s))
-            })
-            .collect()
-    }
-
-    #[test]
-    fn quantiles_are_nearest_rank() {
-        let d = Dist::from_samples(&[5.0, 1.0, 4.0, 2.0, 3.0]);
-        assert_eq!(d.quantile(0.5), Some(3.0));
-        assert_eq!(d.quantile(0.99), Some(5.0));
-        assert_eq!(d.quantile(0.0), Some(1.0));
-        assert_eq!(d.max(), Some(5.0));
-        assert_eq!(Dist::default().quantile(0.5), None);
-        let h = Dist {
-            points: vec![(100.0, 98), (5000.0, 2)],
-        };
-        assert_eq!(h.quantile(0.5), Some(100.0));
-        assert_eq!(h.quantile(0.99), Some(5000.0));
-        assert_eq!(median(&[1.0, 3.0, 2.0, 10.0]), Some(2.5));
-    }
-
-    #[test]
-    fn a_real_difference_is_significant_and_none_is_not() {
-        let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let slow = rounds(&mut rng, 8, 15, 4000.0);
-        let fast = rounds(&mut rng, 8, 15, 500.0);
-        let same = rounds(&mut rng, 8, 15, 500.0);
-        let b = Bootstrap::new(1);
-        let q = Statistic::Quantile(0.5);
-        let c = b.compare(q, &slow, &fast, "x").unwrap();
-        assert!(c.significant(), "{c:?}");
-        let r = c.ratio.unwrap();
-        assert!(r.low.unwrap() > 5.0 && r.high.unwrap() < 12.0, "{r:?}");
-        assert!(r.low.unwrap() <= r.value && r.value <= r.high.unwrap());
-        let c = b.compare(q, &same, &fast, "x").unwrap();
-        assert!(!c.significant(), "{c:?}");
-        assert!(c.ratio.unwrap().low.unwrap() < 1.0 && c.ratio.unwrap().high.unwrap() > 1.0);
-        // Seeded: the same seed gives the same interval, another seed a (slightly) different one.
-        assert_eq!(
-            b.compare(q, &slow, &fast, "x"),
-            b.compare(q, &slow, &fast, "x")
-        );
-        assert_ne!(
-            b.compare(q, &slow, &fast, "x"),
-            Bootstrap::new(2).compare(q, &slow, &fast, "x")
-        );
-    }
-
-    #[test]
-    fn too_few_rounds_give_no_interval_and_no_verdict() {
-        let one = vec![Observation::Scalar(10.0)];
-        let other = vec![Observation::Scalar(20.0)];
-        let b = Bootstrap::new(0);
-        let c = b.compare(Statistic::Median, &one, &other, "y").unwrap();
-        assert_eq!(c.difference.value, -10.0);
-        assert!(c.difference.low.is_none() && !c.significant());
-        let e = b.estimate(Statistic::Median, &one, "y").unwrap();
-        assert_eq!((e.value, e.low), (10.0, None));
-    }
-
-    #[test]
-    fn constant_figures_differ_for_certain_and_sums_add_up() {
-        let a = vec![Observation::Scalar(4096.0); 5];
-        let b = vec![Observation::Scalar(1024.0); 5];
-        let c = Bootstrap::new(0)
-            .compare(Statistic::Median, &a, &b, "z")
-            .unwrap();
-        assert!(c.significant());
-        assert_eq!(c.ratio.unwrap().low, Some(4.0));
-        let leaks = [0.0, 0.0, 1.0].map(Observation::Scalar);
-        assert_eq!(Statistic::Sum.eval(&leaks, &[0, 1, 2]), Some(1.0));
-        // Rounds known only by their quantile: the median of the rounds' values.
-        let mixed = vec![
-            Observation::Point(10.0),
-            Observation::Dist(Dist::from_samples(&[30.0, 30.0])),
-            Observation::Point(20.0),
-        ];
-        let q = Statistic::Quantile(0.5);
-        assert_eq!(q.eval(&mixed, &[0, 1, 2]), Some(20.0));
-        assert!(!q.pools(&mixed));
-    }
-}
+mod tests;

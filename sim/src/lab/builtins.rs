@@ -1,4 +1,4 @@
-//! The built-in scenarios of the A/B lab (SPEC §5 TOML). Each round lasts 1 s per strategy and gives
+//! The built-in scenarios of the A/B lab (TOML). Each round lasts 1 s per strategy and gives
 //! every strategy at least 100 first-enter samples over the default 8 rounds: busy CPUs × loads per
 //! round (`reloads`) plus the CPUs hot-added during the round.
 

@@ -1,4 +1,4 @@
-//! The SVG chart of a SPEC §6 document, three panels one column per strategy: the distribution of
+//! The SVG chart of a report document, three panels one column per strategy: the distribution of
 //! first-enter latency (CDF over every round's samples, log scale, with the median and its 95 %
 //! interval), per-CPU memory against what O(reported maximum) would take, and messages per second to
 //! the CPUs the workload keeps idle over the round.

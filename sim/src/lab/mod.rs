@@ -1,17 +1,22 @@
 //! The A/B lab: runs every activation strategy on the same scenario and compares the measured
-//! figures of SPEC §6 side by side (table, verdict, JSON, SVG chart), and merges such results with
+//! figures side by side (table, verdict, JSON, SVG chart), and merges such results with
 //! stats JSON from real guests (`kepochctl stats --json`).
 //!
-//! Every result is a JSON object (the SPEC §6 schema); the table, the verdict and the chart are
+//! Every result is a JSON object (the `kepoch-report` schema); the table, the verdict and the chart are
 //! computed from those objects, so simulator and guest results are shown the same way.
 
 pub mod analysis;
 pub mod bootstrap;
 pub mod builtins;
 pub mod chart;
+pub mod figures;
+pub mod limits;
+mod round;
 pub mod run;
 pub mod scenario;
 pub mod table;
+mod tasks;
+pub mod verdict;
 
 use analysis::Group;
 use kepoch::Strategy;
@@ -19,12 +24,15 @@ use run::{run_round, Progress, RunMode};
 use scenario::{Scenario, ScenarioError};
 use serde_json::{json, Value};
 
-/// Version of the SPEC §6 JSON (the `kepoch-report` schema) written by `ab --json`, `report --json`
+/// Version of the report JSON (the `kepoch-report` schema) written by `ab --json`, `report --json`
 /// and `kepochctl stats --json`; `report` reads schema 1 and 2.
 pub use kepoch_report::SCHEMA_VERSION;
 
-/// SPEC §6 figures every result carries (besides `strategy`, `loaded` and `load_error`).
+/// The figures every result carries (besides `strategy`, `loaded` and `load_error`).
 pub use kepoch_report::FIGURES;
+
+/// Longest column label (`sim NAME`, `guest HYPERVISOR BUILD`) taken from a file.
+const MAX_LABEL_CHARS: usize = 80;
 
 /// Rounds per strategy when `--rounds` is not given.
 pub const DEFAULT_ROUNDS: u32 = 8;
@@ -48,7 +56,7 @@ pub type AbProgress<'a> = &'a (dyn Fn(u32, Strategy, f64) + Sync);
 
 /// Runs `rounds` rounds of eager, lazy and callback on `scenario`: round `r` of every strategy uses the
 /// same machine seed and workload ([`run::round_seed`]), and the order of the strategies rotates from
-/// round to round so that drift of the host hits all of them alike. Returns the SPEC §6 document
+/// round to round so that drift of the host hits all of them alike. Returns the report document
 /// (schema [`SCHEMA_VERSION`]).
 pub fn run_ab(
     scenario: &Scenario,
@@ -80,13 +88,13 @@ pub fn run_ab(
     ))
 }
 
-/// The SPEC §6 document of `rounds` (each with `strategy` and `column_source`): the rounds, one
+/// The report document of `rounds` (each with `strategy` and `column_source`): the rounds, one
 /// summary per column, the comparisons and the verdict, with intervals from a bootstrap seeded by
 /// `seed`.
 pub fn document(scenario: Value, rounds: Vec<Value>, seed: u64) -> Value {
     let groups = group(&rounds);
     let (results, comparisons) = analysis::analyze(&groups, seed);
-    let verdict = table::verdict(&results, &comparisons);
+    let verdict = verdict::verdict(&results, &comparisons);
     json!({
         "schema_version": SCHEMA_VERSION,
         "scenario": scenario,
@@ -135,7 +143,7 @@ pub fn group(rounds: &[Value]) -> Vec<Group> {
     groups
 }
 
-/// The rounds of a SPEC §6 document (from `ab --json` or `kepochctl stats --json`, any schema
+/// The rounds of a report document (from `ab --json` or `kepochctl stats --json`, any schema
 /// version): its `rounds` when it has them, else every entry of `results` is one round. Each round gets
 /// `file` (= `origin`), `column_source` and `topology` (what must match for rounds to be compared).
 pub fn rounds_of(document: &Value, origin: &str) -> Result<Vec<Value>, String> {
@@ -154,10 +162,11 @@ pub fn rounds_of(document: &Value, origin: &str) -> Result<Vec<Value>, String> {
         if !r.is_object() {
             return Err(format!("{origin}: result {i} is not an object"));
         }
-        if r.get("strategy").and_then(Value::as_str).is_none() {
-            return Err(format!("{origin}: result {i} has no \"strategy\""));
-        }
-        r["column_source"] = json!(source_label(&r, scenario));
+        kepoch_report::check_result(&r).map_err(|e| {
+            let strategy = r.get("strategy").and_then(Value::as_str).unwrap_or("?");
+            format!("{origin}: result {i} ({strategy}): {e}")
+        })?;
+        r["column_source"] = json!(table::clip(&source_label(&r, scenario), MAX_LABEL_CHARS));
         r["topology"] = topology(&r, scenario);
         r["file"] = json!(origin);
         rounds.push(r);

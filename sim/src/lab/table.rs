@@ -1,9 +1,9 @@
-//! The side-by-side table (one column per strategy and source, one row per SPEC §6 figure, with the
+//! The side-by-side table (one column per strategy and source, one row per figure, with the
 //! 95 % interval of every compared figure) and the verdict, both read from the same summaries and
 //! comparisons ([`super::analysis`]).
 
-use super::analysis::{estimate, Figure, FIGURES};
-use super::bootstrap::MIN_ROUNDS;
+use super::analysis::estimate;
+use super::figures::{Figure, FIGURES};
 use serde_json::Value;
 use std::fmt::Write;
 
@@ -21,12 +21,13 @@ pub fn num(v: &Value, path: &[&str]) -> Option<f64> {
     at(v, path).and_then(Value::as_f64)
 }
 
-fn loaded(v: &Value) -> bool {
+/// Whether a result says it loaded.
+pub fn loaded(v: &Value) -> bool {
     v.get("loaded").and_then(Value::as_bool).unwrap_or(false)
 }
 
 /// The NTSTATUS name in a load error, or the error itself.
-fn short_error(text: &str) -> String {
+pub fn short_error(text: &str) -> String {
     text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .find(|w| w.starts_with("STATUS_"))
         .map_or_else(|| text.chars().take(28).collect(), str::to_string)
@@ -102,6 +103,19 @@ pub fn render(results: &[Value]) -> String {
         "rounds (loaded / run)".into(),
         col(&|r| format!("{} / {}", r["rounds_loaded"], r["rounds"])),
     ));
+    rows.push((
+        "rounds shortened / over time plan".into(),
+        col(
+            &|r| match (num(r, &["rounds_shortened"]), num(r, &["rounds_overran"])) {
+                (Some(s), Some(o)) => format!("{s:.0} / {o:.0}"),
+                _ => "-".into(),
+            },
+        ),
+    ));
+    rows.push((
+        "failed load attempts (all rounds)".into(),
+        col(&|r| num(r, &["failed_loads"]).map_or_else(|| "-".into(), fmt_num)),
+    ));
     for (label, key) in [
         ("loaded", "loaded"),
         ("load error", "load_error"),
@@ -155,236 +169,46 @@ pub fn render(results: &[Value]) -> String {
         "[a, b]: 95 % interval, bootstrap over rounds; latencies pooled over the rounds' samples\n",
     );
     for (c, head) in results.iter().zip(&heads) {
-        if let Some(error) = c.get("load_error").and_then(Value::as_str) {
+        let text = |key: &str| {
+            c.get(key)
+                .and_then(Value::as_str)
+                .map(|t| clip(t, NOTE_CHARS))
+        };
+        if let Some(error) = text("load_error") {
             let _ = writeln!(out, "note: {head} did not load: {error}");
+        }
+        if let Some(example) = text("shortened_example") {
+            let n = c["rounds_shortened"].as_u64().unwrap_or(0);
+            let _ = writeln!(out, "note: {head}: {n} round(s) shortened, e.g. {example}");
+        }
+        if let Some(example) = text("overran_example") {
+            let n = c["rounds_overran"].as_u64().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "note: {head}: {n} round(s) over their time plan, e.g. {example}"
+            );
         }
         if let Some(v) = c.get("violations").and_then(Value::as_array) {
             for text in v.iter().filter_map(Value::as_str) {
-                let _ = writeln!(out, "VIOLATION: {head}: {text}");
+                let _ = writeln!(out, "VIOLATION: {head}: {}", clip(text, NOTE_CHARS));
             }
         }
     }
     out
 }
 
-fn list(names: &[String]) -> String {
-    match names.len() {
-        0 => String::new(),
-        1 => names[0].clone(),
-        n => format!("{} and {}", names[..n - 1].join(", "), names[n - 1]),
-    }
-}
+/// Longest free text (an error, a violation) the notes under the table print.
+const NOTE_CHARS: usize = 300;
 
-/// A figure's value with the unit its label names.
-fn with_unit(f: &Figure, v: f64) -> String {
-    if f.label.ends_with("(ns)") {
-        if v >= 10_000.0 {
-            format!("{:.1} us", v / 1_000.0)
-        } else {
-            format!("{v:.0} ns")
-        }
-    } else if f.label.ends_with("(us)") {
-        format!("{} us", fmt_num(v))
-    } else if f.label.ends_with("(bytes)") {
-        format!("{} bytes", fmt_num(v))
-    } else {
-        fmt_num(v)
-    }
-}
-
-/// The label without its unit.
-fn name_of(f: &Figure) -> &str {
-    f.label.split(" (").next().unwrap_or(f.label)
-}
-
-fn ci_text(ci: &Value, unit: &dyn Fn(f64) -> String) -> Option<String> {
-    let a = ci.as_array()?;
-    Some(format!(
-        "{} to {}",
-        unit(a.first()?.as_f64()?),
-        unit(a.get(1)?.as_f64()?)
-    ))
-}
-
-/// One sentence about figure `f`: the differences that are significant, then the pairs without one.
-fn figure_sentence(
-    f: &Figure,
-    results: &[Value],
-    heads: &[String],
-    comparisons: &[Value],
-) -> Option<String> {
-    let mine: Vec<&Value> = comparisons
-        .iter()
-        .filter(|c| c["figure"].as_str() == Some(f.key))
+/// `text` cut to `max` characters (with `...` at the cut), on one line.
+pub fn clip(text: &str, max: usize) -> String {
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    if mine.is_empty() {
-        return None;
+    if one_line.chars().count() <= max {
+        return one_line;
     }
-    let value_of = |name: &str| {
-        let i = heads.iter().position(|h| h == name)?;
-        estimate(&results[i], f.key).map(|(v, _)| v)
-    };
-    let mut real = Vec::new();
-    let mut none = Vec::new();
-    let mut unknown = Vec::new();
-    for c in &mine {
-        let (a, b) = (
-            c["a"].as_str().unwrap_or("?"),
-            c["b"].as_str().unwrap_or("?"),
-        );
-        let (va, vb) = (
-            value_of(a).unwrap_or(f64::NAN),
-            value_of(b).unwrap_or(f64::NAN),
-        );
-        let values = format!("{} vs {}", with_unit(f, va), with_unit(f, vb));
-        if c["difference_ci95"].is_null() {
-            unknown.push(format!("{a} and {b} ({values})"));
-        } else if c["significant"] == true {
-            let ratio = c["ratio"]
-                .as_f64()
-                .zip(ci_text(&c["ratio_ci95"], &|x| format!("{x:.2}x")));
-            real.push(match ratio {
-                Some((r, ci)) => format!("{a} {r:.2}x {b} ({values}; 95 % CI {ci})"),
-                None => format!(
-                    "{a} above {b} ({values}; difference 95 % CI {})",
-                    ci_text(&c["difference_ci95"], &|x| with_unit(f, x)).unwrap_or_default()
-                ),
-            });
-        } else {
-            let ratio = c["ratio"]
-                .as_f64()
-                .zip(ci_text(&c["ratio_ci95"], &|x| format!("{x:.2}x")))
-                .map(|(r, ci)| format!(", ratio {r:.2}x, 95 % CI {ci}"))
-                .unwrap_or_default();
-            none.push(format!("{a} and {b} ({values}{ratio})"));
-        }
-    }
-    let mut parts = Vec::new();
-    if !real.is_empty() {
-        parts.push(real.join("; "));
-    }
-    if !none.is_empty() {
-        parts.push(format!("no significant difference between {}", list(&none)));
-    }
-    if !unknown.is_empty() {
-        parts.push(format!(
-            "too few rounds for an interval (needs {MIN_ROUNDS} per strategy) for {}",
-            list(&unknown)
-        ));
-    }
-    Some(format!("{}: {}.", capitalise(name_of(f)), parts.join("; ")))
-}
-
-fn capitalise(s: &str) -> String {
-    let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
-        .unwrap_or_default()
-}
-
-/// Wraps `text` at `width` columns.
-fn wrap(text: &str, width: usize) -> String {
-    let mut out = String::new();
-    let mut len = 0;
-    for word in text.split_whitespace() {
-        if len > 0 && len + 1 + word.len() > width {
-            out.push('\n');
-            len = 0;
-        } else if len > 0 {
-            out.push(' ');
-            len += 1;
-        }
-        out.push_str(word);
-        len += word.len();
-    }
-    out
-}
-
-/// The verdict paragraph: which strategy loads, what each figure rests on, then for every compared
-/// figure only the differences whose 95 % interval excludes "no difference" (and "no significant
-/// difference" otherwise), then safety. Every number comes from `results` and `comparisons`.
-pub fn verdict(results: &[Value], comparisons: &[Value]) -> String {
-    let heads = headings(results);
-    let up: Vec<usize> = (0..results.len())
-        .filter(|&i| loaded(&results[i]))
-        .collect();
-    let down: Vec<usize> = (0..results.len())
-        .filter(|&i| !loaded(&results[i]))
-        .collect();
-    let mut s = Vec::new();
-
-    let rounds_of = |i: usize| {
-        let r = &results[i];
-        let (l, n) = (
-            r["rounds_loaded"].as_u64().unwrap_or(0),
-            r["rounds"].as_u64().unwrap_or(0),
-        );
-        if l == n {
-            format!("{} ({n} rounds)", heads[i])
-        } else {
-            format!("{} ({l} of {n} rounds)", heads[i])
-        }
-    };
-    let up_names: Vec<String> = up.iter().map(|&i| rounds_of(i)).collect();
-    match (up.is_empty(), down.is_empty()) {
-        (false, true) => s.push(format!("Loaded: {}.", list(&up_names))),
-        (true, _) => s.push("No strategy loaded.".into()),
-        (false, false) => {
-            let why: Vec<String> = down
-                .iter()
-                .map(|&i| {
-                    let error = results[i]["load_error"]
-                        .as_str()
-                        .map_or_else(|| "unknown error".into(), short_error);
-                    format!("{} did not ({error})", heads[i])
-                })
-                .collect();
-            s.push(format!("Loaded: {}; {}.", list(&up_names), list(&why)));
-        }
-    }
-    let samples: Vec<String> = up
-        .iter()
-        .filter_map(|&i| {
-            num(&results[i], &["first_enter_ns", "count"]).map(|n| format!("{} {n:.0}", heads[i]))
-        })
-        .collect();
-    if !samples.is_empty() {
-        s.push(format!("First-enter samples: {}.", list(&samples)));
-    }
-    for f in FIGURES.iter().filter(|f| f.compared) {
-        if let Some(text) = figure_sentence(f, results, &heads, comparisons) {
-            s.push(text);
-        }
-    }
-    let bad: Vec<String> = up
-        .iter()
-        .filter(|&&i| {
-            num(&results[i], &["use_after_free"]).unwrap_or(0.0) > 0.0
-                || num(&results[i], &["leaked"]).unwrap_or(0.0) > 0.0
-        })
-        .map(|&i| heads[i].clone())
-        .collect();
-    let checked = up
-        .iter()
-        .any(|&i| num(&results[i], &["use_after_free"]).is_some());
-    if !bad.is_empty() {
-        s.push(format!(
-            "FAILURE: use-after-free or leak under {}.",
-            list(&bad)
-        ));
-    } else if checked {
-        s.push("No use-after-free and no leak in any round of any strategy that loaded.".into());
-    }
-    let stalls: Vec<String> = up
-        .iter()
-        .filter_map(|&i| {
-            num(&results[i], &["stalls_reported"])
-                .filter(|n| *n > 0.0)
-                .map(|n| format!("{} {} per round", heads[i], fmt_num(n)))
-        })
-        .collect();
-    if !stalls.is_empty() {
-        s.push(format!("Stalled readers reported: {}.", list(&stalls)));
-    }
-    wrap(&s.join(" "), 100)
+    let kept: String = one_line.chars().take(max.saturating_sub(3)).collect();
+    format!("{kept}...")
 }

@@ -2,7 +2,7 @@
 //! `KE_PROCESSOR_CHANGE_ADD_EXISTING` replay, `KeDeregisterProcessorChangeCallback`, and live hot-add
 //! (AddStart, then the processor starts and AddComplete, or AddFailure). Registration, replay,
 //! deregistration and hot-adds are serialised by one lock (NT's `KiDynamicProcessorLock`) and the
-//! callbacks run at APC_LEVEL, as observed on NT (reference/nt-apis.md §1.2).
+//! callbacks run at APC_LEVEL, as observed on NT.
 
 use core::ffi::c_void;
 use std::format;

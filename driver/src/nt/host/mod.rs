@@ -8,8 +8,8 @@
 //! processor are excluded from it, as on NT. IRQL is per thread; threads below DISPATCH migrate between
 //! the processors of their affinity. Timers, events, system threads, work items, pool, handles, the
 //! registry, devices and IRPs, and the processor-change callback with `KE_PROCESSOR_CHANGE_ADD_EXISTING`
-//! replay and live hot-add (AddStart, then AddComplete or AddFailure) are emulated with the documented
-//! semantics of reference/nt-apis.md.
+//! replay and live hot-add (AddStart, then AddComplete or AddFailure) are emulated with the semantics
+//! Microsoft documents for them.
 //!
 //! Checks, recorded as failures of the machine (reported by [`Machine::finish`] and by every call that
 //! runs driver code): each routine's documented IRQL (as Driver Verifier does), objects used before
