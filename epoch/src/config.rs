@@ -7,7 +7,8 @@ use core::fmt;
 /// When and where a processor's per-CPU state is prepared (the strategy table of the crate documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Strategy {
-    /// Prepared on that processor's first epoch use, at DISPATCH. Memory O(processors ever used).
+    /// Prepared on that processor's first epoch use, at DISPATCH, once its add completed (it listens
+    /// to processor-change notifications for that). Memory O(processors ever used).
     Lazy,
     /// Prepared in processor-change notifications (replay at registration, AddStart on hot-add);
     /// falls back to `Lazy` when the API is missing, registration fails or a preparation fails.

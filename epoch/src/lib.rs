@@ -59,7 +59,7 @@
 //!
 //! | registry value | [`Strategy`] | a processor's slot is prepared | notes |
 //! |---|---|---|---|
-//! | 0 | [`Lazy`](Strategy::Lazy) | on its first epoch use, at DISPATCH_LEVEL, on that processor | memory O(processors ever used); the first enter pays the preparation |
+//! | 0 | [`Lazy`](Strategy::Lazy) | on its first epoch use, at DISPATCH_LEVEL, on that processor, once its AddComplete was seen (it registers for the notifications too; before that it uses the overflow slot) | memory O(processors ever used); the first enter pays the preparation |
 //! | 1 | [`Callback`](Strategy::Callback) (default) | in processor-change notifications at PASSIVE: every existing processor at registration, a hot-added one at AddStart, ready at AddComplete | falls back to lazy when the API is missing, registration fails or a preparation fails |
 //! | 2 | [`Eager`](Strategy::Eager) | for every index below the reported maximum, at load | the original design, kept to reproduce its failure: refuses to load where max > active |
 //!
