@@ -235,7 +235,11 @@ pub unsafe extern "system" fn KeInitializeDpc(
     unsafe { sign(dpc.cast(), DPC_SIGNATURE) };
 }
 
-/// `KeSetTargetProcessorDpcEx`.
+/// `KeSetTargetProcessorDpcEx`: `STATUS_INVALID_PARAMETER` for a processor number that is not valid,
+/// and the DPC keeps its previous target. A number is valid once its processor has a system-wide
+/// index: present at boot, or hot-added from AddStart on (the AddStart notification already carries
+/// the index), as `KeGetProcessorIndexFromNumber` converts it. Slots below the maximum that were never
+/// added, and numbers beyond it, are not valid.
 ///
 /// # Safety
 /// `dpc` was initialised; `number` is readable.
@@ -258,11 +262,9 @@ pub unsafe extern "system" fn KeSetTargetProcessorDpcEx(
     // SAFETY: per the caller.
     let number = unsafe { *number };
     let mut state = kernel.lock();
-    let Some(slot) = state
-        .cpus
-        .iter()
-        .position(|cpu| cpu.group == number.Group && cpu.number == number.Number)
-    else {
+    let Some(slot) = state.cpus.iter().position(|cpu| {
+        cpu.group == number.Group && cpu.number == number.Number && cpu.phase != Phase::Absent
+    }) else {
         return STATUS_INVALID_PARAMETER;
     };
     if let Some(object) = state.dpc.objects.get_mut(&(dpc as usize)) {

@@ -39,6 +39,8 @@ mod thread;
 mod work;
 
 #[cfg(test)]
+mod blind_spot_tests;
+#[cfg(test)]
 mod tests;
 
 pub use config::{GroupConfig, MachineConfig, RegistryData, SERVICE_KEY};
