@@ -35,6 +35,7 @@ pub(in crate::nt) mod processor;
 mod registry;
 mod security;
 mod sync;
+mod system_buffer;
 mod thread;
 mod work;
 
