@@ -37,6 +37,12 @@ fn cycles_run_as_dpcs_on_several_processors_of_two_groups_and_unload_leaves_noth
         machine.processors()
     );
     let stats = quiesce_and_unload(driver);
+    // Every driver call stayed within its kernel stack (a deeper one fails the machine); both kinds
+    // were measured.
+    let stacks = machine.stacks();
+    println!("deepest stack use: {stacks:?}");
+    assert!(stacks.thread > 0 && stacks.dpc > 0, "{stacks:?}");
+    assert!(stacks.thread <= stacks.limit && stacks.dpc <= stacks.limit);
     machine.finish();
     assert!(stats.freed > 0, "{stats:#?}");
 }

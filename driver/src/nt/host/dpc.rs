@@ -12,6 +12,7 @@ use std::vec::Vec;
 
 use super::kernel::{enter, with_context, Kernel, Rule, State, STATUS_INVALID_PARAMETER};
 use super::processor::Phase;
+use super::stack::{on_kernel_stack, StackKind};
 use crate::nt::{KDEFERRED_ROUTINE, KDPC, KTIMER, NTSTATUS, PKDEFERRED_ROUTINE, PROCESSOR_NUMBER};
 
 /// Signature written into the first word of an initialised KDPC.
@@ -189,6 +190,26 @@ fn queue(
     cpu.targeted_slow_total += u64::from(slow);
     kernel.cpu_changed[slot].notify_all();
     true
+}
+
+/// Runs a dequeued DPC's routine on the DPC stack of the processor whose loop calls it (measured).
+pub(super) fn run_routine(kernel: &Kernel, entry: &QueuedDpc) {
+    on_kernel_stack(
+        kernel,
+        StackKind::Dpc,
+        || format!("DPC routine {:p}", entry.routine as *const ()),
+        // SAFETY: the routine and its arguments were given to KeInsertQueueDpc/KeSetTimerEx by the
+        // driver, whose contract is that the KDPC and its context stay valid while it is queued; it
+        // runs at DISPATCH on its target processor, as the DDI promises.
+        || unsafe {
+            (entry.routine)(
+                entry.dpc as *mut _,
+                entry.context as *mut _,
+                entry.argument1 as *mut _,
+                entry.argument2 as *mut _,
+            )
+        },
+    );
 }
 
 /// `KeInitializeDpc`.

@@ -11,6 +11,7 @@ use super::kernel::{
 };
 use super::pool::free_checked;
 use super::security::DeviceSecurity;
+use super::stack::{on_kernel_stack, StackKind};
 use super::system_buffer::SystemBuffer;
 use crate::nt::{
     DEVICE_OBJECT, DRIVER_OBJECT, IO_STACK_LOCATION, IRP, NTSTATUS, STATUS_OBJECT_NAME_NOT_FOUND,
@@ -308,7 +309,12 @@ pub(super) fn dispatch(
     let returned = unsafe {
         let device = (*driver).DeviceObject;
         match (*driver).MajorFunction[major] {
-            Some(routine) => routine(device, &mut irp),
+            Some(routine) => on_kernel_stack(
+                kernel,
+                StackKind::Thread,
+                || format!("the dispatch routine for major function {major} (code {code:#x})"),
+                || routine(device, &mut irp),
+            ),
             None => {
                 kernel.lock().io.irps.remove(&irp_address);
                 return IoctlResult {

@@ -19,6 +19,7 @@ use super::io::IoState;
 use super::pool::Pool;
 use super::processor::Cpu;
 use super::registry::RegistryState;
+use super::stack::{mark_stack_top, StackUsage, HOST_STACK_SIZE};
 use super::sync::SyncState;
 use super::thread::Threads;
 use super::work::WorkState;
@@ -242,6 +243,8 @@ pub(super) struct Kernel {
     /// One per processor slot: its DPC queue or its owner changed.
     pub(super) cpu_changed: Vec<Condvar>,
     pub(super) pool: Pool,
+    /// The deepest kernel-stack use of driver calls.
+    pub(super) stacks: StackUsage,
     failures: Mutex<Vec<String>>,
     failed: AtomicBool,
     /// Processor loops, the clock and the workers, joined when the machine stops.
@@ -263,6 +266,7 @@ impl Kernel {
             changed: Condvar::new(),
             cpu_changed,
             pool,
+            stacks: StackUsage::default(),
             failures: Mutex::new(Vec::new()),
             failed: AtomicBool::new(false),
             service: Mutex::new(Vec::new()),
@@ -380,7 +384,9 @@ impl Kernel {
         let seed = self.config.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         thread::Builder::new()
             .name(format!("ntemu-{role:?}-{id}"))
+            .stack_size(HOST_STACK_SIZE)
             .spawn(move || {
+                mark_stack_top();
                 CONTEXT.with(|cell| {
                     *cell.borrow_mut() = Some(Context {
                         kernel: kernel.clone(),

@@ -118,7 +118,7 @@ impl<'m> Driver<'m> {
             "unload with handles open"
         );
         let driver = Shared(self.object);
-        self.machine.call("DriverUnload", move || {
+        self.machine.call_driver("DriverUnload", move || {
             let driver = driver;
             // SAFETY: DriverEntry succeeded and set DriverUnload; called once at PASSIVE with no handle
             // open, as the I/O manager does.

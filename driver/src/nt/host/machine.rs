@@ -15,6 +15,7 @@ use super::loaded::Driver;
 use super::pool::PoolReport;
 use super::processor::{start_processor, Cpu, Phase};
 use super::security::DeviceSecurity;
+use super::stack::{on_kernel_stack, StackKind, StackReport};
 use crate::nt::{DRIVER_OBJECT, NTSTATUS, UNICODE_STRING};
 
 /// One processor slot, for reports.
@@ -202,6 +203,18 @@ impl Machine {
         }
     }
 
+    /// [`Machine::call`] for driver code: `what` runs as on a thread's kernel stack (measured).
+    pub(super) fn call_driver<R: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> R {
+        let kernel = self.kernel.clone();
+        self.call(what, move || {
+            on_kernel_stack(&kernel, StackKind::Thread, || what.into(), f)
+        })
+    }
+
     /// Runs `DriverEntry` with a fresh driver object and the service key path. On failure the image
     /// is unloaded (and checked) at once.
     pub fn load(&self, entry: DriverEntry) -> Result<Driver<'_>, NTSTATUS> {
@@ -230,7 +243,7 @@ impl Machine {
             .unwrap_or_else(|p| p.into_inner())
             .push(storage);
         self.kernel.lock().image.loaded = true;
-        let status = self.call("DriverEntry", move || {
+        let status = self.call_driver("DriverEntry", move || {
             let (driver, registry_path) = (driver, registry_path);
             // SAFETY: a valid driver object and service key path, at PASSIVE, once: DriverEntry's
             // contract.
@@ -308,7 +321,7 @@ impl Machine {
     /// or the status a callback vetoed it with.
     pub fn hot_add(&self, group: u16, number: u8) -> Result<u32, NTSTATUS> {
         let kernel = self.kernel.clone();
-        self.call("hot-add", move || {
+        self.call_driver("the processor-change callbacks of a hot-add", move || {
             super::callbacks::hot_add(&kernel, group, number, None)
         })
     }
@@ -321,9 +334,10 @@ impl Machine {
         status: NTSTATUS,
     ) -> Result<u32, NTSTATUS> {
         let kernel = self.kernel.clone();
-        self.call("failed hot-add", move || {
-            super::callbacks::hot_add(&kernel, group, number, Some(status))
-        })
+        self.call_driver(
+            "the processor-change callbacks of a failed hot-add",
+            move || super::callbacks::hot_add(&kernel, group, number, Some(status)),
+        )
     }
 
     /// Every processor slot.
@@ -368,6 +382,11 @@ impl Machine {
             .links
             .get(&link.to_lowercase())
             .cloned()
+    }
+
+    /// The deepest kernel-stack and DPC-stack use of driver calls so far.
+    pub fn stacks(&self) -> StackReport {
+        self.kernel.stacks.report()
     }
 
     /// Pool counters.

@@ -34,6 +34,7 @@ mod pool;
 pub(in crate::nt) mod processor;
 mod registry;
 mod security;
+mod stack;
 mod sync;
 mod system_buffer;
 mod thread;
@@ -50,6 +51,7 @@ pub use loaded::Driver;
 pub use machine::{DriverEntry, Machine, ProcessorReport};
 pub use pool::PoolReport;
 pub use security::DeviceSecurity;
+pub use stack::{StackReport, KERNEL_STACK_SIZE, STACK_LIMIT};
 
 /// The emulated routines, re-exported by `nt` in place of the `raw-dylib` imports.
 pub(crate) mod routines {

@@ -214,17 +214,7 @@ pub(super) fn dpc_loop(kernel: Arc<Kernel>, slot: usize) {
                 entry.dpc, entry.routine as *const ()
             ));
         } else {
-            // SAFETY: the routine and its arguments were given to KeInsertQueueDpc/KeSetTimerEx by the
-            // driver, whose contract is that the KDPC and its context stay valid while it is queued;
-            // it runs at DISPATCH on its target processor, as the DDI promises.
-            unsafe {
-                (entry.routine)(
-                    entry.dpc as *mut _,
-                    entry.context as *mut _,
-                    entry.argument1 as *mut _,
-                    entry.argument2 as *mut _,
-                )
-            };
+            super::dpc::run_routine(&kernel, &entry);
         }
         let irql = current_irql();
         if irql != DISPATCH {

@@ -11,6 +11,7 @@ use super::kernel::{
     STATUS_INVALID_HANDLE, STATUS_INVALID_PARAMETER,
 };
 use super::processor::maybe_migrate;
+use super::stack::{on_kernel_stack, StackKind};
 use crate::nt::{CLIENT_ID, HANDLE, KSTART_ROUTINE, NTSTATUS, OBJECT_ATTRIBUTES, PKSTART_ROUTINE};
 
 /// A driver-created system thread.
@@ -100,8 +101,18 @@ pub unsafe extern "system" fn PsCreateSystemThread(
     let k = kernel.clone();
     kernel.spawn(id, Role::System, cpu, PASSIVE, move || {
         let start = start;
-        // SAFETY: the driver's start routine with its context, on a new system thread at PASSIVE.
-        unsafe { (start.0)(start.1 as *mut c_void) };
+        on_kernel_stack(
+            &k,
+            StackKind::Thread,
+            || {
+                format!(
+                    "system thread {id} (start routine {:p})",
+                    start.0 as *const ()
+                )
+            },
+            // SAFETY: the driver's start routine with its context, on a new system thread at PASSIVE.
+            || unsafe { (start.0)(start.1 as *mut c_void) },
+        );
         let irql = with_context(|c| c.irql);
         if irql != PASSIVE {
             k.fail(format!("system thread {id} returned at IRQL {irql}"));
