@@ -1,9 +1,8 @@
 //! The emulated kernel's shared state, the per-thread context (IRQL, processor, affinity), failure
-//! recording, deadline-bounded waits, handles and `ZwClose`.
+//! recording and deadline-bounded waits.
 
 use std::boxed::Box;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::format;
 use std::string::{String, ToString};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +14,7 @@ use std::vec::Vec;
 use super::callbacks::Callbacks;
 use super::config::MachineConfig;
 use super::dpc::DpcState;
+use super::handles::Handles;
 use super::io::IoState;
 use super::pool::Pool;
 use super::processor::Cpu;
@@ -23,7 +23,7 @@ use super::stack::{mark_stack_top, StackUsage, HOST_STACK_SIZE};
 use super::sync::SyncState;
 use super::thread::Threads;
 use super::work::WorkState;
-use crate::nt::{HANDLE, NTSTATUS};
+use crate::nt::NTSTATUS;
 
 /// `PASSIVE_LEVEL`.
 pub(super) const PASSIVE: u8 = 0;
@@ -175,44 +175,6 @@ pub(super) struct ImageState {
     pub(super) loaded: bool,
     /// DriverUnload returned, or DriverEntry failed: no driver code may run any more.
     pub(super) unloaded: bool,
-}
-
-/// A kernel handle's object.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum HandleObject {
-    /// An open registry key (its full path, lower case).
-    Key(String),
-    /// A system thread (its id).
-    Thread(u64),
-    /// A device object (its address).
-    Device(usize),
-}
-
-/// The kernel handle table.
-#[derive(Default)]
-pub(super) struct Handles {
-    table: HashMap<usize, HandleObject>,
-    next: usize,
-}
-
-impl Handles {
-    /// Opens a handle to `object`.
-    pub(super) fn open(&mut self, object: HandleObject) -> HANDLE {
-        self.next += 1;
-        let value = 0x8000_0000 + 4 * self.next;
-        self.table.insert(value, object);
-        value as HANDLE
-    }
-
-    /// The object behind `handle`.
-    pub(super) fn get(&self, handle: HANDLE) -> Option<&HandleObject> {
-        self.table.get(&(handle as usize))
-    }
-
-    /// Handles still open, for the leak report.
-    pub(super) fn open_handles(&self) -> Vec<HandleObject> {
-        self.table.values().cloned().collect()
-    }
 }
 
 /// Everything behind the kernel lock.
@@ -456,19 +418,4 @@ pub(super) unsafe fn read_unicode(string: *const crate::nt::UNICODE_STRING) -> S
             usize::from(s.Length / 2),
         ))
     }
-}
-
-/// `ZwClose`.
-///
-/// # Safety
-/// Same contract as the kernel routine: `handle` is a kernel handle the caller owns.
-pub unsafe extern "system" fn ZwClose(handle: HANDLE) -> NTSTATUS {
-    let (kernel, _) = enter("ZwClose", Rule::Passive);
-    let mut state = kernel.lock();
-    if state.handles.table.remove(&(handle as usize)).is_none() {
-        drop(state);
-        kernel.fail(format!("ZwClose({handle:p}): not an open kernel handle"));
-        return STATUS_INVALID_HANDLE;
-    }
-    0
 }

@@ -26,6 +26,7 @@ mod callbacks;
 mod config;
 mod debug;
 mod dpc;
+mod handles;
 mod io;
 mod kernel;
 mod loaded;
@@ -60,11 +61,11 @@ pub(crate) mod routines {
         KeCancelTimer, KeFlushQueuedDpcs, KeInitializeDpc, KeInitializeTimerEx, KeInsertQueueDpc,
         KeSetImportanceDpc, KeSetTargetProcessorDpcEx, KeSetTimerEx,
     };
+    pub use super::handles::ZwClose;
     pub use super::io::{
         IoCreateDevice, IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink,
         IofCompleteRequest,
     };
-    pub use super::kernel::ZwClose;
     pub use super::pool::{ExAllocatePoolWithTag, ExFreePoolWithTag};
     pub use super::processor::{
         KeGetCurrentProcessorNumberEx, KeQueryActiveProcessorCountEx, KeQueryActiveProcessors,

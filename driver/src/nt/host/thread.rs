@@ -6,9 +6,10 @@ use std::format;
 use std::string::String;
 use std::vec::Vec;
 
+use super::handles::HandleObject;
 use super::kernel::{
-    enter, with_context, HandleObject, Role, Rule, PASSIVE, STATUS_INSUFFICIENT_RESOURCES,
-    STATUS_INVALID_HANDLE, STATUS_INVALID_PARAMETER,
+    enter, with_context, Role, Rule, PASSIVE, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_HANDLE,
+    STATUS_INVALID_PARAMETER,
 };
 use super::processor::maybe_migrate;
 use super::stack::{on_kernel_stack, StackKind};
