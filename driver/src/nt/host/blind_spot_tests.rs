@@ -15,17 +15,19 @@ use crate::nt::{self, KDPC, PROCESSOR_NUMBER};
 const INVALID_PARAMETER: i32 = 0xC000_000Du32 as i32;
 
 /// A heap KDPC (leaked on purpose: never freed while it may be queued).
-fn leaked_dpc() -> *mut KDPC {
+pub(super) fn leaked_dpc() -> *mut KDPC {
     // SAFETY: a KDPC is plain bytes until KeInitializeDpc.
     Box::into_raw(Box::new(unsafe { core::mem::zeroed::<KDPC>() }))
 }
 
+/// A DPC routine that does nothing.
 unsafe extern "system" fn nothing(_: *mut KDPC, _: *mut c_void, _: *mut c_void, _: *mut c_void) {}
 
-/// The processor `record_processor` last ran on: (group, number).
-static RAN_ON: Mutex<Option<(u16, u8)>> = Mutex::new(None);
+/// The processor [`record_processor`] last ran on: (group, number).
+pub(super) static RAN_ON: Mutex<Option<(u16, u8)>> = Mutex::new(None);
 
-unsafe extern "system" fn record_processor(
+/// A DPC routine that records where it runs in [`RAN_ON`].
+pub(super) unsafe extern "system" fn record_processor(
     _: *mut KDPC,
     _: *mut c_void,
     _: *mut c_void,

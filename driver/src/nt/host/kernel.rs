@@ -17,6 +17,9 @@ use super::dpc::DpcState;
 use super::handles::Handles;
 use super::io::IoState;
 use super::pool::Pool;
+use super::preempt::{
+    block, scheduling_point, start_driver_code, stop_driver_code, unblock, Scheduler,
+};
 use super::processor::Cpu;
 use super::registry::RegistryState;
 use super::stack::{mark_stack_top, StackUsage, HOST_STACK_SIZE};
@@ -102,6 +105,8 @@ pub(super) struct Context {
     pub(super) terminated: bool,
     /// `KeEnterCriticalRegion` calls not yet matched by `KeLeaveCriticalRegion`.
     pub(super) critical_regions: u32,
+    /// Counted as running driver code below DISPATCH on `cpu` (no DPC starts there meanwhile).
+    pub(super) counted: bool,
 }
 
 impl Context {
@@ -130,6 +135,12 @@ pub(super) fn with_context<R>(f: impl FnOnce(&mut Context) -> R) -> R {
             .expect("an emulated kernel routine was called on a thread the machine did not create");
         f(context)
     })
+}
+
+/// Runs `f` with the calling thread's context, if the machine created the thread (`None` on the
+/// test's own threads).
+pub(super) fn try_with_context<R>(f: impl FnOnce(&mut Context) -> R) -> Option<R> {
+    CONTEXT.with(|cell| cell.borrow_mut().as_mut().map(f))
 }
 
 /// Describes the calling thread for failure messages (works while the context is borrowed).
@@ -165,6 +176,7 @@ pub(super) fn enter(routine: &'static str, rule: Rule) -> (Arc<Kernel>, u8) {
             "{routine} called after the driver image was unloaded"
         ));
     }
+    scheduling_point(&kernel, true);
     (kernel, irql)
 }
 
@@ -189,6 +201,7 @@ pub(super) struct State {
     pub(super) work: WorkState,
     pub(super) registry: RegistryState,
     pub(super) callbacks: Callbacks,
+    pub(super) scheduler: Scheduler,
     pub(super) image: ImageState,
     /// The machine is being torn down: service threads end.
     pub(super) shutdown: bool,
@@ -222,6 +235,7 @@ impl Kernel {
             config,
             boot: Instant::now(),
             state: Mutex::new(State {
+                scheduler: Scheduler::new(cpus.len()),
                 cpus,
                 ..State::default()
             }),
@@ -280,9 +294,25 @@ impl Kernel {
         )
     }
 
+    /// Blocks on `condvar` until `done` holds, at most the machine's wait deadline (as
+    /// [`Kernel::wait_for`]); meanwhile the calling thread does not run driver code, so DPCs may run
+    /// on its processor.
+    pub(super) fn wait_until<'a>(
+        &self,
+        mut guard: MutexGuard<'a, State>,
+        condvar: &Condvar,
+        what: impl Fn(&State) -> String,
+        done: impl FnMut(&mut State) -> bool,
+    ) -> MutexGuard<'a, State> {
+        let was_counted = block(&mut guard);
+        let guard = self.wait_for(guard, condvar, what, done);
+        unblock(&guard, was_counted);
+        guard
+    }
+
     /// Waits on `condvar` until `done` holds, at most the machine's wait deadline. Past it the
     /// machine fails with `what()` and the thread parks for good: a stuck wait never returns success.
-    pub(super) fn wait_until<'a>(
+    pub(super) fn wait_for<'a>(
         &self,
         mut guard: MutexGuard<'a, State>,
         condvar: &Condvar,
@@ -360,8 +390,12 @@ impl Kernel {
                         rng: seed,
                         terminated: false,
                         critical_regions: 0,
+                        counted: false,
                     })
                 });
+                if matches!(role, Role::Caller | Role::System) {
+                    start_driver_code(&kernel);
+                }
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
                 if let Err(payload) = result {
                     kernel.fail(format!(
@@ -369,6 +403,7 @@ impl Kernel {
                         panic_text(&payload)
                     ));
                 }
+                stop_driver_code(&kernel, true);
                 let regions = CONTEXT.with(|cell| cell.borrow().as_ref().map_or(0, |c| c.critical_regions));
                 if regions != 0 {
                     kernel.fail(format!(

@@ -36,6 +36,9 @@ pub struct ProcessorReport {
     /// Of those, messages whose KDPC had an importance below `MediumHighImportance` (see
     /// `KeSetImportanceDpc`).
     pub slow_messages: u64,
+    /// Times a thread below DISPATCH that made a kernel call here let a DPC run first (it was
+    /// preempted).
+    pub preemptions: u64,
 }
 
 /// What the I/O manager hands to DriverEntry: the driver object, the service key path and its
@@ -119,7 +122,7 @@ impl Machine {
             let k = kernel.clone();
             kernel.keep_service_thread(kernel.spawn(id, role, 0, PASSIVE, move || body(k)));
         };
-        service(Role::Clock, super::dpc::clock_loop);
+        service(Role::Clock, super::timer::clock_loop);
         service(Role::Worker, super::work::worker_loop);
         service(Role::Worker, super::work::worker_loop);
         Machine {
@@ -342,11 +345,12 @@ impl Machine {
 
     /// Every processor slot.
     pub fn processors(&self) -> Vec<ProcessorReport> {
-        self.kernel
-            .lock()
+        let state = self.kernel.lock();
+        state
             .cpus
             .iter()
-            .map(|c| ProcessorReport {
+            .enumerate()
+            .map(|(slot, c)| ProcessorReport {
                 group: c.group,
                 number: c.number,
                 index: c.index,
@@ -354,6 +358,7 @@ impl Machine {
                 dpcs: c.completed_total,
                 messages: c.targeted_total,
                 slow_messages: c.targeted_slow_total,
+                preemptions: state.scheduler.preemptions(slot),
             })
             .collect()
     }

@@ -32,6 +32,7 @@ mod kernel;
 mod loaded;
 mod machine;
 mod pool;
+pub(in crate::nt) mod preempt;
 pub(in crate::nt) mod processor;
 mod registry;
 mod security;
@@ -39,10 +40,13 @@ mod stack;
 mod sync;
 mod system_buffer;
 mod thread;
+mod timer;
 mod work;
 
 #[cfg(test)]
 mod blind_spot_tests;
+#[cfg(test)]
+mod preemption_tests;
 #[cfg(test)]
 mod tests;
 
@@ -58,8 +62,8 @@ pub use stack::{StackReport, KERNEL_STACK_SIZE, STACK_LIMIT};
 pub(crate) mod routines {
     pub use super::debug::{DbgPrintEx, KeBugCheckEx, MmGetSystemRoutineAddress};
     pub use super::dpc::{
-        KeCancelTimer, KeFlushQueuedDpcs, KeInitializeDpc, KeInitializeTimerEx, KeInsertQueueDpc,
-        KeSetImportanceDpc, KeSetTargetProcessorDpcEx, KeSetTimerEx,
+        KeFlushQueuedDpcs, KeInitializeDpc, KeInsertQueueDpc, KeSetImportanceDpc,
+        KeSetTargetProcessorDpcEx,
     };
     pub use super::handles::ZwClose;
     pub use super::io::{
@@ -84,6 +88,7 @@ pub(crate) mod routines {
         KeRevertToUserAffinityThreadEx, KeSetSystemAffinityThreadEx, PsCreateSystemThread,
         PsTerminateSystemThread, ZwWaitForSingleObject,
     };
+    pub use super::timer::{KeCancelTimer, KeInitializeTimerEx, KeSetTimerEx};
     pub use super::work::{IoAllocateWorkItem, IoFreeWorkItem, IoQueueWorkItem};
 
     /// Proves at compile time that each emulated routine has exactly the type of windows-sys's

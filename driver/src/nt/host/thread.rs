@@ -11,6 +11,7 @@ use super::kernel::{
     enter, with_context, Role, Rule, PASSIVE, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_HANDLE,
     STATUS_INVALID_PARAMETER,
 };
+use super::preempt::scheduling_point;
 use super::processor::maybe_migrate;
 use super::stack::{on_kernel_stack, StackKind};
 use crate::nt::{CLIENT_ID, HANDLE, KSTART_ROUTINE, NTSTATUS, OBJECT_ATTRIBUTES, PKSTART_ROUTINE};
@@ -194,7 +195,11 @@ pub unsafe extern "system" fn KeSetSystemAffinityThreadEx(affinity: usize) -> us
         kernel.fail(format!(
             "KeSetSystemAffinityThreadEx({affinity:#x}): no active processor of group 0 in the mask"
         ));
+    } else {
+        drop(state);
     }
+    // Moved onto a processor of the new affinity: a DPC running there returns first.
+    scheduling_point(&kernel, false);
     previous
 }
 
@@ -207,4 +212,6 @@ pub unsafe extern "system" fn KeRevertToUserAffinityThreadEx(previous: usize) {
     with_context(|c| c.affinity = (previous != 0).then_some(previous as u64));
     let state = kernel.lock();
     maybe_migrate(&state);
+    drop(state);
+    scheduling_point(&kernel, false);
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::io::release_device;
 use super::kernel::{enter, with_context, Kernel, Rule, PASSIVE};
 use super::pool::free_checked;
+use super::preempt::{start_driver_code, stop_driver_code};
 use super::stack::{on_kernel_stack, StackKind};
 use crate::nt::{DEVICE_OBJECT, IO_WORKITEM_ROUTINE, PIO_WORKITEM, PIO_WORKITEM_ROUTINE};
 
@@ -181,6 +182,7 @@ pub(super) fn worker_loop(kernel: Arc<Kernel>) {
             None => 0,
         };
         drop(state);
+        start_driver_code(&kernel);
         on_kernel_stack(
             &kernel,
             StackKind::Thread,
@@ -193,6 +195,7 @@ pub(super) fn worker_loop(kernel: Arc<Kernel>) {
         if irql != PASSIVE {
             kernel.fail(format!("work item routine returned at IRQL {irql}"));
         }
+        stop_driver_code(&kernel, false);
         {
             let mut state = kernel.lock();
             if let Some(w) = state.work.items.get_mut(&work.item) {
