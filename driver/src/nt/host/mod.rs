@@ -5,19 +5,23 @@
 //! The emulated machine ([`Machine`]) has processors in groups with sparse numbers and a maximum above
 //! the active count. Every active processor is an OS thread that runs the DPCs queued to it at
 //! DISPATCH_LEVEL; a thread at DISPATCH owns its processor, so DPCs and other DISPATCH code on the same
-//! processor are excluded from it, as on NT. IRQL is per thread; threads below DISPATCH migrate between
-//! the processors of their affinity. Timers, events, system threads, work items, pool, handles, the
-//! registry, devices and IRPs, and the processor-change callback with `KE_PROCESSOR_CHANGE_ADD_EXISTING`
-//! replay and live hot-add (AddStart, then AddComplete or AddFailure) are emulated with the documented
-//! semantics of reference/nt-apis.md.
+//! processor are excluded from it, as on NT. IRQL is per thread. A DPC preempts the code below DISPATCH
+//! on its processor (`preempt`: it waits for that code's next kernel call, and the thread waits for it),
+//! and threads below DISPATCH migrate between the processors of their affinity at any kernel call
+//! (seeded). Driver calls are held to 24 KiB kernel and DPC stacks (`stack`); the METHOD_BUFFERED
+//! system buffer is poison, not zeros (`system_buffer`). Timers, events, system threads, work items,
+//! pool, handles, the registry, devices and IRPs, and the processor-change callback with
+//! `KE_PROCESSOR_CHANGE_ADD_EXISTING` replay and live hot-add (AddStart, then AddComplete or
+//! AddFailure) are emulated with their documented semantics.
 //!
 //! Checks, recorded as failures of the machine (reported by [`Machine::finish`] and by every call that
 //! runs driver code): each routine's documented IRQL (as Driver Verifier does), objects used before
 //! initialisation or inside freed memory, pool leaks and tags, writes to freed (poisoned, quarantined)
 //! pool, DPCs queued to processors whose AddComplete has not been delivered, kernel objects still
 //! queued, armed or waited on when the memory holding them is freed, handles and registrations left
-//! open, and driver code running after the image was unloaded. Every wait has a deadline: a wait that
-//! exceeds it fails the machine with a description of what was waited for.
+//! open, driver code running after the image was unloaded, a DPC running past the watchdog, a driver
+//! call deeper than its kernel stack, and IOCTL output reported but never written. Every wait has a
+//! deadline: a wait that exceeds it fails the machine with a description of what was waited for.
 //!
 //! One machine runs at a time per process (the driver has statics, as a kernel image does).
 #![allow(non_snake_case)]

@@ -188,15 +188,13 @@ pub unsafe extern "system" fn KeSetSystemAffinityThreadEx(affinity: usize) -> us
         previous
     });
     let state = kernel.lock();
-    let slot = maybe_migrate(&state);
-    let cpu = &state.cpus[slot];
-    if cpu.group != 0 || cpu.number >= 64 || affinity & (1 << cpu.number) == 0 {
-        drop(state);
+    let cpu = &state.cpus[maybe_migrate(&state)];
+    let outside = cpu.group != 0 || cpu.number >= 64 || affinity & (1 << cpu.number) == 0;
+    drop(state);
+    if outside {
         kernel.fail(format!(
             "KeSetSystemAffinityThreadEx({affinity:#x}): no active processor of group 0 in the mask"
         ));
-    } else {
-        drop(state);
     }
     // Moved onto a processor of the new affinity: a DPC running there returns first.
     scheduling_point(&kernel, false);
