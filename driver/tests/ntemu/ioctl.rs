@@ -165,6 +165,52 @@ fn malformed_requests_are_refused_without_side_effects() {
     machine.finish();
 }
 
+/// `bytes` with one more (zero) byte: input longer than the request's structure.
+fn one_byte_longer(bytes: &[u8]) -> Vec<u8> {
+    let mut longer = bytes.to_vec();
+    longer.push(0);
+    longer
+}
+
+#[test]
+fn every_ioctl_refuses_input_longer_than_its_structure_without_side_effects() {
+    let machine = Machine::start(MachineConfig::default());
+    let driver = load(&machine);
+    let request = LoadRequest {
+        rate: 5_000,
+        seconds: 30,
+        threads: 1,
+    }
+    .encode();
+    let refused = |code: u32, input: &[u8], output: u32| {
+        let result = driver.ioctl(code, input, output);
+        assert_eq!(
+            (result.status, result.information),
+            (status::INFO_LENGTH_MISMATCH, 0),
+            "code {code:#x} with {} input bytes",
+            input.len()
+        );
+        assert!(result.output.is_empty());
+    };
+    // LOAD_START with 17 bytes does not start the generator: a well-formed start is not busy.
+    refused(ioctl::IOCTL_LOAD_START, &one_byte_longer(&request), 0);
+    start_load(&driver, 5_000, 30, 1);
+    wait_for(&driver, "enters", |s| s.enters > 10);
+    // LOAD_STOP with a byte does not stop it: another start is still busy.
+    refused(ioctl::IOCTL_LOAD_STOP, &[0], 0);
+    assert_eq!(
+        driver.ioctl(ioctl::IOCTL_LOAD_START, &request, 0).status,
+        status::DEVICE_BUSY
+    );
+    // RESET_STATS with a byte keeps the counters.
+    refused(ioctl::IOCTL_RESET_STATS, &[0], 0);
+    assert!(driver.stats().enters > 10, "the counters were not reset");
+    refused(ioctl::IOCTL_GET_STATS, &[0], STATS_SIZE as u32);
+    refused(ioctl::IOCTL_SYNC, &[0], 0);
+    quiesce_and_unload(driver);
+    machine.finish();
+}
+
 #[test]
 fn random_requests_get_the_decoder_s_answer_and_never_disclose_memory() {
     let machine = Machine::start(MachineConfig::default());

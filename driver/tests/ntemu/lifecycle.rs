@@ -30,6 +30,9 @@ fn cycles_run_as_dpcs_on_several_processors_of_two_groups_and_unload_leaves_noth
     );
     // Cycle messages are MediumHigh, so a busy remote processor takes each at once instead of at its
     // next clock tick; the one Medium message is DriverEntry's delivery probe.
+    // Threads below DISPATCH were interrupted by DPCs on their processors at kernel calls.
+    let preemptions: u64 = machine.processors().iter().map(|p| p.preemptions).sum();
+    assert!(preemptions > 0, "{:?}", machine.processors());
     let slow: u64 = machine.processors().iter().map(|p| p.slow_messages).sum();
     assert!(
         slow <= 1,
@@ -37,6 +40,15 @@ fn cycles_run_as_dpcs_on_several_processors_of_two_groups_and_unload_leaves_noth
         machine.processors()
     );
     let stats = quiesce_and_unload(driver);
+    // Every driver call stayed within its kernel stack (a deeper one fails the machine); both kinds
+    // were measured.
+    let stacks = machine.stacks();
+    println!(
+        "deepest stack use: {stacks:?}; processors: {:?}",
+        machine.processors()
+    );
+    assert!(stacks.thread > 0 && stacks.dpc > 0, "{stacks:?}");
+    assert!(stacks.thread <= stacks.limit && stacks.dpc <= stacks.limit);
     machine.finish();
     assert!(stats.freed > 0, "{stats:#?}");
 }

@@ -4,6 +4,7 @@
 //! every documented IRQL rule, leak, use after free and late DPC fails the test.
 #![cfg(all(not(target_os = "windows"), target_pointer_width = "64"))]
 
+mod broken_ioctl;
 mod common;
 mod faults;
 mod hotplug;

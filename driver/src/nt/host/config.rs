@@ -66,11 +66,17 @@ pub struct MachineConfig {
     pub dpc_latency: Duration,
     /// DPCs are not delivered until this long after boot (a processor that keeps DISPATCH busy).
     pub dpc_stall: Duration,
-    /// How long a DPC is held up after it signals an event (it is interrupted there).
+    /// How long a DPC is held up after it signals an event (it is interrupted there); a thread below
+    /// DISPATCH that wakes a waiter may be held up this long too, until the woken thread blocked
+    /// again or ended (it ran first).
     pub signal_delay: Duration,
+    /// A DPC that runs longer than this fails the machine (NT's DPC watchdog, bug check 0x133), and
+    /// the threads it preempted go on.
+    pub dpc_watchdog: Duration,
     /// How long a hot-added processor runs before AddComplete is delivered.
     pub hot_add_window: Duration,
-    /// A thread below DISPATCH migrates on one in this many scheduling points.
+    /// A thread below DISPATCH migrates on one in this many scheduling points (every kernel call it
+    /// makes), and is preempted by the thread it woke after one in this many `KeSetEvent` calls.
     pub migrate_one_in: u64,
     /// Error-level log lines containing one of these are expected.
     pub expected_errors: Vec<String>,
@@ -104,6 +110,7 @@ impl Default for MachineConfig {
             dpc_latency: Duration::from_micros(500),
             dpc_stall: Duration::ZERO,
             signal_delay: Duration::from_millis(1),
+            dpc_watchdog: Duration::from_secs(10),
             hot_add_window: Duration::from_millis(5),
             migrate_one_in: 8,
             expected_errors: Vec::new(),

@@ -1,23 +1,22 @@
-//! DPCs and timers: `KDPC` objects queued to their target processor's DPC loop, `KeFlushQueuedDpcs`,
-//! periodic `KTIMER`s expired by a clock thread.
+//! DPCs: `KDPC` objects queued to their target processor's DPC loop and `KeFlushQueuedDpcs`; the
+//! registry of DPC and timer objects the pool's free checks consult.
 
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicU64, Ordering};
 use std::collections::HashMap;
 use std::format;
 use std::string::String;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use std::vec::Vec;
 
 use super::kernel::{enter, with_context, Kernel, Rule, State, STATUS_INVALID_PARAMETER};
 use super::processor::Phase;
-use crate::nt::{KDEFERRED_ROUTINE, KDPC, KTIMER, NTSTATUS, PKDEFERRED_ROUTINE, PROCESSOR_NUMBER};
+use super::stack::{on_kernel_stack, StackKind};
+use super::timer::TimerObject;
+use crate::nt::{KDEFERRED_ROUTINE, KDPC, NTSTATUS, PKDEFERRED_ROUTINE, PROCESSOR_NUMBER};
 
 /// Signature written into the first word of an initialised KDPC.
-const DPC_SIGNATURE: u64 = u64::from_le_bytes(*b"ntemuDPC");
-/// Signature written into the first word of an initialised KTIMER.
-const TIMER_SIGNATURE: u64 = u64::from_le_bytes(*b"ntemuTMR");
+pub(super) const DPC_SIGNATURE: u64 = u64::from_le_bytes(*b"ntemuDPC");
 
 /// A deferred routine (with the parameters windows-sys's `PKDEFERRED_ROUTINE` lacks).
 pub(super) type DeferredRoutine = KDEFERRED_ROUTINE;
@@ -52,20 +51,13 @@ pub(super) struct DpcObject {
     importance: i32,
 }
 
-/// An initialised KTIMER.
-pub(super) struct TimerObject {
-    due: Option<Instant>,
-    period: Option<Duration>,
-    dpc: Option<usize>,
-}
-
 /// DPC and timer objects by address.
 #[derive(Default)]
 pub(super) struct DpcState {
     pub(super) objects: HashMap<usize, DpcObject>,
     pub(super) timers: HashMap<usize, TimerObject>,
     /// Round-robin cursor for timer DPCs (expired "on" some processor).
-    next_timer_cpu: usize,
+    pub(super) next_timer_cpu: usize,
 }
 
 impl DpcState {
@@ -144,7 +136,7 @@ pub(super) unsafe fn check_signature(
 }
 
 /// Queues `dpc` to `slot` (the caller checked the object). Returns whether it was queued.
-fn queue(
+pub(super) fn queue(
     kernel: &Kernel,
     state: &mut State,
     dpc: usize,
@@ -191,6 +183,26 @@ fn queue(
     true
 }
 
+/// Runs a dequeued DPC's routine on the DPC stack of the processor whose loop calls it (measured).
+pub(super) fn run_routine(kernel: &Kernel, entry: &QueuedDpc) {
+    on_kernel_stack(
+        kernel,
+        StackKind::Dpc,
+        || format!("DPC routine {:p}", entry.routine as *const ()),
+        // SAFETY: the routine and its arguments were given to KeInsertQueueDpc/KeSetTimerEx by the
+        // driver, whose contract is that the KDPC and its context stay valid while it is queued; it
+        // runs at DISPATCH on its target processor, as the DDI promises.
+        || unsafe {
+            (entry.routine)(
+                entry.dpc as *mut _,
+                entry.context as *mut _,
+                entry.argument1 as *mut _,
+                entry.argument2 as *mut _,
+            )
+        },
+    );
+}
+
 /// `KeInitializeDpc`.
 ///
 /// # Safety
@@ -235,7 +247,11 @@ pub unsafe extern "system" fn KeInitializeDpc(
     unsafe { sign(dpc.cast(), DPC_SIGNATURE) };
 }
 
-/// `KeSetTargetProcessorDpcEx`.
+/// `KeSetTargetProcessorDpcEx`: `STATUS_INVALID_PARAMETER` for a processor number that is not valid,
+/// and the DPC keeps its previous target. A number is valid once its processor has a system-wide
+/// index: present at boot, or hot-added from AddStart on (the AddStart notification already carries
+/// the index), as `KeGetProcessorIndexFromNumber` converts it. Slots below the maximum that were never
+/// added, and numbers beyond it, are not valid.
 ///
 /// # Safety
 /// `dpc` was initialised; `number` is readable.
@@ -258,11 +274,9 @@ pub unsafe extern "system" fn KeSetTargetProcessorDpcEx(
     // SAFETY: per the caller.
     let number = unsafe { *number };
     let mut state = kernel.lock();
-    let Some(slot) = state
-        .cpus
-        .iter()
-        .position(|cpu| cpu.group == number.Group && cpu.number == number.Number)
-    else {
+    let Some(slot) = state.cpus.iter().position(|cpu| {
+        cpu.group == number.Group && cpu.number == number.Number && cpu.phase != Phase::Absent
+    }) else {
         return STATUS_INVALID_PARAMETER;
     };
     if let Some(object) = state.dpc.objects.get_mut(&(dpc as usize)) {
@@ -326,13 +340,17 @@ pub unsafe extern "system" fn KeInsertQueueDpc(
         return false;
     };
     let slot = object.target.unwrap_or(here);
-    queue(
+    let queued = queue(
         &kernel,
         &mut state,
         dpc as usize,
         slot,
         (argument1 as usize, argument2 as usize),
-    )
+    );
+    drop(state);
+    // A DPC queued to the caller's own processor interrupts it before the call returns.
+    super::preempt::scheduling_point(&kernel, false);
+    queued
 }
 
 /// `KeFlushQueuedDpcs`: returns once every DPC queued before the call has run.
@@ -373,146 +391,4 @@ pub unsafe extern "system" fn KeFlushQueuedDpcs() {
                 .all(|(cpu, target)| cpu.completed_total >= *target)
         },
     );
-}
-
-/// `KeInitializeTimerEx`.
-///
-/// # Safety
-/// `timer` is writable KTIMER storage that stays in place while the timer is used.
-pub unsafe extern "system" fn KeInitializeTimerEx(timer: *mut KTIMER, kind: i32) {
-    let (kernel, _) = enter("KeInitializeTimerEx", Rule::AtMostDispatch);
-    if kind != crate::nt::NOTIFICATION_TIMER && kind != 1 {
-        kernel.fail(format!("KeInitializeTimerEx: unknown TIMER_TYPE {kind}"));
-    }
-    let mut state = kernel.lock();
-    if state
-        .dpc
-        .timers
-        .get(&(timer as usize))
-        .is_some_and(|t| t.due.is_some())
-    {
-        drop(state);
-        kernel.fail(format!(
-            "KeInitializeTimerEx({timer:p}) while the timer is armed"
-        ));
-        return;
-    }
-    state.dpc.timers.insert(
-        timer as usize,
-        TimerObject {
-            due: None,
-            period: None,
-            dpc: None,
-        },
-    );
-    // SAFETY: per the caller (KTIMER is 0x40 bytes, 8-aligned).
-    unsafe { sign(timer.cast(), TIMER_SIGNATURE) };
-}
-
-/// `KeSetTimerEx`: relative due times (negative, 100 ns units) and periods in milliseconds.
-///
-/// # Safety
-/// `timer` (and `dpc`, if not null) were initialised and stay valid while the timer is armed.
-pub unsafe extern "system" fn KeSetTimerEx(
-    timer: *mut KTIMER,
-    due: i64,
-    period_ms: i32,
-    dpc: *const KDPC,
-) -> bool {
-    let (kernel, _) = enter("KeSetTimerEx", Rule::AtMostDispatch);
-    // SAFETY: per the caller.
-    if !unsafe { check_signature(&kernel, "KeSetTimerEx", timer.cast(), TIMER_SIGNATURE) } {
-        return false;
-    }
-    // SAFETY: per the caller.
-    if !dpc.is_null() {
-        // SAFETY: per the caller (a non-null DPC was initialised).
-        let valid = unsafe {
-            check_signature(
-                &kernel,
-                "KeSetTimerEx",
-                dpc.cast_mut().cast(),
-                DPC_SIGNATURE,
-            )
-        };
-        if !valid {
-            return false;
-        }
-    }
-    if due > 0 || period_ms < 0 {
-        kernel.fail(format!(
-            "KeSetTimerEx: absolute due time {due} or negative period {period_ms} (unsupported)"
-        ));
-        return false;
-    }
-    let mut state = kernel.lock();
-    let Some(object) = state.dpc.timers.get_mut(&(timer as usize)) else {
-        return false;
-    };
-    let was_armed = object.due.is_some();
-    object.due = Some(Instant::now() + Duration::from_nanos(due.unsigned_abs() * 100));
-    object.period = (period_ms > 0).then(|| Duration::from_millis(period_ms as u64));
-    object.dpc = (!dpc.is_null()).then_some(dpc as usize);
-    drop(state);
-    kernel.changed.notify_all();
-    was_armed
-}
-
-/// `KeCancelTimer`: disarms; a DPC already queued still runs.
-///
-/// # Safety
-/// `timer` was initialised.
-pub unsafe extern "system" fn KeCancelTimer(timer: *mut KTIMER) -> bool {
-    let (kernel, _) = enter("KeCancelTimer", Rule::AtMostDispatch);
-    // SAFETY: per the caller.
-    if !unsafe { check_signature(&kernel, "KeCancelTimer", timer.cast(), TIMER_SIGNATURE) } {
-        return false;
-    }
-    let mut state = kernel.lock();
-    let Some(object) = state.dpc.timers.get_mut(&(timer as usize)) else {
-        return false;
-    };
-    object.due.take().is_some()
-}
-
-/// The clock: expires due timers, queueing their DPCs round-robin on the processors whose add
-/// completed (a timer DPC runs on the processor where the timer expired). Ends at shutdown.
-pub(super) fn clock_loop(kernel: Arc<Kernel>) {
-    let mut state = kernel.lock();
-    while !state.shutdown {
-        let now = Instant::now();
-        let due: Vec<usize> = state
-            .dpc
-            .timers
-            .iter()
-            .filter(|(_, t)| t.due.is_some_and(|d| d <= now))
-            .map(|(a, _)| *a)
-            .collect();
-        for address in due {
-            let timer = state.dpc.timers.get_mut(&address).expect("listed above");
-            let dpc = timer.dpc;
-            timer.due = timer.period.map(|p| (timer.due.expect("due") + p).max(now));
-            let Some(dpc) = dpc else { continue };
-            let complete: Vec<usize> = (0..state.cpus.len())
-                .filter(|&s| state.cpus[s].phase == Phase::Complete)
-                .collect();
-            state.dpc.next_timer_cpu = state.dpc.next_timer_cpu.wrapping_add(1);
-            let slot = complete[state.dpc.next_timer_cpu % complete.len()];
-            queue(&kernel, &mut state, dpc, slot, (0, 0));
-        }
-        let next = state
-            .dpc
-            .timers
-            .values()
-            .filter_map(|t| t.due)
-            .min()
-            .map_or(Duration::from_millis(20), |d| {
-                d.saturating_duration_since(Instant::now())
-            });
-        state = kernel
-            .changed
-            .wait_timeout(state, next.min(Duration::from_millis(20)))
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .0;
-    }
 }

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::format;
 use std::string::String;
-use std::vec;
 use std::vec::Vec;
 
 use super::kernel::{
@@ -12,6 +11,8 @@ use super::kernel::{
 };
 use super::pool::free_checked;
 use super::security::DeviceSecurity;
+use super::stack::{on_kernel_stack, StackKind};
+use super::system_buffer::SystemBuffer;
 use crate::nt::{
     DEVICE_OBJECT, DRIVER_OBJECT, IO_STACK_LOCATION, IRP, NTSTATUS, STATUS_OBJECT_NAME_NOT_FOUND,
     UNICODE_STRING,
@@ -58,6 +59,8 @@ pub(super) struct IoState {
     irps: HashMap<usize, (u32, NTSTATUS, u64)>,
     /// Every DbgPrintEx line: (level, text).
     pub(super) log: Vec<(u32, String)>,
+    /// IRPs dispatched so far (each system buffer gets its own poison pattern).
+    dispatched: u64,
 }
 
 /// `IoCreateDevice`: the device object and its zeroed extension in one pool block.
@@ -261,8 +264,9 @@ pub(super) struct Request {
 }
 
 /// Sends one IRP to the driver's dispatch routine on the calling (caller) thread, as the I/O manager
-/// does for `DeviceIoControl` with METHOD_BUFFERED: `SystemBuffer` holds `max(input, output)` bytes,
-/// the input first.
+/// does for `DeviceIoControl` with METHOD_BUFFERED: `SystemBuffer` holds `max(input, output)` bytes of
+/// uninitialised pool (poison), the input first. After completion, output bytes the driver reported
+/// in `Information` but never wrote fail the machine.
 pub(super) fn dispatch(
     kernel: &Kernel,
     driver: *mut DRIVER_OBJECT,
@@ -276,11 +280,13 @@ pub(super) fn dispatch(
         buffer,
     } = *request;
     let length = input.len().max(output_length as usize);
-    // 16-aligned, like the pool buffer the I/O manager allocates.
-    let mut system_buffer = vec![0u128; length.div_ceil(16)];
-    let bytes = system_buffer.as_mut_ptr().cast::<u8>();
-    // SAFETY: the buffer holds at least `input.len()` bytes.
-    unsafe { core::ptr::copy_nonoverlapping(input.as_ptr(), bytes, input.len()) };
+    let key = {
+        let mut state = kernel.lock();
+        state.io.dispatched += 1;
+        kernel.config.seed ^ state.io.dispatched.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    };
+    let mut system_buffer = SystemBuffer::new(input, output_length as usize, key);
+    let bytes = system_buffer.as_mut_ptr();
     // SAFETY: IO_STACK_LOCATION and IRP are plain integers and pointers, valid when zeroed.
     let mut stack: IO_STACK_LOCATION = unsafe { core::mem::zeroed() };
     stack.MajorFunction = major as u8;
@@ -303,7 +309,12 @@ pub(super) fn dispatch(
     let returned = unsafe {
         let device = (*driver).DeviceObject;
         match (*driver).MajorFunction[major] {
-            Some(routine) => routine(device, &mut irp),
+            Some(routine) => on_kernel_stack(
+                kernel,
+                StackKind::Thread,
+                || format!("the dispatch routine for major function {major} (code {code:#x})"),
+                || routine(device, &mut irp),
+            ),
             None => {
                 kernel.lock().io.irps.remove(&irp_address);
                 return IoctlResult {
@@ -347,8 +358,15 @@ pub(super) fn dispatch(
     } else {
         (information as usize).min(output_length as usize)
     };
-    // SAFETY: the system buffer holds `length >= output_length` bytes.
-    let output = unsafe { core::slice::from_raw_parts(bytes, copied) }.to_vec();
+    let unwritten = system_buffer.unwritten(copied);
+    if !unwritten.is_empty() {
+        kernel.fail(format!(
+            "IRP (code {code:#x}) completed with Information {information}, but bytes {unwritten:?} of \
+             the system buffer were never written by the driver: the I/O manager copies them to the \
+             caller, uninitialised pool (the emulation's poison pattern here)"
+        ));
+    }
+    let output = system_buffer.bytes()[..copied].to_vec();
     IoctlResult {
         status,
         information,

@@ -1,9 +1,8 @@
 //! The emulated kernel's shared state, the per-thread context (IRQL, processor, affinity), failure
-//! recording, deadline-bounded waits, handles and `ZwClose`.
+//! recording and deadline-bounded waits.
 
 use std::boxed::Box;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::format;
 use std::string::{String, ToString};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,14 +14,19 @@ use std::vec::Vec;
 use super::callbacks::Callbacks;
 use super::config::MachineConfig;
 use super::dpc::DpcState;
+use super::handles::Handles;
 use super::io::IoState;
 use super::pool::Pool;
+use super::preempt::{
+    block, scheduling_point, start_driver_code, stop_driver_code, unblock, Scheduler,
+};
 use super::processor::Cpu;
 use super::registry::RegistryState;
+use super::stack::{mark_stack_top, StackUsage, HOST_STACK_SIZE};
 use super::sync::SyncState;
 use super::thread::Threads;
 use super::work::WorkState;
-use crate::nt::{HANDLE, NTSTATUS};
+use crate::nt::NTSTATUS;
 
 /// `PASSIVE_LEVEL`.
 pub(super) const PASSIVE: u8 = 0;
@@ -101,6 +105,8 @@ pub(super) struct Context {
     pub(super) terminated: bool,
     /// `KeEnterCriticalRegion` calls not yet matched by `KeLeaveCriticalRegion`.
     pub(super) critical_regions: u32,
+    /// Counted as running driver code below DISPATCH on `cpu` (no DPC starts there meanwhile).
+    pub(super) counted: bool,
 }
 
 impl Context {
@@ -129,6 +135,12 @@ pub(super) fn with_context<R>(f: impl FnOnce(&mut Context) -> R) -> R {
             .expect("an emulated kernel routine was called on a thread the machine did not create");
         f(context)
     })
+}
+
+/// Runs `f` with the calling thread's context, if the machine created the thread (`None` on the
+/// test's own threads).
+pub(super) fn try_with_context<R>(f: impl FnOnce(&mut Context) -> R) -> Option<R> {
+    CONTEXT.with(|cell| cell.borrow_mut().as_mut().map(f))
 }
 
 /// Describes the calling thread for failure messages (works while the context is borrowed).
@@ -164,6 +176,7 @@ pub(super) fn enter(routine: &'static str, rule: Rule) -> (Arc<Kernel>, u8) {
             "{routine} called after the driver image was unloaded"
         ));
     }
+    scheduling_point(&kernel, true);
     (kernel, irql)
 }
 
@@ -174,44 +187,6 @@ pub(super) struct ImageState {
     pub(super) loaded: bool,
     /// DriverUnload returned, or DriverEntry failed: no driver code may run any more.
     pub(super) unloaded: bool,
-}
-
-/// A kernel handle's object.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum HandleObject {
-    /// An open registry key (its full path, lower case).
-    Key(String),
-    /// A system thread (its id).
-    Thread(u64),
-    /// A device object (its address).
-    Device(usize),
-}
-
-/// The kernel handle table.
-#[derive(Default)]
-pub(super) struct Handles {
-    table: HashMap<usize, HandleObject>,
-    next: usize,
-}
-
-impl Handles {
-    /// Opens a handle to `object`.
-    pub(super) fn open(&mut self, object: HandleObject) -> HANDLE {
-        self.next += 1;
-        let value = 0x8000_0000 + 4 * self.next;
-        self.table.insert(value, object);
-        value as HANDLE
-    }
-
-    /// The object behind `handle`.
-    pub(super) fn get(&self, handle: HANDLE) -> Option<&HandleObject> {
-        self.table.get(&(handle as usize))
-    }
-
-    /// Handles still open, for the leak report.
-    pub(super) fn open_handles(&self) -> Vec<HandleObject> {
-        self.table.values().cloned().collect()
-    }
 }
 
 /// Everything behind the kernel lock.
@@ -226,6 +201,7 @@ pub(super) struct State {
     pub(super) work: WorkState,
     pub(super) registry: RegistryState,
     pub(super) callbacks: Callbacks,
+    pub(super) scheduler: Scheduler,
     pub(super) image: ImageState,
     /// The machine is being torn down: service threads end.
     pub(super) shutdown: bool,
@@ -242,6 +218,8 @@ pub(super) struct Kernel {
     /// One per processor slot: its DPC queue or its owner changed.
     pub(super) cpu_changed: Vec<Condvar>,
     pub(super) pool: Pool,
+    /// The deepest kernel-stack use of driver calls.
+    pub(super) stacks: StackUsage,
     failures: Mutex<Vec<String>>,
     failed: AtomicBool,
     /// Processor loops, the clock and the workers, joined when the machine stops.
@@ -257,12 +235,14 @@ impl Kernel {
             config,
             boot: Instant::now(),
             state: Mutex::new(State {
+                scheduler: Scheduler::new(cpus.len()),
                 cpus,
                 ..State::default()
             }),
             changed: Condvar::new(),
             cpu_changed,
             pool,
+            stacks: StackUsage::default(),
             failures: Mutex::new(Vec::new()),
             failed: AtomicBool::new(false),
             service: Mutex::new(Vec::new()),
@@ -314,9 +294,25 @@ impl Kernel {
         )
     }
 
+    /// Blocks on `condvar` until `done` holds, at most the machine's wait deadline (as
+    /// [`Kernel::wait_for`]); meanwhile the calling thread does not run driver code, so DPCs may run
+    /// on its processor.
+    pub(super) fn wait_until<'a>(
+        &self,
+        mut guard: MutexGuard<'a, State>,
+        condvar: &Condvar,
+        what: impl Fn(&State) -> String,
+        done: impl FnMut(&mut State) -> bool,
+    ) -> MutexGuard<'a, State> {
+        let was_counted = block(&mut guard);
+        let guard = self.wait_for(guard, condvar, what, done);
+        unblock(&guard, was_counted);
+        guard
+    }
+
     /// Waits on `condvar` until `done` holds, at most the machine's wait deadline. Past it the
     /// machine fails with `what()` and the thread parks for good: a stuck wait never returns success.
-    pub(super) fn wait_until<'a>(
+    pub(super) fn wait_for<'a>(
         &self,
         mut guard: MutexGuard<'a, State>,
         condvar: &Condvar,
@@ -380,7 +376,9 @@ impl Kernel {
         let seed = self.config.seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         thread::Builder::new()
             .name(format!("ntemu-{role:?}-{id}"))
+            .stack_size(HOST_STACK_SIZE)
             .spawn(move || {
+                mark_stack_top();
                 CONTEXT.with(|cell| {
                     *cell.borrow_mut() = Some(Context {
                         kernel: kernel.clone(),
@@ -392,8 +390,12 @@ impl Kernel {
                         rng: seed,
                         terminated: false,
                         critical_regions: 0,
+                        counted: false,
                     })
                 });
+                if matches!(role, Role::Caller | Role::System) {
+                    start_driver_code(&kernel);
+                }
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
                 if let Err(payload) = result {
                     kernel.fail(format!(
@@ -401,6 +403,7 @@ impl Kernel {
                         panic_text(&payload)
                     ));
                 }
+                stop_driver_code(&kernel, true);
                 let regions = CONTEXT.with(|cell| cell.borrow().as_ref().map_or(0, |c| c.critical_regions));
                 if regions != 0 {
                     kernel.fail(format!(
@@ -450,19 +453,4 @@ pub(super) unsafe fn read_unicode(string: *const crate::nt::UNICODE_STRING) -> S
             usize::from(s.Length / 2),
         ))
     }
-}
-
-/// `ZwClose`.
-///
-/// # Safety
-/// Same contract as the kernel routine: `handle` is a kernel handle the caller owns.
-pub unsafe extern "system" fn ZwClose(handle: HANDLE) -> NTSTATUS {
-    let (kernel, _) = enter("ZwClose", Rule::Passive);
-    let mut state = kernel.lock();
-    if state.handles.table.remove(&(handle as usize)).is_none() {
-        drop(state);
-        kernel.fail(format!("ZwClose({handle:p}): not an open kernel handle"));
-        return STATUS_INVALID_HANDLE;
-    }
-    0
 }

@@ -1,8 +1,10 @@
 //! The loaded driver as the I/O manager and user mode drive it: open/close, IOCTLs through the dispatch
 //! routine, and `DriverUnload` followed by the checks of an unloaded image.
 
+use std::string::String;
 use std::sync::Mutex;
 use std::vec;
+use std::vec::Vec;
 
 use super::io::{dispatch, IoctlResult, Request};
 use super::machine::{Machine, Shared};
@@ -65,6 +67,23 @@ impl<'m> Driver<'m> {
         self.send("IRP_MJ_DEVICE_CONTROL", irp)
     }
 
+    /// Like [`Driver::ioctl`], but returns the failures the emulated kernel recorded (and clears them)
+    /// instead of panicking: tests of the I/O manager's own checks.
+    pub fn try_ioctl(
+        &self,
+        code: u32,
+        input: &[u8],
+        output_length: u32,
+    ) -> Result<IoctlResult, Vec<String>> {
+        let kernel = self.machine.kernel.clone();
+        let driver = Shared(self.object);
+        let request = Self::irp(IRP_MJ_DEVICE_CONTROL, code, input, output_length, true);
+        self.machine.try_call("IRP_MJ_DEVICE_CONTROL", move || {
+            let driver = driver;
+            dispatch(&kernel, driver.0, &request)
+        })
+    }
+
     /// An IOCTL whose IRP has lengths but no `SystemBuffer` (what a METHOD_NEITHER or a forged request
     /// looks like to a METHOD_BUFFERED handler).
     pub fn ioctl_without_buffer(
@@ -99,7 +118,7 @@ impl<'m> Driver<'m> {
             "unload with handles open"
         );
         let driver = Shared(self.object);
-        self.machine.call("DriverUnload", move || {
+        self.machine.call_driver("DriverUnload", move || {
             let driver = driver;
             // SAFETY: DriverEntry succeeded and set DriverUnload; called once at PASSIVE with no handle
             // open, as the I/O manager does.

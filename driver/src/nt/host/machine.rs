@@ -16,6 +16,7 @@ use super::loaded::Driver;
 use super::pool::PoolReport;
 use super::processor::{start_processor, Cpu, Phase};
 use super::security::DeviceSecurity;
+use super::stack::{on_kernel_stack, StackKind, StackReport};
 use crate::nt::{DRIVER_OBJECT, NTSTATUS, UNICODE_STRING};
 
 /// One processor slot, for reports.
@@ -36,6 +37,9 @@ pub struct ProcessorReport {
     /// Of those, messages whose KDPC had an importance below `MediumHighImportance` (see
     /// `KeSetImportanceDpc`).
     pub slow_messages: u64,
+    /// Times a thread below DISPATCH that made a kernel call here let a DPC run first (it was
+    /// preempted).
+    pub preemptions: u64,
 }
 
 /// What the I/O manager hands to DriverEntry: the driver object, the service key path and its
@@ -119,7 +123,7 @@ impl Machine {
             let k = kernel.clone();
             kernel.keep_service_thread(kernel.spawn(id, role, 0, PASSIVE, move || body(k)));
         };
-        service(Role::Clock, super::dpc::clock_loop);
+        service(Role::Clock, super::timer::clock_loop);
         service(Role::Worker, super::work::worker_loop);
         service(Role::Worker, super::work::worker_loop);
         Machine {
@@ -203,6 +207,18 @@ impl Machine {
         }
     }
 
+    /// [`Machine::call`] for driver code: `what` runs as on a thread's kernel stack (measured).
+    pub(super) fn call_driver<R: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> R {
+        let kernel = self.kernel.clone();
+        self.call(what, move || {
+            on_kernel_stack(&kernel, StackKind::Thread, || what.into(), f)
+        })
+    }
+
     /// Runs `DriverEntry` with a fresh driver object and the service key path. On failure the image
     /// is unloaded (and checked) at once.
     pub fn load(&self, entry: DriverEntry) -> Result<Driver<'_>, NTSTATUS> {
@@ -231,7 +247,7 @@ impl Machine {
             .unwrap_or_else(|p| p.into_inner())
             .push(storage);
         self.kernel.lock().image.loaded = true;
-        let status = self.call("DriverEntry", move || {
+        let status = self.call_driver("DriverEntry", move || {
             let (driver, registry_path) = (driver, registry_path);
             // SAFETY: a valid driver object and service key path, at PASSIVE, once: DriverEntry's
             // contract.
@@ -309,7 +325,7 @@ impl Machine {
     /// or the status a callback vetoed it with.
     pub fn hot_add(&self, group: u16, number: u8) -> Result<u32, NTSTATUS> {
         let kernel = self.kernel.clone();
-        self.call("hot-add", move || {
+        self.call_driver("the processor-change callbacks of a hot-add", move || {
             super::callbacks::hot_add(&kernel, group, number, AddOutcome::Complete)
         })
     }
@@ -322,9 +338,17 @@ impl Machine {
         status: NTSTATUS,
     ) -> Result<u32, NTSTATUS> {
         let kernel = self.kernel.clone();
-        self.call("failed hot-add", move || {
-            super::callbacks::hot_add(&kernel, group, number, AddOutcome::FailBeforeStart(status))
-        })
+        self.call_driver(
+            "the processor-change callbacks of a failed hot-add",
+            move || {
+                super::callbacks::hot_add(
+                    &kernel,
+                    group,
+                    number,
+                    AddOutcome::FailBeforeStart(status),
+                )
+            },
+        )
     }
 
     /// A hot-add whose processor starts and runs for the window (the driver's threads may run epoch
@@ -336,18 +360,27 @@ impl Machine {
         status: NTSTATUS,
     ) -> Result<u32, NTSTATUS> {
         let kernel = self.kernel.clone();
-        self.call("hot-add failing after start", move || {
-            super::callbacks::hot_add(&kernel, group, number, AddOutcome::FailAfterStart(status))
-        })
+        self.call_driver(
+            "the processor-change callbacks of a hot-add failing after start",
+            move || {
+                super::callbacks::hot_add(
+                    &kernel,
+                    group,
+                    number,
+                    AddOutcome::FailAfterStart(status),
+                )
+            },
+        )
     }
 
     /// Every processor slot.
     pub fn processors(&self) -> Vec<ProcessorReport> {
-        self.kernel
-            .lock()
+        let state = self.kernel.lock();
+        state
             .cpus
             .iter()
-            .map(|c| ProcessorReport {
+            .enumerate()
+            .map(|(slot, c)| ProcessorReport {
                 group: c.group,
                 number: c.number,
                 index: c.index,
@@ -355,6 +388,7 @@ impl Machine {
                 dpcs: c.completed_total,
                 messages: c.targeted_total,
                 slow_messages: c.targeted_slow_total,
+                preemptions: state.scheduler.preemptions(slot),
             })
             .collect()
     }
@@ -383,6 +417,11 @@ impl Machine {
             .links
             .get(&link.to_lowercase())
             .cloned()
+    }
+
+    /// The deepest kernel-stack and DPC-stack use of driver calls so far.
+    pub fn stacks(&self) -> StackReport {
+        self.kernel.stacks.report()
     }
 
     /// Pool counters.

@@ -5,19 +5,24 @@
 //! The emulated machine ([`Machine`]) has processors in groups with sparse numbers and a maximum above
 //! the active count. Every active processor is an OS thread that runs the DPCs queued to it at
 //! DISPATCH_LEVEL; a thread at DISPATCH owns its processor, so DPCs and other DISPATCH code on the same
-//! processor are excluded from it, as on NT. IRQL is per thread; threads below DISPATCH migrate between
-//! the processors of their affinity. Timers, events, system threads, work items, pool, handles, the
-//! registry, devices and IRPs, and the processor-change callback with `KE_PROCESSOR_CHANGE_ADD_EXISTING`
-//! replay and live hot-add (AddStart, then AddComplete or AddFailure) are emulated with the semantics
-//! Microsoft documents for them.
+//! processor are excluded from it, as on NT. IRQL is per thread. A DPC preempts the code below DISPATCH
+//! on its processor (`preempt`: it waits for that code's next kernel call, and the thread waits for it),
+//! and threads below DISPATCH migrate between the processors of their affinity at any kernel call
+//! (seeded). Driver calls are held to 24 KiB kernel and DPC stacks (`stack`); the METHOD_BUFFERED
+//! system buffer is poison, not zeros (`system_buffer`). Timers, events, system threads, work items,
+//! pool, handles, the registry, devices and IRPs, and the processor-change callback with
+//! `KE_PROCESSOR_CHANGE_ADD_EXISTING` replay and live hot-add (AddStart, the processor running for a
+//! window, then AddComplete or AddFailure, also after it ran code) are emulated with their documented
+//! semantics.
 //!
 //! Checks, recorded as failures of the machine (reported by [`Machine::finish`] and by every call that
 //! runs driver code): each routine's documented IRQL (as Driver Verifier does), objects used before
 //! initialisation or inside freed memory, pool leaks and tags, writes to freed (poisoned, quarantined)
 //! pool, DPCs queued to processors whose AddComplete has not been delivered, kernel objects still
 //! queued, armed or waited on when the memory holding them is freed, handles and registrations left
-//! open, and driver code running after the image was unloaded. Every wait has a deadline: a wait that
-//! exceeds it fails the machine with a description of what was waited for.
+//! open, driver code running after the image was unloaded, a DPC running past the watchdog, a driver
+//! call deeper than its kernel stack, and IOCTL output reported but never written. Every wait has a
+//! deadline: a wait that exceeds it fails the machine with a description of what was waited for.
 //!
 //! One machine runs at a time per process (the driver has statics, as a kernel image does).
 #![allow(non_snake_case)]
@@ -26,18 +31,27 @@ mod callbacks;
 mod config;
 mod debug;
 mod dpc;
+mod handles;
 mod io;
 mod kernel;
 mod loaded;
 mod machine;
 mod pool;
+pub(in crate::nt) mod preempt;
 pub(in crate::nt) mod processor;
 mod registry;
 mod security;
+mod stack;
 mod sync;
+mod system_buffer;
 mod thread;
+mod timer;
 mod work;
 
+#[cfg(test)]
+mod blind_spot_tests;
+#[cfg(test)]
+mod preemption_tests;
 #[cfg(test)]
 mod tests;
 
@@ -47,19 +61,20 @@ pub use loaded::Driver;
 pub use machine::{DriverEntry, Machine, ProcessorReport};
 pub use pool::PoolReport;
 pub use security::DeviceSecurity;
+pub use stack::{StackReport, KERNEL_STACK_SIZE, STACK_LIMIT};
 
 /// The emulated routines, re-exported by `nt` in place of the `raw-dylib` imports.
 pub(crate) mod routines {
     pub use super::debug::{DbgPrintEx, KeBugCheckEx, MmGetSystemRoutineAddress};
     pub use super::dpc::{
-        KeCancelTimer, KeFlushQueuedDpcs, KeInitializeDpc, KeInitializeTimerEx, KeInsertQueueDpc,
-        KeSetImportanceDpc, KeSetTargetProcessorDpcEx, KeSetTimerEx,
+        KeFlushQueuedDpcs, KeInitializeDpc, KeInsertQueueDpc, KeSetImportanceDpc,
+        KeSetTargetProcessorDpcEx,
     };
+    pub use super::handles::ZwClose;
     pub use super::io::{
         IoCreateDevice, IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink,
         IofCompleteRequest,
     };
-    pub use super::kernel::ZwClose;
     pub use super::pool::{ExAllocatePoolWithTag, ExFreePoolWithTag};
     pub use super::processor::{
         KeGetCurrentProcessorNumberEx, KeQueryActiveProcessorCountEx, KeQueryActiveProcessors,
@@ -78,6 +93,7 @@ pub(crate) mod routines {
         KeRevertToUserAffinityThreadEx, KeSetSystemAffinityThreadEx, PsCreateSystemThread,
         PsTerminateSystemThread, ZwWaitForSingleObject,
     };
+    pub use super::timer::{KeCancelTimer, KeInitializeTimerEx, KeSetTimerEx};
     pub use super::work::{IoAllocateWorkItem, IoFreeWorkItem, IoQueueWorkItem};
 
     /// Proves at compile time that each emulated routine has exactly the type of windows-sys's

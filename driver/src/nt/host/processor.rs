@@ -102,7 +102,8 @@ pub(super) fn maybe_migrate(state: &State) -> usize {
         let stay = candidates.contains(&context.cpu);
         let roll = context.next_random();
         if !candidates.is_empty() && (!stay || roll % context.kernel.config.migrate_one_in == 0) {
-            context.cpu = candidates[(roll >> 8) as usize % candidates.len()];
+            let to = candidates[(roll >> 8) as usize % candidates.len()];
+            super::preempt::move_to(state, context, to, !stay);
         }
         context.cpu
     })
@@ -188,7 +189,8 @@ pub(super) fn dpc_loop(kernel: Arc<Kernel>, slot: usize) {
             let stalled = kernel.boot.elapsed() < kernel.config.dpc_stall;
             let cpu = &state.cpus[slot];
             let due = cpu.queue.front().map(|d| d.due);
-            if !stalled && cpu.owner.is_none() && due.is_some_and(|d| d <= now) {
+            let idle = cpu.owner.is_none() && state.scheduler.idle(slot);
+            if !stalled && idle && due.is_some_and(|d| d <= now) {
                 break state.cpus[slot].queue.pop_front().expect("non-empty queue");
             }
             let wait = due.map_or(Duration::from_millis(20), |d| {
@@ -215,17 +217,7 @@ pub(super) fn dpc_loop(kernel: Arc<Kernel>, slot: usize) {
                 entry.dpc, entry.routine as *const ()
             ));
         } else {
-            // SAFETY: the routine and its arguments were given to KeInsertQueueDpc/KeSetTimerEx by the
-            // driver, whose contract is that the KDPC and its context stay valid while it is queued;
-            // it runs at DISPATCH on its target processor, as the DDI promises.
-            unsafe {
-                (entry.routine)(
-                    entry.dpc as *mut _,
-                    entry.context as *mut _,
-                    entry.argument1 as *mut _,
-                    entry.argument2 as *mut _,
-                )
-            };
+            super::dpc::run_routine(&kernel, &entry);
         }
         let irql = current_irql();
         if irql != DISPATCH {

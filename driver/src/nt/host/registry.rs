@@ -8,7 +8,8 @@ use std::string::String;
 use std::vec::Vec;
 
 use super::config::RegistryData;
-use super::kernel::{enter, read_unicode, HandleObject, Rule, STATUS_INVALID_HANDLE};
+use super::handles::HandleObject;
+use super::kernel::{enter, read_unicode, Rule, STATUS_INVALID_HANDLE};
 use crate::nt::{
     HANDLE, KEY_VALUE_INFORMATION_CLASS, NTSTATUS, OBJECT_ATTRIBUTES, STATUS_BUFFER_OVERFLOW,
     STATUS_OBJECT_NAME_NOT_FOUND, UNICODE_STRING,

@@ -6,8 +6,9 @@ use std::format;
 use std::string::String;
 use std::vec::Vec;
 
+use super::handles::HandleObject;
 use super::io::live_device;
-use super::kernel::{enter, HandleObject, Rule, STATUS_INVALID_HANDLE, STATUS_INVALID_PARAMETER};
+use super::kernel::{enter, Rule, STATUS_INVALID_HANDLE, STATUS_INVALID_PARAMETER};
 use crate::nt::{ACL, HANDLE, NTSTATUS, PSECURITY_DESCRIPTOR, PSID, SECURITY_DESCRIPTOR};
 use windows_sys::Wdk::Foundation::{ACCESS_STATE, POBJECT_TYPE};
 

@@ -18,7 +18,8 @@ const EVENT_SIGNATURE: u64 = u64::from_le_bytes(*b"ntemuEVT");
 pub(super) struct EventObject {
     synchronization: bool,
     signaled: bool,
-    waiters: u32,
+    /// The threads waiting on it.
+    waiting: Vec<u64>,
 }
 
 /// Events by address.
@@ -32,9 +33,21 @@ impl SyncState {
     pub(super) fn busy_in(&self, start: usize, len: usize) -> Vec<String> {
         self.events
             .iter()
-            .filter(|(a, e)| **a >= start && **a < start + len && e.waiters > 0)
-            .map(|(a, e)| format!("KEVENT at +{:#x} has {} waiter(s)", a - start, e.waiters))
+            .filter(|(a, e)| **a >= start && **a < start + len && !e.waiting.is_empty())
+            .map(|(a, e)| {
+                format!(
+                    "KEVENT at +{:#x} has {} waiter(s)",
+                    a - start,
+                    e.waiting.len()
+                )
+            })
             .collect()
+    }
+
+    /// How many threads wait on the event at `address` (tests that need a waiter blocked first).
+    #[cfg(test)]
+    pub(super) fn waiting_on(&self, address: usize) -> usize {
+        self.events.get(&address).map_or(0, |e| e.waiting.len())
     }
 
     /// Forgets the events inside a freed range.
@@ -62,7 +75,7 @@ pub unsafe extern "system" fn KeInitializeEvent(event: *mut KEVENT, kind: i32, s
         .sync
         .events
         .get(&(event as usize))
-        .is_some_and(|e| e.waiters > 0)
+        .is_some_and(|e| !e.waiting.is_empty())
     {
         drop(guard);
         kernel.fail(format!(
@@ -75,7 +88,7 @@ pub unsafe extern "system" fn KeInitializeEvent(event: *mut KEVENT, kind: i32, s
         EventObject {
             synchronization: kind == crate::nt::SYNCHRONIZATION_EVENT,
             signaled: state,
-            waiters: 0,
+            waiting: Vec::new(),
         },
     );
     // SAFETY: per the caller (KEVENT is 0x18 bytes, 8-aligned).
@@ -84,7 +97,8 @@ pub unsafe extern "system" fn KeInitializeEvent(event: *mut KEVENT, kind: i32, s
 
 /// `KeSetEvent` (`Wait = FALSE` only). A DPC that signals is then held up for
 /// `MachineConfig::signal_delay`, as if interrupted: a waiter that frees the DPC's memory as soon as
-/// it wakes is caught.
+/// it wakes is caught. A thread below DISPATCH that wakes waiters may be preempted by them (seeded):
+/// held until one of them blocked again or ended, at most as long.
 ///
 /// # Safety
 /// `event` was initialised.
@@ -103,10 +117,18 @@ pub unsafe extern "system" fn KeSetEvent(event: *mut KEVENT, _increment: i32, wa
     };
     let previous = object.signaled;
     object.signaled = true;
+    let woken: Vec<(u64, u64)> = object
+        .waiting
+        .clone()
+        .into_iter()
+        .map(|thread| (thread, guard.scheduler.blocked(thread)))
+        .collect();
     drop(guard);
     kernel.changed.notify_all();
     if irql >= DISPATCH && with_context(|c| c.role) == Role::Dpc {
         std::thread::sleep(kernel.config.signal_delay);
+    } else {
+        super::preempt::after_wake(&kernel, &woken);
     }
     i32::from(previous)
 }
@@ -165,9 +187,10 @@ pub unsafe extern "system" fn KeWaitForSingleObject(
         },
     };
     let address = object as usize;
+    let thread = with_context(|c| c.thread);
     let mut guard = kernel.lock();
     if let Some(e) = guard.sync.events.get_mut(&address) {
-        e.waiters += 1;
+        e.waiting.push(thread);
     }
     let mut timed_out = false;
     guard = kernel.wait_until(
@@ -181,7 +204,7 @@ pub unsafe extern "system" fn KeWaitForSingleObject(
         },
     );
     if let Some(e) = guard.sync.events.get_mut(&address) {
-        e.waiters -= 1;
+        e.waiting.retain(|&waiter| waiter != thread);
         if !timed_out && e.synchronization {
             e.signaled = false;
         }
@@ -207,7 +230,7 @@ pub unsafe extern "system" fn KeDelayExecutionThread(
     let interval = unsafe { *interval };
     match relative(interval) {
         Some(duration) if duration <= kernel.config.wait_deadline => {
-            std::thread::sleep(duration);
+            super::preempt::sleep(&kernel, duration);
             0
         }
         _ => {

@@ -104,32 +104,54 @@ fn a_dpc_waits_while_a_thread_holds_its_processor_at_dispatch() {
     machine.finish();
 }
 
+/// A processor-change callback that, at AddStart, targets a fresh DPC at the processor being added and
+/// queues it (what a driver that messages a processor before its AddComplete does).
+unsafe extern "system" fn queue_at_add_start(
+    _context: *mut c_void,
+    change: *mut nt::KE_PROCESSOR_CHANGE_NOTIFY_CONTEXT,
+    _status: *mut nt::NTSTATUS,
+) {
+    // SAFETY: the kernel passes a valid context for the call; the KDPC is leaked, so it stays valid
+    // while queued.
+    unsafe {
+        let change = *change;
+        if change.State != 0 {
+            return;
+        }
+        let dpc = dpc();
+        nt::KeInitializeDpc(dpc, nt::deferred_routine(count), core::ptr::null());
+        assert_eq!(nt::KeSetTargetProcessorDpcEx(dpc, &change.ProcNumber), 0);
+        nt::KeInsertQueueDpc(dpc, core::ptr::null_mut(), core::ptr::null_mut());
+    }
+}
+
 #[test]
 fn a_dpc_queued_to_a_processor_before_add_complete_fails() {
     let machine = Machine::start(MachineConfig::default());
-    let failures = machine
-        .try_call("queue to an absent processor", || {
-            let dpc = dpc();
-            let absent = PROCESSOR_NUMBER {
-                Group: 0,
-                Number: 1,
-                Reserved: 0,
-            };
-            // SAFETY: the KDPC is leaked, so it stays valid while queued (forever).
-            unsafe {
-                nt::KeInitializeDpc(dpc, nt::deferred_routine(count), core::ptr::null());
-                assert_eq!(nt::KeSetTargetProcessorDpcEx(dpc, &absent), 0);
-                nt::KeInsertQueueDpc(dpc, core::ptr::null_mut(), core::ptr::null_mut());
-            }
-        })
-        .expect_err("a DPC to an absent processor must fail");
+    let handle = machine.call("register", || {
+        // SAFETY: no context; deregistered below.
+        unsafe {
+            super::callbacks::KeRegisterProcessorChangeCallback(
+                queue_at_add_start,
+                core::ptr::null_mut(),
+                0,
+            ) as usize
+        }
+    });
+    let failures = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| machine.hot_add(0, 1)))
+        .map(|_| Vec::new())
+        .unwrap_or_else(|payload| vec![super::kernel::panic_text(&payload)]);
     assert!(
         contains(
             &failures,
-            "before its AddComplete was delivered (phase Absent)"
+            "before its AddComplete was delivered (phase Starting)"
         ),
         "{failures:?}"
     );
+    // SAFETY: the handle from the registration above, deregistered once.
+    machine.call("deregister", move || unsafe {
+        super::callbacks::KeDeregisterProcessorChangeCallback(handle as *mut c_void)
+    });
 }
 
 #[test]

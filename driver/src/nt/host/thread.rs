@@ -6,11 +6,14 @@ use std::format;
 use std::string::String;
 use std::vec::Vec;
 
+use super::handles::HandleObject;
 use super::kernel::{
-    enter, with_context, HandleObject, Role, Rule, PASSIVE, STATUS_INSUFFICIENT_RESOURCES,
-    STATUS_INVALID_HANDLE, STATUS_INVALID_PARAMETER,
+    enter, with_context, Role, Rule, PASSIVE, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_HANDLE,
+    STATUS_INVALID_PARAMETER,
 };
+use super::preempt::scheduling_point;
 use super::processor::maybe_migrate;
+use super::stack::{on_kernel_stack, StackKind};
 use crate::nt::{CLIENT_ID, HANDLE, KSTART_ROUTINE, NTSTATUS, OBJECT_ATTRIBUTES, PKSTART_ROUTINE};
 
 /// A driver-created system thread.
@@ -100,8 +103,18 @@ pub unsafe extern "system" fn PsCreateSystemThread(
     let k = kernel.clone();
     kernel.spawn(id, Role::System, cpu, PASSIVE, move || {
         let start = start;
-        // SAFETY: the driver's start routine with its context, on a new system thread at PASSIVE.
-        unsafe { (start.0)(start.1 as *mut c_void) };
+        on_kernel_stack(
+            &k,
+            StackKind::Thread,
+            || {
+                format!(
+                    "system thread {id} (start routine {:p})",
+                    start.0 as *const ()
+                )
+            },
+            // SAFETY: the driver's start routine with its context, on a new system thread at PASSIVE.
+            || unsafe { (start.0)(start.1 as *mut c_void) },
+        );
         let irql = with_context(|c| c.irql);
         if irql != PASSIVE {
             k.fail(format!("system thread {id} returned at IRQL {irql}"));
@@ -175,14 +188,16 @@ pub unsafe extern "system" fn KeSetSystemAffinityThreadEx(affinity: usize) -> us
         previous
     });
     let state = kernel.lock();
-    let slot = maybe_migrate(&state);
-    let cpu = &state.cpus[slot];
-    if cpu.group != 0 || cpu.number >= 64 || affinity & (1 << cpu.number) == 0 {
-        drop(state);
+    let cpu = &state.cpus[maybe_migrate(&state)];
+    let outside = cpu.group != 0 || cpu.number >= 64 || affinity & (1 << cpu.number) == 0;
+    drop(state);
+    if outside {
         kernel.fail(format!(
             "KeSetSystemAffinityThreadEx({affinity:#x}): no active processor of group 0 in the mask"
         ));
     }
+    // Moved onto a processor of the new affinity: a DPC running there returns first.
+    scheduling_point(&kernel, false);
     previous
 }
 
@@ -195,4 +210,6 @@ pub unsafe extern "system" fn KeRevertToUserAffinityThreadEx(previous: usize) {
     with_context(|c| c.affinity = (previous != 0).then_some(previous as u64));
     let state = kernel.lock();
     maybe_migrate(&state);
+    drop(state);
+    scheduling_point(&kernel, false);
 }

@@ -10,6 +10,8 @@ use std::time::Duration;
 use super::io::release_device;
 use super::kernel::{enter, with_context, Kernel, Rule, PASSIVE};
 use super::pool::free_checked;
+use super::preempt::{start_driver_code, stop_driver_code};
+use super::stack::{on_kernel_stack, StackKind};
 use crate::nt::{DEVICE_OBJECT, IO_WORKITEM_ROUTINE, PIO_WORKITEM, PIO_WORKITEM_ROUTINE};
 
 /// Pool tag of the emulation's own work items.
@@ -180,13 +182,20 @@ pub(super) fn worker_loop(kernel: Arc<Kernel>) {
             None => 0,
         };
         drop(state);
-        // SAFETY: the driver queued this routine with this context for its device, which the queued
-        // item references, at PASSIVE on a system worker thread.
-        unsafe { (work.routine)(device as *mut DEVICE_OBJECT, work.context as *mut c_void) };
+        start_driver_code(&kernel);
+        on_kernel_stack(
+            &kernel,
+            StackKind::Thread,
+            || format!("work item routine {:p}", work.routine as *const ()),
+            // SAFETY: the driver queued this routine with this context for its device, which the
+            // queued item references, at PASSIVE on a system worker thread.
+            || unsafe { (work.routine)(device as *mut DEVICE_OBJECT, work.context as *mut c_void) },
+        );
         let irql = with_context(|c| c.irql);
         if irql != PASSIVE {
             kernel.fail(format!("work item routine returned at IRQL {irql}"));
         }
+        stop_driver_code(&kernel, false);
         {
             let mut state = kernel.lock();
             if let Some(w) = state.work.items.get_mut(&work.item) {
