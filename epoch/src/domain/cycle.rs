@@ -341,6 +341,8 @@ impl<P: Platform> Domain<P> {
     pub fn synchronize(&self) {
         self.platform
             .verify_irql("Domain::synchronize", IrqlRule::Passive);
+        self.platform
+            .synchronize_called(&|| self.readers_on_current_processor());
         fence(Ordering::SeqCst);
         let target = self.global_epoch.load(Ordering::SeqCst);
         // Ask for cycles back to back only while they make progress; when one released nothing (a
@@ -369,6 +371,20 @@ impl<P: Platform> Domain<P> {
             self.platform.event_wait(self.cycle_done());
             progressing = self.progress() != before;
         }
+    }
+
+    /// Readers recorded in the current processor's slot that have not exited (0 without a slot; the
+    /// overflow slot's readers are not counted: they belong to no processor). For
+    /// [`Platform::synchronize_called`]. Any IRQL up to DISPATCH.
+    fn readers_on_current_processor(&self) -> u64 {
+        let previous = self.platform.raise_to_dispatch();
+        let current = self.platform.current_processor();
+        let slot = self.table.lookup(current.number);
+        // SAFETY: a published slot stays valid for the domain's life; at DISPATCH on its processor we
+        // are its owner, which may read its reader table.
+        let readers = unsafe { slot.as_ref() }.map_or(0, |slot| slot.part.readers.active_readers());
+        self.platform.lower_irql(previous);
+        readers
     }
 
     /// (released epoch, freed-through epoch): what a cycle can advance.
