@@ -21,6 +21,11 @@ pub(crate) fn index_of(number: ProcessorNumber) -> u32 {
     u32::from(number.group) * 64 + u32::from(number.number)
 }
 
+/// Bit of a processor's exclusion word: something runs as it at DISPATCH.
+const HELD: u32 = 1;
+/// Unit of a processor's exclusion word: a handler of the platform waits to run as it.
+const WAITER: u32 = 2;
+
 /// A processor-change registration.
 #[derive(Clone, Copy)]
 pub(crate) struct Registration {
@@ -78,8 +83,9 @@ pub(crate) enum ClaimError {
 pub(crate) struct Processors {
     max: u32,
     limit: Duration,
-    /// Per index: held while something runs as that processor at DISPATCH.
-    exclusion: Box<[AtomicBool]>,
+    /// Per index: [`HELD`] while something runs as that processor at DISPATCH, plus [`WAITER`] for
+    /// each handler of the platform waiting to.
+    exclusion: Box<[AtomicU32]>,
     /// Per index: started (AddComplete delivered).
     active: Box<[AtomicBool]>,
     active_count: AtomicU32,
@@ -103,7 +109,7 @@ impl Processors {
         Processors {
             max,
             limit,
-            exclusion: (0..max).map(|_| AtomicBool::new(false)).collect(),
+            exclusion: (0..max).map(|_| AtomicU32::new(0)).collect(),
             active: (0..max).map(|_| AtomicBool::new(false)).collect(),
             active_count: AtomicU32::new(0),
             roster: Mutex::new(Roster {
@@ -268,16 +274,35 @@ impl Processors {
     }
 
     /// Takes the DISPATCH exclusion of processor `index` for `who`: waits while anything else runs
-    /// as it at DISPATCH (its thread, or a handler of the platform). Past the limit, panics naming
-    /// the processor and its owner.
-    pub(crate) fn exclude(&self, index: u32, who: impl FnOnce() -> String) {
-        let held = &self.exclusion[index as usize];
+    /// as it at DISPATCH. A handler of the platform (`interrupting`) is served first, as an
+    /// interrupt is: once it waits, the processor's own thread cannot take the exclusion again
+    /// until the handler has had it. Past the limit, panics naming the processor and its owner.
+    pub(crate) fn exclude(&self, index: u32, interrupting: bool, who: impl FnOnce() -> String) {
+        let state = &self.exclusion[index as usize];
+        let take = if interrupting {
+            state.fetch_add(WAITER, Ordering::Relaxed);
+            |state: &AtomicU32| {
+                let now = state.load(Ordering::Relaxed);
+                now & HELD == 0
+                    && state
+                        .compare_exchange_weak(
+                            now,
+                            now - WAITER + HELD,
+                            Ordering::Acquire,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+            }
+        } else {
+            |state: &AtomicU32| {
+                state
+                    .compare_exchange_weak(0, HELD, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            }
+        };
         spin_until(
             self.limit,
-            || {
-                held.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            },
+            || take(state),
             || {
                 format!(
                     "{} waited more than {:?} for virtual processor {index} ({}), which stayed at DISPATCH_LEVEL all that time (its thread: {}). Nothing may block at DISPATCH_LEVEL: lower the IRQL before waiting",
@@ -292,7 +317,7 @@ impl Processors {
 
     /// Gives up the DISPATCH exclusion of processor `index`.
     pub(crate) fn unexclude(&self, index: u32) {
-        self.exclusion[index as usize].store(false, Ordering::Release);
+        self.exclusion[index as usize].fetch_sub(HELD, Ordering::Release);
     }
 }
 

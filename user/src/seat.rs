@@ -159,7 +159,7 @@ pub(crate) fn raise(shared: &Arc<Shared>) -> Irql {
         return irql;
     }
     let index = processor.unwrap_or_else(|| self::processor(shared));
-    shared.processors.exclude(index, || {
+    shared.processors.exclude(index, false, || {
         format!("thread {} raising to DISPATCH_LEVEL", thread_label())
     });
     with_seat(shared, |seat| seat.irql = Irql::DISPATCH);
@@ -189,7 +189,7 @@ pub(crate) fn lower(shared: &Arc<Shared>, previous: Irql) {
 /// tick), holding that processor's exclusion. A panicking handler is a bug check: it left the
 /// core mid-way, at DISPATCH.
 pub(crate) fn run_as(shared: &Arc<Shared>, index: u32, what: &str, handler: impl FnOnce()) {
-    shared.processors.exclude(index, || {
+    shared.processors.exclude(index, true, || {
         format!("the platform's {what} for processor {index}")
     });
     with_seat(shared, |seat| {

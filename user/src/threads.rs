@@ -300,7 +300,15 @@ impl Threads {
             let handle = thread::Builder::new()
                 .name(name.to_string())
                 .spawn(move || {
-                    job(&shared);
+                    // A panic here is one of the platform's own waits exceeding the limit (a
+                    // handler's panic is reported where it runs): the machine cannot go on
+                    // without this thread.
+                    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| job(&shared))) {
+                        bug_check(&format!(
+                            "the platform's thread '{name}' stopped: {}",
+                            panic_message(payload.as_ref())
+                        ));
+                    }
                     *lock(&shared.exited) += 1;
                     shared.thread_exited.notify_all();
                 })?;
