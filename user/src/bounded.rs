@@ -80,15 +80,17 @@ pub(crate) fn bug_check(message: &str) -> ! {
     std::process::abort()
 }
 
-/// The message of a panic payload, for a bug check that reports it.
+/// The message of a panic payload (without the platform's prefix, which the bug check adds), for a
+/// bug check that reports it.
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(text) = payload.downcast_ref::<&str>() {
+    let text = if let Some(text) = payload.downcast_ref::<&str>() {
         text
     } else if let Some(text) = payload.downcast_ref::<String>() {
         text
     } else {
         "(a panic without a message)"
-    }
+    };
+    text.strip_prefix("kepoch-user: ").unwrap_or(text)
 }
 
 /// The calling thread, for diagnoses: its name and id.
