@@ -55,7 +55,8 @@ impl Irql {
 }
 
 /// The IRQL a core routine may be called at. Platforms that check IRQL discipline the way Driver
-/// Verifier does (the simulator, the emulated kernel) enforce it in [`Platform::verify_irql`].
+/// Verifier does (the simulator, the emulated kernel, the user-mode platform) enforce it in
+/// [`Platform::verify_irql`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IrqlRule {
     /// PASSIVE_LEVEL only: the routine may wait (load, unload, `synchronize`).

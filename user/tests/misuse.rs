@@ -66,18 +66,23 @@ fn synchronize_inside_an_epoch_of_the_same_thread_is_a_panic_not_a_hang() {
     let platform = UserPlatform::new();
     let domain = Domain::create(platform.clone(), Config::default()).expect("load");
     let other = Domain::create(platform, Config::default()).expect("load");
-    let guard = domain.enter();
-    other.synchronize();
-    let text = message(
-        catch_unwind(AssertUnwindSafe(|| domain.synchronize())).expect_err("synchronize returned"),
-    );
+    // On a thread of its own, joined within the limit: without the check, synchronize never returns.
+    let text = thread::scope(|s| {
+        join(s.spawn(|| {
+            let guard = domain.enter();
+            other.synchronize();
+            let outcome = catch_unwind(AssertUnwindSafe(|| domain.synchronize()));
+            drop(guard);
+            domain.synchronize();
+            message(outcome.expect_err("synchronize returned inside an epoch"))
+        }))
+    })
+    .expect("the thread panicked outside the checked call");
     assert!(
         text.contains("Domain::synchronize was called inside an epoch")
             && text.contains("1 reader(s)"),
         "{text}"
     );
-    drop(guard);
-    domain.synchronize();
 }
 
 /// Bad settings are refused with an error naming the setting.

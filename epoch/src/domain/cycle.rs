@@ -334,7 +334,7 @@ impl<P: Platform> Domain<P> {
     }
 
     /// Blocks until everything retired before the call has been disposed of. PASSIVE only, outside any
-    /// epoch (waiting inside one would wait for itself). Called from a work item while the domain
+    /// epoch (waiting inside one would wait for itself; the user-mode platform reports that). Called from a work item while the domain
     /// unloads, it returns without waiting: cycles have stopped and unload itself disposes of
     /// everything retired, after that work item returns — so such a callback must not free what a
     /// destructor of an item it retired still uses.
