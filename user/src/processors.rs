@@ -86,7 +86,7 @@ pub(crate) struct Processors {
     /// Per index: [`HELD`] while something runs as that processor at DISPATCH, plus [`WAITER`] for
     /// each handler of the platform waiting to.
     exclusion: Box<[AtomicU32]>,
-    /// Per index: started (AddComplete delivered).
+    /// Per index: started (set after AddStart, before AddComplete, as on NT the processor then runs).
     active: Box<[AtomicBool]>,
     active_count: AtomicU32,
     roster: Mutex<Roster>,
