@@ -21,6 +21,8 @@ echo "== cargo test"
 cargo test --workspace --release
 cargo test -p kepoch --release --features mutations
 cargo test -p kepoch-sim --release --features mutations
+echo "== example: four readers and a writer on the user-mode platform for 2 s (retired = freed)"
+cargo run --release -q -p kepoch --example threads
 echo "== core builds for the kernel target"
 cargo build -p kepoch --target x86_64-pc-windows-msvc
 echo "== driver and kepochctl lints (Windows targets)"

@@ -12,7 +12,7 @@
 //!
 //! ```
 //! use kepoch::{Atomic, Config, Domain, Owned, Strategy};
-//! use kepoch_sim::bench::BenchPlatform;
+//! use kepoch_user::UserPlatform;
 //!
 //! /// What readers look up. Replaced as a whole, never changed in place.
 //! #[derive(Debug)]
@@ -20,10 +20,9 @@
 //!     gateway: u32,
 //! }
 //!
-//! // A domain on a platform: the NT kernel in kepoch.sys; here the simulator's benchmark platform
-//! // (a machine reporting 4 processors, 2 of them running). At PASSIVE_LEVEL.
-//! let platform = BenchPlatform::new(4, 2);
-//! let domain = Domain::create(platform.clone(), Config::with_strategy(Strategy::Callback))
+//! // A domain on a platform (see "Platforms": a driver passes the NT platform; this runs on the
+//! // threads of this process). At PASSIVE_LEVEL.
+//! let domain = Domain::create(UserPlatform::new(), Config::with_strategy(Strategy::Callback))
 //!     .expect("load");
 //! let route = Atomic::new(Owned::new(&domain, Route { gateway: 1 }).expect("memory"));
 //!
@@ -36,9 +35,8 @@
 //! // it is freed once every reader that could still see it has exited.
 //! let old = route.swap(Owned::new(&domain, Route { gateway: 2 }).expect("memory"));
 //! old.expect("was published").retire();
-//! domain.flush(); // asks for a cycle; this platform runs its DPCs when pumped
-//! platform.pump();
-//! assert_eq!(seen.gateway, 1, "a cycle cannot free what a reader inside holds");
+//! domain.flush(); // a cycle now (the timer runs one every millisecond anyway)
+//! assert_eq!(seen.gateway, 1, "no cycle can free what a reader inside holds");
 //! assert_eq!(domain.stats().pending, 1);
 //! drop(guard);
 //!
@@ -50,6 +48,20 @@
 //!
 //! Dropping `route` frees the value it holds; dropping the [`DomainBox`] unloads the domain
 //! (`PROTOCOL.md`, S8): it stops the cycles, waits for work items and frees everything still retired.
+//!
+//! # Platforms
+//!
+//! The core reaches its host only through [`platform::Platform`]; a domain is created the same way
+//! on each:
+//!
+//! | where | crate | platform |
+//! |---|---|---|
+//! | a Windows kernel driver (WDM or KMDF) | `kepoch-nt` | the NT platform: per-processor DPCs, a kernel timer, work items, processor-change notifications; the driver creates its domains in `DriverEntry` and drops them at unload |
+//! | unit tests of your data structures, user-mode programs | `kepoch-user` | `kepoch_user::UserPlatform`: each thread is a virtual processor (registered on first use), cycles run on a timer thread, `synchronize` sleeps on a real event; misuse (more threads than processors, `synchronize` inside an epoch, a wait at DISPATCH_LEVEL) is reported, never a hang |
+//!
+//! The example above, `examples/threads.rs` (`cargo run --release -p kepoch --example threads`:
+//! four readers and a writer for two seconds) and every example in this documentation run on
+//! `kepoch-user`, which a driver's crate adds as a dev-dependency for its tests.
 //!
 //! # Strategies
 //!
@@ -74,8 +86,8 @@
 //!   [`flush`](Domain::flush), work items ([`Domain::new_work_item`]), [`stats`](Domain::stats); and
 //!   the raw layer under the safe one: [`Domain::alloc`], the `unsafe` [`Domain::retire`],
 //!   [`Domain::enter_raw`] for callers that cannot hold a borrow.
-//! - [`platform::Platform`]: everything the core needs from its host (the NT kernel, a simulated
-//!   machine). The crate is `no_std` and needs no global allocator: all memory comes from
+//! - [`platform::Platform`]: everything the core needs from its host (the NT kernel, threads of a
+//!   user-mode process, a simulated machine). The crate is `no_std` and needs no global allocator: all memory comes from
 //!   [`Platform::allocate`](platform::Platform::allocate).
 //!
 //! The protocol and the argument for why it is safe are in `PROTOCOL.md` next to this crate.

@@ -1,5 +1,6 @@
-//! The one trait through which the core reaches its host: the NT kernel in `kepoch.sys`, the simulated
-//! machine in `kepoch-sim`. Nothing else in the core knows which one it runs on.
+//! The one trait through which the core reaches its host: the NT kernel (`kepoch-nt`), the simulated
+//! machine in `kepoch-sim`, threads of a user-mode process (`kepoch-user`). Nothing else in the core
+//! knows which one it runs on.
 //!
 //! Objects that the kernel requires to stay at a fixed address (KDPC, timers, work items, events) are
 //! associated types stored *inline* in core structures that never move, and are initialised in place.
@@ -54,7 +55,8 @@ impl Irql {
 }
 
 /// The IRQL a core routine may be called at. Platforms that check IRQL discipline the way Driver
-/// Verifier does (the simulator, the emulated kernel) enforce it in [`Platform::verify_irql`].
+/// Verifier does (the simulator, the emulated kernel, the user-mode platform) enforce it in
+/// [`Platform::verify_irql`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IrqlRule {
     /// PASSIVE_LEVEL only: the routine may wait (load, unload, `synchronize`).
@@ -344,5 +346,15 @@ pub unsafe trait Platform: Send + Sync + 'static {
     #[inline(always)]
     fn spin_lock_released(&self, lock: *const ()) {
         let _ = lock;
+    }
+
+    /// [`Domain::synchronize`](crate::Domain::synchronize) was called and is about to wait for
+    /// readers. `readers_here()` counts the readers recorded on the caller's processor that have not
+    /// exited. Only a platform on which a thread *is* its processor (the user-mode platform of
+    /// `kepoch-user`) can read that as "readers this thread entered": it reports a non-zero count
+    /// as `synchronize` inside an epoch, which would wait for itself. The default never calls it.
+    #[inline(always)]
+    fn synchronize_called(&self, readers_here: &dyn Fn() -> u64) {
+        let _ = readers_here;
     }
 }

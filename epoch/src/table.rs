@@ -5,7 +5,7 @@
 //!
 //! An entry is either empty, a **routable** slot (ready: its processor may run epoch code on it and
 //! receive messages) or a **pending** slot (prepared at AddStart, waiting for AddComplete), which is
-//! the slot pointer with [`PENDING_TAG`] set. [`SlotTable::lookup`] hands out routable slots only, so
+//! the slot pointer with `PENDING_TAG` set. `SlotTable::lookup` hands out routable slots only, so
 //! the hot path never dereferences a pending slot: AddFailure may free one while code on the new
 //! processor is looking it up.
 
@@ -189,7 +189,7 @@ impl<P: Platform> SlotTable<P> {
     }
 
     /// Unpublishes the slot of `processor`. Caller holds the registry lock and guarantees that the slot
-    /// was pending (never handed out by [`SlotTable::lookup`]).
+    /// was pending (never handed out by `SlotTable::lookup`).
     pub(crate) fn remove(&self, processor: ProcessorNumber) {
         let (group, number) = (processor.group as usize, processor.number as usize);
         if group >= MAX_GROUPS || number >= PROCESSORS_PER_GROUP {

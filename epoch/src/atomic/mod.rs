@@ -59,7 +59,7 @@
 //!
 //! ```compile_fail,E0597
 //! # use kepoch::{Atomic, Config, Domain, Owned};
-//! # let domain = Domain::create(kepoch_sim::bench::BenchPlatform::new(1, 1), Config::default()).unwrap();
+//! # let domain = Domain::create(kepoch_user::UserPlatform::new(), Config::default()).unwrap();
 //! let atomic = Atomic::new(Owned::new(&domain, 1u32).unwrap());
 //! let value = {
 //!     let guard = domain.enter();
@@ -72,7 +72,7 @@
 //!
 //! ```compile_fail,E0505
 //! # use kepoch::{Atomic, Config, Domain, Owned};
-//! # let domain = Domain::create(kepoch_sim::bench::BenchPlatform::new(1, 1), Config::default()).unwrap();
+//! # let domain = Domain::create(kepoch_user::UserPlatform::new(), Config::default()).unwrap();
 //! let atomic = Atomic::new(Owned::new(&domain, 1u32).unwrap());
 //! let guard = domain.enter();
 //! let value = atomic.load(&guard).unwrap();
@@ -84,7 +84,7 @@
 //!
 //! ```compile_fail,E0382
 //! # use kepoch::{Atomic, Config, Domain, Owned};
-//! # let domain = Domain::create(kepoch_sim::bench::BenchPlatform::new(1, 1), Config::default()).unwrap();
+//! # let domain = Domain::create(kepoch_user::UserPlatform::new(), Config::default()).unwrap();
 //! let atomic = Atomic::new(Owned::new(&domain, 1u32).unwrap());
 //! let old = atomic.take().unwrap();
 //! old.retire();
@@ -95,7 +95,7 @@
 //!
 //! ```compile_fail,E0277
 //! # use kepoch::{Atomic, Config, Domain, Owned};
-//! # let domain = Domain::create(kepoch_sim::bench::BenchPlatform::new(1, 1), Config::default()).unwrap();
+//! # let domain = Domain::create(kepoch_user::UserPlatform::new(), Config::default()).unwrap();
 //! let atomic = Atomic::new(Owned::new(&domain, std::cell::Cell::new(1u32)).unwrap());
 //! std::thread::scope(|s| {
 //!     s.spawn(|| atomic.load(&domain.enter()).map(|v| v.get()));
@@ -121,7 +121,7 @@ use core::ptr::{self, NonNull};
 ///
 /// ```
 /// # use kepoch::{Atomic, Config, Domain, Owned};
-/// # let domain = Domain::create(kepoch_sim::bench::BenchPlatform::new(1, 1), Config::default()).unwrap();
+/// # let domain = Domain::create(kepoch_user::UserPlatform::new(), Config::default()).unwrap();
 /// let config = Atomic::new(Owned::new(&domain, 100u32).expect("memory"));
 /// let guard = domain.enter();
 /// assert_eq!(config.load(&guard).map(|v| *v), Some(100));
@@ -239,7 +239,7 @@ impl<T: Send + 'static, P: Platform> Atomic<'_, T, P> {
     ///
     /// ```
     /// # use kepoch::{Atomic, Config, Domain, Owned};
-    /// # let domain = Domain::create(kepoch_sim::bench::BenchPlatform::new(1, 1), Config::default()).unwrap();
+    /// # let domain = Domain::create(kepoch_user::UserPlatform::new(), Config::default()).unwrap();
     /// let hits = Atomic::new(Owned::new(&domain, 0u64).expect("memory"));
     /// let guard = domain.enter();
     /// loop {

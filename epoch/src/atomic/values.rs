@@ -23,7 +23,7 @@ use core::ptr::{self, NonNull};
 ///
 /// ```
 /// # use kepoch::{Config, Domain, Owned};
-/// # let domain = Domain::create(kepoch_sim::bench::BenchPlatform::new(1, 1), Config::default()).unwrap();
+/// # let domain = Domain::create(kepoch_user::UserPlatform::new(), Config::default()).unwrap();
 /// let mut counter = Owned::new(&domain, 41u64).expect("non-paged memory");
 /// *counter += 1; // not shared yet: mutable
 /// assert_eq!(*counter, 42);
@@ -190,15 +190,12 @@ impl<'a, T: Send + 'static, P: Platform> Unlinked<'a, T, P> {
     ///
     /// ```
     /// # use kepoch::{Atomic, Config, Domain, Owned};
-    /// # use kepoch_sim::bench::BenchPlatform;
-    /// # let platform = BenchPlatform::new(1, 1);
-    /// # let domain = Domain::create(platform.clone(), Config::default()).unwrap();
+    /// # let domain = Domain::create(kepoch_user::UserPlatform::new(), Config::default()).unwrap();
     /// let slot = Atomic::new(Owned::new(&domain, 7u32).expect("memory"));
     /// let guard = domain.enter();
     /// let old = slot.swap(Owned::new(&domain, 8).expect("memory")).expect("was set");
     /// let (old, _stamp) = old.retire_protected(&guard);
-    /// domain.flush();
-    /// platform.pump(); // cycles run, and cannot free it
+    /// domain.flush(); // a cycle now (the timer runs more): none can free it
     /// assert_eq!((*old, domain.stats().pending), (7, 1));
     /// drop(guard);
     /// domain.synchronize();

@@ -334,13 +334,15 @@ impl<P: Platform> Domain<P> {
     }
 
     /// Blocks until everything retired before the call has been disposed of. PASSIVE only, outside any
-    /// epoch (waiting inside one would wait for itself). Called from a work item while the domain
+    /// epoch (waiting inside one would wait for itself; the user-mode platform reports that). Called from a work item while the domain
     /// unloads, it returns without waiting: cycles have stopped and unload itself disposes of
     /// everything retired, after that work item returns — so such a callback must not free what a
     /// destructor of an item it retired still uses.
     pub fn synchronize(&self) {
         self.platform
             .verify_irql("Domain::synchronize", IrqlRule::Passive);
+        self.platform
+            .synchronize_called(&|| self.readers_on_current_processor());
         fence(Ordering::SeqCst);
         let target = self.global_epoch.load(Ordering::SeqCst);
         // Ask for cycles back to back only while they make progress; when one released nothing (a
@@ -369,6 +371,20 @@ impl<P: Platform> Domain<P> {
             self.platform.event_wait(self.cycle_done());
             progressing = self.progress() != before;
         }
+    }
+
+    /// Readers recorded in the current processor's slot that have not exited (0 without a slot; the
+    /// overflow slot's readers are not counted: they belong to no processor). For
+    /// [`Platform::synchronize_called`]. Any IRQL up to DISPATCH.
+    fn readers_on_current_processor(&self) -> u64 {
+        let previous = self.platform.raise_to_dispatch();
+        let current = self.platform.current_processor();
+        let slot = self.table.lookup(current.number);
+        // SAFETY: a published slot stays valid for the domain's life; at DISPATCH on its processor we
+        // are its owner, which may read its reader table.
+        let readers = unsafe { slot.as_ref() }.map_or(0, |slot| slot.part.readers.active_readers());
+        self.platform.lower_irql(previous);
+        readers
     }
 
     /// (released epoch, freed-through epoch): what a cycle can advance.

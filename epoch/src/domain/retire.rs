@@ -36,7 +36,7 @@ fn block_layout<T>() -> Option<Layout> {
 ///
 /// ```
 /// # use kepoch::{CacheAligned, Config, Domain};
-/// # let domain = Domain::create(kepoch_sim::bench::BenchPlatform::new(1, 1), Config::default()).unwrap();
+/// # let domain = Domain::create(kepoch_user::UserPlatform::new(), Config::default()).unwrap();
 /// let counter = domain.alloc(CacheAligned(0u64)).unwrap();
 /// assert_eq!(counter.as_ptr() as usize % 64, 0);
 /// # unsafe { domain.free_now(counter) };
