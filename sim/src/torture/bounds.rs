@@ -23,6 +23,17 @@
 //!   allocator's live bytes may not exceed [`Bounds::max_live_bytes`].
 //! - **deadline**: the run must end within its wall-clock deadline.
 //!
+//! In parallel mode a simulated CPU is an OS thread, and a busy host may not run it for a while: its
+//! readers stay inside, its DPCs wait, while the other threads go on retiring and cycling. Pending
+//! garbage, progress and new cycles are therefore judged in **scheduling rounds** as well (a round
+//! ends when the host has run every machine thread — each running CPU's and the timer, passive and
+//! hot-plug threads — since the last one; [`crate::machine::SchedulingProbe`]): one of these bounds
+//! fails only once it has stayed broken for [`Bounds::scheduling_rounds`] rounds. A thread the host
+//! does not run stops the rounds, so it cannot make a bound fail; a protocol that is stuck while every
+//! thread runs fails as before, with the same diagnosis, after those rounds (a few hundred
+//! milliseconds on an idle host). The deadline stays in wall time: it is the last resort against a
+//! hang, and the parallel run itself always ends ([`crate::machine::Machine::run_parallel`]).
+//!
 //! Breaking a bound ends the run at once: in deterministic mode the monitor unwinds out of the
 //! scheduler with an [`Abort`] payload (caught by the run); in parallel mode it stops the tasks, and
 //! if the run has not wound down within [`GRACE`] the watchdog prints the diagnosis and the replay
@@ -53,6 +64,9 @@ pub struct Bounds {
     pub max_rss_bytes: u64,
     /// Live bytes allowed in the simulated allocator.
     pub max_live_bytes: u64,
+    /// Parallel mode: rounds in which the host ran every machine thread that pending garbage,
+    /// progress or new cycles must stay out of bounds before the run fails.
+    pub scheduling_rounds: u64,
 }
 
 impl Default for Bounds {
@@ -63,6 +77,7 @@ impl Default for Bounds {
             progress_cycles: 128,
             max_rss_bytes: 2 << 30,
             max_live_bytes: 256 << 20,
+            scheduling_rounds: 500,
         }
     }
 }
@@ -97,12 +112,13 @@ impl Bounds {
     /// One line stating the bounds, for summaries and failure reports.
     pub fn describe(&self, deadline: Duration) -> String {
         format!(
-            "pending <= {} items per running CPU, released epoch advances within {} + {} cycles, a new cycle within {} us (deterministic) / {} us (parallel) while garbage is pending, RSS <= {} MiB, simulated live bytes <= {} MiB, deadline {:.0} s",
+            "pending <= {} items per running CPU, released epoch advances within {} + {} cycles, a new cycle within {} us (deterministic) / {} us (parallel) while garbage is pending (parallel: each broken for {} rounds in which every machine thread ran), RSS <= {} MiB, simulated live bytes <= {} MiB, deadline {:.0} s",
             self.pending_per_cpu,
             STALL_HOLD_CYCLES,
             self.progress_cycles,
             self.cycle_gap_us(false),
             self.cycle_gap_us(true),
+            self.scheduling_rounds,
             self.max_rss_bytes >> 20,
             self.max_live_bytes >> 20,
             deadline.as_secs_f64()

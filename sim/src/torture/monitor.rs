@@ -3,7 +3,7 @@
 
 use super::bounds::{current_rss, Abort, STALL_HOLD_CYCLES};
 use super::{Mode, Shared};
-use crate::machine::{StepContext, StepOutcome, Task};
+use crate::machine::{SchedulingProbe, StepContext, StepOutcome, Task};
 use crate::objects::SimDomain;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,21 +12,73 @@ use std::time::Instant;
 /// Checks the run's bounds periodically (see [`super::bounds`]); ends the run with a diagnosis
 /// when one breaks.
 pub(super) struct Monitor {
-    pub shared: Arc<Shared>,
-    /// Released epoch last seen, and the global epoch when it last changed.
-    pub released: u64,
-    pub released_changed_at: u64,
-    /// Global epoch last seen, and the simulated time when it last changed.
-    pub global: u64,
-    pub global_changed_us: u64,
-    pub rss_checked: Option<Instant>,
-    pub interval_us: u64,
+    shared: Arc<Shared>,
+    /// Released epoch last seen, and the global epoch and scheduling round when it last changed.
+    released: u64,
+    released_changed_at: u64,
+    released_changed_round: u64,
+    /// Global epoch last seen, and the simulated time and scheduling round when it last changed.
+    global: u64,
+    global_changed_us: u64,
+    global_changed_round: u64,
+    /// The scheduling round since which pending garbage has been over its bound.
+    over_bound_since_round: Option<u64>,
+    /// Rounds in which the host ran every machine thread, counted at the checks.
+    rounds: u64,
+    probe: SchedulingProbe,
+    rss_checked: Option<Instant>,
+    interval_us: u64,
 }
 
 impl Monitor {
+    /// A monitor of `shared`'s run that checks every `interval_us` of simulated time.
+    pub(super) fn new(shared: Arc<Shared>, interval_us: u64) -> Monitor {
+        let probe = shared.machine.scheduling_probe();
+        Monitor {
+            shared,
+            released: 0,
+            released_changed_at: 0,
+            released_changed_round: 0,
+            global: 0,
+            global_changed_us: 0,
+            global_changed_round: 0,
+            over_bound_since_round: None,
+            rounds: 0,
+            probe,
+            rss_checked: None,
+            interval_us,
+        }
+    }
+
+    /// Whether a liveness bound broken since scheduling round `since` has stayed broken long enough
+    /// to fail: at once in deterministic mode; in parallel mode once the host ran every machine thread
+    /// [`super::bounds::Bounds::scheduling_rounds`] times since (a simulated CPU whose thread the host
+    /// did not run is not a stuck protocol).
+    fn broken_for_long(&self, since: u64) -> bool {
+        match self.shared.mode {
+            Mode::Deterministic => true,
+            Mode::Parallel => self.rounds - since >= self.shared.bounds.scheduling_rounds,
+        }
+    }
+
+    /// " (for N rounds in which the host ran every machine thread)" in parallel mode, N counted from
+    /// round `since`; nothing in deterministic mode.
+    fn rounds_since(&self, since: u64) -> String {
+        match self.shared.mode {
+            Mode::Deterministic => String::new(),
+            Mode::Parallel => format!(
+                " (for {} rounds in which the host ran every machine thread)",
+                self.rounds - since
+            ),
+        }
+    }
+
     fn check(&mut self, domain: &SimDomain, now_us: u64) -> Option<String> {
         let shared = &*self.shared;
         let bounds = &shared.bounds;
+        if self.probe.every_thread_ran() {
+            self.rounds += 1;
+        }
         let hold = domain.holdback();
         shared
             .cycles_seen
@@ -38,37 +90,53 @@ impl Monitor {
         if hold.released_epoch != self.released {
             self.released = hold.released_epoch;
             self.released_changed_at = hold.global_epoch;
+            self.released_changed_round = self.rounds;
         }
         if hold.global_epoch != self.global {
             self.global = hold.global_epoch;
             self.global_changed_us = now_us;
+            self.global_changed_round = self.rounds;
         }
         if hold.pending == 0 {
             // Nothing to reclaim: a released epoch that stays put holds nothing back.
             self.released_changed_at = hold.global_epoch;
+            self.released_changed_round = self.rounds;
         }
         let still = hold.global_epoch.saturating_sub(self.released_changed_at);
         shared.max_no_release.fetch_max(still, Ordering::Relaxed);
         let snapshot = shared.describe_holdback(&hold);
         shared.watchdog.snapshot(snapshot.clone());
         if hold.pending > bounds.pending_per_cpu * cpus.max(1) {
-            return Some(format!(
-                "bounded garbage (L2): {} items pending exceed {} per running CPU x {cpus} CPU(s); {snapshot}",
-                hold.pending, bounds.pending_per_cpu
-            ));
+            let since = *self.over_bound_since_round.get_or_insert(self.rounds);
+            if self.broken_for_long(since) {
+                return Some(format!(
+                    "bounded garbage (L2): {} items pending exceed {} per running CPU x {cpus} CPU(s){}; {snapshot}",
+                    hold.pending,
+                    bounds.pending_per_cpu,
+                    self.rounds_since(since)
+                ));
+            }
+        } else {
+            self.over_bound_since_round = None;
         }
-        if still > STALL_HOLD_CYCLES + bounds.progress_cycles {
+        if still > STALL_HOLD_CYCLES + bounds.progress_cycles
+            && self.broken_for_long(self.released_changed_round)
+        {
             return Some(format!(
-                "no progress (L1): the released epoch {} has not advanced for {still} cycles (bound {} + {}); {snapshot}",
-                hold.released_epoch, STALL_HOLD_CYCLES, bounds.progress_cycles
+                "no progress (L1): the released epoch {} has not advanced for {still} cycles (bound {} + {}){}; {snapshot}",
+                hold.released_epoch,
+                STALL_HOLD_CYCLES,
+                bounds.progress_cycles,
+                self.rounds_since(self.released_changed_round)
             ));
         }
         let idle_for = now_us.saturating_sub(self.global_changed_us);
         let gap = bounds.cycle_gap_us(shared.mode == Mode::Parallel);
-        if hold.pending > 0 && idle_for > gap {
+        if hold.pending > 0 && idle_for > gap && self.broken_for_long(self.global_changed_round) {
             return Some(format!(
-                "no cycle: {} items pending and no cycle started for {idle_for} us (bound {gap} us); {snapshot}",
-                hold.pending
+                "no cycle: {} items pending and no cycle started for {idle_for} us (bound {gap} us){}; {snapshot}",
+                hold.pending,
+                self.rounds_since(self.global_changed_round)
             ));
         }
         if shared.started.elapsed() > shared.deadline {

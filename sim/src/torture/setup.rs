@@ -146,16 +146,5 @@ pub(super) fn spawn_tasks(
         Mode::Deterministic => 2 * u64::from(TORTURE_CYCLE_US),
         Mode::Parallel => 1_000,
     };
-    machine.spawn(
-        busy[0],
-        Monitor {
-            shared: shared.clone(),
-            released: 0,
-            released_changed_at: 0,
-            global: 0,
-            global_changed_us: 0,
-            rss_checked: None,
-            interval_us,
-        },
-    );
+    machine.spawn(busy[0], Monitor::new(shared.clone(), interval_us));
 }
