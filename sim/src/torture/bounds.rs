@@ -126,6 +126,28 @@ impl Bounds {
     }
 }
 
+/// How long one liveness bound has stayed broken, in scheduling rounds (see the module
+/// documentation): the monitor keeps one per bound.
+#[derive(Debug, Default)]
+pub(super) struct BrokenClock {
+    /// The round at which the bound was first seen broken since it last held.
+    since_round: Option<u64>,
+}
+
+impl BrokenClock {
+    /// Records whether the bound is `broken` at scheduling round `round`. Returns the rounds it has
+    /// stayed broken once that reaches `needed` (0: fails at the first broken observation), `None`
+    /// while it holds or has not been broken that long. A bound that holds starts the clock over.
+    pub(super) fn fails(&mut self, broken: bool, round: u64, needed: u64) -> Option<u64> {
+        if !broken {
+            self.since_round = None;
+            return None;
+        }
+        let broken_for = round - *self.since_round.get_or_insert(round);
+        (broken_for >= needed).then_some(broken_for)
+    }
+}
+
 /// Panic payload with which the monitor unwinds out of a deterministic run that broke a bound.
 #[derive(Debug)]
 pub struct Abort(pub String);
@@ -269,5 +291,49 @@ impl Watchdog {
     /// The run finished: the watchdog thread ends.
     pub fn finish(&self) {
         self.with(|st| st.done = true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BrokenClock;
+
+    #[test]
+    fn a_bound_that_holds_never_fails() {
+        let mut clock = BrokenClock::default();
+        assert!((0..1_000).all(|round| clock.fails(false, round, 0).is_none()));
+    }
+
+    #[test]
+    fn without_a_round_requirement_a_broken_bound_fails_at_once() {
+        assert_eq!(BrokenClock::default().fails(true, 7, 0), Some(0));
+    }
+
+    #[test]
+    fn a_broken_bound_fails_after_the_rounds_it_needs_and_not_before() {
+        let mut clock = BrokenClock::default();
+        assert_eq!(clock.fails(true, 10, 5), None);
+        assert_eq!(clock.fails(true, 14, 5), None);
+        assert_eq!(clock.fails(true, 15, 5), Some(5));
+        assert_eq!(clock.fails(true, 40, 5), Some(30));
+    }
+
+    #[test]
+    fn a_bound_broken_while_the_rounds_stand_still_does_not_fail() {
+        // A thread the host does not run stops the rounds: however often the bound is seen broken
+        // meanwhile, it has not been broken for any round.
+        let mut clock = BrokenClock::default();
+        assert!((0..10_000).all(|_| clock.fails(true, 3, 5).is_none()));
+        assert_eq!(clock.fails(true, 8, 5), Some(5));
+    }
+
+    #[test]
+    fn a_bound_that_holds_again_starts_over() {
+        let mut clock = BrokenClock::default();
+        assert_eq!(clock.fails(true, 10, 5), None);
+        assert_eq!(clock.fails(false, 14, 5), None);
+        assert_eq!(clock.fails(true, 16, 5), None);
+        assert_eq!(clock.fails(true, 20, 5), None);
+        assert_eq!(clock.fails(true, 21, 5), Some(5));
     }
 }

@@ -1,7 +1,7 @@
 //! The monitor task: checks the run's bounds periodically and ends the run with a diagnosis when one
 //! breaks.
 
-use super::bounds::{current_rss, Abort, STALL_HOLD_CYCLES};
+use super::bounds::{current_rss, Abort, BrokenClock, STALL_HOLD_CYCLES};
 use super::{Mode, Shared};
 use crate::machine::{SchedulingProbe, StepContext, StepOutcome, Task};
 use crate::objects::SimDomain;
@@ -13,16 +13,16 @@ use std::time::Instant;
 /// when one breaks.
 pub(super) struct Monitor {
     shared: Arc<Shared>,
-    /// Released epoch last seen, and the global epoch and scheduling round when it last changed.
+    /// Released epoch last seen, and the global epoch when it last changed.
     released: u64,
     released_changed_at: u64,
-    released_changed_round: u64,
-    /// Global epoch last seen, and the simulated time and scheduling round when it last changed.
+    /// Global epoch last seen, and the simulated time when it last changed.
     global: u64,
     global_changed_us: u64,
-    global_changed_round: u64,
-    /// The scheduling round since which pending garbage has been over its bound.
-    over_bound_since_round: Option<u64>,
+    /// How long pending garbage (L2), progress (L1) and new cycles have been out of bounds.
+    garbage: BrokenClock,
+    progress: BrokenClock,
+    cycles: BrokenClock,
     /// Rounds in which the host ran every machine thread, counted at the checks.
     rounds: u64,
     probe: SchedulingProbe,
@@ -38,11 +38,11 @@ impl Monitor {
             shared,
             released: 0,
             released_changed_at: 0,
-            released_changed_round: 0,
             global: 0,
             global_changed_us: 0,
-            global_changed_round: 0,
-            over_bound_since_round: None,
+            garbage: BrokenClock::default(),
+            progress: BrokenClock::default(),
+            cycles: BrokenClock::default(),
             rounds: 0,
             probe,
             rss_checked: None,
@@ -50,26 +50,24 @@ impl Monitor {
         }
     }
 
-    /// Whether a liveness bound broken since scheduling round `since` has stayed broken long enough
-    /// to fail: at once in deterministic mode; in parallel mode once the host ran every machine thread
-    /// [`super::bounds::Bounds::scheduling_rounds`] times since (a simulated CPU whose thread the host
-    /// did not run is not a stuck protocol).
-    fn broken_for_long(&self, since: u64) -> bool {
+    /// Rounds a liveness bound must stay broken before the run fails: none in deterministic mode; in
+    /// parallel mode [`super::bounds::Bounds::scheduling_rounds`] (a simulated CPU whose thread the
+    /// host did not run is not a stuck protocol).
+    fn rounds_needed(&self) -> u64 {
         match self.shared.mode {
-            Mode::Deterministic => true,
-            Mode::Parallel => self.rounds - since >= self.shared.bounds.scheduling_rounds,
+            Mode::Deterministic => 0,
+            Mode::Parallel => self.shared.bounds.scheduling_rounds,
         }
     }
 
-    /// " (for N rounds in which the host ran every machine thread)" in parallel mode, N counted from
-    /// round `since`; nothing in deterministic mode.
-    fn rounds_since(&self, since: u64) -> String {
+    /// " (for N rounds in which the host ran every machine thread)" in parallel mode; nothing in
+    /// deterministic mode.
+    fn rounds_text(&self, rounds: u64) -> String {
         match self.shared.mode {
             Mode::Deterministic => String::new(),
-            Mode::Parallel => format!(
-                " (for {} rounds in which the host ran every machine thread)",
-                self.rounds - since
-            ),
+            Mode::Parallel => {
+                format!(" (for {rounds} rounds in which the host ran every machine thread)")
+            }
         }
     }
 
@@ -79,6 +77,7 @@ impl Monitor {
         if self.probe.every_thread_ran() {
             self.rounds += 1;
         }
+        let (round, needed) = (self.rounds, self.rounds_needed());
         let hold = domain.holdback();
         shared
             .cycles_seen
@@ -90,53 +89,46 @@ impl Monitor {
         if hold.released_epoch != self.released {
             self.released = hold.released_epoch;
             self.released_changed_at = hold.global_epoch;
-            self.released_changed_round = self.rounds;
         }
         if hold.global_epoch != self.global {
             self.global = hold.global_epoch;
             self.global_changed_us = now_us;
-            self.global_changed_round = self.rounds;
         }
         if hold.pending == 0 {
             // Nothing to reclaim: a released epoch that stays put holds nothing back.
             self.released_changed_at = hold.global_epoch;
-            self.released_changed_round = self.rounds;
         }
         let still = hold.global_epoch.saturating_sub(self.released_changed_at);
         shared.max_no_release.fetch_max(still, Ordering::Relaxed);
         let snapshot = shared.describe_holdback(&hold);
         shared.watchdog.snapshot(snapshot.clone());
-        if hold.pending > bounds.pending_per_cpu * cpus.max(1) {
-            let since = *self.over_bound_since_round.get_or_insert(self.rounds);
-            if self.broken_for_long(since) {
-                return Some(format!(
-                    "bounded garbage (L2): {} items pending exceed {} per running CPU x {cpus} CPU(s){}; {snapshot}",
-                    hold.pending,
-                    bounds.pending_per_cpu,
-                    self.rounds_since(since)
-                ));
-            }
-        } else {
-            self.over_bound_since_round = None;
+        let over = hold.pending > bounds.pending_per_cpu * cpus.max(1);
+        if let Some(rounds) = self.garbage.fails(over, round, needed) {
+            return Some(format!(
+                "bounded garbage (L2): {} items pending exceed {} per running CPU x {cpus} CPU(s){}; {snapshot}",
+                hold.pending,
+                bounds.pending_per_cpu,
+                self.rounds_text(rounds)
+            ));
         }
-        if still > STALL_HOLD_CYCLES + bounds.progress_cycles
-            && self.broken_for_long(self.released_changed_round)
-        {
+        let stuck = still > STALL_HOLD_CYCLES + bounds.progress_cycles;
+        if let Some(rounds) = self.progress.fails(stuck, round, needed) {
             return Some(format!(
                 "no progress (L1): the released epoch {} has not advanced for {still} cycles (bound {} + {}){}; {snapshot}",
                 hold.released_epoch,
                 STALL_HOLD_CYCLES,
                 bounds.progress_cycles,
-                self.rounds_since(self.released_changed_round)
+                self.rounds_text(rounds)
             ));
         }
         let idle_for = now_us.saturating_sub(self.global_changed_us);
         let gap = bounds.cycle_gap_us(shared.mode == Mode::Parallel);
-        if hold.pending > 0 && idle_for > gap && self.broken_for_long(self.global_changed_round) {
+        let no_cycle = hold.pending > 0 && idle_for > gap;
+        if let Some(rounds) = self.cycles.fails(no_cycle, round, needed) {
             return Some(format!(
                 "no cycle: {} items pending and no cycle started for {idle_for} us (bound {gap} us){}; {snapshot}",
                 hold.pending,
-                self.rounds_since(self.global_changed_round)
+                self.rounds_text(rounds)
             ));
         }
         if shared.started.elapsed() > shared.deadline {
