@@ -20,17 +20,35 @@ cargo build --release -q -p kepoch-sim
 sim=target/release/kepoch-sim
 
 busy_pids=()
-stop_loops() {
+torture_pid=""
+# On every way out: the torture in progress (if a signal interrupted the wait for it) and the loops.
+stop_all() {
+    if [ -n "$torture_pid" ]; then
+        kill "$torture_pid" 2>/dev/null || true
+        wait "$torture_pid" 2>/dev/null || true
+        torture_pid=""
+    fi
     if [ "${#busy_pids[@]}" -gt 0 ]; then
         kill "${busy_pids[@]}" 2>/dev/null || true
         wait "${busy_pids[@]}" 2>/dev/null || true
         busy_pids=()
     fi
 }
-trap stop_loops EXIT
+trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
+
+# Runs a torture in the background and waits for it, so that a signal is handled at once (bash runs
+# traps only between commands, and `wait` is one that a signal interrupts).
+torture() {
+    "$sim" torture --quiet "$@" &
+    torture_pid=$!
+    local status=0
+    wait "$torture_pid" || status=$?
+    torture_pid=""
+    return "$status"
+}
 
 # Each loop also ends by itself once this script is gone (even after a SIGKILL, which no trap sees).
 script_pid=$$
@@ -41,9 +59,9 @@ done
 echo "== $loops busy loops compete for $(nproc) CPU(s)"
 
 echo "== parallel torture (lazy, 20 s) on the busy machine"
-"$sim" torture --quiet --strategy lazy --mode parallel --seconds 20
+torture --strategy lazy --mode parallel --seconds 20
 echo "== parallel soak (callback, hot-adds, guard pages; 30 s) on the busy machine"
-"$sim" torture --quiet --strategy callback --mode parallel --seconds 30 --hot-add-rate 20 --guard-pages
+torture --strategy callback --mode parallel --seconds 30 --hot-add-rate 20 --guard-pages
 
-stop_loops
+stop_all
 echo "== busy machine: all parallel tortures passed"
