@@ -56,6 +56,8 @@ echo "== torture (the strategies the safety check does not cover, and parallel m
 sim="cargo run --release -q -p kepoch-sim --"
 $sim torture --quiet --strategy eager --seeds 0..50 --mode deterministic
 $sim torture --quiet --strategy lazy --mode parallel --seconds 20
+echo "== the parallel tortures on a busy machine (2 x nproc busy loops compete for the CPUs)"
+bash test-scripts/busy-machine.sh
 echo "== soak (CI length; the README documents the 30-minute run; a progress line every 5 s)"
 $sim torture --strategy callback --mode parallel --seconds 60 --hot-add-rate 20 --guard-pages
 echo "== all tests passed"

@@ -66,12 +66,18 @@ pub struct MachineConfig {
     /// Parallel mode: a spin on a core spin lock whose holder keeps it this long (wall-clock
     /// milliseconds) is reported as a [`super::ViolationKind::Deadlock`] and halts the machine.
     pub parallel_spin_limit_ms: u64,
+    /// Parallel mode: how long (wall-clock milliseconds) the stop of a run may wait for the task
+    /// steps, waits and work items in progress to finish before it unwinds what is still blocked
+    /// (each cut short with a violation).
+    pub parallel_stop_limit_ms: u64,
 }
 
 /// Default of [`MachineConfig::nested_dpc_percent`].
 pub const DEFAULT_NESTED_DPC_PERCENT: u8 = 50;
 /// Default of [`MachineConfig::parallel_spin_limit_ms`].
 pub const DEFAULT_PARALLEL_SPIN_LIMIT_MS: u64 = 5_000;
+/// Default of [`MachineConfig::parallel_stop_limit_ms`].
+pub const DEFAULT_PARALLEL_STOP_LIMIT_MS: u64 = 60_000;
 
 impl Default for MachineConfig {
     fn default() -> Self {
@@ -87,6 +93,7 @@ impl Default for MachineConfig {
             log_echo: false,
             nested_dpc_percent: DEFAULT_NESTED_DPC_PERCENT,
             parallel_spin_limit_ms: DEFAULT_PARALLEL_SPIN_LIMIT_MS,
+            parallel_stop_limit_ms: DEFAULT_PARALLEL_STOP_LIMIT_MS,
         }
     }
 }

@@ -5,7 +5,8 @@
 //! * **deterministic** ([`Machine::run_for`], [`Machine::run_until_idle`], [`Machine::step`]): one OS
 //!   thread; a seeded scheduler picks every action, so the same seed replays the same run;
 //! * **parallel** ([`Machine::run_parallel`]): one OS thread per running virtual CPU plus timer, passive
-//!   and hot-plug threads, for real memory-ordering effects.
+//!   and hot-plug threads, for real memory-ordering effects; a [`SchedulingProbe`] tells a host that
+//!   did not schedule a thread from a machine that is stuck.
 //!
 //! ```
 //! use kepoch_sim::machine::{Machine, MachineConfig, StepOutcome};
@@ -37,6 +38,7 @@
 mod alloc;
 mod config;
 mod platform;
+mod probe;
 mod report;
 mod sched;
 mod state;
@@ -59,11 +61,12 @@ pub use alloc::{
 };
 pub use config::{
     ConfigError, CpuSlot, Firmware, MachineConfig, DEFAULT_NESTED_DPC_PERCENT,
-    DEFAULT_PARALLEL_SPIN_LIMIT_MS, MAX_SIM_CPUS,
+    DEFAULT_PARALLEL_SPIN_LIMIT_MS, DEFAULT_PARALLEL_STOP_LIMIT_MS, MAX_SIM_CPUS,
 };
 pub use platform::{
     SimEvent, SimMessage, SimPassiveWork, SimTimer, PARALLEL_WAIT_LIMIT, PUMP_LIMIT, SPIN_LIMIT,
 };
+pub use probe::SchedulingProbe;
 pub use report::{
     Bugcheck, Counters, CpuReport, CpuStatus, LogLine, MachineReport, Violation, ViolationKind,
 };
@@ -214,10 +217,17 @@ impl Machine {
             && st.hot_cur.is_none()
     }
 
-    /// Parallel mode: one thread per running CPU for `wall` wall-clock time; then stops (task steps in
-    /// progress finish first) and joins every thread. Simulated time advances with the wall clock.
-    /// If a machine thread bugchecks or panics, the machine halts, every thread ends at once, and the
-    /// [`Bugcheck`] (or the thread's own panic payload) unwinds out of this call.
+    /// Parallel mode: one thread per running CPU for `wall` wall-clock time; then stops and joins every
+    /// thread. Simulated time advances with the wall clock. The stop first winds the run down: task
+    /// steps start only to finish what is in progress (a task holding its CPU at DISPATCH; any task
+    /// while a step or work item is blocked in a wait, which may depend on it), until no step, wait,
+    /// hold or work item is in progress. If that takes longer than
+    /// [`MachineConfig::parallel_stop_limit_ms`], the run stops anyway: every wait still blocked in a
+    /// machine thread, nested ones included, unwinds, and the task steps and work items it cuts short
+    /// are abandoned (done, never resumed), each recorded as a [`ViolationKind::WaitNeverSatisfied`].
+    /// So the call always returns. If a machine thread bugchecks or panics, the machine halts, every
+    /// thread ends at once, and the [`Bugcheck`] (or the thread's own panic payload) unwinds out of
+    /// this call.
     pub fn run_parallel(&self, wall: Duration) {
         sched::run_parallel(&self.platform, wall);
     }

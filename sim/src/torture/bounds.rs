@@ -23,6 +23,17 @@
 //!   allocator's live bytes may not exceed [`Bounds::max_live_bytes`].
 //! - **deadline**: the run must end within its wall-clock deadline.
 //!
+//! In parallel mode a simulated CPU is an OS thread, and a busy host may not run it for a while: its
+//! readers stay inside, its DPCs wait, while the other threads go on retiring and cycling. Pending
+//! garbage, progress and new cycles are therefore judged in **scheduling rounds** as well (a round
+//! ends when the host has run every machine thread — each running CPU's and the timer, passive and
+//! hot-plug threads — since the last one; [`crate::machine::SchedulingProbe`]): one of these bounds
+//! fails only once it has stayed broken for [`Bounds::scheduling_rounds`] rounds. A thread the host
+//! does not run stops the rounds, so it cannot make a bound fail; a protocol that is stuck while every
+//! thread runs fails as before, with the same diagnosis, after those rounds (a few hundred
+//! milliseconds on an idle host). The deadline stays in wall time: it is the last resort against a
+//! hang, and the parallel run itself always ends ([`crate::machine::Machine::run_parallel`]).
+//!
 //! Breaking a bound ends the run at once: in deterministic mode the monitor unwinds out of the
 //! scheduler with an [`Abort`] payload (caught by the run); in parallel mode it stops the tasks, and
 //! if the run has not wound down within [`GRACE`] the watchdog prints the diagnosis and the replay
@@ -53,6 +64,9 @@ pub struct Bounds {
     pub max_rss_bytes: u64,
     /// Live bytes allowed in the simulated allocator.
     pub max_live_bytes: u64,
+    /// Parallel mode: rounds in which the host ran every machine thread that pending garbage,
+    /// progress or new cycles must stay out of bounds before the run fails.
+    pub scheduling_rounds: u64,
 }
 
 impl Default for Bounds {
@@ -63,6 +77,7 @@ impl Default for Bounds {
             progress_cycles: 128,
             max_rss_bytes: 2 << 30,
             max_live_bytes: 256 << 20,
+            scheduling_rounds: 500,
         }
     }
 }
@@ -97,16 +112,39 @@ impl Bounds {
     /// One line stating the bounds, for summaries and failure reports.
     pub fn describe(&self, deadline: Duration) -> String {
         format!(
-            "pending <= {} items per running CPU, released epoch advances within {} + {} cycles, a new cycle within {} us (deterministic) / {} us (parallel) while garbage is pending, RSS <= {} MiB, simulated live bytes <= {} MiB, deadline {:.0} s",
+            "pending <= {} items per running CPU, released epoch advances within {} + {} cycles, a new cycle within {} us (deterministic) / {} us (parallel) while garbage is pending (parallel: each broken for {} rounds in which every machine thread ran), RSS <= {} MiB, simulated live bytes <= {} MiB, deadline {:.0} s",
             self.pending_per_cpu,
             STALL_HOLD_CYCLES,
             self.progress_cycles,
             self.cycle_gap_us(false),
             self.cycle_gap_us(true),
+            self.scheduling_rounds,
             self.max_rss_bytes >> 20,
             self.max_live_bytes >> 20,
             deadline.as_secs_f64()
         )
+    }
+}
+
+/// How long one liveness bound has stayed broken, in scheduling rounds (see the module
+/// documentation): the monitor keeps one per bound.
+#[derive(Debug, Default)]
+pub(super) struct BrokenClock {
+    /// The round at which the bound was first seen broken since it last held.
+    since_round: Option<u64>,
+}
+
+impl BrokenClock {
+    /// Records whether the bound is `broken` at scheduling round `round`. Returns the rounds it has
+    /// stayed broken once that reaches `needed` (0: fails at the first broken observation), `None`
+    /// while it holds or has not been broken that long. A bound that holds starts the clock over.
+    pub(super) fn fails(&mut self, broken: bool, round: u64, needed: u64) -> Option<u64> {
+        if !broken {
+            self.since_round = None;
+            return None;
+        }
+        let broken_for = round - *self.since_round.get_or_insert(round);
+        (broken_for >= needed).then_some(broken_for)
     }
 }
 
@@ -253,5 +291,49 @@ impl Watchdog {
     /// The run finished: the watchdog thread ends.
     pub fn finish(&self) {
         self.with(|st| st.done = true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BrokenClock;
+
+    #[test]
+    fn a_bound_that_holds_never_fails() {
+        let mut clock = BrokenClock::default();
+        assert!((0..1_000).all(|round| clock.fails(false, round, 0).is_none()));
+    }
+
+    #[test]
+    fn without_a_round_requirement_a_broken_bound_fails_at_once() {
+        assert_eq!(BrokenClock::default().fails(true, 7, 0), Some(0));
+    }
+
+    #[test]
+    fn a_broken_bound_fails_after_the_rounds_it_needs_and_not_before() {
+        let mut clock = BrokenClock::default();
+        assert_eq!(clock.fails(true, 10, 5), None);
+        assert_eq!(clock.fails(true, 14, 5), None);
+        assert_eq!(clock.fails(true, 15, 5), Some(5));
+        assert_eq!(clock.fails(true, 40, 5), Some(30));
+    }
+
+    #[test]
+    fn a_bound_broken_while_the_rounds_stand_still_does_not_fail() {
+        // A thread the host does not run stops the rounds: however often the bound is seen broken
+        // meanwhile, it has not been broken for any round.
+        let mut clock = BrokenClock::default();
+        assert!((0..10_000).all(|_| clock.fails(true, 3, 5).is_none()));
+        assert_eq!(clock.fails(true, 8, 5), Some(5));
+    }
+
+    #[test]
+    fn a_bound_that_holds_again_starts_over() {
+        let mut clock = BrokenClock::default();
+        assert_eq!(clock.fails(true, 10, 5), None);
+        assert_eq!(clock.fails(false, 14, 5), None);
+        assert_eq!(clock.fails(true, 16, 5), None);
+        assert_eq!(clock.fails(true, 20, 5), None);
+        assert_eq!(clock.fails(true, 21, 5), Some(5));
     }
 }

@@ -1,8 +1,8 @@
 //! The torture's tasks: readers, writers, the synchronizer, stallers that fill reader tables, flush
-//! storms, stats/holdback pollers and the monitor that enforces the run's bounds.
+//! storms and stats/holdback pollers (the monitor that enforces the run's bounds is in `monitor`).
 
-use super::bounds::{current_rss, Abort, STALL_HOLD_CYCLES};
-use super::{fault, Mode, Shared, CELLS};
+use super::bounds::STALL_HOLD_CYCLES;
+use super::{fault, Shared, CELLS};
 use crate::machine::{StepContext, StepOutcome, Task};
 use crate::objects::{self, ChainLink, Object, SimDomain};
 use kepoch::platform::{Irql, Platform};
@@ -11,7 +11,6 @@ use rand::Rng;
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// A reader: enters (sometimes nested, sometimes at DISPATCH), reads and re-checks objects and chains
 /// across several steps, migrates between steps when at PASSIVE, exits.
@@ -356,125 +355,5 @@ impl Task for Poller {
             }
             StepOutcome::Sleep(ctx.rng().gen_range(50..500))
         })
-    }
-}
-
-/// Checks the run's bounds periodically (see [`super::bounds`]); ends the run with a diagnosis
-/// when one breaks.
-pub(super) struct Monitor {
-    pub shared: Arc<Shared>,
-    /// Released epoch last seen, and the global epoch when it last changed.
-    pub released: u64,
-    pub released_changed_at: u64,
-    /// Global epoch last seen, and the simulated time when it last changed.
-    pub global: u64,
-    pub global_changed_us: u64,
-    pub rss_checked: Option<Instant>,
-    pub interval_us: u64,
-}
-
-impl Monitor {
-    fn check(&mut self, domain: &SimDomain, now_us: u64) -> Option<String> {
-        let shared = &*self.shared;
-        let bounds = &shared.bounds;
-        let hold = domain.holdback();
-        shared
-            .cycles_seen
-            .store(domain.stats().cycles, Ordering::Relaxed);
-        let cpus = shared.machine.running_indexes().len() as u64;
-        shared
-            .peak_pending
-            .fetch_max(hold.pending, Ordering::Relaxed);
-        if hold.released_epoch != self.released {
-            self.released = hold.released_epoch;
-            self.released_changed_at = hold.global_epoch;
-        }
-        if hold.global_epoch != self.global {
-            self.global = hold.global_epoch;
-            self.global_changed_us = now_us;
-        }
-        if hold.pending == 0 {
-            // Nothing to reclaim: a released epoch that stays put holds nothing back.
-            self.released_changed_at = hold.global_epoch;
-        }
-        let still = hold.global_epoch.saturating_sub(self.released_changed_at);
-        shared.max_no_release.fetch_max(still, Ordering::Relaxed);
-        let snapshot = shared.describe_holdback(&hold);
-        shared.watchdog.snapshot(snapshot.clone());
-        if hold.pending > bounds.pending_per_cpu * cpus.max(1) {
-            return Some(format!(
-                "bounded garbage (L2): {} items pending exceed {} per running CPU x {cpus} CPU(s); {snapshot}",
-                hold.pending, bounds.pending_per_cpu
-            ));
-        }
-        if still > STALL_HOLD_CYCLES + bounds.progress_cycles {
-            return Some(format!(
-                "no progress (L1): the released epoch {} has not advanced for {still} cycles (bound {} + {}); {snapshot}",
-                hold.released_epoch, STALL_HOLD_CYCLES, bounds.progress_cycles
-            ));
-        }
-        let idle_for = now_us.saturating_sub(self.global_changed_us);
-        let gap = bounds.cycle_gap_us(shared.mode == Mode::Parallel);
-        if hold.pending > 0 && idle_for > gap {
-            return Some(format!(
-                "no cycle: {} items pending and no cycle started for {idle_for} us (bound {gap} us); {snapshot}",
-                hold.pending
-            ));
-        }
-        if shared.started.elapsed() > shared.deadline {
-            return Some(format!(
-                "deadline: the run did not finish within {:.1} s; {snapshot}",
-                shared.deadline.as_secs_f64()
-            ));
-        }
-        if self
-            .rss_checked
-            .is_none_or(|t| t.elapsed().as_millis() >= 10)
-        {
-            self.rss_checked = Some(Instant::now());
-            let rss = current_rss();
-            if rss > bounds.max_rss_bytes {
-                return Some(format!(
-                    "memory: resident set {} MiB exceeds {} MiB; {snapshot}",
-                    rss >> 20,
-                    bounds.max_rss_bytes >> 20
-                ));
-            }
-            let live = shared.machine.alloc_stats().live_bytes;
-            if live > bounds.max_live_bytes {
-                return Some(format!(
-                    "memory: the simulated allocator holds {} MiB live, over {} MiB; {snapshot}",
-                    live >> 20,
-                    bounds.max_live_bytes >> 20
-                ));
-            }
-        }
-        None
-    }
-}
-
-impl Task for Monitor {
-    fn step(&mut self, ctx: &mut StepContext<'_>) -> StepOutcome {
-        let shared = self.shared.clone();
-        if shared.monitor_stop.load(Ordering::Acquire) {
-            return StepOutcome::Done;
-        }
-        let verdict = {
-            let guard = shared.domain();
-            let Some(domain) = guard.as_deref() else {
-                return StepOutcome::Done;
-            };
-            self.check(domain, ctx.now_us())
-        };
-        if let Some(text) = verdict {
-            shared.fail(text.clone());
-            if shared.mode == Mode::Deterministic {
-                // Unwind out of the scheduler (and out of any wait that pumps it) to the run.
-                std::panic::resume_unwind(Box::new(Abort(text)));
-            }
-            shared.stop.store(true, Ordering::Relaxed);
-            return StepOutcome::Done;
-        }
-        StepOutcome::Sleep(self.interval_us)
     }
 }

@@ -45,6 +45,7 @@ impl SimPlatform {
                     break Some(g);
                 }
                 sh.unwind_if_halted();
+                sh.unwind_if_stopped(routine);
                 if start.elapsed() > Duration::from_secs(30) {
                     break None;
                 }
@@ -90,7 +91,9 @@ impl SimPlatform {
     }
 
     /// Waits until `done()` holds: pumps the scheduler in deterministic mode, blocks (pumping the caller's
-    /// own CPU queue if it is a CPU thread) in parallel mode. Records a violation on giving up.
+    /// own CPU queue if it is a CPU thread) in parallel mode. Records a violation on giving up. In a
+    /// machine thread, a wait still blocked when the parallel run stops unwinds
+    /// ([`Shared::unwind_if_stopped`]).
     pub(crate) fn wait_until(&self, what: &str, done: &mut dyn FnMut(&Shared) -> bool) {
         let sh = &*self.shared;
         if sh.is_halted() {
@@ -135,11 +138,15 @@ impl SimPlatform {
         // As in deterministic mode, a waiter resumes only when its CPU is not held at DISPATCH.
         let mut resumable =
             |sh: &Shared| done(sh) && !(c.cpu_thread && sh.cpu_locks[c.cpu].is_locked());
+        // While a machine thread is blocked here, a winding-down run lets tasks go on stepping.
+        let _counted = sh.count_wait();
         while !resumable(sh) {
             if sh.is_halted() {
                 sh.halted_wait(what);
                 return;
             }
+            sh.tick();
+            sh.unwind_if_stopped(what);
             if start.elapsed() > PARALLEL_WAIT_LIMIT {
                 sh.violation(
                     ViolationKind::WaitNeverSatisfied,
@@ -153,12 +160,8 @@ impl SimPlatform {
             let mut progressed = false;
             if c.cpu_thread {
                 progressed |= super::super::sched::par_drain_dispatch_work(self, c.cpu);
-                if !sh.stop_tasks.load(Ordering::Acquire) {
-                    if let Some(tid) = super::super::sched::par_pick_task(self, c.cpu) {
-                        super::super::sched::run_task(self, tid);
-                        progressed = true;
-                    }
-                }
+                progressed |= super::super::sched::par_pick_task(self, c.cpu)
+                    .is_some_and(|tid| super::super::sched::run_task(self, tid));
             }
             if progressed {
                 continue;

@@ -8,12 +8,15 @@ mod parallel;
 pub(crate) use det::{det_step, det_step_until, run_nested_dispatch};
 pub(crate) use parallel::{par_drain_dispatch_work, par_pick_task, run_parallel};
 
+use std::panic::AssertUnwindSafe;
+
 use kepoch::platform::{Handler, Irql, LogLevel, ProcessorChange, ProcessorChangeFn};
 use rand::Rng;
 
 use super::report::{CpuStatus, ViolationKind};
 use super::state::{
-    ContextKind, HotCur, Shared, SimPlatform, StepContext, StepOutcome, TaskId, STATUS_UNSUCCESSFUL,
+    ContextKind, HotCur, MachineStopped, Shared, SimPlatform, StepContext, StepOutcome, TaskId,
+    STATUS_UNSUCCESSFUL,
 };
 
 /// Finishes a handler that was run at DISPATCH with the CPU lock taken by the runner.
@@ -93,6 +96,9 @@ pub(crate) fn run_passive(p: &SimPlatform, cpu: usize) -> bool {
     let sh = &*p.shared;
     let (id, handler) = {
         let mut st = sh.st.lock();
+        if sh.is_stopping() {
+            return false;
+        }
         let Some(id) = st.passive_queue.pop_front() else {
             return false;
         };
@@ -106,11 +112,27 @@ pub(crate) fn run_passive(p: &SimPlatform, cpu: usize) -> bool {
         st.trace(&[3, cpu as u64, id]);
         (id, handler)
     };
-    let ((), end) = sh.in_ctx(cpu, Irql::PASSIVE, ContextKind::PassiveWork(id), || {
-        // SAFETY: the handler was copied out of the work record above, and the record is initialised
-        // and not released (releasing a queued item is refused; a running one may be released only
-        // once its handler made its last access to it, and the handler copy stays valid).
-        unsafe { handler.invoke() }
+    let run = || {
+        sh.in_ctx(cpu, Irql::PASSIVE, ContextKind::PassiveWork(id), || {
+            // SAFETY: the handler was copied out of the work record above, and the record is
+            // initialised and not released (releasing a queued item is refused; a running one may be
+            // released only once its handler made its last access to it, and the handler copy stays
+            // valid).
+            unsafe { handler.invoke() }
+        })
+    };
+    let ((), end) = on_stop_unwind(run, |stopped| {
+        if let Some(rec) = sh.st.lock().works.get_mut(&id) {
+            rec.running = false;
+        }
+        sh.violation(
+            ViolationKind::WaitNeverSatisfied,
+            format!(
+                "parallel stop: passive work item #{id} on {} was abandoned, blocked in {}",
+                sh.cpu_label(cpu),
+                stopped.blocked_in
+            ),
+        );
     });
     finish_passive(sh, cpu, "passive work item", end);
     if let Some(rec) = sh.st.lock().works.get_mut(&id) {
@@ -144,14 +166,33 @@ impl<T> Drop for LeakOnUnwind<T> {
     }
 }
 
-/// Runs one step of task `tid` on its CPU.
-pub(crate) fn run_task(p: &SimPlatform, tid: TaskId) {
+/// Runs `f`; if it unwinds because the parallel run stopped while it was blocked
+/// ([`MachineStopped`]), calls `abandon` with the payload on the way out, then unwinds on.
+fn on_stop_unwind<R>(f: impl FnOnce() -> R, abandon: impl FnOnce(&MachineStopped)) -> R {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(mut payload) => {
+            if let Some(stopped) = payload.downcast_mut::<MachineStopped>() {
+                abandon(stopped);
+                stopped.reported = true;
+            }
+            std::panic::resume_unwind(payload)
+        }
+    }
+}
+
+/// Runs one step of task `tid` on its CPU, if it may start one ([`Shared::may_start_step`]); returns
+/// whether it ran. A step the run's stop unwinds is abandoned: the task is done, its body leaked.
+pub(crate) fn run_task(p: &SimPlatform, tid: TaskId) -> bool {
     let sh = &*p.shared;
     let (mut task, mut rng, cpu, irql, hold, now) = {
         let mut st = sh.st.lock();
+        if !sh.may_start_step(&st, tid) {
+            return false;
+        }
         let slot = &mut st.tasks[tid];
         let Some((task, rng)) = slot.body.take() else {
-            return;
+            return false;
         };
         let (cpu, irql, hold) = (slot.cpu, slot.irql, slot.hold);
         st.running_tasks += 1;
@@ -160,8 +201,27 @@ pub(crate) fn run_task(p: &SimPlatform, tid: TaskId) {
         (LeakOnUnwind(Some(task)), rng, cpu, irql, hold, sh.now())
     };
     let mut sc = StepContext::new(p, sh.current(cpu), now, &mut rng, hold, tid);
-    let (outcome, end) = sh.in_ctx(cpu, irql, ContextKind::Task(tid), || {
-        task.get_mut().step(&mut sc)
+    let step = || {
+        sh.in_ctx(cpu, irql, ContextKind::Task(tid), || {
+            task.get_mut().step(&mut sc)
+        })
+    };
+    let (outcome, end) = on_stop_unwind(step, |stopped| {
+        let mut st = sh.st.lock();
+        st.tasks[tid].done = true;
+        st.running_tasks -= 1;
+        if st.cpus[cpu].held_by == Some(tid) {
+            st.cpus[cpu].held_by = None;
+        }
+        drop(st);
+        sh.violation(
+            ViolationKind::WaitNeverSatisfied,
+            format!(
+                "parallel stop: task {tid} on {} was abandoned, its step blocked in {}",
+                sh.cpu_label(cpu),
+                stopped.blocked_in
+            ),
+        );
     });
     let task = task.into_inner();
     let (mut hold, trace) = sc.finish();
@@ -259,6 +319,7 @@ pub(crate) fn run_task(p: &SimPlatform, tid: TaskId) {
         sh.work_cv.notify_all();
     }
     p.wake_waiters();
+    true
 }
 
 /// Hot-add, phase 1: takes the next pending add, announces AddStart from the context of `ctx_cpu`.

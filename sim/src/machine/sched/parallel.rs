@@ -10,7 +10,10 @@ use kepoch::platform::Irql;
 use rand::Rng;
 
 use super::super::report::{Bugcheck, ViolationKind};
-use super::super::state::{ctx_set, ContextKind, MachineHalted, SimPlatform, TaskId, TaskSlot};
+use super::super::state::{
+    ctx_set, ContextKind, MachineHalted, MachineStopped, SimPlatform, State, TaskId, TaskSlot,
+    ThreadRole, SERVICE_ROLES,
+};
 use super::{hot_finish, hot_start, hot_window, run_dpc, run_passive, run_task, run_timer};
 
 /// Parallel mode: runs one message or timer expiry queued on `cpu`, if the CPU is not held.
@@ -42,20 +45,22 @@ pub(crate) fn par_drain_dispatch_work(p: &SimPlatform, cpu: usize) -> bool {
     }
 }
 
+/// Parallel mode: the next task to step on `cpu` (round robin over its ready tasks; the task holding
+/// the CPU at DISPATCH, if any, is the only candidate), among those that may start a step now.
 pub(crate) fn par_pick_task(p: &SimPlatform, cpu: usize) -> Option<TaskId> {
     let sh = &*p.shared;
     let now = sh.now();
     let mut st = sh.st.lock();
     let ready = |t: &TaskSlot| !t.done && t.body.is_some() && t.wake_at <= now;
     if let Some(h) = st.cpus[cpu].held_by {
-        return ready(&st.tasks[h]).then_some(h);
+        return (ready(&st.tasks[h]) && sh.may_start_step(&st, h)).then_some(h);
     }
     let n = st.tasks.len();
     let start = st.cpus[cpu].rr;
     for k in 0..n {
         let tid = (start + k) % n;
         let t = &st.tasks[tid];
-        if t.cpu == cpu && ready(t) {
+        if t.cpu == cpu && ready(t) && sh.may_start_step(&st, tid) {
             st.cpus[cpu].rr = tid + 1;
             return Some(tid);
         }
@@ -71,15 +76,13 @@ fn cpu_thread_main(p: SimPlatform, cpu: usize) {
         ContextKind::Idle,
         true,
     )));
-    while !sh.stop.load(Ordering::Acquire) && !sh.is_halted() {
+    while !sh.is_stopping() && !sh.is_halted() {
+        sh.tick();
         if par_drain_dispatch_work(&p, cpu) {
             continue;
         }
-        if !sh.stop_tasks.load(Ordering::Acquire) {
-            if let Some(tid) = par_pick_task(&p, cpu) {
-                run_task(&p, tid);
-                continue;
-            }
+        if par_pick_task(&p, cpu).is_some_and(|tid| run_task(&p, tid)) {
+            continue;
         }
         let mut st = sh.st.lock();
         if st.cpus[cpu].dpcs.is_empty() && st.cpus[cpu].timer_runs.is_empty() {
@@ -91,35 +94,66 @@ fn cpu_thread_main(p: SimPlatform, cpu: usize) {
 
 pub(crate) fn spawn_cpu_thread(p: &SimPlatform, cpu: usize) -> thread::JoinHandle<()> {
     let name = format!("sim-cpu-{}", p.shared.slots[cpu].index);
-    spawn_machine_thread(p, name, move |p| cpu_thread_main(p, cpu))
+    spawn_machine_thread(p, name, ThreadRole::Cpu(cpu), move |p| {
+        cpu_thread_main(p, cpu)
+    })
 }
 
-/// Spawns a parallel-mode machine thread running `body`. If it panics (a bugcheck, or a panic in a
-/// task, a handler or the core), the machine halts, so the other threads stop instead of waiting for
-/// it, and [`run_parallel`] hands the panic on to its caller.
+/// Spawns parallel-mode machine thread `role` running `body`. If it panics (a bugcheck, or a panic in
+/// a task, a handler or the core), the machine halts, so the other threads stop instead of waiting
+/// for it, and [`run_parallel`] hands the panic on to its caller. If the run's stop unwinds it out of
+/// a blocked wait, the machine goes on; the wait is recorded as a violation unless an abandoned task
+/// step or work item already was.
 fn spawn_machine_thread(
     p: &SimPlatform,
     name: String,
+    role: ThreadRole,
     body: impl FnOnce(SimPlatform) + Send + 'static,
 ) -> thread::JoinHandle<()> {
     let p = p.clone();
     thread::Builder::new()
-        .name(name)
+        .name(name.clone())
         .spawn(move || {
             let sh = p.shared.clone();
-            if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| body(p))) {
-                if !payload.is::<MachineHalted>() && !payload.is::<Bugcheck>() {
-                    sh.thread_panic.lock().get_or_insert(payload);
+            sh.become_machine_thread(role);
+            let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| body(p))) else {
+                return;
+            };
+            if let Some(stopped) = payload.downcast_ref::<MachineStopped>() {
+                if !stopped.reported {
+                    sh.violation(
+                        ViolationKind::WaitNeverSatisfied,
+                        format!(
+                            "parallel stop: thread {name} was unwound, blocked in {}",
+                            stopped.blocked_in
+                        ),
+                    );
                 }
-                sh.halt();
+                return;
             }
+            if !payload.is::<MachineHalted>() && !payload.is::<Bugcheck>() {
+                sh.thread_panic.lock().get_or_insert(payload);
+            }
+            sh.halt();
         })
         .expect("spawn simulator thread")
 }
 
+/// A running CPU that no task holds at DISPATCH, for code that runs at PASSIVE in a CPU's context (a
+/// PASSIVE thread cannot run on a CPU held at DISPATCH); `None` if every running CPU is held.
+fn passive_capable_cpu(st: &mut State) -> Option<usize> {
+    let free: Vec<usize> = st
+        .running_cpus()
+        .into_iter()
+        .filter(|&c| st.cpus[c].held_by.is_none())
+        .collect();
+    (!free.is_empty()).then(|| free[st.rng.gen_range(0..free.len())])
+}
+
 fn timer_thread_main(p: SimPlatform) {
     let sh = &*p.shared;
-    while !sh.stop.load(Ordering::Acquire) && !sh.is_halted() {
+    while !sh.is_stopping() && !sh.is_halted() {
+        sh.tick();
         let now = sh.now();
         let mut next = now + 500;
         {
@@ -164,15 +198,20 @@ fn timer_thread_main(p: SimPlatform) {
 
 fn passive_thread_main(p: SimPlatform) {
     let sh = &*p.shared;
-    while !sh.stop.load(Ordering::Acquire) && !sh.is_halted() {
+    while !sh.is_stopping() && !sh.is_halted() {
+        sh.tick();
         let cpu = {
             let mut st = sh.st.lock();
-            if st.passive_queue.is_empty() {
+            let cpu = if st.passive_queue.is_empty() {
+                None
+            } else {
+                passive_capable_cpu(&mut st)
+            };
+            let Some(cpu) = cpu else {
                 sh.work_cv.wait_for(&mut st, Duration::from_millis(1));
                 continue;
-            }
-            let running = st.running_cpus();
-            running[st.rng.gen_range(0..running.len())]
+            };
+            cpu
         };
         run_passive(&p, cpu);
     }
@@ -180,14 +219,14 @@ fn passive_thread_main(p: SimPlatform) {
 
 fn hotplug_thread_main(p: SimPlatform) {
     let sh = &*p.shared;
-    while !sh.stop.load(Ordering::Acquire) && !sh.is_halted() {
+    while !sh.is_stopping() && !sh.is_halted() {
+        sh.tick();
         let now = sh.now();
         let what = {
             let mut st = sh.st.lock();
             let finish = st.hot_cur.is_some();
             if finish || st.pending_adds.front().is_some_and(|a| a.due_us <= now) {
-                let running = st.running_cpus();
-                Some((finish, running[st.rng.gen_range(0..running.len())]))
+                passive_capable_cpu(&mut st).map(|c| (finish, c))
             } else {
                 None
             }
@@ -207,7 +246,8 @@ fn hotplug_thread_main(p: SimPlatform) {
     }
 }
 
-/// Runs the machine with real threads for `wall` wall-clock time, then stops and joins every thread.
+/// Runs the machine with real threads for `wall` wall-clock time, then stops (see [`wind_down`]) and
+/// joins every thread.
 pub(crate) fn run_parallel(p: &SimPlatform, wall: Duration) {
     let sh = &*p.shared;
     assert!(!sh.is_parallel(), "run_parallel is already running");
@@ -216,7 +256,7 @@ pub(crate) fn run_parallel(p: &SimPlatform, wall: Duration) {
     sh.wall_offset
         .store(base.wrapping_sub(origin), Ordering::Relaxed);
     sh.stop.store(false, Ordering::Release);
-    sh.stop_tasks.store(false, Ordering::Release);
+    sh.winding_down.store(false, Ordering::Release);
     sh.parallel.store(true, Ordering::Release);
     let running = sh.st.lock().running_cpus();
     for c in running {
@@ -229,7 +269,8 @@ pub(crate) fn run_parallel(p: &SimPlatform, wall: Duration) {
         ("sim-hotplug", hotplug_thread_main),
     ]
     .into_iter()
-    .map(|(name, f)| spawn_machine_thread(p, name.into(), f))
+    .zip(SERVICE_ROLES)
+    .map(|((name, f), role)| spawn_machine_thread(p, name.into(), role, f))
     .collect();
     let end = Instant::now() + wall;
     while !sh.is_halted() {
@@ -239,22 +280,7 @@ pub(crate) fn run_parallel(p: &SimPlatform, wall: Duration) {
         }
         thread::sleep(left.min(Duration::from_millis(5)));
     }
-    // Phase 1: no new task steps; steps in progress may still wait for messages, timers, work items.
-    sh.stop_tasks.store(true, Ordering::Release);
-    let start = Instant::now();
-    while !sh.is_halted() && sh.st.lock().running_tasks > 0 {
-        if start.elapsed() > Duration::from_secs(60) {
-            sh.violation(
-                ViolationKind::WaitNeverSatisfied,
-                "parallel stop: a task step did not finish within 60 s".into(),
-            );
-            break;
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
-    // Phase 2: every thread exits.
-    sh.stop.store(true, Ordering::Release);
-    sh.work_cv.notify_all();
+    wind_down(p);
     for h in services {
         let _ = h.join();
     }
@@ -270,7 +296,7 @@ pub(crate) fn run_parallel(p: &SimPlatform, wall: Duration) {
     sh.now_us.store(sh.now(), Ordering::Relaxed);
     sh.parallel.store(false, Ordering::Release);
     sh.stop.store(false, Ordering::Release);
-    sh.stop_tasks.store(false, Ordering::Release);
+    sh.winding_down.store(false, Ordering::Release);
     // Every machine thread has ended (one that panicked, the others by unwinding or leaving their
     // loops): the bugcheck, or the panic, goes on to the caller.
     if let Some(bugcheck) = sh.bugcheck.lock().clone() {
@@ -279,4 +305,45 @@ pub(crate) fn run_parallel(p: &SimPlatform, wall: Duration) {
     if let Some(payload) = sh.thread_panic.lock().take() {
         std::panic::resume_unwind(payload);
     }
+}
+
+/// The stop of a parallel run. First it winds down: task steps start only to finish what is in
+/// progress ([`super::super::state::Shared::may_start_step`]) while handlers, timers, work items and
+/// hot-adds go on, until nothing is in progress — no task step, no blocked wait of a machine thread,
+/// no CPU held at DISPATCH by a task, no running work item. That is decided under the state lock that
+/// every start of a step or work item takes, so the run stops with nothing cut short. If it takes
+/// longer than [`super::super::MachineConfig::parallel_stop_limit_ms`] (a wait that cannot end), the
+/// run stops anyway with a violation naming what is in progress, and every wait still blocked in a
+/// machine thread — also waits nested by the pump, and those of work items — unwinds: the task
+/// steps and work items it cuts short are abandoned, each with a violation.
+fn wind_down(p: &SimPlatform) {
+    let sh = &*p.shared;
+    sh.winding_down.store(true, Ordering::Release);
+    sh.work_cv.notify_all();
+    let limit = Duration::from_millis(sh.config.parallel_stop_limit_ms);
+    let start = Instant::now();
+    while !sh.is_halted() {
+        let st = sh.st.lock();
+        let Some(busy) = sh.work_in_progress(&st) else {
+            sh.stop.store(true, Ordering::Release);
+            break;
+        };
+        if start.elapsed() > limit {
+            sh.stop.store(true, Ordering::Release);
+            drop(st);
+            sh.violation(
+                ViolationKind::WaitNeverSatisfied,
+                format!(
+                    "parallel stop: the run did not wind down within {limit:?} ({busy}); what is \
+                     still blocked is unwound"
+                ),
+            );
+            break;
+        }
+        drop(st);
+        thread::sleep(Duration::from_millis(1));
+    }
+    sh.stop.store(true, Ordering::Release);
+    sh.work_cv.notify_all();
+    p.wake_waiters();
 }

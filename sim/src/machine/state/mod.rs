@@ -5,6 +5,7 @@ mod ctx;
 mod halt;
 mod handle;
 mod task;
+mod threads;
 
 pub(crate) use ctx::{ctx_get, ctx_set, irql_name, ContextKind, Ctx};
 pub(crate) use halt::MachineHalted;
@@ -12,6 +13,7 @@ pub use halt::HALTED_WAIT_LIMIT;
 pub use handle::{SimPlatform, STATUS_UNSUCCESSFUL};
 pub(crate) use task::TaskSlot;
 pub use task::{StepContext, StepOutcome, Task, TaskId};
+pub(crate) use threads::{MachineStopped, ThreadRole, ThreadTicks, SERVICE_ROLES};
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -241,10 +243,16 @@ pub(crate) struct Shared {
     pub add_window: Mutex<Option<AddWindowHook>>,
     /// True while parallel threads run: waits block instead of pumping.
     pub parallel: AtomicBool,
-    /// Parallel mode: no new task steps.
-    pub stop_tasks: AtomicBool,
-    /// Parallel mode: threads exit.
+    /// Parallel mode: the run winds down; task steps start only to finish what is in progress
+    /// ([`Shared::may_start_step`]).
+    pub winding_down: AtomicBool,
+    /// Parallel mode: the run stopped; no task step or work item starts, threads exit, and waits of
+    /// machine threads unwind ([`Shared::unwind_if_stopped`]).
     pub stop: AtomicBool,
+    /// Parallel mode: waits of machine threads blocked now.
+    pub machine_waits: AtomicUsize,
+    /// Parallel mode: how many times each machine thread passed through its loop.
+    pub ticks: ThreadTicks,
     /// Deterministic simulated time (µs); in parallel mode the time at the start of the run.
     pub now_us: AtomicU64,
     pub wall_origin: Instant,
@@ -287,6 +295,7 @@ impl Shared {
             })
             .collect();
         let cpu_locks = slots.iter().map(|_| CpuLock::default()).collect();
+        let ticks = ThreadTicks::new(slots.len());
         Arc::new(Shared {
             id: NEXT_MACHINE_ID.fetch_add(1, Ordering::Relaxed),
             alloc: SimAllocator::new(config.alloc_fail_every),
@@ -322,8 +331,10 @@ impl Shared {
             callback_lock: Mutex::new(()),
             add_window: Mutex::new(None),
             parallel: AtomicBool::new(false),
-            stop_tasks: AtomicBool::new(false),
+            winding_down: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            machine_waits: AtomicUsize::new(0),
+            ticks,
             now_us: AtomicU64::new(0),
             wall_origin: Instant::now(),
             wall_offset: AtomicU64::new(0),
@@ -391,8 +402,9 @@ impl Shared {
         });
     }
 
-    /// Takes the DISPATCH exclusion of `cpu` (spins in parallel mode, unwinding if the machine halts;
-    /// in deterministic mode a held lock is an exclusion violation, recorded, and the caller proceeds).
+    /// Takes the DISPATCH exclusion of `cpu`: spins in parallel mode, unwinding if the machine halts
+    /// or if the run stopped while a task holds the CPU; in deterministic mode a held lock is an
+    /// exclusion violation, recorded, and the caller proceeds.
     pub fn lock_cpu(&self, cpu: usize, what: &str) {
         if self.is_parallel() {
             let mut spins = 0u32;
@@ -400,6 +412,13 @@ impl Shared {
                 spins = spins.wrapping_add(1);
                 if spins & 63 == 0 {
                     self.unwind_if_halted();
+                    // After the stop, a task that holds the CPU at DISPATCH never runs again.
+                    if self.is_stopping() && self.st.lock().cpus[cpu].held_by.is_some() {
+                        self.unwind_if_stopped(&format!(
+                            "{what}: {} is held at DISPATCH by a task",
+                            self.cpu_label(cpu)
+                        ));
+                    }
                     std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();
