@@ -117,7 +117,7 @@ impl<P: Platform> Domain<P> {
 
     /// Counts and logs readers of `part` that never exited (unload).
     fn report_leaked_readers(&self, part: &Participant, processor: Option<ProcessorNumber>) {
-        let leaked = part.readers.active_readers();
+        let leaked = part.readers.active_readers_seen_elsewhere();
         if leaked == 0 {
             return;
         }

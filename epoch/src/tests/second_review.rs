@@ -192,3 +192,22 @@ fn stats_count_exits_on_other_processors() {
     );
     assert_eq!(stats.remote_exits, rounds as u64);
 }
+
+/// `holdback()` runs on any processor and reads every slot's reader counts while their owners
+/// update them with plain stores. Here it runs while CPU 0 reuses the entry of a reader that
+/// entered there and exited on CPU 1 (the reset of `enters` is visible, not yet that of the remote
+/// exit): the first version subtracted what it loaded and overflowed (a panic in debug builds, a
+/// phantom reader on CPU 0 in release). No reader is inside.
+#[test]
+fn holdback_from_another_processor_while_an_entry_is_reused() {
+    let (_platform, domain) = domain(2, Strategy::Lazy);
+    // SAFETY: exited once, just below, on CPU 1 (a migrated reader).
+    let token = TestPlatform::on_cpu(0, || unsafe { domain.enter_raw() });
+    let (participant, entry) = (token.participant, token.entry());
+    // SAFETY: the token came from this domain's `enter_raw` and is exited once.
+    TestPlatform::on_cpu(1, || unsafe { domain.exit_raw(token) });
+    // SAFETY: the participant is CPU 0's slot, which lives as long as the domain.
+    unsafe { &*participant }.readers.begin_reuse(entry);
+    let holdback = TestPlatform::on_cpu(1, || domain.holdback());
+    assert_eq!(holdback.oldest_reader, None, "no reader is inside");
+}
