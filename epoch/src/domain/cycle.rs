@@ -282,6 +282,7 @@ impl<P: Platform> Domain<P> {
         let freed_before = self.cycle.release_at_start.load(Ordering::Relaxed);
 
         let released_items = RetiredList::new();
+        let release;
         {
             let overflow = self.locked(&self.overflow);
             overflow.local_epoch.store(epoch, Ordering::Relaxed);
@@ -294,7 +295,10 @@ impl<P: Platform> Domain<P> {
                 self.check_stall(&overflow, o, epoch, None);
                 oldest = oldest.min(o);
             }
-            let release = oldest - 1;
+            // Never below the previous cycle's: a processor that joined while that cycle ran can
+            // be counted at an epoch from before it, though nothing it can see is stamped that
+            // early (PROTOCOL.md, "The released epoch only grows").
+            release = (oldest - 1).max(freed_before);
             // Take the overflow's released items out under the lock, dispose of them outside it.
             while let Some(item) = overflow.retired.pop_released(release) {
                 // SAFETY: the item left the overflow list; the local list owns it now.
@@ -312,7 +316,7 @@ impl<P: Platform> Domain<P> {
             self.dispose(item);
         }
 
-        self.released_epoch.store(oldest - 1, Ordering::Release);
+        self.released_epoch.store(release, Ordering::Release);
         self.freed_through.store(freed_before, Ordering::Release);
         DomainCounters::add(&self.counters.cycles, 1);
         let took = self

@@ -347,7 +347,8 @@ impl<P: Platform> Domain<P> {
     }
 
     /// The newest epoch whose items may be freed: every item stamped at or below it is unreachable by
-    /// any active reader. Tests compare it with what readers hold.
+    /// any active reader. It never decreases (PROTOCOL.md, "The released epoch only grows"). Tests
+    /// compare it with what readers hold.
     pub fn released_epoch(&self) -> u64 {
         self.released_epoch.load(Ordering::Acquire)
     }

@@ -361,3 +361,29 @@ macro_rules! every_scenario {
     };
 }
 pub(crate) use every_scenario;
+
+/// Review 2026-12-06. A cycle races CPU 1's join: its snapshot misses CPU 1 (the join's store of
+/// `participating` is not visible yet) while the join reads the global epoch from before the
+/// cycle's increment (nothing orders the join's load before its fence). PROTOCOL.md shows this is
+/// safe: every object the reader can see is stamped at or after the cycle's epoch. But the reader is
+/// then counted at the older epoch, so the next cycle, which includes CPU 1, releases less than the
+/// one before: `released_epoch` goes back. The simulator's stats/holdback poller
+/// (`sim/src/torture/tasks.rs`, "released epoch went back") treats exactly that as a violation, and
+/// `Domain::released_epoch`'s documentation reads as a monotonic bound. Not part of
+/// `every_scenario!` (shuttle runs sequentially consistent schedules, where it cannot happen).
+pub fn released_epoch_never_goes_back_while_a_cpu_joins() {
+    let w = cpu_1_left_and_cpu_2_takes_part();
+    let reader = w.spawn(|w| w.read_gated(1, 1, 2));
+    w.cycle();
+    let first = w.domain.released_epoch();
+    w.gates[1].wait();
+    w.cycle();
+    let second = w.domain.released_epoch();
+    w.gates[2].open();
+    reader.join().unwrap();
+    assert!(
+        second >= first,
+        "released epoch went back from {first} to {second}: the cycle after a racing join counted the joiner at the epoch it read before the previous cycle's increment"
+    );
+    World::finish(w);
+}
