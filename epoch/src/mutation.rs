@@ -108,6 +108,9 @@ mutations! {
     /// A work item cancelled and scheduled again runs when its old entry is released, with the first
     /// schedule's stamp: it does not wait for readers that entered between the two schedules.
     RescheduleKeepsStamp = 21, "reschedule-keeps-stamp", Logic;
+    /// A retirement, flush or `synchronize` does not restart the cycle timer that stopped when the
+    /// domain was idle: what is retired then waits for a flush that may never come.
+    TimerNeverRestarts = 22, "timer-never-restarts", Logic;
 }
 
 impl Mutation {
