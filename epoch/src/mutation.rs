@@ -111,6 +111,10 @@ mutations! {
     /// A retirement, flush or `synchronize` does not restart the cycle timer that stopped when the
     /// domain was idle: what is retired then waits for a flush that may never come.
     TimerNeverRestarts = 22, "timer-never-restarts", Logic;
+    /// The timer's idle check drops fence FT between storing `timer_idle` and reading who
+    /// participates: it can miss a retirement's join while the retirement misses the flag, and stop
+    /// the timer under a pending item.
+    IdleCheckNoFence = 23, "idle-check-no-fence", Ordering;
 }
 
 impl Mutation {

@@ -43,7 +43,9 @@ impl<P: Platform> Domain<P> {
             return;
         }
         self.timer_idle.store(true, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
+        if !self.mutated(Mutation::IdleCheckNoFence) {
+            fence(Ordering::SeqCst);
+        }
         if self.sync_waiters.load(Ordering::Relaxed) != 0
             || self.cycle.requested.load(Ordering::SeqCst)
             || self.anyone_participates()

@@ -334,6 +334,31 @@ pub fn overflow_reader_enters_after_a_writer_retired() {
     World::finish(w);
 }
 
+/// The timer's idle check races a retirement on a processor that is not in the cycle: the domain is
+/// idle, so the timer's handler may stop the timer, while a writer on CPU 1 joins, retires and loads
+/// the timer's idle flag. Either the check sees CPU 1 participating (fence FT after the flag's store
+/// against fence FJ after the join's store) or the writer sees the flag and restarts the timer: the
+/// timer's cycles alone (and the stopper it may have queued) then free the item. Without the restart
+/// (mutation `timer-never-restarts`) the timer stays stopped and the item stays pending.
+pub fn a_retirement_races_the_idle_timer() {
+    let w = World::new(Strategy::Lazy, 2);
+    let writer = w.spawn(|w| w.replace(1));
+    on_cpu(0, || w.platform.fire_timer());
+    writer.join().unwrap();
+    // Only the timer from here: no flush, no synchronize.
+    for _ in 0..3 {
+        w.platform.run_passive_work();
+        on_cpu(0, || w.platform.fire_timer());
+        w.platform.deliver_all();
+    }
+    let pending = w.stats().pending;
+    assert_eq!(
+        pending, 0,
+        "L1: {pending} item(s) retired while the timer stopped are left without cycles"
+    );
+    World::finish(w);
+}
+
 /// Calls `$test!` with the name of every directed scenario: each checker's test file turns the
 /// list into one `#[test]` per scenario.
 macro_rules! every_scenario {
@@ -357,6 +382,7 @@ macro_rules! every_scenario {
             overflow_reader_enters_after_a_writer_retired,
             api_reader_sees_the_published_value,
             api_reader_holds_a_value_a_writer_swaps_and_retires,
+            a_retirement_races_the_idle_timer,
         }
     };
 }
@@ -371,6 +397,7 @@ pub(crate) use every_scenario;
 /// (`sim/src/torture/tasks.rs`, "released epoch went back") treats exactly that as a violation, and
 /// `Domain::released_epoch`'s documentation reads as a monotonic bound. Not part of
 /// `every_scenario!` (shuttle runs sequentially consistent schedules, where it cannot happen).
+#[cfg(loom)]
 pub fn released_epoch_never_goes_back_while_a_cpu_joins() {
     let w = cpu_1_left_and_cpu_2_takes_part();
     let reader = w.spawn(|w| w.read_gated(1, 1, 2));
