@@ -1,4 +1,4 @@
-//! The cycle timer when there is nothing to reclaim (S4, energy): its handler stops it once no
+//! The cycle timer when there is nothing to reclaim (energy): its handler stops it once no
 //! participant is left, through a passive work item (the handler cannot wait for itself); the next
 //! retirement, flush or `synchronize` restarts it. PROTOCOL.md, "The idle timer", has the argument
 //! that no retirement is left without cycles.

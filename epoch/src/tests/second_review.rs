@@ -212,7 +212,7 @@ fn holdback_from_another_processor_while_an_entry_is_reused() {
     assert_eq!(holdback.oldest_reader, None, "no reader is inside");
 }
 
-/// The cycle timer stops once the domain is idle (S4: an idle machine is not woken every period)
+/// The cycle timer stops once the domain is idle (energy: an idle machine is not woken every period)
 /// and the next retirement starts it again: the timer's cycles alone (no flush, no `synchronize`)
 /// free what is retired after the stop (mutation `timer-never-restarts`).
 #[test]
