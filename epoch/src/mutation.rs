@@ -108,6 +108,13 @@ mutations! {
     /// A work item cancelled and scheduled again runs when its old entry is released, with the first
     /// schedule's stamp: it does not wait for readers that entered between the two schedules.
     RescheduleKeepsStamp = 21, "reschedule-keeps-stamp", Logic;
+    /// A retirement, flush or `synchronize` does not restart the cycle timer that stopped when the
+    /// domain was idle: what is retired then waits for a flush that may never come.
+    TimerNeverRestarts = 22, "timer-never-restarts", Logic;
+    /// The timer's idle check drops fence FT between storing `timer_idle` and reading who
+    /// participates: it can miss a retirement's join while the retirement misses the flag, and stop
+    /// the timer under a pending item.
+    IdleCheckNoFence = 23, "idle-check-no-fence", Ordering;
     /// A processor between AddStart and AddComplete that runs epoch code gets a routable slot from the
     /// lazy path (as if its add had completed): cycles message it before AddComplete (S3), and after an
     /// AddFailure wait forever for a processor that never came up.

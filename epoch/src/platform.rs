@@ -249,10 +249,12 @@ pub unsafe trait Platform: Send + Sync + 'static {
     /// # Safety
     /// `timer` points to storage that stays at this address until `timer_release`.
     unsafe fn timer_init(&self, timer: *mut Self::Timer, handler: Handler) -> Result<(), Status>;
-    /// Starts (or restarts) the timer with the given period.
+    /// Starts (or restarts) the timer with the given period. Callable at DISPATCH (a retirement
+    /// restarts a timer that stopped while the domain was idle), never from the timer's handler.
     fn timer_start(&self, timer: &Self::Timer, period_us: u32);
     /// Stops the timer: when this returns, no handler invocation is running and none will start
-    /// (`KeCancelTimer` plus `KeFlushQueuedDpcs` on NT). PASSIVE only.
+    /// (`KeCancelTimer` plus `KeFlushQueuedDpcs` on NT). PASSIVE only: unload, and the passive work
+    /// item that stops the timer of an idle domain; never from the timer's handler.
     fn timer_stop(&self, timer: &Self::Timer);
     /// Undoes `timer_init`.
     ///

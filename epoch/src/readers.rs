@@ -89,11 +89,35 @@ impl ReaderTable {
         }
     }
 
-    /// Readers still inside entry `i`. Owner only.
-    fn active(&self, i: usize) -> u64 {
+    /// Entry `i`'s counts: (enters, local exits, remote exits). The remote exits are loaded first,
+    /// with acquire: the visit that counts a migrated reader's exit sees that reader's loads done.
+    fn counts(&self, i: usize) -> (u64, u64, u64) {
         let entry = &self.entries[i];
         let remote = self.remote_exits.0[i].load(Ordering::Acquire);
-        entry.enters.load(Ordering::Relaxed) - entry.exits.load(Ordering::Relaxed) - remote
+        (
+            entry.enters.load(Ordering::Relaxed),
+            entry.exits.load(Ordering::Relaxed),
+            remote,
+        )
+    }
+
+    /// Readers still inside entry `i`, counted by the owner: exact. Every exit the owner finds in an
+    /// entry (its own, or a migrated reader's remote exit) belongs to a reader whose enter it counted
+    /// there earlier, and an entry is reset only once no reader is left in it (its last remote exit
+    /// seen), so no exit of an earlier use arrives after a reset: the difference is never negative.
+    fn active(&self, i: usize) -> u64 {
+        let (enters, exits, remote) = self.counts(i);
+        enters - exits - remote
+    }
+
+    /// Readers inside entry `i` as another processor sees them, at least 0. The owner writes its
+    /// counts with plain stores and resets a reused entry field by field; elsewhere they can be seen
+    /// in another order (a reset `enters` with the old `exits`, a remote exit without its enter), so
+    /// the difference can be "negative": that entry counts as holding no reader. Only diagnostics
+    /// read this way (a racy snapshot anyway); reclamation reads the owner's counts.
+    fn active_seen_elsewhere(&self, i: usize) -> u64 {
+        let (enters, exits, remote) = self.counts(i);
+        enters.saturating_sub(exits).saturating_sub(remote)
     }
 
     /// Records a reader entering `epoch` and returns its entry: [`ReaderTable::open`] then
@@ -178,22 +202,53 @@ impl ReaderTable {
     /// The oldest epoch any active reader entered, if there is an active reader. Owner only.
     /// This is the scan the reclamation cycle relies on: skipping it frees memory under readers.
     pub(crate) fn oldest_active_epoch(&self) -> Option<u64> {
+        self.oldest_counted(Self::active)
+    }
+
+    /// [`ReaderTable::oldest_active_epoch`] from any processor: a racy snapshot for diagnostics
+    /// (`holdback`), never for reclamation.
+    pub(crate) fn oldest_active_epoch_seen_elsewhere(&self) -> Option<u64> {
+        self.oldest_counted(Self::active_seen_elsewhere)
+    }
+
+    /// The oldest epoch of an entry in which `active` counts a reader.
+    fn oldest_counted(&self, active: fn(&Self, usize) -> u64) -> Option<u64> {
         let mut oldest: Option<u64> = None;
         for i in 0..READER_ENTRIES {
             let epoch = self.entries[i].epoch.load(Ordering::Relaxed);
-            if epoch != UNUSED && self.active(i) != 0 {
+            if epoch != UNUSED && active(self, i) != 0 {
                 oldest = Some(oldest.map_or(epoch, |o| o.min(epoch)));
             }
         }
         oldest
     }
 
-    /// Number of readers inside any entry. Owner only (or with the owner quiescent).
+    /// Number of readers inside any entry. Owner only.
     pub(crate) fn active_readers(&self) -> u64 {
+        self.readers_counted(Self::active)
+    }
+
+    /// [`ReaderTable::active_readers`] from any processor (unload's leak report, which runs on
+    /// whatever processor unloads): at least 0 per entry.
+    pub(crate) fn active_readers_seen_elsewhere(&self) -> u64 {
+        self.readers_counted(Self::active_seen_elsewhere)
+    }
+
+    /// Readers `active` counts in every entry in use.
+    fn readers_counted(&self, active: fn(&Self, usize) -> u64) -> u64 {
         (0..READER_ENTRIES)
             .filter(|&i| self.entries[i].epoch.load(Ordering::Relaxed) != UNUSED)
-            .map(|i| self.active(i))
+            .map(|i| active(self, i))
             .sum()
+    }
+
+    /// Makes the first store of the owner's reuse of entry `i` (`enters = 0`) and no other: what
+    /// another processor can see while the owner reuses the entry.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn begin_reuse(&self, i: EntryIndex) {
+        self.entries[i as usize & INDEX_MASK]
+            .enters
+            .store(0, Ordering::Relaxed);
     }
 }
 
@@ -273,6 +328,21 @@ mod tests {
         assert_eq!(table.oldest_active_epoch(), Some(6));
         table.exit_local(b);
         assert_eq!(table.oldest_active_epoch(), None);
+    }
+
+    /// Another processor loads an entry's counts while the owner reuses it (after the reset of
+    /// `enters`, before that of the remote exits): the first version subtracted them and
+    /// overflowed, a panic in debug builds and a phantom reader in release.
+    #[test]
+    fn a_snapshot_from_another_processor_never_counts_below_zero() {
+        let table = ReaderTable::new();
+        let migrated = table.enter(3);
+        table.exit_remote(migrated, Ordering::Release);
+        let local = table.enter(3);
+        table.exit_local(local);
+        table.begin_reuse(migrated);
+        assert_eq!(table.oldest_active_epoch_seen_elsewhere(), None);
+        assert_eq!(table.active_readers_seen_elsewhere(), 0);
     }
 
     #[test]

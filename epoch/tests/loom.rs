@@ -57,3 +57,9 @@ macro_rules! loom_models {
 }
 
 scenarios::every_scenario!(loom_models);
+
+/// Review 2026-12-06: see `scenarios::released_epoch_never_goes_back_while_a_cpu_joins`.
+#[test]
+fn released_epoch_never_goes_back_while_a_cpu_joins() {
+    explore(scenarios::released_epoch_never_goes_back_while_a_cpu_joins);
+}

@@ -7,7 +7,7 @@ use super::*;
 /// State of the single in-flight reclamation cycle.
 pub(super) struct Cycle {
     pub(super) in_flight: AtomicBool,
-    requested: AtomicBool,
+    pub(super) requested: AtomicBool,
     /// Epoch the in-flight cycle published.
     epoch: AtomicU64,
     /// Oldest reader epoch seen so far by the in-flight cycle.
@@ -46,18 +46,10 @@ enum CycleStart {
 }
 
 impl<P: Platform> Domain<P> {
-    pub(super) unsafe fn on_timer(context: *const ()) {
-        // SAFETY: the timer is stopped before the domain goes away.
-        let domain = unsafe { &*(context as *const Self) };
-        // A cycle with no member sends no message: it only advances the epoch and folds in the
-        // overflow slot, so the timer need not guess whether anything is pending.
-        domain.drive_cycles(false);
-    }
-
     /// Runs cycles on this processor until one is in flight with messages out, none is requested,
     /// or another processor owns the cycle. `finishing`: the caller ends the cycle in flight (its
     /// last visit). Iterative, so a flush storm cannot grow the stack (L3). At DISPATCH.
-    fn drive_cycles(&self, mut finishing: bool) {
+    pub(super) fn drive_cycles(&self, mut finishing: bool) {
         let mut chained = 0;
         loop {
             if finishing {
@@ -282,6 +274,7 @@ impl<P: Platform> Domain<P> {
         let freed_before = self.cycle.release_at_start.load(Ordering::Relaxed);
 
         let released_items = RetiredList::new();
+        let release;
         {
             let overflow = self.locked(&self.overflow);
             overflow.local_epoch.store(epoch, Ordering::Relaxed);
@@ -294,7 +287,10 @@ impl<P: Platform> Domain<P> {
                 self.check_stall(&overflow, o, epoch, None);
                 oldest = oldest.min(o);
             }
-            let release = oldest - 1;
+            // Never below the previous cycle's: a processor that joined while that cycle ran can
+            // be counted at an epoch from before it, though nothing it can see is stamped that
+            // early (PROTOCOL.md, "The released epoch only grows").
+            release = (oldest - 1).max(freed_before);
             // Take the overflow's released items out under the lock, dispose of them outside it.
             while let Some(item) = overflow.retired.pop_released(release) {
                 // SAFETY: the item left the overflow list; the local list owns it now.
@@ -312,7 +308,7 @@ impl<P: Platform> Domain<P> {
             self.dispose(item);
         }
 
-        self.released_epoch.store(oldest - 1, Ordering::Release);
+        self.released_epoch.store(release, Ordering::Release);
         self.freed_through.store(freed_before, Ordering::Release);
         DomainCounters::add(&self.counters.cycles, 1);
         let took = self
@@ -325,8 +321,10 @@ impl<P: Platform> Domain<P> {
         self.cycle.requested.swap(false, Ordering::SeqCst)
     }
 
-    /// Asks for a cycle soon without waiting (a flush hint). Any IRQL up to DISPATCH.
+    /// Asks for a cycle soon without waiting (a flush hint), and restarts the cycle timer if it
+    /// stopped for want of work. Any IRQL up to DISPATCH.
     pub fn flush(&self) {
+        self.wake_timer();
         self.cycle.requested.store(true, Ordering::SeqCst);
         let previous = self.platform.raise_to_dispatch();
         self.drive_cycles(false);
@@ -343,6 +341,15 @@ impl<P: Platform> Domain<P> {
             .verify_irql("Domain::synchronize", IrqlRule::Passive);
         self.platform
             .synchronize_called(&|| self.readers_on_current_processor());
+        // While this count is not zero the timer does not stop (`timer.rs`): the waits below may
+        // need its cycles.
+        self.sync_waiters.fetch_add(1, Ordering::SeqCst);
+        self.synchronize_waiting();
+        self.sync_waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// [`Domain::synchronize`] while counted in `sync_waiters`.
+    fn synchronize_waiting(&self) {
         fence(Ordering::SeqCst);
         let target = self.global_epoch.load(Ordering::SeqCst);
         // Ask for cycles back to back only while they make progress; when one released nothing (a
@@ -368,6 +375,9 @@ impl<P: Platform> Domain<P> {
             if self.freed_through.load(Ordering::Acquire) >= target {
                 return;
             }
+            // After the fence above, which follows the count of this waiter: either the timer's
+            // idle check sees the waiter, or this sees the timer idle and restarts it.
+            self.wake_timer();
             self.platform.event_wait(self.cycle_done());
             progressing = self.progress() != before;
         }

@@ -8,6 +8,7 @@
 //! | `retire.rs` | allocation, retirement, the retirement stamp, disposal, double-retire detection |
 //! | `work.rs` | work items: schedule, cancel, reschedule, the passive trampoline and its unload handshake |
 //! | `cycle.rs` | the reclamation cycle: start, visit, finish, iterative chaining, `flush`, `synchronize` |
+//! | `timer.rs` | the cycle timer: its handler, stopping it when idle, restarting it |
 //! | `report.rs` | statistics and the holdback diagnosis |
 //! | `shutdown.rs` | unload (`PROTOCOL.md` S8) |
 
@@ -17,6 +18,7 @@ mod enter;
 mod report;
 mod retire;
 mod shutdown;
+mod timer;
 mod work;
 
 pub use report::{Holdback, Holder};
@@ -24,6 +26,7 @@ pub use retire::CacheAligned;
 pub use work::WorkItem;
 
 use cycle::Cycle;
+use timer::TimerMode;
 
 use crate::config::{Config, Strategy};
 use crate::deferred::{state, RetireHeader, RetiredList};
@@ -149,8 +152,17 @@ pub struct Domain<P: Platform> {
     /// memory pressure).
     prepare_retry_epoch: AtomicU64,
     outstanding_work: AtomicU64,
+    /// Where the cycle timer is (`timer.rs`).
+    timer_mode: SpinLock<TimerMode>,
+    /// Set while the timer is stopped or stopping for want of work: a retirement that sees it
+    /// restarts the timer.
+    timer_idle: AtomicBool,
+    /// `synchronize` calls in progress: the timer does not stop while one waits for cycles.
+    sync_waiters: AtomicU64,
     platform: ManuallyDrop<P>,
     timer: MaybeUninit<P::Timer>,
+    /// The passive work item that stops an idle timer (its handler cannot wait for itself).
+    timer_stopper: MaybeUninit<P::PassiveWork>,
     cycle_done: MaybeUninit<P::Event>,
     work_idle: MaybeUninit<P::Event>,
 }
@@ -226,8 +238,12 @@ impl<P: Platform> Domain<P> {
                 shutting_down: AtomicBool::new(false),
                 prepare_retry_epoch: AtomicU64::new(0),
                 outstanding_work: AtomicU64::new(0),
+                timer_mode: SpinLock::new(TimerMode::Running),
+                timer_idle: AtomicBool::new(false),
+                sync_waiters: AtomicU64::new(0),
                 platform: ManuallyDrop::new(platform),
                 timer: MaybeUninit::uninit(),
+                timer_stopper: MaybeUninit::uninit(),
                 cycle_done: MaybeUninit::uninit(),
                 work_idle: MaybeUninit::uninit(),
             })
@@ -236,25 +252,43 @@ impl<P: Platform> Domain<P> {
         // anything uses them.
         let domain = unsafe { &*raw };
         let this = raw as *const ();
-        // SAFETY: the events and timer live inside the domain, which never moves.
-        let timer_ok = unsafe {
+        // SAFETY: the events, the timer and its stopper live inside the domain, which never moves.
+        let (timer_ok, stopper_ok) = unsafe {
             domain
                 .platform
                 .event_init(domain.cycle_done.as_ptr().cast_mut());
             domain
                 .platform
                 .event_init(domain.work_idle.as_ptr().cast_mut());
-            domain.platform.timer_init(
+            let timer_ok = domain.platform.timer_init(
                 domain.timer.as_ptr().cast_mut(),
                 Handler {
                     func: Self::on_timer,
                     context: this,
                 },
-            )
+            );
+            let stopper_ok = timer_ok.is_ok()
+                && domain
+                    .platform
+                    .passive_init(
+                        domain.timer_stopper.as_ptr().cast_mut(),
+                        Handler {
+                            func: Self::on_timer_stopper,
+                            context: this,
+                        },
+                    )
+                    .is_ok();
+            (timer_ok.is_ok(), stopper_ok)
         };
-        if timer_ok.is_err() {
-            // SAFETY: nothing refers to the domain yet; free it without a shutdown.
+        if !stopper_ok {
+            // SAFETY: nothing refers to the domain yet (the timer never started); free it without
+            // a shutdown.
             unsafe {
+                if timer_ok {
+                    domain
+                        .platform
+                        .timer_release(domain.timer.as_ptr().cast_mut());
+                }
                 let platform = ManuallyDrop::take(&mut (*raw).platform);
                 ptr::drop_in_place(raw);
                 platform.free(memory, Layout::new::<Domain<P>>());
@@ -350,7 +384,8 @@ impl<P: Platform> Domain<P> {
     }
 
     /// The newest epoch whose items may be freed: every item stamped at or below it is unreachable by
-    /// any active reader. Tests compare it with what readers hold.
+    /// any active reader. It never decreases (PROTOCOL.md, "The released epoch only grows"). Tests
+    /// compare it with what readers hold.
     pub fn released_epoch(&self) -> u64 {
         self.released_epoch.load(Ordering::Acquire)
     }

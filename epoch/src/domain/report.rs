@@ -109,7 +109,8 @@ impl<P: Platform> Domain<P> {
         let mut consider = |holder: Holder, part: &Participant| {
             retired += part.counters.retires.load(Ordering::Relaxed);
             freed += part.counters.freed.load(Ordering::Relaxed);
-            if let Some(epoch) = part.readers.oldest_active_epoch() {
+            // Read from whatever processor calls: the owner's counts may be seen mid-update.
+            if let Some(epoch) = part.readers.oldest_active_epoch_seen_elsewhere() {
                 if !matches!(oldest, Some((_, e)) if e <= epoch) {
                     oldest = Some((holder, epoch));
                 }

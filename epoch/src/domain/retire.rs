@@ -193,6 +193,9 @@ impl<P: Platform> Domain<P> {
                 stamp
             }
         };
+        // The item is linked (and its participant joined, fence FJ or the overflow lock before):
+        // a timer stopped for want of work starts again.
+        self.wake_timer();
         self.platform.lower_irql(previous);
         stamp
     }

@@ -20,6 +20,7 @@ impl<P: Platform> Domain<P> {
         // slot is prepared, so the drains below own every per-CPU list.
         self.shutting_down.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
+        self.timer_unloading();
         self.platform.timer_stop(self.timer());
         if !self.mutated(Mutation::UnloadSkipCycleWait) {
             while self.cycle.in_flight.load(Ordering::Relaxed) {
@@ -66,9 +67,12 @@ impl<P: Platform> Domain<P> {
             }
         }
         self.table.free_groups(&self.platform);
-        // SAFETY: stopped above; no handler can run any more.
+        // SAFETY: stopped above; no handler can run any more. The stopper is not queued: it is
+        // counted as a work item, and none is left.
         unsafe {
             self.platform.timer_release(self.timer.as_ptr().cast_mut());
+            self.platform
+                .passive_release(self.timer_stopper.as_ptr().cast_mut());
         }
     }
 
@@ -117,7 +121,7 @@ impl<P: Platform> Domain<P> {
 
     /// Counts and logs readers of `part` that never exited (unload).
     fn report_leaked_readers(&self, part: &Participant, processor: Option<ProcessorNumber>) {
-        let leaked = part.readers.active_readers();
+        let leaked = part.readers.active_readers_seen_elsewhere();
         if leaked == 0 {
             return;
         }

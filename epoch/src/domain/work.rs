@@ -181,19 +181,30 @@ impl<P: Platform> Domain<P> {
             ((*block).callback)((*block).context);
             DomainCounters::add(&domain.counters.work_items_run, 1);
             domain.release_work(block);
-            // The decrement is this work item's last access to the domain unless unload waits for
-            // it (the waiter bit): unload then cannot go on before the signal. Everything needed
-            // to decide is read before the decrement.
-            let signal_at_zero = domain.mutated(Mutation::WorkSignalAfterCount);
-            let before = domain.outstanding_work.fetch_sub(1, Ordering::AcqRel);
-            let signal = if signal_at_zero {
-                before & !WORK_WAITER == 1
-            } else {
-                before == WORK_WAITER | 1
-            };
-            if signal {
-                domain.platform.event_signal(domain.work_idle());
-            }
+            Self::work_item_finished(domain);
+        }
+    }
+
+    /// The end of a queued work item (or of the timer stopper): the decrement of
+    /// `outstanding_work` is its last access to the domain unless unload waits for it (the waiter
+    /// bit): unload then cannot go on before the signal. Everything needed to decide is read before
+    /// the decrement.
+    ///
+    /// # Safety
+    /// The caller was counted in `outstanding_work` and touches `domain` no more once this is
+    /// called (a raw pointer: unload may free the domain during this call).
+    pub(super) unsafe fn work_item_finished(domain: *const Self) {
+        // SAFETY: per the caller, the domain is alive until the decrement below.
+        let domain = unsafe { &*domain };
+        let signal_at_zero = domain.mutated(Mutation::WorkSignalAfterCount);
+        let before = domain.outstanding_work.fetch_sub(1, Ordering::AcqRel);
+        let signal = if signal_at_zero {
+            before & !WORK_WAITER == 1
+        } else {
+            before == WORK_WAITER | 1
+        };
+        if signal {
+            domain.platform.event_signal(domain.work_idle());
         }
     }
 

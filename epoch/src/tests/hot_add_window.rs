@@ -129,18 +129,11 @@ fn add_failure_after_epoch_code_ran_in_the_window_rolls_back_and_a_retry_works()
             (before.cpus_prepared, before.per_cpu_bytes),
             "{strategy}: AddFailure left per-CPU state behind"
         );
-        // Cycles go on without the processor that never came up (checked before anything waits for
-        // a cycle, which would wait forever).
-        let released = domain.released_epoch();
-        for _ in 0..4 {
-            TestPlatform::on_cpu(0, || platform.tick());
-        }
-        if misrouted(&platform) != 0 || domain.released_epoch() == released {
-            let misrouted = misrouted(&platform);
-            panic!("{strategy}: after AddFailure, {misrouted} message(s) went to the failed processor and the released epoch stayed at {released}");
-        }
+        // Cycles go on without the processor that never came up: `synchronize` returns (the test
+        // platform panics on a wait that never ends, and the domain is then leaked, not unloaded).
         domain.synchronize();
         assert_eq!(drops.load(Ordering::SeqCst), 1, "{strategy}");
+        assert_eq!(misrouted(&platform), 0, "{strategy}");
         let retried = platform.hot_add(false);
         assert_eq!(retried, failed);
         TestPlatform::on_cpu(retried, || {

@@ -27,6 +27,11 @@ pub(super) struct State {
     pub(super) bound: BTreeMap<usize, (usize, HandlerBox)>,
     pub(super) next_id: usize,
     pub(super) timer: Option<HandlerBox>,
+    /// The timer is started (its handler runs at each tick).
+    pub(super) timer_armed: bool,
+    /// `timer_start` and `timer_stop` calls so far.
+    pub(super) timer_starts: usize,
+    pub(super) timer_stops: usize,
     pub(super) passive: VecDeque<HandlerBox>,
     pub(super) live: BTreeMap<usize, Layout>,
     pub(super) fail_allocations: usize,
@@ -107,16 +112,26 @@ impl TestPlatform {
             ran += 1;
         }
     }
+    /// One timer period: the timer's handler runs (if the timer is started), then every queued
+    /// message and passive work item.
     pub(super) fn tick(&self) {
-        let timer = self.0.lock().unwrap().timer;
-        if let Some(timer) = timer {
-            let old = IRQL.with(|i| i.replace(2));
-            // SAFETY: the domain is alive while its timer is armed.
-            unsafe { timer.0.invoke() };
-            IRQL.with(|i| i.set(old));
-        }
+        self.fire_timer();
         self.run_messages();
         self.run_passive();
+    }
+    /// Runs the timer's handler at DISPATCH on the current CPU if the timer is started (nothing
+    /// else: what it queues stays queued). Returns whether it ran.
+    pub(super) fn fire_timer(&self) -> bool {
+        let timer = {
+            let state = self.0.lock().unwrap();
+            state.timer.filter(|_| state.timer_armed)
+        };
+        let Some(timer) = timer else { return false };
+        let old = IRQL.with(|i| i.replace(2));
+        // SAFETY: the domain is alive while its timer is armed.
+        unsafe { timer.0.invoke() };
+        IRQL.with(|i| i.set(old));
+        true
     }
     pub(super) fn run_passive(&self) {
         loop {
@@ -173,6 +188,11 @@ impl TestPlatform {
     }
     pub(super) fn live_allocations(&self) -> usize {
         self.0.lock().unwrap().live.len()
+    }
+    /// Whether the timer is started, and how many times it was started and stopped.
+    pub(super) fn timer_state(&self) -> (bool, usize, usize) {
+        let state = self.0.lock().unwrap();
+        (state.timer_armed, state.timer_starts, state.timer_stops)
     }
     pub(super) fn delivered(&self) -> Vec<usize> {
         core::mem::take(&mut self.0.lock().unwrap().delivered)
@@ -276,11 +296,27 @@ unsafe impl Platform for TestPlatform {
         self.0.lock().unwrap().timer = Some(HandlerBox(handler));
         Ok(())
     }
-    fn timer_start(&self, _timer: &(), _period_us: u32) {}
-    fn timer_stop(&self, _timer: &()) {
-        self.0.lock().unwrap().timer = None;
+    fn timer_start(&self, _timer: &(), _period_us: u32) {
+        let mut state = self.0.lock().unwrap();
+        state.timer_armed = true;
+        state.timer_starts += 1;
     }
-    unsafe fn timer_release(&self, _timer: *mut ()) {}
+    fn timer_stop(&self, _timer: &()) {
+        // It waits for a running handler: never from that handler, never at DISPATCH.
+        self.verify_irql("timer_stop", IrqlRule::Passive);
+        let mut state = self.0.lock().unwrap();
+        state.timer_armed = false;
+        state.timer_stops += 1;
+    }
+    unsafe fn timer_release(&self, _timer: *mut ()) {
+        let mut state = self.0.lock().unwrap();
+        if state.timer_armed {
+            state
+                .irql_faults
+                .push("the timer was released while started".to_string());
+        }
+        state.timer = None;
+    }
     unsafe fn passive_init(&self, work: *mut TestMessage, handler: Handler) -> Result<(), Status> {
         let mut state = self.0.lock().unwrap();
         state.next_id += 1;

@@ -192,3 +192,118 @@ fn stats_count_exits_on_other_processors() {
     );
     assert_eq!(stats.remote_exits, rounds as u64);
 }
+
+/// `holdback()` runs on any processor and reads every slot's reader counts while their owners
+/// update them with plain stores. Here it runs while CPU 0 reuses the entry of a reader that
+/// entered there and exited on CPU 1 (the reset of `enters` is visible, not yet that of the remote
+/// exit): the first version subtracted what it loaded and overflowed (a panic in debug builds, a
+/// phantom reader on CPU 0 in release). No reader is inside.
+#[test]
+fn holdback_from_another_processor_while_an_entry_is_reused() {
+    let (_platform, domain) = domain(2, Strategy::Lazy);
+    // SAFETY: exited once, just below, on CPU 1 (a migrated reader).
+    let token = TestPlatform::on_cpu(0, || unsafe { domain.enter_raw() });
+    let (participant, entry) = (token.participant, token.entry());
+    // SAFETY: the token came from this domain's `enter_raw` and is exited once.
+    TestPlatform::on_cpu(1, || unsafe { domain.exit_raw(token) });
+    // SAFETY: the participant is CPU 0's slot, which lives as long as the domain.
+    unsafe { &*participant }.readers.begin_reuse(entry);
+    let holdback = TestPlatform::on_cpu(1, || domain.holdback());
+    assert_eq!(holdback.oldest_reader, None, "no reader is inside");
+}
+
+/// The cycle timer stops once the domain is idle (energy: an idle machine is not woken every period)
+/// and the next retirement starts it again: the timer's cycles alone (no flush, no `synchronize`)
+/// free what is retired after the stop (mutation `timer-never-restarts`).
+#[test]
+fn an_idle_domain_stops_its_timer_and_a_later_retirement_restarts_it() {
+    let (platform, domain) = domain(2, Strategy::Lazy);
+    let drops = Arc::new(AtomicUsize::new(0));
+    assert_eq!(platform.timer_state(), (true, 1, 0), "started at load");
+    TestPlatform::on_cpu(1, || {
+        drop(domain.enter());
+        retire_new(&domain, &drops);
+    });
+    for _ in 0..6 {
+        platform.tick();
+    }
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        platform.timer_state(),
+        (false, 1, 1),
+        "nothing participates any more: the timer stopped"
+    );
+    let cycles = domain.stats().cycles;
+    platform.tick();
+    assert_eq!(
+        domain.stats().cycles,
+        cycles,
+        "a stopped timer runs no cycle"
+    );
+
+    TestPlatform::on_cpu(0, || retire_new(&domain, &drops));
+    for _ in 0..6 {
+        platform.tick();
+    }
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        2,
+        "an item retired while the timer was stopped is freed by the timer's cycles"
+    );
+    assert_eq!(
+        platform.timer_state(),
+        (false, 2, 2),
+        "restarted, then idle again"
+    );
+
+    // `synchronize` on a stopped timer.
+    TestPlatform::on_cpu(1, || retire_new(&domain, &drops));
+    domain.synchronize();
+    assert_eq!(drops.load(Ordering::SeqCst), 3);
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0, "leak at unload");
+    assert!(
+        platform.irql_faults().is_empty(),
+        "{:?}",
+        platform.irql_faults()
+    );
+}
+
+/// A retirement that lands while the stopper is queued (the handler found the domain idle, the
+/// stopper has not run): the stopper stops the timer and starts it again, and the timer's cycles
+/// free the item.
+#[test]
+fn a_retirement_while_the_timer_is_stopping_restarts_it() {
+    let (platform, domain) = domain(1, Strategy::Lazy);
+    let drops = Arc::new(AtomicUsize::new(0));
+    assert!(platform.fire_timer());
+    TestPlatform::on_cpu(0, || retire_new(&domain, &drops));
+    platform.run_passive(); // the stopper
+    assert_eq!(
+        platform.timer_state(),
+        (true, 2, 1),
+        "stopped by the stopper, and started again for the retirement"
+    );
+    for _ in 0..6 {
+        platform.tick();
+    }
+    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0, "leak at unload");
+}
+
+/// Unload while the stopper is queued: it waits for the stopper, which leaves the timer alone, and
+/// releases the timer stopped.
+#[test]
+fn unload_while_the_timer_is_stopping() {
+    let (platform, domain) = domain(1, Strategy::Lazy);
+    assert!(platform.fire_timer());
+    drop(domain);
+    assert!(!platform.timer_state().0, "the timer is stopped");
+    assert_eq!(platform.live_allocations(), 0, "leak at unload");
+    assert!(
+        platform.irql_faults().is_empty(),
+        "{:?}",
+        platform.irql_faults()
+    );
+}

@@ -335,6 +335,31 @@ pub fn overflow_reader_enters_after_a_writer_retired() {
     World::finish(w);
 }
 
+/// The timer's idle check races a retirement on a processor that is not in the cycle: the domain is
+/// idle, so the timer's handler may stop the timer, while a writer on CPU 1 joins, retires and loads
+/// the timer's idle flag. Either the check sees CPU 1 participating (fence FT after the flag's store
+/// against fence FJ after the join's store) or the writer sees the flag and restarts the timer: the
+/// timer's cycles alone (and the stopper it may have queued) then free the item. Without the restart
+/// (mutation `timer-never-restarts`) the timer stays stopped and the item stays pending.
+pub fn a_retirement_races_the_idle_timer() {
+    let w = World::new(Strategy::Lazy, 2);
+    let writer = w.spawn(|w| w.replace(1));
+    on_cpu(0, || w.platform.fire_timer());
+    writer.join().unwrap();
+    // Only the timer from here: no flush, no synchronize.
+    for _ in 0..3 {
+        w.platform.run_passive_work();
+        on_cpu(0, || w.platform.fire_timer());
+        w.platform.deliver_all();
+    }
+    let pending = w.stats().pending;
+    assert_eq!(
+        pending, 0,
+        "L1: {pending} item(s) retired while the timer stopped are left without cycles"
+    );
+    World::finish(w);
+}
+
 /// Calls `$test!` with the name of every directed scenario: each checker's test file turns the
 /// list into one `#[test]` per scenario.
 macro_rules! every_scenario {
@@ -359,7 +384,35 @@ macro_rules! every_scenario {
             api_reader_sees_the_published_value,
             api_reader_holds_a_value_a_writer_swaps_and_retires,
             api_failed_compare_exchange_hands_back_an_initialised_value,
+            a_retirement_races_the_idle_timer,
         }
     };
 }
 pub(crate) use every_scenario;
+
+/// Review 2026-12-06. A cycle races CPU 1's join: its snapshot misses CPU 1 (the join's store of
+/// `participating` is not visible yet) while the join reads the global epoch from before the
+/// cycle's increment (nothing orders the join's load before its fence). PROTOCOL.md shows this is
+/// safe: every object the reader can see is stamped at or after the cycle's epoch. But the reader is
+/// then counted at the older epoch, so the next cycle, which includes CPU 1, releases less than the
+/// one before: `released_epoch` goes back. The simulator's stats/holdback poller
+/// (`sim/src/torture/tasks.rs`, "released epoch went back") treats exactly that as a violation, and
+/// `Domain::released_epoch`'s documentation reads as a monotonic bound. Not part of
+/// `every_scenario!` (shuttle runs sequentially consistent schedules, where it cannot happen).
+#[cfg(loom)]
+pub fn released_epoch_never_goes_back_while_a_cpu_joins() {
+    let w = cpu_1_left_and_cpu_2_takes_part();
+    let reader = w.spawn(|w| w.read_gated(1, 1, 2));
+    w.cycle();
+    let first = w.domain.released_epoch();
+    w.gates[1].wait();
+    w.cycle();
+    let second = w.domain.released_epoch();
+    w.gates[2].open();
+    reader.join().unwrap();
+    assert!(
+        second >= first,
+        "released epoch went back from {first} to {second}: the cycle after a racing join counted the joiner at the epoch it read before the previous cycle's increment"
+    );
+    World::finish(w);
+}

@@ -335,6 +335,8 @@ impl Task for Poller {
                     hold.released_epoch, hold.global_epoch
                 ));
             }
+            // The core publishes the maximum of what its cycles release (epoch/PROTOCOL.md, "The
+            // released epoch only grows"): any decrease is a bug.
             if hold.released_epoch < self.released {
                 shared.violation(format!(
                     "holdback: released epoch went back from {} to {}",
