@@ -1,4 +1,4 @@
-//! Liveness and resource bounds of a torture run (SPEC L1/L2) and what ends a run that breaks them:
+//! Liveness and resource bounds of a torture run (PROTOCOL.md, L1/L2) and what ends a run that breaks them:
 //! the monitor task's diagnosis, the abort payload, the wall-clock watchdog and panic reporting.
 //!
 //! The bounds, checked by a monitor task every two cycle periods (deterministic mode, simulated time)

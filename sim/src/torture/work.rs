@@ -128,7 +128,7 @@ fn on_work(context: usize) {
     env.run.fetch_add(1, Ordering::Relaxed);
     let domain = env.domain.load(Ordering::Acquire);
     // SAFETY: set before any item is scheduled and cleared only after unload, which waits for every
-    // callback; the core promises the domain outlives the last callback (SPEC S8).
+    // callback; the core promises the domain outlives the last callback (PROTOCOL.md, S8).
     let Some(domain) = (unsafe { domain.as_ref() }) else {
         env.violation("a work item ran after its domain was unloaded".into());
         return;
