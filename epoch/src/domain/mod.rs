@@ -162,7 +162,6 @@ pub struct Domain<P: Platform> {
     platform: ManuallyDrop<P>,
     timer: MaybeUninit<P::Timer>,
     /// The passive work item that stops an idle timer (its handler cannot wait for itself).
-    timer_stopper: MaybeUninit<P::PassiveWork>,
     cycle_done: MaybeUninit<P::Event>,
     work_idle: MaybeUninit<P::Event>,
 }
@@ -243,7 +242,6 @@ impl<P: Platform> Domain<P> {
                 sync_waiters: AtomicU64::new(0),
                 platform: ManuallyDrop::new(platform),
                 timer: MaybeUninit::uninit(),
-                timer_stopper: MaybeUninit::uninit(),
                 cycle_done: MaybeUninit::uninit(),
                 work_idle: MaybeUninit::uninit(),
             })
@@ -252,43 +250,26 @@ impl<P: Platform> Domain<P> {
         // anything uses them.
         let domain = unsafe { &*raw };
         let this = raw as *const ();
-        // SAFETY: the events, the timer and its stopper live inside the domain, which never moves.
-        let (timer_ok, stopper_ok) = unsafe {
+        // SAFETY: the events and the timer live inside the domain, which never moves.
+        let timer_ok = unsafe {
             domain
                 .platform
                 .event_init(domain.cycle_done.as_ptr().cast_mut());
             domain
                 .platform
                 .event_init(domain.work_idle.as_ptr().cast_mut());
-            let timer_ok = domain.platform.timer_init(
+            domain.platform.timer_init(
                 domain.timer.as_ptr().cast_mut(),
                 Handler {
                     func: Self::on_timer,
                     context: this,
                 },
-            );
-            let stopper_ok = timer_ok.is_ok()
-                && domain
-                    .platform
-                    .passive_init(
-                        domain.timer_stopper.as_ptr().cast_mut(),
-                        Handler {
-                            func: Self::on_timer_stopper,
-                            context: this,
-                        },
-                    )
-                    .is_ok();
-            (timer_ok.is_ok(), stopper_ok)
+            )
         };
-        if !stopper_ok {
+        if timer_ok.is_err() {
             // SAFETY: nothing refers to the domain yet (the timer never started); free it without
             // a shutdown.
             unsafe {
-                if timer_ok {
-                    domain
-                        .platform
-                        .timer_release(domain.timer.as_ptr().cast_mut());
-                }
                 let platform = ManuallyDrop::take(&mut (*raw).platform);
                 ptr::drop_in_place(raw);
                 platform.free(memory, Layout::new::<Domain<P>>());

@@ -67,13 +67,9 @@ impl<P: Platform> Domain<P> {
             }
         }
         self.table.free_groups(&self.platform);
-        // SAFETY: stopped above; no handler can run any more. The stopper is not queued: it is
-        // counted as a work item, and none is left.
-        unsafe {
-            self.platform.timer_release(self.timer.as_ptr().cast_mut());
-            self.platform
-                .passive_release(self.timer_stopper.as_ptr().cast_mut());
-        }
+        // SAFETY: stopped above; no handler can run any more (a stopper of the idle timer is a
+        // counted work item, and none is left; it released its own item).
+        unsafe { self.platform.timer_release(self.timer.as_ptr().cast_mut()) };
     }
 
     /// One unload pass, run while no work item is queued or running: first detach every item retired

@@ -2,6 +2,11 @@
 //! participant is left, through a passive work item (the handler cannot wait for itself); the next
 //! retirement, flush or `synchronize` restarts it. PROTOCOL.md, "The idle timer", has the argument
 //! that no retirement is left without cycles.
+//!
+//! The stopper work item is allocated when the timer goes idle and released by its own routine
+//! (as `IoFreeWorkItem` may be called from the work routine), before the routine's last access to the
+//! domain: unload, which waits for it like any work item, never releases a work item whose routine
+//! may still be running.
 
 use super::*;
 
@@ -18,6 +23,12 @@ pub(super) enum TimerMode {
     Stopped,
     /// Unload stops it for good: nothing starts it any more.
     Unloading,
+}
+
+/// One stop of the idle timer: its work item and the domain, in a block of the domain's allocator.
+struct TimerStopper<P: Platform> {
+    work: MaybeUninit<P::PassiveWork>,
+    domain: *const Domain<P>,
 }
 
 impl<P: Platform> Domain<P> {
@@ -53,11 +64,40 @@ impl<P: Platform> Domain<P> {
             self.timer_idle.store(false, Ordering::Relaxed);
             return;
         }
+        let Some(stopper) = self.new_timer_stopper() else {
+            // No memory for the stopper: the timer keeps running and tries again next period.
+            self.timer_idle.store(false, Ordering::Relaxed);
+            return;
+        };
         *mode = TimerMode::Stopping;
         // Counted like a work item: unload waits for it before it frees the domain.
         self.outstanding_work.fetch_add(1, Ordering::AcqRel);
         drop(mode);
-        self.platform.passive_queue(self.timer_stopper());
+        // SAFETY: initialised by `new_timer_stopper`; queued once, released by its own routine.
+        self.platform
+            .passive_queue(unsafe { (*stopper.as_ptr()).work.assume_init_ref() });
+    }
+
+    /// Allocates and initialises a stopper, or `None` when memory or the work item is missing.
+    fn new_timer_stopper(&self) -> Option<NonNull<TimerStopper<P>>> {
+        let layout = Layout::new::<TimerStopper<P>>();
+        let block = self.platform.allocate(layout)?.cast::<TimerStopper<P>>();
+        let raw = block.as_ptr();
+        // SAFETY: a fresh block of the stopper's layout; the work item is initialised in place and
+        // stays there until its routine releases it.
+        unsafe {
+            ptr::addr_of_mut!((*raw).domain).write(self);
+            let handler = Handler {
+                func: Self::on_timer_stopper,
+                context: raw as *const (),
+            };
+            let work = ptr::addr_of_mut!((*raw).work).cast::<P::PassiveWork>();
+            if self.platform.passive_init(work, handler).is_err() {
+                self.platform.free(block.cast(), layout);
+                return None;
+            }
+        }
+        Some(block)
     }
 
     /// Whether any slot or the overflow slot takes part in cycles. A participant that left has no
@@ -82,9 +122,11 @@ impl<P: Platform> Domain<P> {
 
     /// The stopper work item, at PASSIVE on a system thread: stops the timer (waiting for a handler
     /// still running), then leaves it stopped, or starts it again if a restart came meanwhile.
-    pub(super) unsafe fn on_timer_stopper(context: *const ()) {
-        // SAFETY: counted in `outstanding_work`, which unload waits for before freeing the domain.
-        let domain = unsafe { &*(context as *const Self) };
+    unsafe fn on_timer_stopper(context: *const ()) {
+        let stopper = context as *mut TimerStopper<P>;
+        // SAFETY: the block lives until this routine frees it below; its domain is counted in
+        // `outstanding_work`, which unload waits for before freeing the domain.
+        let domain = unsafe { &*(*stopper).domain };
         domain.platform.timer_stop(domain.timer());
         {
             let mut mode = domain.locked(&domain.timer_mode);
@@ -99,8 +141,19 @@ impl<P: Platform> Domain<P> {
                 TimerMode::Running | TimerMode::Stopped | TimerMode::Unloading => {}
             }
         }
+        // SAFETY: the stopper's own routine releases its item (it is not queued, and the platform
+        // touches it no more once the routine runs) and frees the block; nothing else refers to it.
+        unsafe {
+            domain
+                .platform
+                .passive_release(ptr::addr_of_mut!((*stopper).work).cast());
+            domain.platform.free(
+                NonNull::new_unchecked(stopper.cast()),
+                Layout::new::<TimerStopper<P>>(),
+            );
+        }
         // SAFETY: counted when queued; the last access to the domain.
-        unsafe { Self::work_item_finished(context as *const Self) };
+        unsafe { Self::work_item_finished(domain) };
     }
 
     /// Starts the timer again if it stopped (or is stopping) for want of work: after a retirement,
@@ -128,10 +181,5 @@ impl<P: Platform> Domain<P> {
     /// finds `Unloading` and leaves it alone); unload then stops it itself.
     pub(super) fn timer_unloading(&self) {
         *self.locked(&self.timer_mode) = TimerMode::Unloading;
-    }
-
-    fn timer_stopper(&self) -> &P::PassiveWork {
-        // SAFETY: initialised in `create` before the timer starts.
-        unsafe { self.timer_stopper.assume_init_ref() }
     }
 }
