@@ -182,8 +182,8 @@ pub struct Builder {
 
 impl Builder {
     /// How many virtual processors exist at most, `1..=`[`MAX_PROCESSORS`]: the number of threads
-    /// that may use the platform at the same time (the worker counts once a work item enters an
-    /// epoch). Default 64.
+    /// that may use the platform at the same time (the worker takes one for each work item it runs,
+    /// waiting while threads hold them all, and gives it back). Default 64.
     pub fn max_processors(mut self, max: u32) -> Self {
         self.settings.max_processors = max;
         self

@@ -185,6 +185,46 @@ pub(crate) fn lower(shared: &Arc<Shared>, previous: Irql) {
     }
 }
 
+/// Runs a passive work item on the platform's worker thread as a processor of its own for the item's
+/// duration: the worker takes a free processor (waiting, up to the wait limit, while user threads hold
+/// them all) and gives it back afterwards, so that it never keeps one a user thread could have.
+pub(crate) fn run_work_item(shared: &Arc<Shared>, item: impl FnOnce()) {
+    let limit = shared.settings.wait_limit;
+    let waited = std::time::Instant::now();
+    let thread = thread_label();
+    let claim = loop {
+        match shared.processors.claim(None, &thread) {
+            Ok(claim) => break claim,
+            Err(ClaimError::AllTaken(owners)) if waited.elapsed() >= limit => {
+                all_taken(&thread, shared.processors.max(), &owners)
+            }
+            Err(ClaimError::AllTaken(_)) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            Err(ClaimError::OutOfRange | ClaimError::Taken(_)) => bug_check(
+                "the worker's claim of any processor was refused as out of range or taken",
+            ),
+        }
+    };
+    with_seat(shared, |seat| {
+        seat.processor = Some(claim.index);
+        seat.owned = true;
+    });
+    if let Some(registrations) = claim.start {
+        if shared
+            .processors
+            .start(claim.index, &registrations)
+            .is_err()
+        {
+            bug_check("a processor-change callback vetoed the processor the worker needed");
+        }
+    }
+    item();
+    with_seat(shared, |seat| {
+        seat.processor = None;
+        seat.owned = false;
+    });
+    shared.processors.release(claim.index);
+}
+
 /// Runs `handler` at DISPATCH as processor `index` on a thread of the platform (a message, a timer
 /// tick), holding that processor's exclusion. A panicking handler is a bug check: it left the
 /// core mid-way, at DISPATCH.

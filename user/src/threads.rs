@@ -252,13 +252,15 @@ fn dispatcher_thread(shared: &Arc<Shared>) {
     }
 }
 
-/// The worker: runs each passive work item at PASSIVE, as the worker's own processor when it
-/// needs one.
+/// The worker: runs each passive work item at PASSIVE, as a processor it takes for the item only.
 fn worker_thread(shared: &Arc<Shared>) {
     while let Some(handler) = next_item(&shared.work.queue, &shared.work.arrived) {
-        // SAFETY: the core keeps a queued work item's context alive until its handler has run; the
-        // platform does not touch the item after invoking it.
-        let outcome = catch_unwind(AssertUnwindSafe(|| unsafe { handler.invoke() }));
+        let mut outcome = Ok(());
+        seat::run_work_item(shared, || {
+            // SAFETY: the core keeps a queued work item's context alive until its handler has run;
+            // the platform does not touch the item after invoking it.
+            outcome = catch_unwind(AssertUnwindSafe(|| unsafe { handler.invoke() }));
+        });
         if let Err(payload) = outcome {
             bug_check(&format!(
                 "a work item panicked on the platform's worker thread: {}",
