@@ -134,20 +134,31 @@ impl<P: Platform> Domain<P> {
         unsafe { self.retire_header(header, state::LIVE) }
     }
 
-    /// Moves `header` from `from` to RETIRED and appends it to the current participant's list.
+    /// Moves `header` from `from` to RETIRED and appends it to the current participant's list; a
+    /// refusal is counted as a double retirement.
     pub(super) unsafe fn retire_header(
         &self,
         header: *mut RetireHeader,
         from: u8,
     ) -> Result<u64, RetireError> {
+        // SAFETY: per the caller.
+        unsafe { self.retire_header_from(header, from) }.map_err(|_| {
+            DomainCounters::add(&self.counters.double_retires, 1);
+            RetireError::AlreadyRetired
+        })
+    }
+
+    /// Moves `header` from `from` to RETIRED and appends it to the current participant's list;
+    /// returns its stamp, or the state found instead of `from` (nothing is counted).
+    pub(super) unsafe fn retire_header_from(
+        &self,
+        header: *mut RetireHeader,
+        from: u8,
+    ) -> Result<u64, u8> {
         // SAFETY: the caller passes a live header.
         let head = unsafe { &*header };
-        let Ok(rmw) =
-            LockedRmw::compare_exchange(&head.state, from, state::RETIRED, Ordering::Relaxed)
-        else {
-            DomainCounters::add(&self.counters.double_retires, 1);
-            return Err(RetireError::AlreadyRetired);
-        };
+        let rmw =
+            LockedRmw::compare_exchange(&head.state, from, state::RETIRED, Ordering::Relaxed)?;
         // SAFETY: the header is live and now RETIRED by us, in no list.
         Ok(unsafe { self.link_retired(header, rmw) })
     }
