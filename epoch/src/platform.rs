@@ -350,11 +350,26 @@ pub unsafe trait Platform: Send + Sync + 'static {
         let _ = lock;
     }
 
-    /// [`Domain::synchronize`](crate::Domain::synchronize) was called and is about to wait for
-    /// readers. `readers_here()` counts the readers recorded on the caller's processor that have not
+    /// The caller entered an epoch (a [`Guard`](crate::Guard) or a raw token was made). A checking
+    /// platform that knows its threads (the simulator's tasks) counts the guards each one holds, to
+    /// report a wait inside an epoch in [`Platform::synchronize_called`]. The default does nothing.
+    #[inline(always)]
+    fn epoch_entered(&self) {}
+
+    /// The caller exited an epoch (a guard dropped, a raw token exited). See
+    /// [`Platform::epoch_entered`].
+    #[inline(always)]
+    fn epoch_exited(&self) {}
+
+    /// [`Domain::synchronize`](crate::Domain::synchronize) (or another wait for a grace period:
+    /// [`Domain::wait_for_grace_period`](crate::Domain::wait_for_grace_period),
+    /// [`Domain::callback_barrier`](crate::Domain::callback_barrier)) was called and is about to
+    /// wait for readers. `readers_here()` counts the readers recorded on the caller's processor that have not
     /// exited. Only a platform on which a thread *is* its processor (the user-mode platform of
     /// `kepoch-user`) can read that as "readers this thread entered": it reports a non-zero count
-    /// as `synchronize` inside an epoch, which would wait for itself. The default never calls it.
+    /// as `synchronize` inside an epoch, which would wait for itself; a platform that counts guards
+    /// per thread ([`Platform::epoch_entered`]) reports a thread that holds one. The default never
+    /// calls it.
     #[inline(always)]
     fn synchronize_called(&self, readers_here: &dyn Fn() -> u64) {
         let _ = readers_here;
