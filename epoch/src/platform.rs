@@ -124,6 +124,24 @@ impl fmt::Display for Status {
     }
 }
 
+/// A pool tag: four characters that name who allocated a block (NT's `ULONG` tag, first character in
+/// the low byte, as `'opeK'` is written in C).
+///
+/// ```
+/// # use kepoch::platform::PoolTag;
+/// let tag = PoolTag::from_bytes(*b"Rout");
+/// assert_eq!(tag.0, u32::from_le_bytes(*b"Rout"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PoolTag(pub u32);
+
+impl PoolTag {
+    /// The tag spelled by these four characters, in the order `!poolused` shows them.
+    pub const fn from_bytes(bytes: [u8; 4]) -> PoolTag {
+        PoolTag(u32::from_le_bytes(bytes))
+    }
+}
+
 /// A callback the platform invokes later: a function plus the context it receives (what `KDPC`,
 /// `EX_TIMER` and `WORK_QUEUE_ITEM` store). The core only creates handlers whose context outlives the
 /// object they are bound to.
@@ -216,7 +234,14 @@ pub unsafe trait Platform: Send + Sync + 'static {
 
     /// Non-paged allocation with the given size and alignment; `None` on failure. Callable at DISPATCH.
     fn allocate(&self, layout: Layout) -> Option<NonNull<u8>>;
-    /// Frees memory from [`Platform::allocate`].
+    /// [`Platform::allocate`] with a pool tag for this allocation (the tag `ExAllocatePool2` is given
+    /// on NT, shown by `!poolused` and Driver Verifier). The default ignores the tag.
+    /// [`Platform::free`] frees the block like any other.
+    fn allocate_tagged(&self, layout: Layout, tag: PoolTag) -> Option<NonNull<u8>> {
+        let _ = tag;
+        self.allocate(layout)
+    }
+    /// Frees memory from [`Platform::allocate`] (or [`Platform::allocate_tagged`]).
     ///
     /// # Safety
     /// `ptr` came from `allocate(layout)` on this platform and is not used afterwards.

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `activation.rs` | preparing per-CPU slots: `lazy` at first use, `callback` notifications and rollback, `eager` |
 //! | `enter.rs` | the hot path: enter, join, exit (owned slot, migrated reader, overflow slot) |
+//! | `blocks.rs` | allocation options: pool tags, in-place and zeroed initialisation |
 //! | `retire.rs` | allocation, retirement, the retirement stamp, disposal, double-retire detection |
 //! | `work.rs` | work items: typed callbacks, schedule, cancel, reschedule, the callback barrier, the passive trampoline and its unload handshake |
 //! | `cycle.rs` | the reclamation cycle: start, visit, finish, iterative chaining, `flush` |
@@ -14,6 +15,7 @@
 //! | `shutdown.rs` | unload (`PROTOCOL.md` S8) |
 
 mod activation;
+mod blocks;
 mod cycle;
 mod enter;
 mod grace;
@@ -23,6 +25,7 @@ mod shutdown;
 mod timer;
 mod work;
 
+pub use blocks::Zeroable;
 pub use grace::GracePeriod;
 pub use report::{Holdback, Holder};
 pub use retire::CacheAligned;
@@ -37,8 +40,8 @@ use crate::guard::{Guard, RawGuard};
 use crate::mutation::Mutation;
 use crate::participant::{Participant, Slot};
 use crate::platform::{
-    CurrentProcessor, Handler, IrqlRule, LogLevel, Platform, ProcessorChange, ProcessorNumber,
-    Status,
+    CurrentProcessor, Handler, IrqlRule, LogLevel, Platform, PoolTag, ProcessorChange,
+    ProcessorNumber, Status,
 };
 use crate::spin::{SpinGuard, SpinLock};
 use crate::stats::{
