@@ -102,3 +102,49 @@ fn a_table_larger_than_the_stack_is_built_in_place() {
     drop(Arc::into_inner(domain).expect("last reference"));
     assert_eq!(platform.live_allocations(), 0);
 }
+
+/// A variable-size block has the length asked for, zeroed, filled in place, carries its tag, is
+/// freed by retirement (once) with the layout it was allocated with; an overflowing length fails
+/// cleanly.
+#[test]
+fn a_variable_size_block_is_zeroed_filled_in_place_and_freed_by_retirement() {
+    let (platform, domain) = domain(1, Strategy::Lazy);
+    let mut seen_at = core::ptr::null();
+    let bytes = domain
+        .alloc_slice_with(13, Some(TAG), |bytes: &mut [u8]| {
+            seen_at = bytes.as_ptr();
+            assert!(bytes.iter().all(|&b| b == 0), "not zeroed");
+            bytes[12] = 0xAB;
+        })
+        .expect("memory");
+    // SAFETY: ours alone, initialised.
+    let view = unsafe { bytes.as_ref() };
+    assert_eq!((view.len(), view[0], view[12]), (13, 0, 0xAB));
+    assert_eq!(seen_at, view.as_ptr(), "init ran on a copy");
+    let wide = domain
+        .alloc_slice_with(3, None, |_: &mut [u128]| {})
+        .expect("memory");
+    assert_eq!(
+        wide.as_ptr().cast::<u8>() as usize % 16,
+        0,
+        "aligned for u128"
+    );
+    assert!(
+        domain
+            .alloc_slice_with(usize::MAX / 2, None, |_: &mut [u64]| {})
+            .is_none(),
+        "an overflowing size is refused"
+    );
+    assert_eq!(platform.0.lock().unwrap().tags, [TAG]);
+    // SAFETY: never published.
+    unsafe {
+        domain.retire_slice(bytes).expect("retire");
+        assert_eq!(domain.retire_slice(bytes), Err(RetireError::AlreadyRetired));
+        domain.retire_slice(wide).expect("retire");
+    }
+    domain.synchronize();
+    assert_eq!(domain.stats().pending, 0);
+    drop(domain);
+    // The test platform checks every free against the layout it allocated.
+    assert_eq!(platform.live_allocations(), 0);
+}
