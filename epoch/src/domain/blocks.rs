@@ -79,6 +79,15 @@ impl<P: Platform> Domain<P> {
     /// // SAFETY: never published: no reader can reach it.
     /// unsafe { domain.retire(table) }.expect("retired once");
     /// ```
+    ///
+    /// Only types whose all-zero value is valid start zeroed: a reference, for one, is refused.
+    ///
+    /// ```compile_fail,E0277
+    /// # use kepoch::{Config, Domain};
+    /// # let domain = Domain::create(kepoch_user::UserPlatform::new(), Config::default()).unwrap();
+    /// static ANSWER: u32 = 42;
+    /// let _ = domain.alloc_with(None, |r: &mut &'static u32| *r = &ANSWER);
+    /// ```
     pub fn alloc_with<T: Zeroable + Send>(
         &self,
         tag: Option<PoolTag>,
