@@ -44,6 +44,8 @@ mod sched;
 mod state;
 
 #[cfg(test)]
+mod barrier_tests;
+#[cfg(test)]
 mod epoch_wait_tests;
 #[cfg(test)]
 mod tests;
