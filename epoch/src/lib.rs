@@ -11,7 +11,7 @@
 //! Enter, read, swap, retire, synchronize, with the safe pointer types of [`atomic`]:
 //!
 //! ```
-//! use kepoch::{Atomic, Config, Domain, Owned, Strategy};
+//! use kepoch::{Atomic, Config, Domain, Owned, Stats, Strategy};
 //! use kepoch_user::UserPlatform;
 //!
 //! /// What readers look up. Replaced as a whole, never changed in place.
@@ -37,12 +37,17 @@
 //! old.expect("was published").retire();
 //! domain.flush(); // a cycle now (the timer runs one every millisecond anyway)
 //! assert_eq!(seen.gateway, 1, "no cycle can free what a reader inside holds");
-//! assert_eq!(domain.stats().pending, 1);
+//! // Statistics are written in place: a `Stats` is about 24 KB, as large as a kernel stack, so
+//! // a driver keeps one in its device extension (here a box stands in for it).
+//! let mut stats = Box::new(Stats::default());
+//! domain.stats_into(&mut stats);
+//! assert_eq!(stats.pending, 1);
 //! drop(guard);
 //!
 //! // Synchronize (PASSIVE, outside any epoch): everything retired before the call is freed.
 //! domain.synchronize();
-//! assert_eq!(domain.stats().pending, 0);
+//! domain.stats_into(&mut stats);
+//! assert_eq!(stats.pending, 0);
 //! assert_eq!(route.load(&domain.enter()).map(|r| r.gateway), Some(2));
 //! ```
 //!
@@ -83,7 +88,9 @@
 //! - [`atomic`]: [`Atomic`], [`Owned`], [`Shared`], [`Unlinked`] — the safe layer; its module
 //!   documentation gives the argument for why its safe path is sound.
 //! - [`Domain`]: [`enter`](Domain::enter) / [`Guard`], [`synchronize`](Domain::synchronize),
-//!   [`flush`](Domain::flush), work items ([`Domain::new_work_item`]), [`stats`](Domain::stats); and
+//!   [`flush`](Domain::flush), polled grace periods ([`Domain::grace_period`]), typed work items
+//!   ([`Domain::work_item`]) and the [`callback_barrier`](Domain::callback_barrier),
+//!   [`stats_into`](Domain::stats_into), [`inside_epoch_here`](Domain::inside_epoch_here); and
 //!   the raw layer under the safe one: [`Domain::alloc`], the `unsafe` [`Domain::retire`],
 //!   [`Domain::enter_raw`] for callers that cannot hold a borrow.
 //! - [`platform::Platform`]: everything the core needs from its host (the NT kernel, threads of a
@@ -116,8 +123,8 @@ mod tests;
 pub use atomic::{Atomic, CompareExchangeError, Owned, Shared, Unlinked};
 pub use config::{select_config, Config, Strategy};
 pub use domain::{
-    CacheAligned, Domain, DomainBox, Holdback, Holder, LoadError, LoadFailure, RetireError,
-    WorkItem,
+    CacheAligned, Domain, DomainBox, GracePeriod, Holdback, Holder, LoadError, LoadFailure,
+    RetireError, WorkItem, WorkState,
 };
 pub use guard::{Guard, RawGuard};
 pub use mutation::{Mutation, MutationKind, Mutations};

@@ -125,6 +125,12 @@ mutations! {
     /// The safe layer's failed compare-exchange reads the value it hands back with Relaxed instead of
     /// Acquire: the caller may read a value whose initialisation it does not see.
     FailedCasRelaxed = 26, "failed-cas-relaxed", Ordering;
+    /// `callback_barrier` skips its grace periods: a callback still waiting in a retired list is
+    /// not counted yet, and the barrier returns before it ran.
+    BarrierWithoutGracePeriod = 30, "barrier-without-grace-period", Logic;
+    /// A polled grace period reads as elapsed once its epoch is released, before the cycle that
+    /// disposes of what was retired before it has run.
+    PollOnReleasedEpoch = 31, "poll-on-released-epoch", Logic;
 }
 
 impl Mutation {

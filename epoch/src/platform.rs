@@ -124,6 +124,24 @@ impl fmt::Display for Status {
     }
 }
 
+/// A pool tag: four characters that name who allocated a block (NT's `ULONG` tag, first character in
+/// the low byte, as `'opeK'` is written in C).
+///
+/// ```
+/// # use kepoch::platform::PoolTag;
+/// let tag = PoolTag::from_bytes(*b"Rout");
+/// assert_eq!(tag.0, u32::from_le_bytes(*b"Rout"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PoolTag(pub u32);
+
+impl PoolTag {
+    /// The tag spelled by these four characters, in the order `!poolused` shows them.
+    pub const fn from_bytes(bytes: [u8; 4]) -> PoolTag {
+        PoolTag(u32::from_le_bytes(bytes))
+    }
+}
+
 /// A callback the platform invokes later: a function plus the context it receives (what `KDPC`,
 /// `EX_TIMER` and `WORK_QUEUE_ITEM` store). The core only creates handlers whose context outlives the
 /// object they are bound to.
@@ -216,7 +234,14 @@ pub unsafe trait Platform: Send + Sync + 'static {
 
     /// Non-paged allocation with the given size and alignment; `None` on failure. Callable at DISPATCH.
     fn allocate(&self, layout: Layout) -> Option<NonNull<u8>>;
-    /// Frees memory from [`Platform::allocate`].
+    /// [`Platform::allocate`] with a pool tag for this allocation (the tag `ExAllocatePool2` is given
+    /// on NT, shown by `!poolused` and Driver Verifier). The default ignores the tag.
+    /// [`Platform::free`] frees the block like any other.
+    fn allocate_tagged(&self, layout: Layout, tag: PoolTag) -> Option<NonNull<u8>> {
+        let _ = tag;
+        self.allocate(layout)
+    }
+    /// Frees memory from [`Platform::allocate`] (or [`Platform::allocate_tagged`]).
     ///
     /// # Safety
     /// `ptr` came from `allocate(layout)` on this platform and is not used afterwards.
@@ -350,11 +375,26 @@ pub unsafe trait Platform: Send + Sync + 'static {
         let _ = lock;
     }
 
-    /// [`Domain::synchronize`](crate::Domain::synchronize) was called and is about to wait for
-    /// readers. `readers_here()` counts the readers recorded on the caller's processor that have not
+    /// The caller entered an epoch (a [`Guard`](crate::Guard) or a raw token was made). A checking
+    /// platform that knows its threads (the simulator's tasks) counts the guards each one holds, to
+    /// report a wait inside an epoch in [`Platform::synchronize_called`]. The default does nothing.
+    #[inline(always)]
+    fn epoch_entered(&self) {}
+
+    /// The caller exited an epoch (a guard dropped, a raw token exited). See
+    /// [`Platform::epoch_entered`].
+    #[inline(always)]
+    fn epoch_exited(&self) {}
+
+    /// [`Domain::synchronize`](crate::Domain::synchronize) (or another wait for a grace period:
+    /// [`Domain::wait_for_grace_period`](crate::Domain::wait_for_grace_period),
+    /// [`Domain::callback_barrier`](crate::Domain::callback_barrier)) was called and is about to
+    /// wait for readers. `readers_here()` counts the readers recorded on the caller's processor that have not
     /// exited. Only a platform on which a thread *is* its processor (the user-mode platform of
     /// `kepoch-user`) can read that as "readers this thread entered": it reports a non-zero count
-    /// as `synchronize` inside an epoch, which would wait for itself. The default never calls it.
+    /// as `synchronize` inside an epoch, which would wait for itself; a platform that counts guards
+    /// per thread ([`Platform::epoch_entered`]) reports a thread that holds one. The default never
+    /// calls it.
     #[inline(always)]
     fn synchronize_called(&self, readers_here: &dyn Fn() -> u64) {
         let _ = readers_here;

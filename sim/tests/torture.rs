@@ -284,6 +284,14 @@ const NOT_CAUGHT: &[(&str, &str)] = &[
         "veto-on-prepare-failure",
         "a veto is counted in the machine's report, not a violation (unit tests catch it)",
     ),
+    (
+        "barrier-without-grace-period",
+        "the torture calls no callback barrier; the core's unit tests (tests::callbacks) catch it",
+    ),
+    (
+        "poll-on-released-epoch",
+        "the torture polls no grace period; the core's unit tests (tests::callbacks) catch it",
+    ),
 ];
 
 #[cfg(feature = "mutations")]

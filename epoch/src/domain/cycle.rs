@@ -1,6 +1,6 @@
 //! The reclamation cycle: the only code that builds and walks the ring. Start (publish the epoch,
 //! fence, snapshot), visit (on each member at DISPATCH), finish (fold in the overflow slot, publish the
-//! released epoch), chained iteratively; `flush` and `synchronize` ask for cycles.
+//! released epoch), chained iteratively; `flush` asks for cycles (the waits are in `grace.rs`).
 
 use super::*;
 
@@ -329,79 +329,5 @@ impl<P: Platform> Domain<P> {
         let previous = self.platform.raise_to_dispatch();
         self.drive_cycles(false);
         self.platform.lower_irql(previous);
-    }
-
-    /// Blocks until everything retired before the call has been disposed of. PASSIVE only, outside any
-    /// epoch (waiting inside one would wait for itself; the user-mode platform reports that). Called from a work item while the domain
-    /// unloads, it returns without waiting: cycles have stopped and unload itself disposes of
-    /// everything retired, after that work item returns — so such a callback must not free what a
-    /// destructor of an item it retired still uses.
-    pub fn synchronize(&self) {
-        self.platform
-            .verify_irql("Domain::synchronize", IrqlRule::Passive);
-        self.platform
-            .synchronize_called(&|| self.readers_on_current_processor());
-        // While this count is not zero the timer does not stop (`timer.rs`): the waits below may
-        // need its cycles.
-        self.sync_waiters.fetch_add(1, Ordering::SeqCst);
-        self.synchronize_waiting();
-        self.sync_waiters.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// [`Domain::synchronize`] while counted in `sync_waiters`.
-    fn synchronize_waiting(&self) {
-        fence(Ordering::SeqCst);
-        let target = self.global_epoch.load(Ordering::SeqCst);
-        // Ask for cycles back to back only while they make progress; when one released nothing (a
-        // reader holds the oldest epoch), wait for the timer's next cycle instead of spinning.
-        let mut progressing = true;
-        loop {
-            let before = self.progress();
-            if before.1 >= target {
-                return;
-            }
-            self.platform.event_reset(self.cycle_done());
-            // Unload may be waiting on the same event (for the cycle in flight) and will run no
-            // cycle any more: give the signal back and stop. The fence orders this check after the
-            // reset, against unload's store, fence and signal.
-            fence(Ordering::SeqCst);
-            if self.shutting_down.load(Ordering::Relaxed) {
-                self.platform.event_signal(self.cycle_done());
-                return;
-            }
-            if progressing {
-                self.flush();
-            }
-            if self.freed_through.load(Ordering::Acquire) >= target {
-                return;
-            }
-            // After the fence above, which follows the count of this waiter: either the timer's
-            // idle check sees the waiter, or this sees the timer idle and restarts it.
-            self.wake_timer();
-            self.platform.event_wait(self.cycle_done());
-            progressing = self.progress() != before;
-        }
-    }
-
-    /// Readers recorded in the current processor's slot that have not exited (0 without a slot; the
-    /// overflow slot's readers are not counted: they belong to no processor). For
-    /// [`Platform::synchronize_called`]. Any IRQL up to DISPATCH.
-    fn readers_on_current_processor(&self) -> u64 {
-        let previous = self.platform.raise_to_dispatch();
-        let current = self.platform.current_processor();
-        let slot = self.table.lookup(current.number);
-        // SAFETY: a published slot stays valid for the domain's life; at DISPATCH on its processor we
-        // are its owner, which may read its reader table.
-        let readers = unsafe { slot.as_ref() }.map_or(0, |slot| slot.part.readers.active_readers());
-        self.platform.lower_irql(previous);
-        readers
-    }
-
-    /// (released epoch, freed-through epoch): what a cycle can advance.
-    fn progress(&self) -> (u64, u64) {
-        (
-            self.released_epoch.load(Ordering::Acquire),
-            self.freed_through.load(Ordering::Acquire),
-        )
     }
 }

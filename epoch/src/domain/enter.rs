@@ -33,6 +33,7 @@ impl<P: Platform> Domain<P> {
             _ => self.enter_slow(current, slot),
         };
         self.platform.lower_irql(previous);
+        self.platform.epoch_entered();
         token
     }
 
@@ -140,6 +141,7 @@ impl<P: Platform> Domain<P> {
             unsafe { self.exit_elsewhere(token) };
         }
         self.platform.lower_irql(previous);
+        self.platform.epoch_exited();
     }
 
     /// A migrated reader's exit, or an exit of the overflow slot. At DISPATCH.

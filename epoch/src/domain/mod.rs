@@ -5,25 +5,31 @@
 //! |---|---|
 //! | `activation.rs` | preparing per-CPU slots: `lazy` at first use, `callback` notifications and rollback, `eager` |
 //! | `enter.rs` | the hot path: enter, join, exit (owned slot, migrated reader, overflow slot) |
+//! | `blocks.rs` | allocation options: pool tags, in-place and zeroed initialisation |
 //! | `retire.rs` | allocation, retirement, the retirement stamp, disposal, double-retire detection |
-//! | `work.rs` | work items: schedule, cancel, reschedule, the passive trampoline and its unload handshake |
-//! | `cycle.rs` | the reclamation cycle: start, visit, finish, iterative chaining, `flush`, `synchronize` |
+//! | `work.rs` | work items: typed callbacks, schedule, cancel, reschedule, the callback barrier, the passive trampoline and its unload handshake |
+//! | `cycle.rs` | the reclamation cycle: start, visit, finish, iterative chaining, `flush` |
+//! | `grace.rs` | waiting: `synchronize`, polled grace periods, the "inside an epoch here" check |
 //! | `timer.rs` | the cycle timer: its handler, stopping it when idle, restarting it |
 //! | `report.rs` | statistics and the holdback diagnosis |
 //! | `shutdown.rs` | unload (`PROTOCOL.md` S8) |
 
 mod activation;
+mod blocks;
 mod cycle;
 mod enter;
+mod grace;
 mod report;
 mod retire;
 mod shutdown;
 mod timer;
 mod work;
 
+pub use blocks::Zeroable;
+pub use grace::GracePeriod;
 pub use report::{Holdback, Holder};
 pub use retire::CacheAligned;
-pub use work::WorkItem;
+pub use work::{WorkItem, WorkState};
 
 use cycle::Cycle;
 use timer::TimerMode;
@@ -34,15 +40,15 @@ use crate::guard::{Guard, RawGuard};
 use crate::mutation::Mutation;
 use crate::participant::{Participant, Slot};
 use crate::platform::{
-    CurrentProcessor, Handler, IrqlRule, LogLevel, Platform, ProcessorChange, ProcessorNumber,
-    Status,
+    CurrentProcessor, Handler, IrqlRule, LogLevel, Platform, PoolTag, ProcessorChange,
+    ProcessorNumber, Status,
 };
 use crate::spin::{SpinGuard, SpinLock};
 use crate::stats::{
     CallbackState, DomainCounters, LatencyHistogram, ParticipantCounters, Stats, STATS_VERSION,
 };
 use crate::sync::{
-    fence, owner_add, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, LockedRmw, Ordering,
+    fence, owner_add, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, LockedRmw, Ordering,
 };
 use crate::table::{Entry, ProcessorSet, SlotTable};
 use core::alloc::Layout;
@@ -90,8 +96,11 @@ impl fmt::Display for LoadError {
 /// Why a retirement (or the schedule of a work item) was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetireError {
-    /// The item was already retired (or the work item is already scheduled).
+    /// The item was already retired.
     AlreadyRetired,
+    /// The work item is already scheduled and has not started running; it is where the
+    /// [`WorkState`] says. Cancel it first to schedule it anew.
+    AlreadyScheduled(WorkState),
     /// The work item belongs to another domain: only the domain whose
     /// [`new_work_item`](Domain::new_work_item) made it may schedule it (another domain would
     /// account for it and run it against the domain it came from, which may be gone by then).
@@ -101,8 +110,9 @@ pub enum RetireError {
 impl fmt::Display for RetireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            RetireError::AlreadyRetired => {
-                "the item is already retired (or the work item scheduled)"
+            RetireError::AlreadyRetired => "the item is already retired",
+            RetireError::AlreadyScheduled(state) => {
+                return write!(f, "the work item is already scheduled ({state})");
             }
             RetireError::ForeignWorkItem => "the work item belongs to another domain",
         })
@@ -152,6 +162,10 @@ pub struct Domain<P: Platform> {
     /// memory pressure).
     prepare_retry_epoch: AtomicU64,
     outstanding_work: AtomicU64,
+    /// Barrier generation: a queued work item is counted in `work_in_phase[generation & 1]`.
+    work_phase: AtomicU64,
+    /// Work items queued and not finished, by the barrier phase they were queued in.
+    work_in_phase: [AtomicU64; 2],
     /// Where the cycle timer is (`timer.rs`).
     timer_mode: SpinLock<TimerMode>,
     /// Set while the timer is stopped or stopping for want of work: a retirement that sees it
@@ -237,6 +251,8 @@ impl<P: Platform> Domain<P> {
                 shutting_down: AtomicBool::new(false),
                 prepare_retry_epoch: AtomicU64::new(0),
                 outstanding_work: AtomicU64::new(0),
+                work_phase: AtomicU64::new(0),
+                work_in_phase: [AtomicU64::new(0), AtomicU64::new(0)],
                 timer_mode: SpinLock::new(TimerMode::Running),
                 timer_idle: AtomicBool::new(false),
                 sync_waiters: AtomicU64::new(0),

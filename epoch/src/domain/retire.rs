@@ -17,14 +17,14 @@ const fn block_align<T>() -> usize {
 
 /// Byte offset of the value in a block from [`Domain::alloc`]: the header, padded to the value's
 /// alignment.
-const fn value_offset<T>() -> usize {
+pub(super) const fn value_offset<T>() -> usize {
     let align = block_align::<T>();
     mem::size_of::<RetireHeader>().div_ceil(align) * align
 }
 
 /// Layout of a block holding a header and a `T`; `None` for a `T` so large that the block's size
 /// would overflow (its allocation then fails like any other).
-fn block_layout<T>() -> Option<Layout> {
+pub(super) fn block_layout<T>() -> Option<Layout> {
     let size = value_offset::<T>().checked_add(mem::size_of::<T>())?;
     Layout::from_size_align(size, block_align::<T>()).ok()
 }
@@ -59,7 +59,7 @@ impl<T> core::ops::DerefMut for CacheAligned<T> {
 }
 
 /// Drops the `T` of a memory block and frees the block.
-unsafe fn dispose_object<T, P: Platform>(header: *mut RetireHeader, domain: *const ()) {
+pub(super) unsafe fn dispose_object<T, P: Platform>(header: *mut RetireHeader, domain: *const ()) {
     // SAFETY: `header` starts a block made by `Domain::alloc::<T>` of `domain`, retired and released:
     // no reader can reach it any more.
     unsafe {
@@ -79,19 +79,29 @@ impl<P: Platform> Domain<P> {
     /// Returns the value back if the allocation fails. The safe layer's [`Owned`](crate::Owned)
     /// wraps this.
     pub fn alloc<T: Send>(&self, value: T) -> Result<NonNull<T>, T> {
-        let Some(layout) = block_layout::<T>() else {
+        let Some(block) = self.alloc_block::<T>(None) else {
             return Err(value);
         };
-        let Some(memory) = self.platform.allocate(layout) else {
-            return Err(value);
-        };
+        // SAFETY: a fresh block's value storage, aligned for `T`.
+        unsafe { block.as_ptr().write(value) };
+        Ok(block)
+    }
+
+    /// Allocates a block for a `T` (with `tag`, if any) and writes its header; the value is left
+    /// uninitialised. `None` if the allocation fails or the size overflows.
+    pub(super) fn alloc_block<T>(&self, tag: Option<PoolTag>) -> Option<NonNull<T>> {
+        let layout = block_layout::<T>()?;
+        let memory = match tag {
+            Some(tag) => self.platform.allocate_tagged(layout, tag),
+            None => self.platform.allocate(layout),
+        }?;
         let header = memory.as_ptr().cast::<RetireHeader>();
         // SAFETY: fresh block of `layout`: header at 0, value at `value_offset`, both in bounds.
         unsafe {
             header.write(RetireHeader::new(dispose_object::<T, P>));
-            let value_ptr = memory.as_ptr().add(value_offset::<T>()).cast::<T>();
-            value_ptr.write(value);
-            Ok(NonNull::new_unchecked(value_ptr))
+            Some(NonNull::new_unchecked(
+                memory.as_ptr().add(value_offset::<T>()).cast::<T>(),
+            ))
         }
     }
 
@@ -134,20 +144,31 @@ impl<P: Platform> Domain<P> {
         unsafe { self.retire_header(header, state::LIVE) }
     }
 
-    /// Moves `header` from `from` to RETIRED and appends it to the current participant's list.
+    /// Moves `header` from `from` to RETIRED and appends it to the current participant's list; a
+    /// refusal is counted as a double retirement.
     pub(super) unsafe fn retire_header(
         &self,
         header: *mut RetireHeader,
         from: u8,
     ) -> Result<u64, RetireError> {
+        // SAFETY: per the caller.
+        unsafe { self.retire_header_from(header, from) }.map_err(|_| {
+            DomainCounters::add(&self.counters.double_retires, 1);
+            RetireError::AlreadyRetired
+        })
+    }
+
+    /// Moves `header` from `from` to RETIRED and appends it to the current participant's list;
+    /// returns its stamp, or the state found instead of `from` (nothing is counted).
+    pub(super) unsafe fn retire_header_from(
+        &self,
+        header: *mut RetireHeader,
+        from: u8,
+    ) -> Result<u64, u8> {
         // SAFETY: the caller passes a live header.
         let head = unsafe { &*header };
-        let Ok(rmw) =
-            LockedRmw::compare_exchange(&head.state, from, state::RETIRED, Ordering::Relaxed)
-        else {
-            DomainCounters::add(&self.counters.double_retires, 1);
-            return Err(RetireError::AlreadyRetired);
-        };
+        let rmw =
+            LockedRmw::compare_exchange(&head.state, from, state::RETIRED, Ordering::Relaxed)?;
         // SAFETY: the header is live and now RETIRED by us, in no list.
         Ok(unsafe { self.link_retired(header, rmw) })
     }

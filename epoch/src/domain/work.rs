@@ -7,16 +7,71 @@ use super::*;
 /// item to finish then signals `work_idle` (like a rundown reference with a waiter).
 const WORK_WAITER: u64 = 1 << 63;
 
-/// A work item block: header, callback and the platform's passive work object.
+/// The part of a work item block that does not depend on its callback's type: header, references,
+/// how to run and destroy the block, and the platform's passive work object.
 #[repr(C)]
 struct WorkBlock<P: Platform> {
     header: RetireHeader,
     /// Owners: the handle and, while scheduled, the domain.
     refs: AtomicU32,
-    callback: fn(usize),
-    context: usize,
+    /// Calls the callback stored after this common part.
+    run: unsafe fn(*mut WorkBlock<P>),
+    /// Drops the callback and frees the whole block with the layout it was allocated with.
+    destroy: unsafe fn(*mut WorkBlock<P>, &P),
     domain: *const Domain<P>,
+    /// The barrier phase it was last queued in (written before the queue, read when it runs).
+    phase: AtomicU8,
     passive: MaybeUninit<P::PassiveWork>,
+}
+
+/// A work item block with its callback `F` (a closure owning its context) after the common part.
+#[repr(C)]
+struct TypedWorkBlock<P: Platform, F> {
+    common: WorkBlock<P>,
+    callback: F,
+}
+
+/// Runs the callback of a block made by [`Domain::work_item`] with `F`.
+///
+/// # Safety
+/// `block` starts a live `TypedWorkBlock<P, F>`.
+unsafe fn run_typed<P: Platform, F: Fn()>(block: *mut WorkBlock<P>) {
+    // SAFETY: per the caller; only the callback field is borrowed, shared.
+    unsafe { ((*block.cast::<TypedWorkBlock<P, F>>()).callback)() }
+}
+
+/// Drops the callback of a block made by [`Domain::work_item`] with `F` and frees the block.
+///
+/// # Safety
+/// `block` starts a `TypedWorkBlock<P, F>` allocated on `platform` that nobody uses any more.
+unsafe fn destroy_typed<P: Platform, F>(block: *mut WorkBlock<P>, platform: &P) {
+    let typed = block.cast::<TypedWorkBlock<P, F>>();
+    // SAFETY: per the caller: the last owner drops the block's fields and frees it with its layout.
+    unsafe {
+        ptr::drop_in_place(typed);
+        platform.free(
+            NonNull::new_unchecked(typed.cast()),
+            Layout::new::<TypedWorkBlock<P, F>>(),
+        );
+    }
+}
+
+/// Where a work item that cannot be scheduled again is (see [`RetireError::AlreadyScheduled`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkState {
+    /// Scheduled and waiting for the readers that were inside when it was scheduled to exit.
+    WaitingForGracePeriod,
+    /// Handed to a passive thread, about to run.
+    Queued,
+}
+
+impl fmt::Display for WorkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WorkState::WaitingForGracePeriod => "waiting for a grace period",
+            WorkState::Queued => "queued to run at PASSIVE_LEVEL",
+        })
+    }
 }
 
 /// A work item that runs at PASSIVE, outside any epoch, once everything retired before it was scheduled
@@ -61,6 +116,11 @@ impl<P: Platform> Domain<P> {
             match to {
                 state::QUEUED => {
                     self.outstanding_work.fetch_add(1, Ordering::AcqRel);
+                    let phase = self.work_phase.load(Ordering::Acquire) & 1;
+                    self.work_in_phase[phase as usize].fetch_add(1, Ordering::AcqRel);
+                    // SAFETY: the domain's reference keeps the block alive; the queue below
+                    // publishes the phase to the run.
+                    unsafe { (*block).phase.store(phase as u8, Ordering::Relaxed) };
                     // SAFETY: the block holds the domain's reference until the work runs.
                     self.platform
                         .passive_queue(unsafe { (*block).passive.assume_init_ref() });
@@ -76,20 +136,73 @@ impl<P: Platform> Domain<P> {
         }
     }
 
-    /// Allocates a work item that runs `callback(context)` at PASSIVE once scheduled and safe.
+    /// Allocates a work item that runs `callback(context)` at PASSIVE once scheduled and safe. A
+    /// typed context needs no cast: see [`Domain::work_item`].
     pub fn new_work_item(&self, callback: fn(usize), context: usize) -> Option<WorkItem<'_, P>> {
-        let layout = Layout::new::<WorkBlock<P>>();
+        self.work_item(move || callback(context))
+    }
+
+    /// Allocates a work item that runs `callback` at PASSIVE, outside any epoch, each time it is
+    /// scheduled (with [`Domain::schedule_work`]) and everything retired before is safe. The
+    /// closure owns its context, typed: it is dropped with the item (when the handle is dropped and
+    /// no schedule is pending, or at unload). `None` if the allocation fails. Any IRQL up to
+    /// DISPATCH.
+    ///
+    /// ```
+    /// # use kepoch::{Config, Domain};
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::sync::Arc;
+    /// # let domain = Domain::create(kepoch_user::UserPlatform::new(), Config::default()).unwrap();
+    /// let runs = Arc::new(AtomicU32::new(0));
+    /// let counter = Arc::clone(&runs);
+    /// let item = domain
+    ///     .work_item(move || {
+    ///         counter.fetch_add(1, Ordering::SeqCst);
+    ///     })
+    ///     .expect("memory");
+    /// domain.schedule_work(&item).expect("not scheduled yet");
+    /// domain.callback_barrier(); // waits until it has run
+    /// assert_eq!(runs.load(Ordering::SeqCst), 1);
+    /// ```
+    ///
+    /// The callback may run on another thread after the caller returned, so what it captures must
+    /// be `Send + Sync + 'static` (a reference to a local is refused):
+    ///
+    /// ```compile_fail,E0597
+    /// # use kepoch::{Config, Domain};
+    /// # let domain = Domain::create(kepoch_user::UserPlatform::new(), Config::default()).unwrap();
+    /// let local = 5u32;
+    /// let seen = &local;
+    /// let item = domain.work_item(move || assert_eq!(*seen, 5));
+    /// ```
+    ///
+    /// ```compile_fail,E0277
+    /// # use kepoch::{Config, Domain};
+    /// # let domain = Domain::create(kepoch_user::UserPlatform::new(), Config::default()).unwrap();
+    /// let shared = std::rc::Rc::new(5u32); // not Send
+    /// let item = domain.work_item(move || assert_eq!(*shared, 5));
+    /// ```
+    pub fn work_item<F>(&self, callback: F) -> Option<WorkItem<'_, P>>
+    where
+        F: Fn() + Send + Sync + 'static,
+    {
+        let layout = Layout::new::<TypedWorkBlock<P, F>>();
         let memory = self.platform.allocate(layout)?;
-        let block = memory.as_ptr().cast::<WorkBlock<P>>();
+        let typed = memory.as_ptr().cast::<TypedWorkBlock<P, F>>();
+        let block = typed.cast::<WorkBlock<P>>();
         // SAFETY: fresh block of the right layout; the passive object is initialised in place.
         unsafe {
-            block.write(WorkBlock {
-                header: RetireHeader::new(dispose_work::<P>),
-                refs: AtomicU32::new(1),
+            typed.write(TypedWorkBlock {
+                common: WorkBlock {
+                    header: RetireHeader::new(dispose_work::<P>),
+                    refs: AtomicU32::new(1),
+                    run: run_typed::<P, F>,
+                    destroy: destroy_typed::<P, F>,
+                    domain: self,
+                    phase: AtomicU8::new(0),
+                    passive: MaybeUninit::uninit(),
+                },
                 callback,
-                context,
-                domain: self,
-                passive: MaybeUninit::uninit(),
             });
             let handler = Handler {
                 func: Self::on_work,
@@ -100,8 +213,7 @@ impl<P: Platform> Domain<P> {
                 .passive_init((*block).passive.as_mut_ptr(), handler)
                 .is_err()
             {
-                ptr::drop_in_place(block);
-                self.platform.free(memory, layout);
+                destroy_typed::<P, F>(block, &self.platform);
                 return None;
             }
         }
@@ -119,9 +231,10 @@ impl<P: Platform> Domain<P> {
     }
 
     /// Schedules `item` to run once everything retired before this call is safe; returns the epoch it
-    /// waits for (at least). Refused (and counted) if it is already scheduled, and refused with
-    /// [`RetireError::ForeignWorkItem`] if another domain made it. A cancelled item can be scheduled
-    /// again at once.
+    /// waits for (at least). Refused (and counted) with [`RetireError::AlreadyScheduled`], naming
+    /// where the item is, if it is scheduled and has not started running, and with
+    /// [`RetireError::ForeignWorkItem`] if another domain made it. A cancelled item, or one whose
+    /// callback is running, can be scheduled again at once. Any IRQL up to DISPATCH.
     pub fn schedule_work(&self, item: &WorkItem<'_, P>) -> Result<u64, RetireError> {
         if !self.owns(item) {
             return Err(RetireError::ForeignWorkItem);
@@ -129,26 +242,40 @@ impl<P: Platform> Domain<P> {
         let block = item.block.as_ptr();
         // SAFETY: the handle keeps the block alive.
         let head = unsafe { &(*block).header };
-        // Cancelled while its entry still waits in a retired list: arm it again. Disposing of that
-        // entry retires it anew with a fresh stamp, so it still waits for everything retired before
-        // this call; the domain's reference for the old schedule carries over.
-        if let Ok(rmw) = LockedRmw::compare_exchange(
-            &head.state,
-            state::CANCELLED,
-            state::RESCHEDULED,
-            Ordering::Relaxed,
-        ) {
-            rmw.full_fence();
-            return Ok(self.global_epoch.load(Ordering::Relaxed));
-        }
-        // SAFETY: the handle keeps the block alive; the domain takes a reference for the schedule.
-        unsafe {
-            (*block).refs.fetch_add(1, Ordering::AcqRel);
-            let result = self.retire_header(block.cast(), state::LIVE);
-            if result.is_err() {
-                (*block).refs.fetch_sub(1, Ordering::AcqRel);
+        loop {
+            // Cancelled while its entry still waits in a retired list: arm it again. Disposing of
+            // that entry retires it anew with a fresh stamp, so it still waits for everything
+            // retired before this call; the domain's reference for the old schedule carries over.
+            if let Ok(rmw) = LockedRmw::compare_exchange(
+                &head.state,
+                state::CANCELLED,
+                state::RESCHEDULED,
+                Ordering::Relaxed,
+            ) {
+                rmw.full_fence();
+                return Ok(self.global_epoch.load(Ordering::Relaxed));
             }
-            result
+            // SAFETY: the handle keeps the block alive; the domain takes a reference for the
+            // schedule.
+            let outcome = unsafe {
+                (*block).refs.fetch_add(1, Ordering::AcqRel);
+                let outcome = self.retire_header_from(block.cast(), state::LIVE);
+                if outcome.is_err() {
+                    (*block).refs.fetch_sub(1, Ordering::AcqRel);
+                }
+                outcome
+            };
+            let seen = match outcome {
+                Ok(stamp) => return Ok(stamp),
+                Err(seen) => seen,
+            };
+            let scheduled = match seen {
+                state::CANCELLED | state::LIVE => continue, // changed under us: try again
+                state::QUEUED => WorkState::Queued,
+                _ => WorkState::WaitingForGracePeriod,
+            };
+            DomainCounters::add(&self.counters.double_retires, 1);
+            return Err(RetireError::AlreadyScheduled(scheduled));
         }
     }
 
@@ -177,12 +304,75 @@ impl<P: Platform> Domain<P> {
         // SAFETY: the domain's reference keeps the block alive until `release_work` below.
         unsafe {
             let domain = &*(*block).domain;
+            // Read before the item can be scheduled (and queued) again, below.
+            let phase = usize::from((*block).phase.load(Ordering::Relaxed));
             (*block).header.state.store(state::LIVE, Ordering::Release);
-            ((*block).callback)((*block).context);
+            ((*block).run)(block);
             DomainCounters::add(&domain.counters.work_items_run, 1);
             domain.release_work(block);
+            // A barrier waiting for this phase wakes (it re-checks the count: a spurious signal
+            // costs it a look).
+            if domain.work_in_phase[phase].fetch_sub(1, Ordering::AcqRel) == 1 {
+                domain.platform.event_signal(domain.cycle_done());
+            }
             Self::work_item_finished(domain);
         }
+    }
+
+    /// Waits until every work item scheduled before the call has finished running (or was
+    /// cancelled). PASSIVE only, outside any epoch, and never from a work item's callback (it would
+    /// wait for itself). Returns at once during unload, which runs what is left itself. Callbacks
+    /// scheduled meanwhile may make it wait for them too, never forever.
+    ///
+    /// Typical use: before freeing what callbacks still use (a driver's per-device state).
+    ///
+    /// ```
+    /// # use kepoch::{Config, Domain};
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// # let domain = Domain::create(kepoch_user::UserPlatform::new(), Config::default()).unwrap();
+    /// let done = Arc::new(AtomicBool::new(false));
+    /// let flag = Arc::clone(&done);
+    /// let item = domain
+    ///     .work_item(move || flag.store(true, Ordering::SeqCst))
+    ///     .expect("memory");
+    /// domain.schedule_work(&item).expect("schedule");
+    /// drop(item); // a scheduled item still runs
+    /// domain.callback_barrier();
+    /// assert!(done.load(Ordering::SeqCst));
+    /// ```
+    pub fn callback_barrier(&self) {
+        self.platform
+            .verify_irql("Domain::callback_barrier", IrqlRule::Passive);
+        self.platform
+            .synchronize_called(&|| self.readers_on_current_processor());
+        // Everything scheduled before is disposed of: queued (and counted in a phase) or run. A
+        // second grace period covers items cancelled and scheduled again, which the first one's
+        // disposal retired anew. The `barrier-without-grace-period` mutation skips both.
+        if !self.mutated(Mutation::BarrierWithoutGracePeriod) {
+            self.synchronize();
+            self.synchronize();
+        }
+        // Items queued from now on count in the other phase: this waits for the old one only.
+        let old = (self.work_phase.fetch_add(1, Ordering::AcqRel) & 1) as usize;
+        // Counted like a `synchronize` waiter: the timer keeps running, and each cycle's signal
+        // wakes this loop even when another waiter reset the event.
+        self.sync_waiters.fetch_add(1, Ordering::SeqCst);
+        loop {
+            self.platform.event_reset(self.cycle_done());
+            fence(Ordering::SeqCst);
+            if self.work_in_phase[old].load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if self.shutting_down.load(Ordering::Relaxed) {
+                // Unload may wait on the same event: give the signal back.
+                self.platform.event_signal(self.cycle_done());
+                break;
+            }
+            self.wake_timer();
+            self.platform.event_wait(self.cycle_done());
+        }
+        self.sync_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// The end of a queued work item (or of the timer stopper): the decrement of
@@ -214,15 +404,11 @@ impl<P: Platform> Domain<P> {
     /// The caller owns one reference.
     unsafe fn release_work(&self, block: *mut WorkBlock<P>) {
         // SAFETY: per the caller; the last reference frees the block with the layout
-        // `new_work_item` allocated it with.
+        // `work_item` allocated it with (its `destroy` knows it).
         unsafe {
             if (*block).refs.fetch_sub(1, Ordering::AcqRel) == 1 {
                 self.platform.passive_release((*block).passive.as_mut_ptr());
-                ptr::drop_in_place(block);
-                self.platform.free(
-                    NonNull::new_unchecked(block.cast()),
-                    Layout::new::<WorkBlock<P>>(),
-                );
+                ((*block).destroy)(block, &self.platform);
             }
         }
     }

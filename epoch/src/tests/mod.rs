@@ -196,7 +196,9 @@ fn work_items_run_once_safe_and_can_be_cancelled() {
     domain.schedule_work(&item).unwrap();
     assert_eq!(
         domain.schedule_work(&item),
-        Err(RetireError::AlreadyRetired)
+        Err(RetireError::AlreadyScheduled(
+            crate::WorkState::WaitingForGracePeriod
+        ))
     );
     domain.schedule_work(&cancelled).unwrap();
     assert!(domain.cancel_work(&cancelled));
@@ -381,7 +383,9 @@ fn a_stalled_reader_blocks_reclamation_and_is_reported_once() {
     assert_eq!(drops.load(Ordering::SeqCst), 1);
 }
 mod atomic;
+mod blocks;
 mod callback;
+mod callbacks;
 mod hardware;
 mod hot_add_window;
 mod review;

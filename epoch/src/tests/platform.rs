@@ -36,6 +36,8 @@ pub(super) struct State {
     pub(super) live: BTreeMap<usize, Layout>,
     pub(super) fail_allocations: usize,
     pub(super) delivered: Vec<usize>,
+    /// Pool tags of `allocate_tagged` calls, in order.
+    pub(super) tags: Vec<PoolTag>,
     pub(super) logs: Vec<String>,
     /// Processor-change registration exists.
     pub(super) callback_api: bool,
@@ -245,6 +247,10 @@ unsafe impl Platform for TestPlatform {
         let ptr = NonNull::new(unsafe { std::alloc::alloc(layout) })?;
         state.live.insert(ptr.as_ptr() as usize, layout);
         Some(ptr)
+    }
+    fn allocate_tagged(&self, layout: Layout, tag: PoolTag) -> Option<NonNull<u8>> {
+        self.0.lock().unwrap().tags.push(tag);
+        self.allocate(layout)
     }
     unsafe fn free(&self, ptr: NonNull<u8>, layout: Layout) {
         let recorded = self.0.lock().unwrap().live.remove(&(ptr.as_ptr() as usize));

@@ -240,7 +240,9 @@ fn a_cancelled_work_item_can_be_scheduled_again_at_once() {
         .expect("a cancelled item can be scheduled again");
     assert_eq!(
         domain.schedule_work(&item),
-        Err(RetireError::AlreadyRetired)
+        Err(RetireError::AlreadyScheduled(
+            crate::WorkState::WaitingForGracePeriod
+        ))
     );
     for _ in 0..6 {
         platform.tick();

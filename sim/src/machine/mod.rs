@@ -44,6 +44,10 @@ mod sched;
 mod state;
 
 #[cfg(test)]
+mod barrier_tests;
+#[cfg(test)]
+mod epoch_wait_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod window_tests;

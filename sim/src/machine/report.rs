@@ -42,6 +42,10 @@ pub enum ViolationKind {
     /// [`super::MachineConfig::parallel_spin_limit_ms`] in parallel mode. The machine then halts with a
     /// [`Bugcheck`].
     Deadlock,
+    /// A wait for a grace period (`synchronize`, `wait_for_grace_period`, `callback_barrier`) by a
+    /// context that holds a guard: it would wait for itself. The machine then halts with a
+    /// [`Bugcheck`] instead of hanging.
+    WaitInsideEpoch,
 }
 
 /// One recorded violation.

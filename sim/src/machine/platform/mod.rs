@@ -1,8 +1,9 @@
 //! `SimPlatform`: the `kepoch::platform::Platform` implementation of the simulated machine. Waiting
-//! (`wait`), the spin-lock checks (`spin`), timers (`timer`) and processor-change registration
-//! (`callbacks`) are in their own modules.
+//! (`wait`), the spin-lock checks (`spin`), the wait-inside-an-epoch check (`epochs`), timers
+//! (`timer`) and processor-change registration (`callbacks`) are in their own modules.
 
 mod callbacks;
+mod epochs;
 mod spin;
 mod timer;
 mod wait;
@@ -480,5 +481,17 @@ unsafe impl Platform for SimPlatform {
 
     fn spin_lock_released(&self, lock: *const ()) {
         self.record_spin_released(lock);
+    }
+
+    fn epoch_entered(&self) {
+        self.count_epoch_entered();
+    }
+
+    fn epoch_exited(&self) {
+        self.count_epoch_exited();
+    }
+
+    fn synchronize_called(&self, readers_here: &dyn Fn() -> u64) {
+        self.check_wait_outside_epoch(readers_here);
     }
 }

@@ -11,7 +11,7 @@ use super::super::report::ViolationKind;
 use super::Shared;
 
 /// What kind of code a context runs (for the messages of violations and bugchecks).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum ContextKind {
     /// Code on the calling thread outside any task or handler: load, unload, a test's `with_cpu`.
     Caller,

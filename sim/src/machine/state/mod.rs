@@ -260,6 +260,8 @@ pub(crate) struct Shared {
     pub wall_offset: AtomicU64,
     /// Core spin locks held now and by whom.
     pub spin_locks: Mutex<SpinLocks>,
+    /// Guards (epochs entered and not exited) each context holds, for the wait-inside-an-epoch check.
+    pub guards_held: Mutex<HashMap<ContextKind, u64>>,
     /// Serial number of the next context.
     pub next_serial: AtomicU64,
     /// Set once the machine bugchecked: nothing runs on it any more.
@@ -339,6 +341,7 @@ impl Shared {
             wall_origin: Instant::now(),
             wall_offset: AtomicU64::new(0),
             spin_locks: Mutex::new(SpinLocks::default()),
+            guards_held: Mutex::new(HashMap::new()),
             next_serial: AtomicU64::new(1),
             halted: AtomicBool::new(false),
             bugcheck: Mutex::new(None),
