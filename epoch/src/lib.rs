@@ -81,7 +81,10 @@
 //! # Layers
 //!
 //! - [`atomic`]: [`Atomic`], [`Owned`], [`Shared`], [`Unlinked`] — the safe layer; its module
-//!   documentation gives the argument for why its safe path is sound.
+//!   documentation gives the argument for why its safe path is sound; [`atomic::chain`] links
+//!   nodes of one domain to each other ([`Chain`](atomic::Chain), [`Node`](atomic::Node)).
+//! - [`list::List`] (an RCU list) and [`map::Map`] (a fixed-bucket hash map): read under a guard
+//!   without locks, written under their own spin locks.
 //! - [`Domain`]: [`enter`](Domain::enter) / [`Guard`], [`synchronize`](Domain::synchronize),
 //!   [`flush`](Domain::flush), work items ([`Domain::new_work_item`]), [`stats`](Domain::stats); and
 //!   the raw layer under the safe one: [`Domain::alloc`], the `unsafe` [`Domain::retire`],
@@ -102,6 +105,8 @@ pub mod config;
 mod deferred;
 pub mod domain;
 pub mod guard;
+pub mod list;
+pub mod map;
 pub mod mutation;
 mod participant;
 pub mod platform;

@@ -125,6 +125,12 @@ mutations! {
     /// The safe layer's failed compare-exchange reads the value it hands back with Relaxed instead of
     /// Acquire: the caller may read a value whose initialisation it does not see.
     FailedCasRelaxed = 26, "failed-cas-relaxed", Ordering;
+    /// A chain's insertion stores the new node's link after publishing the node instead of before:
+    /// a reader that reaches the new node may see the end of the chain and miss every node after it.
+    ListLinkAfterPublish = 28, "list-link-after-publish", Ordering;
+    /// The map's replace unlinks the old entry before linking the new one: a reader looking the key
+    /// up in between finds nothing, although the key was never absent.
+    MapReplaceUnlinksFirst = 29, "map-replace-unlinks-first", Logic;
 }
 
 impl Mutation {

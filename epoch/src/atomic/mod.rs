@@ -102,8 +102,10 @@
 //! });
 //! ```
 
+pub mod chain;
 mod values;
 
+pub use chain::{Chain, InsertError, Node, NodeRef, UnlinkError};
 pub use values::{Owned, Shared, Unlinked};
 
 use crate::domain::Domain;

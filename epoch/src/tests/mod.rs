@@ -384,5 +384,6 @@ mod atomic;
 mod callback;
 mod hardware;
 mod hot_add_window;
+mod linked;
 mod review;
 mod second_review;
