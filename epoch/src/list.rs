@@ -65,7 +65,8 @@ impl<'d, T, P: Platform> List<'d, T, P> {
         List::new(domain)
     }
 
-    /// The values in order, skipping those being removed, readable until `guard` exits.
+    /// The values in order, readable until `guard` exits (a value removed while the walk is under
+    /// way may still appear: the walk reached it before it was unlinked).
     ///
     /// # Panics
     /// If `guard` belongs to another domain.
@@ -153,12 +154,11 @@ impl<'g, T> Iterator for Iter<'g, T> {
     type Item = &'g T;
 
     fn next(&mut self) -> Option<&'g T> {
-        loop {
-            let node = self.next?;
-            self.next = node.next();
-            if !node.is_removed() {
-                return Some(node.get());
-            }
-        }
+        // A node being removed is still returned: the reader reached it before its unlink, and a
+        // replacement may be linked behind the reader (skipping it would hide a key that was never
+        // absent; the map's loom model checks this).
+        let node = self.next?;
+        self.next = node.next();
+        Some(node.get())
     }
 }

@@ -91,6 +91,21 @@ impl<'d, K: Hash + Eq, V, P: Platform, const BUCKETS: usize> Map<'d, K, V, P, BU
         }
     }
 
+    /// An empty map of `domain` that does not borrow it, for a structure that holds the map next to
+    /// the [`DomainBox`](crate::DomainBox) (as [`Atomic::null_detached`](crate::Atomic::null_detached)).
+    ///
+    /// # Safety
+    /// The domain must outlive the map: drop the map before the `DomainBox`.
+    ///
+    /// # Panics
+    /// If `BUCKETS` is 0.
+    pub unsafe fn new_detached(domain: &Domain<P>) -> Map<'static, K, V, P, BUCKETS> {
+        // SAFETY: the caller keeps the domain alive for as long as the map exists; every value
+        // derived from the map borrows the map or the domain it gave out.
+        let domain: &'static Domain<P> = unsafe { &*core::ptr::from_ref(domain) };
+        Map::new(domain)
+    }
+
     /// The value stored under `key`, readable until `guard` exits. Takes no lock: any IRQL up to
     /// DISPATCH.
     ///

@@ -13,7 +13,8 @@
 //!   A node enters a chain only as an [`Owned`] (a new node: [`Chain::insert_after`] makes the link
 //!   that held `expected` point to it, and its own link to `expected`), and a node leaves only through
 //!   [`Chain::unlink`]: it first marks the node's own link (freezing it: no insertion or unlink can
-//!   change a marked link, since both compare-exchange against an unmarked pointer), then
+//!   change a marked link, since both compare-exchange against an unmarked pointer; mutation
+//!   `unlink-before-mark` swaps the two steps), then
 //!   compare-exchanges the predecessor's live link from the node to its frozen successor. Exactly
 //!   one compare-exchange can take a node out of its one live link, so exactly one token exists.
 //! - **A reader only follows links it reached under its guard.** [`NodeRef`] — the only way to read a
@@ -30,9 +31,8 @@
 //!   `DerefMut`) therefore moves no pointer with it.
 //!
 //! **Memory ordering.** An insertion initialises the new node (its value, then its link) and
-//! publishes it with a `Release` compare-exchange; every load of a link is `Acquire` (mutation
-//! `list-link-after-publish` stores the link after publishing; the loom model
-//! `list_reader_sees_every_node_during_an_insertion` catches it). An unlink publishes a node that
+//! publishes it with a `Release` compare-exchange; every load of a link is `Acquire` (the loom model
+//! `list_reader_sees_every_node_during_an_insertion`). An unlink publishes a node that
 //! is already published: it needs no ordering beyond the retirement's fence that follows.
 //!
 //! Writers may race (every step is a compare-exchange): a failed [`Chain::unlink`] leaves the node
@@ -349,29 +349,17 @@ impl<'d, T: Send + 'static, P: Platform> Chain<'d, T, P> {
             "kepoch: a node allocated by another domain cannot be linked in this chain"
         );
         let expected = expected.map_or(ptr::null_mut(), |node| node.ptr.as_ptr());
-        let link_after_publish = self.domain.mutated(Mutation::ListLinkAfterPublish);
-        if !link_after_publish {
-            // Published by the Release of the compare-exchange below.
-            new.next.store(expected, Ordering::Relaxed);
-        }
+        // Published by the Release of the compare-exchange below.
+        new.next.store(expected, Ordering::Relaxed);
         let desired = new.ptr.as_ptr();
         match self
             .link(at)
             .compare_exchange(expected, desired, Ordering::AcqRel, Ordering::Acquire)
         {
-            Ok(_) => {
-                let inserted = new.into_ptr();
-                if link_after_publish {
-                    // SAFETY: (mutation only) the node was just published under `guard`, so it is alive.
-                    unsafe { inserted.as_ref() }
-                        .next
-                        .store(expected, Ordering::Relaxed);
-                }
-                Ok(NodeRef {
-                    ptr: inserted,
-                    _guard: PhantomData,
-                })
-            }
+            Ok(_) => Ok(NodeRef {
+                ptr: new.into_ptr(),
+                _guard: PhantomData,
+            }),
             Err(actual) => {
                 // A node handed back holds no pointer (see the module's argument).
                 new.next.store(ptr::null_mut(), Ordering::Relaxed);
@@ -399,9 +387,24 @@ impl<'d, T: Send + 'static, P: Platform> Chain<'d, T, P> {
         guard: &'g Guard<'_, P>,
     ) -> Result<Unlinked<'d, Node<T>, P>, UnlinkError> {
         self.check_guard(guard);
+        if self.domain.mutated(Mutation::UnlinkBeforeMark) {
+            let successor = unmarked(node.node().next.load(Ordering::Acquire));
+            self.swing(at, node, successor)?;
+            Self::freeze(node);
+            return Ok(Unlinked::new(node.ptr.as_ptr(), self.domain)
+                .expect("kepoch: an unlinked node is not null"));
+        }
+        // Freeze the node's link first: from now on no insertion or unlink can change it.
+        let successor = Self::freeze(node);
+        self.swing(at, node, successor)?;
+        Ok(Unlinked::new(node.ptr.as_ptr(), self.domain)
+            .expect("kepoch: an unlinked node is not null"))
+    }
+
+    /// Marks `node`'s link (if no one did yet) and returns the successor it is frozen at.
+    fn freeze(node: NodeRef<'_, T>) -> *mut Node<T> {
         let next = &node.node().next;
         let mut successor = next.load(Ordering::Acquire);
-        // Freeze the node's link: from now on no insertion or unlink can change it.
         while !is_marked(successor) {
             let marked = successor.map_addr(|addr| addr | MARK);
             match next.compare_exchange_weak(successor, marked, Ordering::AcqRel, Ordering::Acquire)
@@ -410,17 +413,25 @@ impl<'d, T: Send + 'static, P: Platform> Chain<'d, T, P> {
                 Err(actual) => successor = actual,
             }
         }
-        let successor = unmarked(successor);
-        match self.link(at).compare_exchange(
-            node.ptr.as_ptr(),
-            successor,
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        ) {
-            Ok(_) => Ok(Unlinked::new(node.ptr.as_ptr(), self.domain)
-                .expect("kepoch: an unlinked node is not null")),
-            Err(_) => Err(UnlinkError),
-        }
+        unmarked(successor)
+    }
+
+    /// Moves the link at `at` from `node` to `successor`, if it still holds `node` (unmarked).
+    fn swing<'g>(
+        &'g self,
+        at: Option<NodeRef<'g, T>>,
+        node: NodeRef<'g, T>,
+        successor: *mut Node<T>,
+    ) -> Result<(), UnlinkError> {
+        self.link(at)
+            .compare_exchange(
+                node.ptr.as_ptr(),
+                successor,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .map(|_| ())
+            .map_err(|_| UnlinkError)
     }
 }
 
