@@ -53,13 +53,22 @@ fn walk(w: &World, list: &SharedList) -> usize {
 /// A writer on CPU 0 pushes a node in front of the one the list holds while a reader on CPU 1 walks
 /// it: the reader must reach the old node whether or not it saw the new one, so the new node's
 /// link must be set before the node is published, and the publication must release it.
+///
+/// Gated: the reader walks once the writer has pushed, by a std flag the checker cannot see, so no
+/// happens-before orders them and loom lets the reader's load of the head return the old or the
+/// new node; only the insertion's Release and the walk's Acquire order the new node's contents and
+/// link before the reader's reads.
 pub fn list_reader_sees_every_node_during_an_insertion() {
     let (w, list) = world_with_list(1);
     let reader = {
         let (w, list) = (w.clone(), list.clone());
-        rt::thread::spawn(move || walk(&w, &list))
+        rt::thread::spawn(move || {
+            w.gates[0].wait();
+            walk(&w, &list)
+        })
     };
     on_cpu(0, || list.push_front(Object::new()).ok().expect("alloc"));
+    w.gates[0].open();
     let seen = reader.join().unwrap();
     assert!(seen >= 1, "a reader missed a node that was never removed");
     finish_list(w, list);
