@@ -86,7 +86,10 @@
 //! # Layers
 //!
 //! - [`atomic`]: [`Atomic`], [`Owned`], [`Shared`], [`Unlinked`] — the safe layer; its module
-//!   documentation gives the argument for why its safe path is sound.
+//!   documentation gives the argument for why its safe path is sound; [`atomic::chain`] links
+//!   nodes of one domain to each other ([`Chain`](atomic::Chain), [`Node`](atomic::Node)).
+//! - [`list::List`] (an RCU list) and [`map::Map`] (a fixed-bucket hash map): read under a guard
+//!   without locks, written under their own spin locks.
 //! - [`Domain`]: [`enter`](Domain::enter) / [`Guard`], [`synchronize`](Domain::synchronize),
 //!   [`flush`](Domain::flush), polled grace periods ([`Domain::grace_period`]), typed work items
 //!   ([`Domain::work_item`]) and the [`callback_barrier`](Domain::callback_barrier),
@@ -109,6 +112,8 @@ pub mod config;
 mod deferred;
 pub mod domain;
 pub mod guard;
+pub mod list;
+pub mod map;
 pub mod mutation;
 mod participant;
 pub mod platform;

@@ -125,6 +125,13 @@ mutations! {
     /// The safe layer's failed compare-exchange reads the value it hands back with Relaxed instead of
     /// Acquire: the caller may read a value whose initialisation it does not see.
     FailedCasRelaxed = 26, "failed-cas-relaxed", Ordering;
+    /// A chain's unlink swings the predecessor's link before it marks the node (and marks it only
+    /// if that succeeded): an insertion after the node can still succeed once it is unlinked, and
+    /// the inserted node is lost; a failed unlink leaves the node unmarked.
+    UnlinkBeforeMark = 28, "unlink-before-mark", Logic;
+    /// The map's replace unlinks the old entry before linking the new one: a reader looking the key
+    /// up in between finds nothing, although the key was never absent.
+    MapReplaceUnlinksFirst = 29, "map-replace-unlinks-first", Logic;
     /// `callback_barrier` skips its grace periods: a callback still waiting in a retired list is
     /// not counted yet, and the barrier returns before it ran.
     BarrierWithoutGracePeriod = 30, "barrier-without-grace-period", Logic;

@@ -8,6 +8,8 @@
 mod common;
 #[path = "report/doc.rs"]
 mod doc;
+#[path = "report/maps.rs"]
+mod maps;
 #[path = "report/rounds.rs"]
 mod rounds;
 
@@ -251,6 +253,7 @@ fn measure(effort: Effort, extra: &mut String) -> Vec<Row> {
         pass: ratio <= 1.1,
         why_missed: "per-CPU state grew with the reported maximum.".into(),
     });
+    maps::map_rows(rounds, 100_000 * effort.scale, &mut rows);
     cycle_rows(rounds, &mut rows, extra);
     throughput_row(effort, &mut rows, extra);
     rows

@@ -74,7 +74,8 @@ pub struct TortureArgs {
     /// (flush/synchronize storms), stalls (readers inside across many cycles in distinct epochs),
     /// overflow (allocation failures put a CPU on the overflow slot), busy-unload (unload while work
     /// items run and a cycle is in flight), map (a read-mostly hash map through the safe pointer
-    /// layer: lookups, compare-and-exchange updates, safe retirement).
+    /// layer: lookups, compare-and-exchange updates, safe retirement; and a `kepoch::map::Map` whose
+    /// permanent keys must always be found), list (a `kepoch::list::List`: walks, pushes, removals).
     #[arg(long, default_value = "all", value_parser = parse_workloads)]
     workloads: Workloads,
     /// Deterministic: machine lifetimes per seed (each a new machine, load, hot-adds, unload), each
@@ -411,7 +412,7 @@ pub fn torture_command(args: TortureArgs) -> ExitCode {
     };
     let t = &totals;
     let figures = format!(
-        "{runs} run(s), {} lifetimes, {} reads, {} retires, {} cycles, {} synchronizes, {} flushes, {} hot-adds ({} completed, {} failed), work items {} run / {} cancelled / {} chained, {} destructor retires, {} polls, map {} bucket reads / {} updates / {} lost races, {} overflow uses, max reader-table depth {}, peak pending {}, longest hold-back {} cycles, peak RSS {} MiB",
+        "{runs} run(s), {} lifetimes, {} reads, {} retires, {} cycles, {} synchronizes, {} flushes, {} hot-adds ({} completed, {} failed), work items {} run / {} cancelled / {} chained, {} destructor retires, {} polls, map {} bucket reads / {} updates / {} lost races, list and kepoch::map {} item reads / {} updates, {} overflow uses, max reader-table depth {}, peak pending {}, longest hold-back {} cycles, peak RSS {} MiB",
         t.lifetimes,
         t.reads,
         t.retires,
@@ -429,6 +430,8 @@ pub fn torture_command(args: TortureArgs) -> ExitCode {
         t.map_lookups,
         t.map_updates,
         t.map_conflicts,
+        t.linked_reads,
+        t.linked_updates,
         t.fallback_uses,
         t.max_depth,
         t.peak_pending,

@@ -28,8 +28,9 @@
 //!   was created with; a guard, or an [`Owned`], of another domain is refused (a panic: a guard of
 //!   another domain protects nothing here, and another domain's block would be freed with the
 //!   wrong allocator). Everything derived from an atomic borrows it, and the atomic borrows its
-//!   domain, so nothing outlives the domain; [`Atomic::null_detached`] is the one `unsafe` way to
-//!   keep an atomic next to its [`DomainBox`](crate::DomainBox) in one structure.
+//!   domain, so nothing outlives the domain. [`Anchored`] keeps atomics (or lists, maps) next to
+//!   their [`DomainBox`](crate::DomainBox) in one value without `unsafe`; [`Atomic::null_detached`]
+//!   is the `unsafe` alternative.
 //! - **Dropping an atomic frees its value at once.** `Drop` has `&mut self`: no reader can hold a
 //!   [`Shared`] of it any more (each borrows the atomic), and the value is in no retired list.
 //! - **`Send`/`Sync`.** An atomic is `Sync` only for `T: Send + Sync`: readers on every processor
@@ -102,8 +103,12 @@
 //! });
 //! ```
 
+pub mod anchored;
+pub mod chain;
 mod values;
 
+pub use anchored::{Anchored, DomainBound};
+pub use chain::{Chain, InsertError, Node, NodeRef, UnlinkError};
 pub use values::{Owned, Shared, Unlinked};
 
 use crate::domain::Domain;

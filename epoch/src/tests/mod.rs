@@ -388,5 +388,6 @@ mod callback;
 mod callbacks;
 mod hardware;
 mod hot_add_window;
+mod linked;
 mod review;
 mod second_review;

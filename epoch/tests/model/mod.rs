@@ -30,6 +30,7 @@
 //! that the switch costs no preemption.
 
 pub mod api;
+pub mod linked;
 pub mod rt;
 pub mod scenarios;
 

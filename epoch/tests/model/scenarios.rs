@@ -6,6 +6,10 @@ pub use super::api::{
     api_failed_compare_exchange_hands_back_an_initialised_value,
     api_reader_holds_a_value_a_writer_swaps_and_retires, api_reader_sees_the_published_value,
 };
+pub use super::linked::{
+    list_reader_on_a_removed_node_reaches_the_rest,
+    list_reader_sees_every_node_during_an_insertion, map_replace_never_hides_the_key,
+};
 use super::{check_unloaded, on_cpu, retire_fresh_object, rt, World};
 use kepoch::{Domain, Strategy};
 use rt::atomic::Ordering;
@@ -384,6 +388,9 @@ macro_rules! every_scenario {
             api_reader_sees_the_published_value,
             api_reader_holds_a_value_a_writer_swaps_and_retires,
             api_failed_compare_exchange_hands_back_an_initialised_value,
+            list_reader_sees_every_node_during_an_insertion,
+            list_reader_on_a_removed_node_reaches_the_rest,
+            map_replace_never_hides_the_key,
             a_retirement_races_the_idle_timer,
         }
     };

@@ -2,11 +2,11 @@
 //! checked; panics and broken bounds end a lifetime with a diagnosis.
 
 use super::bounds::{self, Watchdog};
-use super::map;
 use super::setup::{fault_hook, machine_for, spawn_tasks};
 use super::window;
 use super::work::{self, WorkEnv};
 use super::{fault, Mode, RunOptions, RunOutcome, RunSpec, RunStats, Shared, TORTURE_CYCLE_US};
+use super::{linked, map};
 use crate::machine::Machine;
 use crate::objects::{self, ChainStats, SimDomain};
 use kepoch::{Config, Domain, Strategy};
@@ -196,8 +196,15 @@ fn drive_lifetime(
     let map = workloads
         .map
         .then(|| unsafe { map::ObjectMap::new(&domain) });
+    let linked = (workloads.list || workloads.map).then(|| {
+        machine.with_cpu(boot, || {
+            // SAFETY: as for the map: taken out before unload, declared before the domain.
+            unsafe { linked::Linked::new(&domain, workloads.list, workloads.map) }
+        })
+    });
     let shared = Arc::new(Shared {
         map: RwLock::new(map),
+        linked: RwLock::new(linked),
         domain: RwLock::new(Some(domain)),
         machine: machine.clone(),
         mode: spec.mode,
@@ -225,6 +232,8 @@ fn drive_lifetime(
         map_lookups: AtomicU64::new(0),
         map_updates: AtomicU64::new(0),
         map_conflicts: AtomicU64::new(0),
+        linked_reads: AtomicU64::new(0),
+        linked_updates: AtomicU64::new(0),
         cycles_seen: AtomicU64::new(0),
         held_age: Default::default(),
         max_held_age: AtomicU64::new(0),
@@ -309,6 +318,8 @@ fn drive_lifetime(
                 map.clear();
             }
         }
+        // The list and map free what they still hold when dropped: no reader can reach them.
+        drop(shared.linked.write().take());
         let chain = shared.chain_cell.swap(ptr::null_mut(), Ordering::AcqRel);
         if let Some(chain) = NonNull::new(chain) {
             // SAFETY: unlinked just now; allocated by this domain.
@@ -431,6 +442,8 @@ fn collect_stats(lifetime: &Lifetime, before_unload: Option<&kepoch::Stats>) -> 
         map_lookups: shared.map_lookups.load(Ordering::Relaxed),
         map_updates: shared.map_updates.load(Ordering::Relaxed),
         map_conflicts: shared.map_conflicts.load(Ordering::Relaxed),
+        linked_reads: shared.linked_reads.load(Ordering::Relaxed),
+        linked_updates: shared.linked_updates.load(Ordering::Relaxed),
     }
 }
 

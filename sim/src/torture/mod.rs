@@ -43,6 +43,7 @@
 pub mod bounds;
 pub mod fault;
 mod lifetime;
+mod linked;
 mod map;
 mod monitor;
 mod setup;
@@ -122,8 +123,11 @@ pub struct Workloads {
     /// Unload while work items run and a cycle is in flight (else: synchronize, then unload).
     pub busy_unload: bool,
     /// A read-mostly hash map through the safe pointer layer: readers look keys up, writers
-    /// replace buckets by compare-and-exchange and retire what they unlinked.
+    /// replace buckets by compare-and-exchange and retire what they unlinked; and a
+    /// `kepoch::map::Map` whose permanent keys readers must always find.
     pub map: bool,
+    /// A `kepoch::list::List`: readers walk it under a guard, writers push and remove items.
+    pub list: bool,
 }
 
 impl Workloads {
@@ -137,6 +141,7 @@ impl Workloads {
         overflow: true,
         busy_unload: true,
         map: true,
+        list: true,
     };
     /// None: readers, writers and the synchronizer only.
     pub const NONE: Workloads = Workloads {
@@ -148,6 +153,7 @@ impl Workloads {
         overflow: false,
         busy_unload: false,
         map: false,
+        list: false,
     };
     /// Command-line names, in order.
     pub const NAMES: &'static [&'static str] = &[
@@ -159,6 +165,7 @@ impl Workloads {
         "overflow",
         "busy-unload",
         "map",
+        "list",
     ];
 
     /// The switch of a command-line name.
@@ -172,6 +179,7 @@ impl Workloads {
             "overflow" => &mut self.overflow,
             "busy-unload" => &mut self.busy_unload,
             "map" => &mut self.map,
+            "list" => &mut self.list,
             _ => return None,
         })
     }
@@ -266,6 +274,10 @@ pub struct RunStats {
     pub map_updates: u64,
     /// Map compare-and-exchanges that lost a race and retried.
     pub map_conflicts: u64,
+    /// Items of the list and `kepoch::map` checked by readers.
+    pub linked_reads: u64,
+    /// Removals, insertions and replacements in the list and `kepoch::map`.
+    pub linked_updates: u64,
 }
 
 impl RunStats {
@@ -293,6 +305,8 @@ impl RunStats {
         self.map_lookups += other.map_lookups;
         self.map_updates += other.map_updates;
         self.map_conflicts += other.map_conflicts;
+        self.linked_reads += other.linked_reads;
+        self.linked_updates += other.linked_updates;
         self.max_held_age = self.max_held_age.max(other.max_held_age);
         self.max_depth = self.max_depth.max(other.max_depth);
         self.peak_pending = self.peak_pending.max(other.peak_pending);
@@ -316,6 +330,8 @@ struct Shared {
     /// The read-mostly map of the safe-API workload. Declared before `domain` so that it drops
     /// first: its atomics must not outlive the domain. Taken out before unload.
     map: RwLock<Option<map::ObjectMap>>,
+    /// The list and map of the linked workloads; like `map`, declared before `domain`.
+    linked: RwLock<Option<linked::Linked>>,
     domain: RwLock<Option<DomainBox<crate::machine::SimPlatform>>>,
     machine: Machine,
     mode: Mode,
@@ -349,6 +365,10 @@ struct Shared {
     map_updates: AtomicU64,
     /// Compare-and-exchanges of map writers that lost a race and retried.
     map_conflicts: AtomicU64,
+    /// Items of the linked structures checked by readers.
+    linked_reads: AtomicU64,
+    /// Updates of the linked structures.
+    linked_updates: AtomicU64,
     /// Cycles completed, as the monitor last saw them (the figure of a lifetime that failed).
     cycles_seen: AtomicU64,
     held_age: [AtomicU64; 4],

@@ -1,6 +1,7 @@
 //! What a machine lifetime is made of: the machine a seed describes, the allocation fault hook and
 //! the workload's tasks on the busy CPUs.
 
+use super::linked::{LinkedReader, LinkedWriter};
 use super::map::{MapReader, MapWriter};
 use super::monitor::Monitor;
 use super::tasks::{FlushStorm, Poller, Reader, Staller, Synchronizer, Writer};
@@ -131,6 +132,19 @@ pub(super) fn spawn_tasks(
             machine.spawn(
                 cpu,
                 MapWriter {
+                    shared: shared.clone(),
+                },
+            );
+        }
+    }
+    if workloads.list || workloads.map {
+        for &cpu in busy {
+            machine.spawn(cpu, LinkedReader::new(shared.clone()));
+        }
+        for &cpu in busy.iter().take(2) {
+            machine.spawn(
+                cpu,
+                LinkedWriter {
                     shared: shared.clone(),
                 },
             );
