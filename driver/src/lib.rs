@@ -11,15 +11,15 @@
 //! - [`slots`]: load-thread slots (the thread's parameters apart from its creator's handle).
 //!
 //! The image itself is the `kepoch` binary (`driver/src/main.rs`). On 64-bit hosts other than Windows the
-//! same driver code is compiled against the emulated kernel of `nt::host`, so `cargo test` runs it; on
+//! same driver code is compiled, and its tests link the emulated kernel (crate `kepoch-ntemu`), so
+//! `cargo test` runs it; on
 //! other Windows targets (`kepochctl`'s) only [`ioctl`], [`support`], [`lifecycle`] and [`slots`] are
 //! compiled.
 #![no_std]
 
-// The emulated kernel (`nt::host`) is ordinary std code; the driver code itself stays `core`-only (the
-// kernel build proves it).
-#[cfg(all(not(target_os = "windows"), target_pointer_width = "64"))]
-extern crate std;
+// The unit tests link the emulated kernel, which resolves the NT routines the driver code declares.
+#[cfg(all(test, not(target_os = "windows"), target_pointer_width = "64"))]
+use kepoch_ntemu as _;
 
 pub use kepoch;
 

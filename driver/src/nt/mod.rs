@@ -6,9 +6,10 @@
 //!   wrong for a driver (listed in `raw.rs`), so the driver links on any host with rust-lld and no WDK.
 //!   The WDK build (feature `wdk`) uses the same bindings and differs only in the link, which
 //!   `wdk-build` configures: no second set of declarations that only a WDK host could compile;
-//! - `host` (any 64-bit host other than Windows): `raw`'s structures with the routines emulated in user
-//!   mode (`host/`, selected in `raw.rs`) with windows-sys's signatures, so the driver's own code runs
-//!   in `cargo test`; IRQL is the emulated thread's (`host/irql.rs` in place of `irql.rs`).
+//! - any 64-bit host other than Windows: the same declarations without the `raw-dylib` link (what
+//!   windows-sys does there), resolved when a test links the emulated kernel (crate `kepoch-ntemu`,
+//!   which exports these routines under their own names); IRQL is the emulated thread's
+//!   (`irql_emulated.rs` in place of `irql.rs`).
 //!
 //! Shared by all: numeric constants, IRQL access through CR8 (what the WDK headers inline on x64), and
 //! the routines resolved at run time with `MmGetSystemRoutineAddress` (they must never be imported:
@@ -17,11 +18,8 @@
 //! Everything above this module (the platform, the driver) uses safe wrappers or documented `unsafe`.
 #![allow(non_camel_case_types, non_snake_case, clippy::upper_case_acronyms)]
 
-#[cfg_attr(not(target_os = "windows"), path = "host/irql.rs")]
+#[cfg_attr(not(target_os = "windows"), path = "irql_emulated.rs")]
 pub mod irql;
-
-#[cfg(not(target_os = "windows"))]
-pub mod host;
 
 mod raw;
 pub use raw::*;

@@ -32,8 +32,10 @@
 //!   [`deferred_routine`], [`work_item_routine`] and [`start_routine`].
 //!
 //! The routines resolved at run time (`MmGetSystemRoutineAddress`) are `super`'s. On hosts other than
-//! Windows the routines are the emulated kernel's (`nt/host`), with windows-sys's signatures (checked
-//! at compile time there) and these same structures.
+//! Windows the same declarations carry no `raw-dylib` link (windows-sys's are plain `extern` blocks
+//! there too): the emulated kernel (crate `kepoch-ntemu`) exports the routines under their names,
+//! with windows-sys's signatures (checked at compile time there), and a test that links it runs this
+//! code on it.
 
 use core::ffi::c_void;
 
@@ -53,9 +55,7 @@ pub use windows_sys::Win32::System::Kernel::PROCESSOR_NUMBER;
 pub use windows_sys::Win32::System::WindowsProgramming::CLIENT_ID;
 pub use windows_sys::Win32::System::IO::IO_STATUS_BLOCK;
 
-#[cfg(target_os = "windows")]
 pub use windows_sys::Wdk::Storage::FileSystem::ObOpenObjectByPointer;
-#[cfg(target_os = "windows")]
 pub use windows_sys::Wdk::System::SystemServices::{
     ExAllocatePoolWithTag, ExFreePoolWithTag, IoAllocateWorkItem, IoCreateDevice,
     IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink, IoFreeWorkItem, IoQueueWorkItem,
@@ -67,10 +67,6 @@ pub use windows_sys::Wdk::System::SystemServices::{
     KeSetSystemAffinityThreadEx, KeSetTargetProcessorDpcEx, KeSetTimerEx, KeWaitForSingleObject,
     MmGetSystemRoutineAddress, PsCreateSystemThread, PsTerminateSystemThread,
 };
-
-// On other hosts the emulated kernel provides the same routines (`nt/host`).
-#[cfg(not(target_os = "windows"))]
-pub use super::host::routines::*;
 
 /// `IO_STACK_LOCATION` with the `Parameters.DeviceIoControl` view of its parameter union (x64 layout:
 /// the lengths after the first are `POINTER_ALIGNMENT`). Reached through
@@ -212,10 +208,13 @@ pub unsafe fn bug_check(code: u32, parameters: [usize; 4]) -> ! {
 }
 
 // windows-sys links these to ntdll.dll (see the module documentation); same signatures, from ntoskrnl.
-// The routines are documented by Microsoft (DDI reference).
-#[cfg(target_os = "windows")]
+// The routines are documented by Microsoft (DDI reference). On other hosts, plain declarations that the
+// emulated kernel's exports resolve.
 #[allow(missing_docs)]
-#[link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")]
+#[cfg_attr(
+    target_os = "windows",
+    link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")
+)]
 extern "system" {
     // security
     pub fn RtlCreateSecurityDescriptor(
@@ -264,6 +263,19 @@ extern "system" {
 #[link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")]
 extern "C" {
     pub fn DbgPrintEx(componentid: u32, level: u32, format: windows_sys::core::PCSTR, ...) -> u32;
+}
+
+// The emulated kernel's `DbgPrintEx` takes the one argument of the `"%s"` format the driver uses (a C
+// variadic function cannot be defined on stable Rust); the call sites are the same.
+#[cfg(not(target_os = "windows"))]
+#[allow(missing_docs)]
+extern "C" {
+    pub fn DbgPrintEx(
+        componentid: u32,
+        level: u32,
+        format: windows_sys::core::PCSTR,
+        text: *const u8,
+    ) -> u32;
 }
 
 // Code generation references these (slice copies, core::fmt, zeroing); the msvc compiler_builtins has

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use kepoch_driver::driver::driver_entry;
-use kepoch_driver::nt::host::{Machine, MachineConfig, RegistryData};
+use kepoch_ntemu::{Machine, MachineConfig, RegistryData};
 
 use crate::common::*;
 

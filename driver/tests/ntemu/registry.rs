@@ -2,7 +2,7 @@
 //! max > active and two groups.
 
 use kepoch_driver::driver::driver_entry;
-use kepoch_driver::nt::host::{GroupConfig, Machine, MachineConfig, RegistryData};
+use kepoch_ntemu::{GroupConfig, Machine, MachineConfig, RegistryData};
 
 use crate::common::*;
 

@@ -1,6 +1,7 @@
 //! The emulated machine's configuration: topology, registry table, missing routines, fault injection,
 //! deadlines and the adversarial timing knobs.
 
+use std::format;
 use std::string::{String, ToString};
 use std::time::Duration;
 use std::vec;
@@ -8,8 +9,9 @@ use std::vec::Vec;
 
 use crate::nt::NTSTATUS;
 
-/// The service key the I/O manager passes to `DriverEntry`.
-pub const SERVICE_KEY: &str = "\\Registry\\Machine\\System\\CurrentControlSet\\Services\\kepoch";
+/// Where the service keys are: `<SERVICES_KEY>\<service name>` is what the I/O manager passes to
+/// `DriverEntry`.
+pub const SERVICES_KEY: &str = "\\Registry\\Machine\\System\\CurrentControlSet\\Services";
 
 /// One processor group: numbers `0..max` can exist, `active` are present at boot (sparse is fine).
 #[derive(Clone, Debug)]
@@ -39,6 +41,8 @@ pub enum RegistryData {
 /// Everything about an emulated machine.
 #[derive(Clone, Debug)]
 pub struct MachineConfig {
+    /// The driver's service name (its key under [`SERVICES_KEY`]).
+    pub service_name: String,
     /// Processor groups.
     pub groups: Vec<GroupConfig>,
     /// Values under `<service key>\Parameters`.
@@ -87,6 +91,7 @@ impl Default for MachineConfig {
     /// above the active count (4).
     fn default() -> Self {
         MachineConfig {
+            service_name: "kepoch".to_string(),
             groups: vec![
                 GroupConfig {
                     max: 4,
@@ -119,6 +124,17 @@ impl Default for MachineConfig {
 }
 
 impl MachineConfig {
+    /// The service key path `DriverEntry` gets.
+    pub fn service_key(&self) -> String {
+        format!("{SERVICES_KEY}\\{}", self.service_name)
+    }
+
+    /// Sets the driver's service name.
+    pub fn service(mut self, name: &str) -> Self {
+        self.service_name = name.to_string();
+        self
+    }
+
     /// Sets a registry value under `Parameters`.
     pub fn parameter(mut self, name: &str, data: RegistryData) -> Self {
         self.parameters.push((name.to_string(), data));

@@ -60,6 +60,7 @@ impl RegistryState {
 ///
 /// # Safety
 /// `key` is writable; `attributes` and its name are valid.
+#[no_mangle]
 pub unsafe extern "system" fn ZwOpenKey(
     key: *mut HANDLE,
     _access: u32,
@@ -109,6 +110,7 @@ pub unsafe extern "system" fn ZwOpenKey(
 /// # Safety
 /// `key` is an open key handle; `name` is valid; `information` has `length` writable bytes;
 /// `result_length` is writable.
+#[no_mangle]
 pub unsafe extern "system" fn ZwQueryValueKey(
     key: HANDLE,
     name: *const UNICODE_STRING,

@@ -49,6 +49,7 @@ impl WorkState {
 ///
 /// # Safety
 /// `device` is a live device object of the driver.
+#[no_mangle]
 pub unsafe extern "system" fn IoAllocateWorkItem(device: *const DEVICE_OBJECT) -> PIO_WORKITEM {
     let (kernel, _) = enter("IoAllocateWorkItem", Rule::AtMostDispatch);
     if !kernel
@@ -81,6 +82,7 @@ pub unsafe extern "system" fn IoAllocateWorkItem(device: *const DEVICE_OBJECT) -
 ///
 /// # Safety
 /// `item` came from `IoAllocateWorkItem`; `routine` may run with `context` at PASSIVE.
+#[no_mangle]
 pub unsafe extern "system" fn IoQueueWorkItem(
     item: PIO_WORKITEM,
     routine: PIO_WORKITEM_ROUTINE,
@@ -132,6 +134,7 @@ pub unsafe extern "system" fn IoQueueWorkItem(
 ///
 /// # Safety
 /// `item` came from `IoAllocateWorkItem` and is freed once.
+#[no_mangle]
 pub unsafe extern "system" fn IoFreeWorkItem(item: PIO_WORKITEM) {
     let (kernel, _) = enter("IoFreeWorkItem", Rule::AtMostDispatch);
     let me = with_context(|c| c.thread);

@@ -199,13 +199,13 @@ pub(super) fn stop_driver_code(kernel: &Kernel, ended: bool) {
 
 /// The calling thread is about to raise to DISPATCH: a DPC due on its processor runs first (on NT its
 /// interrupt is taken before the IRQL goes up).
-pub(in crate::nt) fn before_raise() {
+pub(crate) fn before_raise() {
     let kernel = with_context(|c| c.kernel.clone());
     scheduling_point(&kernel, false);
 }
 
 /// The calling thread raised to DISPATCH: it holds its processor and is no longer counted.
-pub(in crate::nt) fn raised() {
+pub(crate) fn raised() {
     with_context(|c| {
         if c.irql >= DISPATCH && c.counted {
             let kernel = c.kernel.clone();
@@ -216,7 +216,7 @@ pub(in crate::nt) fn raised() {
 
 /// The calling thread lowered below DISPATCH: the DPCs queued to its processor meanwhile run first
 /// (on NT they interrupt it as soon as the IRQL drops), then it runs driver code there again.
-pub(in crate::nt) fn lowered() {
+pub(crate) fn lowered() {
     let kernel = with_context(|c| c.kernel.clone());
     start_driver_code(&kernel);
 }

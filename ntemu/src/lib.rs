@@ -1,6 +1,21 @@
-//! The host backend of the binding facade: the kernel routines the driver imports, emulated in user
-//! mode on Linux so that the driver's own code (`driver.rs`, `platform.rs`, `ioctl.rs`) runs in
-//! `cargo test`.
+//! `kepoch-ntemu`: an emulated NT kernel in user mode, so that a Windows kernel driver's own code runs
+//! in `cargo test` on Linux (the role microsoft/usersim plays for eBPF for Windows).
+//!
+//! The crate exports the kernel routines a driver imports from `ntoskrnl.exe` and `hal.dll` under
+//! their own names (`#[no_mangle]`, windows-sys's signatures, checked at compile time below): a
+//! driver crate that declares them as plain `extern "system"` functions on hosts other than Windows
+//! (windows-sys does exactly that there) links against this crate in its tests, the way it links
+//! against ntoskrnl.exe on Windows. The routines a driver resolves at run time
+//! (`KeRegisterProcessorChangeCallback`, `KeDeregisterProcessorChangeCallback`, `ExAllocatePool2`,
+//! `KeGetProcessorNumberFromIndex`) are reachable only through `MmGetSystemRoutineAddress`, so an
+//! accidental import of one of them fails the host link as it would fail the load on an old kernel.
+//! On x64 the WDK inlines `KeGetCurrentIrql`/`KfRaiseIrql`/`KeLowerIrql` on CR8; a driver built for
+//! the emulation calls them as routines instead (`irql.rs`), and `DbgPrintEx` takes exactly one
+//! `"%s"` argument (a C variadic function cannot be defined on stable Rust).
+//!
+//! A test starts a [`Machine`], calls [`Machine::load`] with the driver's `DriverEntry`, drives it with
+//! IRPs through the returned [`Driver`] (or calls its code on the machine's threads with
+//! [`Machine::call`]), hot-adds processors, unloads it and calls [`Machine::finish`].
 //!
 //! The emulated machine ([`Machine`]) has processors in groups with sparse numbers and a maximum above
 //! the active count. Every active processor is an OS thread that runs the DPCs queued to it at
@@ -24,8 +39,14 @@
 //! call deeper than its kernel stack, and IOCTL output reported but never written. Every wait has a
 //! deadline: a wait that exceeds it fails the machine with a description of what was waited for.
 //!
-//! One machine runs at a time per process (the driver has statics, as a kernel image does).
+//! One machine runs at a time per process (a driver has statics, as a kernel image does). The crate
+//! is empty on Windows targets, where the real kernel exports these names.
+#![cfg(not(target_os = "windows"))]
 #![allow(non_snake_case)]
+// The modules name what they take from std (they were written inside a `no_std` driver crate).
+#![no_std]
+
+extern crate std;
 
 mod callbacks;
 mod config;
@@ -33,12 +54,14 @@ mod debug;
 mod dpc;
 mod handles;
 mod io;
+mod irql;
 mod kernel;
 mod loaded;
 mod machine;
+pub mod nt;
 mod pool;
-pub(in crate::nt) mod preempt;
-pub(in crate::nt) mod processor;
+mod preempt;
+mod processor;
 mod registry;
 mod security;
 mod stack;
@@ -55,7 +78,7 @@ mod preemption_tests;
 #[cfg(test)]
 mod tests;
 
-pub use config::{GroupConfig, MachineConfig, RegistryData, SERVICE_KEY};
+pub use config::{GroupConfig, MachineConfig, RegistryData, SERVICES_KEY};
 pub use io::IoctlResult;
 pub use loaded::Driver;
 pub use machine::{DriverEntry, Machine, ProcessorReport};
@@ -63,8 +86,8 @@ pub use pool::PoolReport;
 pub use security::DeviceSecurity;
 pub use stack::{StackReport, KERNEL_STACK_SIZE, STACK_LIMIT};
 
-/// The emulated routines, re-exported by `nt` in place of the `raw-dylib` imports.
-pub(crate) mod routines {
+/// The exported routines (what a driver links against).
+pub mod routines {
     pub use super::debug::{DbgPrintEx, KeBugCheckEx, MmGetSystemRoutineAddress};
     pub use super::dpc::{
         KeFlushQueuedDpcs, KeInitializeDpc, KeInsertQueueDpc, KeSetImportanceDpc,
@@ -75,6 +98,7 @@ pub(crate) mod routines {
         IoCreateDevice, IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink,
         IofCompleteRequest,
     };
+    pub use super::irql::{KeGetCurrentIrql, KeLowerIrql, KfRaiseIrql};
     pub use super::pool::{ExAllocatePoolWithTag, ExFreePoolWithTag};
     pub use super::processor::{
         KeGetCurrentProcessorNumberEx, KeQueryActiveProcessorCountEx, KeQueryActiveProcessors,
@@ -98,10 +122,11 @@ pub(crate) mod routines {
 
     /// Proves at compile time that each emulated routine has exactly the type of windows-sys's
     /// declaration (an array of the two function items only type-checks when their signatures are
-    /// identical). The routines the driver declares itself (`nt/raw.rs`) are compared with windows-sys's
-    /// ntdll declarations, whose signatures the ABI test shows they share. `DbgPrintEx` (C variadic,
-    /// not definable on stable Rust) is the one exception. Evaluated at compile time only: nothing
-    /// references the windows-sys symbols (they have no definition on this host).
+    /// identical). The routines windows-sys links to ntdll.dll although ntoskrnl.exe exports them (a
+    /// driver declares those itself, with windows-sys's signature) are compared with windows-sys's
+    /// ntdll declarations. `DbgPrintEx` (C variadic, not definable on stable Rust) and `KeLowerIrql`
+    /// (not in windows-sys: a macro over CR8 on x64) are the exceptions. Evaluated at compile time
+    /// only: nothing references the windows-sys declarations.
     macro_rules! same_types {
         ($($module:path => [$($name:ident),* $(,)?];)*) => {
             $($(const _: () = {
@@ -115,14 +140,14 @@ pub(crate) mod routines {
             ExAllocatePoolWithTag, ExFreePoolWithTag, IoAllocateWorkItem, IoCreateDevice,
             IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink, IoFreeWorkItem,
             IoQueueWorkItem, IofCompleteRequest, KeBugCheckEx, KeCancelTimer, KeClearEvent,
-            KeDelayExecutionThread, KeEnterCriticalRegion, KeFlushQueuedDpcs,
+            KeDelayExecutionThread, KeEnterCriticalRegion, KeFlushQueuedDpcs, KeGetCurrentIrql,
             KeGetCurrentProcessorNumberEx, KeInitializeDpc, KeInitializeEvent, KeInitializeTimerEx,
             KeInsertQueueDpc, KeLeaveCriticalRegion, KeQueryActiveProcessorCountEx,
             KeQueryActiveProcessors, KeQueryMaximumProcessorCountEx, KeQueryPerformanceCounter,
             KeRevertToUserAffinityThreadEx, KeSetEvent, KeSetImportanceDpc,
             KeSetSystemAffinityThreadEx, KeSetTargetProcessorDpcEx, KeSetTimerEx,
             KeWaitForSingleObject, MmGetSystemRoutineAddress, PsCreateSystemThread,
-            PsTerminateSystemThread,
+            KfRaiseIrql, PsTerminateSystemThread,
             // ntdll-linked in windows-sys: declared by the driver with the same signature.
             RtlCreateSecurityDescriptor, RtlSetDaclSecurityDescriptor, ZwClose,
         ];

@@ -111,7 +111,7 @@ pub(super) fn maybe_migrate(state: &State) -> usize {
 
 /// `KfRaiseIrql(DISPATCH_LEVEL)` of the calling thread: takes its processor (waiting while a DPC or
 /// another thread at DISPATCH holds it). Returns the previous IRQL.
-pub(in crate::nt) fn raise_to_dispatch() -> u8 {
+pub(crate) fn raise_to_dispatch() -> u8 {
     let (kernel, thread, previous) = with_context(|c| (c.kernel.clone(), c.thread, c.irql));
     if previous >= DISPATCH {
         return previous;
@@ -138,7 +138,7 @@ pub(in crate::nt) fn raise_to_dispatch() -> u8 {
 }
 
 /// `KeLowerIrql(previous)` of the calling thread.
-pub(in crate::nt) fn lower(previous: u8) {
+pub(crate) fn lower(previous: u8) {
     let (kernel, thread, irql, role, slot) =
         with_context(|c| (c.kernel.clone(), c.thread, c.irql, c.role, c.cpu));
     if previous > irql {
@@ -170,7 +170,7 @@ pub(in crate::nt) fn lower(previous: u8) {
 }
 
 /// `KeGetCurrentIrql` of the calling thread.
-pub(in crate::nt) fn current_irql() -> u8 {
+pub(crate) fn current_irql() -> u8 {
     with_context(|c| c.irql)
 }
 
@@ -249,6 +249,7 @@ pub(super) fn start_processor(kernel: &Arc<Kernel>, slot: usize) -> std::thread:
 ///
 /// # Safety
 /// `number` is null or writable.
+#[no_mangle]
 pub unsafe extern "system" fn KeGetCurrentProcessorNumberEx(number: *mut PROCESSOR_NUMBER) -> u32 {
     let (kernel, irql) = enter("KeGetCurrentProcessorNumberEx", Rule::Any);
     let state = kernel.lock();
@@ -275,6 +276,7 @@ pub unsafe extern "system" fn KeGetCurrentProcessorNumberEx(number: *mut PROCESS
 ///
 /// # Safety
 /// None (kept `unsafe` like the import).
+#[no_mangle]
 pub unsafe extern "system" fn KeQueryMaximumProcessorCountEx(group: u16) -> u32 {
     let (kernel, _) = enter("KeQueryMaximumProcessorCountEx", Rule::Any);
     let state = kernel.lock();
@@ -289,6 +291,7 @@ pub unsafe extern "system" fn KeQueryMaximumProcessorCountEx(group: u16) -> u32 
 ///
 /// # Safety
 /// None (kept `unsafe` like the import).
+#[no_mangle]
 pub unsafe extern "system" fn KeQueryActiveProcessorCountEx(group: u16) -> u32 {
     let (kernel, _) = enter("KeQueryActiveProcessorCountEx", Rule::Any);
     let state = kernel.lock();
@@ -304,6 +307,7 @@ pub unsafe extern "system" fn KeQueryActiveProcessorCountEx(group: u16) -> u32 {
 ///
 /// # Safety
 /// None (kept `unsafe` like the import).
+#[no_mangle]
 pub unsafe extern "system" fn KeQueryActiveProcessors() -> usize {
     let (kernel, _) = enter("KeQueryActiveProcessors", Rule::Any);
     let state = kernel.lock();
@@ -351,6 +355,7 @@ pub(super) const PERFORMANCE_FREQUENCY: i64 = 10_000_000;
 ///
 /// # Safety
 /// `frequency` is null or writable.
+#[no_mangle]
 pub unsafe extern "system" fn KeQueryPerformanceCounter(frequency: *mut i64) -> i64 {
     let (kernel, _) = enter("KeQueryPerformanceCounter", Rule::Any);
     if !frequency.is_null() {

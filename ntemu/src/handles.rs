@@ -55,6 +55,7 @@ impl Handles {
 ///
 /// # Safety
 /// Same contract as the kernel routine: `handle` is a kernel handle the caller owns.
+#[no_mangle]
 pub unsafe extern "system" fn ZwClose(handle: HANDLE) -> NTSTATUS {
     let (kernel, _) = enter("ZwClose", Rule::Passive);
     let mut state = kernel.lock();

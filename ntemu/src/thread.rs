@@ -50,6 +50,7 @@ unsafe impl Send for Start {}
 ///
 /// # Safety
 /// `handle` is writable; `attributes` is null or valid; `routine` may run with `context`.
+#[no_mangle]
 pub unsafe extern "system" fn PsCreateSystemThread(
     handle: *mut HANDLE,
     _access: u32,
@@ -132,6 +133,7 @@ pub unsafe extern "system" fn PsCreateSystemThread(
 ///
 /// # Safety
 /// Called by a system thread on itself.
+#[no_mangle]
 pub unsafe extern "system" fn PsTerminateSystemThread(_status: NTSTATUS) -> NTSTATUS {
     let (kernel, _) = enter("PsTerminateSystemThread", Rule::Passive);
     let role = with_context(|c| {
@@ -148,6 +150,7 @@ pub unsafe extern "system" fn PsTerminateSystemThread(_status: NTSTATUS) -> NTST
 ///
 /// # Safety
 /// `handle` is an open handle; `timeout` is null or readable.
+#[no_mangle]
 pub unsafe extern "system" fn ZwWaitForSingleObject(
     handle: HANDLE,
     _alertable: bool,
@@ -180,6 +183,7 @@ pub unsafe extern "system" fn ZwWaitForSingleObject(
 ///
 /// # Safety
 /// None (kept `unsafe` like the import).
+#[no_mangle]
 pub unsafe extern "system" fn KeSetSystemAffinityThreadEx(affinity: usize) -> usize {
     let (kernel, _) = enter("KeSetSystemAffinityThreadEx", Rule::AtMostApc);
     let previous = with_context(|c| {
@@ -205,6 +209,7 @@ pub unsafe extern "system" fn KeSetSystemAffinityThreadEx(affinity: usize) -> us
 ///
 /// # Safety
 /// `previous` came from `KeSetSystemAffinityThreadEx` on this thread.
+#[no_mangle]
 pub unsafe extern "system" fn KeRevertToUserAffinityThreadEx(previous: usize) {
     let (kernel, _) = enter("KeRevertToUserAffinityThreadEx", Rule::AtMostApc);
     with_context(|c| c.affinity = (previous != 0).then_some(previous as u64));

@@ -65,6 +65,7 @@ fn relative(interval: i64) -> Option<Duration> {
 ///
 /// # Safety
 /// `event` is writable KEVENT storage that stays in place while the event is used.
+#[no_mangle]
 pub unsafe extern "system" fn KeInitializeEvent(event: *mut KEVENT, kind: i32, state: bool) {
     let (kernel, _) = enter("KeInitializeEvent", Rule::Any);
     if kind != crate::nt::NOTIFICATION_EVENT && kind != crate::nt::SYNCHRONIZATION_EVENT {
@@ -102,6 +103,7 @@ pub unsafe extern "system" fn KeInitializeEvent(event: *mut KEVENT, kind: i32, s
 ///
 /// # Safety
 /// `event` was initialised.
+#[no_mangle]
 pub unsafe extern "system" fn KeSetEvent(event: *mut KEVENT, _increment: i32, wait: bool) -> i32 {
     let (kernel, irql) = enter("KeSetEvent", Rule::AtMostDispatch);
     if wait {
@@ -137,6 +139,7 @@ pub unsafe extern "system" fn KeSetEvent(event: *mut KEVENT, _increment: i32, wa
 ///
 /// # Safety
 /// `event` was initialised.
+#[no_mangle]
 pub unsafe extern "system" fn KeClearEvent(event: *mut KEVENT) {
     let (kernel, _) = enter("KeClearEvent", Rule::AtMostDispatch);
     // SAFETY: per the caller.
@@ -154,6 +157,7 @@ pub unsafe extern "system" fn KeClearEvent(event: *mut KEVENT) {
 ///
 /// # Safety
 /// `object` is an initialised KEVENT; `timeout` is null or readable.
+#[no_mangle]
 pub unsafe extern "system" fn KeWaitForSingleObject(
     object: *const c_void,
     _reason: i32,
@@ -220,6 +224,7 @@ pub unsafe extern "system" fn KeWaitForSingleObject(
 ///
 /// # Safety
 /// `interval` is readable.
+#[no_mangle]
 pub unsafe extern "system" fn KeDelayExecutionThread(
     _mode: i8,
     _alertable: bool,
@@ -247,6 +252,7 @@ pub unsafe extern "system" fn KeDelayExecutionThread(
 ///
 /// # Safety
 /// None beyond the kernel's: the caller leaves the region on the same thread.
+#[no_mangle]
 pub unsafe extern "system" fn KeEnterCriticalRegion() {
     enter("KeEnterCriticalRegion", Rule::AtMostApc);
     with_context(|c| c.critical_regions += 1);
@@ -256,6 +262,7 @@ pub unsafe extern "system" fn KeEnterCriticalRegion() {
 ///
 /// # Safety
 /// Matches an earlier `KeEnterCriticalRegion` of this thread.
+#[no_mangle]
 pub unsafe extern "system" fn KeLeaveCriticalRegion() {
     let (kernel, _) = enter("KeLeaveCriticalRegion", Rule::AtMostApc);
     let unmatched = with_context(|c| match c.critical_regions.checked_sub(1) {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::blind_spot_tests::{leaked_dpc, record_processor, RAN_ON};
 use super::{Machine, MachineConfig};
-use crate::nt::{self, irql, KDPC, PROCESSOR_NUMBER};
+use crate::nt::{self, DISPATCH_LEVEL, KDPC, PROCESSOR_NUMBER};
 
 /// Pool tag of the blocks these tests allocate.
 const TAG: u32 = u32::from_le_bytes(*b"Test");
@@ -40,7 +40,7 @@ fn hold_the_lock_a_dpc_here_wants(raise: bool) {
     // thread; the affinity is restored.
     unsafe {
         let affinity = nt::KeSetSystemAffinityThreadEx(1);
-        let previous = raise.then(|| irql::raise_to_dispatch());
+        let previous = raise.then(|| nt::KfRaiseIrql(DISPATCH_LEVEL));
         HELD.store(true, Ordering::Release);
         nt::KeInitializeDpc(
             dpc,
@@ -52,7 +52,7 @@ fn hold_the_lock_a_dpc_here_wants(raise: bool) {
         nt::KeQueryPerformanceCounter(core::ptr::null_mut());
         HELD.store(false, Ordering::Release);
         if let Some(previous) = previous {
-            irql::lower(previous);
+            nt::KeLowerIrql(previous);
         }
         nt::KeFlushQueuedDpcs();
         nt::KeRevertToUserAffinityThreadEx(affinity);
@@ -192,7 +192,7 @@ fn queue_to_the_processor_read_before(raise: bool, rounds: u32) -> u32 {
         // SAFETY: raise and lower are paired on this thread; the KDPC is leaked and not queued when
         // initialised again (the flush waited for it); the block is freed once with its tag.
         unsafe {
-            let previous = raise.then(|| irql::raise_to_dispatch());
+            let previous = raise.then(|| nt::KfRaiseIrql(DISPATCH_LEVEL));
             nt::KeGetCurrentProcessorNumberEx(&mut here);
             let block = nt::ExAllocatePoolWithTag(nt::NON_PAGED_POOL_NX, 64, TAG);
             nt::KeInitializeDpc(
@@ -202,7 +202,7 @@ fn queue_to_the_processor_read_before(raise: bool, rounds: u32) -> u32 {
             );
             nt::KeInsertQueueDpc(dpc, core::ptr::null_mut(), core::ptr::null_mut());
             if let Some(previous) = previous {
-                irql::lower(previous);
+                nt::KeLowerIrql(previous);
             }
             nt::KeFlushQueuedDpcs();
             nt::ExFreePoolWithTag(block, TAG);

@@ -14,7 +14,13 @@ use crate::nt::UNICODE_STRING;
 ///
 /// # Safety
 /// `format` and `text` are NUL-terminated strings.
-pub unsafe fn DbgPrintEx(_component: u32, level: u32, format: *const u8, text: *const u8) -> u32 {
+#[no_mangle]
+pub unsafe extern "C" fn DbgPrintEx(
+    _component: u32,
+    level: u32,
+    format: *const u8,
+    text: *const u8,
+) -> u32 {
     let (kernel, _) = enter("DbgPrintEx", Rule::Any);
     // SAFETY: per the caller.
     let format_string = unsafe { CStr::from_ptr(format.cast()) };
@@ -54,6 +60,7 @@ pub unsafe fn DbgPrintEx(_component: u32, level: u32, format: *const u8, text: *
 ///
 /// # Safety
 /// None (kept `unsafe` like the import).
+#[no_mangle]
 pub unsafe extern "system" fn KeBugCheckEx(code: u32, p1: usize, p2: usize, p3: usize, p4: usize) {
     let (kernel, _) = enter("KeBugCheckEx", Rule::Any);
     kernel.fail(format!(
@@ -83,6 +90,7 @@ fn routine(name: &str) -> *mut c_void {
 ///
 /// # Safety
 /// `name` is a valid `UNICODE_STRING`.
+#[no_mangle]
 pub unsafe extern "system" fn MmGetSystemRoutineAddress(
     name: *const UNICODE_STRING,
 ) -> *mut c_void {

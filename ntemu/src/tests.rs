@@ -10,7 +10,7 @@ use std::vec::Vec;
 use std::{format, vec};
 
 use super::{GroupConfig, Machine, MachineConfig};
-use crate::nt::{self, irql, KDPC, KEVENT, PROCESSOR_NUMBER};
+use crate::nt::{self, DISPATCH_LEVEL, KDPC, KEVENT, PROCESSOR_NUMBER};
 
 fn contains(failures: &[String], text: &str) -> bool {
     failures.iter().any(|f| f.contains(text))
@@ -35,9 +35,9 @@ fn routines_called_above_their_irql_fail_with_the_routine_and_the_irql() {
         .try_call("flush at DISPATCH", || {
             // SAFETY: paired raise and lower on this thread; the flush has no arguments.
             unsafe {
-                let previous = irql::raise_to_dispatch();
+                let previous = nt::KfRaiseIrql(DISPATCH_LEVEL);
                 nt::KeFlushQueuedDpcs();
-                irql::lower(previous);
+                nt::KeLowerIrql(previous);
             }
         })
         .expect_err("a flush at DISPATCH must fail");
@@ -49,14 +49,14 @@ fn routines_called_above_their_irql_fail_with_the_routine_and_the_irql() {
         .try_call("pool at DISPATCH then registry", || {
             // SAFETY: as above; a null name and handle are only looked at after the IRQL check.
             unsafe {
-                let previous = irql::raise_to_dispatch();
+                let previous = nt::KfRaiseIrql(DISPATCH_LEVEL);
                 let block = nt::ExAllocatePoolWithTag(1, 64, 0x7473_6554); // PagedPool
                 nt::ExFreePoolWithTag(block, 0x7473_6554);
                 let mut handle = core::ptr::null_mut();
                 let mut attributes: nt::OBJECT_ATTRIBUTES = core::mem::zeroed();
                 attributes.Attributes = nt::OBJ_KERNEL_HANDLE;
                 nt::ZwOpenKey(&mut handle, nt::KEY_READ, &attributes);
-                irql::lower(previous);
+                nt::KeLowerIrql(previous);
             }
         })
         .expect_err("paged pool and ZwOpenKey at DISPATCH must fail");
@@ -82,7 +82,7 @@ fn a_dpc_waits_while_a_thread_holds_its_processor_at_dispatch() {
         // SAFETY: the KDPC is leaked, so it stays valid; paired raise and lower.
         unsafe {
             nt::KeInitializeDpc(dpc, nt::deferred_routine(count), core::ptr::null());
-            let previous = irql::raise_to_dispatch();
+            let previous = nt::KfRaiseIrql(DISPATCH_LEVEL);
             let mut here = PROCESSOR_NUMBER::default();
             nt::KeGetCurrentProcessorNumberEx(&mut here);
             nt::KeSetTargetProcessorDpcEx(dpc, &here);
@@ -90,7 +90,7 @@ fn a_dpc_waits_while_a_thread_holds_its_processor_at_dispatch() {
             nt::KeInsertQueueDpc(dpc, core::ptr::null_mut(), core::ptr::null_mut());
             std::thread::sleep(Duration::from_millis(50));
             let held = RUNS.load(Ordering::SeqCst);
-            irql::lower(previous);
+            nt::KeLowerIrql(previous);
             nt::KeFlushQueuedDpcs();
             (before, held, RUNS.load(Ordering::SeqCst))
         }

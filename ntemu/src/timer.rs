@@ -26,6 +26,7 @@ pub(super) struct TimerObject {
 ///
 /// # Safety
 /// `timer` is writable KTIMER storage that stays in place while the timer is used.
+#[no_mangle]
 pub unsafe extern "system" fn KeInitializeTimerEx(timer: *mut KTIMER, kind: i32) {
     let (kernel, _) = enter("KeInitializeTimerEx", Rule::AtMostDispatch);
     if kind != crate::nt::NOTIFICATION_TIMER && kind != 1 {
@@ -60,6 +61,7 @@ pub unsafe extern "system" fn KeInitializeTimerEx(timer: *mut KTIMER, kind: i32)
 ///
 /// # Safety
 /// `timer` (and `dpc`, if not null) were initialised and stay valid while the timer is armed.
+#[no_mangle]
 pub unsafe extern "system" fn KeSetTimerEx(
     timer: *mut KTIMER,
     due: i64,
@@ -109,6 +111,7 @@ pub unsafe extern "system" fn KeSetTimerEx(
 ///
 /// # Safety
 /// `timer` was initialised.
+#[no_mangle]
 pub unsafe extern "system" fn KeCancelTimer(timer: *mut KTIMER) -> bool {
     let (kernel, _) = enter("KeCancelTimer", Rule::AtMostDispatch);
     // SAFETY: per the caller.

@@ -68,6 +68,7 @@ pub(super) struct IoState {
 /// # Safety
 /// `driver` (the driver object the I/O manager passed to DriverEntry, writable although windows-sys
 /// types it `*const`), `name` and `device` are valid.
+#[no_mangle]
 pub unsafe extern "system" fn IoCreateDevice(
     driver: *const DRIVER_OBJECT,
     extension_size: u32,
@@ -156,6 +157,7 @@ pub(super) fn release_device(kernel: &Kernel, address: usize) {
 ///
 /// # Safety
 /// `device` was created by `IoCreateDevice` and is deleted once.
+#[no_mangle]
 pub unsafe extern "system" fn IoDeleteDevice(device: *const DEVICE_OBJECT) {
     let (kernel, _) = enter("IoDeleteDevice", Rule::Passive);
     let known = {
@@ -186,6 +188,7 @@ pub unsafe extern "system" fn IoDeleteDevice(device: *const DEVICE_OBJECT) {
 ///
 /// # Safety
 /// Both strings are valid.
+#[no_mangle]
 pub unsafe extern "system" fn IoCreateSymbolicLink(
     link: *const UNICODE_STRING,
     target: *const UNICODE_STRING,
@@ -205,6 +208,7 @@ pub unsafe extern "system" fn IoCreateSymbolicLink(
 ///
 /// # Safety
 /// `link` is valid.
+#[no_mangle]
 pub unsafe extern "system" fn IoDeleteSymbolicLink(link: *const UNICODE_STRING) -> NTSTATUS {
     let (kernel, _) = enter("IoDeleteSymbolicLink", Rule::Passive);
     // SAFETY: per the caller.
@@ -220,6 +224,7 @@ pub unsafe extern "system" fn IoDeleteSymbolicLink(link: *const UNICODE_STRING) 
 ///
 /// # Safety
 /// `irp` was dispatched to the driver.
+#[no_mangle]
 pub unsafe extern "system" fn IofCompleteRequest(irp: *const IRP, _boost: i8) {
     let (kernel, _) = enter("IofCompleteRequest", Rule::AtMostDispatch);
     // SAFETY: per the caller; plain field reads (the driver wrote the Status member of the union).
@@ -318,7 +323,7 @@ pub(super) fn dispatch(
             None => {
                 kernel.lock().io.irps.remove(&irp_address);
                 return IoctlResult {
-                    status: crate::ioctl::status::INVALID_DEVICE_REQUEST,
+                    status: crate::nt::STATUS_INVALID_DEVICE_REQUEST,
                     information: 0,
                     output: Vec::new(),
                 };

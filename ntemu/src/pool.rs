@@ -243,6 +243,7 @@ fn check_pool_irql(kernel: &Kernel, routine: &str, irql: u8, non_paged: bool) {
 ///
 /// # Safety
 /// None beyond the DDI's: the block is freed with `ExFreePoolWithTag` and `tag`.
+#[no_mangle]
 pub unsafe extern "system" fn ExAllocatePoolWithTag(
     pool_type: i32,
     bytes: usize,
@@ -302,6 +303,7 @@ pub(super) fn free_checked(kernel: &Kernel, start: usize, tag: u32, what: &str) 
 ///
 /// # Safety
 /// `block` came from one of the allocation routines with `tag`.
+#[no_mangle]
 pub unsafe extern "system" fn ExFreePoolWithTag(block: *mut c_void, tag: u32) {
     let (kernel, _) = enter("ExFreePoolWithTag", Rule::AtMostDispatch);
     free_checked(&kernel, block as usize, tag, "ExFreePoolWithTag");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use std::vec::Vec;
 
 use super::callbacks::AddOutcome;
-use super::config::{MachineConfig, SERVICE_KEY};
+use super::config::MachineConfig;
 use super::kernel::{Kernel, Role, PASSIVE};
 use super::loaded::Driver;
 use super::pool::PoolReport;
@@ -97,11 +97,12 @@ impl Machine {
         let kernel = Kernel::new(config.clone(), cpus);
         {
             let mut state = kernel.lock();
-            state.registry.add_key(SERVICE_KEY);
+            let service_key = config.service_key();
+            state.registry.add_key(&service_key);
             if let Some(status) = config.service_key_fails {
-                state.registry.fail_open(SERVICE_KEY, status);
+                state.registry.fail_open(&service_key, status);
             }
-            let parameters = format!("{SERVICE_KEY}\\Parameters");
+            let parameters = format!("{service_key}\\Parameters");
             if config.parameters_key {
                 state.registry.add_key(&parameters);
             }
@@ -222,7 +223,7 @@ impl Machine {
     /// Runs `DriverEntry` with a fresh driver object and the service key path. On failure the image
     /// is unloaded (and checked) at once.
     pub fn load(&self, entry: DriverEntry) -> Result<Driver<'_>, NTSTATUS> {
-        let path: Vec<u16> = SERVICE_KEY.encode_utf16().collect();
+        let path: Vec<u16> = self.kernel.config.service_key().encode_utf16().collect();
         // SAFETY: a DRIVER_OBJECT is integers, pointers and optional function pointers: zero is valid.
         let object: DRIVER_OBJECT = unsafe { core::mem::zeroed() };
         let mut storage = Box::new((

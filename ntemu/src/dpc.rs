@@ -207,6 +207,7 @@ pub(super) fn run_routine(kernel: &Kernel, entry: &QueuedDpc) {
 ///
 /// # Safety
 /// `dpc` is writable KDPC storage that stays in place while the DPC is used.
+#[no_mangle]
 pub unsafe extern "system" fn KeInitializeDpc(
     dpc: *mut KDPC,
     routine: PKDEFERRED_ROUTINE,
@@ -255,6 +256,7 @@ pub unsafe extern "system" fn KeInitializeDpc(
 ///
 /// # Safety
 /// `dpc` was initialised; `number` is readable.
+#[no_mangle]
 pub unsafe extern "system" fn KeSetTargetProcessorDpcEx(
     dpc: *mut KDPC,
     number: *const PROCESSOR_NUMBER,
@@ -292,6 +294,7 @@ pub unsafe extern "system" fn KeSetTargetProcessorDpcEx(
 ///
 /// # Safety
 /// `dpc` was initialised.
+#[no_mangle]
 pub unsafe extern "system" fn KeSetImportanceDpc(dpc: *mut KDPC, importance: i32) {
     let (kernel, _) = enter("KeSetImportanceDpc", Rule::Any);
     // SAFETY: per the caller.
@@ -322,6 +325,7 @@ pub unsafe extern "system" fn KeSetImportanceDpc(dpc: *mut KDPC, importance: i32
 ///
 /// # Safety
 /// `dpc` was initialised and stays valid while queued.
+#[no_mangle]
 pub unsafe extern "system" fn KeInsertQueueDpc(
     dpc: *mut KDPC,
     argument1: *const c_void,
@@ -357,6 +361,7 @@ pub unsafe extern "system" fn KeInsertQueueDpc(
 ///
 /// # Safety
 /// None (kept `unsafe` like the import).
+#[no_mangle]
 pub unsafe extern "system" fn KeFlushQueuedDpcs() {
     let (kernel, _) = enter("KeFlushQueuedDpcs", Rule::Passive);
     let state = kernel.lock();

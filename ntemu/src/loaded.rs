@@ -47,7 +47,7 @@ impl<'m> Driver<'m> {
         }
     }
 
-    /// `CreateFile(\\.\kepoch)`: IRP_MJ_CREATE.
+    /// `CreateFile` on the driver's device: IRP_MJ_CREATE.
     pub fn open(&self) -> NTSTATUS {
         *self.open.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         self.send("IRP_MJ_CREATE", Self::irp(IRP_MJ_CREATE, 0, &[], 0, false))
@@ -95,18 +95,6 @@ impl<'m> Driver<'m> {
         let input = vec![0u8; input_length as usize];
         let irp = Self::irp(IRP_MJ_DEVICE_CONTROL, code, &input, output_length, false);
         self.send("IRP_MJ_DEVICE_CONTROL", irp)
-    }
-
-    /// Reads the statistics with IOCTL_GET_STATS.
-    pub fn stats(&self) -> kepoch::Stats {
-        let result = self.ioctl(
-            crate::ioctl::IOCTL_GET_STATS,
-            &[],
-            crate::ioctl::STATS_SIZE as u32,
-        );
-        assert_eq!(result.status, 0, "IOCTL_GET_STATS failed");
-        crate::ioctl::decode_stats(&result.output)
-            .expect("IOCTL_GET_STATS returned a decodable Stats")
     }
 
     /// `sc stop`: calls DriverUnload at PASSIVE, then unloads the image and checks that nothing of the

@@ -56,6 +56,7 @@ unsafe fn sid_text(sid: *const u8) -> String {
 ///
 /// # Safety
 /// `descriptor` is writable.
+#[no_mangle]
 pub unsafe extern "system" fn RtlCreateSecurityDescriptor(
     descriptor: PSECURITY_DESCRIPTOR,
     revision: u32,
@@ -78,6 +79,7 @@ pub unsafe extern "system" fn RtlCreateSecurityDescriptor(
 ///
 /// # Safety
 /// `acl` has `length` writable bytes.
+#[no_mangle]
 pub unsafe extern "system" fn RtlCreateAcl(acl: *mut ACL, length: u32, revision: u32) -> NTSTATUS {
     enter("RtlCreateAcl", Rule::Any);
     if revision != crate::nt::ACL_REVISION {
@@ -122,6 +124,7 @@ unsafe fn aces(acl: *const u8) -> (usize, Vec<(usize, usize)>) {
 ///
 /// # Safety
 /// `acl` was initialised by `RtlCreateAcl`; `sid` is a valid SID.
+#[no_mangle]
 pub unsafe extern "system" fn RtlAddAccessAllowedAce(
     acl: *mut ACL,
     revision: u32,
@@ -158,6 +161,7 @@ pub unsafe extern "system" fn RtlAddAccessAllowedAce(
 ///
 /// # Safety
 /// `descriptor` was initialised; `dacl` outlives its use through the descriptor.
+#[no_mangle]
 pub unsafe extern "system" fn RtlSetDaclSecurityDescriptor(
     descriptor: PSECURITY_DESCRIPTOR,
     present: bool,
@@ -189,6 +193,7 @@ pub unsafe extern "system" fn RtlSetDaclSecurityDescriptor(
 ///
 /// # Safety
 /// `handle` is writable.
+#[no_mangle]
 pub unsafe extern "system" fn ObOpenObjectByPointer(
     object: *const c_void,
     attributes: u32,
@@ -221,6 +226,7 @@ pub unsafe extern "system" fn ObOpenObjectByPointer(
 ///
 /// # Safety
 /// `handle` is open; `descriptor` is a valid absolute descriptor.
+#[no_mangle]
 pub unsafe extern "system" fn ZwSetSecurityObject(
     handle: HANDLE,
     information: u32,
