@@ -187,6 +187,8 @@ pub(super) struct ImageState {
     pub(super) loaded: bool,
     /// DriverUnload returned, or DriverEntry failed: no driver code may run any more.
     pub(super) unloaded: bool,
+    /// The driver objects DriverEntry got (what `IoInitializeWorkItem` accepts besides devices).
+    pub(super) driver_objects: Vec<usize>,
 }
 
 /// Everything behind the kernel lock.

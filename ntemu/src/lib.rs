@@ -77,6 +77,8 @@ mod blind_spot_tests;
 mod preemption_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod work_tests;
 
 pub use config::{GroupConfig, MachineConfig, RegistryData, SERVICES_KEY};
 pub use io::IoctlResult;
@@ -118,7 +120,10 @@ pub mod routines {
         PsTerminateSystemThread, ZwWaitForSingleObject,
     };
     pub use super::timer::{KeCancelTimer, KeInitializeTimerEx, KeSetTimerEx};
-    pub use super::work::{IoAllocateWorkItem, IoFreeWorkItem, IoQueueWorkItem};
+    pub use super::work::{
+        IoAllocateWorkItem, IoFreeWorkItem, IoInitializeWorkItem, IoQueueWorkItem,
+        IoQueueWorkItemEx, IoSizeofWorkItem, IoUninitializeWorkItem,
+    };
 
     /// Proves at compile time that each emulated routine has exactly the type of windows-sys's
     /// declaration (an array of the two function items only type-checks when their signatures are
@@ -139,7 +144,8 @@ pub mod routines {
         windows_sys::Wdk::System::SystemServices => [
             ExAllocatePoolWithTag, ExFreePoolWithTag, IoAllocateWorkItem, IoCreateDevice,
             IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink, IoFreeWorkItem,
-            IoQueueWorkItem, IofCompleteRequest, KeBugCheckEx, KeCancelTimer, KeClearEvent,
+            IoInitializeWorkItem, IoQueueWorkItem, IoQueueWorkItemEx, IoSizeofWorkItem,
+            IoUninitializeWorkItem, IofCompleteRequest, KeBugCheckEx, KeCancelTimer, KeClearEvent,
             KeDelayExecutionThread, KeEnterCriticalRegion, KeFlushQueuedDpcs, KeGetCurrentIrql,
             KeGetCurrentProcessorNumberEx, KeInitializeDpc, KeInitializeEvent, KeInitializeTimerEx,
             KeInsertQueueDpc, KeLeaveCriticalRegion, KeQueryActiveProcessorCountEx,

@@ -247,7 +247,11 @@ impl Machine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(storage);
-        self.kernel.lock().image.loaded = true;
+        {
+            let mut state = self.kernel.lock();
+            state.image.loaded = true;
+            state.image.driver_objects.push(driver.0 as usize);
+        }
         let status = self.call_driver("DriverEntry", move || {
             let (driver, registry_path) = (driver, registry_path);
             // SAFETY: a valid driver object and service key path, at PASSIVE, once: DriverEntry's

@@ -15,7 +15,8 @@ pub use windows_sys::Wdk::Foundation::{
 };
 pub use windows_sys::Wdk::System::Registry::KEY_VALUE_INFORMATION_CLASS;
 pub use windows_sys::Wdk::System::SystemServices::{
-    KEY_VALUE_PARTIAL_INFORMATION, KTIMER, PIO_WORKITEM_ROUTINE, PKSTART_ROUTINE,
+    KEY_VALUE_PARTIAL_INFORMATION, KTIMER, PIO_WORKITEM_ROUTINE, PIO_WORKITEM_ROUTINE_EX,
+    PKSTART_ROUTINE,
 };
 pub use windows_sys::Win32::Foundation::{HANDLE, NTSTATUS, UNICODE_STRING};
 pub use windows_sys::Win32::Security::{ACL, PSECURITY_DESCRIPTOR, PSID, SECURITY_DESCRIPTOR};
@@ -151,6 +152,10 @@ pub type KDEFERRED_ROUTINE = unsafe extern "system" fn(
 /// `IO_WORKITEM_ROUTINE` (wdm.h): what `IoQueueWorkItem` calls.
 pub type IO_WORKITEM_ROUTINE =
     unsafe extern "system" fn(device: *mut DEVICE_OBJECT, context: *mut c_void);
+/// `IO_WORKITEM_ROUTINE_EX` (wdm.h): what `IoQueueWorkItemEx` calls, with the item's object (a
+/// driver or device object) and the item.
+pub type IO_WORKITEM_ROUTINE_EX =
+    unsafe extern "system" fn(object: *mut c_void, context: *mut c_void, item: PIO_WORKITEM);
 /// `KSTART_ROUTINE` (wdm.h).
 pub type KSTART_ROUTINE = unsafe extern "system" fn(context: *mut c_void);
 

@@ -284,8 +284,10 @@ pub(super) fn free_checked(kernel: &Kernel, start: usize, tag: u32, what: &str) 
         let mut state = kernel.lock();
         let mut busy = state.dpc.busy_in(&state.cpus, start, size);
         busy.extend(state.sync.busy_in(start, size));
+        busy.extend(state.work.busy_in(start, size));
         state.dpc.forget(start, size);
         state.sync.forget(start, size);
+        state.work.forget(start, size);
         drop(state);
         if !busy.is_empty() {
             kernel.fail(format!(
