@@ -289,7 +289,7 @@ pub unsafe extern "system" fn IoInitializeWorkItem(object: *const c_void, item: 
         return;
     }
     let mut state = kernel.lock();
-    if state.work.items.get(&(item as usize)).is_some() {
+    if state.work.items.contains_key(&(item as usize)) {
         drop(state);
         kernel.fail(format!(
             "IoInitializeWorkItem({item:#x}): already initialised (IoUninitializeWorkItem first)"
