@@ -54,9 +54,10 @@ pub struct Machine {
     pub(super) kernel: Arc<Kernel>,
     _exclusive: MutexGuard<'static, ()>,
     /// DRIVER_OBJECTs and registry paths handed to DriverEntry (the I/O manager owns them).
-    /// Boxed: the driver keeps pointers into them, so they must not move when the list grows.
-    #[allow(clippy::vec_box)]
-    objects: Mutex<Vec<Box<DriverStorage>>>,
+    /// Boxed: the driver keeps pointers into them, so they must not move when the list grows. Only
+    /// the emulated driver code touches them (through those pointers), so tests may call into the
+    /// machine from several threads.
+    objects: Mutex<Vec<Shared<Box<DriverStorage>>>>,
     /// Something failed (even if the failures were taken since): driver threads may be stuck.
     tainted: AtomicBool,
 }
@@ -246,7 +247,7 @@ impl Machine {
         self.objects
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(storage);
+            .push(Shared(storage));
         {
             let mut state = self.kernel.lock();
             state.image.loaded = true;

@@ -46,7 +46,7 @@ struct Inner {
 }
 
 /// Counters of the pool, for reports.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PoolReport {
     /// Allocation attempts.
     pub attempts: u64,
@@ -58,6 +58,8 @@ pub struct PoolReport {
     pub live_blocks: usize,
     /// Largest number of bytes allocated at once.
     pub peak_bytes: usize,
+    /// Blocks still allocated per tag (`u32::from_le_bytes(*b"Epch")`), by tag.
+    pub live_by_tag: Vec<(u32, usize)>,
 }
 
 /// The emulated pool.
@@ -218,6 +220,17 @@ impl Pool {
             frees: inner.frees,
             live_blocks: inner.live.len(),
             peak_bytes: inner.peak_bytes,
+            live_by_tag: {
+                let mut tags: Vec<(u32, usize)> = Vec::new();
+                for block in inner.live.values() {
+                    match tags.iter_mut().find(|(tag, _)| *tag == block.tag) {
+                        Some((_, count)) => *count += 1,
+                        None => tags.push((block.tag, 1)),
+                    }
+                }
+                tags.sort_unstable();
+                tags
+            },
         }
     }
 

@@ -15,7 +15,8 @@
 //! the routines resolved at run time with `MmGetSystemRoutineAddress` (they must never be imported:
 //! older kernels and Wine lack them, and an unresolved import fails the load).
 //!
-//! Everything above this module (the platform, the driver) uses safe wrappers or documented `unsafe`.
+//! Everything above this module (the platform, the embedding driver) uses safe wrappers or documented
+//! `unsafe`.
 #![allow(non_camel_case_types, non_snake_case, clippy::upper_case_acronyms)]
 
 #[cfg_attr(not(target_os = "windows"), path = "irql_emulated.rs")]

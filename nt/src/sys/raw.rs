@@ -5,7 +5,8 @@
 //! kind = "raw-dylib", modifiers = "+verbatim")]` on Windows targets, so the driver links on any host
 //! with rust-lld and no WDK):
 //! - routines imported from `ntoskrnl.exe`: the `Ke*` DPC, timer, event, wait, processor, affinity and
-//!   critical-region routines, `ExAllocatePoolWithTag`, `ExFreePoolWithTag`, the `Io*` work-item,
+//!   critical-region routines, `ExAllocatePoolWithTag`, `ExFreePoolWithTag`, the `Io*` work-item
+//!   (`IoSizeofWorkItem`, `IoInitializeWorkItem`, `IoQueueWorkItemEx`, `IoUninitializeWorkItem`),
 //!   device, symbolic-link and completion routines, `ObOpenObjectByPointer`, `PsCreateSystemThread`,
 //!   `PsTerminateSystemThread`, `MmGetSystemRoutineAddress`, `KeBugCheckEx`; from `hal.dll`:
 //!   `KeQueryPerformanceCounter` (forwarded to ntoskrnl on Windows 8 and later; Wine 8 implements it
@@ -26,10 +27,10 @@
 //! - [`IO_STACK_LOCATION`] (the `Parameters.DeviceIoControl` view): windows-sys drops the
 //!   `POINTER_ALIGNMENT` of `InputBufferLength` and `IoControlCode`, so its offsets are wrong on x64
 //!   (0x0C and 0x10 instead of 0x10 and 0x18; the ABI test pins that windows-sys still differs);
-//! - [`KDEFERRED_ROUTINE`], [`IO_WORKITEM_ROUTINE`], [`KSTART_ROUTINE`]: windows-sys's
-//!   `PKDEFERRED_ROUTINE`, `PIO_WORKITEM_ROUTINE` and `PKSTART_ROUTINE` have no parameters (the metadata
-//!   lost them), so the driver writes its callbacks with these types and converts them with
-//!   [`deferred_routine`], [`work_item_routine`] and [`start_routine`].
+//! - [`KDEFERRED_ROUTINE`], [`IO_WORKITEM_ROUTINE_EX`], [`KSTART_ROUTINE`]: windows-sys's
+//!   `PKDEFERRED_ROUTINE`, `PIO_WORKITEM_ROUTINE_EX` and `PKSTART_ROUTINE` have no parameters (the
+//!   metadata lost them), so callbacks are written with these types and converted with
+//!   [`deferred_routine`], [`work_item_routine_ex`] and [`start_routine`].
 //!
 //! The routines resolved at run time (`MmGetSystemRoutineAddress`) are `super`'s. On hosts other than
 //! Windows the same declarations carry no `raw-dylib` link (windows-sys's are plain `extern` blocks
@@ -47,7 +48,7 @@ pub use windows_sys::Wdk::Foundation::{
 };
 pub use windows_sys::Wdk::System::Registry::KEY_VALUE_INFORMATION_CLASS;
 pub use windows_sys::Wdk::System::SystemServices::{
-    KEY_VALUE_PARTIAL_INFORMATION, KTIMER, PIO_WORKITEM_ROUTINE, PKSTART_ROUTINE,
+    KEY_VALUE_PARTIAL_INFORMATION, KTIMER, PIO_WORKITEM_ROUTINE_EX, PKSTART_ROUTINE,
 };
 pub use windows_sys::Win32::Foundation::{HANDLE, NTSTATUS, UNICODE_STRING};
 pub use windows_sys::Win32::Security::{ACL, PSECURITY_DESCRIPTOR, PSID, SECURITY_DESCRIPTOR};
@@ -57,15 +58,16 @@ pub use windows_sys::Win32::System::IO::IO_STATUS_BLOCK;
 
 pub use windows_sys::Wdk::Storage::FileSystem::ObOpenObjectByPointer;
 pub use windows_sys::Wdk::System::SystemServices::{
-    ExAllocatePoolWithTag, ExFreePoolWithTag, IoAllocateWorkItem, IoCreateDevice,
-    IoCreateSymbolicLink, IoDeleteDevice, IoDeleteSymbolicLink, IoFreeWorkItem, IoQueueWorkItem,
-    IofCompleteRequest, KeBugCheckEx, KeCancelTimer, KeClearEvent, KeDelayExecutionThread,
-    KeEnterCriticalRegion, KeFlushQueuedDpcs, KeGetCurrentProcessorNumberEx, KeInitializeDpc,
-    KeInitializeEvent, KeInitializeTimerEx, KeInsertQueueDpc, KeLeaveCriticalRegion,
-    KeQueryActiveProcessorCountEx, KeQueryActiveProcessors, KeQueryMaximumProcessorCountEx,
-    KeQueryPerformanceCounter, KeRevertToUserAffinityThreadEx, KeSetEvent, KeSetImportanceDpc,
-    KeSetSystemAffinityThreadEx, KeSetTargetProcessorDpcEx, KeSetTimerEx, KeWaitForSingleObject,
-    MmGetSystemRoutineAddress, PsCreateSystemThread, PsTerminateSystemThread,
+    ExAllocatePoolWithTag, ExFreePoolWithTag, IoCreateDevice, IoCreateSymbolicLink, IoDeleteDevice,
+    IoDeleteSymbolicLink, IoInitializeWorkItem, IoQueueWorkItemEx, IoSizeofWorkItem,
+    IoUninitializeWorkItem, IofCompleteRequest, KeBugCheckEx, KeCancelTimer, KeClearEvent,
+    KeDelayExecutionThread, KeEnterCriticalRegion, KeFlushQueuedDpcs,
+    KeGetCurrentProcessorNumberEx, KeInitializeDpc, KeInitializeEvent, KeInitializeTimerEx,
+    KeInsertQueueDpc, KeLeaveCriticalRegion, KeQueryActiveProcessorCountEx,
+    KeQueryActiveProcessors, KeQueryMaximumProcessorCountEx, KeQueryPerformanceCounter,
+    KeRevertToUserAffinityThreadEx, KeSetEvent, KeSetImportanceDpc, KeSetSystemAffinityThreadEx,
+    KeSetTargetProcessorDpcEx, KeSetTimerEx, KeWaitForSingleObject, MmGetSystemRoutineAddress,
+    PsCreateSystemThread, PsTerminateSystemThread,
 };
 
 /// `IO_STACK_LOCATION` with the `Parameters.DeviceIoControl` view of its parameter union (x64 layout:
@@ -127,9 +129,10 @@ pub type KDEFERRED_ROUTINE = unsafe extern "system" fn(
     argument1: *mut c_void,
     argument2: *mut c_void,
 );
-/// `IO_WORKITEM_ROUTINE` (wdm.h): a work item's routine.
-pub type IO_WORKITEM_ROUTINE =
-    unsafe extern "system" fn(device: *mut DEVICE_OBJECT, context: *mut c_void);
+/// `IO_WORKITEM_ROUTINE_EX` (wdm.h): the routine of a work item queued with `IoQueueWorkItemEx`; it
+/// gets the item's object (a driver or device object) and the item.
+pub type IO_WORKITEM_ROUTINE_EX =
+    unsafe extern "system" fn(io_object: *mut c_void, context: *mut c_void, item: PIO_WORKITEM);
 /// `KSTART_ROUTINE` (wdm.h): a system thread's start routine.
 pub type KSTART_ROUTINE = unsafe extern "system" fn(context: *mut c_void);
 
@@ -143,10 +146,10 @@ pub fn deferred_routine(routine: KDEFERRED_ROUTINE) -> PKDEFERRED_ROUTINE {
     Some(unsafe { core::mem::transmute::<KDEFERRED_ROUTINE, Erased>(routine) })
 }
 
-/// `routine` as the `PIO_WORKITEM_ROUTINE` that `IoQueueWorkItem` takes.
-pub fn work_item_routine(routine: IO_WORKITEM_ROUTINE) -> PIO_WORKITEM_ROUTINE {
-    // SAFETY: as in `deferred_routine`; called with IO_WORKITEM_ROUTINE's parameters.
-    Some(unsafe { core::mem::transmute::<IO_WORKITEM_ROUTINE, Erased>(routine) })
+/// `routine` as the `PIO_WORKITEM_ROUTINE_EX` that `IoQueueWorkItemEx` takes.
+pub fn work_item_routine_ex(routine: IO_WORKITEM_ROUTINE_EX) -> PIO_WORKITEM_ROUTINE_EX {
+    // SAFETY: as in `deferred_routine`; called with IO_WORKITEM_ROUTINE_EX's parameters.
+    Some(unsafe { core::mem::transmute::<IO_WORKITEM_ROUTINE_EX, Erased>(routine) })
 }
 
 /// `routine` as the `PKSTART_ROUTINE` that `PsCreateSystemThread` takes.
