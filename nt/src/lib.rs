@@ -1,6 +1,7 @@
-//! `kepoch-nt`: [kepoch](kepoch) in your Windows kernel driver — the NT [`Platform`] that hosts
-//! kepoch domains, with the bindings, registry configuration, passive lock and logging a driver
-//! needs around it. `no_std`, for any Rust WDM or KMDF driver.
+//! `kepoch-nt`: [kepoch] in your Windows kernel driver — the NT
+//! [`Platform`](kepoch::platform::Platform) that hosts kepoch domains, with the bindings, registry
+//! configuration, passive lock and logging a driver needs around it. `no_std`, for any Rust WDM or
+//! KMDF driver.
 //!
 //! | module | what |
 //! |---|---|
@@ -11,46 +12,22 @@
 //! | [`pool`] | tagged non-paged pool ([`PoolTag`], [`Pool`]) |
 //! | [`lock`] | [`PassiveLock`] |
 //! | [`log`] | `DbgPrintEx` lines ([`log_line`]) |
-//! | [`panic`] | what a `#[panic_handler]` calls ([`bug_check_on_panic`]) |
+//! | [`mod@panic`] | what a `#[panic_handler]` calls ([`bug_check_on_panic`]) |
 //!
 //! # A minimal driver
 //!
-//! DriverEntry creates a domain for the driver object (no device), a reader looks up the published
-//! value at DISPATCH_LEVEL, a writer swaps in a new one and retires the old, and unload drops the
-//! domain (which waits for its DPCs and work items and frees everything retired). The whole driver
-//! is `examples/minimal_driver/` (`cargo build --release -p kepoch-nt --target
-//! x86_64-pc-windows-msvc --example minimal_driver` writes `minimal_driver.sys`; a test runs it on the
-//! emulated kernel of `kepoch-ntemu`):
+//! DriverEntry creates a domain (its own pool tag, work items of the driver object, no device), a
+//! reader looks up the published value at DISPATCH_LEVEL, a writer swaps in a new one and retires the
+//! old, and unload drops the domain (which waits for its DPCs and work items and frees everything
+//! retired). The whole driver is `examples/minimal_driver/`: `cargo build --release -p kepoch-nt
+//! --target x86_64-pc-windows-msvc --example minimal_driver` writes `minimal_driver.sys` (imports from
+//! ntoskrnl.exe and hal.dll only), and `nt/tests/example_driver.rs` runs it on the emulated kernel of
+//! `kepoch-ntemu`.
 //!
-//! ```ignore
-//! use kepoch::{Atomic, Domain, DomainBox, Owned};
-//! use kepoch_nt::{wide, DpcDelivery, NtPlatform, PoolTag, Settings, WorkItemOwner};
+//! `driver.rs` of the example, as compiled and tested (`main.rs` adds the `DriverEntry` symbol and the
+//! panic handler, which calls [`bug_check_on_panic`]):
 //!
-//! const TAG: PoolTag = match PoolTag::new(*b"MinD") { Ok(tag) => tag, Err(_) => panic!() };
-//!
-//! unsafe fn driver_entry(driver: *mut sys::DRIVER_OBJECT, path: *mut sys::UNICODE_STRING) -> NTSTATUS {
-//!     let registry = kepoch_nt::read_config(path, wide!("Parameters"));
-//!     let platform = NtPlatform::new(Settings {
-//!         pool_tag: TAG,
-//!         work_items: WorkItemOwner::Driver(NonNull::new(driver).unwrap()),
-//!         dpc_delivery: DpcDelivery::Assume,
-//!     })?;
-//!     let domain = Domain::create(platform, registry.config)?;         // keep it until unload
-//!     let route = Atomic::new(Owned::new(&domain, 1u64)?);
-//!
-//!     let previous = sys::irql::raise_to_dispatch();                    // reader at DISPATCH
-//!     let guard = domain.enter();
-//!     let seen = route.load(&guard).copied();
-//!     drop(guard);
-//!     sys::irql::lower(previous);
-//!
-//!     if let Some(old) = route.swap(Owned::new(&domain, 2)?) {         // writer
-//!         old.retire();
-//!     }
-//!     domain.synchronize();                                            // PASSIVE: freed now
-//! }
-//! // DriverUnload: drop the domain (and everything of it) at PASSIVE.
-//! ```
+#![doc = concat!("```ignore\n", include_str!("../examples/minimal_driver/driver.rs"), "```\n")]
 //!
 //! Several domains in one driver each have their own platform and share nothing but the kernel.
 //!

@@ -1,8 +1,8 @@
-//! UTF-16 string literals for `UNICODE_STRING`s ([`wide!`](crate::wide)).
+//! UTF-16 string literals for `UNICODE_STRING`s ([`wide!`](macro@crate::wide)).
 
 use crate::sys;
 
-/// Converts an ASCII string to UTF-16 at compile time (used by [`wide!`](crate::wide)).
+/// Converts an ASCII string to UTF-16 at compile time (used by [`wide!`](macro@crate::wide)).
 ///
 /// Panics (at compile time when used in a const) on non-ASCII input or a length mismatch.
 pub const fn ascii_to_utf16<const N: usize>(s: &str) -> [u16; N] {
@@ -27,7 +27,7 @@ macro_rules! wide {
     }};
 }
 
-/// A `UNICODE_STRING` over a static UTF-16 name (from [`wide!`](crate::wide)). The kernel routines it
+/// A `UNICODE_STRING` over a static UTF-16 name (from [`wide!`](macro@crate::wide)). The kernel routines it
 /// is passed to only read it.
 pub fn unicode_string(name: &'static [u16]) -> sys::UNICODE_STRING {
     let bytes = (name.len() * 2) as u16;
