@@ -27,8 +27,8 @@ macro_rules! wide {
     }};
 }
 
-/// A `UNICODE_STRING` over a static UTF-16 name (from [`wide!`](macro@crate::wide)). The kernel routines it
-/// is passed to only read it.
+/// A `UNICODE_STRING` over a static UTF-16 name (from [`wide!`](macro@crate::wide)). The kernel
+/// routines it is passed to only read it.
 pub fn unicode_string(name: &'static [u16]) -> sys::UNICODE_STRING {
     let bytes = (name.len() * 2) as u16;
     sys::UNICODE_STRING {
