@@ -15,7 +15,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p kepoch-sim --all-targets --features mutations -- -D warnings
-echo "== cargo doc (every crate, warnings denied; the driver's NT code is documented on its emulated-kernel build)"
+echo "== cargo doc (every crate, warnings denied; the NT code is documented on its host build)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 echo "== cargo test"
 cargo test --workspace --release
@@ -25,8 +25,9 @@ echo "== example: four readers and a writer on the user-mode platform for 2 s (r
 cargo run --release -q -p kepoch --example threads
 echo "== core builds for the kernel target"
 cargo build -p kepoch --target x86_64-pc-windows-msvc
-echo "== driver and kepochctl lints (Windows targets)"
-cargo clippy --target x86_64-pc-windows-msvc -p kepoch-driver --lib --bins -- -D warnings
+echo "== kepoch-nt, its example driver, the driver and kepochctl (Windows targets)"
+cargo build --release -p kepoch-nt --target x86_64-pc-windows-msvc
+cargo clippy --target x86_64-pc-windows-msvc -p kepoch-driver -p kepoch-nt --lib --bins --examples -- -D warnings
 cargo clippy --target x86_64-pc-windows-gnu -p kepochctl --all-targets -- -D warnings
 echo "== driver ABI against mingw-w64's DDK headers and import libraries (also part of cargo test)"
 cargo test --release -q -p kepoch-driver --test abi -- --nocapture
@@ -43,6 +44,8 @@ if cargo +nightly miri --version >/dev/null 2>&1; then
     done
     # The driver's host-testable orders, and the load-thread slot under Miri's data-race detector.
     cargo +nightly miri test -p kepoch-driver --lib -- lifecycle slots
+    # kepoch-nt's: the passive lock's critical region and the cycle DPCs' importance.
+    cargo +nightly miri test -p kepoch-nt --lib -- lock platform::message
 else
     echo "SKIPPED: Miri: the nightly toolchain with the miri component is not installed (.ci/run installs it)"
 fi

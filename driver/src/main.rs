@@ -12,7 +12,8 @@
 
 #[cfg(all(target_os = "windows", target_env = "msvc", target_arch = "x86_64"))]
 mod image {
-    use kepoch_driver::{driver, nt};
+    use kepoch_driver::driver;
+    use kepoch_nt::sys as nt;
 
     /// The driver's entry point, called by the I/O manager at PASSIVE_LEVEL.
     ///
@@ -36,7 +37,7 @@ mod image {
 
     #[panic_handler]
     fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-        driver::panic(info)
+        kepoch_nt::bug_check_on_panic(info)
     }
 }
 

@@ -1,7 +1,7 @@
-//! The driver's routine declarations, read with `syn`: the `extern` blocks of `nt/raw.rs` (the
+//! The driver's routine declarations, read with `syn`: the `extern` blocks of `nt/src/sys/raw.rs` (the
 //! hand-written imports, with their DLL), the `windows_link::link!("dll" "abi" fn ...)` invocations of
-//! windows-sys for the routines `nt/raw.rs` re-exports from it, and the function-pointer types of
-//! `nt/raw.rs`, `nt/mod.rs` and windows-sys (callbacks and the routines resolved at run time).
+//! windows-sys for the routines `nt/src/sys/raw.rs` re-exports from it, and the function-pointer types of
+//! `nt/src/sys/raw.rs`, `nt/src/sys/mod.rs` and windows-sys (callbacks and the routines resolved at run time).
 
 use std::path::{Path, PathBuf};
 
@@ -88,7 +88,7 @@ fn pointer_alias(name: &str) -> bool {
         "HANDLE"
             | "PKSTART_ROUTINE"
             | "PKDEFERRED_ROUTINE"
-            | "PIO_WORKITEM_ROUTINE"
+            | "PIO_WORKITEM_ROUTINE_EX"
             | "DRIVER_UNLOAD"
             | "DRIVER_DISPATCH"
             | "ProcessorCallbackFn"
@@ -157,6 +157,39 @@ fn routine(
 fn link_name(attributes: &[syn::Attribute]) -> Option<String> {
     attributes
         .iter()
+        .find_map(cfg_attr_link_name)
+        .or_else(|| plain_link_name(attributes))
+}
+
+/// The DLL of `#[cfg_attr(target_os = "windows", link(name = "...", ...))]` (the Windows link of a
+/// block the emulated kernel resolves on other hosts).
+fn cfg_attr_link_name(attribute: &syn::Attribute) -> Option<String> {
+    use quote::ToTokens;
+    if !attribute.path().is_ident("cfg_attr") {
+        return None;
+    }
+    let text = attribute.meta.to_token_stream().to_string();
+    let rest = &text[text.find("link (")?..];
+    let rest = &rest[rest.find("name = \"")? + "name = \"".len()..];
+    Some(rest[..rest.find('"')?].to_string())
+}
+
+/// Whether the block is compiled only on hosts other than Windows (`#[cfg(not(target_os =
+/// "windows"))]`: the emulated kernel's variant of a declaration, not an import).
+fn host_only(attributes: &[syn::Attribute]) -> bool {
+    use quote::ToTokens;
+    attributes.iter().any(|a| {
+        a.path().is_ident("cfg")
+            && a.meta
+                .to_token_stream()
+                .to_string()
+                .contains("not (target_os = \"windows\")")
+    })
+}
+
+fn plain_link_name(attributes: &[syn::Attribute]) -> Option<String> {
+    attributes
+        .iter()
         .filter(|a| a.path().is_ident("link"))
         .find_map(|a| {
             let mut name = None;
@@ -184,6 +217,9 @@ pub fn hand_written_imports(raw: &Path) -> Vec<Routine> {
         let Item::ForeignMod(block) = item else {
             continue;
         };
+        if host_only(&block.attrs) {
+            continue;
+        }
         let dll = link_name(&block.attrs).expect("an extern block with #[link(name = ...)]");
         for item in block.items {
             let ForeignItem::Fn(f) = item else { continue };
@@ -297,6 +333,9 @@ pub fn hand_written_signatures(raw: &Path) -> Vec<(String, String, String)> {
         let Item::ForeignMod(block) = item else {
             continue;
         };
+        if host_only(&block.attrs) {
+            continue;
+        }
         let abi = block.abi.name.as_ref().map_or("C".into(), |n| n.value());
         for item in block.items {
             let ForeignItem::Fn(f) = item else { continue };

@@ -6,8 +6,8 @@ use core::mem::{align_of, offset_of, size_of};
 
 use kepoch::platform::ProcessorChange;
 use kepoch_driver::ioctl::{self, status};
-use kepoch_driver::nt::{self, irql};
-use kepoch_driver::support::{self, WellKnownSid};
+use kepoch_driver::support::WellKnownSid;
+use kepoch_nt::sys::{self as nt, irql};
 
 /// One assertion: the C expression, the value the Rust side has, and what it is.
 pub struct Check {
@@ -213,7 +213,7 @@ pub fn constants() -> Vec<Check> {
         nt::KEY_READ => "KEY_READ",
         nt::KEY_VALUE_PARTIAL_INFORMATION_CLASS => "KeyValuePartialInformation",
         nt::REG_DWORD => "REG_DWORD",
-        support::REG_DWORD => "REG_DWORD",
+        nt::REG_DWORD => "REG_DWORD",
         nt::STATUS_OBJECT_NAME_NOT_FOUND => "STATUS_OBJECT_NAME_NOT_FOUND",
         nt::STATUS_BUFFER_OVERFLOW => "STATUS_BUFFER_OVERFLOW",
         nt::STATUS_TIMEOUT => "STATUS_TIMEOUT",
@@ -231,7 +231,7 @@ pub fn constants() -> Vec<Check> {
         nt::DPFLTR_INFO_LEVEL => "DPFLTR_INFO_LEVEL",
         irql::PASSIVE_LEVEL => "PASSIVE_LEVEL",
         irql::DISPATCH_LEVEL => "DISPATCH_LEVEL",
-        support::POOL_ALIGNMENT => "MEMORY_ALLOCATION_ALIGNMENT",
+        kepoch_nt::pool::POOL_ALIGNMENT => "MEMORY_ALLOCATION_ALIGNMENT",
         ioctl::FILE_DEVICE_UNKNOWN => "FILE_DEVICE_UNKNOWN",
         ioctl::METHOD_BUFFERED => "METHOD_BUFFERED",
         ioctl::FILE_READ_ACCESS => "FILE_READ_ACCESS",
@@ -252,7 +252,7 @@ pub fn constants() -> Vec<Check> {
         kepoch::platform::Status::INSUFFICIENT_RESOURCES.0 => "STATUS_INSUFFICIENT_RESOURCES",
         kepoch::platform::Status::NOT_SUPPORTED.0 => "STATUS_NOT_SUPPORTED",
     ]);
-    // The notification states support::processor_change_from_nt decodes.
+    // The notification states kepoch_nt::platform::processor_change_from_nt decodes.
     for (c, wanted) in [
         ("KeProcessorAddStartNotify", ProcessorChange::AddStart),
         ("KeProcessorAddCompleteNotify", ProcessorChange::AddComplete),
@@ -262,12 +262,12 @@ pub fn constants() -> Vec<Check> {
         ),
     ] {
         let value = (0..16)
-            .find(|&state| support::processor_change_from_nt(state, 7) == Some(wanted))
+            .find(|&state| kepoch_nt::platform::processor_change_from_nt(state, 7) == Some(wanted))
             .expect("a state value for every notification");
         out.push(Check {
             c: c.into(),
             rust: i128::from(value),
-            what: format!("{c} (support::processor_change_from_nt)"),
+            what: format!("{c} (kepoch_nt::platform::processor_change_from_nt)"),
         });
     }
     // The I/O manager copies back output only for success and warning statuses: the error statuses the
@@ -307,7 +307,7 @@ pub fn pinned_values_are_documented() {
     assert_eq!(nt::POOL_FLAG_UNINITIALIZED, 0x2);
 }
 
-/// What windows-sys gets wrong, so that the driver declares it itself (`nt/raw.rs`): C expressions
+/// What windows-sys gets wrong, so that the driver declares it itself (`nt/src/sys/raw.rs`): C expressions
 /// that must *differ* from windows-sys's value. Once windows-sys is fixed the assertion fails and the
 /// hand-written declaration can go.
 pub fn windows_sys_differences() -> Vec<Check> {
@@ -333,7 +333,7 @@ pub fn windows_sys_differences() -> Vec<Check> {
             rust: rust as i128,
             what: format!(
                 "windows-sys's IO_STACK_LOCATION.Parameters.DeviceIoControl.{field} matches the DDK now: \
-                 use windows-sys's IO_STACK_LOCATION instead of nt/raw.rs' own"
+                 use windows-sys's IO_STACK_LOCATION instead of nt/src/sys/raw.rs' own"
             ),
         });
     }

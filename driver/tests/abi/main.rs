@@ -4,7 +4,7 @@
 //! - layouts, constants and IOCTL codes: C `_Static_assert`s generated from the Rust values, compiled
 //!   with `x86_64-w64-mingw32-gcc -fsyntax-only`;
 //! - every imported routine, every run-time-resolved routine type and every callback type, read from
-//!   the driver's sources and, for what `nt/raw.rs` re-exports from windows-sys, from windows-sys's own
+//!   the driver's sources and, for what `nt/src/sys/raw.rs` re-exports from windows-sys, from windows-sys's own
 //!   `windows_link::link!` invocations and type aliases (located with `cargo metadata`): C++
 //!   `static_assert`s on the header prototypes (`x86_64-w64-mingw32-g++`);
 //! - the routines the driver declares itself (windows-sys links them to ntdll.dll) have windows-sys's
@@ -19,12 +19,14 @@
 mod declarations;
 mod layouts;
 mod signatures;
+mod sources;
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use layouts::Check;
+use sources::sources;
 
 /// The mingw-w64 pieces the checks need.
 struct Toolchain {
@@ -78,123 +80,6 @@ fn toolchain() -> Option<Toolchain> {
 
 fn source(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-/// The `src` directory of the windows-sys package kepoch-driver depends on (`cargo metadata`).
-fn windows_sys_src() -> PathBuf {
-    let output = Command::new(env!("CARGO"))
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--offline",
-            // Only this host's dependency graph: without the filter cargo wants every platform's
-            // packages of the lock file (windows_i686_gnu, …), which a build for Linux and the
-            // Windows target never downloaded, and `--offline` then fails on a fresh machine.
-            "--filter-platform",
-            env!("KEPOCH_HOST_TRIPLE"),
-            "--manifest-path",
-        ])
-        .arg(source("Cargo.toml"))
-        .output()
-        .expect("running cargo metadata");
-    assert!(
-        output.status.success(),
-        "cargo metadata: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let metadata: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("cargo metadata's JSON");
-    let driver = metadata["packages"]
-        .as_array()
-        .expect("packages")
-        .iter()
-        .find(|p| p["name"] == "kepoch-driver")
-        .expect("the kepoch-driver package");
-    let node = metadata["resolve"]["nodes"]
-        .as_array()
-        .expect("resolve nodes")
-        .iter()
-        .find(|n| n["id"] == driver["id"])
-        .expect("kepoch-driver's resolve node");
-    let id = node["deps"]
-        .as_array()
-        .expect("deps")
-        .iter()
-        .find(|d| d["name"] == "windows_sys")
-        .map(|d| d["pkg"].clone())
-        .expect("kepoch-driver depends on windows-sys");
-    let package = metadata["packages"]
-        .as_array()
-        .expect("packages")
-        .iter()
-        .find(|p| p["id"] == id)
-        .expect("the windows-sys package");
-    let manifest = PathBuf::from(package["manifest_path"].as_str().expect("manifest_path"));
-    manifest.parent().expect("a package directory").join("src")
-}
-
-/// The windows-sys modules of the driver's `Wdk_*` features (`["Wdk", "System", "Threading"]`).
-fn wdk_modules() -> Vec<Vec<String>> {
-    let manifest = std::fs::read_to_string(source("Cargo.toml")).expect("Cargo.toml");
-    let dependency = manifest
-        .split("\nwindows-sys = ")
-        .nth(1)
-        .expect("the windows-sys dependency in Cargo.toml");
-    let features = &dependency[..dependency.find("] }").expect("its feature list")];
-    features
-        .split('"')
-        .filter(|f| f.starts_with("Wdk_"))
-        .map(|f| f.split('_').map(str::to_string).collect())
-        .collect()
-}
-
-/// What the driver imports and the callback types it implements, read once from the sources.
-struct Sources {
-    /// Hand-written imports of `nt/raw.rs`.
-    hand_written: Vec<declarations::Routine>,
-    /// The routines `nt/raw.rs` re-exports from windows-sys, as windows-sys declares them.
-    from_windows_sys: Vec<declarations::Routine>,
-    /// Function-pointer types: the facade's own and those it re-exports from windows-sys.
-    callbacks: Vec<declarations::Routine>,
-    /// Every `link!` of the driver's windows-sys `Wdk_*` modules.
-    linked: Vec<declarations::Linked>,
-}
-
-fn sources() -> Sources {
-    let raw = source("driver/src/nt/raw.rs");
-    let src = windows_sys_src();
-    let reexports = declarations::windows_sys_reexports(&raw);
-    let mut modules: Vec<Vec<String>> = reexports.iter().map(|(_, m)| m.clone()).collect();
-    modules.extend(wdk_modules());
-    modules.sort();
-    modules.dedup();
-    let mut linked = Vec::new();
-    let mut aliases = Vec::new();
-    for module in &modules {
-        let file = declarations::module_file(&src, module);
-        linked.extend(declarations::linked(&file));
-        aliases.extend(declarations::function_types(&[&file]));
-    }
-    let mut from_windows_sys = Vec::new();
-    let mut callbacks = declarations::function_types(&[&raw, &source("driver/src/nt/mod.rs")]);
-    for (name, module) in &reexports {
-        if let Some(l) = linked.iter().find(|l| &l.routine.name == name) {
-            assert!(
-                modules.contains(module),
-                "{name}: re-exported from an unread module"
-            );
-            from_windows_sys.push(l.routine.clone());
-        } else if let Some(alias) = aliases.iter().find(|a| &a.name == name) {
-            callbacks.push(alias.clone());
-        }
-    }
-    Sources {
-        hand_written: declarations::hand_written_imports(&raw),
-        from_windows_sys,
-        callbacks,
-        linked,
-    }
 }
 
 /// Headers for both compilers: Windows 10 declarations of the kernel-mode headers.
@@ -394,7 +279,7 @@ fn archive_symbols(path: &Path) -> Vec<String> {
 
 /// Names the platform resolves with `MmGetSystemRoutineAddress` (`resolve(wide!("..."))`).
 fn resolved_names() -> Vec<String> {
-    let text = std::fs::read_to_string(source("driver/src/platform.rs")).expect("platform.rs");
+    let text = std::fs::read_to_string(source("nt/src/routines.rs")).expect("routines.rs");
     text.split("resolve(wide!(\"")
         .skip(1)
         .map(|rest| rest.split('"').next().expect("a name").to_string())
@@ -456,14 +341,14 @@ fn every_imported_and_resolved_name_is_exported_by_its_dll() {
     );
 }
 
-/// The imports `nt/raw.rs` declares itself although windows-sys declares them (with an ntdll.dll link),
+/// The imports `nt/src/sys/raw.rs` declares itself although windows-sys declares them (with an ntdll.dll link),
 /// and the ones windows-sys does not declare at all.
 const NOT_IN_WINDOWS_SYS: &[&str] = &["memcpy", "memmove", "memset", "memcmp"];
 
 #[test]
 fn hand_written_imports_have_windows_sys_signatures_and_are_ntdll_linked_there() {
     let sources = sources();
-    let raw = source("driver/src/nt/raw.rs");
+    let raw = source("nt/src/sys/raw.rs");
     let mut compared = 0;
     for (name, abi, signature) in declarations::hand_written_signatures(&raw) {
         let declared: Vec<_> = sources
@@ -474,7 +359,7 @@ fn hand_written_imports_have_windows_sys_signatures_and_are_ntdll_linked_there()
         if NOT_IN_WINDOWS_SYS.contains(&name.as_str()) {
             assert!(
                 declared.is_empty(),
-                "windows-sys declares {name} now: check whether nt/raw.rs can re-export it"
+                "windows-sys declares {name} now: check whether nt/src/sys/raw.rs can re-export it"
             );
             continue;
         }
@@ -488,13 +373,13 @@ fn hand_written_imports_have_windows_sys_signatures_and_are_ntdll_linked_there()
             linked.routine.dll.as_deref(),
             Some("ntdll.dll"),
             "{name}: windows-sys links it to {:?} now: re-export it from windows-sys instead of \
-             declaring it in nt/raw.rs",
+             declaring it in nt/src/sys/raw.rs",
             linked.routine.dll
         );
         assert_eq!(
             (abi.as_str(), signature.as_str()),
             (linked.abi.as_str(), linked.signature.as_str()),
-            "{name}: nt/raw.rs' calling convention or signature differs from windows-sys's"
+            "{name}: nt/src/sys/raw.rs' calling convention or signature differs from windows-sys's"
         );
         compared += 1;
     }
@@ -510,7 +395,7 @@ fn windows_sys_callbacks_are_still_parameterless() {
     let sources = sources();
     for name in [
         "PKDEFERRED_ROUTINE",
-        "PIO_WORKITEM_ROUTINE",
+        "PIO_WORKITEM_ROUTINE_EX",
         "PKSTART_ROUTINE",
     ] {
         let alias = sources
@@ -521,7 +406,7 @@ fn windows_sys_callbacks_are_still_parameterless() {
         assert!(
             alias.parameters.is_empty(),
             "windows-sys's {name} has parameters now: check it against the header and drop the \
-             K*_ROUTINE conversion of nt/raw.rs"
+             *_ROUTINE conversion of nt/src/sys/raw.rs"
         );
     }
 }

@@ -6,7 +6,7 @@
 use core::mem::size_of;
 use std::fmt::Write;
 
-use kepoch_driver::nt;
+use kepoch_nt::sys as nt;
 
 use super::declarations::{Abi, Routine};
 
@@ -79,16 +79,16 @@ pub fn header_type_of_alias(name: &str) -> Result<&'static str, &'static str> {
     match name {
         "KSTART_ROUTINE" => Ok("std::remove_pointer_t<PKSTART_ROUTINE>"),
         "KDEFERRED_ROUTINE" => Ok("std::remove_pointer_t<PKDEFERRED_ROUTINE>"),
-        "IO_WORKITEM_ROUTINE" => Ok("std::remove_pointer_t<PIO_WORKITEM_ROUTINE>"),
+        "IO_WORKITEM_ROUTINE_EX" => Ok("std::remove_pointer_t<PIO_WORKITEM_ROUTINE_EX>"),
         // windows-sys's names of the pointer types.
         "DRIVER_UNLOAD" => Ok("std::remove_pointer_t<PDRIVER_UNLOAD>"),
         "DRIVER_DISPATCH" => Ok("std::remove_pointer_t<PDRIVER_DISPATCH>"),
         // Pinned instead (`windows_sys_callbacks_are_still_parameterless`).
-        "PKSTART_ROUTINE" | "PKDEFERRED_ROUTINE" | "PIO_WORKITEM_ROUTINE" => Err(
+        "PKSTART_ROUTINE" | "PKDEFERRED_ROUTINE" | "PIO_WORKITEM_ROUTINE_EX" => Err(
             "windows-sys's type has no parameters (the metadata lost them); the driver's callbacks \
-             have the K*_ROUTINE types of nt/raw.rs, checked instead",
+             have the *_ROUTINE types of nt/src/sys/raw.rs, checked instead",
         ),
-        "Erased" => Err("nt/raw.rs' private name of windows-sys's parameterless callback pointer"),
+        "Erased" => Err("nt/src/sys/raw.rs' private name of windows-sys's parameterless callback pointer"),
         "ProcessorCallbackFn" => Ok("PROCESSOR_CALLBACK_FUNCTION"),
         "KeRegisterProcessorChangeCallbackFn" => Ok("decltype(KeRegisterProcessorChangeCallback)"),
         "KeDeregisterProcessorChangeCallbackFn" => Ok("decltype(KeDeregisterProcessorChangeCallback)"),

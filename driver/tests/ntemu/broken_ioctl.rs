@@ -5,8 +5,8 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use kepoch_driver::nt::host::{Machine, MachineConfig};
-use kepoch_driver::nt::{self, DEVICE_OBJECT, DRIVER_OBJECT, IRP, NTSTATUS, UNICODE_STRING};
+use kepoch_nt::sys::{self as nt, DEVICE_OBJECT, DRIVER_OBJECT, IRP, NTSTATUS, UNICODE_STRING};
+use kepoch_ntemu::{Machine, MachineConfig};
 
 /// Bytes the handler writes at the start of the output buffer.
 const WRITTEN: usize = 8;

@@ -5,7 +5,21 @@ use std::time::{Duration, Instant};
 use kepoch::Stats;
 use kepoch_driver::driver::driver_entry;
 use kepoch_driver::ioctl::{self, LoadRequest};
-use kepoch_driver::nt::host::{Driver, Machine, MachineConfig};
+use kepoch_ntemu::{Driver, Machine, MachineConfig};
+
+/// The driver's statistics, read the way `kepochctl stats` does.
+pub trait DriverStats {
+    /// Reads the statistics with IOCTL_GET_STATS (panics if it fails or does not decode).
+    fn stats(&self) -> Stats;
+}
+
+impl DriverStats for Driver<'_> {
+    fn stats(&self) -> Stats {
+        let result = self.ioctl(ioctl::IOCTL_GET_STATS, &[], ioctl::STATS_SIZE as u32);
+        assert_eq!(result.status, 0, "IOCTL_GET_STATS failed");
+        ioctl::decode_stats(&result.output).expect("IOCTL_GET_STATS returned a decodable Stats")
+    }
+}
 
 /// Loads the driver and opens its control device; panics if DriverEntry fails.
 pub fn load(machine: &Machine) -> Driver<'_> {
@@ -89,6 +103,6 @@ pub fn quiesce_and_unload(driver: Driver<'_>) -> Stats {
 pub fn machine_with_strategy(strategy: u32) -> MachineConfig {
     MachineConfig::default().parameter(
         "ActivationStrategy",
-        kepoch_driver::nt::host::RegistryData::Dword(strategy),
+        kepoch_ntemu::RegistryData::Dword(strategy),
     )
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use kepoch_driver::driver::driver_entry;
-use kepoch_driver::nt::host::{Machine, MachineConfig, RegistryData};
+use kepoch_ntemu::{Machine, MachineConfig, RegistryData};
 
 use crate::common::*;
 
@@ -66,9 +66,9 @@ fn a_probe_dpc_delivered_after_the_probe_gave_up_is_flushed_by_unload() {
 #[test]
 fn driver_entry_failing_after_the_probe_leaves_no_dpc_queued() {
     // With delivery held up, the probe's DPC is still queued when DriverEntry fails after it: eager
-    // refusing max > active (the domain's teardown flushes), or every allocation after the device
-    // object failing (the domain never exists): the failure path itself must flush before the image
-    // goes away.
+    // refusing max > active (the domain's teardown), or every allocation after the device object and
+    // the probe's block failing (the domain never exists: the platform drops in Domain::create): the
+    // platform must flush before it frees the probe and the image goes away.
     let held_up = || MachineConfig {
         dpc_stall: Duration::from_secs(2),
         ..MachineConfig::default()
@@ -78,7 +78,7 @@ fn driver_entry_failing_after_the_probe_leaves_no_dpc_queued() {
         ..held_up()
     };
     let no_memory = MachineConfig {
-        fail_allocations: Some((2, u64::MAX / 2)),
+        fail_allocations: Some((3, u64::MAX / 2)),
         ..held_up()
     };
     for config in [eager, no_memory] {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kepoch_driver::nt::host::{Machine, MachineConfig, ProcessorReport};
+use kepoch_ntemu::{Machine, MachineConfig, ProcessorReport};
 
 use crate::common::*;
 

@@ -1,7 +1,7 @@
 //! The IOCTLs through the driver's real dispatch routine: well-formed, malformed and random requests.
 
 use kepoch_driver::ioctl::{self, status, LoadRequest, STATS_SIZE};
-use kepoch_driver::nt::host::{Machine, MachineConfig};
+use kepoch_ntemu::{Machine, MachineConfig};
 
 use crate::common::*;
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kepoch_driver::nt::host::{Machine, MachineConfig, RegistryData};
+use kepoch_ntemu::{Machine, MachineConfig, RegistryData};
 
 use crate::common::*;
 

@@ -2,7 +2,7 @@
 //! max > active and two groups.
 
 use kepoch_driver::driver::driver_entry;
-use kepoch_driver::nt::host::{GroupConfig, Machine, MachineConfig, RegistryData};
+use kepoch_ntemu::{GroupConfig, Machine, MachineConfig, RegistryData};
 
 use crate::common::*;
 
@@ -46,7 +46,7 @@ fn activation_strategy_values_select_lazy_callback_or_the_default() {
     };
     load_and_check(with("ActivationStrategy", sz), 1, 1, 1);
     let short = Raw {
-        reg_type: kepoch_driver::support::REG_DWORD,
+        reg_type: kepoch_nt::sys::REG_DWORD,
         data: vec![1, 0],
     };
     load_and_check(with("ActivationStrategy", short), 1, 1, 1);

@@ -97,7 +97,7 @@ fn signed_kepoch_sys_keeps_a_valid_checksum_and_a_verifiable_signature() {
     let Some(signed) = signed() else { return };
     let entry = driver_entry_rva(&built().unwrap().map).expect("DriverEntry in the link map");
     let mut failed = false;
-    let mut checks = all_checks(&signed.image, entry);
+    let mut checks = all_checks(&signed.image, entry, &super::REQUIRED);
     checks.push(("signature", signature::check_signature(&signed.image)));
     for (name, result) in checks {
         match result {
