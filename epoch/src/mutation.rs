@@ -20,7 +20,7 @@ macro_rules! mutations {
     ($($(#[doc = $doc:literal])* $variant:ident = $bit:literal, $name:literal, $kind:ident;)*) => {
         /// One re-introduced bug.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        #[repr(u32)]
+        #[repr(u64)]
         pub enum Mutation {
             $($(#[doc = $doc])* $variant = 1 << $bit,)*
         }
@@ -155,7 +155,7 @@ impl fmt::Display for Mutation {
 
 /// A set of mutations.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Mutations(u32);
+pub struct Mutations(u64);
 
 impl Mutations {
     /// No mutation: the correct protocol.
@@ -163,12 +163,12 @@ impl Mutations {
 
     /// This set plus `mutation`.
     pub fn with(self, mutation: Mutation) -> Mutations {
-        Mutations(self.0 | mutation as u32)
+        Mutations(self.0 | mutation as u64)
     }
 
     /// Whether `mutation` is in effect: in the set and compiled in.
     #[inline(always)]
     pub fn active(self, mutation: Mutation) -> bool {
-        cfg!(feature = "mutations") && self.0 & mutation as u32 != 0
+        cfg!(feature = "mutations") && self.0 & mutation as u64 != 0
     }
 }
