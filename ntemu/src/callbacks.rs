@@ -269,7 +269,12 @@ pub(super) fn hot_add(
         state.cpus[slot].phase = Phase::Starting;
         (slot, state.callbacks.registrations.clone())
     };
+    let thread = super::kernel::with_context(|c| c.thread);
+    if kernel.config.fail_add_start_allocations {
+        kernel.pool.fail_thread(Some(thread));
+    }
     let refused = start_each(kernel, &registrations, slot);
+    kernel.pool.fail_thread(None);
     let before_start = match outcome {
         AddOutcome::FailBeforeStart(status) => Some(status),
         _ => None,

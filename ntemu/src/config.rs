@@ -55,6 +55,9 @@ pub struct MachineConfig {
     pub missing_routines: Vec<String>,
     /// Pool allocation attempts (1-based, counted from boot) that fail: `(first, count)`.
     pub fail_allocations: Option<(u64, u64)>,
+    /// Every pool allocation a processor-change callback makes while it handles a live AddStart
+    /// fails (whatever else allocates meanwhile).
+    pub fail_add_start_allocations: bool,
     /// The n-th (1-based) `PsCreateSystemThread` fails.
     pub fail_thread_creation: Option<u64>,
     /// `KeRegisterProcessorChangeCallback` returns null.
@@ -107,6 +110,7 @@ impl Default for MachineConfig {
             service_key_fails: None,
             missing_routines: Vec::new(),
             fail_allocations: None,
+            fail_add_start_allocations: false,
             fail_thread_creation: None,
             fail_callback_registration: false,
             seed: 1,

@@ -67,6 +67,8 @@ pub(super) struct Pool {
     inner: Mutex<Inner>,
     /// Attempts (1-based) that fail: `first..first + count`.
     fail: Option<(u64, u64)>,
+    /// An emulated thread (id, 0: none) whose every allocation fails.
+    failing_thread: std::sync::atomic::AtomicU64,
 }
 
 fn layout(size: usize) -> Layout {
@@ -98,7 +100,14 @@ impl Pool {
         Pool {
             inner: Mutex::new(Inner::default()),
             fail: config.fail_allocations,
+            failing_thread: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Makes every allocation of emulated thread `thread` fail until called with `None`.
+    pub(super) fn fail_thread(&self, thread: Option<u64>) {
+        self.failing_thread
+            .store(thread.unwrap_or(0), std::sync::atomic::Ordering::SeqCst);
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -108,12 +117,16 @@ impl Pool {
     /// Allocates `size` bytes with `tag`, zeroed or filled with the uninitialised pattern; null when the
     /// attempt is one configured to fail.
     pub(super) fn allocate(&self, size: usize, tag: u32, zeroed: bool) -> *mut c_void {
+        let failing_thread = self.failing_thread.load(std::sync::atomic::Ordering::SeqCst);
+        let this_thread_fails = failing_thread != 0
+            && super::kernel::try_with_context(|c| c.thread) == Some(failing_thread);
         let mut inner = self.inner();
         inner.attempts += 1;
         let attempt = inner.attempts;
-        if self
-            .fail
-            .is_some_and(|(first, count)| attempt >= first && attempt < first + count)
+        if this_thread_fails
+            || self
+                .fail
+                .is_some_and(|(first, count)| attempt >= first && attempt < first + count)
         {
             inner.failed += 1;
             return core::ptr::null_mut();

@@ -132,18 +132,8 @@ fn epoch_code_on_a_processor_before_its_add_complete(config: MachineConfig) -> k
 /// DPC to the processor early.
 #[test]
 fn callback_strategy_does_not_message_a_processor_prepared_lazily_before_add_complete() {
-    // Allocation attempts of a load and open: the next one is AddStart's slot for the new processor.
-    let attempts = {
-        let machine = Machine::start(machine_with_strategy(1));
-        let driver = load(&machine);
-        let attempts = machine.pool().attempts;
-        assert_eq!(driver.close(), 0);
-        driver.unload();
-        machine.finish();
-        attempts
-    };
     let stats = epoch_code_on_a_processor_before_its_add_complete(MachineConfig {
-        fail_allocations: Some((attempts + 1, 1)),
+        fail_add_start_allocations: true,
         ..machine_with_strategy(1)
     });
     assert_eq!(
