@@ -125,6 +125,10 @@ mutations! {
     /// The safe layer's failed compare-exchange reads the value it hands back with Relaxed instead of
     /// Acquire: the caller may read a value whose initialisation it does not see.
     FailedCasRelaxed = 26, "failed-cas-relaxed", Ordering;
+    /// The slot table files every processor under group 0 by its number alone: processors of
+    /// different groups with the same number share one slot, and each writes the other's reader
+    /// table with plain stores (S1).
+    TableIgnoresGroup = 27, "table-ignores-group", Logic;
 }
 
 impl Mutation {

@@ -28,6 +28,7 @@ impl<P: Platform> Domain<P> {
         // (or the slot was created ready and participating, `eager`), and `ready` is never cleared.
         let token = match unsafe { slot.as_ref() } {
             Some(slot) if slot.part.participating.load(Ordering::Relaxed) => {
+                self.platform.verify_slot_owner("enter", slot.processor);
                 Self::enter_owned(&slot.part, current.index)
             }
             _ => self.enter_slow(current, slot),
@@ -68,6 +69,7 @@ impl<P: Platform> Domain<P> {
             // SAFETY: a published slot (prepared just now or earlier), valid for the domain's life.
             let slot = unsafe { &*slot };
             if slot.ready.load(Ordering::Acquire) {
+                self.platform.verify_slot_owner("enter (join)", slot.processor);
                 self.ensure_joined(&slot.part);
                 return Self::enter_owned(&slot.part, current.index);
             }
@@ -128,10 +130,13 @@ impl<P: Platform> Domain<P> {
         let previous = self.platform.raise_to_dispatch();
         let current = self.platform.current_processor();
         if token.is_home(current.index) {
-            // SAFETY: the token points into a live slot (slots with readers are never freed), the
-            // slot of this processor: the one `enter_raw` found for it here, and a processor's
-            // published, ready slot is never replaced.
-            let part = unsafe { &*token.participant };
+            // SAFETY: the token's participant is the `part` of a live slot (an overflow token is
+            // never home; slots with readers are never freed), the slot of this processor: the one
+            // `enter_raw` found for it here, and a processor's published, ready slot is never
+            // replaced.
+            let slot = unsafe { Slot::<P>::of_participant(token.participant) };
+            self.platform.verify_slot_owner("exit", slot.processor);
+            let part = &slot.part;
             if !self.mutated(Mutation::LostExit) {
                 part.readers.exit_local(token.entry());
             }

@@ -224,7 +224,7 @@ impl<P: Platform> Domain<P> {
                 released_epoch: AtomicU64::new(0),
                 freed_through: AtomicU64::new(0),
                 cycle: Cycle::new(),
-                table: SlotTable::new(),
+                table: SlotTable::new(config.mutations),
                 completed: ProcessorSet::new(),
                 registry: SpinLock::new(Registry {
                     head: ptr::null_mut(),

@@ -1,8 +1,10 @@
 //! Unit tests of the domain on a minimal single-threaded platform: the test decides which CPU runs,
 //! when queued messages are delivered and when the timer fires. Small enough for Miri.
 
+mod helpers;
 mod platform;
 
+use helpers::*;
 use platform::*;
 
 use crate::config::{Config, Strategy};
