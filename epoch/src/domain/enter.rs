@@ -69,7 +69,8 @@ impl<P: Platform> Domain<P> {
             // SAFETY: a published slot (prepared just now or earlier), valid for the domain's life.
             let slot = unsafe { &*slot };
             if slot.ready.load(Ordering::Acquire) {
-                self.platform.verify_slot_owner("enter (join)", slot.processor);
+                self.platform
+                    .verify_slot_owner("enter (join)", slot.processor);
                 self.ensure_joined(&slot.part);
                 return Self::enter_owned(&slot.part, current.index);
             }
