@@ -2,7 +2,7 @@
 //! bug it can see, ends a run that breaks a bound at once with a diagnosis, and every failure replays.
 
 use kepoch::{Mutations, Strategy};
-use kepoch_sim::torture::{run, run_with, Mode, RunOptions, RunSpec, RunStats};
+use kepoch_sim::torture::{machine_for, run, run_with, Mode, RunOptions, RunSpec, RunStats};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,25 @@ fn correct_protocol_has_no_violation_on_any_strategy() {
                 outcome.stats.reads > 0 && outcome.stats.retires > 0 && outcome.stats.cycles > 0
             );
         }
+    }
+}
+
+/// The deterministic torture runs every strategy on machines of several processor groups, among
+/// the seeds the safety check runs (a (group, number) confusion needs one to show).
+#[test]
+fn every_strategy_gets_machines_of_several_groups() {
+    for strategy in [Strategy::Lazy, Strategy::Eager, Strategy::Callback] {
+        let multi_group = (0..20)
+            .filter(|&seed| {
+                let config = machine_for(strategy, seed, 50, 20_000);
+                let topology = config.topology().expect("valid machine");
+                topology.iter().any(|slot| slot.number.group != 0)
+            })
+            .count();
+        assert!(
+            multi_group >= 5,
+            "{strategy}: only {multi_group} of 20 seeds span several groups"
+        );
     }
 }
 
@@ -258,6 +277,7 @@ const CAUGHT: &[(&str, &str)] = &[
     ("lost-exit", "lazy"),
     ("unload-drain-once", "callback"),
     ("lock-without-raise", "callback"),
+    ("table-ignores-group", "eager"),
 ];
 
 /// Logic mutations the torture does not catch yet, and why.

@@ -44,6 +44,8 @@ mod sched;
 mod state;
 
 #[cfg(test)]
+mod owner_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod window_tests;

@@ -42,6 +42,9 @@ pub enum ViolationKind {
     /// [`super::MachineConfig::parallel_spin_limit_ms`] in parallel mode. The machine then halts with a
     /// [`Bugcheck`].
     Deadlock,
+    /// The core used a processor's per-CPU slot as that processor's own (an enter, an exit, a join,
+    /// a retirement, a visit) from another processor (S1: the owner's plain stores race it).
+    SlotOwner,
 }
 
 /// One recorded violation.
