@@ -129,6 +129,11 @@ mutations! {
     /// different groups with the same number share one slot, and each writes the other's reader
     /// table with plain stores (S1).
     TableIgnoresGroup = 27, "table-ignores-group", Logic;
+    /// A cycle start does not look at `shutting_down` (neither before nor after owning
+    /// `in_flight`): a flush or `synchronize` from a work item during unload starts a cycle whose
+    /// messages are still queued, and whose visits still run, while unload releases and frees the
+    /// slots (S8).
+    StartIgnoresUnload = 28, "start-ignores-unload", Logic;
 }
 
 impl Mutation {

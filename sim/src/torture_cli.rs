@@ -411,7 +411,7 @@ pub fn torture_command(args: TortureArgs) -> ExitCode {
     };
     let t = &totals;
     let figures = format!(
-        "{runs} run(s), {} lifetimes, {} reads, {} retires, {} cycles, {} synchronizes, {} flushes, {} hot-adds ({} completed, {} failed), work items {} run / {} cancelled / {} chained, {} destructor retires, {} polls, map {} bucket reads / {} updates / {} lost races, {} overflow uses, max reader-table depth {}, peak pending {}, longest hold-back {} cycles, peak RSS {} MiB",
+        "{runs} run(s), {} lifetimes, {} reads, {} retires, {} cycles, {} synchronizes, {} flushes, {} hot-adds ({} completed, {} failed), work items {} run / {} cancelled / {} chained, {} destructor retires, unload {} callback flushes / {} synchronizes / {} retires, {} polls, map {} bucket reads / {} updates / {} lost races, {} overflow uses, max reader-table depth {}, peak pending {}, longest hold-back {} cycles, peak RSS {} MiB",
         t.lifetimes,
         t.reads,
         t.retires,
@@ -425,6 +425,9 @@ pub fn torture_command(args: TortureArgs) -> ExitCode {
         t.work_cancelled,
         t.work_chained,
         t.destructor_retires,
+        t.unload_flushes,
+        t.unload_synchronizes,
+        t.unload_retires,
         t.polls,
         t.map_lookups,
         t.map_updates,
