@@ -106,7 +106,8 @@ impl<P: Platform> Slot<P> {
     /// The slot whose participant is `part`.
     ///
     /// # Safety
-    /// `part` points to the `part` field of a live `Slot<P>` (not to the overflow participant).
+    /// `part` points to the `part` field of a live `Slot<P>` (not to the overflow participant) and
+    /// was derived from a pointer to the whole slot, not from a reference to the field.
     #[inline(always)]
     pub(crate) unsafe fn of_participant<'a>(part: *const Participant) -> &'a Slot<P> {
         // SAFETY: per the caller, `part` lies `offset_of!(Slot<P>, part)` bytes into a live slot.
