@@ -73,7 +73,7 @@ pub struct TortureArgs {
     /// and schedule), stats (stats()/holdback() callers), chains (destructors that retire), storms
     /// (flush/synchronize storms), stalls (readers inside across many cycles in distinct epochs),
     /// overflow (allocation failures put a CPU on the overflow slot), busy-unload (unload while work
-    /// items run and a cycle is in flight), map (a read-mostly hash map through the safe pointer
+    /// items run and a cycle is in flight; callbacks then also flush and synchronize), map (a read-mostly hash map through the safe pointer
     /// layer: lookups, compare-and-exchange updates, safe retirement).
     #[arg(long, default_value = "all", value_parser = parse_workloads)]
     workloads: Workloads,
