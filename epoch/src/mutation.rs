@@ -125,6 +125,15 @@ mutations! {
     /// The safe layer's failed compare-exchange reads the value it hands back with Relaxed instead of
     /// Acquire: the caller may read a value whose initialisation it does not see.
     FailedCasRelaxed = 26, "failed-cas-relaxed", Ordering;
+    /// The slot table files every processor under group 0 by its number alone: processors of
+    /// different groups with the same number share one slot, and each writes the other's reader
+    /// table with plain stores (S1).
+    TableIgnoresGroup = 27, "table-ignores-group", Logic;
+    /// A cycle start does not look at `shutting_down` (neither before nor after owning
+    /// `in_flight`): a flush or `synchronize` from a work item during unload starts a cycle whose
+    /// messages are still queued, and whose visits still run, while unload releases and frees the
+    /// slots (S8).
+    StartIgnoresUnload = 32, "start-ignores-unload", Logic;
     /// A chain's unlink swings the predecessor's link before it marks the node (and marks it only
     /// if that succeeded): an insertion after the node can still succeed once it is unlinked, and
     /// the inserted node is lost; a failed unlink leaves the node unmarked.

@@ -101,3 +101,21 @@ pub(crate) struct Slot<P: Platform> {
     /// The per-CPU message (DPC) bound to `processor`.
     pub(crate) message: MaybeUninit<P::Message>,
 }
+
+impl<P: Platform> Slot<P> {
+    /// The slot whose participant is `part`.
+    ///
+    /// # Safety
+    /// `part` points to the `part` field of a live `Slot<P>` (not to the overflow participant) and
+    /// was derived from a pointer to the whole slot, not from a reference to the field.
+    #[inline(always)]
+    pub(crate) unsafe fn of_participant<'a>(part: *const Participant) -> &'a Slot<P> {
+        // SAFETY: per the caller, `part` lies `offset_of!(Slot<P>, part)` bytes into a live slot.
+        unsafe {
+            &*part
+                .cast::<u8>()
+                .sub(core::mem::offset_of!(Slot<P>, part))
+                .cast::<Slot<P>>()
+        }
+    }
+}

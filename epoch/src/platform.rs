@@ -354,6 +354,17 @@ pub unsafe trait Platform: Send + Sync + 'static {
         let _ = (routine, rule);
     }
 
+    /// The caller, at DISPATCH, is about to use the per-CPU slot of processor `owner` as that
+    /// processor's own (`routine`: an enter, an exit on the entering processor, a join, a
+    /// retirement, the cycle's visit): with plain stores that only the owner may make. A checking
+    /// platform records a violation when the caller does not run on `owner`, e.g. a slot found
+    /// under another processor's (group, number); the default does nothing (a release driver pays
+    /// nothing).
+    #[inline(always)]
+    fn verify_slot_owner(&self, routine: &'static str, owner: ProcessorNumber) {
+        let _ = (routine, owner);
+    }
+
     /// A core spin lock (identified by its address) was just acquired by the caller. The lock raised
     /// to DISPATCH first, so a checking platform that sees a lower IRQL here reports the rule broken.
     #[inline(always)]

@@ -9,6 +9,9 @@
 //! the hot path never dereferences a pending slot: AddFailure may free one while code on the new
 //! processor is looking it up.
 
+#[cfg(feature = "mutations")]
+use crate::mutation::Mutation;
+use crate::mutation::Mutations;
 use crate::participant::Slot;
 use crate::platform::{Platform, ProcessorNumber};
 use crate::sync::{AtomicPtr, AtomicU64, Ordering};
@@ -29,6 +32,9 @@ pub(crate) struct GroupTable<P: Platform> {
 /// Directory of group tables. Readers look up without a lock; writers hold the registry lock.
 pub(crate) struct SlotTable<P: Platform> {
     groups: [AtomicPtr<GroupTable<P>>; MAX_GROUPS],
+    /// The `table-ignores-group` mutation: every processor is filed under group 0 by its number.
+    #[cfg(feature = "mutations")]
+    ignores_group: bool,
 }
 
 /// Low bit of a pending entry. Slots are cache-line aligned, so the bit is free.
@@ -81,11 +87,23 @@ pub(crate) enum InsertError {
 }
 
 impl<P: Platform> SlotTable<P> {
-    /// An empty table.
-    pub(crate) fn new() -> Self {
+    /// An empty table, honouring the `table-ignores-group` mutation if it is in `mutations`.
+    pub(crate) fn new(mutations: Mutations) -> Self {
+        let _ = mutations;
         SlotTable {
             groups: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+            #[cfg(feature = "mutations")]
+            ignores_group: mutations.active(Mutation::TableIgnoresGroup),
         }
+    }
+
+    /// Where `processor` is filed: (group, number), or `None` outside the table's range.
+    #[inline(always)]
+    fn position(&self, processor: ProcessorNumber) -> Option<(usize, usize)> {
+        let (group, number) = (processor.group as usize, processor.number as usize);
+        #[cfg(feature = "mutations")]
+        let group = if self.ignores_group { 0 } else { group };
+        (group < MAX_GROUPS && number < PROCESSORS_PER_GROUP).then_some((group, number))
     }
 
     /// Bytes of one group table.
@@ -118,10 +136,7 @@ impl<P: Platform> SlotTable<P> {
 
     /// The cell of `processor`, if its group table exists.
     fn cell(&self, processor: ProcessorNumber) -> Option<&AtomicPtr<Slot<P>>> {
-        let (group, number) = (processor.group as usize, processor.number as usize);
-        if group >= MAX_GROUPS || number >= PROCESSORS_PER_GROUP {
-            return None;
-        }
+        let (group, number) = self.position(processor)?;
         let table = self.groups[group].load(Ordering::Acquire);
         if table.is_null() {
             return None;
@@ -153,10 +168,7 @@ impl<P: Platform> SlotTable<P> {
         slot: *mut Slot<P>,
         pending: bool,
     ) -> Result<(Entry<P>, usize), InsertError> {
-        let (group, number) = (processor.group as usize, processor.number as usize);
-        if group >= MAX_GROUPS || number >= PROCESSORS_PER_GROUP {
-            return Err(InsertError::OutOfRange);
-        }
+        let (group, number) = self.position(processor).ok_or(InsertError::OutOfRange)?;
         let mut table = self.groups[group].load(Ordering::Acquire);
         let mut allocated = 0;
         if table.is_null() {
@@ -191,10 +203,9 @@ impl<P: Platform> SlotTable<P> {
     /// Unpublishes the slot of `processor`. Caller holds the registry lock and guarantees that the slot
     /// was pending (never handed out by `SlotTable::lookup`).
     pub(crate) fn remove(&self, processor: ProcessorNumber) {
-        let (group, number) = (processor.group as usize, processor.number as usize);
-        if group >= MAX_GROUPS || number >= PROCESSORS_PER_GROUP {
+        let Some((group, number)) = self.position(processor) else {
             return;
-        }
+        };
         let table = self.groups[group].load(Ordering::Acquire);
         if !table.is_null() {
             // SAFETY: the group table lives until teardown.

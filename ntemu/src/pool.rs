@@ -117,7 +117,9 @@ impl Pool {
     /// Allocates `size` bytes with `tag`, zeroed or filled with the uninitialised pattern; null when the
     /// attempt is one configured to fail.
     pub(super) fn allocate(&self, size: usize, tag: u32, zeroed: bool) -> *mut c_void {
-        let failing_thread = self.failing_thread.load(std::sync::atomic::Ordering::SeqCst);
+        let failing_thread = self
+            .failing_thread
+            .load(std::sync::atomic::Ordering::SeqCst);
         let this_thread_fails = failing_thread != 0
             && super::kernel::try_with_context(|c| c.thread) == Some(failing_thread);
         let mut inner = self.inner();

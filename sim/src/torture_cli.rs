@@ -73,7 +73,7 @@ pub struct TortureArgs {
     /// and schedule), stats (stats()/holdback() callers), chains (destructors that retire), storms
     /// (flush/synchronize storms), stalls (readers inside across many cycles in distinct epochs),
     /// overflow (allocation failures put a CPU on the overflow slot), busy-unload (unload while work
-    /// items run and a cycle is in flight), map (a read-mostly hash map through the safe pointer
+    /// items run and a cycle is in flight; callbacks then also flush and synchronize), map (a read-mostly hash map through the safe pointer
     /// layer: lookups, compare-and-exchange updates, safe retirement; and a `kepoch::map::Map` whose
     /// permanent keys must always be found), list (a `kepoch::list::List`: walks, pushes, removals).
     #[arg(long, default_value = "all", value_parser = parse_workloads)]
@@ -412,7 +412,7 @@ pub fn torture_command(args: TortureArgs) -> ExitCode {
     };
     let t = &totals;
     let figures = format!(
-        "{runs} run(s), {} lifetimes, {} reads, {} retires, {} cycles, {} synchronizes, {} flushes, {} hot-adds ({} completed, {} failed), work items {} run / {} cancelled / {} chained, {} destructor retires, {} polls, map {} bucket reads / {} updates / {} lost races, list and kepoch::map {} item reads / {} updates, {} overflow uses, max reader-table depth {}, peak pending {}, longest hold-back {} cycles, peak RSS {} MiB",
+        "{runs} run(s), {} lifetimes, {} reads, {} retires, {} cycles, {} synchronizes, {} flushes, {} hot-adds ({} completed, {} failed), work items {} run / {} cancelled / {} chained, {} destructor retires, unload {} callback flushes / {} synchronizes / {} retires, {} polls, map {} bucket reads / {} updates / {} lost races, list and kepoch::map {} item reads / {} updates, {} overflow uses, max reader-table depth {}, peak pending {}, longest hold-back {} cycles, peak RSS {} MiB",
         t.lifetimes,
         t.reads,
         t.retires,
@@ -426,6 +426,9 @@ pub fn torture_command(args: TortureArgs) -> ExitCode {
         t.work_cancelled,
         t.work_chained,
         t.destructor_retires,
+        t.unload_flushes,
+        t.unload_synchronizes,
+        t.unload_retires,
         t.polls,
         t.map_lookups,
         t.map_updates,

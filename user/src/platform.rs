@@ -249,6 +249,16 @@ unsafe impl Platform for UserPlatform {
         ));
     }
 
+    fn verify_slot_owner(&self, routine: &'static str, owner: ProcessorNumber) {
+        let here = number_of(seat::processor(&self.shared));
+        if here != owner {
+            bug_check(&format!(
+                "kepoch's {routine} on thread {} (virtual processor {here}) used the per-processor slot of processor {owner}, which only that processor may write",
+                thread_label()
+            ));
+        }
+    }
+
     fn synchronize_called(&self, readers_here: &dyn Fn() -> u64) {
         let readers = readers_here();
         if readers == 0 {

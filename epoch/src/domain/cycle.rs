@@ -81,7 +81,9 @@ impl<P: Platform> Domain<P> {
     fn start_cycle(&self) -> CycleStart {
         self.platform
             .verify_irql("reclamation cycle start", IrqlRule::Dispatch);
-        if self.shutting_down.load(Ordering::Relaxed) {
+        // The `start-ignores-unload` mutation skips both checks of `shutting_down`.
+        let unload_checked = !self.mutated(Mutation::StartIgnoresUnload);
+        if unload_checked && self.shutting_down.load(Ordering::Relaxed) {
             return CycleStart::NotStarted;
         }
         while self
@@ -100,7 +102,7 @@ impl<P: Platform> Domain<P> {
         // Unload stores `shutting_down`, fences, then waits while `in_flight` is set. Re-checking
         // after owning `in_flight` (store buffering, fence against fence) means a cycle either is
         // seen by unload or sees unload: none can start after unload found no cycle in flight.
-        if !self.mutated(Mutation::StartWithoutShutdownRecheck) {
+        if unload_checked && !self.mutated(Mutation::StartWithoutShutdownRecheck) {
             fence(Ordering::SeqCst);
             if self.shutting_down.load(Ordering::Relaxed) {
                 self.cycle.in_flight.store(false, Ordering::SeqCst);
@@ -182,6 +184,9 @@ impl<P: Platform> Domain<P> {
         domain
             .platform
             .verify_irql("reclamation cycle visit", IrqlRule::Dispatch);
+        domain
+            .platform
+            .verify_slot_owner("reclamation cycle visit", slot.processor);
         let part = &slot.part;
         ParticipantCounters::bump(&part.counters.messages);
         let epoch = domain.cycle.epoch.load(Ordering::Acquire);

@@ -27,8 +27,10 @@ impl<P: Platform> Domain<P> {
         // were never ready). A participating slot is ready: only the owner joins, after it saw `ready`
         // (or the slot was created ready and participating, `eager`), and `ready` is never cleared.
         let token = match unsafe { slot.as_ref() } {
-            Some(slot) if slot.part.participating.load(Ordering::Relaxed) => {
-                Self::enter_owned(&slot.part, current.index)
+            Some(owned) if owned.part.participating.load(Ordering::Relaxed) => {
+                self.platform.verify_slot_owner("enter", owned.processor);
+                // SAFETY: `slot` is the published slot `owned` refers to.
+                unsafe { Self::enter_owned(slot, current.index) }
             }
             _ => self.enter_slow(current, slot),
         };
@@ -39,10 +41,18 @@ impl<P: Platform> Domain<P> {
 
     /// Records a reader in the current processor's own slot, which participates: its newest reader
     /// entry was opened for `local_epoch` when that was set (join, visit). At DISPATCH on the slot's
-    /// processor, whose system-wide index is `home`.
+    /// processor, whose system-wide index is `home`. The token's participant pointer is derived
+    /// from `slot` itself (not from a reference to the field), so that the exit may reach the whole
+    /// slot from it (`Slot::of_participant`).
+    ///
+    /// # Safety
+    /// `slot` is a published, ready slot (valid for the domain's life).
     #[inline(always)]
-    fn enter_owned(part: &Participant, home: u32) -> RawGuard {
-        let entry = part.readers.enter_newest();
+    unsafe fn enter_owned(slot: *const Slot<P>, home: u32) -> RawGuard {
+        // SAFETY: per the caller; a field of a live slot.
+        let part = unsafe { ptr::addr_of!((*slot).part) };
+        // SAFETY: as above.
+        let entry = unsafe { &*part }.readers.enter_newest();
         RawGuard::new(part, Some(home), entry)
     }
 
@@ -67,10 +77,13 @@ impl<P: Platform> Domain<P> {
         };
         if let Some(slot) = slot {
             // SAFETY: a published slot (prepared just now or earlier), valid for the domain's life.
-            let slot = unsafe { &*slot };
-            if slot.ready.load(Ordering::Acquire) {
-                self.ensure_joined(&slot.part);
-                return Self::enter_owned(&slot.part, current.index);
+            let owned = unsafe { &*slot };
+            if owned.ready.load(Ordering::Acquire) {
+                self.platform
+                    .verify_slot_owner("enter (join)", owned.processor);
+                self.ensure_joined(&owned.part);
+                // SAFETY: published and ready, as above.
+                return unsafe { Self::enter_owned(slot, current.index) };
             }
         }
         let overflow = self.locked(&self.overflow);
@@ -129,10 +142,13 @@ impl<P: Platform> Domain<P> {
         let previous = self.platform.raise_to_dispatch();
         let current = self.platform.current_processor();
         if token.is_home(current.index) {
-            // SAFETY: the token points into a live slot (slots with readers are never freed), the
-            // slot of this processor: the one `enter_raw` found for it here, and a processor's
-            // published, ready slot is never replaced.
-            let part = unsafe { &*token.participant };
+            // SAFETY: the token's participant is the `part` of a live slot (an overflow token is
+            // never home; slots with readers are never freed), the slot of this processor: the one
+            // `enter_raw` found for it here, and a processor's published, ready slot is never
+            // replaced.
+            let slot = unsafe { Slot::<P>::of_participant(token.participant) };
+            self.platform.verify_slot_owner("exit", slot.processor);
+            let part = &slot.part;
             if !self.mutated(Mutation::LostExit) {
                 part.readers.exit_local(token.entry());
             }

@@ -137,7 +137,11 @@ impl<P: Platform> Domain<P> {
         let slot = self.table.lookup(current.number);
         // SAFETY: a published slot stays valid for the domain's life; at DISPATCH on its processor we
         // are its owner, which may read its reader table.
-        let readers = unsafe { slot.as_ref() }.map_or(0, |slot| slot.part.readers.active_readers());
+        let readers = unsafe { slot.as_ref() }.map_or(0, |slot| {
+            self.platform
+                .verify_slot_owner("synchronize (readers here)", slot.processor);
+            slot.part.readers.active_readers()
+        });
         self.platform.lower_irql(previous);
         readers
     }

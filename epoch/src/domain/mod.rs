@@ -237,7 +237,7 @@ impl<P: Platform> Domain<P> {
                 released_epoch: AtomicU64::new(0),
                 freed_through: AtomicU64::new(0),
                 cycle: Cycle::new(),
-                table: SlotTable::new(),
+                table: SlotTable::new(config.mutations),
                 completed: ProcessorSet::new(),
                 registry: SpinLock::new(Registry {
                     head: ptr::null_mut(),
@@ -262,20 +262,16 @@ impl<P: Platform> Domain<P> {
                 work_idle: MaybeUninit::uninit(),
             })
         };
-        // SAFETY: initialised just above; the timer and events are initialised in place below before
-        // anything uses them.
-        let domain = unsafe { &*raw };
         let this = raw as *const ();
-        // SAFETY: the events and the timer live inside the domain, which never moves.
+        // SAFETY: initialised just above. The events and the timer live inside the domain, which
+        // never moves; they are initialised in place through the allocation's own pointer, next to a
+        // reference to the platform field only (no reference to the whole domain exists yet).
         let timer_ok = unsafe {
-            domain
-                .platform
-                .event_init(domain.cycle_done.as_ptr().cast_mut());
-            domain
-                .platform
-                .event_init(domain.work_idle.as_ptr().cast_mut());
-            domain.platform.timer_init(
-                domain.timer.as_ptr().cast_mut(),
+            let platform = &*ptr::addr_of!((*raw).platform);
+            platform.event_init(ptr::addr_of_mut!((*raw).cycle_done).cast());
+            platform.event_init(ptr::addr_of_mut!((*raw).work_idle).cast());
+            platform.timer_init(
+                ptr::addr_of_mut!((*raw).timer).cast(),
                 Handler {
                     func: Self::on_timer,
                     context: this,
@@ -292,6 +288,8 @@ impl<P: Platform> Domain<P> {
             }
             return Err(resources);
         }
+        // SAFETY: fully initialised above; shared from here on.
+        let domain = unsafe { &*raw };
         // The box keeps the allocation's own pointer (not one derived from the shared `domain`
         // reference), so that unload may take the platform out mutably.
         let boxed = DomainBox {

@@ -195,6 +195,7 @@ impl<P: Platform> Domain<P> {
         // SAFETY: null or a published slot.
         let stamp = match unsafe { slot.as_ref() } {
             Some(slot) if slot.ready.load(Ordering::Acquire) => {
+                self.platform.verify_slot_owner("retire", slot.processor);
                 let part = &slot.part;
                 self.ensure_joined(part);
                 let stamp = self.retire_stamp(part, rmw);

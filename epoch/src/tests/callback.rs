@@ -1,5 +1,6 @@
 //! The `callback` strategy on the test platform: registration replay, hot-add, AddFailure rollback,
-//! registration failing halfway, the missing API and allocation failure at AddStart.
+//! registration failing halfway, the missing API and allocation failure at AddStart. The replay and
+//! hot-add tests run on machines of one and of several processor groups ([`GROUP_SIZES`]).
 
 use super::*;
 
@@ -32,7 +33,13 @@ fn callback_prewarms_the_active_subset_and_pays_nothing_at_dispatch() {
 
 #[test]
 fn hot_added_cpu_is_prepared_at_add_start_and_ready_only_at_add_complete() {
-    let platform = TestPlatform::new(2, 8);
+    for group_size in GROUP_SIZES {
+        hot_added_cpu_is_prepared_at_add_start_and_ready_at_add_complete_with(group_size);
+    }
+}
+
+fn hot_added_cpu_is_prepared_at_add_start_and_ready_at_add_complete_with(group_size: usize) {
+    let platform = TestPlatform::grouped(2, 8, group_size);
     let domain = callback_domain(&platform);
     let drops = Arc::new(AtomicUsize::new(0));
     // A cycle and a reader are in flight while the processor arrives.
@@ -45,16 +52,25 @@ fn hot_added_cpu_is_prepared_at_add_start_and_ready_only_at_add_complete() {
     TestPlatform::on_cpu(added, || drop(reader));
     let stats = domain.stats();
     assert_eq!(
-        stats.prepare_at_dispatch, 0,
-        "the hot-added processor was pre-warmed"
+        (stats.prepare_at_dispatch, stats.cpus_prepared),
+        (0, 3),
+        "group size {group_size}: the hot-added processor was pre-warmed"
     );
     assert_eq!(stats.remote_exits, 1);
     for _ in 0..4 {
         platform.tick();
     }
     assert_eq!(drops.load(Ordering::SeqCst), 1);
+    // The new processor's visits run there: its reader holds what is retired now.
+    TestPlatform::on_cpu(0, || retire_new(&domain, &drops));
+    for _ in 0..4 {
+        platform.tick();
+    }
+    assert_eq!(drops.load(Ordering::SeqCst), 1, "group size {group_size}");
+    assert!(platform.delivered().contains(&added));
     TestPlatform::on_cpu(added, || drop(guard));
     domain.synchronize();
+    assert_eq!(drops.load(Ordering::SeqCst), 2);
     assert_eq!(
         platform.0.lock().unwrap().misrouted,
         0,
@@ -66,38 +82,59 @@ fn hot_added_cpu_is_prepared_at_add_start_and_ready_only_at_add_complete() {
 
 #[test]
 fn add_failure_rolls_back_completely_and_a_retry_works() {
-    let platform = TestPlatform::new(2, 8);
-    let domain = callback_domain(&platform);
-    let before = domain.stats();
-    platform.hot_add(true);
-    let after_failure = domain.stats();
-    assert_eq!(after_failure.cpus_prepared, before.cpus_prepared);
-    assert_eq!(
-        after_failure.per_cpu_bytes, before.per_cpu_bytes,
-        "{after_failure:?}"
-    );
-    assert_eq!(after_failure.hot_add_failure, 1);
-    let retried = platform.hot_add(false);
-    assert_eq!(domain.stats().cpus_prepared, before.cpus_prepared + 1);
-    TestPlatform::on_cpu(retried, || drop(domain.enter()));
-    assert_eq!(domain.stats().prepare_at_dispatch, 0);
-    drop(domain);
-    assert_eq!(platform.live_allocations(), 0);
+    for group_size in GROUP_SIZES {
+        let platform = TestPlatform::grouped(2, 8, group_size);
+        let domain = callback_domain(&platform);
+        let before = domain.stats();
+        let failed = platform.hot_add(true);
+        // A processor in a group of its own leaves that group's table (see `group_table_bytes`).
+        let new_group =
+            platform.processor(failed).number.group != platform.processor(failed - 1).number.group;
+        let kept = if new_group { group_table_bytes() } else { 0 };
+        let after_failure = domain.stats();
+        assert_eq!(after_failure.cpus_prepared, before.cpus_prepared);
+        assert_eq!(
+            after_failure.per_cpu_bytes,
+            before.per_cpu_bytes + kept,
+            "group size {group_size}: {} processor(s) prepared",
+            after_failure.cpus_prepared
+        );
+        assert_eq!(after_failure.hot_add_failure, 1);
+        let retried = platform.hot_add(false);
+        assert_eq!(retried, failed);
+        let after_retry = domain.stats();
+        assert_eq!(after_retry.cpus_prepared, before.cpus_prepared + 1);
+        assert_eq!(
+            after_retry.per_cpu_bytes - after_failure.per_cpu_bytes,
+            slot_bytes(),
+            "group size {group_size}: the retry prepares one slot and no second group table"
+        );
+        TestPlatform::on_cpu(retried, || drop(domain.enter()));
+        assert_eq!(domain.stats().prepare_at_dispatch, 0);
+        drop(domain);
+        assert_eq!(platform.live_allocations(), 0);
+    }
 }
 
 #[test]
 fn replayed_add_start_is_idempotent() {
-    let platform = TestPlatform::new(3, 3);
-    platform.0.lock().unwrap().replay_start_twice = true;
-    let domain = callback_domain(&platform);
-    let stats = domain.stats();
-    assert_eq!(stats.hot_add_start, 6);
-    assert_eq!(
-        stats.cpus_prepared, 3,
-        "a second AddStart must not prepare a second slot"
-    );
-    drop(domain);
-    assert_eq!(platform.live_allocations(), 0);
+    for group_size in GROUP_SIZES {
+        let platform = TestPlatform::grouped(3, 3, group_size);
+        platform.0.lock().unwrap().replay_start_twice = true;
+        let domain = callback_domain(&platform);
+        let stats = domain.stats();
+        assert_eq!(stats.hot_add_start, 6);
+        assert_eq!(
+            stats.cpus_prepared, 3,
+            "group size {group_size}: one slot per processor, whatever its group, and a second AddStart prepares none"
+        );
+        for cpu in 0..3 {
+            TestPlatform::on_cpu(cpu, || drop(domain.enter()));
+        }
+        assert_eq!(domain.stats().prepare_at_dispatch, 0);
+        drop(domain);
+        assert_eq!(platform.live_allocations(), 0);
+    }
 }
 
 #[test]

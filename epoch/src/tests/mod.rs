@@ -1,8 +1,10 @@
 //! Unit tests of the domain on a minimal single-threaded platform: the test decides which CPU runs,
 //! when queued messages are delivered and when the timer fires. Small enough for Miri.
 
+mod helpers;
 mod platform;
 
+use helpers::*;
 use platform::*;
 
 use crate::config::{Config, Strategy};
@@ -85,30 +87,44 @@ fn double_retire_is_refused_and_counted() {
 
 #[test]
 fn migrated_reader_exits_on_another_cpu() {
-    let (platform, domain) = domain(2, Strategy::Lazy);
-    let drops = Arc::new(AtomicUsize::new(0));
-    let guard = TestPlatform::on_cpu(0, || domain.enter());
-    TestPlatform::on_cpu(1, || retire_new(&domain, &drops));
-    platform.tick();
-    platform.tick();
-    TestPlatform::on_cpu(1, || drop(guard));
-    assert_eq!(domain.stats().remote_exits, 1);
-    for _ in 0..3 {
+    // With one processor per group, both processors are number 0: only the group tells them apart.
+    for group_size in GROUP_SIZES {
+        let (platform, domain) = grouped_domain(2, group_size, Strategy::Lazy);
+        let drops = Arc::new(AtomicUsize::new(0));
+        let guard = TestPlatform::on_cpu(0, || domain.enter());
+        TestPlatform::on_cpu(1, || retire_new(&domain, &drops));
         platform.tick();
+        platform.tick();
+        assert_eq!(drops.load(Ordering::SeqCst), 0, "group size {group_size}");
+        TestPlatform::on_cpu(1, || drop(guard));
+        assert_eq!(domain.stats().remote_exits, 1, "group size {group_size}");
+        for _ in 0..3 {
+            platform.tick();
+        }
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "group size {group_size}");
     }
-    assert_eq!(drops.load(Ordering::SeqCst), 1);
 }
 
 #[test]
 fn synchronize_frees_everything_retired_before_it() {
-    let (platform, domain) = domain(3, Strategy::Lazy);
-    let drops = Arc::new(AtomicUsize::new(0));
-    for cpu in 0..3 {
-        TestPlatform::on_cpu(cpu, || retire_new(&domain, &drops));
+    for group_size in GROUP_SIZES {
+        let (platform, domain) = grouped_domain(3, group_size, Strategy::Lazy);
+        let drops = Arc::new(AtomicUsize::new(0));
+        for cpu in 0..3 {
+            TestPlatform::on_cpu(cpu, || retire_new(&domain, &drops));
+        }
+        assert_eq!(
+            domain.stats().cpus_prepared,
+            3,
+            "group size {group_size}: the lazy path prepares one slot per processor"
+        );
+        domain.synchronize();
+        assert_eq!(drops.load(Ordering::SeqCst), 3);
+        let mut visited = platform.delivered();
+        visited.sort_unstable();
+        visited.dedup();
+        assert_eq!(visited, [0, 1, 2], "group size {group_size}");
     }
-    domain.synchronize();
-    assert_eq!(drops.load(Ordering::SeqCst), 3);
-    let _ = platform;
 }
 
 #[test]
@@ -389,5 +405,6 @@ mod callbacks;
 mod hardware;
 mod hot_add_window;
 mod linked;
+mod owner;
 mod review;
 mod second_review;

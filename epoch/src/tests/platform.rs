@@ -1,16 +1,14 @@
 //! The test platform: a minimal single-threaded platform on which the test decides which CPU runs,
-//! when queued messages are delivered and when the timer fires; and the helpers every test uses.
+//! when queued messages are delivered and when the timer fires. Its processors may span several
+//! groups ([`TestPlatform::grouped`]).
 
-use crate::config::{Config, Strategy};
 use crate::platform::*;
-use crate::{Domain, DomainBox};
 use core::alloc::Layout;
 use core::cell::Cell;
 use core::fmt;
 use core::ptr::NonNull;
 use std::collections::{BTreeMap, VecDeque};
 use std::string::{String, ToString};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::vec::Vec;
 
@@ -22,6 +20,8 @@ std::thread_local! {
 #[derive(Default)]
 pub(super) struct State {
     pub(super) cpus: usize,
+    /// Processors per group: processor `i` is (`i / group_size`, `i % group_size`), index `i`.
+    pub(super) group_size: usize,
     pub(super) max_reported: u32,
     pub(super) messages: VecDeque<(usize, usize)>, // (cpu, message id)
     pub(super) bound: BTreeMap<usize, (usize, HandlerBox)>,
@@ -82,14 +82,46 @@ pub(super) struct TestEvent(Cell<bool>);
 // SAFETY: test-only, single-threaded.
 unsafe impl Sync for TestEvent {}
 
+impl State {
+    /// Processor `cpu` of this machine: its (group, number) and its index `cpu`.
+    pub(super) fn processor(&self, cpu: usize) -> CurrentProcessor {
+        CurrentProcessor {
+            number: ProcessorNumber::new(
+                (cpu / self.group_size) as u16,
+                (cpu % self.group_size) as u8,
+            ),
+            index: cpu as u32,
+        }
+    }
+
+    /// The processor `number` names, as the test's CPU number (its index).
+    fn cpu_of(&self, number: ProcessorNumber) -> usize {
+        usize::from(number.group) * self.group_size + usize::from(number.number)
+    }
+}
+
 impl TestPlatform {
+    /// A machine of `cpus` running processors in one group (64 per group, as on NT).
     pub(super) fn new(cpus: usize, max_reported: u32) -> Self {
+        Self::grouped(cpus, max_reported, 64)
+    }
+
+    /// A machine whose groups hold `group_size` processors each: with fewer than `cpus`, the
+    /// processors span several groups, and numbers repeat across them.
+    pub(super) fn grouped(cpus: usize, max_reported: u32, group_size: usize) -> Self {
+        assert!((1..=64).contains(&group_size), "group size {group_size}");
         TestPlatform(Arc::new(Mutex::new(State {
             cpus,
+            group_size,
             max_reported,
             callback_api: true,
             ..State::default()
         })))
+    }
+
+    /// Processor `cpu` of this machine.
+    pub(super) fn processor(&self, cpu: usize) -> CurrentProcessor {
+        self.0.lock().unwrap().processor(cpu)
     }
     pub(super) fn on_cpu<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
         let old = CPU.with(|c| c.replace(cpu));
@@ -153,14 +185,10 @@ impl TestPlatform {
     /// given the new processor's number: code running on the new processor in that window (a DPC
     /// another driver targeted at it, an interrupt), and cycles the test runs meanwhile.
     pub(super) fn hot_add_with_window(&self, fail: bool, window: impl FnOnce(usize)) -> usize {
-        let (callback, context, cpu) = {
+        let (callback, context, cpu, processor) = {
             let state = self.0.lock().unwrap();
             let (callback, ContextPtr(context)) = state.callback.expect("registered");
-            (callback, context, state.cpus)
-        };
-        let processor = CurrentProcessor {
-            number: ProcessorNumber::new(0, cpu as u8),
-            index: cpu as u32,
+            (callback, context, state.cpus, state.processor(state.cpus))
         };
         // SAFETY: the domain that registered is alive (it deregisters at unload).
         unsafe {
@@ -209,11 +237,7 @@ unsafe impl Platform for TestPlatform {
     type Event = TestEvent;
 
     fn current_processor(&self) -> CurrentProcessor {
-        let cpu = CPU.with(Cell::get);
-        CurrentProcessor {
-            number: ProcessorNumber::new(0, cpu as u8),
-            index: cpu as u32,
-        }
+        self.processor(CPU.with(Cell::get))
     }
     fn current_irql(&self) -> Irql {
         Irql(IRQL.with(Cell::get))
@@ -231,8 +255,9 @@ unsafe impl Platform for TestPlatform {
         self.0.lock().unwrap().cpus as u32
     }
     fn processor_number_from_index(&self, index: u32) -> Result<ProcessorNumber, Status> {
-        if (index as usize) < self.0.lock().unwrap().cpus {
-            Ok(ProcessorNumber::new(0, index as u8))
+        let state = self.0.lock().unwrap();
+        if (index as usize) < state.cpus {
+            Ok(state.processor(index as usize).number)
         } else {
             Err(Status::INVALID_PARAMETER)
         }
@@ -271,9 +296,8 @@ unsafe impl Platform for TestPlatform {
         let mut state = self.0.lock().unwrap();
         state.next_id += 1;
         let id = state.next_id;
-        state
-            .bound
-            .insert(id, (target.number as usize, HandlerBox(handler)));
+        let cpu = state.cpu_of(target);
+        state.bound.insert(id, (cpu, HandlerBox(handler)));
         // SAFETY: the core passes writable storage.
         unsafe { message.write(TestMessage(Cell::new(id))) };
         Ok(())
@@ -381,10 +405,7 @@ unsafe impl Platform for TestPlatform {
             return Ok(None);
         }
         let notify = |cpu: usize, change| {
-            let processor = CurrentProcessor {
-                number: ProcessorNumber::new(0, cpu as u8),
-                index: cpu as u32,
-            };
+            let processor = self.processor(cpu);
             // SAFETY: the caller keeps `context` valid for the registration.
             unsafe { callback(context, change, processor) }
         };
@@ -433,6 +454,15 @@ unsafe impl Platform for TestPlatform {
             ));
         }
     }
+    fn verify_slot_owner(&self, routine: &'static str, owner: ProcessorNumber) {
+        let here = self.current_processor().number;
+        // A panic, like a bug check: another processor's slot written with plain stores is
+        // corrupted state (and on one test thread nothing else could report it later).
+        assert_eq!(
+            here, owner,
+            "{routine} on processor {here} used the slot of processor {owner}"
+        );
+    }
     fn spin_lock_contended(&self, lock: *const ()) {
         // One thread runs everything here: a held lock can never be released while we spin.
         panic!("deadlock: core spin lock {lock:p} is held by the thread that now spins on it");
@@ -449,40 +479,4 @@ unsafe impl Platform for TestPlatform {
     fn log(&self, _level: LogLevel, args: fmt::Arguments<'_>) {
         self.0.lock().unwrap().logs.push(args.to_string());
     }
-}
-
-/// The configuration tests create domains with: `strategy`, plus the mutation named by the
-/// `KEPOCH_MUTATION` environment variable (with the `mutations` feature), so that
-/// `test-scripts/mutation-score.sh` can run this whole suite against a re-introduced bug.
-pub(super) fn test_config(strategy: Strategy) -> Config {
-    let mut mutations = crate::Mutations::NONE;
-    if let Ok(name) = std::env::var("KEPOCH_MUTATION") {
-        let mutation = crate::Mutation::from_name(&name)
-            .unwrap_or_else(|| panic!("KEPOCH_MUTATION={name}: no such mutation"));
-        mutations = mutations.with(mutation);
-    }
-    Config {
-        mutations,
-        ..Config::with_strategy(strategy)
-    }
-}
-
-/// A retirable test object that counts its drops.
-pub(super) struct Tracked(pub(super) Arc<AtomicUsize>);
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-pub(super) fn domain(cpus: usize, strategy: Strategy) -> (TestPlatform, DomainBox<TestPlatform>) {
-    let platform = TestPlatform::new(cpus, cpus as u32);
-    let domain = Domain::create(platform.clone(), test_config(strategy)).expect("load");
-    (platform, domain)
-}
-
-pub(super) fn retire_new(domain: &Domain<TestPlatform>, drops: &Arc<AtomicUsize>) -> u64 {
-    let object = domain.alloc(Tracked(drops.clone())).ok().expect("alloc");
-    // SAFETY: never published to readers.
-    unsafe { domain.retire(object) }.expect("first retire")
 }

@@ -52,9 +52,10 @@ pub fn retirement_on_a_joining_cpu() {
 
 /// A reader enters on CPU 0 and exits on CPU 1 (a remote exit) while CPU 0 retires what it read
 /// and runs the cycles whose visit on CPU 0 counts that exit and frees the object: only the
-/// release/acquire pair on the remote-exit counter orders the reader's read before the free.
+/// release/acquire pair on the remote-exit counter orders the reader's read before the free. One
+/// processor per group: CPU 0 is (0, 0) and CPU 1 is (1, 0), told apart by their group only.
 pub fn migrating_reader_exits_on_another_cpu() {
-    let w = World::new(Strategy::Lazy, 2);
+    let w = World::grouped(Strategy::Lazy, 2, 1);
     let reader = w.spawn(|w| w.read_migrating(0, 1));
     w.replace(0);
     w.cycle();
@@ -64,9 +65,11 @@ pub fn migrating_reader_exits_on_another_cpu() {
 }
 
 /// CPU 2 is hot-added (AddStart, start, AddComplete) and reads while CPU 1 retires, a cycle runs
-/// and `synchronize` waits: no message before AddComplete (S3), the CPU was pre-warmed.
+/// and `synchronize` waits: no message before AddComplete (S3), the CPU was pre-warmed. Two
+/// processors per group: CPU 2 is (1, 0), the first of a new group, and shares its number with
+/// CPU 0.
 pub fn hot_add_races_with_a_cycle_and_synchronize() {
-    let w = World::new(Strategy::Callback, 2);
+    let w = World::grouped(Strategy::Callback, 2, 2);
     w.read(0);
     let hot_add = w.spawn(|w| {
         w.platform.hot_add(2, false);

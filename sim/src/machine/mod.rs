@@ -48,6 +48,8 @@ mod barrier_tests;
 #[cfg(test)]
 mod epoch_wait_tests;
 #[cfg(test)]
+mod owner_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod window_tests;

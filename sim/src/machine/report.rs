@@ -46,6 +46,9 @@ pub enum ViolationKind {
     /// context that holds a guard: it would wait for itself. The machine then halts with a
     /// [`Bugcheck`] instead of hanging.
     WaitInsideEpoch,
+    /// The core used a processor's per-CPU slot as that processor's own (an enter, an exit, a join,
+    /// a retirement, a visit) from another processor (S1: the owner's plain stores race it).
+    SlotOwner,
 }
 
 /// One recorded violation.

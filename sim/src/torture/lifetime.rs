@@ -338,8 +338,13 @@ fn drive_lifetime(
         domain.stats()
     });
     fault::clear_domain();
+    // Callbacks that run from here on also flush and synchronize (`work.rs`); what they and the
+    // destructors retire during unload is counted.
+    let retired_before_unload = retired_by_callbacks(&env, &shared);
+    env.unloading.store(true, Ordering::Release);
     machine.with_cpu(boot, || drop(shared.domain.write().take()));
     env.domain.store(ptr::null_mut(), Ordering::Release);
+    let unload_retires = retired_by_callbacks(&env, &shared) - retired_before_unload;
 
     violations.extend(shared.violations());
     let never_ran = env.never_ran();
@@ -376,14 +381,25 @@ fn drive_lifetime(
             ));
         }
     }
+    let mut stats = collect_stats(
+        held.as_deref().expect("set above"),
+        Some(&stats_before_unload),
+    );
+    stats.unload_retires = unload_retires;
     RunOutcome {
-        stats: collect_stats(
-            held.as_deref().expect("set above"),
-            Some(&stats_before_unload),
-        ),
+        stats,
         violations,
         machine: describe,
     }
+}
+
+/// Objects retired so far by work callbacks and chain links' destructors.
+fn retired_by_callbacks(env: &WorkEnv, shared: &Shared) -> u64 {
+    env.retired.load(Ordering::Relaxed)
+        + shared
+            .chain_stats
+            .retired_by_destructor
+            .load(Ordering::Relaxed)
 }
 
 /// Steps the machine (deterministic scheduling) until at most `left` tasks remain; false if that did
@@ -444,6 +460,9 @@ fn collect_stats(lifetime: &Lifetime, before_unload: Option<&kepoch::Stats>) -> 
         map_conflicts: shared.map_conflicts.load(Ordering::Relaxed),
         linked_reads: shared.linked_reads.load(Ordering::Relaxed),
         linked_updates: shared.linked_updates.load(Ordering::Relaxed),
+        unload_flushes: env.unload_flushes.load(Ordering::Relaxed),
+        unload_synchronizes: env.unload_synchronizes.load(Ordering::Relaxed),
+        unload_retires: 0,
     }
 }
 

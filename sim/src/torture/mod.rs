@@ -8,7 +8,8 @@
 //! and holdback pollers, flush/synchronize storms from several CPUs, stallers that stay inside across
 //! many cycles in distinct epochs (more than the reader table's entries on one CPU), allocation
 //! failures that put a CPU on the overflow slot, an unload while work items run and a cycle is in
-//! flight, and a read-mostly hash map written with the core's safe pointer layer (`kepoch::atomic`;
+//! flight (the work callbacks that run during unload retire, flush from several CPUs and call
+//! `synchronize`; destructors retire too), and a read-mostly hash map written with the core's safe pointer layer (`kepoch::atomic`;
 //! see `map.rs`: readers look keys up, writers replace buckets by compare-and-exchange and retire
 //! what they unlinked). Every read checks the object:
 //! - its magic is intact (freed memory is poisoned by the simulated allocator, so a use-after-free
@@ -278,6 +279,12 @@ pub struct RunStats {
     pub linked_reads: u64,
     /// Removals, insertions and replacements in the list and `kepoch::map`.
     pub linked_updates: u64,
+    /// Flushes by work callbacks while the domain unloaded (at PASSIVE and at DISPATCH).
+    pub unload_flushes: u64,
+    /// `synchronize` calls by work callbacks while the domain unloaded (each returned).
+    pub unload_synchronizes: u64,
+    /// Objects retired by work callbacks and destructors while the domain unloaded.
+    pub unload_retires: u64,
 }
 
 impl RunStats {
@@ -307,6 +314,9 @@ impl RunStats {
         self.map_conflicts += other.map_conflicts;
         self.linked_reads += other.linked_reads;
         self.linked_updates += other.linked_updates;
+        self.unload_flushes += other.unload_flushes;
+        self.unload_synchronizes += other.unload_synchronizes;
+        self.unload_retires += other.unload_retires;
         self.max_held_age = self.max_held_age.max(other.max_held_age);
         self.max_depth = self.max_depth.max(other.max_depth);
         self.peak_pending = self.peak_pending.max(other.peak_pending);

@@ -14,8 +14,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
 
+/// Processors per group of the dense machines (accurate and under-reporting firmware): mostly
+/// several groups (1: every processor is number 0 of a group of its own), sometimes one.
+const DENSE_GROUP_SIZES: [u8; 4] = [1, 2, 4, 64];
+
 /// The machine a seed describes. `eager` gets an accurate machine with max == active (it cannot load
 /// elsewhere); the other strategies get max > active, under-reporting firmware or sparse groups.
+/// Every strategy gets machines of several processor groups: [`DENSE_GROUP_SIZES`] for dense
+/// numbering, half-populated groups for sparse firmware.
 pub fn machine_for(
     strategy: Strategy,
     seed: u64,
@@ -40,16 +46,19 @@ pub fn machine_for(
     if strategy == Strategy::Eager {
         config.max_reported = active;
         config.firmware = Firmware::Accurate;
+        config.group_size = DENSE_GROUP_SIZES[rng.gen_range(0..DENSE_GROUP_SIZES.len())];
         return config;
     }
     match rng.gen_range(0..3) {
         0 => {
             config.firmware = Firmware::Accurate;
             config.max_reported = active + hot_add_slots + rng.gen_range(0..60);
+            config.group_size = DENSE_GROUP_SIZES[rng.gen_range(0..DENSE_GROUP_SIZES.len())];
         }
         1 => {
             config.firmware = Firmware::UnderReport;
             config.max_reported = rng.gen_range(1..active);
+            config.group_size = DENSE_GROUP_SIZES[rng.gen_range(0..DENSE_GROUP_SIZES.len())];
         }
         _ => {
             config.firmware = Firmware::Sparse;

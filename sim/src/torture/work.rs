@@ -1,6 +1,8 @@
 //! Work items as users drive them: create, schedule, cancel, reschedule after a cancel, drop the handle
 //! of a scheduled item, and callbacks that retire an object and schedule another work item (chains of
-//! bounded length) — also while the domain unloads.
+//! bounded length) — also while the domain unloads, when a callback also flushes several times (at
+//! PASSIVE and at DISPATCH: a flush storm from the processors the callbacks run on) and may call
+//! `synchronize`, which must return although no cycle runs any more.
 //!
 //! Every item has a [`Ticket`] that says whether it is scheduled. A run consumes the schedule and a
 //! successful cancel withdraws it; each swaps `armed` to false and must find it true, so a cancelled
@@ -9,6 +11,7 @@
 
 use super::{Shared, SimDomain};
 use crate::machine::{SimPlatform, StepContext, StepOutcome, Task};
+use kepoch::platform::Platform;
 use kepoch::WorkItem;
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
@@ -42,6 +45,12 @@ pub(super) struct WorkEnv {
     pub chained: AtomicU64,
     /// Objects retired by callbacks.
     pub retired: AtomicU64,
+    /// Set just before unload: callbacks that run from then on add the unload extras.
+    pub unloading: AtomicBool,
+    /// Flushes by callbacks during unload.
+    pub unload_flushes: AtomicU64,
+    /// `synchronize` calls by callbacks during unload that returned.
+    pub unload_synchronizes: AtomicU64,
 }
 
 /// Whether one work item is scheduled; its address is the item's callback context.
@@ -68,6 +77,9 @@ impl WorkEnv {
             cancelled: AtomicU64::new(0),
             chained: AtomicU64::new(0),
             retired: AtomicU64::new(0),
+            unloading: AtomicBool::new(false),
+            unload_flushes: AtomicU64::new(0),
+            unload_synchronizes: AtomicU64::new(0),
         })
     }
 
@@ -138,7 +150,7 @@ fn on_work(context: usize) {
     };
     // The run's idle CPU must never run epoch code (the S4 check): a callback that the machine runs
     // there retires nothing.
-    let here = kepoch::platform::Platform::current_processor(domain.platform()).index;
+    let here = domain.platform().current_processor().index;
     if Some(here) == shared.idle_cpu {
         return;
     }
@@ -152,9 +164,37 @@ fn on_work(context: usize) {
             Err(error) => env.violation(format!("a work callback's retire failed: {error:?}")),
         }
     }
+    if env.unloading.load(Ordering::Acquire) {
+        while_unloading(env, domain);
+    }
     let chain = ticket.depth < MAX_CHAIN && env.rng.lock().gen_ratio(1, 2);
     if chain && env.schedule_new(domain, ticket.depth + 1) {
         env.chained.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a callback adds while the domain unloads, as a driver's cleanup work might: a burst of
+/// flushes, every other one at DISPATCH, and sometimes a `synchronize` after its retirement.
+/// Unload must start no cycle for them, and `synchronize` must return (no cycle will run).
+fn while_unloading(env: &WorkEnv, domain: &SimDomain) {
+    let (flushes, synchronize) = {
+        let mut rng = env.rng.lock();
+        (rng.gen_range(1..=6u32), rng.gen_ratio(1, 2))
+    };
+    let platform = domain.platform();
+    for k in 0..flushes {
+        if k % 2 == 1 {
+            let previous = platform.raise_to_dispatch();
+            domain.flush();
+            platform.lower_irql(previous);
+        } else {
+            domain.flush();
+        }
+        env.unload_flushes.fetch_add(1, Ordering::Relaxed);
+    }
+    if synchronize {
+        domain.synchronize();
+        env.unload_synchronizes.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -1,9 +1,11 @@
 //! `SimPlatform`: the `kepoch::platform::Platform` implementation of the simulated machine. Waiting
-//! (`wait`), the spin-lock checks (`spin`), the wait-inside-an-epoch check (`epochs`), timers
-//! (`timer`) and processor-change registration (`callbacks`) are in their own modules.
+//! (`wait`), the spin-lock checks (`spin`), the wait-inside-an-epoch check (`epochs`), the slot-owner
+//! check (`owner`), timers (`timer`) and processor-change registration (`callbacks`) are in their own
+//! modules.
 
 mod callbacks;
 mod epochs;
+mod owner;
 mod spin;
 mod timer;
 mod wait;
@@ -469,6 +471,10 @@ unsafe impl Platform for SimPlatform {
                 ),
             );
         }
+    }
+
+    fn verify_slot_owner(&self, routine: &'static str, owner: ProcessorNumber) {
+        self.check_slot_owner(routine, owner);
     }
 
     fn spin_lock_acquired(&self, lock: *const ()) {
