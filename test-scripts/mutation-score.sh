@@ -12,7 +12,9 @@ cd "$(dirname "$0")/.."
 # Mutations no check catches yet, each with the reason; printed as MISSED (known) without failing
 # the score, so that CI still fails on any other survivor. A known survivor that gets caught fails the
 # score too, until it is taken off this list. Empty when every mutation is caught.
-declare -A known_survivors=()
+declare -A known_survivors=(
+    [start-without-shutdown-recheck]="no check reaches the race since the idle timer landed: the loom model unload_while_a_cycle_is_in_flight no longer starts a cycle between unload's store of shutting_down and its in_flight wait (the model needs a chained cycle there again)"
+)
 
 # The checks of safety-check.sh, cheapest first; each mutation is tried against them in turn until
 # one fails.
