@@ -20,7 +20,7 @@ const DENSE_GROUP_SIZES: [u8; 4] = [1, 2, 4, 64];
 
 /// The machine a seed describes. `eager` gets an accurate machine with max == active (it cannot load
 /// elsewhere); the other strategies get max > active, under-reporting firmware or sparse groups.
-/// Every strategy gets machines of several processor groups: [`DENSE_GROUP_SIZES`] for dense
+/// Every strategy gets machines of several processor groups: `DENSE_GROUP_SIZES` for dense
 /// numbering, half-populated groups for sparse firmware.
 pub fn machine_for(
     strategy: Strategy,
