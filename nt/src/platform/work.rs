@@ -6,7 +6,7 @@ use core::cell::UnsafeCell;
 use core::ffi::c_void;
 use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 use kepoch::platform::{Handler, Status};
 
@@ -42,10 +42,8 @@ impl WorkItemOwner {
 /// `IoInitializeWorkItem` for the owner (driver or device object: both are accepted there), queued
 /// with `IoQueueWorkItemEx` (`IoQueueWorkItem` would need a device object).
 pub struct NtPassiveWork {
-    /// The `IO_WORKITEM` storage (null once released).
+    /// The `IO_WORKITEM` storage, after its `ItemHeader` (null once released).
     item: AtomicPtr<u8>,
-    /// Its size (`IoSizeofWorkItem`).
-    size: usize,
     handler: UnsafeCell<MaybeUninit<Handler>>,
 }
 
@@ -57,22 +55,82 @@ unsafe impl Sync for NtPassiveWork {}
 unsafe extern "system" fn passive_work(
     _object: *mut c_void,
     context: *mut c_void,
-    _item: sys::PIO_WORKITEM,
+    item: sys::PIO_WORKITEM,
 ) {
-    // The handler may release this very item (and free the memory holding it) as its last act, so
-    // take a copy of it first and hold no reference into the item while it runs.
+    // SAFETY: every item this routine is queued for starts its block, whose header follows it and
+    // lives until the item is released (by `release`, or below).
+    let header = unsafe { &*header_of(item as *mut u8) };
+    header.state.store(RUNNING, Ordering::SeqCst);
+    // The handler may release this very item (and free the memory holding the NtPassiveWork) as its
+    // last act, so take a copy of it first and hold no reference into it while it runs.
     // SAFETY: `context` is the NtPassiveWork that queued this item, initialised until passive_release,
-    // which can only happen inside the handler invoked below.
+    // which cannot free the item's block while it is RUNNING (it leaves that to this routine).
     let handler: Handler = unsafe {
         let work = context.cast::<NtPassiveWork>();
         (*(*work).handler.get()).assume_init()
     };
     // SAFETY: the handler's context is alive while the work item runs (the core's contract).
     unsafe { handler.invoke() };
+    // A release that came while the handler ran (from it, or from another thread after its last
+    // access) left the item to this routine: the work routine itself uninitialises and frees it.
+    if header
+        .state
+        .compare_exchange(RUNNING, IDLE, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        // SAFETY: the release is pending: nothing else touches the item any more.
+        unsafe { free_item(item as *mut u8) };
+    }
 }
 
+/// The item is not running (its routine returned, or it never ran).
+const IDLE: u32 = 0;
+/// Its routine runs: a release is left to the routine.
+const RUNNING: u32 = 1;
+/// Released while running: the routine frees it when the handler returns.
+const RELEASE_PENDING: u32 = 2;
+
+/// What follows every `IO_WORKITEM` in its block (the item starts the block): who may free it, and
+/// how.
+#[repr(C, align(16))]
+struct ItemHeader {
+    state: AtomicU32,
+    size: usize,
+    pool: Pool,
+}
+
+/// Where the header starts in the block of an item of `size` bytes.
+fn header_offset(size: usize) -> usize {
+    size.next_multiple_of(core::mem::align_of::<ItemHeader>())
+}
+
+/// The header of the item at `item`.
+fn header_of(item: *mut u8) -> *mut ItemHeader {
+    // SAFETY: no arguments; callable at any IRQL.
+    let size = unsafe { sys::IoSizeofWorkItem() } as usize;
+    item.wrapping_add(header_offset(size)).cast()
+}
+
+/// Uninitialises the item at `item` and frees its block.
+///
+/// # Safety
+/// The item is initialised, not queued, and nothing else uses it or its header any more.
+unsafe fn free_item(item: *mut u8) {
+    // SAFETY: per the caller; the header was written by `init`.
+    unsafe {
+        let header = header_of(item);
+        let (size, pool) = ((*header).size, (*header).pool);
+        sys::IoUninitializeWorkItem(item as sys::PIO_WORKITEM);
+        if let Some(layout) = item_layout(size) {
+            pool.free(NonNull::new_unchecked(item), layout);
+        }
+    }
+}
+
+/// The block of an item of `size` bytes: the item, then the header.
 fn item_layout(size: usize) -> Option<Layout> {
-    Layout::from_size_align(size, core::mem::align_of::<usize>()).ok()
+    let total = header_offset(size).checked_add(core::mem::size_of::<ItemHeader>())?;
+    Layout::from_size_align(total, core::mem::align_of::<ItemHeader>()).ok()
 }
 
 impl NtPassiveWork {
@@ -89,16 +147,26 @@ impl NtPassiveWork {
         // SAFETY: no arguments; callable at any IRQL.
         let size = unsafe { sys::IoSizeofWorkItem() } as usize;
         let layout = item_layout(size).ok_or(Status::INSUFFICIENT_RESOURCES)?;
-        let item = pool
+        let block = pool
             .allocate(layout)
             .ok_or(Status::INSUFFICIENT_RESOURCES)?;
-        // SAFETY: `item` is `size` bytes of non-paged pool; the owner is the driver object or one of
-        // its devices and outlives the item (the caller's contract); the storage is per the caller.
+        // SAFETY: the block is the item's `size` bytes of non-paged pool followed by the header,
+        // aligned for it. The owner is the driver object or one of its devices and outlives the
+        // item (the caller's contract); the storage is per the caller.
         unsafe {
+            block
+                .as_ptr()
+                .add(header_offset(size))
+                .cast::<ItemHeader>()
+                .write(ItemHeader {
+                    state: AtomicU32::new(IDLE),
+                    size,
+                    pool: *pool,
+                });
+            let item = block;
             sys::IoInitializeWorkItem(owner.io_object(), item.as_ptr() as sys::PIO_WORKITEM);
             work.write(NtPassiveWork {
                 item: AtomicPtr::new(item.as_ptr()),
-                size,
                 handler: UnsafeCell::new(MaybeUninit::new(handler)),
             });
         }
@@ -119,19 +187,26 @@ impl NtPassiveWork {
         }
     }
 
-    /// `passive_release`: uninitialises and frees the item.
+    /// `passive_release`: uninitialises and frees the item, or, while its routine runs, leaves that
+    /// to the routine (which does it when the handler returns): a release from another thread after
+    /// the handler's last access never frees an item whose routine has not returned.
     ///
     /// # Safety
-    /// The item is neither queued nor running (or this is its own routine's last act); `pool` is the
-    /// one `init` used.
-    pub(super) unsafe fn release(work: *mut NtPassiveWork, pool: &Pool) {
-        // SAFETY: per the caller; uninitialised and freed once (the pointer is taken out).
+    /// The item is not queued, and if its routine runs, its handler no longer uses the
+    /// `NtPassiveWork`; released once.
+    pub(super) unsafe fn release(work: *mut NtPassiveWork, _pool: &Pool) {
+        // SAFETY: per the caller; the pointer is taken out, so the item is released once.
         unsafe {
-            let size = (*work).size;
             let item = (*work).item.swap(ptr::null_mut(), Ordering::Relaxed);
-            if let (Some(item), Some(layout)) = (NonNull::new(item), item_layout(size)) {
-                sys::IoUninitializeWorkItem(item.as_ptr() as sys::PIO_WORKITEM);
-                pool.free(item, layout);
+            if item.is_null() {
+                return;
+            }
+            let left_to_routine = (*header_of(item))
+                .state
+                .compare_exchange(RUNNING, RELEASE_PENDING, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok();
+            if !left_to_routine {
+                free_item(item);
             }
         }
     }
