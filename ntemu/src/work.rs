@@ -308,7 +308,7 @@ pub unsafe extern "system" fn IoInitializeWorkItem(object: *const c_void, item: 
     );
 }
 
-/// `IoUninitializeWorkItem`: allowed while not queued, or from the item's own routine.
+/// `IoUninitializeWorkItem`: allowed while not queued (also while its routine runs, as on NT).
 ///
 /// # Safety
 /// `item` was initialised by `IoInitializeWorkItem`.
@@ -327,7 +327,6 @@ fn remove_item(
     item: PIO_WORKITEM,
     in_driver_storage: bool,
 ) -> Option<&'static str> {
-    let me = with_context(|c| c.thread);
     let mut state = kernel.lock();
     match state.work.items.get(&(item as usize)) {
         None => Some("not an allocated or initialised work item"),
@@ -337,9 +336,10 @@ fn remove_item(
             "initialised by IoInitializeWorkItem (undo it with IoUninitializeWorkItem)"
         }),
         Some(w) if w.queued => Some("while queued"),
-        Some(w) if w.running_on.is_some_and(|t| t != me) => {
-            Some("while its routine runs on another thread")
-        }
+        // Freeing an item whose routine still runs on another thread is what NT allows: the I/O
+        // manager takes what it needs before it calls the routine and touches the item no more, so
+        // a driver may free it once the routine made its last access (the pool's poison and
+        // quarantine catch a routine that uses it later).
         Some(_) => {
             state.work.items.remove(&(item as usize));
             None
@@ -347,7 +347,7 @@ fn remove_item(
     }
 }
 
-/// `IoFreeWorkItem`: allowed while not queued, or from the item's own routine.
+/// `IoFreeWorkItem`: allowed while not queued (also while its routine runs, as on NT).
 ///
 /// # Safety
 /// `item` came from `IoAllocateWorkItem` and is freed once.
@@ -414,8 +414,11 @@ pub(super) fn worker_loop(kernel: Arc<Kernel>) {
         stop_driver_code(&kernel, false);
         {
             let mut state = kernel.lock();
+            // The item may have been freed meanwhile (and its address reused): only our own run ends.
             if let Some(w) = state.work.items.get_mut(&work.item) {
-                w.running_on = None;
+                if w.running_on == Some(me) {
+                    w.running_on = None;
+                }
             }
             if let Some(d) = state.io.devices.iter_mut().find(|d| d.address == owner) {
                 d.references -= 1;
