@@ -276,6 +276,12 @@ unsafe impl Platform for NtPlatform {
         work: *mut NtPassiveWork,
         handler: Handler,
     ) -> Result<(), Status> {
+        // A host that does not deliver DPCs is Wine, which also lacks `IoSizeofWorkItem` (calling
+        // it aborts the process): work items are refused there, and the core copes (the idle
+        // timer keeps running, `new_work_item` reports the failure).
+        if !self.dpcs_delivered {
+            return Err(Status::NOT_SUPPORTED);
+        }
         // SAFETY: the core gives storage that stays in place until passive_release; the owner
         // outlives the platform (NtPlatform::new's contract).
         unsafe { NtPassiveWork::init(work, &self.pool, self.settings.work_items, handler) }

@@ -95,7 +95,11 @@ fn the_probe_binds_slots_where_dpcs_run_and_refuses_them_where_they_do_not() {
             .iter()
             .any(|(_, line)| line.contains("DPCs queued to a processor are not delivered"));
         assert_eq!(warned, !delivered);
-        exercise(&machine, domain, 0);
+        // Without DPC delivery (Wine) the platform refuses work items, so only the reader and the
+        // writer run there.
+        if delivered {
+            exercise(&machine, domain, 0);
+        }
         let stats = stats(&machine, domain);
         assert_eq!(stats.cpus_prepared > 0, delivered, "{stats:#?}");
         // SAFETY: every machine call borrowing it returned.
