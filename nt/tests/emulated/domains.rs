@@ -68,7 +68,8 @@ fn two_domains_at_once_with_different_tags_and_owners_stay_apart() {
     // SAFETY: every machine call borrowing them returned.
     drop_domain(&machine, unsafe { reclaim(first) });
     assert_eq!(live(&machine, b"DomA"), 0);
-    assert_eq!(live(&machine, b"DomB"), b);
+    // B keeps its blocks (more at times: its idle timer's stopper while one is queued).
+    assert!(live(&machine, b"DomB") >= b);
     exercise(&machine, second, 1);
     // SAFETY: as above.
     drop_domain(&machine, unsafe { reclaim(second) });
