@@ -11,6 +11,9 @@ test=torture_pct
 # The printed command builds with RUSTFLAGS="--cfg shuttle"; its own target directory keeps the
 # other builds from being redone.
 export CARGO_TARGET_DIR=target/shuttle
+# The torture stops at its first failing schedule, so a large budget costs time only when the bug
+# goes unfound; with the default 20,000 schedules PCT may miss this mutation (it did, at dc6f3f9).
+export KEPOCH_SHUTTLE_ITERATIONS=500000
 
 # first_failure LOG: the message of the first panic inside the model (the line after "panicked at").
 first_failure() { sed -n '/panicked at epoch\/tests\/model/{n;p;q}' "$1"; }
