@@ -147,6 +147,14 @@ mutations! {
     /// A polled grace period reads as elapsed once its epoch is released, before the cycle that
     /// disposes of what was retired before it has run.
     PollOnReleasedEpoch = 31, "poll-on-released-epoch", Logic;
+    /// A callback barrier that finds a barrier round in progress waits for that round only: the
+    /// callbacks queued since the round started, its own among them, are not covered, and it
+    /// returns before they ran.
+    BarrierJoinsRoundInProgress = 33, "barrier-joins-round-in-progress", Logic;
+    /// Queueing a work item counts it in the phase it read without checking that no barrier
+    /// round started meanwhile: the round can complete without it, and the next round drains the
+    /// other phase.
+    QueuePhaseNoRecheck = 34, "queue-phase-no-recheck", Logic;
 }
 
 impl Mutation {

@@ -63,3 +63,9 @@ scenarios::every_scenario!(loom_models);
 fn released_epoch_never_goes_back_while_a_cpu_joins() {
     explore(scenarios::released_epoch_never_goes_back_while_a_cpu_joins);
 }
+
+/// See `model::barrier::a_callback_queued_across_a_barrier_flip_is_found_by_the_next_barrier`.
+#[test]
+fn a_callback_queued_across_a_barrier_flip_is_found_by_the_next_barrier() {
+    explore(model::barrier::a_callback_queued_across_a_barrier_flip_is_found_by_the_next_barrier);
+}

@@ -8,7 +8,8 @@
 //!   AddFailure) during cycles, joins and idle leaves, migrating readers, allocation failures (the
 //!   overflow slot), work items (schedule, cancel, reschedule, retire from the callback), and unload
 //!   while a work item runs and a cycle is in flight;
-//! - one PCT test per directed scenario (`directed_<scenario>`), the same functions loom explores.
+//! - one PCT test per directed scenario (`directed_<scenario>`), the same functions loom explores,
+//!   and `directed_overlapping_barriers` (shuttle only).
 //!
 //! The checks are the machine's: S1, S3, S4, S8 (leaks, use after free of platform objects), S9, L1.
 //!
@@ -146,6 +147,30 @@ macro_rules! shuttle_directed {
 }
 
 scenarios::every_scenario!(shuttle_directed);
+
+/// Callback barriers that overlap (shuttle only: see `model::barrier`), under PCT and the random
+/// scheduler.
+#[test]
+fn directed_overlapping_barriers() {
+    let test = "directed_overlapping_barriers";
+    let iterations = env_count("KEPOCH_SHUTTLE_DIRECTED", 2_000);
+    let scenarios: [fn(); 2] = [
+        model::barrier::overlapping_barriers_each_wait_for_their_own_callbacks,
+        model::barrier::a_barrier_flips_while_another_threads_callback_is_queued,
+    ];
+    for scenario in scenarios {
+        check(
+            test,
+            PctScheduler::new_from_seed(7, pct_depth(), iterations),
+            scenario,
+        );
+        check(
+            test,
+            RandomScheduler::new_from_seed(11, iterations),
+            scenario,
+        );
+    }
+}
 
 /// One step of a torture thread.
 #[derive(Clone, Copy, Debug)]

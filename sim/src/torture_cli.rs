@@ -412,7 +412,7 @@ pub fn torture_command(args: TortureArgs) -> ExitCode {
     };
     let t = &totals;
     let figures = format!(
-        "{runs} run(s), {} lifetimes, {} reads, {} retires, {} cycles, {} synchronizes, {} flushes, {} hot-adds ({} completed, {} failed), work items {} run / {} cancelled / {} chained, {} destructor retires, unload {} callback flushes / {} synchronizes / {} retires, {} polls, map {} bucket reads / {} updates / {} lost races, list and kepoch::map {} item reads / {} updates, {} overflow uses, max reader-table depth {}, peak pending {}, longest hold-back {} cycles, peak RSS {} MiB",
+        "{runs} run(s), {} lifetimes, {} reads, {} retires, {} cycles, {} synchronizes, {} flushes, {} hot-adds ({} completed, {} failed), work items {} run / {} cancelled / {} chained / {} barriers, {} destructor retires, unload {} callback flushes / {} synchronizes / {} retires, {} polls, map {} bucket reads / {} updates / {} lost races, list and kepoch::map {} item reads / {} updates, {} overflow uses, max reader-table depth {}, peak pending {}, longest hold-back {} cycles, peak RSS {} MiB",
         t.lifetimes,
         t.reads,
         t.retires,
@@ -425,6 +425,7 @@ pub fn torture_command(args: TortureArgs) -> ExitCode {
         t.work_run,
         t.work_cancelled,
         t.work_chained,
+        t.work_barriers,
         t.destructor_retires,
         t.unload_flushes,
         t.unload_synchronizes,

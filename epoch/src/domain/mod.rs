@@ -166,6 +166,10 @@ pub struct Domain<P: Platform> {
     work_phase: AtomicU64,
     /// Work items queued and not finished, by the barrier phase they were queued in.
     work_in_phase: [AtomicU64; 2],
+    /// Barrier rounds completed: round `k` flips `work_phase` from `k` to `k + 1` and completes
+    /// once the count of phase `k & 1` is zero. At most one round is in progress
+    /// (`work_phase <= work_rounds_done + 1`), so each phase is drained before it is used again.
+    work_rounds_done: AtomicU64,
     /// Where the cycle timer is (`timer.rs`).
     timer_mode: SpinLock<TimerMode>,
     /// Set while the timer is stopped or stopping for want of work: a retirement that sees it
@@ -253,6 +257,7 @@ impl<P: Platform> Domain<P> {
                 outstanding_work: AtomicU64::new(0),
                 work_phase: AtomicU64::new(0),
                 work_in_phase: [AtomicU64::new(0), AtomicU64::new(0)],
+                work_rounds_done: AtomicU64::new(0),
                 timer_mode: SpinLock::new(TimerMode::Running),
                 timer_idle: AtomicBool::new(false),
                 sync_waiters: AtomicU64::new(0),

@@ -116,8 +116,7 @@ impl<P: Platform> Domain<P> {
             match to {
                 state::QUEUED => {
                     self.outstanding_work.fetch_add(1, Ordering::AcqRel);
-                    let phase = self.work_phase.load(Ordering::Acquire) & 1;
-                    self.work_in_phase[phase as usize].fetch_add(1, Ordering::AcqRel);
+                    let phase = self.count_in_current_phase();
                     // SAFETY: the domain's reference keeps the block alive; the queue below
                     // publishes the phase to the run.
                     unsafe { (*block).phase.store(phase as u8, Ordering::Relaxed) };
@@ -353,15 +352,22 @@ impl<P: Platform> Domain<P> {
             self.synchronize();
             self.synchronize();
         }
-        // Items queued from now on count in the other phase: this waits for the old one only.
-        let old = (self.work_phase.fetch_add(1, Ordering::AcqRel) & 1) as usize;
         // Counted like a `synchronize` waiter: the timer keeps running, and each cycle's signal
-        // wakes this loop even when another waiter reset the event.
+        // wakes the loop below even when another waiter reset the event.
         self.sync_waiters.fetch_add(1, Ordering::SeqCst);
+        // Every item queued before now is counted in the phase of the current generation (or of
+        // an earlier one): the round that leaves this generation must complete. The
+        // `barrier-joins-round-in-progress` mutation settles for the round in progress, which
+        // leaves the current generation uncovered when one is.
+        let target = if self.mutated(Mutation::BarrierJoinsRoundInProgress) {
+            self.work_rounds_done.load(Ordering::SeqCst) + 1
+        } else {
+            self.work_phase.load(Ordering::SeqCst) + 1
+        };
         loop {
             self.platform.event_reset(self.cycle_done());
             fence(Ordering::SeqCst);
-            if self.work_in_phase[old].load(Ordering::Acquire) == 0 {
+            if self.advance_barrier_round(target) {
                 break;
             }
             if self.shutting_down.load(Ordering::Relaxed) {
@@ -373,6 +379,62 @@ impl<P: Platform> Domain<P> {
             self.platform.event_wait(self.cycle_done());
         }
         self.sync_waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Moves the barrier rounds on as far as they can go without waiting: starts a round when
+    /// none is in progress, completes the one in progress once its phase is drained. Any barrier
+    /// does either, so a barrier never waits for another barrier's thread, only for callbacks.
+    /// True once `target` rounds are complete.
+    fn advance_barrier_round(&self, target: u64) -> bool {
+        loop {
+            let done = self.work_rounds_done.load(Ordering::SeqCst);
+            if done >= target {
+                return true;
+            }
+            if self.work_phase.load(Ordering::SeqCst) == done {
+                // No round in progress: start round `done`. Items queued from now on count in
+                // the other phase.
+                let _ = self.work_phase.compare_exchange(
+                    done,
+                    done + 1,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
+                continue;
+            }
+            // Round `done` is in progress: it completes when its phase is drained.
+            if self.work_in_phase[(done & 1) as usize].load(Ordering::SeqCst) != 0 {
+                return false;
+            }
+            let _ = self.work_rounds_done.compare_exchange(
+                done,
+                done + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
+    }
+
+    /// Counts a work item about to be queued in the current barrier phase and returns the phase.
+    /// The generation is read again after the count: if a round started meanwhile, the count moves
+    /// to the new phase. So either the count came before the round's start, and the round's check
+    /// of its phase sees it, or the item is counted in the next generation, which the next round
+    /// drains.
+    fn count_in_current_phase(&self) -> usize {
+        loop {
+            let generation = self.work_phase.load(Ordering::SeqCst);
+            let phase = (generation & 1) as usize;
+            self.work_in_phase[phase].fetch_add(1, Ordering::SeqCst);
+            if self.mutated(Mutation::QueuePhaseNoRecheck)
+                || self.work_phase.load(Ordering::SeqCst) == generation
+            {
+                return phase;
+            }
+            // A barrier that saw this count waits for it: wake it when it was the last.
+            if self.work_in_phase[phase].fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.platform.event_signal(self.cycle_done());
+            }
+        }
     }
 
     /// The end of a queued work item (or of the timer stopper): the decrement of

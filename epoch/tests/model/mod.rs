@@ -35,10 +35,11 @@
 //! Files: `machine.rs` (the machine's state, its processors, queues and memory, and what the
 //! scenarios drive directly), `platform.rs` (its [`Platform`](kepoch::platform::Platform)
 //! implementation with the checks), `world.rs` (a domain on a machine, the checked objects,
-//! readers and writers), `scenarios.rs` and `api.rs` (the directed scenarios), `rt.rs` (loom or
+//! readers and writers), `scenarios.rs`, `api.rs`, `linked.rs` and `barrier.rs` (the directed scenarios), `rt.rs` (loom or
 //! shuttle behind one set of names).
 
 pub mod api;
+pub mod barrier;
 pub mod linked;
 mod machine;
 mod platform;

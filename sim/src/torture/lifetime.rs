@@ -447,6 +447,7 @@ fn collect_stats(lifetime: &Lifetime, before_unload: Option<&kepoch::Stats>) -> 
         work_run: env.run.load(Ordering::Relaxed),
         work_cancelled: env.cancelled.load(Ordering::Relaxed),
         work_chained: env.chained.load(Ordering::Relaxed),
+        work_barriers: env.barriers.load(Ordering::Relaxed),
         destructor_retires: shared
             .chain_stats
             .retired_by_destructor

@@ -259,6 +259,8 @@ pub struct RunStats {
     pub work_cancelled: u64,
     /// Work items scheduled by work callbacks.
     pub work_chained: u64,
+    /// Callback barriers that returned (each checked against the schedules pending before it).
+    pub work_barriers: u64,
     /// Chain links retired by a destructor.
     pub destructor_retires: u64,
     /// `stats()`/`holdback()` polls.
@@ -307,6 +309,7 @@ impl RunStats {
         self.work_run += other.work_run;
         self.work_cancelled += other.work_cancelled;
         self.work_chained += other.work_chained;
+        self.work_barriers += other.work_barriers;
         self.destructor_retires += other.destructor_retires;
         self.polls += other.polls;
         self.map_lookups += other.map_lookups;

@@ -41,6 +41,8 @@ pub(super) struct WorkEnv {
     pub run: AtomicU64,
     /// Successful cancels.
     pub cancelled: AtomicU64,
+    /// Callback barriers that returned.
+    pub barriers: AtomicU64,
     /// Items scheduled by callbacks.
     pub chained: AtomicU64,
     /// Objects retired by callbacks.
@@ -57,7 +59,17 @@ pub(super) struct WorkEnv {
 pub(super) struct Ticket {
     env: *const WorkEnv,
     armed: AtomicBool,
+    /// Times the item was scheduled: tells a barrier whether the schedule it saw is still pending.
+    schedules: AtomicU64,
     depth: u32,
+}
+
+impl Ticket {
+    /// Marks the item scheduled (before the schedule call, which may run it at once).
+    fn arm(&self) {
+        self.schedules.fetch_add(1, Ordering::SeqCst);
+        self.armed.store(true, Ordering::SeqCst);
+    }
 }
 
 // SAFETY: a ticket's `env` points at the environment that owns the ticket (so it outlives it) and is
@@ -75,6 +87,7 @@ impl WorkEnv {
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed ^ 0x776F_726B)),
             run: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
+            barriers: AtomicU64::new(0),
             chained: AtomicU64::new(0),
             retired: AtomicU64::new(0),
             unloading: AtomicBool::new(false),
@@ -93,6 +106,7 @@ impl WorkEnv {
         let ticket = Box::new(Ticket {
             env: self,
             armed: AtomicBool::new(false),
+            schedules: AtomicU64::new(0),
             depth,
         });
         let address: *const Ticket = &*ticket;
@@ -109,13 +123,41 @@ impl WorkEnv {
         };
         // SAFETY: tickets live as long as the environment, which outlives every callback.
         let ticket = unsafe { &*ticket };
-        ticket.armed.store(true, Ordering::SeqCst);
+        ticket.arm();
         if domain.schedule_work(&item).is_err() {
             ticket.armed.store(false, Ordering::SeqCst);
             self.violation("schedule of a new work item was refused".into());
             return false;
         }
         true
+    }
+
+    /// Calls `callback_barrier` and checks that every schedule pending before the call has run or
+    /// was cancelled when it returns.
+    fn barrier(&self, domain: &SimDomain) {
+        let pending: Vec<(*const Ticket, u64)> = self
+            .tickets
+            .lock()
+            .iter()
+            .filter(|t| t.armed.load(Ordering::SeqCst))
+            .map(|t| (&**t as *const Ticket, t.schedules.load(Ordering::SeqCst)))
+            .collect();
+        domain.callback_barrier();
+        self.barriers.fetch_add(1, Ordering::Relaxed);
+        let left = pending
+            .iter()
+            .filter(|&&(ticket, schedules)| {
+                // SAFETY: tickets live as long as the environment.
+                let ticket = unsafe { &*ticket };
+                ticket.armed.load(Ordering::SeqCst)
+                    && ticket.schedules.load(Ordering::SeqCst) == schedules
+            })
+            .count();
+        if left > 0 {
+            self.violation(format!(
+                "callback_barrier returned with {left} work item(s) scheduled before it still not run"
+            ));
+        }
     }
 
     /// Scheduled items that never ran (checked after unload).
@@ -243,11 +285,12 @@ impl WorkItems {
         let k = ctx.rng().gen_range(0..self.items.len());
         // SAFETY: tickets live as long as the environment.
         let ticket = unsafe { &*self.items[k].1 };
-        match ctx.rng().gen_range(0..10) {
+        match ctx.rng().gen_range(0..12) {
+            10 => env.barrier(domain),
             0..=4 => {
                 if !ticket.armed.load(Ordering::SeqCst) {
                     // Idle (never scheduled, ran, or cancelled): scheduling must be accepted.
-                    ticket.armed.store(true, Ordering::SeqCst);
+                    ticket.arm();
                     if domain.schedule_work(&self.items[k].0).is_err() {
                         ticket.armed.store(false, Ordering::SeqCst);
                         self.shared.violation(
