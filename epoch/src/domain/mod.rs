@@ -170,6 +170,9 @@ pub struct Domain<P: Platform> {
     /// once the count of phase `k & 1` is zero. At most one round is in progress
     /// (`work_phase <= work_rounds_done + 1`), so each phase is drained before it is used again.
     work_rounds_done: AtomicU64,
+    /// Times a callback barrier waited for a round (unit tests: where a barrier is).
+    #[cfg(test)]
+    pub(crate) barrier_round_waits: AtomicU64,
     /// Where the cycle timer is (`timer.rs`).
     timer_mode: SpinLock<TimerMode>,
     /// Set while the timer is stopped or stopping for want of work: a retirement that sees it
@@ -258,6 +261,8 @@ impl<P: Platform> Domain<P> {
                 work_phase: AtomicU64::new(0),
                 work_in_phase: [AtomicU64::new(0), AtomicU64::new(0)],
                 work_rounds_done: AtomicU64::new(0),
+                #[cfg(test)]
+                barrier_round_waits: AtomicU64::new(0),
                 timer_mode: SpinLock::new(TimerMode::Running),
                 timer_idle: AtomicBool::new(false),
                 sync_waiters: AtomicU64::new(0),

@@ -376,6 +376,8 @@ impl<P: Platform> Domain<P> {
                 break;
             }
             self.wake_timer();
+            #[cfg(test)]
+            self.barrier_round_waits.fetch_add(1, Ordering::SeqCst);
             self.platform.event_wait(self.cycle_done());
         }
         self.sync_waiters.fetch_sub(1, Ordering::SeqCst);

@@ -399,6 +399,7 @@ fn a_stalled_reader_blocks_reclamation_and_is_reported_once() {
     assert_eq!(drops.load(Ordering::SeqCst), 1);
 }
 mod atomic;
+mod barrier_rounds;
 mod blocks;
 mod callback;
 mod callbacks;

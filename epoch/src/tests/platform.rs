@@ -57,6 +57,13 @@ pub(super) struct State {
     pub(super) irql_faults: Vec<String>,
     /// Runs after every clock reading, outside the state lock (a test's hook into the cycle).
     pub(super) on_clock: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Runs at the start of every `event_wait`, outside the state lock (a test's hook into a
+    /// waiter, which may call the domain again: nested, as a DPC or another thread would).
+    pub(super) on_wait: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Queued passive work stays queued (a worker thread that has not run yet).
+    pub(super) passive_held: bool,
+    /// A waiter runs one queued passive work item per round instead of all of them.
+    pub(super) passive_one_per_wait: bool,
 }
 
 /// The registration context, kept as a pointer (not an integer) so Miri tracks its provenance.
@@ -78,7 +85,10 @@ pub(super) struct TestMessage(Cell<usize>);
 // SAFETY: test-only, single-threaded.
 unsafe impl Sync for TestMessage {}
 
-pub(super) struct TestEvent(Cell<bool>);
+/// An event: its state and how often it was signalled. A wait that began before a signal is
+/// satisfied by it even if another waiter (nested on this one thread) reset the event before this
+/// wait looked again, as NT satisfies every waiter of a notification event when it is set.
+pub(super) struct TestEvent(Cell<bool>, Cell<u64>);
 // SAFETY: test-only, single-threaded.
 unsafe impl Sync for TestEvent {}
 
@@ -168,12 +178,22 @@ impl TestPlatform {
         true
     }
     pub(super) fn run_passive(&self) {
-        loop {
-            let next = self.0.lock().unwrap().passive.pop_front();
-            let Some(work) = next else { return };
-            // SAFETY: queued work items are alive until they run.
-            unsafe { work.0.invoke() };
-        }
+        while self.run_one_passive() {}
+    }
+    /// Runs the oldest queued passive work item, unless held; returns whether one ran.
+    fn run_one_passive(&self) -> bool {
+        let next = {
+            let mut state = self.0.lock().unwrap();
+            if state.passive_held {
+                None
+            } else {
+                state.passive.pop_front()
+            }
+        };
+        let Some(work) = next else { return false };
+        // SAFETY: queued work items are alive until they run.
+        unsafe { work.0.invoke() };
+        true
     }
     /// A live hot-add of the next processor: AddStart (not running yet), then AddComplete (running)
     /// or AddFailure. Returns the new processor's number.
@@ -368,22 +388,36 @@ unsafe impl Platform for TestPlatform {
     }
     unsafe fn event_init(&self, event: *mut TestEvent) {
         // SAFETY: the core passes writable storage.
-        unsafe { event.write(TestEvent(Cell::new(false))) };
+        unsafe { event.write(TestEvent(Cell::new(false), Cell::new(0))) };
     }
     fn event_signal(&self, event: &TestEvent) {
         event.0.set(true);
+        event.1.set(event.1.get() + 1);
     }
     fn event_reset(&self, event: &TestEvent) {
         event.0.set(false);
     }
     fn event_wait(&self, event: &TestEvent) {
+        let signals = event.1.get();
+        let hook = self.0.lock().unwrap().on_wait.clone();
+        if let Some(hook) = hook {
+            hook();
+        }
         // Single thread: waiting means letting queued messages and work run.
         for _ in 0..1000 {
-            if event.0.get() {
+            if event.0.get() || event.1.get() != signals {
                 return;
             }
             self.run_messages();
-            self.run_passive();
+            let (held, one) = {
+                let state = self.0.lock().unwrap();
+                (state.passive_held, state.passive_one_per_wait)
+            };
+            if one {
+                self.run_one_passive();
+            } else if !held {
+                self.run_passive();
+            }
         }
         panic!("event never signalled");
     }

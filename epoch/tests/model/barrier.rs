@@ -36,7 +36,8 @@ fn schedule_then_barrier(w: &World, cpu: usize) {
 /// Two barriers overlap: the one that starts while the other's round is in progress must still
 /// wait for its own callback, queued after that round started. It caught the first design, where
 /// the later barrier flipped the phase back and waited for the other phase only;
-/// `barrier-joins-round-in-progress` it does not reach within its schedules (a known survivor).
+/// `barrier-joins-round-in-progress` it does not reach within its schedules (the unit test
+/// `tests::barrier_rounds` forces that one).
 pub fn overlapping_barriers_each_wait_for_their_own_callbacks() {
     let w = World::new(Strategy::Lazy, 2);
     let other = w.spawn(|w| schedule_then_barrier(w, 1));
