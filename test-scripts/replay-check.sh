@@ -12,7 +12,7 @@ test=torture_pct
 # other builds from being redone.
 export CARGO_TARGET_DIR=target/shuttle
 # The torture stops at its first failing schedule, so a large budget costs time only when the bug
-# goes unfound; with the default 20,000 schedules PCT may miss this mutation (it did, at dc6f3f9).
+# goes unfound; at 20,000 schedules PCT missed this mutation (at dc6f3f9).
 export KEPOCH_SHUTTLE_ITERATIONS=500000
 
 # first_failure LOG: the message of the first panic inside the model (the line after "panicked at").
