@@ -224,7 +224,7 @@ pub fn decode(code: u32, input: &[u8], output_len: usize) -> Result<Request, i32
 // The stats travel as raw bytes, so `Stats` must have no padding (padding would leak kernel memory to
 // user mode). It is six u32s followed only by u64s and u64 arrays; this sum breaks the build when a
 // field is appended, as a reminder to update it together with `subtract_baseline`.
-const STATS_U64_FIELDS: usize = 27;
+const STATS_U64_FIELDS: usize = 30;
 const _: () = assert!(core::mem::offset_of!(Stats, cpus_prepared) == 24);
 const _: () = assert!(
     core::mem::size_of::<Stats>()
@@ -293,7 +293,8 @@ pub fn decode_stats(bytes: &[u8]) -> Result<Stats, StatsDecodeError> {
 }
 
 /// Counters since a reset, in place: monotonic counters of `now` minus the baseline; gauges (prepared
-/// processors, bytes, epochs, pending, load facts) as they are now; histograms bucket-wise. In place
+/// processors, bytes, epochs, pending, load facts such as the notifications replayed at
+/// registration) as they are now; histograms bucket-wise. In place
 /// because a [`Stats`] (24 KB) does not belong on a 24 KiB kernel stack.
 pub fn subtract_baseline(now: &mut Stats, baseline: &Stats) {
     macro_rules! delta {

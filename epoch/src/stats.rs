@@ -40,6 +40,9 @@ pub(crate) struct DomainCounters {
     pub(crate) hot_add_start: AtomicU64,
     pub(crate) hot_add_complete: AtomicU64,
     pub(crate) hot_add_failure: AtomicU64,
+    pub(crate) replayed_add_start: AtomicU64,
+    pub(crate) replayed_add_complete: AtomicU64,
+    pub(crate) replayed_add_failure: AtomicU64,
     pub(crate) leaked_readers: AtomicU64,
 }
 
@@ -71,7 +74,10 @@ pub enum CallbackState {
 /// 4: the three histograms became log-linear ([`LatencyHistogram`]: exact below 128 ns, then 64
 ///    linear sub-buckets per power of two, at most 0.79 % error) instead of one bucket per power of
 ///    two; `size` grew from 1416 to 24120 bytes.
-pub const STATS_VERSION: u32 = 4;
+/// 5: appended `replayed_add_start`, `replayed_add_complete` and `replayed_add_failure`; the
+///    `hot_add_*` counters count live hot-adds only (before, they also counted the notifications
+///    registration replays for processors already active).
+pub const STATS_VERSION: u32 = 5;
 
 /// A snapshot of a domain's counters. `repr(C)` and versioned: the driver returns it through an IOCTL
 /// and user-mode tools decode it, so fields are only ever appended.
@@ -126,11 +132,12 @@ pub struct Stats {
     pub joins: u64,
     /// Times a processor left the cycle (idle deactivation).
     pub leaves: u64,
-    /// Processor-change AddStart notifications seen.
+    /// AddStart notifications of live hot-adds (processors added while the domain was registered;
+    /// the replay at registration is counted in `replayed_add_start`).
     pub hot_add_start: u64,
-    /// AddComplete notifications seen.
+    /// AddComplete notifications of live hot-adds.
     pub hot_add_complete: u64,
-    /// AddFailure notifications seen.
+    /// AddFailure notifications of live hot-adds.
     pub hot_add_failure: u64,
     /// Hot-adds vetoed by kepoch (always 0: kepoch never vetoes).
     pub hot_add_vetoed: u64,
@@ -154,6 +161,13 @@ pub struct Stats {
     /// Duration of a reclamation cycle, from publishing its epoch to releasing, in nanoseconds
     /// (measured by the core with [`Platform::now_ns`](crate::platform::Platform::now_ns)).
     pub cycle_latency_ns: LatencyHistogram,
+    // ---- version 5 ----
+    /// AddStart notifications replayed at registration for processors already active.
+    pub replayed_add_start: u64,
+    /// AddComplete notifications replayed at registration.
+    pub replayed_add_complete: u64,
+    /// AddFailure notifications at registration (another registrant vetoed a replayed start).
+    pub replayed_add_failure: u64,
 }
 
 impl Stats {

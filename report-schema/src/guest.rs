@@ -4,7 +4,7 @@ use kepoch::config::Strategy;
 use kepoch::CallbackState;
 use serde::{Deserialize, Serialize};
 
-use crate::{CycleLatency, HotAdd, Latency, SCHEMA_VERSION};
+use crate::{CycleLatency, HotAdd, HotAddReplayed, Latency, SCHEMA_VERSION};
 
 /// The usual name of a CPUID leaf 0x40000000 hypervisor vendor signature (trailing NULs ignored).
 pub fn hypervisor_name(vendor: &str) -> &'static str {
@@ -132,7 +132,12 @@ pub struct GuestResult {
     pub use_after_free: Option<u64>,
     pub double_retires: u64,
     pub stalls_reported: u64,
+    /// Live hot-adds (driver `Stats` version 5 on; before, the replay at registration was counted
+    /// here too).
     pub hot_add: HotAdd,
+    /// The replay at registration (driver `Stats` version 5 on; absent in older documents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hot_add_replayed: Option<HotAddReplayed>,
     pub work_items_run: u64,
     pub global_epoch: u64,
     pub released_epoch: u64,

@@ -94,6 +94,16 @@ pub struct HotAdd {
     pub vetoed: u64,
 }
 
+/// Notifications replayed at registration for processors already active (`hot_add_replayed` of a
+/// result): not hot-adds, counted apart so that the `hot_add` rows show live hot-adds only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HotAddReplayed {
+    /// AddStart notifications of the replay.
+    pub start: u64,
+    /// AddComplete notifications of the replay.
+    pub complete: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use kepoch::Stats;
 use kepoch_report::{
     callback_state_name, strategy_name, CycleLatency, Guest, GuestDocument, GuestResult, HotAdd,
-    Latency,
+    HotAddReplayed, Latency,
 };
 
 /// The report result of the running strategy from the driver's counters, read on `guest`.
@@ -53,6 +53,10 @@ pub fn guest_result(stats: &Stats, guest: Guest) -> GuestResult {
             failure: stats.hot_add_failure,
             vetoed: stats.hot_add_vetoed,
         },
+        hot_add_replayed: Some(HotAddReplayed {
+            start: stats.replayed_add_start,
+            complete: stats.replayed_add_complete,
+        }),
         work_items_run: stats.work_items_run,
         global_epoch: stats.global_epoch,
         released_epoch: stats.released_epoch,
@@ -120,6 +124,13 @@ pub fn stats_table(stats: &Stats) -> String {
         format!(
             "start {} complete {} failure {}",
             stats.hot_add_start, stats.hot_add_complete, stats.hot_add_failure
+        ),
+    );
+    line(
+        "replayed at registration",
+        format!(
+            "start {} complete {} failure {}",
+            stats.replayed_add_start, stats.replayed_add_complete, stats.replayed_add_failure
         ),
     );
     for (name, h) in [
@@ -190,6 +201,9 @@ mod tests {
             &mut stats.released_epoch,
             &mut stats.leaked_readers,
             &mut stats.config_warnings,
+            &mut stats.replayed_add_start,
+            &mut stats.replayed_add_complete,
+            &mut stats.replayed_add_failure,
         ];
         for (value, counter) in (3..).zip(counters) {
             *counter = value;
@@ -207,13 +221,44 @@ mod tests {
         stats
     }
 
-    /// The JSON without its `schema_version`, as a compact string: equal for two texts iff they hold
+    /// The JSON without its `schema_version` and without the results' `hot_add_replayed` and
+    /// `stats_version` (the first is new with driver `Stats` version 5, after those documents; the
+    /// second follows the driver's version), as a compact string: equal for two texts iff they hold
     /// the same keys with the same values.
     fn canonical(text: &str) -> (Value, String) {
         let mut value: Value = serde_json::from_str(text).expect(text);
         let version = value["schema_version"].take();
         value.as_object_mut().unwrap().remove("schema_version");
+        if let Some(results) = value["results"].as_array_mut() {
+            for result in results {
+                if let Some(result) = result.as_object_mut() {
+                    result.remove("hot_add_replayed");
+                    result.remove("stats_version");
+                }
+            }
+        }
         (version, value.to_string())
+    }
+
+    /// The guest JSON reports the notifications replayed at registration apart from live hot-adds
+    /// (the A/B table shows them on their own rows).
+    #[test]
+    fn the_replay_at_registration_is_reported_apart_from_hot_adds() {
+        let stats = full_stats();
+        let text = stats_json(&stats, guest("10.0.20348", 4, 64, None)).expect("json");
+        let value: Value = serde_json::from_str(&text).expect("parses");
+        let result = &value["results"][0];
+        assert_eq!(result["hot_add"]["start"], stats.hot_add_start);
+        assert_eq!(
+            result["hot_add_replayed"]["start"],
+            stats.replayed_add_start
+        );
+        assert_eq!(
+            result["hot_add_replayed"]["complete"],
+            stats.replayed_add_complete
+        );
+        assert_ne!(stats.hot_add_start, stats.replayed_add_start);
+        assert_eq!(result["stats_version"], STATS_VERSION);
     }
 
     /// The documents written before the schema crate existed (schema 2, by a hand-written writer), for

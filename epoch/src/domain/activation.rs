@@ -142,6 +142,7 @@ impl<P: Platform> Domain<P> {
     /// `callback` and `lazy`: register for processor-change notifications (`callback` prepares there;
     /// both learn which processors completed their add), or run without them.
     pub(super) fn register_callback(&self) {
+        self.registering.store(true, Ordering::Relaxed);
         // SAFETY: the domain outlives the registration: shutdown deregisters first.
         let result = unsafe {
             self.platform.processor_change_register(
@@ -149,6 +150,7 @@ impl<P: Platform> Domain<P> {
                 self as *const Self as *const (),
             )
         };
+        self.registering.store(false, Ordering::Relaxed);
         let state = match result {
             Ok(Some(handle)) => {
                 self.callback_handle
@@ -187,9 +189,15 @@ impl<P: Platform> Domain<P> {
             .platform
             .verify_irql("processor-change callback", IrqlRule::BelowDispatch);
         let number = processor.number;
+        // The replay at registration runs on the registering thread, inside the register call.
+        let replay = domain.registering.load(Ordering::Relaxed);
+        let counters = &domain.counters;
+        let count = |replayed: &AtomicU64, live: &AtomicU64| {
+            DomainCounters::add(if replay { replayed } else { live }, 1);
+        };
         match change {
             ProcessorChange::AddStart => {
-                DomainCounters::add(&domain.counters.hot_add_start, 1);
+                count(&counters.replayed_add_start, &counters.hot_add_start);
                 if domain.config.strategy == Strategy::Callback
                     && domain.table.entry(number).slot().is_none()
                 {
@@ -212,7 +220,7 @@ impl<P: Platform> Domain<P> {
                 }
             }
             ProcessorChange::AddComplete => {
-                DomainCounters::add(&domain.counters.hot_add_complete, 1);
+                count(&counters.replayed_add_complete, &counters.hot_add_complete);
                 domain.completed.set(number, true);
                 let registry = domain.locked(&domain.registry);
                 if let Entry::Pending(slot) = domain.table.entry(number) {
@@ -230,7 +238,7 @@ impl<P: Platform> Domain<P> {
                 drop(registry);
             }
             ProcessorChange::AddFailure(_) => {
-                DomainCounters::add(&domain.counters.hot_add_failure, 1);
+                count(&counters.replayed_add_failure, &counters.hot_add_failure);
                 domain.completed.set(number, false);
                 domain.roll_back(number);
             }

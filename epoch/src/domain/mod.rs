@@ -157,6 +157,9 @@ pub struct Domain<P: Platform> {
     config: Config,
     callback_state: AtomicU32,
     callback_handle: AtomicPtr<()>,
+    /// Set while `processor_change_register` runs: its notifications are the replay for processors
+    /// already active (registration and live hot-adds are serialised by the kernel).
+    registering: AtomicBool,
     shutting_down: AtomicBool,
     /// Epoch before which a failed lazy preparation is not retried (keeps DISPATCH cheap under
     /// memory pressure).
@@ -254,6 +257,7 @@ impl<P: Platform> Domain<P> {
                 cycle_latency: SpinLock::new(LatencyHistogram::default()),
                 config,
                 callback_state: AtomicU32::new(CallbackState::NotUsed as u32),
+                registering: AtomicBool::new(false),
                 callback_handle: AtomicPtr::new(ptr::null_mut()),
                 shutting_down: AtomicBool::new(false),
                 prepare_retry_epoch: AtomicU64::new(0),

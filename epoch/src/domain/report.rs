@@ -69,6 +69,9 @@ impl<P: Platform> Domain<P> {
         stats.hot_add_start = load(&c.hot_add_start);
         stats.hot_add_complete = load(&c.hot_add_complete);
         stats.hot_add_failure = load(&c.hot_add_failure);
+        stats.replayed_add_start = load(&c.replayed_add_start);
+        stats.replayed_add_complete = load(&c.replayed_add_complete);
+        stats.replayed_add_failure = load(&c.replayed_add_failure);
         stats.leaked_readers = load(&c.leaked_readers);
         stats
             .cycle_latency_ns

@@ -18,10 +18,13 @@ fn callback_prewarms_the_active_subset_and_pays_nothing_at_dispatch() {
         (
             stats.cpus_prepared,
             stats.prepare_passive,
+            stats.replayed_add_start,
+            stats.replayed_add_complete,
             stats.hot_add_start,
             stats.hot_add_complete
         ),
-        (2, 2, 2, 2)
+        (2, 2, 2, 2, 0, 0),
+        "the registration's replay is not counted as hot-adds"
     );
     for cpu in 0..2 {
         TestPlatform::on_cpu(cpu, || drop(domain.enter()));
@@ -123,7 +126,7 @@ fn replayed_add_start_is_idempotent() {
         platform.0.lock().unwrap().replay_start_twice = true;
         let domain = callback_domain(&platform);
         let stats = domain.stats();
-        assert_eq!(stats.hot_add_start, 6);
+        assert_eq!((stats.replayed_add_start, stats.hot_add_start), (6, 0));
         assert_eq!(
             stats.cpus_prepared, 3,
             "group size {group_size}: one slot per processor, whatever its group, and a second AddStart prepares none"
@@ -149,11 +152,12 @@ fn registration_failing_halfway_rolls_back_and_runs_as_lazy() {
     let stats = domain.stats();
     assert_eq!(
         (
+            stats.replayed_add_start,
+            stats.replayed_add_failure,
             stats.hot_add_start,
-            stats.hot_add_failure,
             stats.cpus_prepared
         ),
-        (2, 2, 0)
+        (2, 2, 0, 0)
     );
     TestPlatform::on_cpu(3, || drop(domain.enter()));
     assert_eq!(
@@ -189,10 +193,11 @@ fn allocation_failure_at_add_start_never_vetoes_and_leaves_the_cpu_to_the_lazy_p
     assert_eq!(
         (
             stats.prepare_failures,
+            stats.replayed_add_complete,
             stats.hot_add_complete,
             stats.hot_add_vetoed
         ),
-        (1, 3, 0)
+        (1, 2, 1, 0)
     );
     // The lazy path prepares it on first use; if that fails too, the overflow slot serves it.
     platform.0.lock().unwrap().fail_allocations = 1;

@@ -2,9 +2,9 @@
 //!
 //! Messages are accounted per load and per CPU: a CPU is idle in a load if the workload ran no epoch
 //! code on it during that load, and the messages delivered to it during that load count as messages to
-//! an idle CPU. Hot-add notifications are split from the simulated machine's own events: the
-//! notifications a registered domain received for processors hot-added while it was loaded, and the
-//! rest, which registration replayed for processors that were already running.
+//! an idle CPU. Hot-add notifications come from the core's counters, which keep the live hot-adds
+//! apart from the replay at registration for processors that were already running; the machine's
+//! own events cross-check the live counts.
 
 use super::bootstrap::Dist;
 use crate::machine::{Counters, CpuStatus, Machine};
@@ -110,22 +110,31 @@ impl Round {
         self.sums.get(key).copied().unwrap_or(0)
     }
 
-    /// Adds the core's counters of one load, with the hot-add notifications split into those of
-    /// processors hot-added during the load (the machine's own events while the domain was
-    /// registered) and those registration replayed for running processors (the rest).
+    /// Adds the core's counters of one load. The core counts the notifications of live hot-adds
+    /// apart from the replay at registration; the machine's own events while the domain was
+    /// registered must agree with its live counts (a round violation otherwise).
     pub(super) fn add_stats(&mut self, stats: &Stats, load: &LoadRecord) -> Value {
-        let (start, complete, failure) = if load.callback_state == CallbackState::Registered {
+        let (start, complete, failure) = (
+            stats.hot_add_start,
+            stats.hot_add_complete,
+            stats.hot_add_failure,
+        );
+        if load.callback_state == CallbackState::Registered {
             let (a, b) = (&load.at_registration, &load.at_end);
-            (
+            let seen = (
                 b.hot_add_start.saturating_sub(a.hot_add_start),
                 b.hot_add_complete.saturating_sub(a.hot_add_complete),
                 b.hot_add_failure.saturating_sub(a.hot_add_failure),
-            )
-        } else {
-            (0, 0, 0)
-        };
-        let replayed_start = stats.hot_add_start.saturating_sub(start);
-        let replayed_complete = stats.hot_add_complete.saturating_sub(complete);
+            );
+            if seen != (start, complete, failure) {
+                self.violations.push(format!(
+                    "the core counted live hot-add notifications (start, complete, failure) {:?}, the machine delivered {seen:?} while the domain was registered",
+                    (start, complete, failure)
+                ));
+            }
+        }
+        let replayed_start = stats.replayed_add_start;
+        let replayed_complete = stats.replayed_add_complete;
         for (key, n) in [
             ("prepare_at_dispatch", stats.prepare_at_dispatch),
             ("prepare_passive", stats.prepare_passive),
