@@ -51,7 +51,7 @@ pub struct DeviceState {
     /// `scratch` and `load.threads`.
     pub(crate) control: PassiveLock,
     pub(crate) baseline: UnsafeCell<Stats>,
-    /// Where GET_STATS assembles its answer (a `Stats` is 24 KB, too large for the kernel stack).
+    /// Where GET_STATS assembles its answer (a `Stats` is 40 KB, too large for the kernel stack).
     pub(crate) scratch: UnsafeCell<Stats>,
 }
 

@@ -224,11 +224,11 @@ pub fn decode(code: u32, input: &[u8], output_len: usize) -> Result<Request, i32
 // The stats travel as raw bytes, so `Stats` must have no padding (padding would leak kernel memory to
 // user mode). It is six u32s followed only by u64s and u64 arrays; this sum breaks the build when a
 // field is appended, as a reminder to update it together with `subtract_baseline`.
-const STATS_U64_FIELDS: usize = 30;
+const STATS_U64_FIELDS: usize = 31;
 const _: () = assert!(core::mem::offset_of!(Stats, cpus_prepared) == 24);
 const _: () = assert!(
     core::mem::size_of::<Stats>()
-        == 24 + 8 * STATS_U64_FIELDS + 3 * core::mem::size_of::<LatencyHistogram>(),
+        == 24 + 8 * STATS_U64_FIELDS + 5 * core::mem::size_of::<LatencyHistogram>(),
     "Stats changed: update STATS_U64_FIELDS and subtract_baseline in driver/src/ioctl.rs"
 );
 const _: () = assert!(
@@ -295,7 +295,7 @@ pub fn decode_stats(bytes: &[u8]) -> Result<Stats, StatsDecodeError> {
 /// Counters since a reset, in place: monotonic counters of `now` minus the baseline; gauges (prepared
 /// processors, bytes, epochs, pending, load facts such as the notifications replayed at
 /// registration) as they are now; histograms bucket-wise. In place
-/// because a [`Stats`] (24 KB) does not belong on a 24 KiB kernel stack.
+/// because a [`Stats`] (40 KB) does not belong on a 24 KiB kernel stack.
 pub fn subtract_baseline(now: &mut Stats, baseline: &Stats) {
     macro_rules! delta {
         ($($field:ident),* $(,)?) => {
@@ -323,8 +323,11 @@ pub fn subtract_baseline(now: &mut Stats, baseline: &Stats) {
         hot_add_failure,
         hot_add_vetoed,
         work_items_run,
+        visits_cut_short,
     );
     now.first_enter_ns.subtract(&baseline.first_enter_ns);
+    now.visit_ns.subtract(&baseline.visit_ns);
+    now.frees_per_visit.subtract(&baseline.frees_per_visit);
     now.enter_exit_ns.subtract(&baseline.enter_exit_ns);
     now.cycle_latency_ns.subtract(&baseline.cycle_latency_ns);
 }

@@ -13,7 +13,10 @@ mod rules;
 
 use std::path::PathBuf;
 
-use kepoch::config::{Config, MAX_CYCLE_PERIOD_US, MIN_CYCLE_PERIOD_US};
+use kepoch::config::{
+    Config, MAX_CYCLE_PERIOD_US, MAX_MAX_FREES_PER_VISIT, MIN_CYCLE_PERIOD_US,
+    MIN_MAX_FREES_PER_VISIT,
+};
 
 use parse::Inf;
 
@@ -90,8 +93,15 @@ fn inx_installs_a_demand_start_kernel_service_with_default_parameters() {
                 "HKR,Parameters,CyclePeriodMicroseconds,{}",
                 dword(defaults.cycle_period_us)
             ),
+            format!(
+                "HKR,Parameters,MaxFreesPerVisit,{}",
+                dword(defaults.max_frees_per_visit)
+            ),
         ]
     );
+    assert!(inx().contains(&format!(
+        "0: no bound; else clamped to {MIN_MAX_FREES_PER_VISIT}..={MAX_MAX_FREES_PER_VISIT}"
+    )));
     // The documented clamp range in the comment matches the core.
     assert!(inx().contains(&format!(
         "clamped to {MIN_CYCLE_PERIOD_US}..={MAX_CYCLE_PERIOD_US}"

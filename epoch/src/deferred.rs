@@ -105,6 +105,13 @@ impl RetiredList {
         self.len.store(self.len() + 1, Ordering::Relaxed);
     }
 
+    /// Whether the oldest item's stamp is at most `released` (a `pop_released` would return it).
+    pub(crate) fn has_released(&self, released: u64) -> bool {
+        let head = self.head.load(Ordering::Relaxed);
+        // SAFETY: items in the list stay valid until popped by the owner (us).
+        !head.is_null() && unsafe { &*head }.stamp() <= released
+    }
+
     /// Removes and returns the oldest item if its stamp is at most `released`.
     pub(crate) fn pop_released(&self, released: u64) -> Option<*mut RetireHeader> {
         let head = self.head.load(Ordering::Relaxed);

@@ -37,7 +37,7 @@
 //! old.expect("was published").retire();
 //! domain.flush(); // a cycle now (the timer runs one every millisecond anyway)
 //! assert_eq!(seen.gateway, 1, "no cycle can free what a reader inside holds");
-//! // Statistics are written in place: a `Stats` is about 24 KB, as large as a kernel stack, so
+//! // Statistics are written in place: a `Stats` is about 40 KB, larger than a kernel stack, so
 //! // a driver keeps one in its device extension (here a box stands in for it).
 //! let mut stats = Box::new(Stats::default());
 //! domain.stats_into(&mut stats);

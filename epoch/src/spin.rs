@@ -30,6 +30,20 @@ impl<T> SpinLock<T> {
         }
     }
 
+    /// Initialises an unlocked lock in place whose value is all zero bytes, without building the
+    /// value anywhere else first (for values too large for a kernel stack).
+    ///
+    /// # Safety
+    /// `lock` is valid for writes and suitably aligned, and all-zero bytes are a valid `T`.
+    pub(crate) unsafe fn init_zeroed_in_place(lock: *mut Self) {
+        // SAFETY: per the caller: writable, aligned, and zero is a valid `T`; the lock word is
+        // written as a value (under loom and shuttle an atomic is an object, not zero bytes).
+        unsafe {
+            core::ptr::addr_of_mut!((*lock).locked).write(AtomicBool::new(false));
+            UnsafeCell::raw_get(core::ptr::addr_of!((*lock).value)).write_bytes(0, 1);
+        }
+    }
+
     fn id(&self) -> *const () {
         self as *const Self as *const ()
     }

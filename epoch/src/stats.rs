@@ -43,6 +43,7 @@ pub(crate) struct DomainCounters {
     pub(crate) replayed_add_start: AtomicU64,
     pub(crate) replayed_add_complete: AtomicU64,
     pub(crate) replayed_add_failure: AtomicU64,
+    pub(crate) visits_cut_short: AtomicU64,
     pub(crate) leaked_readers: AtomicU64,
 }
 
@@ -74,9 +75,10 @@ pub enum CallbackState {
 /// 4: the three histograms became log-linear ([`LatencyHistogram`]: exact below 128 ns, then 64
 ///    linear sub-buckets per power of two, at most 0.79 % error) instead of one bucket per power of
 ///    two; `size` grew from 1416 to 24120 bytes.
-/// 5: appended `replayed_add_start`, `replayed_add_complete` and `replayed_add_failure`; the
-///    `hot_add_*` counters count live hot-adds only (before, they also counted the notifications
-///    registration replays for processors already active).
+/// 5: appended `replayed_add_start`, `replayed_add_complete` and `replayed_add_failure` (the
+///    `hot_add_*` counters count live hot-adds only; before, they also counted the notifications
+///    registration replays for processors already active), `visits_cut_short`, and the `visit_ns`
+///    and `frees_per_visit` histograms; `size` grew to 40072 bytes.
 pub const STATS_VERSION: u32 = 5;
 
 /// A snapshot of a domain's counters. `repr(C)` and versioned: the driver returns it through an IOCTL
@@ -168,10 +170,18 @@ pub struct Stats {
     pub replayed_add_complete: u64,
     /// AddFailure notifications at registration (another registrant vetoed a replayed start).
     pub replayed_add_failure: u64,
+    /// Visits that stopped at `max_frees_per_visit` with released items left (freed by the next
+    /// visit, of a cycle asked for at once).
+    pub visits_cut_short: u64,
+    /// Duration of each visit (one DPC on one processor), in nanoseconds.
+    pub visit_ns: LatencyHistogram,
+    /// Items freed by each visit (a count in the histogram's units; the overflow slot's frees at
+    /// the end of a cycle are bounded alike but not recorded here).
+    pub frees_per_visit: LatencyHistogram,
 }
 
 impl Stats {
-    /// Sets every field to zero in place (a `Stats` is 24 KB: kernel code never builds one on its
+    /// Sets every field to zero in place (a `Stats` is 40 KB: kernel code never builds one on its
     /// 24 KiB stack).
     pub fn clear(&mut self) {
         // SAFETY: `Stats` is repr(C) and made of integers only (u32, u64, arrays of u32/u64), so the

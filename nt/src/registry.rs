@@ -23,6 +23,7 @@ use crate::wide::unicode_string;
 const ACTIVATION_STRATEGY: &[u16] = wide!("ActivationStrategy");
 const IDLE_DEACTIVATION: &[u16] = wide!("IdleDeactivation");
 const CYCLE_PERIOD: &[u16] = wide!("CyclePeriodMicroseconds");
+const MAX_FREES_PER_VISIT: &[u16] = wide!("MaxFreesPerVisit");
 
 /// What [`read_config`] found.
 #[derive(Clone, Copy, Debug)]
@@ -94,6 +95,7 @@ fn read_values(
         activation_strategy: RegistryValue::Missing,
         idle_deactivation: RegistryValue::Missing,
         cycle_period_us: RegistryValue::Missing,
+        max_frees_per_visit: RegistryValue::Missing,
     };
     if registry_path.is_null() {
         return (input, 0);
@@ -157,6 +159,11 @@ fn read_values(
             Setting::CyclePeriodMicroseconds,
             CYCLE_PERIOD,
             &mut input.cycle_period_us,
+        ),
+        (
+            Setting::MaxFreesPerVisit,
+            MAX_FREES_PER_VISIT,
+            &mut input.max_frees_per_visit,
         ),
     ] {
         match query_value(parameters, name) {

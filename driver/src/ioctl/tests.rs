@@ -20,7 +20,7 @@ fn codes_match_ctl_code() {
 
 #[test]
 fn stats_have_the_version_5_size_and_round_trip() {
-    assert_eq!(STATS_SIZE, 24144);
+    assert_eq!(STATS_SIZE, 40072);
     let mut stats = Stats {
         version: STATS_VERSION,
         size: STATS_SIZE as u32,

@@ -83,6 +83,12 @@ fn idle_deactivation_and_cycle_period_values_are_used_or_warned_about() {
         .parameter("IdleDeactivation", Dword(9))
         .parameter("CyclePeriodMicroseconds", Dword(1));
     load_and_check(bad, 1, 1, 2);
+    let frees = MachineConfig::default()
+        .parameter("MaxFreesPerVisit", Dword(0))
+        .parameter("CyclePeriodMicroseconds", Dword(2000));
+    load_and_check(frees, 1, 1, 0);
+    let clamped = MachineConfig::default().parameter("MaxFreesPerVisit", Dword(3));
+    load_and_check(clamped, 1, 1, 1);
 }
 
 #[test]

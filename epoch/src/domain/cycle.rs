@@ -188,15 +188,14 @@ impl<P: Platform> Domain<P> {
             .platform
             .verify_slot_owner("reclamation cycle visit", slot.processor);
         let part = &slot.part;
+        let started_ns = domain.platform.now_ns();
         ParticipantCounters::bump(&part.counters.messages);
         let epoch = domain.cycle.epoch.load(Ordering::Acquire);
 
-        // Free what the previous cycle released.
+        // Free what the previous cycle released, at most `max_frees_per_visit` items: the rest
+        // waits for the next visit, and another cycle is asked for at once.
         let released = domain.cycle.release_at_start.load(Ordering::Relaxed);
-        while let Some(item) = part.retired.pop_released(released) {
-            ParticipantCounters::bump(&part.counters.freed);
-            domain.dispose(item);
-        }
+        let frees = domain.free_released(&part.retired, released, &part.counters.freed);
 
         part.local_epoch.store(epoch, Ordering::Relaxed);
         part.readers.open(epoch);
@@ -224,6 +223,7 @@ impl<P: Platform> Domain<P> {
             }
         }
 
+        domain.record_visit(started_ns, frees);
         match NonNull::new(slot.next_in_cycle.load(Ordering::Relaxed)) {
             // SAFETY: ring members are valid slots with bound messages.
             Some(next) => domain
@@ -231,6 +231,36 @@ impl<P: Platform> Domain<P> {
                 .message_send(unsafe { next.as_ref().message.assume_init_ref() }),
             None => domain.drive_cycles(true),
         }
+    }
+
+    /// Disposes of the items of `list` released at `released`, at most `max_frees_per_visit` of
+    /// them (0: all), counting each in `freed`; if released items are left, asks for another cycle
+    /// (the visit that frees them comes with it). Returns how many it freed. At DISPATCH, by the
+    /// list's owner.
+    fn free_released(&self, list: &RetiredList, released: u64, freed: &AtomicU64) -> u64 {
+        let limit = u64::from(self.config.max_frees_per_visit);
+        let mut count = 0;
+        while limit == 0 || count < limit {
+            let Some(item) = list.pop_released(released) else {
+                return count;
+            };
+            ParticipantCounters::bump(freed);
+            self.dispose(item);
+            count += 1;
+        }
+        if list.has_released(released) {
+            self.cycle.requested.store(true, Ordering::SeqCst);
+            DomainCounters::add(&self.counters.visits_cut_short, 1);
+        }
+        count
+    }
+
+    /// Records one visit's duration (from `started_ns`) and the items it freed.
+    fn record_visit(&self, started_ns: u64, frees: u64) {
+        let took = self.platform.now_ns().saturating_sub(started_ns);
+        let mut visits = self.locked(self.visits());
+        visits.duration_ns.record(took);
+        visits.frees.record(frees);
     }
 
     /// The domain a slot belongs to: every slot's message context chain leads back here.
@@ -296,11 +326,22 @@ impl<P: Platform> Domain<P> {
             // be counted at an epoch from before it, though nothing it can see is stamped that
             // early (PROTOCOL.md, "The released epoch only grows").
             release = (oldest - 1).max(freed_before);
-            // Take the overflow's released items out under the lock, dispose of them outside it.
-            while let Some(item) = overflow.retired.pop_released(release) {
+            // Take the overflow's released items out under the lock (at most `max_frees_per_visit`,
+            // as a visit would), dispose of them outside it.
+            let limit = u64::from(self.config.max_frees_per_visit);
+            let mut taken = 0;
+            while limit == 0 || taken < limit {
+                let Some(item) = overflow.retired.pop_released(release) else {
+                    break;
+                };
                 // SAFETY: the item left the overflow list; the local list owns it now.
                 unsafe { released_items.push(item, release) };
                 ParticipantCounters::bump(&overflow.counters.freed);
+                taken += 1;
+            }
+            if overflow.retired.has_released(release) {
+                self.cycle.requested.store(true, Ordering::SeqCst);
+                DomainCounters::add(&self.counters.visits_cut_short, 1);
             }
             if overflow_oldest.is_none()
                 && overflow.retired.is_empty()

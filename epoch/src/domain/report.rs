@@ -36,7 +36,7 @@ pub struct Holdback {
 }
 
 impl<P: Platform> Domain<P> {
-    /// A snapshot of every counter. A [`Stats`] is about 24 KB: kernel code, whose stack is 24 KiB,
+    /// A snapshot of every counter. A [`Stats`] is about 40 KB: kernel code, whose stack is 24 KiB,
     /// uses [`Domain::stats_into`] with a buffer it owns instead.
     pub fn stats(&self) -> Stats {
         let mut stats = Stats::default();
@@ -72,6 +72,12 @@ impl<P: Platform> Domain<P> {
         stats.replayed_add_start = load(&c.replayed_add_start);
         stats.replayed_add_complete = load(&c.replayed_add_complete);
         stats.replayed_add_failure = load(&c.replayed_add_failure);
+        stats.visits_cut_short = load(&c.visits_cut_short);
+        {
+            let visits = self.locked(self.visits());
+            stats.visit_ns.copy_from(&visits.duration_ns);
+            stats.frees_per_visit.copy_from(&visits.frees);
+        }
         stats.leaked_readers = load(&c.leaked_readers);
         stats
             .cycle_latency_ns
@@ -107,7 +113,7 @@ impl<P: Platform> Domain<P> {
     /// What holds reclamation back (see [`Holdback`]). Any IRQL up to DISPATCH.
     pub fn holdback(&self) -> Holdback {
         let mut oldest: Option<(Holder, u64)> = None;
-        // Pending as `stats()` counts it, without building a 24 KB `Stats` on a DISPATCH-level stack.
+        // Pending as `stats()` counts it, without building a 40 KB `Stats` on a DISPATCH-level stack.
         let (mut retired, mut freed) = (0u64, 0u64);
         let mut consider = |holder: Holder, part: &Participant| {
             retired += part.counters.retires.load(Ordering::Relaxed);

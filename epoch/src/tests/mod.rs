@@ -409,3 +409,4 @@ mod linked;
 mod owner;
 mod review;
 mod second_review;
+mod visits;

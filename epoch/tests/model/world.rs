@@ -115,7 +115,7 @@ impl Gate {
 }
 
 impl World {
-    /// The domain's counters in a heap buffer: a `Stats` (24 KB) on a model thread's small stack would
+    /// The domain's counters in a heap buffer: a `Stats` (40 KB) on a model thread's small stack would
     /// overflow it.
     pub fn stats(&self) -> Box<kepoch::Stats> {
         let layout = Layout::new::<kepoch::Stats>();
