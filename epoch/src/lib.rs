@@ -128,8 +128,8 @@ mod tests;
 pub use atomic::{Atomic, CompareExchangeError, Owned, Shared, Unlinked};
 pub use config::{select_config, Config, Strategy};
 pub use domain::{
-    CacheAligned, Domain, DomainBox, GracePeriod, Holdback, Holder, LoadError, LoadFailure,
-    RetireError, WorkItem, WorkState,
+    AllocError, CacheAligned, Domain, DomainBox, GracePeriod, Holdback, Holder, LoadError,
+    LoadFailure, RetireError, WorkItem, WorkState,
 };
 pub use guard::{Guard, RawGuard};
 pub use mutation::{Mutation, MutationKind, Mutations};

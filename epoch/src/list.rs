@@ -31,7 +31,7 @@
 //! ```
 
 use crate::atomic::{Chain, Node, NodeRef, Unlinked};
-use crate::domain::Domain;
+use crate::domain::{AllocError, Domain};
 use crate::guard::Guard;
 use crate::platform::Platform;
 use crate::spin::SpinLock;
@@ -92,8 +92,9 @@ impl<'d, T, P: Platform> List<'d, T, P> {
 }
 
 impl<'d, T: Send + 'static, P: Platform> List<'d, T, P> {
-    /// Adds `value` at the front. Gives it back if the allocation fails. Any IRQL up to DISPATCH.
-    pub fn push_front(&self, value: T) -> Result<(), T> {
+    /// Adds `value` at the front. If the allocation fails, the [`AllocError`] holds the value.
+    /// Any IRQL up to DISPATCH.
+    pub fn push_front(&self, value: T) -> Result<(), AllocError<T>> {
         let node = Node::new(self.domain(), value)?;
         let domain = self.domain();
         let _writer = self.writer.lock(domain.platform());

@@ -31,7 +31,7 @@
 //! ```
 
 use crate::atomic::{Node, Unlinked};
-use crate::domain::Domain;
+use crate::domain::{AllocError, Domain};
 use crate::guard::Guard;
 use crate::list::List;
 use crate::mutation::Mutation;
@@ -71,8 +71,8 @@ impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Entry<K, V> {
 pub type Removed<'d, K, V, P> = Unlinked<'d, Node<Entry<K, V>>, P>;
 
 /// What [`Map::insert`] did: the entry it replaced (`None`: the key was new), or, when the
-/// allocation failed, the key and value given back.
-pub type Insertion<'d, K, V, P> = Result<Option<Removed<'d, K, V, P>>, (K, V)>;
+/// allocation failed (the only error), an [`AllocError`] holding the key and value.
+pub type Insertion<'d, K, V, P> = Result<Option<Removed<'d, K, V, P>>, AllocError<(K, V)>>;
 
 /// A hash map with `BUCKETS` fixed buckets in one domain (see the [module](self) documentation).
 /// Dropping it frees every entry still in it.
@@ -135,13 +135,13 @@ where
 {
     /// Stores `value` under `key`. If the key was present, the new entry is linked in front of the
     /// old one before the old one is unlinked (a reader finds one of them at every moment), and the
-    /// old entry is handed back. Gives key and value back if the allocation fails. Any IRQL up to
-    /// DISPATCH.
+    /// old entry is handed back. If the allocation fails, the [`AllocError`] holds the key and the
+    /// value. Any IRQL up to DISPATCH.
     pub fn insert(&self, key: K, value: V) -> Insertion<'d, K, V, P> {
         let bucket = self.bucket(&key);
         let domain = bucket.domain();
-        let node =
-            Node::new(domain, Entry { key, value }).map_err(|entry| (entry.key, entry.value))?;
+        let node = Node::new(domain, Entry { key, value })
+            .map_err(|error| error.map(|entry| (entry.key, entry.value)))?;
         let _writer = bucket.writer.lock(domain.platform());
         let guard = domain.enter();
         let serialised = "kepoch: the bucket's writer lock serialises its writers";

@@ -371,10 +371,10 @@ pub fn new_chain(
         };
         match domain.alloc(link) {
             Ok(link) => head = Some(link),
-            Err(link) => {
+            Err(error) => {
                 // The link that was not allocated owns nothing (it only points at the links built so
                 // far, freed below): skip its destructor, which would retire them.
-                std::mem::forget(link);
+                std::mem::forget(error.into_inner());
                 if let Some(head) = head {
                     // SAFETY: allocated just now by `domain`, never published or retired.
                     unsafe { domain.free_now(head) };

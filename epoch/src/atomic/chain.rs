@@ -95,7 +95,7 @@
 //! ```
 
 use super::{Owned, Unlinked};
-use crate::domain::Domain;
+use crate::domain::{AllocError, Domain};
 use crate::guard::Guard;
 use crate::mutation::Mutation;
 use crate::platform::Platform;
@@ -124,14 +124,18 @@ pub struct Node<T> {
 }
 
 impl<T: Send> Node<T> {
-    /// A node holding `value`, linked to nothing, in a block from `domain`'s allocator. Gives the
-    /// value back if the allocation fails. Any IRQL up to DISPATCH.
-    pub fn new<P: Platform>(domain: &Domain<P>, value: T) -> Result<Owned<'_, Node<T>, P>, T> {
+    /// A node holding `value`, linked to nothing, in a block from `domain`'s allocator. If the
+    /// allocation fails, the [`AllocError`] holds the value (not the node). Any IRQL up to
+    /// DISPATCH.
+    pub fn new<P: Platform>(
+        domain: &Domain<P>,
+        value: T,
+    ) -> Result<Owned<'_, Node<T>, P>, AllocError<T>> {
         let node = Node {
             value,
             next: AtomicPtr::new(ptr::null_mut()),
         };
-        Owned::new(domain, node).map_err(|node| node.value)
+        Owned::new(domain, node).map_err(|error| error.map(|node| node.value))
     }
 }
 

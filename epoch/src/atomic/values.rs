@@ -2,7 +2,7 @@
 //! reader loaded) and [`Unlinked`] (what a writer took out). The soundness argument is in the
 //! parent module's documentation.
 
-use crate::domain::Domain;
+use crate::domain::{AllocError, Domain};
 use crate::guard::Guard;
 use crate::platform::Platform;
 use core::fmt;
@@ -40,9 +40,21 @@ unsafe impl<T: Send, P: Platform> Send for Owned<'_, T, P> {}
 unsafe impl<T: Sync, P: Platform> Sync for Owned<'_, T, P> {}
 
 impl<'d, T: Send, P: Platform> Owned<'d, T, P> {
-    /// Moves `value` into a block from `domain`'s allocator. Gives the value back if the
-    /// allocation fails (non-paged pool exhausted). Any IRQL up to DISPATCH.
-    pub fn new(domain: &'d Domain<P>, value: T) -> Result<Self, T> {
+    /// Moves `value` into a block from `domain`'s allocator. If the allocation fails (non-paged
+    /// pool exhausted), the [`AllocError`] holds the value: [`AllocError::into_inner`] hands it
+    /// back. Any IRQL up to DISPATCH.
+    ///
+    /// The error's `Debug` needs no `T: Debug`, so `unwrap` and `expect` work for any value:
+    ///
+    /// ```
+    /// # use kepoch::{Config, Domain, Owned};
+    /// # let domain = Domain::create(kepoch_user::UserPlatform::new(), Config::default()).unwrap();
+    /// struct NotDebug;
+    ///
+    /// let owned = Owned::new(&domain, NotDebug).unwrap();
+    /// let _: &NotDebug = &owned;
+    /// ```
+    pub fn new(domain: &'d Domain<P>, value: T) -> Result<Self, AllocError<T>> {
         let ptr = domain.alloc(value)?;
         Ok(Owned {
             ptr,

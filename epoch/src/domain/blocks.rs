@@ -37,7 +37,8 @@ unsafe impl<T: Zeroable> Zeroable for CacheAligned<T> {}
 
 impl<P: Platform> Domain<P> {
     /// [`Domain::alloc`] with a pool tag for this block (what `!poolused` shows for it on NT; the
-    /// platform's default allocation otherwise). Returns the value back if the allocation fails.
+    /// platform's default allocation otherwise). If the allocation fails, the [`AllocError`] holds
+    /// the value.
     ///
     /// ```
     /// # use kepoch::{Config, Domain};
@@ -47,9 +48,13 @@ impl<P: Platform> Domain<P> {
     /// // SAFETY: never published: no reader can reach it.
     /// unsafe { domain.retire(route) }.expect("retired once");
     /// ```
-    pub fn alloc_tagged<T: Send>(&self, value: T, tag: PoolTag) -> Result<NonNull<T>, T> {
+    pub fn alloc_tagged<T: Send>(
+        &self,
+        value: T,
+        tag: PoolTag,
+    ) -> Result<NonNull<T>, AllocError<T>> {
         let Some(block) = self.alloc_block::<T>(Some(tag)) else {
-            return Err(value);
+            return Err(AllocError::new(value));
         };
         // SAFETY: a fresh block's value storage, aligned for `T`.
         unsafe { block.as_ptr().write(value) };

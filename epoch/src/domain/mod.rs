@@ -119,6 +119,67 @@ impl fmt::Display for RetireError {
     }
 }
 
+/// A failed allocation, holding the value that was to be moved into the block: the pool had no
+/// memory for it (non-paged pool exhausted on NT), or a block for a `T` that large would overflow
+/// its size. Returned by [`Domain::alloc`], [`Domain::alloc_tagged`],
+/// [`Owned::new`](crate::Owned::new), [`Node::new`](crate::atomic::Node::new),
+/// [`List::push_front`](crate::list::List::push_front) and [`Map::insert`](crate::map::Map::insert)
+/// (which holds the key and the value), so that nothing is lost or dropped behind the caller's
+/// back: [`into_inner`](Self::into_inner) hands the value back to retry, keep or drop.
+///
+/// Its `Debug` prints no value and needs no `T: Debug`, so `.expect(..)` and `.unwrap()` work
+/// for any `T`:
+///
+/// ```
+/// # use kepoch::{Config, Domain, Owned};
+/// # let domain = Domain::create(kepoch_user::UserPlatform::new(), Config::default()).unwrap();
+/// struct NotDebug(u32);
+///
+/// let value = Owned::new(&domain, NotDebug(7)).unwrap();
+/// let other = Owned::new(&domain, NotDebug(8)).expect("memory");
+/// assert_eq!(value.0 + other.0, 15);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AllocError<T> {
+    value: T,
+}
+
+impl<T> AllocError<T> {
+    /// The failure of an allocation that was to hold `value`.
+    pub(crate) fn new(value: T) -> Self {
+        AllocError { value }
+    }
+
+    /// The value that could not be moved into a block, handed back.
+    pub fn into_inner(self) -> T {
+        self.value
+    }
+
+    /// The value that could not be moved into a block, borrowed (to log it, say).
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+
+    /// The same failure with its value turned into another (a node's value out of the node).
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> AllocError<U> {
+        AllocError::new(f(self.value))
+    }
+}
+
+impl<T> fmt::Debug for AllocError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AllocError").finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Display for AllocError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the allocation failed (non-paged pool exhausted); the value is handed back")
+    }
+}
+
+impl<T> core::error::Error for AllocError<T> {}
+
 /// All prepared slots, for building cycle rings and for teardown.
 struct Registry<P: Platform> {
     head: *mut Slot<P>,

@@ -76,11 +76,12 @@ pub(super) unsafe fn dispose_object<T, P: Platform>(header: *mut RetireHeader, d
 
 impl<P: Platform> Domain<P> {
     /// Allocates a block holding `value` (aligned for `T`), ready to be retired with [`Domain::retire`].
-    /// Returns the value back if the allocation fails. The safe layer's [`Owned`](crate::Owned)
-    /// wraps this.
-    pub fn alloc<T: Send>(&self, value: T) -> Result<NonNull<T>, T> {
+    /// If the allocation fails, the [`AllocError`] holds the value (its
+    /// [`into_inner`](AllocError::into_inner) hands it back). The safe layer's
+    /// [`Owned`](crate::Owned) wraps this.
+    pub fn alloc<T: Send>(&self, value: T) -> Result<NonNull<T>, AllocError<T>> {
         let Some(block) = self.alloc_block::<T>(None) else {
-            return Err(value);
+            return Err(AllocError::new(value));
         };
         // SAFETY: a fresh block's value storage, aligned for `T`.
         unsafe { block.as_ptr().write(value) };

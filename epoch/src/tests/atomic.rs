@@ -3,7 +3,10 @@
 
 use super::{domain, TestPlatform, Tracked};
 use crate::config::Strategy;
-use crate::{Atomic, CompareExchangeError, Domain, DomainBox, Owned};
+use crate::list::List;
+use crate::map::Map;
+use crate::{AllocError, Atomic, CompareExchangeError, Domain, DomainBox, Owned};
+use std::string::ToString;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -11,9 +14,7 @@ fn tracked<'d>(
     domain: &'d Domain<TestPlatform>,
     drops: &Arc<AtomicUsize>,
 ) -> Owned<'d, Tracked, TestPlatform> {
-    Owned::new(domain, Tracked(drops.clone()))
-        .ok()
-        .expect("alloc")
+    Owned::new(domain, Tracked(drops.clone())).expect("alloc")
 }
 
 fn dropped(drops: &AtomicUsize) -> usize {
@@ -142,7 +143,62 @@ fn an_unpublished_box_is_freed_at_once() {
 fn allocation_failure_gives_the_value_back() {
     let (platform, domain) = domain(1, Strategy::Lazy);
     platform.0.lock().unwrap().fail_allocations = 1;
-    assert_eq!(Owned::new(&domain, 7u32).err(), Some(7));
+    assert_eq!(
+        Owned::new(&domain, 7u32).err().map(AllocError::into_inner),
+        Some(7)
+    );
+}
+
+/// The error of a result that must have failed (`unwrap_err` would need the success's `Debug`).
+fn failed<V, E>(result: Result<V, E>) -> E {
+    match result {
+        Ok(_) => panic!("the allocation was to fail"),
+        Err(error) => error,
+    }
+}
+
+/// Every allocating API hands the value back through `AllocError::into_inner` without dropping
+/// it (nor leaking a block), for a value that is not `Debug`; the error prints without the value.
+#[test]
+fn every_allocation_failure_hands_back_the_value_undropped() {
+    let (platform, domain, drops) = setup(1);
+    let fail_next = || platform.0.lock().unwrap().fail_allocations = 1;
+    TestPlatform::on_cpu(0, || {
+        drop(domain.enter()); // the processor's slot is prepared: allocations from here are ours
+        let live = platform.live_allocations();
+        fail_next();
+        let error = failed(Owned::new(&domain, Tracked(drops.clone())));
+        assert_eq!(std::format!("{error:?}"), "AllocError { .. }");
+        assert!(error.to_string().contains("allocation failed"), "{error}");
+        let _: &dyn core::error::Error = &error;
+        assert!(Arc::ptr_eq(&error.value().0, &drops));
+        let value = error.into_inner();
+        assert_eq!(dropped(&drops), 0, "handed back, not dropped");
+
+        fail_next();
+        let value = failed(domain.alloc(value)).into_inner();
+        fail_next();
+        let tag = crate::platform::PoolTag::from_bytes(*b"Fail");
+        let value = failed(domain.alloc_tagged(value, tag)).into_inner();
+        fail_next();
+        let value = failed(crate::atomic::Node::new(&domain, value)).into_inner();
+        fail_next();
+        let list = List::new(&domain);
+        let value = failed(list.push_front(value)).into_inner();
+        assert_eq!(list.iter(&domain.enter()).count(), 0);
+        fail_next();
+        let map: Map<u32, Tracked, _, 4> = Map::new(&domain);
+        let (key, value) = failed(map.insert(5, value)).into_inner();
+        assert_eq!(key, 5);
+        assert!(map.get(&5, &domain.enter()).is_none());
+        assert_eq!(dropped(&drops), 0, "handed back, not dropped");
+        assert_eq!(platform.live_allocations(), live, "no block kept");
+
+        // The value handed back is whole: it can be allocated again once memory is there.
+        let owned = Owned::new(&domain, value).expect("memory");
+        drop(owned);
+        assert_eq!(dropped(&drops), 1);
+    });
 }
 
 /// A value that owns an atomic of its own domain: a node of a structure. Retiring the outer value
@@ -163,7 +219,7 @@ fn a_retired_value_frees_the_atomic_it_owns_when_disposed_of() {
         child,
         _tracked: Tracked(drops.clone()),
     };
-    let root = Atomic::new(Owned::new(&domain, node).ok().expect("alloc"));
+    let root = Atomic::new(Owned::new(&domain, node).expect("alloc"));
     {
         let guard = domain.enter();
         let node = root.load(&guard).expect("published").get();

@@ -14,7 +14,6 @@ fn a_pool_tag_reaches_the_platform_and_tagged_blocks_retire_normally() {
     let drops = Arc::new(AtomicUsize::new(0));
     let tracked = domain
         .alloc_tagged(Tracked(Arc::clone(&drops)), TAG)
-        .ok()
         .expect("memory");
     let untagged = domain.alloc(1u8).expect("memory");
     let zeroed = domain

@@ -49,7 +49,7 @@ pub(super) fn grouped_domain(
 
 /// Retires a new [`Tracked`] object (never published) on the current processor; returns its stamp.
 pub(super) fn retire_new(domain: &Domain<TestPlatform>, drops: &Arc<AtomicUsize>) -> u64 {
-    let object = domain.alloc(Tracked(drops.clone())).ok().expect("alloc");
+    let object = domain.alloc(Tracked(drops.clone())).expect("alloc");
     // SAFETY: never published to readers.
     unsafe { domain.retire(object) }.expect("first retire")
 }

@@ -25,9 +25,7 @@ fn a_reader_on_an_unlinked_node_reaches_its_successor_and_holds_it_back() {
         let guard = domain.enter();
         let mut after = None;
         for _ in 0..3 {
-            let node = Node::new(&domain, Tracked(drops.clone()))
-                .ok()
-                .expect("alloc");
+            let node = Node::new(&domain, Tracked(drops.clone())).expect("alloc");
             after = Some(
                 chain
                     .insert_after(None, after, node, &guard)
@@ -130,7 +128,7 @@ fn list_and_map_free_what_they_remove_once_and_the_rest_when_dropped() {
     TestPlatform::on_cpu(0, || {
         let list = List::new(&domain);
         for _ in 0..4 {
-            list.push_front(Tracked(drops.clone())).ok().expect("alloc");
+            list.push_front(Tracked(drops.clone())).expect("alloc");
         }
         let mut seen = 0;
         let removed = list.remove(|_| {
@@ -147,10 +145,10 @@ fn list_and_map_free_what_they_remove_once_and_the_rest_when_dropped() {
         // One bucket: every key collides, so replace and remove work inside one chain.
         let map: Map<u32, Tracked, _, 1> = Map::new(&domain);
         for key in 0..4 {
-            let old = map.insert(key, Tracked(drops.clone())).ok().expect("alloc");
+            let old = map.insert(key, Tracked(drops.clone())).expect("alloc");
             assert!(old.is_none());
         }
-        let old = map.insert(2, Tracked(drops.clone())).ok().expect("alloc");
+        let old = map.insert(2, Tracked(drops.clone())).expect("alloc");
         assert_eq!(*old.expect("replaced").key(), 2);
         assert!(map.remove(&0).is_some());
         assert!(map.remove(&0).is_none(), "removed once");

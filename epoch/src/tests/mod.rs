@@ -70,7 +70,7 @@ fn blocks_are_aligned_for_their_value_and_cache_aligned_on_request() {
 fn double_retire_is_refused_and_counted() {
     let (_platform, domain) = domain(1, Strategy::Lazy);
     let drops = Arc::new(AtomicUsize::new(0));
-    let object = domain.alloc(Tracked(drops.clone())).ok().unwrap();
+    let object = domain.alloc(Tracked(drops.clone())).unwrap();
     // SAFETY: never published.
     unsafe {
         domain.retire(object).unwrap();

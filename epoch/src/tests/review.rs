@@ -177,7 +177,6 @@ fn unload_with_retiring_destructors(config: Config) -> (usize, usize) {
                 domain: DomainRef(&*domain),
                 drops: drops.clone(),
             })
-            .ok()
             .expect("alloc");
         // SAFETY: never published to readers.
         unsafe { domain.retire(parent) }.expect("retire");

@@ -21,7 +21,7 @@ fn world_with_atomic(initial: bool) -> (Arc<World>, SharedAtomic) {
     let atomic = Arc::new(unsafe { Atomic::null_detached(&w.domain) });
     if initial {
         on_cpu(0, || {
-            atomic.store(Owned::new(&w.domain, Object::new()).ok().expect("alloc"))
+            atomic.store(Owned::new(&w.domain, Object::new()).expect("alloc"))
         });
     }
     (w, atomic)
@@ -43,7 +43,7 @@ fn api_read(w: &World, atomic: &SharedAtomic, cpu: usize) {
 /// A writer on `cpu`: publishes a fresh object with `swap` and retires what it replaced.
 fn api_replace(w: &World, atomic: &SharedAtomic, cpu: usize) {
     on_cpu(cpu, || {
-        let fresh = Owned::new(&w.domain, Object::new()).ok().expect("alloc");
+        let fresh = Owned::new(&w.domain, Object::new()).expect("alloc");
         if let Some(old) = atomic.swap(fresh) {
             old.retire();
         }
@@ -68,7 +68,7 @@ pub fn api_reader_sees_the_published_value() {
         rt::thread::spawn(move || api_read(&w, &atomic, 1))
     };
     on_cpu(0, || {
-        atomic.store(Owned::new(&w.domain, Object::new()).ok().expect("alloc"))
+        atomic.store(Owned::new(&w.domain, Object::new()).expect("alloc"))
     });
     reader.join().unwrap();
     finish(w, atomic);
@@ -101,7 +101,7 @@ pub fn api_failed_compare_exchange_hands_back_an_initialised_value() {
         rt::thread::spawn(move || {
             on_cpu(1, || {
                 let guard = w.domain.enter();
-                let mine = Owned::new(&w.domain, Object::new()).ok().expect("alloc");
+                let mine = Owned::new(&w.domain, Object::new()).expect("alloc");
                 let outcome = atomic.compare_exchange(None, mine, &guard);
                 if let Err(lost) = &outcome {
                     if let Some(found) = lost.current {
@@ -113,7 +113,7 @@ pub fn api_failed_compare_exchange_hands_back_an_initialised_value() {
         })
     };
     on_cpu(0, || {
-        let fresh = Owned::new(&w.domain, Object::new()).ok().expect("alloc");
+        let fresh = Owned::new(&w.domain, Object::new()).expect("alloc");
         if let Some(old) = atomic.swap(fresh) {
             old.retire();
         }

@@ -22,7 +22,7 @@ fn world_with_list(initial: usize) -> (Arc<World>, SharedList) {
     let list = Arc::new(unsafe { List::new_detached(&w.domain) });
     on_cpu(0, || {
         for _ in 0..initial {
-            list.push_front(Object::new()).ok().expect("alloc");
+            list.push_front(Object::new()).expect("alloc");
         }
     });
     (w, list)
@@ -67,7 +67,7 @@ pub fn list_reader_sees_every_node_during_an_insertion() {
             walk(&w, &list)
         })
     };
-    on_cpu(0, || list.push_front(Object::new()).ok().expect("alloc"));
+    on_cpu(0, || list.push_front(Object::new()).expect("alloc"));
     w.gates[0].open();
     let seen = reader.join().unwrap();
     assert!(seen >= 1, "a reader missed a node that was never removed");
@@ -110,7 +110,7 @@ pub fn map_replace_never_hides_the_key() {
     on_cpu(0, || {
         // One bucket: key 3 is pushed in front of key 1, so the replaced entry has a predecessor.
         for key in [1, 3] {
-            map.insert(key, Object::new()).ok().expect("alloc");
+            map.insert(key, Object::new()).expect("alloc");
         }
     });
     let reader = {
@@ -126,7 +126,7 @@ pub fn map_replace_never_hides_the_key() {
         })
     };
     on_cpu(0, || {
-        let old = map.insert(1, Object::new()).ok().expect("alloc");
+        let old = map.insert(1, Object::new()).expect("alloc");
         old.expect("key 1 was present").retire();
     });
     w.cycle();

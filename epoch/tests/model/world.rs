@@ -151,7 +151,7 @@ impl World {
         let domain = on_cpu(0, || {
             Domain::create(platform.clone(), config).expect("load")
         });
-        let first = domain.alloc(Object::new()).ok().expect("alloc");
+        let first = domain.alloc(Object::new()).expect("alloc");
         Arc::new(World {
             platform,
             domain: ManuallyDrop::new(domain),

@@ -259,7 +259,7 @@ impl LinkedWriter {
         if let Some(list) = &linked.list {
             let key = ctx.rng().gen_range(ANCHORS..LIST_KEYS);
             if ctx.rng().gen_ratio(1, 2) {
-                // An allocation failure gives the item back: nothing to do.
+                // An allocation failure hands the item back in its `AllocError`: dropping it is all.
                 let _ = list.push_front(Item::new(key, serial));
             } else if let Some(removed) =
                 list.remove(|item| item.key.load(Ordering::Relaxed) == key)
