@@ -7,7 +7,7 @@
 //! store history lasts, which ends the model in a spurious causality report, not a verdict. On
 //! shuttle's sequentially consistent schedules the wait ends as on hardware.
 
-use super::{on_cpu, rt, World};
+use super::{on_cpu, World};
 use kepoch::Strategy;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -89,7 +89,7 @@ pub fn a_callback_queued_across_a_barrier_flip_is_found_by_the_next_barrier() {
         });
         for _ in 0..4 {
             w.platform.deliver_all();
-            rt::yield_now();
+            super::rt::yield_now();
         }
     });
     on_cpu(0, || w.domain.callback_barrier());
