@@ -4,7 +4,7 @@ use kepoch::config::Strategy;
 use kepoch::CallbackState;
 use serde::{Deserialize, Serialize};
 
-use crate::{CycleLatency, HotAdd, HotAddReplayed, Latency, SCHEMA_VERSION};
+use crate::{CycleLatency, DurationUs, HotAdd, HotAddReplayed, Latency, SCHEMA_VERSION};
 
 /// The usual name of a CPUID leaf 0x40000000 hypervisor vendor signature (trailing NULs ignored).
 pub fn hypervisor_name(vendor: &str) -> &'static str {
@@ -139,6 +139,15 @@ pub struct GuestResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hot_add_replayed: Option<HotAddReplayed>,
     pub work_items_run: u64,
+    /// Duration of each visit, one DPC (driver `Stats` version 5 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpc_us: Option<DurationUs>,
+    /// Items each visit freed (driver `Stats` version 5 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frees_per_visit: Option<Latency>,
+    /// Visits that stopped at `MaxFreesPerVisit` (driver `Stats` version 5 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visits_cut_short: Option<u64>,
     pub global_epoch: u64,
     pub released_epoch: u64,
     /// `Stats::version` of the driver.

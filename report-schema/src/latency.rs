@@ -66,6 +66,40 @@ impl CycleLatency {
     }
 }
 
+/// A duration in microseconds from a nanosecond histogram, with its maximum: how long each visit
+/// (one DPC) of a domain ran (`dpc_us` of a result).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DurationUs {
+    /// Median.
+    pub p50: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
+    /// Longest.
+    pub max: Option<f64>,
+    /// Number measured.
+    pub count: u64,
+    /// `[microseconds, count]` per non-empty bucket.
+    pub hist: Vec<(f64, u64)>,
+}
+
+impl DurationUs {
+    /// From the core's nanosecond histogram.
+    pub fn from_ns_histogram(histogram: &LatencyHistogram) -> DurationUs {
+        let s = histogram.summary();
+        if s.count == 0 {
+            return DurationUs::default();
+        }
+        let us = |ns: u64| ns as f64 / 1e3;
+        DurationUs {
+            p50: Some(us(s.p50)),
+            p99: Some(us(s.p99)),
+            max: Some(us(s.max)),
+            count: s.count,
+            hist: histogram.points().map(|(v, n)| (us(v), n)).collect(),
+        }
+    }
+}
+
 /// A latency kept as exact samples (nearest-rank quantiles), as the simulator measures first enters.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Samples {

@@ -18,7 +18,7 @@ pub use guest::{
     callback_state_name, hypervisor_name, strategy_name, Guest, GuestDocument, GuestResult,
     GuestScenario, Hypervisor,
 };
-pub use latency::{CycleLatency, HotAdd, HotAddReplayed, Latency, Samples};
+pub use latency::{CycleLatency, DurationUs, HotAdd, HotAddReplayed, Latency, Samples};
 
 use serde::Deserialize;
 use serde_json::Value;

@@ -148,6 +148,7 @@ fn scenarios_lists_every_builtin() {
         "idle-fleet",
         "stalled-reader",
         "alloc-failure",
+        "retire-storm",
     ] {
         assert!(
             listing

@@ -5,8 +5,8 @@ use std::fmt::Write;
 
 use kepoch::Stats;
 use kepoch_report::{
-    callback_state_name, strategy_name, CycleLatency, Guest, GuestDocument, GuestResult, HotAdd,
-    HotAddReplayed, Latency,
+    callback_state_name, strategy_name, CycleLatency, DurationUs, Guest, GuestDocument,
+    GuestResult, HotAdd, HotAddReplayed, Latency,
 };
 
 /// The report result of the running strategy from the driver's counters, read on `guest`.
@@ -58,6 +58,9 @@ pub fn guest_result(stats: &Stats, guest: Guest) -> GuestResult {
             complete: stats.replayed_add_complete,
         }),
         work_items_run: stats.work_items_run,
+        dpc_us: Some(DurationUs::from_ns_histogram(&stats.visit_ns)),
+        frees_per_visit: Some(Latency::from_histogram(&stats.frees_per_visit)),
+        visits_cut_short: Some(stats.visits_cut_short),
         global_epoch: stats.global_epoch,
         released_epoch: stats.released_epoch,
         stats_version: stats.version,
@@ -124,6 +127,22 @@ pub fn stats_table(stats: &Stats) -> String {
         format!(
             "start {} complete {} failure {}",
             stats.hot_add_start, stats.hot_add_complete, stats.hot_add_failure
+        ),
+    );
+    let visits = stats.visit_ns.summary();
+    let frees = stats.frees_per_visit.summary();
+    line(
+        "visits (DPCs)",
+        format!(
+            "{} visits: {} / {} / {} us (p50 / p99 / max), frees per visit {} / {} / {}, {} cut short at MaxFreesPerVisit",
+            visits.count,
+            visits.p50 as f64 / 1e3,
+            visits.p99 as f64 / 1e3,
+            visits.max as f64 / 1e3,
+            frees.p50,
+            frees.p99,
+            frees.max,
+            stats.visits_cut_short
         ),
     );
     line(
@@ -221,10 +240,10 @@ mod tests {
         stats
     }
 
-    /// The JSON without its `schema_version` and without the results' `hot_add_replayed` and
-    /// `stats_version` (the first is new with driver `Stats` version 5, after those documents; the
-    /// second follows the driver's version), as a compact string: equal for two texts iff they hold
-    /// the same keys with the same values.
+    /// The JSON without its `schema_version` and without the results' keys new with driver `Stats`
+    /// version 5 (after those documents: `hot_add_replayed`, `dpc_us`, `frees_per_visit`,
+    /// `visits_cut_short`) and `stats_version` (it follows the driver's version), as a compact
+    /// string: equal for two texts iff they hold the same keys with the same values.
     fn canonical(text: &str) -> (Value, String) {
         let mut value: Value = serde_json::from_str(text).expect(text);
         let version = value["schema_version"].take();
@@ -232,7 +251,14 @@ mod tests {
         if let Some(results) = value["results"].as_array_mut() {
             for result in results {
                 if let Some(result) = result.as_object_mut() {
-                    result.remove("hot_add_replayed");
+                    for key in [
+                        "hot_add_replayed",
+                        "dpc_us",
+                        "frees_per_visit",
+                        "visits_cut_short",
+                    ] {
+                        result.remove(key);
+                    }
                     result.remove("stats_version");
                 }
             }

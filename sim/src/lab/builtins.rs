@@ -187,4 +187,23 @@ alloc_fail_every = 5
 reloads = 4
 "#,
     },
+    Builtin {
+        name: "retire-storm",
+        text: r#"
+name = "retire-storm"
+description = "A high retire rate with bursts (every 100 ms each writer retires 5000 objects at once, as a driver tearing down a table): each visit (one DPC) frees at most MaxFreesPerVisit items, the rest follows in chained cycles; compare dpc_us and frees_per_visit, and run it with workload.max_frees_per_visit = 0 to see the unbounded DPCs"
+max_reported = 4
+active_at_boot = 4
+group_size = 64
+firmware = "accurate"
+seed = 9
+[workload]
+duration_ms = 1000
+readers_per_cpu = 2
+retire_per_ms = 200
+burst_every_ms = 100
+burst_size = 5000
+reloads = 4
+"#,
+    },
 ];

@@ -126,10 +126,14 @@ impl super::scenario::Scenario {
                 w.readers_per_cpu
             ));
         }
-        let retire = busy * u64::from(w.retire_per_ms);
+        // Bursts count at their average rate.
+        let burst_rate = u64::from(w.burst_size)
+            .checked_div(w.burst_every_ms)
+            .unwrap_or(0);
+        let retire = busy * (u64::from(w.retire_per_ms) + burst_rate);
         if retire > MAX_RETIRE_PER_MS_TOTAL {
             return err(format!(
-                "{busy} busy CPUs x workload.retire_per_ms {} = {retire} retirements per ms exceed the lab's plan of at most {MAX_RETIRE_PER_MS_TOTAL} per ms (memory: a second without reclamation leaves that many thousand objects pending)",
+                "{busy} busy CPUs x (workload.retire_per_ms {} + bursts {burst_rate} per ms on average) = {retire} retirements per ms exceed the lab's plan of at most {MAX_RETIRE_PER_MS_TOTAL} per ms (memory: a second without reclamation leaves that many thousand objects pending)",
                 w.retire_per_ms
             ));
         }

@@ -70,6 +70,9 @@ pub(super) struct Round {
     pub(super) first: Vec<u64>,
     pub(super) enter_exit: Option<Histogram<u64>>,
     pub(super) cycle: Box<LatencyHistogram>,
+    /// Duration and frees of every visit (one DPC), over the round's loads.
+    pub(super) visits: Box<LatencyHistogram>,
+    pub(super) frees: Box<LatencyHistogram>,
     sums: HashMap<&'static str, u64>,
     pub(super) cpus_prepared: u64,
     pub(super) per_cpu_bytes: u64,
@@ -155,10 +158,13 @@ impl Round {
             ("hot_add_vetoed", stats.hot_add_vetoed),
             ("replayed_start", replayed_start),
             ("replayed_complete", replayed_complete),
+            ("visits_cut_short", stats.visits_cut_short),
         ] {
             self.add(key, n);
         }
         self.cycle.merge(&stats.cycle_latency_ns);
+        self.visits.merge(&stats.visit_ns);
+        self.frees.merge(&stats.frees_per_visit);
         self.cpus_prepared = self.cpus_prepared.max(stats.cpus_prepared);
         self.per_cpu_bytes = self.per_cpu_bytes.max(stats.per_cpu_bytes);
         self.pending_at_end = stats.pending;
@@ -270,6 +276,9 @@ impl Round {
             "remote_exits": n("remote_exits"),
             "cycles": n("cycles"),
             "cycle_latency_us": to_json(kepoch_report::CycleLatency::from_ns_histogram(&self.cycle)),
+            "dpc_us": to_json(kepoch_report::DurationUs::from_ns_histogram(&self.visits)),
+            "frees_per_visit": to_json(kepoch_report::Latency::from_histogram(&self.frees)),
+            "visits_cut_short": n("visits_cut_short"),
             "messages": messages,
             "core_messages": n("core_messages"),
             "messages_to_idle_cpus": self.messages_to_idle,

@@ -155,9 +155,14 @@ fn run_lifetime(
 ) -> Result<(), String> {
     let running = machine.running_indexes();
     let boot = running[0];
+    let defaults = Config::with_strategy(strategy);
     let config = Config {
         stall_threshold_cycles: LAB_STALL_THRESHOLD_CYCLES,
-        ..Config::with_strategy(strategy)
+        max_frees_per_visit: scenario
+            .workload
+            .max_frees_per_visit
+            .unwrap_or(defaults.max_frees_per_visit),
+        ..defaults
     };
     let bytes_before = machine.alloc_stats().live_bytes;
     let live_before = machine.live_allocations().len();

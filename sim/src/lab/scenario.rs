@@ -49,6 +49,17 @@ pub struct Workload {
     /// unload on the same machine), each giving every busy CPU a new first enter.
     #[serde(default = "default_reloads")]
     pub reloads: u32,
+    /// `> 0`: every this many milliseconds each writer retires `burst_size` more objects at once
+    /// (a driver tearing down a table).
+    #[serde(default)]
+    pub burst_every_ms: u64,
+    /// Objects of one burst per busy CPU.
+    #[serde(default)]
+    pub burst_size: u32,
+    /// The domain's `max_frees_per_visit` (the registry's `MaxFreesPerVisit`; 0 = no bound);
+    /// absent: the default.
+    #[serde(default)]
+    pub max_frees_per_visit: Option<u32>,
 }
 
 fn default_reloads() -> u32 {
@@ -77,6 +88,9 @@ impl Default for Workload {
             stall_reader_ms: 0,
             alloc_fail_every: 0,
             reloads: default_reloads(),
+            burst_every_ms: 0,
+            burst_size: 0,
+            max_frees_per_visit: None,
         }
     }
 }
@@ -372,6 +386,23 @@ impl Scenario {
                 "workload.retire_per_ms {} is above 10000",
                 w.retire_per_ms
             ));
+        }
+        if (w.burst_every_ms == 0) != (w.burst_size == 0) || w.burst_size > 100_000 {
+            return err(format!(
+                "workload.burst_every_ms {} and workload.burst_size {} must both be 0 or both set (burst_size at most 100000)",
+                w.burst_every_ms, w.burst_size
+            ));
+        }
+        if let Some(limit) = w.max_frees_per_visit {
+            let (min, max) = (
+                kepoch::config::MIN_MAX_FREES_PER_VISIT,
+                kepoch::config::MAX_MAX_FREES_PER_VISIT,
+            );
+            if limit != 0 && !(min..=max).contains(&limit) {
+                return err(format!(
+                    "workload.max_frees_per_visit {limit} is neither 0 (no bound) nor in {min}..={max}"
+                ));
+            }
         }
         if w.idle_cpus >= self.active_at_boot {
             return err(format!(

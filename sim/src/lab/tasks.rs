@@ -192,6 +192,10 @@ impl Task for Reader {
 struct Writer {
     lab: Arc<Lab>,
     batch: u32,
+    /// Steps (milliseconds) between bursts (0: none), objects per burst, steps so far.
+    burst_every: u64,
+    burst_size: u32,
+    steps: u64,
 }
 
 impl Task for Writer {
@@ -206,7 +210,10 @@ impl Task for Writer {
         }
         // The writer's epoch keeps each replaced object alive while its retirement epoch is recorded.
         let (token, _, _) = lab.enter(domain, ctx.cpu().index);
-        for _ in 0..self.batch {
+        self.steps += 1;
+        let burst = self.burst_every > 0 && self.steps % self.burst_every == 0;
+        let count = self.batch + if burst { self.burst_size } else { 0 };
+        for _ in 0..count {
             let id = lab.next_id.fetch_add(1, Ordering::Relaxed);
             let Some(object) = objects::new_object(domain, id) else {
                 lab.alloc_failures.fetch_add(1, Ordering::Relaxed);
@@ -286,6 +293,9 @@ pub(super) fn spawn_workload(machine: &Machine, lab: &Arc<Lab>, busy: &[u32], w:
         let writer = Writer {
             lab: lab.clone(),
             batch: w.retire_per_ms,
+            burst_every: w.burst_every_ms,
+            burst_size: w.burst_size,
+            steps: 0,
         };
         machine.spawn(cpu, writer);
         for _ in 0..w.readers_per_cpu {

@@ -33,6 +33,7 @@ fn every_builtin_parses_and_validates() {
         "idle-fleet",
         "stalled-reader",
         "alloc-failure",
+        "retire-storm",
     ] {
         assert!(builtin(name).is_some(), "missing {name}");
     }
