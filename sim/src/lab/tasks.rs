@@ -211,7 +211,7 @@ impl Task for Writer {
         // The writer's epoch keeps each replaced object alive while its retirement epoch is recorded.
         let (token, _, _) = lab.enter(domain, ctx.cpu().index);
         self.steps += 1;
-        let burst = self.burst_every > 0 && self.steps % self.burst_every == 0;
+        let burst = self.burst_every > 0 && self.steps.is_multiple_of(self.burst_every);
         let count = self.batch + if burst { self.burst_size } else { 0 };
         for _ in 0..count {
             let id = lab.next_id.fetch_add(1, Ordering::Relaxed);
