@@ -208,6 +208,7 @@ impl SimAllocator {
         let mut g = self.inner.lock();
         let addr = ptr.as_ptr() as usize;
         if guard {
+            super::freed_pages::note_mapped(addr);
             g.guarded_live.insert(addr);
         }
         g.live.insert(
@@ -270,6 +271,7 @@ impl SimAllocator {
             let rc =
                 unsafe { libc::mprotect(addr as *mut libc::c_void, sys.size(), libc::PROT_NONE) };
             assert_eq!(rc, 0, "mprotect(PROT_NONE) of a guard page failed");
+            super::freed_pages::note_freed(addr, layout.size());
         }
         let s = &mut g.stats;
         s.frees += 1;

@@ -37,6 +37,7 @@
 
 mod alloc;
 mod config;
+mod freed_pages;
 mod platform;
 mod probe;
 mod report;
@@ -69,6 +70,7 @@ pub use config::{
     ConfigError, CpuSlot, Firmware, MachineConfig, DEFAULT_NESTED_DPC_PERCENT,
     DEFAULT_PARALLEL_SPIN_LIMIT_MS, DEFAULT_PARALLEL_STOP_LIMIT_MS, MAX_SIM_CPUS,
 };
+pub use freed_pages::freed_block_at;
 pub use platform::{
     SimEvent, SimMessage, SimPassiveWork, SimTimer, PARALLEL_WAIT_LIMIT, PUMP_LIMIT, SPIN_LIMIT,
 };

@@ -108,6 +108,13 @@ extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
         len: 0,
     };
     let Some(object) = objects::lookup_fault(addr) else {
+        if let Some(size) = crate::machine::freed_block_at(addr) {
+            let _ = write!(
+                out,
+                "kepoch-sim torture: GUARD-PAGE FAULT ({name}): late read at {addr:#x} of a freed block of {size} bytes (not a torture object: a list or map node, a chain link, a work block or a core structure)"
+            );
+            finish_report(&mut out);
+        }
         let _ = writeln!(
             out,
             "kepoch-sim torture: {name} at {addr:#x}, not on a torture object's page (a core structure's guard page, a stack overflow or a crash)"
@@ -148,6 +155,13 @@ extern "C" fn on_fault(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
     } else {
         let _ = write!(out, " retired at epoch {}", object.retired_at);
     }
+    finish_report(&mut out);
+}
+
+/// Appends the reader and the domain's epochs to a guard-page fault report, prints it with the
+/// run's context and ends the process with status 1. Async-signal-safe.
+fn finish_report(out: &mut Buf) -> ! {
+    use std::fmt::Write;
     let reader = READER_EPOCH.with(|e| e.load(Ordering::Relaxed));
     let cpu = READER_CPU.with(|c| c.load(Ordering::Relaxed));
     if reader != u64::MAX {
