@@ -105,11 +105,15 @@ impl RetiredList {
         self.len.store(self.len() + 1, Ordering::Relaxed);
     }
 
-    /// Whether the oldest item's stamp is at most `released` (a `pop_released` would return it).
-    pub(crate) fn has_released(&self, released: u64) -> bool {
+    /// The oldest item's stamp if it is at most `released` (a `pop_released` would return it).
+    pub(crate) fn oldest_released(&self, released: u64) -> Option<u64> {
         let head = self.head.load(Ordering::Relaxed);
+        if head.is_null() {
+            return None;
+        }
         // SAFETY: items in the list stay valid until popped by the owner (us).
-        !head.is_null() && unsafe { &*head }.stamp() <= released
+        let stamp = unsafe { &*head }.stamp();
+        (stamp <= released).then_some(stamp)
     }
 
     /// Removes and returns the oldest item if its stamp is at most `released`.

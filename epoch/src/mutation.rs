@@ -155,6 +155,10 @@ mutations! {
     /// round started meanwhile: the round can complete without it, and the next round drains the
     /// other phase.
     QueuePhaseNoRecheck = 34, "queue-phase-no-recheck", Logic;
+    /// `finish_cycle` publishes `freed_through` as the released epoch the cycle started from even
+    /// when a visit left released items at its `max_frees_per_visit` bound: a grace period reads as
+    /// elapsed, and `synchronize` and the barrier return, before those items were disposed of.
+    FreedThroughIgnoresLeftovers = 35, "freed-through-ignores-leftovers", Logic;
 }
 
 impl Mutation {

@@ -16,6 +16,10 @@ pub(super) struct Cycle {
     release_at_start: AtomicU64,
     /// `now_ns` when the in-flight cycle published its epoch.
     started_ns: AtomicU64,
+    /// Oldest stamp of a released item that a visit of the in-flight cycle (or its overflow step)
+    /// left in a list at the `max_frees_per_visit` bound (`u64::MAX`: none): `freed_through` must
+    /// stay below it.
+    leftover_stamp: AtomicU64,
 }
 
 impl Cycle {
@@ -28,6 +32,7 @@ impl Cycle {
             oldest: AtomicU64::new(u64::MAX),
             release_at_start: AtomicU64::new(0),
             started_ns: AtomicU64::new(0),
+            leftover_stamp: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -111,6 +116,7 @@ impl<P: Platform> Domain<P> {
             }
         }
         self.cycle.requested.store(false, Ordering::SeqCst);
+        self.cycle.leftover_stamp.store(u64::MAX, Ordering::Relaxed);
         self.cycle
             .started_ns
             .store(self.platform.now_ns(), Ordering::Relaxed);
@@ -248,11 +254,20 @@ impl<P: Platform> Domain<P> {
             self.dispose(item);
             count += 1;
         }
-        if list.has_released(released) {
-            self.cycle.requested.store(true, Ordering::SeqCst);
-            DomainCounters::add(&self.counters.visits_cut_short, 1);
+        if let Some(stamp) = list.oldest_released(released) {
+            self.left_released(stamp);
         }
         count
+    }
+
+    /// A visit (or the overflow step) stopped at the bound with a released item stamped `stamp`
+    /// left: ask for another cycle at once, and keep `freed_through` below the item.
+    fn left_released(&self, stamp: u64) {
+        self.cycle
+            .leftover_stamp
+            .fetch_min(stamp, Ordering::Relaxed);
+        self.cycle.requested.store(true, Ordering::SeqCst);
+        DomainCounters::add(&self.counters.visits_cut_short, 1);
     }
 
     /// Records one visit's duration (from `started_ns`) and the items it freed.
@@ -339,9 +354,8 @@ impl<P: Platform> Domain<P> {
                 ParticipantCounters::bump(&overflow.counters.freed);
                 taken += 1;
             }
-            if overflow.retired.has_released(release) {
-                self.cycle.requested.store(true, Ordering::SeqCst);
-                DomainCounters::add(&self.counters.visits_cut_short, 1);
+            if let Some(stamp) = overflow.retired.oldest_released(release) {
+                self.left_released(stamp);
             }
             if overflow_oldest.is_none()
                 && overflow.retired.is_empty()
@@ -355,7 +369,17 @@ impl<P: Platform> Domain<P> {
         }
 
         self.released_epoch.store(release, Ordering::Release);
-        self.freed_through.store(freed_before, Ordering::Release);
+        // Everything stamped at or below `freed_through` has been disposed of (grace periods,
+        // `synchronize` and the barrier rely on it): not so for items a visit left at its bound.
+        // Leftovers are stamped above the previous `freed_through` (everything at or below it was
+        // disposed of), so this never goes back.
+        let leftover = self.cycle.leftover_stamp.load(Ordering::Relaxed);
+        let freed = if self.mutated(Mutation::FreedThroughIgnoresLeftovers) {
+            freed_before
+        } else {
+            freed_before.min(leftover.saturating_sub(1))
+        };
+        self.freed_through.store(freed, Ordering::Release);
         DomainCounters::add(&self.counters.cycles, 1);
         let took = self
             .platform

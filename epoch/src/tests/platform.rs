@@ -142,19 +142,25 @@ impl TestPlatform {
     /// Delivers queued messages until none is left; returns how many ran.
     pub(super) fn run_messages(&self) -> usize {
         let mut ran = 0;
-        loop {
-            let next = self.0.lock().unwrap().messages.pop_front();
-            let Some((cpu, id)) = next else { return ran };
-            let handler = self.0.lock().unwrap().bound[&id].1;
-            self.0.lock().unwrap().delivered.push(cpu);
-            Self::on_cpu(cpu, || {
-                let old = IRQL.with(|i| i.replace(2));
-                // SAFETY: the slot owning the message is alive while it is bound.
-                unsafe { handler.0.invoke() };
-                IRQL.with(|i| i.set(old));
-            });
+        while self.deliver_one() {
             ran += 1;
         }
+        ran
+    }
+    /// Delivers the oldest queued message (one DPC, at DISPATCH on its processor); false when none
+    /// is queued.
+    pub(super) fn deliver_one(&self) -> bool {
+        let next = self.0.lock().unwrap().messages.pop_front();
+        let Some((cpu, id)) = next else { return false };
+        let handler = self.0.lock().unwrap().bound[&id].1;
+        self.0.lock().unwrap().delivered.push(cpu);
+        Self::on_cpu(cpu, || {
+            let old = IRQL.with(|i| i.replace(2));
+            // SAFETY: the slot owning the message is alive while it is bound.
+            unsafe { handler.0.invoke() };
+            IRQL.with(|i| i.set(old));
+        });
+        true
     }
     /// One timer period: the timer's handler runs (if the timer is started), then every queued
     /// message and passive work item.

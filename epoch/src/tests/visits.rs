@@ -81,3 +81,67 @@ fn unload_frees_everything_whatever_the_bound() {
     assert_eq!(drops.load(Ordering::SeqCst), 100);
     assert_eq!(platform.live_allocations(), 0);
 }
+
+/// Retires `count` objects on processor 0 of a two-processor domain with the default bound.
+fn backlog(count: usize) -> (TestPlatform, DomainBox<TestPlatform>, Arc<AtomicUsize>) {
+    retired_burst(crate::config::DEFAULT_MAX_FREES_PER_VISIT, count)
+}
+
+/// Review 2026-12-06 (bounded visits): a grace period taken after 300 retirements must not read
+/// as elapsed while a visit left some of them at its bound. DPCs are delivered one at a time, and
+/// the token is polled after each.
+#[test]
+fn a_grace_period_is_not_elapsed_while_a_visit_left_items_at_its_bound() {
+    let (platform, domain, drops) = backlog(300);
+    let token = domain.grace_period();
+    for _ in 0..10 {
+        TestPlatform::on_cpu(1, || domain.flush());
+        while platform.deliver_one() {
+            let dropped = drops.load(Ordering::SeqCst);
+            assert!(
+                !domain.grace_period_elapsed(token) || dropped == 300,
+                "the grace period reads as elapsed with {dropped} of 300 items retired before it disposed of"
+            );
+        }
+    }
+    assert!(domain.grace_period_elapsed(token));
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0);
+}
+
+/// Review 2026-12-06 (bounded visits): a barrier whose work item waits behind a backlog larger
+/// than one visit's bound must not return before the item ran. Each wait delivers DPCs one at a
+/// time until a cycle finishes (its signal wakes the waiter while the chained cycle's DPCs are
+/// still queued, as on a machine whose other processors run them).
+#[test]
+fn a_barrier_waits_for_a_callback_behind_a_backlog_larger_than_the_bound() {
+    let (platform, domain, drops) = backlog(3000);
+    let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&ran);
+    let item = domain
+        .work_item(move || flag.store(true, Ordering::SeqCst))
+        .expect("work item");
+    TestPlatform::on_cpu(0, || domain.schedule_work(&item)).expect("schedule");
+    let hook = {
+        let platform = platform.clone();
+        // The domain outlives the hook: it is removed before the domain is dropped.
+        let domain_address = &*domain as *const Domain<TestPlatform> as usize;
+        move || {
+            // SAFETY: alive until the hook is removed, below.
+            let domain = unsafe { &*(domain_address as *const Domain<TestPlatform>) };
+            let cycles = domain.stats().cycles;
+            while domain.stats().cycles == cycles && platform.deliver_one() {}
+        }
+    };
+    platform.0.lock().unwrap().on_wait = Some(Arc::new(hook));
+    TestPlatform::on_cpu(1, || domain.callback_barrier());
+    platform.0.lock().unwrap().on_wait = None;
+    assert!(
+        ran.load(Ordering::SeqCst),
+        "callback_barrier returned before the callback scheduled before it ran ({} of 3000 items disposed of)",
+        drops.load(Ordering::SeqCst)
+    );
+    drop(item);
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0);
+}
