@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use kepoch::{DomainBox, RawGuard};
+use kepoch::{Atomic, DomainBox, Owned, RawGuard};
 use kepoch_nt::platform::guards::{ENTRIES, WAIT_INSIDE_EPOCH};
 use kepoch_nt::{sys, NtPlatform};
 use kepoch_ntemu::{Machine, MachineConfig};
@@ -112,16 +112,18 @@ fn a_wait_for_a_grace_period_inside_an_epoch_bug_checks_naming_the_thread() {
 /// Set to stop the readers of the no-false-report test.
 static STOP: AtomicBool = AtomicBool::new(false);
 /// Readers that stopped (the token DPCs go on until all did: a reader may still wait for a grace
-/// period that waits for the token left by the last one).
+/// period that waits for a token).
 static READERS_DONE: AtomicUsize = AtomicUsize::new(0);
 /// Readers of the no-false-report test.
 const READERS: usize = 4;
-/// Runs of [`dpc_reader`] and [`dpc_token`].
+/// Runs of [`dpc_reader`], [`dpc_token_enter`] and [`dpc_token_exit`].
 static DPC_RUNS: AtomicU32 = AtomicU32::new(0);
 
-/// A raw token one DPC entered and left for another DPC (on any processor, interrupting any thread)
-/// to exit.
+/// A raw token a DPC on processor (0, 0) entered, for a DPC on processor (0, 2) to exit: each runs
+/// as whatever thread it interrupted there.
 static DPC_TOKEN: Mutex<Option<RawGuard>> = Mutex::new(None);
+/// The KDPC of [`dpc_token_exit`], targeted at processor (0, 2).
+static EXIT_DPC: AtomicUsize = AtomicUsize::new(0);
 
 /// A DPC's guard: entered at DISPATCH (charged to no thread), exited there (charged to the thread
 /// the DPC interrupted).
@@ -133,6 +135,16 @@ fn dpc_guard(domain: &DomainBox<NtPlatform>) {
     DPC_RUNS.fetch_add(1, Ordering::SeqCst);
 }
 
+/// The domain a DPC's context points to.
+///
+/// # Safety
+/// `context` is a `DomainBox` that outlives the DPC's run (the test flushes the DPCs before dropping
+/// it).
+unsafe fn domain_of<'d>(context: *mut core::ffi::c_void) -> &'d DomainBox<NtPlatform> {
+    // SAFETY: per the caller.
+    unsafe { &*context.cast::<DomainBox<NtPlatform>>() }
+}
+
 /// A reader's DPC: a guard of its own.
 unsafe extern "system" fn dpc_reader(
     _dpc: *mut sys::KDPC,
@@ -140,29 +152,62 @@ unsafe extern "system" fn dpc_reader(
     _argument1: *mut core::ffi::c_void,
     _argument2: *mut core::ffi::c_void,
 ) {
-    // SAFETY: the domain outlives every run: the test flushes the DPCs before dropping it.
-    dpc_guard(unsafe { &*context.cast::<DomainBox<NtPlatform>>() });
+    // SAFETY: the reader DPCs' context is the domain, which outlives them.
+    dpc_guard(unsafe { domain_of(context) });
 }
 
-/// The token DPC: exits the raw token an earlier run left, or enters one and leaves it; then a guard
-/// of its own.
-unsafe extern "system" fn dpc_token(
+/// On processor (0, 0): enters a raw token (unless one is left) and queues [`dpc_token_exit`] to
+/// processor (0, 2) to exit it; then a guard of its own.
+unsafe extern "system" fn dpc_token_enter(
     _dpc: *mut sys::KDPC,
     context: *mut core::ffi::c_void,
     _argument1: *mut core::ffi::c_void,
     _argument2: *mut core::ffi::c_void,
 ) {
     // SAFETY: as in dpc_reader.
-    let domain = unsafe { &*context.cast::<DomainBox<NtPlatform>>() };
+    let domain = unsafe { domain_of(context) };
     let mut token = DPC_TOKEN.lock().unwrap();
-    match token.take() {
-        // SAFETY: entered by an earlier run on this domain, exited once.
-        Some(left) => unsafe { domain.exit_raw(left) },
-        // SAFETY: exited once, by a later run or by the test before the domain drops.
-        None => *token = Some(unsafe { domain.enter_raw() }),
+    if token.is_none() {
+        // SAFETY: exited once, by dpc_token_exit or by the test before the domain drops.
+        *token = Some(unsafe { domain.enter_raw() });
     }
     drop(token);
+    queue(EXIT_DPC.load(Ordering::SeqCst));
     dpc_guard(domain);
+}
+
+/// On processor (0, 2): exits the token [`dpc_token_enter`] left; then a guard of its own.
+unsafe extern "system" fn dpc_token_exit(
+    _dpc: *mut sys::KDPC,
+    context: *mut core::ffi::c_void,
+    _argument1: *mut core::ffi::c_void,
+    _argument2: *mut core::ffi::c_void,
+) {
+    // SAFETY: as in dpc_reader.
+    let domain = unsafe { domain_of(context) };
+    if let Some(left) = DPC_TOKEN.lock().unwrap().take() {
+        // SAFETY: entered by dpc_token_enter on this domain, exited once.
+        unsafe { domain.exit_raw(left) };
+    }
+    dpc_guard(domain);
+}
+
+/// A leaked KDPC running `routine` on `domain`, targeted at processor (0, `number`).
+fn targeted_dpc(
+    domain: &'static DomainBox<NtPlatform>,
+    routine: sys::KDEFERRED_ROUTINE,
+    number: u8,
+) -> usize {
+    let dpc = leaked_dpc(domain, routine);
+    let target = sys::PROCESSOR_NUMBER {
+        Group: 0,
+        Number: number,
+        Reserved: 0,
+    };
+    // SAFETY: an initialised KDPC, not queued; a boot processor.
+    let status = unsafe { sys::KeSetTargetProcessorDpcEx(dpc as *mut sys::KDPC, &target) };
+    assert_eq!(status, 0);
+    dpc
 }
 
 /// A leaked KDPC running `routine` on `domain`.
@@ -221,16 +266,20 @@ fn reader(domain: &'static DomainBox<NtPlatform>) {
         if round.is_multiple_of(32) {
             domain.callback_barrier();
         }
+        // Leaves the host's processors to the DPCs and the clock now and then.
+        if round.is_multiple_of(4) {
+            nap();
+        }
     }
     READERS_DONE.fetch_add(1, Ordering::SeqCst);
 }
 
 #[test]
 fn guards_of_threads_and_dpcs_and_guards_dropped_at_dispatch_cause_no_false_report() {
-    let machine = Machine::start(MachineConfig {
-        dpc_latency: Duration::ZERO,
-        ..MachineConfig::default()
-    });
+    // The default DPC latency: with none, DPCs that are always due on a processor (the cycle's
+    // visits, the token DPCs) can keep a reader preempted there inside its guard for seconds, which
+    // holds every grace period up (the emulated DPCs are slow next to NT's).
+    let machine = Machine::start(MachineConfig::default());
     let driver = machine.load(driver_entry).expect("DriverEntry");
     let domain = borrowable(create(&machine, settings(tag(b"NoFp"), driver_owner())));
     std::thread::scope(|scope| {
@@ -238,38 +287,58 @@ fn guards_of_threads_and_dpcs_and_guards_dropped_at_dispatch_cause_no_false_repo
             let machine = &machine;
             scope.spawn(move || machine.call("reader", move || reader(domain)));
         }
-        // Queues the token DPC wherever it runs (it moves between processors), every millisecond,
-        // until the readers are done; it holds no guard itself.
+        // Queues the token DPCs every millisecond until the readers are done (it holds no guard).
         scope.spawn(|| {
             machine.call("token DPCs", move || {
-                let dpc = leaked_dpc(domain, dpc_token);
+                let enter = targeted_dpc(domain, dpc_token_enter, 0);
+                EXIT_DPC.store(targeted_dpc(domain, dpc_token_exit, 2), Ordering::SeqCst);
                 while READERS_DONE.load(Ordering::SeqCst) < READERS {
-                    queue(dpc);
+                    queue(enter);
                     nap();
                 }
             })
         });
-        // A thread that never holds a guard waits for grace periods all along.
+        // A thread that never holds a guard retires a value and waits for grace periods all along:
+        // at least 30 rounds, a second and 100 DPC runs (at most 20 s).
         machine.call("synchronizer", move || {
-            for round in 0..30u32 {
+            let value = Atomic::new(Owned::new(domain, 0u32).expect("memory"));
+            let start = Instant::now();
+            let mut round = 0u32;
+            while (round < 30
+                || start.elapsed() < Duration::from_secs(1)
+                || DPC_RUNS.load(Ordering::SeqCst) < 100)
+                && start.elapsed() < Duration::from_secs(20)
+            {
+                if let Some(old) = value.swap(Owned::new(domain, round).expect("memory")) {
+                    old.retire();
+                }
                 match round % 3 {
                     0 => domain.synchronize(),
                     1 => domain.wait_for_grace_period(domain.grace_period()),
                     _ => domain.callback_barrier(),
                 }
+                round += 1;
             }
+            if let Some(last) = value.take() {
+                last.retire();
+            }
+            domain.synchronize();
         });
         STOP.store(true, Ordering::SeqCst);
     });
     machine.call("flush", move || {
-        // SAFETY: no arguments; PASSIVE. Every DPC has run before the domain goes.
-        unsafe { sys::KeFlushQueuedDpcs() };
+        // SAFETY: no arguments; PASSIVE. Every DPC has run before the domain goes: the second flush
+        // waits for the exit DPC a last enter DPC queued during the first.
+        unsafe {
+            sys::KeFlushQueuedDpcs();
+            sys::KeFlushQueuedDpcs();
+        }
         if let Some(left) = DPC_TOKEN.lock().unwrap().take() {
             // SAFETY: entered by a DPC on this domain, exited once.
             unsafe { domain.exit_raw(left) };
         }
     });
-    assert!(DPC_RUNS.load(Ordering::SeqCst) > 0, "the DPCs ran");
+    assert!(DPC_RUNS.load(Ordering::SeqCst) >= 100, "the DPCs ran");
     let stats = stats(&machine, domain);
     assert_eq!(stats.enters, stats.exits, "{stats:#?}");
     assert!(
