@@ -47,8 +47,8 @@
 //! # Debug checks
 //!
 //! Builds with debug assertions (and every build for the emulated kernel) count the guards each
-//! thread holds per domain (`platform::guards`: a fixed table keyed by `PsGetCurrentThreadId`, no
-//! allocation). A thread that calls `synchronize`, `wait_for_grace_period` or `callback_barrier`
+//! thread holds per domain (`platform::guards`: a fixed table keyed by `PsGetCurrentThreadId`, one
+//! pool block allocated with the platform, nothing allocated after that). A thread that calls `synchronize`, `wait_for_grace_period` or `callback_barrier`
 //! while it holds a guard of the same domain would wait for itself forever; instead kepoch-nt logs
 //! `kepoch: thread 0x… waits for a grace period inside an epoch: it holds N guard(s) …` and bug checks
 //! with `MANUALLY_INITIATED_CRASH` (0xE2; parameters: thread id, guards, the platform's address, the

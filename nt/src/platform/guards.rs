@@ -23,9 +23,12 @@
 //! # The table
 //!
 //! Each platform (each domain) has a table of [`ENTRIES`] entries: a thread id (`PsGetCurrentThreadId`;
-//! 0 = free) and a word holding a generation and a count. No allocation, no lock: atomics only. The
-//! core calls [`GuardTable::entered`] after every enter and [`GuardTable::exited`] after every exit,
-//! at the caller's IRQL.
+//! 0 = free) and a word holding a generation and a count. It is one block of the domain's pool,
+//! allocated with the platform and freed when it drops ([`Guards`]: a kilobyte that would otherwise
+//! be copied on the kernel stack each time the platform moves); without that block the checks are off
+//! for the domain (a warning says so). No allocation and no lock after that: atomics only. The core
+//! calls [`GuardTable::entered`] after every enter and [`GuardTable::exited`] after every exit, at the
+//! caller's IRQL.
 //!
 //! - **Only enters below DISPATCH_LEVEL count.** At DISPATCH the current thread may be whatever thread
 //!   a DPC interrupted, so a DPC's guard would be charged to a thread that does not hold it. Only an
@@ -74,11 +77,14 @@
 //! It is not done; a work item that returns inside an epoch is still found by the unload report, and
 //! by the wait check as soon as its worker thread waits for a grace period.
 
+use core::alloc::Layout;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use kepoch::platform::LogLevel;
 
 use crate::log::log_line;
+use crate::pool::Pool;
 use crate::sys;
 
 /// Threads a domain's table follows at once: further threads' guards are not counted.
@@ -125,18 +131,65 @@ enum Update {
     Lost,
 }
 
-/// A domain's guard counts per thread (see the module documentation).
+/// A domain's guard counts per thread (see the module documentation). All zeros is a valid, empty
+/// table (every entry free, reports on).
 pub struct GuardTable {
     entries: [Entry; ENTRIES],
-    /// Reports are made ([`GuardTable::disable_reports`] clears it; counting goes on).
-    reporting: AtomicBool,
+    /// No more reports ([`GuardTable::disable_reports`]; counting goes on).
+    reports_off: AtomicBool,
 }
 
 impl Default for GuardTable {
     fn default() -> Self {
         GuardTable {
             entries: [const { Entry::free() }; ENTRIES],
-            reporting: AtomicBool::new(true),
+            reports_off: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The platform's table: a block of the domain's pool, or none when it could not be allocated (then
+/// nothing is counted or reported).
+pub struct Guards {
+    table: Option<NonNull<GuardTable>>,
+    pool: Pool,
+}
+
+impl Guards {
+    /// An empty table in `pool` (a warning and no checks when the allocation fails). IRQL <=
+    /// DISPATCH_LEVEL.
+    pub fn new(pool: &Pool) -> Guards {
+        let table = pool.allocate(Layout::new::<GuardTable>()).map(|block| {
+            let table = block.cast::<GuardTable>();
+            // SAFETY: a fresh block with GuardTable's layout, written before any use; all zeros is an
+            // empty table (atomics of zero: free entries, reports on).
+            unsafe { table.as_ptr().write_bytes(0, 1) };
+            table
+        });
+        if table.is_none() {
+            log_line(
+                LogLevel::Warning,
+                format_args!(
+                    "no memory for the table of the debug checks of guards per thread: they are off for this domain"
+                ),
+            );
+        }
+        Guards { table, pool: *pool }
+    }
+
+    /// The table, if there is one.
+    pub fn table(&self) -> Option<&GuardTable> {
+        // SAFETY: initialised by `new`, freed only when `self` drops.
+        self.table.map(|table| unsafe { table.as_ref() })
+    }
+}
+
+impl Drop for Guards {
+    fn drop(&mut self) {
+        if let Some(table) = self.table.take() {
+            // SAFETY: allocated by `new` from this pool with this layout, freed once; nothing uses it
+            // any more (the platform drops).
+            unsafe { self.pool.free(table.cast(), Layout::new::<GuardTable>()) };
         }
     }
 }
@@ -207,12 +260,12 @@ impl GuardTable {
 
     /// Whether reports are made.
     pub fn reporting(&self) -> bool {
-        self.reporting.load(Ordering::Relaxed)
+        !self.reports_off.load(Ordering::Relaxed)
     }
 
     /// No more reports from this table (the counts go on).
     pub fn disable_reports(&self) {
-        self.reporting.store(false, Ordering::Relaxed);
+        self.reports_off.store(true, Ordering::Relaxed);
     }
 
     /// The wait check, before a wait for a grace period by the current thread: if it holds guards of

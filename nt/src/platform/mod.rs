@@ -68,14 +68,15 @@ pub struct NtPlatform {
     irql_reported: AtomicBool,
     /// The guards each thread holds (debug checks).
     #[cfg(any(debug_assertions, not(target_os = "windows")))]
-    guards: guards::GuardTable,
+    guards: guards::Guards,
 }
 
 // SAFETY: the work-item owner is valid for the platform's lifetime and only passed to kernel routines
 // that accept it from any thread; the probe block is only touched at creation and drop; the resolved
 // routines are plain kernel function pointers.
 unsafe impl Send for NtPlatform {}
-// SAFETY: only the atomic flag is mutated through `&self`; see the Send impl.
+// SAFETY: only atomics (the IRQL flag, the guard table of the debug checks) are mutated through
+// `&self`; see the Send impl (the guard table is a pool block the platform owns).
 unsafe impl Sync for NtPlatform {}
 
 impl NtPlatform {
@@ -126,7 +127,7 @@ impl NtPlatform {
             late_probe,
             irql_reported: AtomicBool::new(false),
             #[cfg(any(debug_assertions, not(target_os = "windows")))]
-            guards: guards::GuardTable::default(),
+            guards: guards::Guards::new(&pool),
         })
     }
 
@@ -158,7 +159,9 @@ impl NtPlatform {
     /// `domain.platform()`). Does nothing in builds without the checks (release builds for Windows).
     pub fn disable_guard_checks(&self) {
         #[cfg(any(debug_assertions, not(target_os = "windows")))]
-        self.guards.disable_reports();
+        if let Some(table) = self.guards.table() {
+            table.disable_reports();
+        }
     }
 }
 
@@ -168,7 +171,9 @@ impl Drop for NtPlatform {
     /// where a domain drops.
     fn drop(&mut self) {
         #[cfg(any(debug_assertions, not(target_os = "windows")))]
-        self.guards.report_unload();
+        if let Some(table) = self.guards.table() {
+            table.report_unload();
+        }
         if let Some(block) = self.late_probe.take() {
             // SAFETY: from ProbeBlock::run with this pool, freed once.
             unsafe { ProbeBlock::free(block, &self.pool) };
@@ -384,19 +389,25 @@ unsafe impl Platform for NtPlatform {
     fn epoch_entered(&self) {
         // Only enters below DISPATCH_LEVEL count: at DISPATCH the current thread may be one a DPC
         // interrupted.
-        if sys::irql::current() < sys::irql::DISPATCH_LEVEL {
-            self.guards.entered(sys::current_thread_id(), true);
+        if let Some(table) = self.guards.table() {
+            if sys::irql::current() < sys::irql::DISPATCH_LEVEL {
+                table.entered(sys::current_thread_id(), true);
+            }
         }
     }
 
     #[cfg(any(debug_assertions, not(target_os = "windows")))]
     fn epoch_exited(&self) {
-        self.guards.exited(sys::current_thread_id());
+        if let Some(table) = self.guards.table() {
+            table.exited(sys::current_thread_id());
+        }
     }
 
     #[cfg(any(debug_assertions, not(target_os = "windows")))]
     fn synchronize_called(&self, _readers_here: &dyn Fn() -> u64) {
-        self.guards.check_wait(ptr::from_ref(self) as usize);
+        if let Some(table) = self.guards.table() {
+            table.check_wait(ptr::from_ref(self) as usize);
+        }
     }
 
     fn spin_lock_acquired(&self, _lock: *const ()) {

@@ -24,6 +24,19 @@ fn enters_below_dispatch_count_and_the_last_exit_frees_the_entry() {
 }
 
 #[test]
+fn a_zeroed_table_is_an_empty_one_with_reports_on() {
+    // What `Guards::new` relies on when it zeroes the pool block.
+    // SAFETY: atomics of integers and a bool: all zeros is a valid value of each.
+    let table: GuardTable = unsafe { core::mem::zeroed() };
+    assert!(table.reporting());
+    assert_eq!(table.holders().count(), 0);
+    table.entered(7, true);
+    assert_eq!(table.held(7), 1);
+    table.disable_reports();
+    assert!(!table.reporting());
+}
+
+#[test]
 fn enters_at_dispatch_and_thread_id_0_are_not_counted() {
     let table = GuardTable::default();
     table.entered(7, false);
