@@ -5,7 +5,7 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`platform`] | [`NtPlatform`]: one per domain, with the driver's [`Settings`] (pool tag, work-item owner, DPC-delivery probe) |
+//! | [`platform`] | [`NtPlatform`]: one per domain, with the driver's [`Settings`] (pool tag, work-item owner, DPC-delivery probe); in debug builds the checks of guards per thread (`platform::guards`) |
 //! | [`sys`] | the bindings facade: Microsoft's `windows-sys` plus the declarations it gets wrong for a driver; IRQL on CR8 |
 //! | [`routines`] | the routines resolved at run time, never imported ([`OptionalRoutines`]) |
 //! | [`registry`] | a key's values under the service key → [`Config`](kepoch::config::Config), with warnings |
@@ -44,11 +44,27 @@
 //! | `ExAllocatePool2` | Windows 10 2004 | `ExAllocatePoolWithTag(NonPagedPoolNx)` |
 //! | `KeGetProcessorNumberFromIndex` | Windows 7 | `eager` refuses to load (`STATUS_NOT_SUPPORTED`) |
 //!
+//! # Debug checks
+//!
+//! Builds with debug assertions (and every build for the emulated kernel) count the guards each
+//! thread holds per domain (`platform::guards`: a fixed table keyed by `PsGetCurrentThreadId`, one
+//! pool block allocated with the platform, nothing allocated after that). A thread that calls `synchronize`, `wait_for_grace_period` or `callback_barrier`
+//! while it holds a guard of the same domain would wait for itself forever; instead kepoch-nt logs
+//! `kepoch: thread 0x… waits for a grace period inside an epoch: it holds N guard(s) …` and bug checks
+//! with `MANUALLY_INITIATED_CRASH` (0xE2; parameters: thread id, guards, the platform's address, the
+//! marker `WAIT_INSIDE_EPOCH`). Threads that still hold guards when the domain drops are logged by
+//! thread. Only guards entered below DISPATCH_LEVEL count, and a report needs the thread's own count,
+//! so a report is never false as long as every guard and raw token is exited on the thread that
+//! entered it; a driver that exits raw tokens on other threads calls
+//! [`NtPlatform::disable_guard_checks`]. Release builds for Windows have none of it (the core's empty
+//! hooks; `PsGetCurrentThreadId` is not imported).
+//!
 //! # Testing a driver on Linux
 //!
 //! On hosts other than Windows the bindings are the same declarations without the `raw-dylib` link;
 //! a test that links `kepoch-ntemu` (a dev-dependency) resolves them to its emulated kernel, which
-//! checks IRQL rules, pool leaks and tags, late DPCs and work items like Driver Verifier. Data
+//! checks IRQL rules, pool leaks and tags, late DPCs and work items like Driver Verifier, and
+//! records the bug check of a wait inside an epoch as a failure the test can inspect. Data
 //! structures alone are tested on `kepoch-user`'s user-mode platform.
 #![no_std]
 

@@ -25,7 +25,9 @@
 //! and threads below DISPATCH migrate between the processors of their affinity at any kernel call
 //! (seeded). Driver calls are held to 24 KiB kernel and DPC stacks (`stack`); the METHOD_BUFFERED
 //! system buffer is poison, not zeros (`system_buffer`). Timers, events, system threads, work items,
-//! pool, handles, the registry, devices and IRPs, and the processor-change callback with
+//! pool, handles, the registry, devices and IRPs, the current thread's id (`PsGetCurrentThreadId`; in
+//! a DPC, as on NT, the thread the DPC interrupted, or 0 for the idle thread), and the processor-change
+//! callback with
 //! `KE_PROCESSOR_CHANGE_ADD_EXISTING` replay and live hot-add (AddStart, the processor running for a
 //! window, then AddComplete or AddFailure, also after it ran code) are emulated with their documented
 //! semantics.
@@ -117,7 +119,7 @@ pub mod routines {
     };
     pub use super::thread::{
         KeRevertToUserAffinityThreadEx, KeSetSystemAffinityThreadEx, PsCreateSystemThread,
-        PsTerminateSystemThread, ZwWaitForSingleObject,
+        PsGetCurrentThreadId, PsTerminateSystemThread, ZwWaitForSingleObject,
     };
     pub use super::timer::{KeCancelTimer, KeInitializeTimerEx, KeSetTimerEx};
     pub use super::work::{
@@ -153,7 +155,7 @@ pub mod routines {
             KeRevertToUserAffinityThreadEx, KeSetEvent, KeSetImportanceDpc,
             KeSetSystemAffinityThreadEx, KeSetTargetProcessorDpcEx, KeSetTimerEx,
             KeWaitForSingleObject, MmGetSystemRoutineAddress, PsCreateSystemThread,
-            KfRaiseIrql, PsTerminateSystemThread,
+            KfRaiseIrql, PsGetCurrentThreadId, PsTerminateSystemThread,
             // ntdll-linked in windows-sys: declared by the driver with the same signature.
             RtlCreateSecurityDescriptor, RtlSetDaclSecurityDescriptor, ZwClose,
         ];

@@ -33,8 +33,9 @@ pub(super) struct Scheduler {
     /// migration, which sees the state shared, can move a count; every change is made under the
     /// kernel lock.
     running: Vec<AtomicU32>,
-    /// Per slot: threads waiting at a kernel call for a DPC there to return.
-    preempted: Vec<u32>,
+    /// Per slot: the threads waiting at a kernel call for a DPC there to return, in the order they
+    /// stepped aside (a DPC that starts there interrupted the last one: its current thread).
+    preempted: Vec<Vec<u64>>,
     /// Per slot: how often a thread arriving at a kernel call there let a DPC go first.
     preemptions: Vec<u64>,
     /// Per slot: the DPC the watchdog last saw running there (its processor's completed-DPC count
@@ -52,7 +53,7 @@ impl Scheduler {
     pub(super) fn new(slots: usize) -> Scheduler {
         Scheduler {
             running: (0..slots).map(|_| AtomicU32::new(0)).collect(),
-            preempted: vec![0; slots],
+            preempted: vec![Vec::new(); slots],
             preemptions: vec![0; slots],
             watched: vec![None; slots],
             ..Scheduler::default()
@@ -67,6 +68,13 @@ impl Scheduler {
     /// How often a thread at a kernel call on `slot` let a DPC there go first.
     pub(super) fn preemptions(&self, slot: usize) -> u64 {
         self.preemptions[slot]
+    }
+
+    /// The thread a DPC starting on `slot` now interrupts (its current thread, what
+    /// `PsGetCurrentThreadId` returns in it): the last one that stepped aside there at a kernel call,
+    /// or 0, the processor's idle thread, when none did.
+    pub(super) fn interrupted(&self, slot: usize) -> u64 {
+        self.preempted[slot].last().copied().unwrap_or(0)
     }
 
     /// How often `thread` blocked or ended so far.
@@ -137,12 +145,12 @@ fn dpc_first(kernel: &Kernel, state: &State, slot: usize) -> bool {
 /// The calling (uncounted) thread lets the DPCs due or running on its processor return, then is
 /// counted there again.
 fn resume<'a>(kernel: &Kernel, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-    let slot = with_context(|c| c.cpu);
+    let (slot, thread) = with_context(|c| (c.cpu, c.thread));
     let mut state = state;
     if dpc_first(kernel, &state, slot) {
         state.scheduler.preemptions[slot] += 1;
     }
-    state.scheduler.preempted[slot] += 1;
+    state.scheduler.preempted[slot].push(thread);
     let mut state = kernel.wait_for(
         state,
         &kernel.cpu_changed[slot],
@@ -154,7 +162,10 @@ fn resume<'a>(kernel: &Kernel, state: MutexGuard<'a, State>) -> MutexGuard<'a, S
         },
         |s| s.scheduler.released || !dpc_first(kernel, s, slot),
     );
-    state.scheduler.preempted[slot] -= 1;
+    let waiting = &mut state.scheduler.preempted[slot];
+    if let Some(at) = waiting.iter().rposition(|&t| t == thread) {
+        waiting.remove(at);
+    }
     with_context(|c| count(&state, c));
     state
 }
@@ -304,7 +315,7 @@ pub(super) fn watchdog(kernel: &Kernel, state: &mut State) {
                         cpu.name(),
                         dpc,
                         limit,
-                        state.scheduler.preempted[slot],
+                        state.scheduler.preempted[slot].len(),
                     ));
                 }
             }
@@ -324,7 +335,7 @@ pub(super) fn watchdog(kernel: &Kernel, state: &mut State) {
 }
 
 /// The failure text of a DPC that ran too long on `processor`.
-fn violation(processor: String, dpc: usize, limit: Duration, preempted: u32) -> String {
+fn violation(processor: String, dpc: usize, limit: Duration, preempted: usize) -> String {
     let mut text = format!(
         "DPC_WATCHDOG_VIOLATION (bug check 0x133): DPC {dpc:#x} has run on {processor} for more \
          than {limit:?}"

@@ -1,7 +1,7 @@
 //! Preemption below DISPATCH_LEVEL, each shown with a deliberately broken routine that only the
 //! stricter emulation catches, next to the correct routine that passes: a DPC that preempts the
 //! PASSIVE code on its processor, a thread that moves between two kernel calls, and a signaller
-//! preempted by the thread it woke.
+//! preempted by the thread it woke; and the current thread of a DPC (the one it interrupted).
 
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -317,4 +317,71 @@ fn a_passive_signaller_touching_what_the_woken_thread_frees_is_caught() {
         message.contains(&std::format!("written at +{AFTER_SIGNAL:#x} after free")),
         "{message}"
     );
+}
+
+/// `PsGetCurrentThreadId` as [`record_thread`] last saw it in a DPC (`u64::MAX`: not run yet).
+static DPC_THREAD: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(u64::MAX);
+
+/// A DPC routine that records its current thread's id.
+unsafe extern "system" fn record_thread(
+    _: *mut KDPC,
+    _: *mut c_void,
+    _: *mut c_void,
+    _: *mut c_void,
+) {
+    // SAFETY: no arguments; any IRQL.
+    let thread = unsafe { nt::PsGetCurrentThreadId() } as u64;
+    DPC_THREAD.store(thread, Ordering::SeqCst);
+}
+
+#[test]
+fn a_dpc_runs_as_the_thread_it_interrupted_and_threads_have_distinct_ids() {
+    let machine = Machine::start(MachineConfig {
+        dpc_latency: Duration::ZERO,
+        ..MachineConfig::default()
+    });
+    let (me, again, interrupted, idle) = machine.call("DPCs on two processors", || {
+        let dpc = leaked_dpc();
+        // SAFETY: the KDPC is leaked, so it stays valid while queued, and is not queued when
+        // initialised again (the flush waited for it); the affinity is restored.
+        unsafe {
+            let me = nt::PsGetCurrentThreadId() as u64;
+            let affinity = nt::KeSetSystemAffinityThreadEx(1);
+            // To this thread's processor: it starts when the thread steps aside at a kernel call.
+            DPC_THREAD.store(u64::MAX, Ordering::SeqCst);
+            nt::KeInitializeDpc(dpc, nt::deferred_routine(record_thread), core::ptr::null());
+            nt::KeSetTargetProcessorDpcEx(dpc, &PROCESSOR_NUMBER::default());
+            nt::KeInsertQueueDpc(dpc, core::ptr::null_mut(), core::ptr::null_mut());
+            while DPC_THREAD.load(Ordering::SeqCst) == u64::MAX {
+                nt::KeQueryPerformanceCounter(core::ptr::null_mut());
+            }
+            let interrupted = DPC_THREAD.load(Ordering::SeqCst);
+            // To processor (0, 2), where no thread runs: the idle thread's id, 0.
+            DPC_THREAD.store(u64::MAX, Ordering::SeqCst);
+            nt::KeInitializeDpc(dpc, nt::deferred_routine(record_thread), core::ptr::null());
+            let idle_processor = PROCESSOR_NUMBER {
+                Group: 0,
+                Number: 2,
+                Reserved: 0,
+            };
+            nt::KeSetTargetProcessorDpcEx(dpc, &idle_processor);
+            nt::KeInsertQueueDpc(dpc, core::ptr::null_mut(), core::ptr::null_mut());
+            nt::KeFlushQueuedDpcs();
+            let idle = DPC_THREAD.load(Ordering::SeqCst);
+            nt::KeRevertToUserAffinityThreadEx(affinity);
+            (me, nt::PsGetCurrentThreadId() as u64, interrupted, idle)
+        }
+    });
+    // SAFETY: no arguments.
+    let other = machine.call("another thread", || unsafe { nt::PsGetCurrentThreadId() }
+        as u64);
+    assert_ne!(me, 0);
+    assert_eq!(again, me, "stable for the thread's life");
+    assert_ne!(other, me, "distinct per thread");
+    assert_eq!(interrupted, me, "a DPC runs as the thread it interrupted");
+    assert_eq!(
+        idle, 0,
+        "a DPC on a processor without a thread runs as the idle thread"
+    );
+    machine.finish();
 }

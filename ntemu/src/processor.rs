@@ -36,6 +36,9 @@ pub(super) struct Cpu {
     pub(super) queue: std::collections::VecDeque<QueuedDpc>,
     /// The KDPC whose routine is running here.
     pub(super) running: Option<usize>,
+    /// The thread that DPC interrupted (0: the idle thread): its current thread, as on NT, where a
+    /// DPC runs in the context of whatever thread the processor was running.
+    pub(super) interrupted: u64,
     /// DPCs ever queued here / finished (or discarded) here: `KeFlushQueuedDpcs` compares them.
     pub(super) queued_total: u64,
     pub(super) completed_total: u64,
@@ -61,6 +64,7 @@ impl Cpu {
             owner: None,
             queue: Default::default(),
             running: None,
+            interrupted: 0,
             queued_total: 0,
             completed_total: 0,
             targeted_total: 0,
@@ -206,6 +210,7 @@ pub(super) fn dpc_loop(kernel: Arc<Kernel>, slot: usize) {
         };
         state.cpus[slot].owner = Some(thread);
         state.cpus[slot].running = Some(entry.dpc);
+        state.cpus[slot].interrupted = state.scheduler.interrupted(slot);
         if let Some(object) = state.dpc.objects.get_mut(&entry.dpc) {
             object.queued = None;
         }

@@ -1,4 +1,5 @@
-//! System threads (`PsCreateSystemThread`, waits on their handles) and system affinity.
+//! System threads (`PsCreateSystemThread`, waits on their handles), the current thread's id and
+//! system affinity.
 
 use core::ffi::c_void;
 use std::collections::HashMap;
@@ -177,6 +178,26 @@ pub unsafe extern "system" fn ZwWaitForSingleObject(
         |s| s.threads.records.get(&id).is_none_or(|t| t.finished),
     );
     0
+}
+
+/// `PsGetCurrentThreadId`: the calling emulated thread's number (`CLIENT_ID.UniqueThread`; stable
+/// for the thread's life, distinct from every other thread of the machine, never 0). In a DPC it is
+/// the thread the DPC interrupted, as on NT, where a DPC runs in the context of whatever thread its
+/// processor was running: the last thread that stepped aside at a kernel call on that processor for
+/// it, or 0 (the idle thread's id) when none did.
+///
+/// # Safety
+/// None (kept `unsafe` like the import).
+#[no_mangle]
+pub unsafe extern "system" fn PsGetCurrentThreadId() -> HANDLE {
+    let (kernel, _) = enter("PsGetCurrentThreadId", Rule::Any);
+    let (thread, role, slot) = with_context(|c| (c.thread, c.role, c.cpu));
+    let id = if role == Role::Dpc {
+        kernel.lock().cpus[slot].interrupted
+    } else {
+        thread
+    };
+    id as usize as HANDLE
 }
 
 /// `KeSetSystemAffinityThreadEx`: group-0 affinity; returns the previous one (0: none).

@@ -2,6 +2,8 @@
 //! driver's [`Settings`].
 
 mod callback;
+#[cfg(any(debug_assertions, not(target_os = "windows")))]
+pub mod guards;
 mod message;
 mod probe;
 mod timer;
@@ -64,13 +66,17 @@ pub struct NtPlatform {
     late_probe: Option<NonNull<ProbeBlock>>,
     /// An IRQL rule was broken and logged (once per platform).
     irql_reported: AtomicBool,
+    /// The guards each thread holds (debug checks).
+    #[cfg(any(debug_assertions, not(target_os = "windows")))]
+    guards: guards::Guards,
 }
 
 // SAFETY: the work-item owner is valid for the platform's lifetime and only passed to kernel routines
 // that accept it from any thread; the probe block is only touched at creation and drop; the resolved
 // routines are plain kernel function pointers.
 unsafe impl Send for NtPlatform {}
-// SAFETY: only the atomic flag is mutated through `&self`; see the Send impl.
+// SAFETY: only atomics (the IRQL flag, the guard table of the debug checks) are mutated through
+// `&self`; see the Send impl (the guard table is a pool block the platform owns).
 unsafe impl Sync for NtPlatform {}
 
 impl NtPlatform {
@@ -120,6 +126,8 @@ impl NtPlatform {
             dpcs_delivered,
             late_probe,
             irql_reported: AtomicBool::new(false),
+            #[cfg(any(debug_assertions, not(target_os = "windows")))]
+            guards: guards::Guards::new(&pool),
         })
     }
 
@@ -142,12 +150,30 @@ impl NtPlatform {
     pub fn dpcs_delivered(&self) -> bool {
         self.dpcs_delivered
     }
+
+    /// Turns off the reports of the debug checks of guards per thread ([`guards`]: a wait for a
+    /// grace period inside an epoch, guards held at unload) for this domain. For a driver that exits
+    /// raw tokens on another thread than the one that entered them (a token kept in a request and
+    /// exited at its completion): there the count of the entering thread no longer says that it holds
+    /// a guard. Callable at any IRQL, before or after `Domain::create` (through
+    /// `domain.platform()`). Does nothing in builds without the checks (release builds for Windows).
+    pub fn disable_guard_checks(&self) {
+        #[cfg(any(debug_assertions, not(target_os = "windows")))]
+        if let Some(table) = self.guards.table() {
+            table.disable_reports();
+        }
+    }
 }
 
 impl Drop for NtPlatform {
-    /// Frees a probe block whose DPC had not run, after waiting for it (`KeFlushQueuedDpcs`): at
-    /// PASSIVE, where a domain drops.
+    /// Logs the threads that still hold guards of the domain (debug checks, [`guards`]) and frees a
+    /// probe block whose DPC had not run, after waiting for it (`KeFlushQueuedDpcs`): at PASSIVE,
+    /// where a domain drops.
     fn drop(&mut self) {
+        #[cfg(any(debug_assertions, not(target_os = "windows")))]
+        if let Some(table) = self.guards.table() {
+            table.report_unload();
+        }
         if let Some(block) = self.late_probe.take() {
             // SAFETY: from ProbeBlock::run with this pool, freed once.
             unsafe { ProbeBlock::free(block, &self.pool) };
@@ -355,6 +381,33 @@ unsafe impl Platform for NtPlatform {
 
     fn log(&self, level: LogLevel, args: fmt::Arguments<'_>) {
         log_line(level, args);
+    }
+
+    // The debug checks of guards per thread (`guards`); in a release build for Windows the core's
+    // empty defaults.
+    #[cfg(any(debug_assertions, not(target_os = "windows")))]
+    fn epoch_entered(&self) {
+        // Only enters below DISPATCH_LEVEL count: at DISPATCH the current thread may be one a DPC
+        // interrupted.
+        if let Some(table) = self.guards.table() {
+            if sys::irql::current() < sys::irql::DISPATCH_LEVEL {
+                table.entered(sys::current_thread_id(), true);
+            }
+        }
+    }
+
+    #[cfg(any(debug_assertions, not(target_os = "windows")))]
+    fn epoch_exited(&self) {
+        if let Some(table) = self.guards.table() {
+            table.exited(sys::current_thread_id());
+        }
+    }
+
+    #[cfg(any(debug_assertions, not(target_os = "windows")))]
+    fn synchronize_called(&self, _readers_here: &dyn Fn() -> u64) {
+        if let Some(table) = self.guards.table() {
+            table.check_wait(ptr::from_ref(self) as usize);
+        }
     }
 
     fn spin_lock_acquired(&self, _lock: *const ()) {

@@ -106,6 +106,9 @@ pub const DPFLTR_ERROR_LEVEL: u32 = 0;
 pub const DPFLTR_WARNING_LEVEL: u32 = 1;
 /// `DPFLTR_INFO_LEVEL`.
 pub const DPFLTR_INFO_LEVEL: u32 = 3;
+/// `MANUALLY_INITIATED_CRASH` (bugcodes.h): the bug check of kepoch-nt's debug check of a wait for
+/// a grace period inside an epoch (`platform::guards`).
+pub const MANUALLY_INITIATED_CRASH: u32 = 0xE2;
 /// Bug check code of a Rust panic in kepoch.sys ("RPNC", the value wdk-panic uses too).
 pub const BUGCHECK_RUST_PANIC: u32 = 0x5250_4E43;
 

@@ -8,7 +8,9 @@
 //!   critical-region routines, `ExAllocatePoolWithTag`, `ExFreePoolWithTag`, the `Io*` work-item
 //!   (`IoSizeofWorkItem`, `IoInitializeWorkItem`, `IoQueueWorkItemEx`, `IoUninitializeWorkItem`),
 //!   device, symbolic-link and completion routines, `ObOpenObjectByPointer`, `PsCreateSystemThread`,
-//!   `PsTerminateSystemThread`, `MmGetSystemRoutineAddress`, `KeBugCheckEx`; from `hal.dll`:
+//!   `PsTerminateSystemThread`, `PsGetCurrentThreadId` (imported only by builds with the debug checks
+//!   of guards per thread, `platform::guards`), `MmGetSystemRoutineAddress`, `KeBugCheckEx`; from
+//!   `hal.dll`:
 //!   `KeQueryPerformanceCounter` (forwarded to ntoskrnl on Windows 8 and later; Wine 8 implements it
 //!   only in hal.dll);
 //! - structures: `KDPC`, `KTIMER`, `KEVENT`, `IRP`, `IO_STATUS_BLOCK`, `DEVICE_OBJECT`,
@@ -67,7 +69,7 @@ pub use windows_sys::Wdk::System::SystemServices::{
     KeQueryActiveProcessors, KeQueryMaximumProcessorCountEx, KeQueryPerformanceCounter,
     KeRevertToUserAffinityThreadEx, KeSetEvent, KeSetImportanceDpc, KeSetSystemAffinityThreadEx,
     KeSetTargetProcessorDpcEx, KeSetTimerEx, KeWaitForSingleObject, MmGetSystemRoutineAddress,
-    PsCreateSystemThread, PsTerminateSystemThread,
+    PsCreateSystemThread, PsGetCurrentThreadId, PsTerminateSystemThread,
 };
 
 /// `IO_STACK_LOCATION` with the `Parameters.DeviceIoControl` view of its parameter union (x64 layout:
@@ -208,6 +210,14 @@ pub unsafe fn bug_check(code: u32, parameters: [usize; 4]) -> ! {
     loop {
         core::hint::spin_loop();
     }
+}
+
+/// `PsGetCurrentThreadId`: the id of the current thread (`CLIENT_ID.UniqueThread`), unique among
+/// the threads alive. Any IRQL; in a DPC it is the id of the thread the DPC interrupted (0 for the
+/// idle threads, which all share that id).
+pub fn current_thread_id() -> usize {
+    // SAFETY: no arguments; callable at any IRQL.
+    unsafe { PsGetCurrentThreadId() as usize }
 }
 
 // windows-sys links these to ntdll.dll (see the module documentation); same signatures, from ntoskrnl.

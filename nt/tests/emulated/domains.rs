@@ -117,7 +117,8 @@ fn a_platform_dropped_after_a_probe_that_gave_up_waits_for_its_dpc() {
     let machine = Machine::start(
         MachineConfig {
             dpc_stall: Duration::from_secs(1),
-            // 1: the device; 2: the probe's block; 3 on: the domain.
+            // 1: the device; 2: the probe's block; 3 on: the table of the debug checks (they go
+            // off without it) and the domain.
             fail_allocations: Some((3, u64::MAX / 2)),
             ..MachineConfig::default()
         }
