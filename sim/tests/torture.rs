@@ -290,6 +290,7 @@ const CAUGHT: &[(&str, &str)] = &[
     ("table-ignores-group", "eager"),
     ("start-ignores-unload", "callback"),
     ("unload-skip-cycle-wait", "callback"),
+    ("barrier-without-grace-period", "callback"),
 ];
 
 /// Logic mutations the torture does not catch yet, and why.
@@ -316,8 +317,16 @@ const NOT_CAUGHT: &[(&str, &str)] = &[
         "the torture injects no allocation failure at AddStart and counts no veto (tests::callback, tests::hot_add_window)",
     ),
     (
-        "barrier-without-grace-period",
-        "the torture calls no callback barrier; the core's unit tests (tests::callbacks) catch it",
+        "barrier-joins-round-in-progress",
+        "the work-item tasks' barriers rarely overlap with a round still draining their own callbacks; the unit test tests::barrier_rounds forces it",
+    ),
+    (
+        "queue-phase-no-recheck",
+        "no check reaches the window between a visit's read of the barrier generation and its count (a known survivor of test-scripts/mutation-score.sh)",
+    ),
+    (
+        "freed-through-ignores-leftovers",
+        "no torture check compares a grace period or a barrier with the items a visit left at its bound; the unit tests tests::visits catch it",
     ),
     (
         "poll-on-released-epoch",

@@ -73,15 +73,15 @@ impl<P: Platform> Domain<P> {
         stats.replayed_add_complete = load(&c.replayed_add_complete);
         stats.replayed_add_failure = load(&c.replayed_add_failure);
         stats.visits_cut_short = load(&c.visits_cut_short);
+        stats.leaked_readers = load(&c.leaked_readers);
+        stats
+            .cycle_latency_ns
+            .copy_from(&self.locked(&self.cycle_latency));
         {
             let visits = self.locked(self.visits());
             stats.visit_ns.copy_from(&visits.duration_ns);
             stats.frees_per_visit.copy_from(&visits.frees);
         }
-        stats.leaked_readers = load(&c.leaked_readers);
-        stats
-            .cycle_latency_ns
-            .copy_from(&self.locked(&self.cycle_latency));
         stats.global_epoch = self.global_epoch.load(Ordering::Relaxed);
         stats.released_epoch = self.released_epoch.load(Ordering::Relaxed);
         let mut add = |part: &Participant| {
