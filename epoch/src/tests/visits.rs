@@ -32,6 +32,10 @@ fn largest(histogram: &LatencyHistogram) -> u64 {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "hundreds to thousands of retirements: minutes under Miri; the same paths run with few items in the other unit tests"
+)]
 fn a_visit_frees_at_most_its_bound_and_the_rest_follows_in_chained_cycles() {
     let (platform, domain, drops) = retired_burst(16, 100);
     for _ in 0..20 {
@@ -60,6 +64,10 @@ fn a_visit_frees_at_most_its_bound_and_the_rest_follows_in_chained_cycles() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "hundreds to thousands of retirements: minutes under Miri; the same paths run with few items in the other unit tests"
+)]
 fn without_a_bound_one_visit_frees_the_whole_burst() {
     let (platform, domain, drops) = retired_burst(0, 100);
     for _ in 0..5 {
@@ -74,6 +82,10 @@ fn without_a_bound_one_visit_frees_the_whole_burst() {
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "hundreds to thousands of retirements: minutes under Miri; the same paths run with few items in the other unit tests"
+)]
 fn unload_frees_everything_whatever_the_bound() {
     let (platform, domain, drops) = retired_burst(16, 100);
     platform.tick();
@@ -91,6 +103,10 @@ fn backlog(count: usize) -> (TestPlatform, DomainBox<TestPlatform>, Arc<AtomicUs
 /// as elapsed while a visit left some of them at its bound. DPCs are delivered one at a time, and
 /// the token is polled after each.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "hundreds to thousands of retirements: minutes under Miri; the same paths run with few items in the other unit tests"
+)]
 fn a_grace_period_is_not_elapsed_while_a_visit_left_items_at_its_bound() {
     let (platform, domain, drops) = backlog(300);
     let token = domain.grace_period();
@@ -114,6 +130,10 @@ fn a_grace_period_is_not_elapsed_while_a_visit_left_items_at_its_bound() {
 /// time until a cycle finishes (its signal wakes the waiter while the chained cycle's DPCs are
 /// still queued, as on a machine whose other processors run them).
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "hundreds to thousands of retirements: minutes under Miri; the same paths run with few items in the other unit tests"
+)]
 fn a_barrier_waits_for_a_callback_behind_a_backlog_larger_than_the_bound() {
     let (platform, domain, drops) = backlog(3000);
     let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
