@@ -51,6 +51,26 @@ impl RawGuard {
     pub(crate) fn entry(&self) -> EntryIndex {
         self.tag as EntryIndex
     }
+
+    /// The token as two machine words, for callers that keep it in a C structure (the C API's epoch
+    /// state). [`RawGuard::from_words`] turns them back into the token.
+    #[inline(always)]
+    pub fn into_words(self) -> [usize; 2] {
+        [self.participant as usize, self.tag as usize]
+    }
+
+    /// The token [`RawGuard::into_words`] gave these words for.
+    ///
+    /// # Safety
+    /// `words` came from `into_words` of a token that was not exited yet, and are turned back into
+    /// a token once.
+    #[inline(always)]
+    pub unsafe fn from_words(words: [usize; 2]) -> RawGuard {
+        RawGuard {
+            participant: words[0] as *const Participant,
+            tag: words[1] as u64,
+        }
+    }
 }
 
 // SAFETY: the token names a participant of a domain that outlives it; exiting from any thread is part

@@ -143,4 +143,25 @@ impl<P: Platform> Domain<P> {
             pending: retired.saturating_sub(freed),
         }
     }
+
+    /// Items retired on `processor`'s slot and not yet disposed of (0 without a slot): what the C
+    /// API's `ebpf_epoch_is_free_list_empty` reports. A racy snapshot, like [`Domain::holdback`].
+    /// Any IRQL up to DISPATCH.
+    pub fn pending_on(&self, processor: ProcessorNumber) -> u64 {
+        let registry = self.locked(&self.registry);
+        let mut cursor = registry.head;
+        while !cursor.is_null() {
+            // SAFETY: registry slots are valid while the lock is held.
+            let slot = unsafe { &*cursor };
+            if slot.processor == processor {
+                let counters = &slot.part.counters;
+                return counters
+                    .retires
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(counters.freed.load(Ordering::Relaxed));
+            }
+            cursor = slot.next_registered.load(Ordering::Relaxed);
+        }
+        0
+    }
 }

@@ -1,0 +1,82 @@
+//! The C sample driver (`c/sample/kepoch_c_sample.c`) and the eBPF-style usage file
+//! (`c/tests/ebpf_usage.c`), compiled for the host by `build.rs`: their C entry points, declared for
+//! the tests that run them on kepoch's emulated kernel (`tests/`).
+#![cfg(all(not(target_os = "windows"), target_pointer_width = "64"))]
+
+use kepoch_ntemu::nt::{DRIVER_OBJECT, NTSTATUS, UNICODE_STRING};
+
+// The C code calls kepoch-c's exports and the emulated kernel's routines: both are linked.
+use kepoch_c as _;
+use kepoch_ntemu as _;
+
+extern "C" {
+    /// The sample's `DriverEntry`.
+    #[link_name = "DriverEntry"]
+    fn sample_driver_entry(
+        driver: *mut DRIVER_OBJECT,
+        registry_path: *mut UNICODE_STRING,
+    ) -> NTSTATUS;
+    /// Reads, writes, bad reads, work items run, cache-aligned blocks.
+    fn kepoch_sample_counters(counters: *mut u64);
+    /// 1: frees a block twice; 2: exits an epoch it did not enter.
+    fn kepoch_sample_misuse(which: i32);
+    /// Runs every `ebpf_epoch.h` function the way eBPF for Windows does; 0 when all went as expected.
+    fn ebpf_usage_run(driver: *mut DRIVER_OBJECT) -> i32;
+}
+
+/// The sample's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Route reads (at PASSIVE and, nested, at DISPATCH).
+    pub reads: u64,
+    /// Routes published (and the previous one freed).
+    pub writes: u64,
+    /// Reads that saw a route whose check word was wrong (freed memory).
+    pub bad_reads: u64,
+    /// Runs of the scheduled work item's callback.
+    pub work_items_run: u64,
+    /// Cache-aligned blocks that were aligned and zeroed.
+    pub cache_aligned: u64,
+}
+
+/// The sample's `DriverEntry`, for `Machine::load`.
+///
+/// # Safety
+/// As `DriverEntry`: called once per load by the (emulated) I/O manager.
+pub unsafe fn driver_entry(
+    driver: *mut DRIVER_OBJECT,
+    registry_path: *mut UNICODE_STRING,
+) -> NTSTATUS {
+    // SAFETY: forwarded unchanged (this function's contract).
+    unsafe { sample_driver_entry(driver, registry_path) }
+}
+
+/// The sample's counters now.
+pub fn counters() -> Counters {
+    let mut raw = [0u64; 5];
+    // SAFETY: the C function writes five counters.
+    unsafe { kepoch_sample_counters(raw.as_mut_ptr()) };
+    Counters {
+        reads: raw[0],
+        writes: raw[1],
+        bad_reads: raw[2],
+        work_items_run: raw[3],
+        cache_aligned: raw[4],
+    }
+}
+
+/// The sample's misuse number `which` (1 double free, 2 exit without enter), run on a machine thread.
+pub fn misuse(which: i32) {
+    // SAFETY: a C function without preconditions beyond an initiated epoch module.
+    unsafe { kepoch_sample_misuse(which) }
+}
+
+/// The usage file's run; 0 when every check in it held.
+///
+/// # Safety
+/// `driver` is the loaded driver's object (for the work items), valid during the call; the epoch
+/// module is not initiated.
+pub unsafe fn run_ebpf_usage(driver: *mut DRIVER_OBJECT) -> i32 {
+    // SAFETY: per the caller.
+    unsafe { ebpf_usage_run(driver) }
+}
