@@ -46,19 +46,12 @@ sys=$target_dir/x86_64-pc-windows-msvc/release/kepoch.sys
 ctl=$target_dir/x86_64-pc-windows-gnu/release/kepochctl.exe
 
 work=$target_dir/wine-smoke
-rm -rf "$work"
-mkdir -p "$work"
-# No Mono or Gecko installer on first start (there is no network, and the prompt would wait).
-export WINEPREFIX=$work/prefix WINEARCH=win64 WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
-quiet() { "$@" >/dev/null 2>&1; }
-stop_wine() { WINEDEBUG=-all wineserver -k >/dev/null 2>&1 || true; WINEDEBUG=-all wineserver -w >/dev/null 2>&1 || true; }
+# shellcheck source=SCRIPTDIR/wine/prefix.sh
+source test-scripts/wine/prefix.sh
 trap stop_wine EXIT
 
 echo "== fresh prefix"
-# wineboot returns before everything it started has finished; wait until the prefix's processes have
-# all ended (the registry is then written) before the first command that depends on it.
-quiet wineboot -i
-stop_wine
+wine_prefix_init "$work"
 mkdir -p "$WINEPREFIX/drive_c/kepoch"
 cp "$sys" "$WINEPREFIX/drive_c/windows/system32/drivers/kepoch.sys"
 cp "$ctl" "$WINEPREFIX/drive_c/kepoch/kepochctl.exe"
@@ -66,14 +59,6 @@ cp "$ctl" "$WINEPREFIX/drive_c/kepoch/kepochctl.exe"
 # test installs a stand-in (test-scripts/wine/bcryptprimitives.c) in the prefix. Never shipped.
 x86_64-w64-mingw32-gcc -O2 -shared -o "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll" \
     test-scripts/wine/bcryptprimitives.c -ladvapi32
-# No crash debugger: an unhandled exception must end the process, not hang it.
-quiet wine reg add 'HKLM\Software\Microsoft\Windows NT\CurrentVersion\AeDebug' /v Auto /t REG_SZ /d 1 /f
-quiet wine reg add 'HKLM\Software\Microsoft\Windows NT\CurrentVersion\AeDebug' /v Debugger /t REG_SZ /d false /f
-# Wine's services.exe gives a starting service ServicesPipeTimeout milliseconds (Wine reads it as a REG_SZ;
-# 10 s when absent) to connect before it fails the start with ERROR_SERVICE_REQUEST_TIMEOUT. On a loaded
-# or cold machine winedevice.exe can take longer than that, so the test allows two minutes; the case's
-# own deadline (timeout 180) still bounds it.
-quiet wine reg add 'HKLM\System\CurrentControlSet\Control' /v ServicesPipeTimeout /t REG_SZ /d 120000 /f
 quiet wine sc create kepoch type= kernel start= demand binPath= 'C:\windows\system32\drivers\kepoch.sys'
 params='HKLM\System\CurrentControlSet\Services\kepoch\Parameters'
 

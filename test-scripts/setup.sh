@@ -3,13 +3,14 @@
 # the linter for every .sh (shellcheck), wine64 (loads kepoch.sys in the smoke test), jq (reads its JSON),
 # mingw-w64 (links kepochctl.exe; its DDK headers, import libraries and C/C++ compilers check the
 # driver's ABI), openssl and osslsigncode (the test-signed package), qemu-system-x86 and socat (the QEMU
-# hot-add check; QEMU without its recommends), liburcu-dev (the liburcu peer of the benchmark report), the
+# hot-add check; QEMU without its recommends), liburcu-dev (the liburcu peer of the benchmark report), clang
+# and llvm (the C API's headers compile under gcc, clang and mingw; llvm-readobj checks the C sample driver), the
 # Windows targets, rustfmt/clippy, and nightly with Miri (optional: without it the Miri step prints
 # SKIPPED and says why). test-all.sh runs it first.
 set -euo pipefail
 
 missing=()
-for package in shellcheck wine64 jq gcc-mingw-w64-x86-64 g++-mingw-w64-x86-64 mingw-w64-x86-64-dev openssl osslsigncode qemu-system-x86 socat liburcu-dev; do
+for package in shellcheck wine64 jq gcc-mingw-w64-x86-64 g++-mingw-w64-x86-64 mingw-w64-x86-64-dev openssl osslsigncode qemu-system-x86 socat liburcu-dev clang llvm; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
         missing+=("$package")
 done

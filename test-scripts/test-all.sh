@@ -15,12 +15,15 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p kepoch-sim --all-targets --features mutations -- -D warnings
+cargo clippy -p kepoch-c-sample-test --all-targets --features mutations -- -D warnings
 echo "== cargo doc (every crate, warnings denied; the NT code is documented on its host build)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 echo "== cargo test"
 cargo test --workspace --release
 cargo test -p kepoch --release --features mutations
 cargo test -p kepoch-sim --release --features mutations
+# The C layer's mutation must be caught by the C sample's readers.
+cargo test -p kepoch-c-sample-test --release --features mutations --test sample_mutation
 echo "== example: four readers and a writer on the user-mode platform for 2 s (retired = freed)"
 cargo run --release -q -p kepoch --example threads
 echo "== core builds for the kernel target"
@@ -29,10 +32,15 @@ echo "== kepoch-nt, its example driver, the driver and kepochctl (Windows target
 cargo build --release -p kepoch-nt --target x86_64-pc-windows-msvc
 cargo clippy --target x86_64-pc-windows-msvc -p kepoch-driver -p kepoch-nt --lib --bins --examples -- -D warnings
 cargo clippy --target x86_64-pc-windows-gnu -p kepochctl --all-targets -- -D warnings
+cargo clippy --target x86_64-pc-windows-msvc -p kepoch-c --features staticlib -- -D warnings
 echo "== driver ABI against mingw-w64's DDK headers and import libraries (also part of cargo test)"
 cargo test --release -q -p kepoch-driver --test abi -- --nocapture
 echo "== Wine smoke test of kepoch.sys"
 bash test-scripts/driver-smoke.sh
+echo "== C API: static library, headers (gcc, clang, mingw-w64; C11 and C++17), kepoch_c_sample.sys"
+bash c/build.sh
+echo "== Wine smoke test of the C sample driver"
+bash test-scripts/c-sample-smoke.sh
 echo "== test-signed package (target/package: signed kepoch.sys and kepochctl.exe, INF, certificate)"
 bash test-scripts/package.sh
 echo "== QEMU host script's hot-add path against a real QEMU (no guest)"

@@ -119,18 +119,29 @@ extern "C"
     ebpf_epoch_synchronize(void);
 
 /* eBPF's callback type returns `const void`, a qualifier compilers warn about: kept, warning silenced
- * here only. */
+ * here only. GNU C compilers (gcc, clang, mingw-w64) also take a plain `void (*)(void*)` without a
+ * cast (clang refuses the conversion otherwise): the parameter is a transparent union of the two,
+ * passed exactly like eBPF's function pointer. */
 #if defined(__GNUC__) || defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wignored-qualifiers"
 #endif
+#if !defined(__cplusplus) && (defined(__GNUC__) || defined(__clang__))
+    typedef union
+    {
+        const void (*ebpf_callback)(_Inout_ void* context);
+        void (*plain_callback)(_Inout_ void* context);
+    } __attribute__((transparent_union)) kepoch_ebpf_epoch_callback_t;
+#else
+    typedef const void (*kepoch_ebpf_epoch_callback_t)(_Inout_ void* context);
+#endif
     /**
      * A work item that runs callback(callback_context) when the current epoch ends (once scheduled),
      * at PASSIVE_LEVEL outside any epoch. Must be scheduled or cancelled. NULL when out of memory.
+     * (eBPF's parameter type: `const void (*callback)(void* context)`.)
      */
     ebpf_epoch_work_item_t*
-    ebpf_epoch_allocate_work_item(
-        _In_ const void* callback_context, _In_ const void (*callback)(_Inout_ void* context));
+    ebpf_epoch_allocate_work_item(_In_ const void* callback_context, _In_ kepoch_ebpf_epoch_callback_t callback);
 #if defined(__GNUC__) || defined(__clang__)
 #pragma GCC diagnostic pop
 #endif

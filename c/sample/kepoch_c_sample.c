@@ -3,7 +3,7 @@
  * routines), the way eBPF for Windows uses its epoch module.
  *
  * DriverEntry initiates the epoch module, publishes a first route, allocates two work items (one is
- * scheduled, the other cancelled) and starts one system thread per active processor. Each thread
+ * scheduled, the other cancelled; without work items, as under Wine, it says so and goes on) and starts one system thread per active processor. Each thread
  * loops until unload: enter, read the published route (and again inside a nested epoch at
  * DISPATCH_LEVEL), exit; allocate a new route, publish it, free the old one; now and then a
  * cache-aligned block. A reader that ever sees a route whose check word is wrong (freed memory)
@@ -209,18 +209,18 @@ DriverEntry(struct _DRIVER_OBJECT* driver, UNICODE_STRING* registry_path)
     }
     _publish_route();
 
-    /* One work item runs after the current epoch; the other is cancelled before it is scheduled. */
+    /* One work item runs after the current epoch; the other is cancelled before it is scheduled. A
+     * kernel without the work-item routines (Wine 8 lacks IoSizeofWorkItem) gets none: logged. */
     ebpf_epoch_work_item_t* scheduled = ebpf_epoch_allocate_work_item(_work_context, _work_item_callback);
     ebpf_epoch_work_item_t* cancelled = ebpf_epoch_allocate_work_item(_work_context, _work_item_callback);
-    if (scheduled == NULL || cancelled == NULL) {
+    if (scheduled != NULL && cancelled != NULL) {
+        ebpf_epoch_schedule_work_item(scheduled);
+        ebpf_epoch_cancel_work_item(cancelled);
+    } else {
         ebpf_epoch_cancel_work_item(scheduled);
         ebpf_epoch_cancel_work_item(cancelled);
-        ebpf_epoch_free(__atomic_exchange_n(&_route, NULL, __ATOMIC_ACQ_REL));
-        ebpf_epoch_terminate();
-        return STATUS_INSUFFICIENT_RESOURCES;
+        _log(DPFLTR_INFO_LEVEL, "kepoch_c_sample: ebpf_epoch_allocate_work_item returned NULL: running without work items");
     }
-    ebpf_epoch_schedule_work_item(scheduled);
-    ebpf_epoch_cancel_work_item(cancelled);
 
     uint32_t processors = KeQueryActiveProcessorCountEx(ALL_PROCESSOR_GROUPS);
     if (processors > SAMPLE_MAX_THREADS) {

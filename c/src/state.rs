@@ -12,6 +12,25 @@ use kepoch_nt::NtPlatform;
 
 use crate::fail::{fail_fast, Function, Misuse};
 
+/// The mutation `c-enter-protects-nothing` (feature `mutations`): an enter exits at once and the exit
+/// does nothing, so readers are not protected. `c/sample-test/tests/sample_mutation.rs` proves the
+/// sample's readers then see freed memory.
+#[cfg(feature = "mutations")]
+pub static ENTER_PROTECTS_NOTHING: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
+/// Whether the `c-enter-protects-nothing` mutation is on.
+fn enter_protects_nothing() -> bool {
+    #[cfg(feature = "mutations")]
+    {
+        ENTER_PROTECTS_NOTHING.load(core::sync::atomic::Ordering::Relaxed)
+    }
+    #[cfg(not(feature = "mutations"))]
+    {
+        false
+    }
+}
+
 /// XORed with the state's address in [`EpochState::check`] between enter and exit.
 const ENTERED: usize = 0x6B65_706F_6368_454E;
 
@@ -66,6 +85,10 @@ pub unsafe fn enter(domain: &Domain<NtPlatform>, state: *mut EpochState, name: &
     let cpu_id = domain.platform().current_processor().index;
     // SAFETY: exited exactly once by `exit`, which only accepts a state this function filled in.
     let [participant, tag] = unsafe { domain.enter_raw() }.into_words();
+    if enter_protects_nothing() {
+        // SAFETY: the token just entered, exited once (the exit below skips it under the mutation).
+        unsafe { domain.exit_raw(RawGuard::from_words([participant, tag])) };
+    }
     // SAFETY: writable per the caller.
     unsafe {
         state.write(EpochState {
@@ -127,6 +150,9 @@ pub unsafe fn exit(domain: &Domain<NtPlatform>, state: *mut EpochState, name: &s
     }
     // SAFETY: writable per the caller; cleared before the exit so that a second exit is caught.
     unsafe { ptr::write_volatile(addr_of_mut!((*state).check), 0) };
+    if enter_protects_nothing() {
+        return;
+    }
     // SAFETY: the words `enter` stored from a token that is exited here, once (the check word).
     unsafe {
         domain.exit_raw(RawGuard::from_words([

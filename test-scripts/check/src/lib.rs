@@ -176,9 +176,11 @@ pub fn powershell_scripts() -> Vec<PathBuf> {
     find_files(&scripts_root(), &["ps1", "psm1", "psd1"], &[fixtures_dir()])
 }
 
-/// The shell scripts (`.sh`) under `test-scripts/`, fixtures excluded.
+/// The shell scripts (`.sh`) under `test-scripts/` (fixtures excluded) and `c/` (the C API's build).
 pub fn shell_scripts() -> Vec<PathBuf> {
-    find_files(&scripts_root(), &["sh"], &[fixtures_dir()])
+    let mut scripts = find_files(&scripts_root(), &["sh"], &[fixtures_dir()]);
+    scripts.extend(find_files(&scripts_root().join("../c"), &["sh"], &[]));
+    scripts
 }
 
 /// Reads a script as text; PowerShell files may carry a UTF-8 BOM, which is stripped.
