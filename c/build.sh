@@ -48,8 +48,9 @@ else
 fi
 for cc in "${compilers[@]}"; do
     "$cc" -std=c11 "${strict[@]}" -c c/tests/ebpf_usage.c -o "$out/ebpf_usage.$cc.o"
+    "$cc" -std=c11 "${strict[@]}" -c c/tests/kepoch_usage.c -o "$out/kepoch_usage.$cc.o"
     "$cc" -std=c11 "${strict[@]}" -Ic/sample -c c/sample/kepoch_c_sample.c -o "$out/sample.$cc.o"
-    echo "   $cc -std=c11: ebpf_usage.c, kepoch_c_sample.c OK"
+    echo "   $cc -std=c11: ebpf_usage.c, kepoch_usage.c, kepoch_c_sample.c OK"
 done
 for cxx in "${cxx_compilers[@]}"; do
     "$cxx" -std=c++17 "${strict[@]}" -c c/tests/headers.cpp -o "$out/headers.$cxx.o"

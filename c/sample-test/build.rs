@@ -1,4 +1,4 @@
-//! Compiles the C sample driver and the eBPF-style usage file for the host (C11, `-Wall -Wextra
+//! Compiles the C sample driver and the usage files of both headers for the host (C11, `-Wall -Wextra
 //! -Werror`, `KEPOCH_SAMPLE_EMULATED`) into a static library the tests link with kepoch-c and the
 //! emulated kernel. Only on 64-bit hosts other than Windows (where the emulated kernel exists).
 
@@ -8,6 +8,7 @@ fn main() {
         "sample/kepoch_c_sample.c",
         "sample/sample_nt.h",
         "tests/ebpf_usage.c",
+        "tests/kepoch_usage.c",
         "include/kepoch.h",
         "include/kepoch_sal.h",
         "include/ebpf_epoch.h",
@@ -22,6 +23,7 @@ fn main() {
     cc::Build::new()
         .file(c.join("sample/kepoch_c_sample.c"))
         .file(c.join("tests/ebpf_usage.c"))
+        .file(c.join("tests/kepoch_usage.c"))
         .include(c.join("include"))
         .include(c.join("sample"))
         .define("KEPOCH_SAMPLE_EMULATED", None)

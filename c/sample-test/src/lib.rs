@@ -1,5 +1,5 @@
-//! The C sample driver (`c/sample/kepoch_c_sample.c`) and the eBPF-style usage file
-//! (`c/tests/ebpf_usage.c`), compiled for the host by `build.rs`: their C entry points, declared for
+//! The C sample driver (`c/sample/kepoch_c_sample.c`) and the usage files of both headers
+//! (`c/tests/ebpf_usage.c`, `c/tests/kepoch_usage.c`), compiled for the host by `build.rs`: their C entry points, declared for
 //! the tests that run them on kepoch's emulated kernel (`tests/`).
 #![cfg(all(not(target_os = "windows"), target_pointer_width = "64"))]
 
@@ -22,6 +22,32 @@ extern "C" {
     fn kepoch_sample_misuse(which: i32);
     /// Runs every `ebpf_epoch.h` function the way eBPF for Windows does; 0 when all went as expected.
     fn ebpf_usage_run(driver: *mut DRIVER_OBJECT) -> i32;
+    /// Runs every `kepoch.h` function; 0 when all went as expected.
+    fn kepoch_usage_run(driver: *mut DRIVER_OBJECT) -> i32;
+}
+
+extern "system" {
+    /// The emulated kernel's `KfRaiseIrql` (a WDK build inlines it on CR8).
+    fn KfRaiseIrql(irql: u8) -> u8;
+    /// The emulated kernel's `KeLowerIrql`.
+    fn KeLowerIrql(irql: u8);
+}
+
+/// `kepoch_usage.c`'s raise to DISPATCH_LEVEL, on the emulated kernel.
+#[no_mangle]
+pub extern "C" fn kepoch_usage_raise() -> u8 {
+    // SAFETY: the C caller lowers again with the returned level, on this thread.
+    unsafe { KfRaiseIrql(2) }
+}
+
+/// `kepoch_usage.c`'s lower, on the emulated kernel.
+///
+/// # Safety
+/// `previous` came from [`kepoch_usage_raise`] on this thread.
+#[no_mangle]
+pub unsafe extern "C" fn kepoch_usage_lower(previous: u8) {
+    // SAFETY: per the caller.
+    unsafe { KeLowerIrql(previous) }
 }
 
 /// The sample's counters.
@@ -69,6 +95,15 @@ pub fn counters() -> Counters {
 pub fn misuse(which: i32) {
     // SAFETY: a C function without preconditions beyond an initiated epoch module.
     unsafe { kepoch_sample_misuse(which) }
+}
+
+/// `kepoch_usage.c`'s run; 0 when every check in it held, else the line of the first miss.
+///
+/// # Safety
+/// `driver` is the loaded driver's object (for the work items), valid during the call.
+pub unsafe fn run_kepoch_usage(driver: *mut DRIVER_OBJECT) -> i32 {
+    // SAFETY: per the caller.
+    unsafe { kepoch_usage_run(driver) }
 }
 
 /// The usage file's run; 0 when every check in it held.
