@@ -3,7 +3,11 @@
 //! the tests that run them on kepoch's emulated kernel (`tests/`).
 #![cfg(all(not(target_os = "windows"), target_pointer_width = "64"))]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use kepoch_c::fail::{Function, Misuse, BUGCHECK_MARKER};
 use kepoch_ntemu::nt::{DRIVER_OBJECT, NTSTATUS, UNICODE_STRING};
+use kepoch_ntemu::Machine;
 
 // The C code calls kepoch-c's exports and the emulated kernel's routines: both are linked.
 use kepoch_c as _;
@@ -114,4 +118,61 @@ pub unsafe fn run_kepoch_usage(driver: *mut DRIVER_OBJECT) -> i32 {
 pub unsafe fn run_ebpf_usage(driver: *mut DRIVER_OBJECT) -> i32 {
     // SAFETY: per the caller.
     unsafe { ebpf_usage_run(driver) }
+}
+
+/// The driver object of the last load of [`remembering_driver_entry`].
+static DRIVER: AtomicUsize = AtomicUsize::new(0);
+
+/// A `DriverEntry` that only remembers its object (tests then drive the C API themselves) and sets
+/// an unload routine with nothing to undo.
+///
+/// # Safety
+/// As `DriverEntry`: called by the (emulated) I/O manager with its driver object.
+pub unsafe fn remembering_driver_entry(
+    driver: *mut DRIVER_OBJECT,
+    _registry_path: *mut UNICODE_STRING,
+) -> NTSTATUS {
+    DRIVER.store(driver as usize, Ordering::SeqCst);
+    // SAFETY: the I/O manager's driver object, ours to fill in during DriverEntry.
+    unsafe { (*driver).DriverUnload = Some(unload_nothing) };
+    0
+}
+
+/// Nothing to undo: the tests clean up what they create.
+unsafe extern "system" fn unload_nothing(_driver: *const DRIVER_OBJECT) {}
+
+/// The driver object [`remembering_driver_entry`] got.
+pub fn remembered_driver() -> *mut DRIVER_OBJECT {
+    DRIVER.load(Ordering::SeqCst) as *mut DRIVER_OBJECT
+}
+
+/// Runs `call` on a machine thread and checks that it bug checked with the C API's codes for
+/// `function` and `misuse`, and that an error line starting with `line_start` was logged.
+pub fn expect_fail_fast(
+    machine: &Machine,
+    what: &'static str,
+    function: Function,
+    misuse: Misuse,
+    line_start: &str,
+    call: impl FnOnce() + Send + 'static,
+) {
+    let failures = machine
+        .try_call(what, call)
+        .expect_err("the misuse must bug check");
+    let bug_check = format!(
+        "KeBugCheckEx(0xe2, {BUGCHECK_MARKER:#x}, {:#x}, {:#x},",
+        function as usize, misuse as usize
+    );
+    assert!(
+        failures.iter().any(|f| f.contains(&bug_check)),
+        "{what}: {bug_check} in {failures:?}"
+    );
+    assert!(
+        machine
+            .log()
+            .iter()
+            .any(|(level, text)| *level == 0 && text.starts_with(line_start)),
+        "{what}: no error line starting '{line_start}' in {:?}",
+        machine.log()
+    );
 }

@@ -7,38 +7,25 @@
 
 use std::ffi::c_void;
 use std::ptr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kepoch_c::api::*;
 use kepoch_c::domain::CDomain;
-use kepoch_c::fail::{Function, Misuse, BUGCHECK_MARKER};
+use kepoch_c::fail::{Function, Misuse};
 use kepoch_c::state::EpochState;
-use kepoch_c_sample_test::run_kepoch_usage;
-use kepoch_ntemu::nt::{DRIVER_OBJECT, NTSTATUS, UNICODE_STRING};
+use kepoch_c_sample_test::{
+    expect_fail_fast, remembered_driver, remembering_driver_entry, run_kepoch_usage,
+};
+use kepoch_ntemu::nt::DRIVER_OBJECT;
 use kepoch_ntemu::{Machine, MachineConfig};
 
-/// The driver object of the load.
-static DRIVER: AtomicUsize = AtomicUsize::new(0);
-
-/// A driver that only remembers its object: the tests drive the C API themselves.
-unsafe fn entry(driver: *mut DRIVER_OBJECT, _path: *mut UNICODE_STRING) -> NTSTATUS {
-    DRIVER.store(driver as usize, Ordering::SeqCst);
-    // SAFETY: the I/O manager's driver object, ours to fill in during DriverEntry.
-    unsafe { (*driver).DriverUnload = Some(unload) };
-    0
-}
-
-/// Nothing to undo: each test destroys its domains.
-unsafe extern "system" fn unload(_driver: *const DRIVER_OBJECT) {}
-
 fn driver() -> *mut DRIVER_OBJECT {
-    DRIVER.load(Ordering::SeqCst) as *mut DRIVER_OBJECT
+    remembered_driver()
 }
 
 #[test]
 fn kepoch_h_works_from_c_and_refuses_every_bad_configuration() {
     let machine = Machine::start(MachineConfig::default().service("kepoch_usage"));
-    let loaded = machine.load(entry).expect("DriverEntry");
+    let loaded = machine.load(remembering_driver_entry).expect("DriverEntry");
     let driver = driver() as usize;
     // SAFETY: the loaded driver's object.
     let line = machine.call("kepoch_usage_run", move || unsafe {
@@ -83,36 +70,6 @@ fn domain(machine: &Machine) -> usize {
     })
 }
 
-/// Runs `misuse` on a machine thread and checks the bug check's codes and the log line's start.
-fn expect_fail_fast(
-    machine: &Machine,
-    what: &'static str,
-    function: Function,
-    misuse: Misuse,
-    line_start: &str,
-    call: impl FnOnce() + Send + 'static,
-) {
-    let failures = machine
-        .try_call(what, call)
-        .expect_err("the misuse must bug check");
-    let bug_check = format!(
-        "KeBugCheckEx(0xe2, {BUGCHECK_MARKER:#x}, {:#x}, {:#x},",
-        function as usize, misuse as usize
-    );
-    assert!(
-        failures.iter().any(|f| f.contains(&bug_check)),
-        "{what}: {bug_check} in {failures:?}"
-    );
-    assert!(
-        machine
-            .log()
-            .iter()
-            .any(|(level, text)| *level == 0 && text.starts_with(line_start)),
-        "{what}: no error line starting '{line_start}' in {:?}",
-        machine.log()
-    );
-}
-
 unsafe extern "C" fn nothing(_context: *mut c_void) {}
 
 #[test]
@@ -122,7 +79,7 @@ fn every_misuse_kepoch_can_see_fails_fast_naming_the_function() {
             .service("kepoch_misuse")
             .expect_error("bug check 0xE2 (0x4350454B"),
     );
-    let _loaded = machine.load(entry).expect("DriverEntry");
+    let _loaded = machine.load(remembering_driver_entry).expect("DriverEntry");
     // Both domains first: a thread parked by a bug check never reaches another kernel call, so the
     // DPCs of its processor (the creation's DPC probe among them) stop running there.
     let d = domain(&machine);
