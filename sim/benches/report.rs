@@ -5,6 +5,8 @@
 //! `cargo bench -p kepoch-sim --bench report -- [--quick] [--out FILE]`; `test-scripts/bench.sh` runs
 //! the quick mode and regenerates `BENCHMARKS.md` at the repository root.
 
+#[path = "report/amortized.rs"]
+mod amortized;
 mod common;
 #[path = "report/doc.rs"]
 mod doc;
@@ -253,6 +255,7 @@ fn measure(effort: Effort, extra: &mut String) -> Vec<Row> {
         pass: ratio <= 1.1,
         why_missed: "per-CPU state grew with the reported maximum.".into(),
     });
+    amortized::amortized_rows(rounds, 100_000 * effort.scale, &mut rows, extra);
     maps::map_rows(rounds, 100_000 * effort.scale, &mut rows);
     cycle_rows(rounds, &mut rows, extra);
     throughput_row(effort, &mut rows, extra);

@@ -61,11 +61,23 @@ pub fn domain(
     strategy: Strategy,
     idle_deactivation: bool,
 ) -> (BenchPlatform, DomainBox<BenchPlatform>) {
+    domain_with(
+        max,
+        active,
+        Config {
+            idle_deactivation,
+            ..Config::with_strategy(strategy)
+        },
+    )
+}
+
+/// A domain with `config` on a fresh benchmark machine.
+pub fn domain_with(
+    max: u32,
+    active: u32,
+    config: Config,
+) -> (BenchPlatform, DomainBox<BenchPlatform>) {
     let platform = BenchPlatform::new(max, active);
-    let config = Config {
-        idle_deactivation,
-        ..Config::with_strategy(strategy)
-    };
     let domain = Domain::create(platform.clone(), config).expect("creating a benchmark domain");
     (platform, domain)
 }
