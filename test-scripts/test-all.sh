@@ -33,6 +33,7 @@ echo "== driver ABI against mingw-w64's DDK headers and import libraries (also p
 cargo test --release -q -p kepoch-driver --test abi -- --nocapture
 echo "== Wine smoke test of kepoch.sys"
 bash test-scripts/driver-smoke.sh
+echo "== guest A/B under Wine"; bash test-scripts/guest-ab-wine.sh
 echo "== test-signed package (target/package: signed kepoch.sys and kepochctl.exe, INF, certificate)"
 bash test-scripts/package.sh
 echo "== QEMU host script's hot-add path against a real QEMU (no guest)"

@@ -45,12 +45,17 @@ impl StartOutcome {
                 start_error,
                 status,
             } => {
-                let mut text = String::from("the driver refused to load");
-                if let Some(e) = start_error {
-                    text += &format!(": StartServiceW failed with Win32 error {e}");
-                    if !code::name(*e).is_empty() {
-                        text += &format!(" ({})", code::name(*e));
+                // The code first: report tables cut load errors short.
+                let code = start_error.unwrap_or(status.win32_exit_code);
+                let mut text = format!("refused to load (Win32 {code})");
+                match start_error {
+                    Some(e) => {
+                        text += &format!("; StartServiceW failed with Win32 error {e}");
+                        if !code::name(*e).is_empty() {
+                            text += &format!(" ({})", code::name(*e));
+                        }
                     }
+                    None => text += "; the service stopped again after StartServiceW",
                 }
                 text += &format!(
                     "; service state {}, exit code {}, service-specific exit code {}",
