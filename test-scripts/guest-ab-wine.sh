@@ -142,6 +142,12 @@ C:\kepoch\kepochctl.exe ab --rounds 0 --out C:\kepoch\out
 echo badarg_rc=%ERRORLEVEL%
 C:\kepoch\kepochctl.exe service status
 echo status_rc=%ERRORLEVEL%
+C:\kepoch\kepochctl.exe strategy get
+echo strategy_rc=%ERRORLEVEL%
+C:\kepoch\kepochctl.exe service restart --timeout 120
+echo restart_rc=%ERRORLEVEL%
+C:\kepoch\kepochctl.exe strategy get
+C:\kepoch\kepochctl.exe service status
 EOF
 
 failures=0
@@ -160,6 +166,12 @@ grep -a 'vDbgPrintExWithPrefix' "$log" | grep -a -o 'kepoch: .*' | uniq -c | sed
 grep -a -q -x 'ab_rc=0' "$out" || fail "kepochctl ab did not exit with 0"
 grep -a -q -x 'badarg_rc=2' "$out" || fail "kepochctl ab --rounds 0 did not exit with 2"
 grep -a -q 'kepoch service: STOPPED' "$out" || fail "the service is not stopped after the A/B (it was found stopped)"
+# kepochctl strategy get and service restart on the restored registry (a REG_SZ: the driver's default).
+grep -a -q -x 'strategy_rc=0' "$out" || fail "kepochctl strategy get failed"
+grep -a -q 'registry ActivationStrategy: type 1 instead of REG_DWORD' "$out" || fail "strategy get does not show the restored REG_SZ"
+grep -a -q -x 'restart_rc=0' "$out" || fail "kepochctl service restart failed"
+grep -a -q -x 'running driver: callback' "$out" || fail "after service restart, strategy get does not show the driver running callback (the default)"
+grep -a -q 'kepoch service: RUNNING' "$out" || fail "service status does not show RUNNING after service restart"
 [ "$(grep -a -c '^ab: round ' "$out")" -eq $((3 * rounds)) ] || fail "expected $((3 * rounds)) progress lines (one per round and strategy)"
 if grep -a -q -E 'unimplemented function|kepoch: panic|Unhandled exception' "$log"; then
     fail "the driver or kepochctl hit an unimplemented import, a panic or an exception"

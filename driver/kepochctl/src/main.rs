@@ -110,9 +110,9 @@ fn strategy(
     use ab::args::ACTIVATION_STRATEGY;
     use ab::system::{GuestSystem, RegValue};
     let key = |e: ab::system::SysError| failed(format!("{e} ({})", ab::PARAMETERS_KEY));
-    sys.open_parameters().map_err(key)?;
     match command {
         cli::StrategyCommand::Set { strategy } => {
+            sys.open_parameters().map_err(key)?;
             sys.write_value(
                 ACTIVATION_STRATEGY,
                 &RegValue::dword(strategy.registry_value()),
@@ -125,7 +125,11 @@ fn strategy(
             );
         }
         cli::StrategyCommand::Get => {
-            let registry = match sys.read_value(ACTIVATION_STRATEGY).map_err(key)? {
+            let found = match win::registry::ParamsKey::open_read().map_err(key)? {
+                Some(params) => params.read(ACTIVATION_STRATEGY).map_err(key)?,
+                None => None,
+            };
+            let registry = match found {
                 None => "absent (the default: callback)".to_string(),
                 Some(v) => match v.as_dword() {
                     Some(n) => format!("{n} ({})", kepoch_report::strategy_name(n)),

@@ -13,15 +13,21 @@ use super::system::{code, GuestSystem, RegValue, ServiceStatus, SysError};
 /// The fake machine; every field is a knob of a test.
 #[derive(Debug)]
 pub struct Fake {
+    /// Whether the kepoch service exists.
     pub installed: bool,
+    /// Whether the Parameters key exists.
     pub key_exists: bool,
+    /// The Parameters key refuses access (ERROR_ACCESS_DENIED).
     pub key_denied: bool,
+    /// The values of the Parameters key.
     pub values: BTreeMap<String, RegValue>,
+    /// The service's status.
     pub status: ServiceStatus,
     /// The ActivationStrategy value the running driver loaded with.
     pub loaded_with: Option<u32>,
     /// Registry values of ActivationStrategy for which StartServiceW fails with `refuse_code`.
     pub refuse: Vec<u32>,
+    /// The Win32 error of such a refusal.
     pub refuse_code: u32,
     /// Start failures that are the machine's (577, ...).
     pub start_error: Option<u32>,
@@ -29,10 +35,13 @@ pub struct Fake {
     pub start_hangs: bool,
     /// The driver reports this strategy value whatever it loaded with.
     pub reports: Option<u32>,
+    /// IOCTL_GET_STATS fails.
     pub read_stats_fails: bool,
+    /// The virtual clock (advanced by `sleep` only).
     pub clock: Duration,
     /// Ctrl-C at this time.
     pub interrupt_at: Option<Duration>,
+    /// Active processors.
     pub active: u32,
     /// (time, processors added).
     pub hot_add_at: Option<(Duration, u32)>,

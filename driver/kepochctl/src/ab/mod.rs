@@ -3,7 +3,7 @@
 //!
 //! [`args`] holds the options and the round plan, [`service`] the bounded service restart,
 //! [`restore`] what was found and putting it back, [`record`] the guest documents, [`output`] the
-//! whole-file writes and [`run`] the loop.
+//! whole-file writes and [`mod@run`] the loop.
 
 pub mod args;
 pub mod output;

@@ -67,6 +67,27 @@ impl ParamsKey {
         Ok((ParamsKey { key }, disposition == REG_CREATED_NEW_KEY))
     }
 
+    /// Opens the key for reading only; `None` when it does not exist (nothing is created).
+    pub fn open_read() -> Result<Option<ParamsKey>, SysError> {
+        let path = wide(PATH);
+        let mut key: HKEY = std::ptr::null_mut();
+        // SAFETY: NUL-terminated path; `key` receives the handle.
+        let error = unsafe {
+            RegOpenKeyExW(
+                HKEY_LOCAL_MACHINE,
+                path.as_ptr(),
+                0,
+                KEY_QUERY_VALUE,
+                &mut key,
+            )
+        };
+        match error {
+            ERROR_SUCCESS => Ok(Some(ParamsKey { key })),
+            ERROR_FILE_NOT_FOUND => Ok(None),
+            error => Err(SysError::new(format!(r"RegOpenKeyExW(HKLM\{PATH})"), error)),
+        }
+    }
+
     /// A value with its type (`None`: absent).
     pub fn read(&self, name: &str) -> Result<Option<RegValue>, SysError> {
         let what = || format!("RegQueryValueExW({name})");
