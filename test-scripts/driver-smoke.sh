@@ -55,10 +55,7 @@ wine_prefix_init "$work"
 mkdir -p "$WINEPREFIX/drive_c/kepoch"
 cp "$sys" "$WINEPREFIX/drive_c/windows/system32/drivers/kepoch.sys"
 cp "$ctl" "$WINEPREFIX/drive_c/kepoch/kepochctl.exe"
-# Rust's std imports ProcessPrng from bcryptprimitives.dll (Windows 10+); Wine 8 lacks that DLL, so the
-# test installs a stand-in (test-scripts/wine/bcryptprimitives.c) in the prefix. Never shipped.
-x86_64-w64-mingw32-gcc -O2 -shared -o "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll" \
-    test-scripts/wine/bcryptprimitives.c -ladvapi32
+wine_install_std_shim
 quiet wine sc create kepoch type= kernel start= demand binPath= 'C:\windows\system32\drivers\kepoch.sys'
 params='HKLM\System\CurrentControlSet\Services\kepoch\Parameters'
 

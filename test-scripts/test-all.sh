@@ -37,6 +37,8 @@ echo "== driver ABI against mingw-w64's DDK headers and import libraries (also p
 cargo test --release -q -p kepoch-driver --test abi -- --nocapture
 echo "== Wine smoke test of kepoch.sys"
 bash test-scripts/driver-smoke.sh
+echo "== guest A/B under Wine (kepochctl ab against kepoch.sys, then kepoch-sim report)"
+bash test-scripts/guest-ab-wine.sh
 echo "== C API: static library, headers (gcc, clang, mingw-w64; C11 and C++17), kepoch_c_sample.sys"
 bash c/build.sh
 echo "== Wine smoke test of the C sample driver"

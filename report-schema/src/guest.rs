@@ -4,7 +4,7 @@ use kepoch::config::Strategy;
 use kepoch::CallbackState;
 use serde::{Deserialize, Serialize};
 
-use crate::{CycleLatency, DurationUs, HotAdd, HotAddReplayed, Latency, SCHEMA_VERSION};
+use crate::{AbRecord, CycleLatency, DurationUs, HotAdd, HotAddReplayed, Latency, SCHEMA_VERSION};
 
 /// The usual name of a CPUID leaf 0x40000000 hypervisor vendor signature (trailing NULs ignored).
 pub fn hypervisor_name(vendor: &str) -> &'static str {
@@ -95,7 +95,7 @@ pub struct GuestResult {
     pub strategy: String,
     /// Always `guest`.
     pub source: String,
-    /// Always 0 (one boot is one round).
+    /// 0 for `kepochctl stats --json`; the round (1-based) for `kepochctl ab`.
     pub round: u32,
     pub guest: Guest,
     pub loaded: bool,
@@ -152,6 +152,9 @@ pub struct GuestResult {
     pub released_epoch: u64,
     /// `Stats::version` of the driver.
     pub stats_version: u32,
+    /// How `kepochctl ab` ran the round (absent in `kepochctl stats --json` documents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ab: Option<AbRecord>,
 }
 
 /// `{"schema_version", "scenario", "results": [one result]}`.

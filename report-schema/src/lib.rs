@@ -9,10 +9,12 @@
 //! number spelling differ (`2.000` there, `2.0` here), which a byte-for-byte consumer would notice.
 //! [`SourceDocument`] reads all three.
 
+mod ab;
 mod check;
 mod guest;
 mod latency;
 
+pub use ab::{AbHotAdd, AbLoad, AbRecord, AbRegistry};
 pub use check::{check_result, STRATEGIES};
 pub use guest::{
     callback_state_name, hypervisor_name, strategy_name, Guest, GuestDocument, GuestResult,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sourced by the Wine tests (driver-smoke.sh, c-sample-smoke.sh): a fresh 64-bit prefix ready to load
-# kernel drivers as services. Defines `quiet`, `stop_wine` and `wine_prefix_init DIR`.
+# Sourced by the Wine tests (driver-smoke.sh, c-sample-smoke.sh, guest-ab-wine.sh): a fresh 64-bit
+# prefix ready to load kernel drivers as services. Defines `quiet` (a command bounded to 120 s, output
+# dropped), `stop_wine`, `wine_prefix_init DIR` and `wine_install_std_shim` (for Rust programs).
 #
 # wine_prefix_init exports WINEPREFIX=DIR/prefix (WINEARCH win64, no Mono or Gecko prompt: there is no
 # network), runs wineboot and waits for the prefix's processes to end (the registry is written then),
@@ -11,10 +12,10 @@
 # keep the environment and the stderr of the session that started them).
 set -euo pipefail
 
-quiet() { "$@" >/dev/null 2>&1; }
+quiet() { timeout 120 "$@" >/dev/null 2>&1; }
 stop_wine() {
-    WINEDEBUG=-all wineserver -k >/dev/null 2>&1 || true
-    WINEDEBUG=-all wineserver -w >/dev/null 2>&1 || true
+    WINEDEBUG=-all timeout 60 wineserver -k >/dev/null 2>&1 || true
+    WINEDEBUG=-all timeout 60 wineserver -w >/dev/null 2>&1 || true
 }
 
 wine_prefix_init() {
@@ -22,10 +23,17 @@ wine_prefix_init() {
     rm -rf "$dir"
     mkdir -p "$dir"
     export WINEPREFIX=$dir/prefix WINEARCH=win64 WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
-    quiet wineboot -i
+    timeout 300 wineboot -i >/dev/null 2>&1
     stop_wine
     quiet wine reg add 'HKLM\Software\Microsoft\Windows NT\CurrentVersion\AeDebug' /v Auto /t REG_SZ /d 1 /f
     quiet wine reg add 'HKLM\Software\Microsoft\Windows NT\CurrentVersion\AeDebug' /v Debugger /t REG_SZ /d false /f
     quiet wine reg add 'HKLM\System\CurrentControlSet\Control' /v ServicesPipeTimeout /t REG_SZ /d 120000 /f
     stop_wine
+}
+
+# Rust's std imports ProcessPrng from bcryptprimitives.dll (Windows 10+); Wine 8 lacks that DLL, so a
+# stand-in (test-scripts/wine/bcryptprimitives.c) goes into the prefix for kepochctl.exe. Never shipped.
+wine_install_std_shim() {
+    x86_64-w64-mingw32-gcc -O2 -shared -o "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll" \
+        test-scripts/wine/bcryptprimitives.c -ladvapi32
 }

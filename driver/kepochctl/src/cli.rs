@@ -1,17 +1,23 @@
 //! Command-line parsing with clap (host-testable).
 
 use clap::{value_parser, Args, Parser, Subcommand};
+use kepoch::config::Strategy;
 use kepoch_driver::ioctl::{limits, LoadRequest};
+
+use crate::ab::AbArgs;
 
 /// `kepochctl`: the control tool of kepoch.sys.
 #[derive(Debug, Parser, PartialEq, Eq)]
 #[command(
     name = "kepochctl",
     version,
-    about = "Control tool of kepoch.sys: statistics, the built-in load generator and synchronize",
-    after_help = "Requires kepoch.sys to be running and an elevated prompt (the device admits SYSTEM and \
-                  Administrators).\nExit codes: 0 success, 1 the driver could not be reached or refused \
-                  the request, 2 bad arguments."
+    about = "Control tool of kepoch.sys: statistics, the built-in load generator, synchronize, the \
+             activation strategy, the service and the guest A/B",
+    after_help = "Runs on Windows 10 / Windows Server 2016 or later, x64 (Rust's standard library needs \
+                  ProcessPrng from bcryptprimitives.dll); kepoch.sys itself loads on older kernels. Needs \
+                  an elevated prompt (the device admits SYSTEM and Administrators; the registry and the \
+                  service need administrator rights).\nExit codes: 0 success, 1 the driver, the service, \
+                  the registry or the files failed (the message names the cause), 2 bad arguments."
 )]
 pub struct Cli {
     /// What to do.
@@ -20,7 +26,7 @@ pub struct Cli {
 }
 
 /// What the user asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Subcommand)]
+#[derive(Clone, Debug, PartialEq, Eq, Subcommand)]
 pub enum Command {
     /// Counters of kepoch.sys since the last reset.
     Stats {
@@ -35,9 +41,55 @@ pub enum Command {
     Load(LoadCommand),
     /// Wait until everything retired so far is freed.
     Sync,
+    /// The registry value ActivationStrategy (read at the next load) and the running driver's strategy.
+    #[command(subcommand)]
+    Strategy(StrategyCommand),
+    /// The kepoch service (Service Control Manager).
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// The guest A/B: for every round and strategy, write the registry, restart the service, run the
+    /// load and write one guest JSON file (`kepoch-sim report DIR/*.json` compares them); restores the
+    /// registry values and the service's state afterwards, also after a failure or Ctrl-C.
+    Ab(AbArgs),
     /// Send malformed IOCTLs, then check that the driver still answers.
     #[command(hide = true)]
     SelftestGarbage,
+}
+
+/// `strategy get` / `strategy set`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Subcommand)]
+pub enum StrategyCommand {
+    /// Print the registry value and the strategy the running driver reports.
+    Get,
+    /// Write ActivationStrategy (lazy, callback, eager or 0, 1, 2); it takes effect at the next
+    /// load (`kepochctl service restart`).
+    Set {
+        /// lazy, callback or eager (or 0, 1, 2).
+        #[arg(value_name = "STRATEGY", value_parser = parse_strategy)]
+        strategy: Strategy,
+    },
+}
+
+/// `service status` / `service restart`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Subcommand)]
+pub enum ServiceCommand {
+    /// Print the service's state and exit codes.
+    Status,
+    /// Stop the service (if it runs) and start it again, waiting at most --timeout seconds for each;
+    /// exit code 1 with the reason when the driver does not run afterwards.
+    Restart {
+        /// Longest wait for the stop and for the start, 1..=600 seconds.
+        #[arg(long, value_name = "S", default_value_t = 60, value_parser = value_parser!(u32).range(1..=600))]
+        timeout: u32,
+    },
+}
+
+/// One strategy name or registry value.
+fn parse_strategy(text: &str) -> Result<Strategy, String> {
+    match crate::ab::args::parse_strategies(text)?.0.as_slice() {
+        [one] => Ok(*one),
+        _ => Err("one strategy: lazy, callback or eager".into()),
+    }
 }
 
 /// `load start` / `load stop`.
@@ -148,6 +200,29 @@ mod tests {
                 false
             )
         );
+        assert_eq!(
+            parse(&["strategy", "set", "eager"]).unwrap(),
+            Command::Strategy(StrategyCommand::Set {
+                strategy: Strategy::Eager
+            })
+        );
+        assert_eq!(
+            parse(&["strategy", "get"]).unwrap(),
+            Command::Strategy(StrategyCommand::Get)
+        );
+        assert_eq!(
+            parse(&["service", "restart"]).unwrap(),
+            Command::Service(ServiceCommand::Restart { timeout: 60 })
+        );
+        assert_eq!(
+            parse(&["service", "status"]).unwrap(),
+            Command::Service(ServiceCommand::Status)
+        );
+        let Command::Ab(ab) = parse(&["ab", "--out", "x"]).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!((ab.rounds, ab.rate, ab.seconds), (8, 100_000, 30));
+        assert_eq!(ab.strategies.0, Strategy::ALL.to_vec());
         let Command::Load(LoadCommand::Start(s)) = start(7, 5, 2, true) else {
             unreachable!()
         };
@@ -167,7 +242,18 @@ mod tests {
             assert_eq!(e.exit_code(), 0, "{args:?}");
         }
         let help = Cli::command().render_long_help().to_string();
-        for needle in ["stats", "reset", "load", "sync", "Exit codes"] {
+        for needle in [
+            "stats",
+            "reset",
+            "load",
+            "sync",
+            "strategy",
+            "service",
+            "ab",
+            "Exit codes",
+            "Windows 10",
+            "ProcessPrng",
+        ] {
             assert!(help.contains(needle), "{needle} missing in\n{help}");
         }
         assert!(!help.contains("selftest-garbage"));
@@ -197,6 +283,13 @@ mod tests {
             (&["reset", "now"], "unexpected argument 'now'"),
             (&["load"], "Usage: kepochctl load"),
             (&["load", "go"], "unrecognized subcommand 'go'"),
+            (&["strategy", "set", "fast"], "unknown strategy 'fast'"),
+            (&["strategy", "set", "lazy,eager"], "one strategy"),
+            (
+                &["service", "restart", "--timeout", "0"],
+                "0 is not in 1..=600",
+            ),
+            (&["ab"], "--out <DIR>"),
             (&["load", "start"], "--rate <N>"),
             (&["load", "start", "--rate", "10"], "--seconds <S>"),
             (

@@ -1,9 +1,15 @@
 //! `kepochctl`: the user-mode control tool of kepoch.sys (Windows). See `kepochctl --help`.
 //!
 //! The command line ([`cli`], clap), the JSON report ([`report`], the `kepoch-report` schema), the wait
-//! condition of `load start --wait` ([`wait`]) and the garbage self-test cases ([`garbage`]) are
-//! unit-tested on any host; only `win` talks to Windows (through `windows-sys`).
+//! condition of `load start --wait` ([`wait`]), the garbage self-test cases ([`garbage`]) and the guest
+//! A/B ([`ab`], against a fake Windows in its tests) are unit-tested on any host; only `win` talks to
+//! Windows (through `windows-sys`).
+//!
+//! Runs on Windows 10 / Windows Server 2016 or later (x64): Rust's standard library imports
+//! `ProcessPrng` from `bcryptprimitives.dll`, which older Windows lacks.
 
+#[cfg_attr(not(windows), allow(dead_code))]
+mod ab;
 mod cli;
 // Used by the Windows build and the host tests.
 #[cfg_attr(not(windows), allow(dead_code))]
@@ -53,20 +59,137 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
+        Err(ab::AbError { exit, message }) => {
             eprintln!("kepochctl: {message}");
-            ExitCode::from(1)
+            ExitCode::from(exit)
         }
     }
 }
 
+/// An environment failure (exit code 1).
+#[cfg_attr(not(windows), allow(dead_code))]
+fn failed(message: String) -> ab::AbError {
+    ab::AbError { exit: 1, message }
+}
+
 #[cfg(not(windows))]
-fn run(_command: Command) -> Result<(), String> {
-    Err("kepochctl talks to kepoch.sys and runs on Windows only".into())
+fn run(_command: Command) -> Result<(), ab::AbError> {
+    Err(failed(
+        "kepochctl talks to kepoch.sys and runs on Windows only".into(),
+    ))
 }
 
 #[cfg(windows)]
-fn run(command: Command) -> Result<(), String> {
+fn run(command: Command) -> Result<(), ab::AbError> {
+    let mut sys = win::system::WinSystem::new();
+    match command {
+        Command::Ab(args) => {
+            let mut out = std::io::stdout();
+            let summary = ab::run(&mut sys, &args, &mut out)?;
+            println!(
+                "ab: {} file(s) in {} ({} round(s) in which the driver did not load); compare with: kepoch-sim report {}",
+                summary.files.len(),
+                args.out.display(),
+                summary.refused,
+                args.out.join("*.json").display()
+            );
+            Ok(())
+        }
+        Command::Strategy(command) => strategy(&mut sys, command),
+        Command::Service(command) => service(&mut sys, command),
+        other => device_command(other).map_err(failed),
+    }
+}
+
+/// `strategy get|set`.
+#[cfg(windows)]
+fn strategy(
+    sys: &mut win::system::WinSystem,
+    command: cli::StrategyCommand,
+) -> Result<(), ab::AbError> {
+    use ab::args::ACTIVATION_STRATEGY;
+    use ab::system::{GuestSystem, RegValue};
+    let key = |e: ab::system::SysError| failed(format!("{e} ({})", ab::PARAMETERS_KEY));
+    match command {
+        cli::StrategyCommand::Set { strategy } => {
+            sys.open_parameters().map_err(key)?;
+            sys.write_value(
+                ACTIVATION_STRATEGY,
+                &RegValue::dword(strategy.registry_value()),
+            )
+            .map_err(key)?;
+            println!(
+                "ActivationStrategy = {} ({}); the driver reads it at its next load: kepochctl service restart",
+                strategy.registry_value(),
+                strategy.name()
+            );
+        }
+        cli::StrategyCommand::Get => {
+            let found = match win::registry::ParamsKey::open_read().map_err(key)? {
+                Some(params) => params.read(ACTIVATION_STRATEGY).map_err(key)?,
+                None => None,
+            };
+            let registry = match found {
+                None => "absent (the default: callback)".to_string(),
+                Some(v) => match v.as_dword() {
+                    Some(n) => format!("{n} ({})", kepoch_report::strategy_name(n)),
+                    None => format!(
+                        "type {} instead of REG_DWORD (the driver uses the default)",
+                        v.kind
+                    ),
+                },
+            };
+            println!("registry ActivationStrategy: {registry}");
+            match sys.read_stats() {
+                Ok(stats) => println!(
+                    "running driver: {}",
+                    kepoch_report::strategy_name(stats.strategy)
+                ),
+                Err(e) => println!("running driver: none ({e})"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `service status|restart`.
+#[cfg(windows)]
+fn service(
+    sys: &mut win::system::WinSystem,
+    command: cli::ServiceCommand,
+) -> Result<(), ab::AbError> {
+    use ab::service::{restart, start_hint, ServiceWait};
+    use ab::system::GuestSystem;
+    let status = sys
+        .service_status()
+        .map_err(|e| failed(format!("{e}: {}", start_hint(e.code))))?;
+    match command {
+        cli::ServiceCommand::Status => {
+            println!(
+                "kepoch service: {} (exit code {}, service-specific exit code {})",
+                status.state_name(),
+                status.win32_exit_code,
+                status.service_specific_exit_code
+            );
+            Ok(())
+        }
+        cli::ServiceCommand::Restart { timeout } => {
+            let wait = ServiceWait {
+                timeout: std::time::Duration::from_secs(timeout.into()),
+                poll: std::time::Duration::from_millis(250),
+            };
+            let outcome = restart(sys, wait).map_err(failed)?;
+            println!("kepoch service: {}", outcome.describe());
+            outcome
+                .loaded_or(|why| failed(format!("the driver does not run: {why}")).message)
+                .map_err(failed)
+        }
+    }
+}
+
+/// The commands that talk to the control device.
+#[cfg(windows)]
+fn device_command(command: Command) -> Result<(), String> {
     use cli::LoadCommand;
     use kepoch_driver::ioctl;
     use windows_sys::Win32::Foundation::ERROR_BUSY;
@@ -116,6 +239,9 @@ fn run(command: Command) -> Result<(), String> {
         Command::Load(LoadCommand::Stop) => simple(ioctl::IOCTL_LOAD_STOP, &[], "load stop"),
         Command::Sync => simple(ioctl::IOCTL_SYNC, &[], "sync"),
         Command::SelftestGarbage => selftest_garbage(&device),
+        Command::Ab(_) | Command::Strategy(_) | Command::Service(_) => {
+            Err("not a device command".into())
+        }
     }
 }
 
@@ -153,23 +279,7 @@ fn wait_for_load(
 
 #[cfg(windows)]
 fn read_stats(device: &win::Device) -> Result<kepoch::Stats, String> {
-    use kepoch_driver::ioctl::{self, StatsDecodeError};
-
-    let mut buffer = vec![0u8; ioctl::STATS_SIZE];
-    let written = match device.ioctl(ioctl::IOCTL_GET_STATS, &[], &mut buffer) {
-        Ok(written) => written,
-        // ERROR_MORE_DATA: a newer driver with a larger struct; the header tells.
-        Err((windows_sys::Win32::Foundation::ERROR_MORE_DATA, written)) => written,
-        Err((error, _)) => return Err(format!("reading statistics failed: Win32 error {error}")),
-    };
-    ioctl::decode_stats(&buffer[..written.min(buffer.len())]).map_err(|e| match e {
-        StatsDecodeError::Truncated => "the driver returned a truncated statistics block".into(),
-        StatsDecodeError::Version { version, size } => format!(
-            "statistics version mismatch: driver has version {version} ({size} bytes), kepochctl expects {} ({} bytes); use the kepochctl built with this driver",
-            kepoch::STATS_VERSION,
-            ioctl::STATS_SIZE
-        ),
-    })
+    device.stats()
 }
 
 #[cfg(windows)]

@@ -64,6 +64,7 @@ pub fn guest_result(stats: &Stats, guest: Guest) -> GuestResult {
         global_epoch: stats.global_epoch,
         released_epoch: stats.released_epoch,
         stats_version: stats.version,
+        ab: None,
     }
 }
 

@@ -28,6 +28,19 @@ fn bad_arguments_exit_with_2_and_say_why() {
             "the following required arguments were not provided:\n  --seconds <S>",
         ),
         (&["stats", "--yaml"], "unexpected argument '--yaml' found"),
+        (
+            &["ab", "--out", "x", "--rounds", "0"],
+            "invalid value '0' for '--rounds <N>': 0 is not in 1..=1000",
+        ),
+        (
+            &["ab", "--out", "x", "--strategies", "lazy,fast"],
+            "unknown strategy 'fast' (expected lazy, callback, eager or 0, 1, 2)",
+        ),
+        (
+            &["ab", "--out", "x", "--seconds", "3601"],
+            "3601 is not in 1..=3600",
+        ),
+        (&["ab", "--rounds", "2"], "--out <DIR>"),
     ] {
         let (code, _, stderr) = run(args);
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
@@ -46,6 +59,7 @@ fn help_exits_with_0_and_documents_wait() {
         let (code, stdout, _) = run(args);
         assert_eq!(code, Some(0));
         assert!(stdout.contains("Exit codes: 0 success"), "{stdout}");
+        assert!(stdout.contains("Windows 10"), "{stdout}");
     }
     let (code, stdout, _) = run(&["load", "start", "--help"]);
     assert_eq!(code, Some(0));

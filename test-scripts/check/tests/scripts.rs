@@ -33,6 +33,7 @@ const EXPECTED: &[&str] = &[
     "package.sh",
     "sign-pe.sh",
     "qemu-hotadd-check.sh",
+    "guest-ab-wine.sh",
 ];
 
 #[test]
@@ -268,4 +269,95 @@ fn host_shell_scripts_answer_help() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The guest PowerShell installs and hands the A/B to `kepochctl ab`: no loop, registry writes or load
+/// control of its own, and under 400 lines (issue 27).
+#[test]
+fn guest_powershell_has_no_ab_logic_of_its_own() {
+    let guest = scripts_root().join("guest");
+    let scripts: Vec<_> = powershell_scripts()
+        .into_iter()
+        .filter(|p| p.starts_with(&guest))
+        .collect();
+    assert_eq!(scripts.len(), 2, "{scripts:?}");
+    let texts: Vec<String> = scripts.iter().map(|p| read_script(p)).collect();
+    let lines: usize = texts.iter().map(|t| t.lines().count()).sum();
+    assert!(lines < 400, "{lines} lines of guest PowerShell");
+    let all = texts.join("\n");
+    for logic in [
+        "ActivationStrategy",
+        "'load', 'start'",
+        "'reset'",
+        "'stats'",
+        "Start-KepochRound",
+        "ConvertTo-Json",
+    ] {
+        assert!(
+            !all.contains(logic),
+            "the guest PowerShell still does A/B work: {logic}"
+        );
+    }
+    assert!(
+        all.contains("@('ab', '--rounds'"),
+        "Invoke-KepochAB must call kepochctl ab"
+    );
+}
+
+/// `guest-ab-wine.sh --check` (the check the Wine run applies to its files) passes the files of a real
+/// run under Wine (`fixtures/ab-wine`, copied from `target/wine-guest-ab/out`) and fails when a round's
+/// driver ran another strategy than the one asked for.
+#[test]
+fn the_guest_ab_check_fails_a_round_that_ran_another_strategy() {
+    if !on_path("jq") || !on_path("bash") {
+        loud("SKIPPED: jq or bash is not on PATH: the guest A/B file check was NOT tested (apt-get install -y jq)");
+        return;
+    }
+    let script = scripts_root().join("guest-ab-wine.sh");
+    let check = |dir: &Path| {
+        Command::new("bash")
+            .arg(&script)
+            .arg("--check")
+            .arg(dir)
+            .output()
+            .expect("run bash")
+    };
+    let good = fixtures_dir().join("ab-wine");
+    let out = check(&good);
+    assert!(
+        out.status.success(),
+        "the real run's files must pass:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let doctored = std::env::temp_dir().join(format!("kepoch-ab-doctored-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&doctored);
+    std::fs::create_dir_all(&doctored).expect("temp dir");
+    for entry in std::fs::read_dir(&good).expect("fixtures") {
+        let path = entry.expect("entry").path();
+        let mut text = read_script(&path);
+        if path.file_name().is_some_and(|n| n == "round-01-lazy.json") {
+            // As kepochctl writes a round whose driver reported callback after lazy was written.
+            assert!(
+                text.contains("\"strategy\": \"lazy\""),
+                "{}",
+                path.display()
+            );
+            text = text
+                .replace("\"strategy\": \"lazy\"", "\"strategy\": \"callback\"")
+                .replace(
+                    "\"strategy_reported\": \"lazy\"",
+                    "\"strategy_reported\": \"callback\"",
+                )
+                .replace("\"strategy_matches\": true", "\"strategy_matches\": false");
+        }
+        std::fs::write(doctored.join(path.file_name().expect("name")), text).expect("write");
+    }
+    let out = check(&doctored);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let _ = std::fs::remove_dir_all(&doctored);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("round-01-lazy.json: the driver ran callback, the registry asked for lazy"),
+        "{stdout}"
+    );
 }

@@ -14,8 +14,9 @@
 
     Steps: create the VM from a prepared Windows Server VHDX, or reuse an existing one (Generation 2,
     Secure Boot off, Guest Service Interface on); start it; wait for PowerShell Direct; apply the boot
-    options; copy the driver package and the guest scripts in with Copy-VMFile; run Invoke-KepochAB over
-    PowerShell Direct (Invoke-Command -VMName); copy the per-round JSON back into ResultsPath. Compare with
+    options; copy the driver package and the guest scripts in with Copy-VMFile; run Invoke-KepochAB (which
+    hands the A/B to `kepochctl ab`) over PowerShell Direct (Invoke-Command -VMName); copy the per-round JSON
+    back into ResultsPath. Compare with
     `kepoch-sim report results/*.json`.
 
     Run in an elevated PowerShell on the Hyper-V host (Windows PowerShell 5.1 or PowerShell 7 with the
@@ -49,7 +50,7 @@
     Do not set `maxproc yes` (then max == active and eager loads).
 
 .PARAMETER Rounds
-    A/B rounds (default 6).
+    A/B rounds (default 6); every round runs every strategy (kepochctl ab rotates their order).
 
 .PARAMETER Strategies
     Strategies to alternate (default lazy, callback, eager).
@@ -210,9 +211,9 @@ $remote = {
     Import-Module "$Root\scripts\KepochGuest.psm1" -Force
     $topology = Get-KepochTopology
     Install-KepochDriver -PackagePath "$Root\package" -Confirm:$false | Out-Null
-    $scenario = @{ hypervisor_note = 'Hyper-V: no live vCPU hot-add; maxproc/groupsize boot options' }
+    # kepochctl ab runs the rounds, writes the files and restores the registry and the service.
     $files = Invoke-KepochAB -Rounds $Rounds -OutputPath $Results -Strategies $Strategies -LoadRate $LoadRate `
-        -LoadSeconds $LoadSeconds -Scenario $scenario -Confirm:$false
+        -LoadSeconds $LoadSeconds -Confirm:$false
     [pscustomobject]@{ Topology = $topology; Files = @($files | ForEach-Object { $_.FullName }) }
 }
 $run = Invoke-Command -VMName $VMName -Credential $Credential -ScriptBlock $remote `

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # kepoch A/B with live CPU hot-add on a QEMU/KVM host.
 #
-# Boots a Windows Server guest with `-smp BOOT,maxcpus=MAX` and a QMP socket, and for each round:
-# sets the strategy and restarts the driver (through the guest agent), starts the load generator,
-# hot-adds CPUs with QMP `device_add` (slots from `query-hotpluggable-cpus`) on a schedule while the load
-# runs, then collects `kepochctl stats --json` merged with the guest's facts and copies it back.
+# Boots a Windows Server guest with `-smp BOOT,maxcpus=MAX` and a QMP socket, and for each round starts
+# `kepochctl ab --rounds 1 --strategies S --hot-add-file C:\kepoch\hotadd.txt` in the guest (through the
+# guest agent; kepochctl writes the registry, restarts the driver, runs the load and restores what it
+# found), hot-adds CPUs with QMP `device_add` (slots from `query-hotpluggable-cpus`) on a schedule while
+# the load runs, announces their number in the hot-add file, waits for kepochctl and copies the guest
+# file back.
 # Windows never removes processors, so every round is a fresh boot (the disk is opened with -snapshot
 # after the one-time install boot, so rounds do not change the image).
 #
@@ -214,12 +216,24 @@ qga_sync() {
     return 1
 }
 
+# guest_ps_start COMMAND: starts PowerShell in the guest through guest-exec and prints its pid.
+guest_ps_start() {
+    local req
+    req="$(jq -cn --arg c "$1" '{execute:"guest-exec",arguments:{path:"powershell.exe",
+        arg:["-NoProfile","-NonInteractive","-ExecutionPolicy","Bypass","-Command",$c],"capture-output":true}}')"
+    qga "$req" | jq -r .pid
+}
+
 # guest_ps COMMAND: runs PowerShell in the guest through guest-exec, prints stdout, fails on non-zero exit.
 guest_ps() {
-    local script="$1" req pid status exited code out err
-    req="$(jq -cn --arg c "$script" '{execute:"guest-exec",arguments:{path:"powershell.exe",
-        arg:["-NoProfile","-NonInteractive","-ExecutionPolicy","Bypass","-Command",$c],"capture-output":true}}')"
-    pid="$(qga "$req" | jq -r .pid)" || die "guest-exec failed"
+    local pid
+    pid="$(guest_ps_start "$1")" || die "guest-exec failed"
+    guest_ps_wait "$pid"
+}
+
+# guest_ps_wait PID: waits for a guest-exec'd PowerShell, prints its stdout, fails on non-zero exit.
+guest_ps_wait() {
+    local pid="$1" status exited code out err
     while :; do
         status="$(qga "{\"execute\":\"guest-exec-status\",\"arguments\":{\"pid\":$pid}}")" || die "guest-exec-status failed"
         exited="$(jq -r .exited <<<"$status")"
@@ -400,8 +414,13 @@ for (( round = 1; round <= TOTAL; round++ )); do
     boot_guest 1
     plan="$(printf '%s,' "${HOT_ADD[@]}")"; plan="${plan%,}"
     [[ "$NO_HOT_ADD" -eq 1 ]] && plan="none"
-    guest_ps "$IMPORT; \$r = Start-KepochRound -Strategy $(ps_quote "$strategy") -Round $round -LoadRate $LOAD_RATE -LoadSeconds $LOAD_SECONDS -Confirm:\$false; \$r | ConvertTo-Json -Compress | Set-Content -Path '$GUEST_ROOT\\round.json'" >/dev/null ||
-        log "round $round: starting the round failed; collecting what the guest reports"
+    guest_out="$GUEST_ROOT\\results\\round-$(printf '%02d' "$round")"
+    hot_add_file="$GUEST_ROOT\\hotadd.txt"
+    file_arg=""
+    [[ "$NO_HOT_ADD" -eq 0 ]] && file_arg=" -HotAddFile $(ps_quote "$hot_add_file")"
+    # kepochctl ab runs the round (registry, restart, load, stats, restore) while the host hot-adds.
+    ab_pid="$(guest_ps_start "$IMPORT; Invoke-KepochAB -OutputPath $(ps_quote "$guest_out") -Rounds 1 -Strategies $(ps_quote "$strategy") -LoadRate $LOAD_RATE -LoadSeconds $LOAD_SECONDS$file_arg -Confirm:\$false | Out-Null")" ||
+        die "round $round: starting kepochctl ab in the guest failed"
     requested=0
     elapsed=0
     if [[ "$NO_HOT_ADD" -eq 0 ]]; then
@@ -413,19 +432,19 @@ for (( round = 1; round <= TOTAL; round++ )); do
             requested=$(( requested + added ))
             log "round $round: t=${at}s device_add x$added"
         done
+        announce="$(mktemp)"
+        echo "$requested" >"$announce"
+        guest_put "$announce" "$hot_add_file"
+        rm -f "$announce"
     fi
-    if (( LOAD_SECONDS + 2 > elapsed )); then sleep $(( LOAD_SECONDS + 2 - elapsed )); fi
-    scenario="@{ hypervisor_note = 'QEMU/KVM live hot-add via QMP device_add'; hot_add_plan = $(ps_quote "$plan"); smp = $(ps_quote "$BOOT_CPUS,maxcpus=$MAX_CPUS") }"
-    out="$(guest_ps "$IMPORT; \$r = Get-Content -Raw -Path '$GUEST_ROOT\\round.json' | ConvertFrom-Json; (Complete-KepochRound -RoundInfo \$r -OutputPath '$GUEST_ROOT\\results' -HotAddRequested $requested -Scenario $scenario -Confirm:\$false).FullName")" ||
-        die "round $round: collecting results failed"
-    guest_file="$(tr -d '\r' <<<"$out" | tail -n 1)"
+    guest_ps_wait "$ab_pid" >/dev/null || die "round $round: kepochctl ab failed in the guest (see above)"
     local_file="$RESULTS/qemu-round-$(printf '%02d' "$round")-$strategy.json"
-    guest_get "$guest_file" "$local_file"
-    claimed="$(jq -r '.scenario.hot_add_claimed' "$local_file")"
+    guest_get "$guest_out\\round-01-$strategy.json" "$local_file"
+    claimed="$(jq -r '.results[0].ab.hot_add.claimed' "$local_file")"
     if [[ "$requested" -gt 0 && "$claimed" != "true" ]]; then
         log "round $round: $requested CPU(s) plugged but the guest's active count did not grow: NOT a hot-add result"
     fi
-    log "round $round: wrote $local_file (hot-add claimed: $claimed)"
+    log "round $round: wrote $local_file (hot-add claimed: $claimed, plan ${plan})"
     shutdown_guest
 done
 

@@ -10,10 +10,12 @@
     VM set back to BootCpus vCPUs.
 
     For every round: power on with BootCpus vCPUs, copy the package and guest scripts in
-    (Copy-VMGuestFile), install the driver, Start-KepochRound over Invoke-VMScript, raise the vCPU count
-    with Set-VM -NumCpu while the load runs, Complete-KepochRound, copy the JSON back, power off.
-    A hot-add result is claimed only when the guest reports hot-add support (KUSER_SHARED_DATA flag 0x20)
-    and its active processor count grew; otherwise the script refuses (unless -NoHotAdd).
+    (Copy-VMGuestFile), install the driver, start `kepochctl ab --rounds 1 --strategies S --hot-add-file
+    C:\kepoch\hotadd.txt` in the guest (Invoke-VMScript -RunAsync), raise the vCPU count with Set-VM -NumCpu
+    while the load runs, announce the count in the hot-add file, wait for kepochctl, copy the JSON back,
+    power off. kepochctl claims a hot-add (ab.hot_add.claimed) only when the guest's active processor count
+    grew; the script refuses to run hot-add rounds when the guest lacks hot-add support (KUSER_SHARED_DATA
+    flag 0x20) unless -NoHotAdd.
 
 .PARAMETER VMName
     The vSphere VM.
@@ -118,24 +120,26 @@ for ($round = 1; $round -le $Rounds; $round++) {
     if (-not $NoHotAdd -and -not $topology.hot_add_supported) {
         throw 'kepoch: REFUSING: the guest does not report processor hot-add support (KUSER_SHARED_DATA flag 0x20 clear); use a Server edition or -NoHotAdd.'
     }
-    Invoke-KepochGuestCode "Start-KepochRound -Strategy '$strategy' -Round $round -LoadRate $LoadRate -LoadSeconds $LoadSeconds -Confirm:`$false | ConvertTo-Json -Compress | Set-Content 'C:\kepoch\round.json'" | Out-Null
-    $requested = 0
-    $waited = 0
+    $guestOut = 'C:\kepoch\results\round-{0:D2}' -f $round
+    $hotAddFile = 'C:\kepoch\hotadd.txt'
+    $fileArg = "-HotAddFile '$hotAddFile'"
+    if ($NoHotAdd) { $fileArg = '' }
+    $task = Invoke-VMScript -VM $VMName -GuestCredential $GuestCredential -ScriptType Powershell -RunAsync -ScriptText `
+        ("`$ErrorActionPreference = 'Stop'; Import-Module 'C:\kepoch\scripts\KepochGuest.psm1' -Force; " +
+        "Invoke-KepochAB -OutputPath '$guestOut' -Rounds 1 -Strategies '$strategy' -LoadRate $LoadRate -LoadSeconds $LoadSeconds $fileArg -Confirm:`$false | Out-Null")
     if (-not $NoHotAdd) {
         Start-Sleep -Seconds $HotAddAfterSeconds
-        $waited = $HotAddAfterSeconds
         Set-VM -VM $VMName -NumCpu ($BootCpus + $HotAddCpus) -Confirm:$false | Out-Null
-        $requested = $HotAddCpus
+        $announce = Join-Path ([System.IO.Path]::GetTempPath()) 'kepoch-hotadd.txt'
+        Set-Content -LiteralPath $announce -Value "$HotAddCpus"
+        Copy-VMGuestFile -VM $VMName -GuestCredential $GuestCredential -LocalToGuest -Force -Source $announce -Destination $hotAddFile
     }
-    Start-Sleep -Seconds ([Math]::Max(1, $LoadSeconds + 2 - $waited))
-    $guestFile = Invoke-KepochGuestCode ("`$r = Get-Content -Raw 'C:\kepoch\round.json' | ConvertFrom-Json; " +
-        "(Complete-KepochRound -RoundInfo `$r -OutputPath 'C:\kepoch\results' -HotAddRequested $requested " +
-        "-Scenario @{ hypervisor_note = 'VMware CPU Hot Add via Set-VM -NumCpu' } -Confirm:`$false).FullName")
-    $guestFile = ($guestFile -split "`r?`n")[-1]
+    $result = Wait-Task -Task $task
+    if ($result.ExitCode -ne 0) { throw "kepoch: round ${round}: kepochctl ab failed in the guest: $($result.ScriptOutput)" }
     $local = Join-Path $ResultsPath ('vmware-round-{0:D2}-{1}.json' -f $round, $strategy)
-    Copy-VMGuestFile -VM $VMName -GuestCredential $GuestCredential -GuestToLocal -Force -Source $guestFile -Destination $local
+    Copy-VMGuestFile -VM $VMName -GuestCredential $GuestCredential -GuestToLocal -Force -Source "$guestOut\round-01-$strategy.json" -Destination $local
     $doc = Get-Content -Raw -LiteralPath $local | ConvertFrom-Json
-    Write-Host "kepoch: round $round ($strategy) -> $local (hot-add claimed: $($doc.scenario.hot_add_claimed))"
+    Write-Host "kepoch: round $round ($strategy) -> $local (hot-add claimed: $($doc.results[0].ab.hot_add.claimed))"
     Stop-VM -VM $VMName -Confirm:$false | Out-Null
 }
 Write-Host "kepoch: compare with: kepoch-sim report $ResultsPath/*.json"

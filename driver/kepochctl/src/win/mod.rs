@@ -1,5 +1,12 @@
 //! The Win32 calls kepochctl needs (through `windows-sys`): the control device, the OS build and
-//! processor counts.
+//! processor counts here; the registry ([`registry`]), the Service Control Manager ([`service`]),
+//! Ctrl-C ([`console`]) and the A/B's [`system::WinSystem`] in the submodules. Nothing else in
+//! kepochctl calls Windows.
+
+pub mod console;
+pub mod registry;
+pub mod service;
+pub mod system;
 
 use kepoch_report::{Guest, Hypervisor};
 use windows_sys::Wdk::System::SystemServices::RtlGetVersion;
@@ -20,8 +27,20 @@ pub struct Device {
 }
 
 impl Device {
-    /// Opens the control device (read/write).
+    /// Opens the control device (read/write); `Err` says why, with a hint.
     pub fn open() -> Result<Device, String> {
+        Device::open_raw().map_err(|error| {
+            let hint = match error {
+                ERROR_FILE_NOT_FOUND => " (is kepoch.sys running? `sc start kepoch`)",
+                ERROR_ACCESS_DENIED => " (access denied: run from an elevated prompt)",
+                _ => "",
+            };
+            format!("cannot open \\\\.\\kepoch: Win32 error {error}{hint}")
+        })
+    }
+
+    /// Opens the control device (read/write); `Err` is the Win32 error.
+    pub fn open_raw() -> Result<Device, u32> {
         let name: Vec<u16> = r"\\.\kepoch".encode_utf16().chain([0]).collect();
         // SAFETY: NUL-terminated name; no security attributes or template.
         let handle = unsafe {
@@ -37,15 +56,7 @@ impl Device {
         };
         if handle == INVALID_HANDLE_VALUE {
             // SAFETY: no arguments.
-            let error = unsafe { GetLastError() };
-            let hint = match error {
-                ERROR_FILE_NOT_FOUND => " (is kepoch.sys running? `sc start kepoch`)",
-                ERROR_ACCESS_DENIED => " (access denied: run from an elevated prompt)",
-                _ => "",
-            };
-            return Err(format!(
-                "cannot open \\\\.\\kepoch: Win32 error {error}{hint}"
-            ));
+            return Err(unsafe { GetLastError() });
         }
         Ok(Device { handle })
     }
@@ -91,6 +102,37 @@ impl Drop for Device {
     fn drop(&mut self) {
         // SAFETY: our handle, closed once.
         unsafe { CloseHandle(self.handle) };
+    }
+}
+
+/// Active processors in all groups.
+pub fn active_processors() -> u32 {
+    // SAFETY: a plain query without pointers.
+    unsafe { GetActiveProcessorCount(ALL_PROCESSOR_GROUPS) }
+}
+
+impl Device {
+    /// IOCTL_GET_STATS, decoded (a version the tool does not know is an error naming both).
+    pub fn stats(&self) -> Result<kepoch::Stats, String> {
+        use kepoch_driver::ioctl::{self, StatsDecodeError};
+
+        let mut buffer = vec![0u8; ioctl::STATS_SIZE];
+        let written = match self.ioctl(ioctl::IOCTL_GET_STATS, &[], &mut buffer) {
+            Ok(written) => written,
+            // ERROR_MORE_DATA: a newer driver with a larger struct; the header tells.
+            Err((windows_sys::Win32::Foundation::ERROR_MORE_DATA, written)) => written,
+            Err((error, _)) => {
+                return Err(format!("reading statistics failed: Win32 error {error}"))
+            }
+        };
+        ioctl::decode_stats(&buffer[..written.min(buffer.len())]).map_err(|e| match e {
+            StatsDecodeError::Truncated => "the driver returned a truncated statistics block".into(),
+            StatsDecodeError::Version { version, size } => format!(
+                "statistics version mismatch: driver has version {version} ({size} bytes), kepochctl expects {} ({} bytes); use the kepochctl built with this driver",
+                kepoch::STATS_VERSION,
+                ioctl::STATS_SIZE
+            ),
+        })
     }
 }
 
