@@ -114,7 +114,10 @@ extern "C"
     void
     ebpf_epoch_free_cache_aligned(_Frees_ptr_opt_ void* memory);
 
-    /** Waits for the current epoch to end (and the work items scheduled before to run). PASSIVE_LEVEL. */
+    /**
+     * Waits for the current epoch to end (and the work items scheduled before to run). PASSIVE_LEVEL,
+     * outside any epoch, never from a work item's callback (the wait would include its own run).
+     */
     _IRQL_requires_max_(PASSIVE_LEVEL) void
     ebpf_epoch_synchronize(void);
 

@@ -2,13 +2,15 @@
  * kepoch.h: kepoch's C API for Windows kernel drivers (x64). Per-CPU epoch-based reclamation that
  * survives processor hot-add: readers enter and exit epochs at any IRQL up to DISPATCH_LEVEL, writers
  * free what they unlinked and it is released once every reader that could still see it has exited.
+ * Blocks carry the pool tag they were allocated with (0, or a tag NT would refuse: the domain's).
  *
  * Link the static library `kepoch_c.lib` (bash c/build.sh) and ntoskrnl.lib/hal.lib. Compiles as
  * C11 and C++17 with or without the WDK's headers (include the WDK's first when you use them).
  *
  * Fail-fast: misuse that kepoch can see is never silent. Functions returning kepoch_status_t return
- * STATUS_INVALID_PARAMETER (0xC000000D) for bad arguments. The others log a line naming the function
- * and the misuse (DbgPrintEx, component IHVDRIVER, error level) and bug check
+ * STATUS_INVALID_PARAMETER (0xC000000D) for bad arguments other than an invalid domain handle.
+ * Everything else logs a line naming the function and the misuse (DbgPrintEx, component IHVDRIVER,
+ * error level; not above device IRQL) and bug checks
  * MANUALLY_INITIATED_CRASH (0xE2) with:
  *   Parameter 1: KEPOCH_BUGCHECK_MARKER ('KEPC', 0x4350454B)
  *   Parameter 2: the function, KEPOCH_FUNCTION_*
@@ -131,6 +133,21 @@ extern "C"
         uint64_t visits_cut_short;
     } kepoch_stats_t;
 
+    /* The layouts kepoch's library was built with (it asserts the same numbers). */
+#if defined(__cplusplus)
+#define KEPOCH_STATIC_ASSERT(condition, message) static_assert(condition, message)
+#else
+#define KEPOCH_STATIC_ASSERT(condition, message) _Static_assert(condition, message)
+#endif
+    KEPOCH_STATIC_ASSERT(sizeof(kepoch_epoch_state_t) == 32, "kepoch_epoch_state_t is 32 bytes");
+    KEPOCH_STATIC_ASSERT(sizeof(kepoch_config_t) == 32, "kepoch_config_t is 32 bytes");
+    KEPOCH_STATIC_ASSERT(offsetof(kepoch_config_t, pool_tag) == 20, "kepoch_config_t.pool_tag at 20");
+    KEPOCH_STATIC_ASSERT(sizeof(kepoch_stats_t) == 112, "kepoch_stats_t is 112 bytes");
+    KEPOCH_STATIC_ASSERT(offsetof(kepoch_stats_t, cpus_prepared) == 16, "kepoch_stats_t.cpus_prepared at 16");
+    KEPOCH_STATIC_ASSERT(offsetof(kepoch_stats_t, pending) == 56, "kepoch_stats_t.pending at 56");
+    KEPOCH_STATIC_ASSERT(offsetof(kepoch_stats_t, work_items_run) == 88, "kepoch_stats_t.work_items_run at 88");
+    KEPOCH_STATIC_ASSERT(offsetof(kepoch_stats_t, visits_cut_short) == 104, "kepoch_stats_t.visits_cut_short at 104");
+
     /* ---- domains ---- */
 
     /** Fills config with the defaults. Any IRQL. */
@@ -150,9 +167,10 @@ extern "C"
         _Outptr_ kepoch_domain_t** domain);
 
     /**
-     * Destroys a domain: stops its cycles, runs its scheduled work items and releases everything
-     * freed. Blocks allocated and never freed are leaked (Driver Verifier shows them under the tag).
-     * Fails fast while work items are neither scheduled nor cancelled.
+     * Destroys a domain: stops its cycles, runs its scheduled work items (their callbacks may still
+     * use the domain) and releases everything freed. Blocks allocated and never freed are leaked
+     * (Driver Verifier shows them under their tag). Fails fast while work items are neither
+     * scheduled nor cancelled.
      */
     _IRQL_requires_max_(PASSIVE_LEVEL) void
     kepoch_domain_destroy(_In_ kepoch_domain_t* domain);
@@ -211,7 +229,9 @@ extern "C"
 
     /* ---- writers ---- */
 
-    /** Waits until everything freed before the call is released. PASSIVE_LEVEL, outside any epoch. */
+    /**
+     * Waits until everything freed before the call is released. PASSIVE_LEVEL, outside any epoch.
+     */
     _IRQL_requires_max_(PASSIVE_LEVEL) void
     kepoch_synchronize(_In_ kepoch_domain_t* domain);
 

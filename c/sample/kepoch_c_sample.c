@@ -153,9 +153,13 @@ void
 kepoch_sample_misuse(int which)
 {
     if (which == 1) {
+        /* Inside an epoch, so that the block cannot be released between the two frees. */
+        ebpf_epoch_state_t inside;
+        ebpf_epoch_enter(&inside);
         void* block = ebpf_epoch_allocate(32);
         ebpf_epoch_free(block);
         ebpf_epoch_free(block);
+        ebpf_epoch_exit(&inside);
     } else if (which == 2) {
         ebpf_epoch_state_t never_entered = {0};
         ebpf_epoch_exit(&never_entered);

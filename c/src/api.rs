@@ -16,7 +16,7 @@ use kepoch_nt::{log_line, PoolTag};
 
 use crate::blocks::{self, Kind};
 use crate::domain::{CDomain, Creation};
-use crate::fail::{fail_fast, Function, Misuse};
+use crate::fail::{fail_fast, require_at_most_dispatch, require_passive, Function, Misuse};
 use crate::state::{self, EpochState};
 use crate::work::{self, CWorkItem, Callback};
 
@@ -143,6 +143,17 @@ pub struct CStats {
     pub visits_cut_short: u64,
 }
 
+// The layouts `c/include/kepoch.h` asserts too (sizes and the offset of each block of fields).
+const _: () = {
+    assert!(core::mem::size_of::<CConfig>() == 32);
+    assert!(core::mem::offset_of!(CConfig, pool_tag) == 20);
+    assert!(core::mem::size_of::<CStats>() == 112);
+    assert!(core::mem::offset_of!(CStats, cpus_prepared) == 16);
+    assert!(core::mem::offset_of!(CStats, pending) == 56);
+    assert!(core::mem::offset_of!(CStats, work_items_run) == 88);
+    assert!(core::mem::offset_of!(CStats, visits_cut_short) == 104);
+};
+
 /// Fills `config` with the defaults: callback strategy, idle deactivation, 1000 µs cycles, 256 frees
 /// per visit, tag `KepC`, a 500 ms DPC probe. Any IRQL.
 ///
@@ -190,7 +201,16 @@ pub unsafe extern "C" fn kepoch_domain_create(
     let config = if config.is_null() {
         CConfig::default()
     } else {
-        // SAFETY: readable per the caller.
+        // SAFETY: readable per the caller: its first field says how large it is, checked before
+        // the rest is read (a caller built against another layout may have passed less).
+        let size = unsafe { ptr::addr_of!((*config).size).read() };
+        if size as usize != core::mem::size_of::<CConfig>() {
+            return refuse(format_args!(
+                "kepoch_config_t.size is out of range ({size}; this library's kepoch_config_t has {})",
+                core::mem::size_of::<CConfig>()
+            ));
+        }
+        // SAFETY: as above, now known to be a whole kepoch_config_t.
         unsafe { config.read() }
     };
     let (core_config, pool_tag) = match config.validate() {
@@ -231,20 +251,6 @@ pub unsafe extern "C" fn kepoch_domain_destroy(domain: *mut CDomain) {
     let handle = unsafe { CDomain::from_handle(domain, NAME, Function::Terminate) };
     // SAFETY: live (checked); unused from now on (the caller).
     unsafe { CDomain::destroy(NonNull::from(handle), NAME) };
-}
-
-/// Fails fast unless the caller runs at PASSIVE_LEVEL.
-pub(crate) fn require_passive(name: &str, function: Function) {
-    let level = irql::current();
-    if level != irql::PASSIVE_LEVEL {
-        fail_fast(
-            name,
-            function,
-            Misuse::IrqlTooHigh,
-            0,
-            format_args!("(IRQL {level}; PASSIVE_LEVEL only) "),
-        );
-    }
 }
 
 /// Enters an epoch; `state` is the caller's, one per nesting level. IRQL <= DISPATCH_LEVEL.
@@ -299,7 +305,13 @@ pub unsafe extern "C" fn kepoch_allocate(
 ) -> *mut c_void {
     // SAFETY: per the caller.
     let domain = unsafe { CDomain::from_handle(domain, "kepoch_allocate", Function::Allocate) };
-    blocks::allocate(domain.domain(), size, tag_of(tag), Kind::Plain)
+    blocks::allocate(
+        domain.domain(),
+        size,
+        tag_of(tag),
+        Kind::Plain,
+        "kepoch_allocate",
+    )
 }
 
 /// A zeroed block starting on a cache line (64 bytes), or NULL. IRQL <= DISPATCH_LEVEL.
@@ -316,7 +328,13 @@ pub unsafe extern "C" fn kepoch_allocate_cache_aligned(
     let domain = unsafe {
         CDomain::from_handle(domain, "kepoch_allocate_cache_aligned", Function::Allocate)
     };
-    blocks::allocate(domain.domain(), size, tag_of(tag), Kind::CacheAligned)
+    blocks::allocate(
+        domain.domain(),
+        size,
+        tag_of(tag),
+        Kind::CacheAligned,
+        "kepoch_allocate_cache_aligned",
+    )
 }
 
 /// Frees a block of `kepoch_allocate` once the readers that may see it have exited; NULL is
@@ -374,7 +392,7 @@ pub unsafe extern "C" fn kepoch_work_item_allocate(
             format_args!("(callback) "),
         );
     };
-    work::allocate(domain, callback, context)
+    work::allocate(domain, callback, context, NAME)
 }
 
 /// Schedules a work item: it runs once, after a grace period, then is freed. IRQL <= DISPATCH_LEVEL.
@@ -418,6 +436,7 @@ pub unsafe extern "C" fn kepoch_synchronize(domain: *mut CDomain) {
 /// `domain` is a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn kepoch_flush(domain: *mut CDomain) {
+    require_at_most_dispatch("kepoch_flush", Function::Other);
     // SAFETY: per the caller.
     unsafe { CDomain::from_handle(domain, "kepoch_flush", Function::Other) }
         .domain()

@@ -12,7 +12,7 @@ use kepoch::platform::PoolTag;
 use kepoch::Domain;
 use kepoch_nt::NtPlatform;
 
-use crate::fail::{fail_fast, Function, Misuse};
+use crate::fail::{fail_fast, require_at_most_dispatch, Function, Misuse};
 
 /// A 16-byte chunk: blocks from `allocate` are aligned like pool blocks (`MEMORY_ALLOCATION_ALIGNMENT`).
 #[repr(C, align(16))]
@@ -30,7 +30,8 @@ unsafe impl Zeroable for CacheLine {}
 /// The 16 bytes below a C block's pointer.
 #[repr(C)]
 struct Prefix {
-    /// `pointer ^ kind` while live, `pointer ^ FREED` once freed.
+    /// `pointer ^ domain ^ kind` while live, `pointer ^ domain ^ FREED` once freed: a block of
+    /// another domain does not pass.
     check: usize,
     /// Reserved (zero).
     reserved: usize,
@@ -69,17 +70,25 @@ impl Kind {
 }
 
 /// A zeroed block of at least `size` bytes (with `tag`, or the domain's), or NULL when the pool has
-/// no memory or the size overflows. Any IRQL up to DISPATCH_LEVEL.
+/// no memory or the size overflows. Any IRQL up to DISPATCH_LEVEL (above it fails fast, naming
+/// `name`).
 pub fn allocate(
     domain: &Domain<NtPlatform>,
     size: usize,
     tag: Option<PoolTag>,
     kind: Kind,
+    name: &str,
 ) -> *mut c_void {
+    require_at_most_dispatch(name, Function::Allocate);
     match kind {
         Kind::Plain => allocate_chunks::<Chunk>(domain, size, tag, kind),
         Kind::CacheAligned => allocate_chunks::<CacheLine>(domain, size, tag, kind),
     }
+}
+
+/// What a block's check word is XORed with: its pointer and its domain's address.
+fn salt(pointer: *const c_void, domain: &Domain<NtPlatform>) -> usize {
+    pointer as usize ^ (domain as *const Domain<NtPlatform> as usize)
 }
 
 fn allocate_chunks<C: Zeroable + Send>(
@@ -100,7 +109,7 @@ fn allocate_chunks<C: Zeroable + Send>(
     unsafe {
         let pointer = values.as_ptr().cast::<C>().add(1).cast::<u8>();
         pointer.cast::<Prefix>().sub(1).write(Prefix {
-            check: pointer as usize ^ kind.check(),
+            check: salt(pointer.cast(), domain) ^ kind.check(),
             reserved: 0,
         });
         pointer.cast()
@@ -108,23 +117,25 @@ fn allocate_chunks<C: Zeroable + Send>(
 }
 
 /// Retires a block from [`allocate`] of `kind`: freed once every reader that entered before has
-/// exited. NULL is ignored. Fails fast on a double free, a pointer kepoch did not allocate, or a
-/// block of the other kind. Any IRQL up to DISPATCH_LEVEL.
+/// exited. NULL is ignored. Fails fast on a double free, a pointer this domain did not allocate
+/// (another domain's block included), or a block of the other kind. Any IRQL up to DISPATCH_LEVEL.
 ///
 /// # Safety
 /// `pointer` is NULL or has 16 readable and writable bytes below it (a block from [`allocate`] of
 /// this domain, live or freed recently, is what the checks expect), and no reader that enters from
 /// now on can reach it.
 pub unsafe fn free(domain: &Domain<NtPlatform>, pointer: *mut c_void, kind: Kind, name: &str) {
+    let function = kind.function();
+    require_at_most_dispatch(name, function);
     if pointer.is_null() {
         return;
     }
-    let function = kind.function();
     let address = pointer as usize;
     // SAFETY: 16 bytes below the pointer are readable and writable (the caller).
     let prefix = unsafe { pointer.cast::<Prefix>().sub(1) };
     // SAFETY: as above.
-    let check = unsafe { ptr::read_volatile(ptr::addr_of!((*prefix).check)) } ^ address;
+    let check =
+        unsafe { ptr::read_volatile(ptr::addr_of!((*prefix).check)) } ^ salt(pointer, domain);
     let misuse = match check {
         c if c == kind.check() => None,
         FREED => Some(Misuse::DoubleFree),
@@ -135,7 +146,12 @@ pub unsafe fn free(domain: &Domain<NtPlatform>, pointer: *mut c_void, kind: Kind
         fail_fast(name, function, misuse, address, format_args!(""));
     }
     // SAFETY: a live block of this kind (its check word): writable, retired once below.
-    unsafe { ptr::write_volatile(ptr::addr_of_mut!((*prefix).check), address ^ FREED) };
+    unsafe {
+        ptr::write_volatile(
+            ptr::addr_of_mut!((*prefix).check),
+            salt(pointer, domain) ^ FREED,
+        )
+    };
     let retired = match kind {
         // SAFETY: the block's first chunk precedes the pointer; unreachable per the caller.
         Kind::Plain => unsafe { retire_chunks::<Chunk>(domain, pointer) },

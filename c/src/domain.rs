@@ -3,6 +3,8 @@
 //! cancelled). It lives in a block of the domain's own pool; C holds a pointer to it.
 
 use core::alloc::Layout;
+use core::cell::UnsafeCell;
+use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -14,12 +16,20 @@ use crate::fail::{fail_fast, Function, Misuse};
 
 /// XORed with a live handle's address in [`CDomain::check`].
 const LIVE: usize = 0x6B65_706F_6368_444D;
+/// XORed with the address of a handle being destroyed: its scheduled work items still run, and
+/// their callbacks may still use the domain.
+const DESTROYING: usize = 0x6B65_706F_6368_4444;
 
 /// What a C domain handle points to.
 pub struct CDomain {
-    /// `address ^ LIVE` while the handle is live; 0 once destroyed.
+    /// `address ^ LIVE` while the handle is live, `address ^ DESTROYING` while its domain shuts
+    /// down; 0 once destroyed.
     check: AtomicUsize,
-    domain: DomainBox<NtPlatform>,
+    /// The domain, through which every call reaches it (never through `owner`, which only
+    /// `destroy` touches, so that its drop does not alias the references callbacks hold).
+    domain: NonNull<Domain<NtPlatform>>,
+    /// The owning box, dropped by `destroy`.
+    owner: UnsafeCell<ManuallyDrop<DomainBox<NtPlatform>>>,
     /// The pool this block was allocated from (the domain's tag).
     pool: Pool,
     /// Work items allocated and neither scheduled nor cancelled.
@@ -65,11 +75,13 @@ impl CDomain {
             return Err(Status::INSUFFICIENT_RESOURCES);
         };
         let handle = block.cast::<CDomain>();
+        let inner = NonNull::from(&*domain);
         // SAFETY: a fresh block of CDomain's layout.
         unsafe {
             handle.as_ptr().write(CDomain {
                 check: AtomicUsize::new(handle.as_ptr() as usize ^ LIVE),
-                domain,
+                domain: inner,
+                owner: UnsafeCell::new(ManuallyDrop::new(domain)),
                 pool,
                 idle_work_items: AtomicUsize::new(0),
             })
@@ -79,11 +91,13 @@ impl CDomain {
 
     /// The domain.
     pub fn domain(&self) -> &Domain<NtPlatform> {
-        &self.domain
+        // SAFETY: the box in `owner` keeps the domain alive until `destroy` drops it, after which
+        // no caller may use the handle (its contract).
+        unsafe { self.domain.as_ref() }
     }
 
-    /// The live domain a C handle points to; fails fast (naming `name`) on NULL or a pointer that is
-    /// not a live handle.
+    /// The live domain a C handle points to (or one being destroyed, for the callbacks of its last
+    /// work items); fails fast (naming `name`) on NULL or a pointer that is not a live handle.
     ///
     /// # Safety
     /// `handle` is NULL or points to readable memory of a `CDomain`'s size (a handle, live or
@@ -97,8 +111,8 @@ impl CDomain {
             fail_fast(name, function, Misuse::Null, 0, format_args!(""));
         }
         // SAFETY: readable per the caller; the check word is read atomically.
-        let check = unsafe { &(*handle).check }.load(Ordering::Acquire);
-        if check != handle as usize ^ LIVE {
+        let check = unsafe { &(*handle).check }.load(Ordering::Acquire) ^ handle as usize;
+        if check != LIVE && check != DESTROYING {
             fail_fast(
                 name,
                 function,
@@ -111,32 +125,61 @@ impl CDomain {
         unsafe { &*handle }
     }
 
-    /// Shuts the domain down (its cycles stop, scheduled work items run, everything retired is freed)
-    /// and frees the handle. Fails fast when work items are still allocated and neither scheduled nor
-    /// cancelled (their memory would outlive the domain). PASSIVE_LEVEL.
+    /// Shuts the domain down (its cycles stop, scheduled work items run — their callbacks may still
+    /// use the handle — everything retired is freed) and frees the handle. Fails fast on a handle
+    /// that is not live (destroyed twice) and when work items are still allocated and neither
+    /// scheduled nor cancelled (before the shutdown, and again after it for items the last
+    /// callbacks allocated). PASSIVE_LEVEL.
     ///
     /// # Safety
-    /// `handle` is live (see [`CDomain::from_handle`]) and nothing uses it during or after the call.
+    /// `handle` points to readable memory of a `CDomain`'s size, and nothing but the callbacks of
+    /// its work items uses it during the call, nothing at all after it.
     pub unsafe fn destroy(handle: NonNull<CDomain>, name: &str) {
-        // SAFETY: live per the caller.
+        let address = handle.as_ptr() as usize;
+        // SAFETY: readable per the caller; the check word is atomic.
+        let check = unsafe { &(*handle.as_ptr()).check };
+        if check
+            .compare_exchange(
+                address ^ LIVE,
+                address ^ DESTROYING,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            fail_fast(
+                name,
+                Function::Terminate,
+                Misuse::NotADomain,
+                address,
+                format_args!(""),
+            );
+        }
+        // SAFETY: live until freed below.
         let this = unsafe { handle.as_ref() };
-        let idle = this.idle_work_items.load(Ordering::Acquire);
+        this.check_no_idle_work_items(name, address);
+        // SAFETY: the owner cell is touched by nobody else (callbacks reach the domain through
+        // `domain`); dropped once: the domain shuts down, running the last work items.
+        unsafe { ManuallyDrop::drop(&mut *this.owner.get()) };
+        this.check_no_idle_work_items(name, address);
+        check.store(0, Ordering::Release);
+        let pool = this.pool;
+        // SAFETY: nothing uses the handle any more (caller); freed with the layout and pool it was
+        // allocated with (its remaining fields need no drop).
+        unsafe { pool.free(handle.cast(), Layout::new::<CDomain>()) };
+    }
+
+    /// Fails fast while work items are allocated and neither scheduled nor cancelled.
+    fn check_no_idle_work_items(&self, name: &str, address: usize) {
+        let idle = self.idle_work_items.load(Ordering::Acquire);
         if idle != 0 {
             fail_fast(
                 name,
                 Function::Terminate,
                 Misuse::WorkItemsOutstanding,
-                handle.as_ptr() as usize,
+                address,
                 format_args!("({idle} of them) "),
             );
-        }
-        this.check.store(0, Ordering::Release);
-        let pool = this.pool;
-        // SAFETY: nobody uses the handle any more (caller); the domain drops here, then the block is
-        // freed with the layout and pool it was allocated with.
-        unsafe {
-            core::ptr::drop_in_place(handle.as_ptr());
-            pool.free(handle.cast(), Layout::new::<CDomain>());
         }
     }
 }

@@ -10,10 +10,10 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 use kepoch::platform::{LogLevel, Platform, PoolTag as CoreTag};
 use kepoch_nt::{log_line, sys};
 
-use crate::api::{require_passive, tag_of, CConfig};
+use crate::api::{tag_of, CConfig};
 use crate::blocks::{self, Kind};
 use crate::domain::{CDomain, Creation};
-use crate::fail::{fail_fast, Function, Misuse};
+use crate::fail::{fail_fast, require_at_most_dispatch, require_passive, Function, Misuse};
 use crate::state::{self, EpochState};
 use crate::work::{self, CWorkItem, Callback};
 
@@ -128,14 +128,14 @@ pub extern "C" fn ebpf_epoch_initiate() -> EbpfResult {
 pub extern "C" fn ebpf_epoch_terminate() {
     const NAME: &str = "ebpf_epoch_terminate";
     require_passive(NAME, Function::Terminate);
-    let handle = DOMAIN.swap(ptr::null_mut(), Ordering::AcqRel);
+    // Unpublished only after the destroy: the callbacks of the last work items, which run during
+    // it, may still call the API (eBPF's own callbacks free memory and schedule work items there).
+    let handle = DOMAIN.load(Ordering::Acquire);
     if let Some(handle) = ptr::NonNull::new(handle) {
-        // SAFETY: the live handle initiate published, unpublished above; nothing else runs (the
-        // contract).
-        unsafe {
-            CDomain::from_handle(handle.as_ptr(), NAME, Function::Terminate);
-            CDomain::destroy(handle, NAME);
-        }
+        // SAFETY: the handle initiate published; nothing but those callbacks runs concurrently
+        // (the contract).
+        unsafe { CDomain::destroy(handle, NAME) };
+        DOMAIN.store(ptr::null_mut(), Ordering::Release);
     }
 }
 
@@ -144,6 +144,7 @@ pub extern "C" fn ebpf_epoch_terminate() {
 /// initiate).
 #[no_mangle]
 pub extern "C" fn ebpf_epoch_create_cpu_work_queue(cpu_id: u32) -> EbpfResult {
+    require_at_most_dispatch("ebpf_epoch_create_cpu_work_queue", Function::Other);
     let handle = DOMAIN.load(Ordering::Acquire);
     if handle.is_null() {
         return EbpfResult::InvalidObject;
@@ -181,26 +182,31 @@ pub unsafe extern "C" fn ebpf_epoch_exit(epoch_state: *mut EpochState) {
 /// A zeroed block of `size` bytes with the domain's tag, or NULL. IRQL <= DISPATCH_LEVEL.
 #[no_mangle]
 pub extern "C" fn ebpf_epoch_allocate(size: usize) -> *mut c_void {
-    let domain = domain("ebpf_epoch_allocate", Function::Allocate);
-    blocks::allocate(domain.domain(), size, None, Kind::Plain)
+    const NAME: &str = "ebpf_epoch_allocate";
+    blocks::allocate(
+        domain(NAME, Function::Allocate).domain(),
+        size,
+        None,
+        Kind::Plain,
+        NAME,
+    )
 }
 
 /// A zeroed block of `size` bytes tagged `tag` (0: the domain's), or NULL. IRQL <= DISPATCH_LEVEL.
 #[no_mangle]
 pub extern "C" fn ebpf_epoch_allocate_with_tag(size: usize, tag: u32) -> *mut c_void {
-    let domain = domain("ebpf_epoch_allocate_with_tag", Function::Allocate);
-    blocks::allocate(domain.domain(), size, tag_of(tag), Kind::Plain)
+    const NAME: &str = "ebpf_epoch_allocate_with_tag";
+    let domain = domain(NAME, Function::Allocate).domain();
+    blocks::allocate(domain, size, tag_of(tag), Kind::Plain, NAME)
 }
 
 /// A zeroed block starting on a cache line, tagged `tag` (0: the domain's), or NULL.
 /// IRQL <= DISPATCH_LEVEL.
 #[no_mangle]
 pub extern "C" fn ebpf_epoch_allocate_cache_aligned_with_tag(size: usize, tag: u32) -> *mut c_void {
-    let domain = domain(
-        "ebpf_epoch_allocate_cache_aligned_with_tag",
-        Function::Allocate,
-    );
-    blocks::allocate(domain.domain(), size, tag_of(tag), Kind::CacheAligned)
+    const NAME: &str = "ebpf_epoch_allocate_cache_aligned_with_tag";
+    let domain = domain(NAME, Function::Allocate).domain();
+    blocks::allocate(domain, size, tag_of(tag), Kind::CacheAligned, NAME)
 }
 
 /// Frees a block once every reader that entered before has exited; NULL is ignored. Fails fast on
@@ -277,7 +283,7 @@ pub unsafe extern "C" fn ebpf_epoch_allocate_work_item(
             format_args!("(callback) "),
         );
     };
-    work::allocate(domain, callback, callback_context.cast_mut())
+    work::allocate(domain, callback, callback_context.cast_mut(), NAME)
 }
 
 /// Schedules a work item allocated by `ebpf_epoch_allocate_work_item`: it runs once and is then
@@ -307,6 +313,7 @@ pub unsafe extern "C" fn ebpf_epoch_cancel_work_item(work_item: *mut CWorkItem) 
 #[no_mangle]
 pub extern "C" fn ebpf_epoch_is_free_list_empty(cpu_id: u32) -> bool {
     const NAME: &str = "ebpf_epoch_is_free_list_empty";
+    require_at_most_dispatch(NAME, Function::IsFreeListEmpty);
     let domain = domain(NAME, Function::IsFreeListEmpty).domain();
     let platform = domain.platform();
     if cpu_id >= platform.max_processor_count() {

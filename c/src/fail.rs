@@ -5,7 +5,12 @@
 //! reader still uses.
 
 use kepoch::platform::LogLevel;
+use kepoch_nt::sys::irql;
 use kepoch_nt::{log_line, sys};
+
+/// The highest device IRQL on x64: `DbgPrintEx` is documented up to DIRQL, so a fail-fast above it
+/// bug checks without the log line.
+const MAX_DEVICE_IRQL: u8 = 12;
 
 /// First bug-check parameter of every fail-fast of the C API: `'KEPC'` (0x4350454B).
 pub const BUGCHECK_MARKER: usize = 0x4350_454B;
@@ -86,7 +91,7 @@ impl Misuse {
                 "the epoch state is already entered and not exited: each nesting level needs its own state"
             }
             Misuse::StateNotEntered => {
-                "the epoch state was not entered (or was exited already): exit only what an enter filled in"
+                "the epoch state was not entered in this domain (or was exited already): exit only what an enter of the same domain filled in"
             }
             Misuse::IrqlChanged => "the exit runs at another IRQL than its enter",
             Misuse::MigratedAtDispatch => {
@@ -95,7 +100,7 @@ impl Misuse {
             Misuse::IrqlTooHigh => "called above the highest IRQL this function allows",
             Misuse::DoubleFree => "the block was freed already (double free)",
             Misuse::NotKepochMemory => {
-                "the pointer was not allocated by kepoch's C API (or the bytes before it were overwritten)"
+                "the pointer was not allocated by kepoch's C API in this domain (another domain's block, foreign memory, or the bytes before it were overwritten)"
             }
             Misuse::WrongFreeFunction => {
                 "the block was allocated by the other allocation function: free cache-aligned blocks with the cache-aligned free"
@@ -125,20 +130,52 @@ pub fn fail_fast(
     address: usize,
     detail: core::fmt::Arguments<'_>,
 ) -> ! {
-    log_line(
-        LogLevel::Error,
-        format_args!(
-            "kepoch: {name}: {} {detail}(address 0x{address:x}); bug check 0xE2 (0x{BUGCHECK_MARKER:X}, {}, {}, 0x{address:x})",
-            misuse.explain(),
-            function as usize,
-            misuse as usize,
-        ),
-    );
+    if irql::current() <= MAX_DEVICE_IRQL {
+        log_line(
+            LogLevel::Error,
+            format_args!(
+                "kepoch: {name}: {} {detail}(address 0x{address:x}); bug check 0xE2 (0x{BUGCHECK_MARKER:X}, {}, {}, 0x{address:x})",
+                misuse.explain(),
+                function as usize,
+                misuse as usize,
+            ),
+        );
+    }
     // SAFETY: KeBugCheckEx never returns; the parameters are plain values shown in the crash dump.
     unsafe {
         sys::bug_check(
             sys::MANUALLY_INITIATED_CRASH,
             [BUGCHECK_MARKER, function as usize, misuse as usize, address],
         )
+    }
+}
+
+/// Fails fast unless the caller runs at DISPATCH_LEVEL or below (every export but the
+/// PASSIVE_LEVEL ones: above DISPATCH a free could interrupt this processor's own reclamation DPC
+/// in the middle of its list).
+pub fn require_at_most_dispatch(name: &str, function: Function) {
+    let level = irql::current();
+    if level > irql::DISPATCH_LEVEL {
+        fail_fast(
+            name,
+            function,
+            Misuse::IrqlTooHigh,
+            0,
+            format_args!("(IRQL {level}; at most DISPATCH_LEVEL) "),
+        );
+    }
+}
+
+/// Fails fast unless the caller runs at PASSIVE_LEVEL.
+pub fn require_passive(name: &str, function: Function) {
+    let level = irql::current();
+    if level != irql::PASSIVE_LEVEL {
+        fail_fast(
+            name,
+            function,
+            Misuse::IrqlTooHigh,
+            0,
+            format_args!("(IRQL {level}; PASSIVE_LEVEL only) "),
+        );
     }
 }

@@ -31,8 +31,14 @@ fn enter_protects_nothing() -> bool {
     }
 }
 
-/// XORed with the state's address in [`EpochState::check`] between enter and exit.
+/// XORed with the state's and the domain's addresses in [`EpochState::check`] between enter and
+/// exit: a state entered in one domain is not accepted by another's exit.
 const ENTERED: usize = 0x6B65_706F_6368_454E;
+
+/// The check word of `state` entered in `domain`.
+fn entered(state: *const EpochState, domain: &Domain<NtPlatform>) -> usize {
+    state as usize ^ ENTERED ^ (domain as *const Domain<NtPlatform> as usize)
+}
 
 /// The C epoch state (layout of `ebpf_epoch_state_t`: `epoch_list_entry.Flink`,
 /// `epoch_list_entry.Blink`, `epoch`, `cpu_id`, `irql_at_enter`).
@@ -40,7 +46,7 @@ const ENTERED: usize = 0x6B65_706F_6368_454E;
 pub struct EpochState {
     /// The token's first word (the list entry's `Flink`).
     token_participant: usize,
-    /// `address ^ ENTERED` while entered, 0 after the exit (the list entry's `Blink`).
+    /// `address ^ ENTERED ^ domain` while entered, 0 after the exit (the list entry's `Blink`).
     check: usize,
     /// The token's second word (`epoch`).
     token_tag: u64,
@@ -73,7 +79,7 @@ pub unsafe fn enter(domain: &Domain<NtPlatform>, state: *mut EpochState, name: &
     // SAFETY: writable per the caller; read as plain bytes (the caller may pass uninitialised
     // memory: whatever it holds is only compared).
     let check = unsafe { ptr::read_volatile(addr_of!((*state).check)) };
-    if check == state as usize ^ ENTERED {
+    if check == entered(state, domain) {
         fail_fast(
             name,
             Function::Enter,
@@ -93,7 +99,7 @@ pub unsafe fn enter(domain: &Domain<NtPlatform>, state: *mut EpochState, name: &
     unsafe {
         state.write(EpochState {
             token_participant: participant,
-            check: state as usize ^ ENTERED,
+            check: entered(state, domain),
             token_tag: tag as u64,
             cpu_id,
             irql_at_enter: level,
@@ -111,8 +117,8 @@ pub unsafe fn exit(domain: &Domain<NtPlatform>, state: *mut EpochState, name: &s
         fail_fast(name, Function::Exit, Misuse::Null, 0, format_args!(""));
     }
     // SAFETY: readable per the caller.
-    let entered = unsafe { ptr::read_volatile(addr_of!((*state).check)) };
-    if entered != state as usize ^ ENTERED {
+    let entered_check = unsafe { ptr::read_volatile(addr_of!((*state).check)) };
+    if entered_check != entered(state, domain) {
         fail_fast(
             name,
             Function::Exit,

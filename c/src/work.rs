@@ -7,13 +7,13 @@
 use core::ffi::c_void;
 use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use kepoch::WorkItem;
 use kepoch_nt::NtPlatform;
 
 use crate::domain::CDomain;
-use crate::fail::{fail_fast, Function, Misuse};
+use crate::fail::{fail_fast, require_at_most_dispatch, Function, Misuse};
 
 /// A C work item's callback: `void callback(void* context)`.
 pub type Callback = unsafe extern "C" fn(context: *mut c_void);
@@ -25,12 +25,20 @@ const SCHEDULED: usize = 0x6B65_706F_6368_5753;
 /// Check value of a freed item (until its memory is reused).
 const FREED: usize = 0x6B65_706F_6368_5746;
 
+/// Bit of [`CWorkItem::ends`]: the schedule call has returned.
+const SCHEDULE_RETURNED: u8 = 1;
+/// Bit of [`CWorkItem::ends`]: the run has finished with the item.
+const RUN_DONE: u8 = 2;
+
 /// What a C work item handle points to: a block of its domain.
 pub struct CWorkItem {
     check: AtomicUsize,
     owner: NonNull<CDomain>,
     callback: Callback,
     context: *mut c_void,
+    /// Which of the schedule call and the run are done with the item: the second frees it (the run
+    /// can end on a worker thread before the schedule call has returned).
+    ends: AtomicU8,
     /// kepoch's work item, whose closure calls [`run`] with this block's address.
     item: MaybeUninit<WorkItem<'static, NtPlatform>>,
 }
@@ -39,14 +47,22 @@ pub struct CWorkItem {
 // work item handle is Send.
 unsafe impl Send for CWorkItem {}
 
-/// Allocates an idle work item, or NULL when the pool has no memory. Any IRQL up to DISPATCH_LEVEL.
-pub fn allocate(owner: &CDomain, callback: Callback, context: *mut c_void) -> *mut CWorkItem {
+/// Allocates an idle work item, or NULL when the pool has no memory. Any IRQL up to DISPATCH_LEVEL
+/// (above it fails fast, naming `name`).
+pub fn allocate(
+    owner: &CDomain,
+    callback: Callback,
+    context: *mut c_void,
+    name: &str,
+) -> *mut CWorkItem {
+    require_at_most_dispatch(name, Function::AllocateWorkItem);
     let domain = owner.domain();
     let Ok(block) = domain.alloc(CWorkItem {
         check: AtomicUsize::new(0),
         owner: NonNull::from(owner),
         callback,
         context,
+        ends: AtomicU8::new(0),
         item: MaybeUninit::uninit(),
     }) else {
         return ptr::null_mut();
@@ -85,6 +101,7 @@ unsafe fn transition<'a>(
     name: &str,
     function: Function,
 ) -> &'a CWorkItem {
+    require_at_most_dispatch(name, function);
     if item.is_null() {
         fail_fast(name, function, Misuse::Null, 0, format_args!(""));
     }
@@ -126,8 +143,13 @@ pub unsafe fn schedule(item: *mut CWorkItem, name: &str) {
     owner.idle_work_items.fetch_sub(1, Ordering::AcqRel);
     // SAFETY: written at allocation, before the check word went live.
     let work = unsafe { this.item.assume_init_ref() };
-    // The check word makes this the item's only schedule, of its own domain: never refused.
+    // The check word makes this the item's only schedule, of its own domain: never refused. The
+    // item stays allocated until this call is done with it, even when the run ends first.
     let _ = owner.domain().schedule_work(work);
+    if this.ends.fetch_or(SCHEDULE_RETURNED, Ordering::AcqRel) & RUN_DONE != 0 {
+        // SAFETY: the run is over and this call was the last user of the item.
+        unsafe { release(item) };
+    }
 }
 
 /// Cancels and frees an unscheduled item; NULL is ignored. Any IRQL up to DISPATCH_LEVEL.
@@ -135,6 +157,7 @@ pub unsafe fn schedule(item: *mut CWorkItem, name: &str) {
 /// # Safety
 /// `item` is NULL or points to readable memory of a `CWorkItem`'s size.
 pub unsafe fn cancel(item: *mut CWorkItem, name: &str) {
+    require_at_most_dispatch(name, Function::CancelWorkItem);
     if item.is_null() {
         return;
     }
@@ -156,19 +179,22 @@ unsafe fn run(item: *mut CWorkItem) {
     let (callback, context) = unsafe { ((*item).callback, (*item).context) };
     // SAFETY: the C caller's callback with the context it gave for it.
     unsafe { callback(context) };
-    // SAFETY: live; the check word marks it freed before the memory goes.
+    // SAFETY: live until released below; the check word marks it freed first.
     unsafe {
         (*item)
             .check
             .store(item as usize ^ FREED, Ordering::Release);
-        release(item);
+        if (*item).ends.fetch_or(RUN_DONE, Ordering::AcqRel) & SCHEDULE_RETURNED != 0 {
+            release(item);
+        }
     }
 }
 
 /// Drops kepoch's work item and frees the block.
 ///
 /// # Safety
-/// `item` is live and used by nobody else; its schedule, if any, is running (this is its end).
+/// `item` is live and used by nobody else: never scheduled, or both its schedule call and its run
+/// are done with it (this is its end).
 unsafe fn release(item: *mut CWorkItem) {
     // SAFETY: per the caller; the handle was written at allocation. Dropping it during its own run
     // leaves the block to the run's reference, which frees it after the callback returns.

@@ -25,6 +25,29 @@ typedef struct _ebpf_usage_map
 } ebpf_usage_map_t;
 
 static volatile int32_t _ebpf_usage_callbacks;
+static void* _ebpf_usage_late_block;
+static volatile int32_t _ebpf_usage_late_runs;
+
+static void
+_ebpf_usage_late_second(_Inout_ void* context)
+{
+    (void)context;
+    __atomic_add_fetch(&_ebpf_usage_late_runs, 1, __ATOMIC_RELAXED);
+}
+
+/* Scheduled just before terminate, as eBPF's map delete runs in an epoch work item: it frees memory
+ * and schedules another work item while the module terminates. */
+static void
+_ebpf_usage_late_first(_Inout_ void* context)
+{
+    (void)context;
+    ebpf_epoch_free(_ebpf_usage_late_block);
+    ebpf_epoch_work_item_t* next = ebpf_epoch_allocate_work_item(NULL, _ebpf_usage_late_second);
+    if (next != NULL) {
+        ebpf_epoch_schedule_work_item(next);
+    }
+    __atomic_add_fetch(&_ebpf_usage_late_runs, 1, __ATOMIC_RELAXED);
+}
 
 /* A deferred-free callback, as eBPF's object code registers one. */
 static void
@@ -136,6 +159,15 @@ ebpf_usage_run(struct _DRIVER_OBJECT* driver)
     if (!ebpf_epoch_is_free_list_empty(0)) {
         return __LINE__;
     }
+    _ebpf_usage_late_block = ebpf_epoch_allocate(16);
+    ebpf_epoch_work_item_t* late = ebpf_epoch_allocate_work_item(NULL, _ebpf_usage_late_first);
+    if (_ebpf_usage_late_block == NULL || late == NULL) {
+        return __LINE__;
+    }
+    ebpf_epoch_schedule_work_item(late);
     ebpf_epoch_terminate();
+    if (__atomic_load_n(&_ebpf_usage_late_runs, __ATOMIC_RELAXED) != 2) {
+        return __LINE__; /* both ran: the one scheduled before terminate and the one it scheduled */
+    }
     return 0;
 }

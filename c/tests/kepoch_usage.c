@@ -17,6 +17,21 @@ void
 kepoch_usage_lower(uint8_t previous);
 
 static volatile int32_t _usage_runs;
+static kepoch_domain_t* _usage_domain;
+static void* _usage_late_block;
+static volatile int32_t _usage_late_runs;
+
+/* A work item scheduled just before the domain is destroyed: it runs while the destroy shuts the
+ * domain down, and still frees and allocates through the handle. */
+static void
+_usage_late_callback(void* context)
+{
+    (void)context;
+    kepoch_free(_usage_domain, _usage_late_block);
+    void* more = kepoch_allocate(_usage_domain, 8, 0);
+    kepoch_free(_usage_domain, more);
+    __atomic_add_fetch(&_usage_late_runs, 1, __ATOMIC_RELAXED);
+}
 
 static void
 _usage_callback(void* context)
@@ -119,7 +134,17 @@ kepoch_usage_run(struct _DRIVER_OBJECT* driver)
         stats.active_processors == 0 || stats.max_processors < stats.active_processors) {
         return __LINE__;
     }
+    _usage_domain = domain;
+    _usage_late_block = kepoch_allocate(domain, 8, USAGE_TAG);
+    kepoch_work_item_t* late = kepoch_work_item_allocate(domain, _usage_late_callback, NULL);
+    if (_usage_late_block == NULL || late == NULL) {
+        return __LINE__;
+    }
+    kepoch_work_item_schedule(late);
     kepoch_domain_destroy(domain);
+    if (__atomic_load_n(&_usage_late_runs, __ATOMIC_RELAXED) != 1) {
+        return __LINE__; /* the destroy ran the item scheduled before it */
+    }
     if (__atomic_load_n(&_usage_runs, __ATOMIC_RELAXED) != 1) {
         return __LINE__; /* the scheduled item ran once (at the latest when the domain was destroyed) */
     }

@@ -1,8 +1,10 @@
 //! Retired items: the header every retirable block starts with, and the per-participant FIFO of
 //! retired items waiting for their epoch to be released.
 
+use crate::platform::{Platform, PoolTag};
 use crate::sync::{AtomicPtr, AtomicU64, AtomicU8, Ordering};
-use core::ptr;
+use core::alloc::Layout;
+use core::ptr::{self, NonNull};
 
 /// Lifecycle of a retirable block, used for double-retire detection.
 pub(crate) mod state {
@@ -32,6 +34,9 @@ pub(crate) struct RetireHeader {
     stamp: AtomicU64,
     /// See [`state`].
     pub(crate) state: AtomicU8,
+    /// The pool tag the block was allocated with (`Platform::allocate_tagged`), 0 for the platform's
+    /// default allocation: the free must name the same tag (in the padding after `state`).
+    pub(crate) tag: u32,
     /// Knows the block's type, and so its layout, which is therefore not stored in the header.
     pub(crate) dispose: DisposeFn,
 }
@@ -43,11 +48,40 @@ const _: () = assert!(core::mem::size_of::<RetireHeader>() == 32);
 impl RetireHeader {
     /// A live header whose block `dispose` disposes of.
     pub(crate) fn new(dispose: DisposeFn) -> Self {
+        Self::tagged(dispose, None)
+    }
+
+    /// A live header of a block allocated with `tag` (`None`: the platform's default allocation).
+    pub(crate) fn tagged(dispose: DisposeFn, tag: Option<PoolTag>) -> Self {
         RetireHeader {
             next: AtomicPtr::new(ptr::null_mut()),
             stamp: AtomicU64::new(0),
             state: AtomicU8::new(state::LIVE),
+            tag: tag.map_or(0, |tag| tag.0),
             dispose,
+        }
+    }
+
+    /// Frees the block this header starts with `layout`, through the platform's tagged free when
+    /// it was allocated with a tag.
+    ///
+    /// # Safety
+    /// `header` starts a block of `layout` allocated on `platform` (with the header's tag), which
+    /// nobody uses any more.
+    pub(crate) unsafe fn free_block<P: Platform>(
+        header: *mut RetireHeader,
+        layout: Layout,
+        platform: &P,
+    ) {
+        // SAFETY: per the caller.
+        unsafe {
+            let tag = (*header).tag;
+            let block = NonNull::new_unchecked(header.cast::<u8>());
+            if tag == 0 {
+                platform.free(block, layout);
+            } else {
+                platform.free_tagged(block, layout, PoolTag(tag));
+            }
         }
     }
 

@@ -241,11 +241,22 @@ pub unsafe trait Platform: Send + Sync + 'static {
         let _ = tag;
         self.allocate(layout)
     }
-    /// Frees memory from [`Platform::allocate`] (or [`Platform::allocate_tagged`]).
+    /// Frees memory from [`Platform::allocate`].
     ///
     /// # Safety
     /// `ptr` came from `allocate(layout)` on this platform and is not used afterwards.
     unsafe fn free(&self, ptr: NonNull<u8>, layout: Layout);
+    /// Frees memory from [`Platform::allocate_tagged`] with `tag` (NT's `ExFreePoolWithTag` must
+    /// name the tag the block was allocated with). The default is [`Platform::free`], for platforms
+    /// whose `allocate_tagged` is their `allocate`.
+    ///
+    /// # Safety
+    /// `ptr` came from `allocate_tagged(layout, tag)` on this platform and is not used afterwards.
+    unsafe fn free_tagged(&self, ptr: NonNull<u8>, layout: Layout, tag: PoolTag) {
+        let _ = tag;
+        // SAFETY: per the caller, and `allocate_tagged` defaults to `allocate`.
+        unsafe { self.free(ptr, layout) }
+    }
 
     /// Initialises `message` in place, bound to `target` (`KeInitializeDpc` + `KeSetTargetProcessorDpcEx`).
     ///

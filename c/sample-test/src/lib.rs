@@ -147,7 +147,8 @@ pub fn remembered_driver() -> *mut DRIVER_OBJECT {
 }
 
 /// Runs `call` on a machine thread and checks that it bug checked with the C API's codes for
-/// `function` and `misuse`, and that an error line starting with `line_start` was logged.
+/// `function` and `misuse`, and that an error line starting with `line_start` was logged; returns
+/// the machine's failures (the bug check with its address among them).
 pub fn expect_fail_fast(
     machine: &Machine,
     what: &'static str,
@@ -155,7 +156,7 @@ pub fn expect_fail_fast(
     misuse: Misuse,
     line_start: &str,
     call: impl FnOnce() + Send + 'static,
-) {
+) -> Vec<String> {
     let failures = machine
         .try_call(what, call)
         .expect_err("the misuse must bug check");
@@ -175,4 +176,5 @@ pub fn expect_fail_fast(
         "{what}: no error line starting '{line_start}' in {:?}",
         machine.log()
     );
+    failures
 }

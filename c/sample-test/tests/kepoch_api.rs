@@ -7,6 +7,7 @@
 
 use std::ffi::c_void;
 use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kepoch_c::api::*;
 use kepoch_c::domain::CDomain;
@@ -72,6 +73,9 @@ fn domain(machine: &Machine) -> usize {
 
 unsafe extern "C" fn nothing(_context: *mut c_void) {}
 
+/// The block of the double-free case (its address is the bug check's fourth parameter).
+static BLOCK: AtomicUsize = AtomicUsize::new(0);
+
 #[test]
 fn every_misuse_kepoch_can_see_fails_fast_naming_the_function() {
     let machine = Machine::start(
@@ -95,18 +99,29 @@ fn every_misuse_kepoch_can_see_fails_fast_naming_the_function() {
         // SAFETY: a live domain; the block is misused on purpose.
         move || unsafe { kepoch_free(dom(), kepoch_allocate_cache_aligned(dom(), 8, 0)) },
     );
-    expect_fail_fast(
+    let failures = expect_fail_fast(
         &machine,
         "a block freed twice",
         Function::FreeCacheAligned,
         Misuse::DoubleFree,
         "kepoch: kepoch_free_cache_aligned: the block was freed already (double free)",
-        // SAFETY: as above.
+        // SAFETY: as above; inside an epoch, so the block cannot be released between the frees
+        // (the thread stays parked in it).
         move || unsafe {
+            let mut inside: EpochState = std::mem::zeroed();
+            kepoch_enter(dom(), &mut inside);
             let block = kepoch_allocate_cache_aligned(dom(), 8, 0);
+            BLOCK.store(block as usize, Ordering::SeqCst);
             kepoch_free_cache_aligned(dom(), block);
             kepoch_free_cache_aligned(dom(), block);
         },
+    );
+    let address = format!("{:#x})", BLOCK.load(Ordering::SeqCst));
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.contains("KeBugCheckEx(0xe2") && f.contains(&address)),
+        "the fourth parameter is the block: {address} in {failures:?}"
     );
     expect_fail_fast(
         &machine,
@@ -126,8 +141,10 @@ fn every_misuse_kepoch_can_see_fails_fast_naming_the_function() {
         Function::ScheduleWorkItem,
         Misuse::ScheduledTwice,
         "kepoch: kepoch_work_item_schedule: the work item is scheduled already",
-        // SAFETY: as above.
+        // SAFETY: as above; inside an epoch, so the item cannot run between the schedules.
         move || unsafe {
+            let mut inside: EpochState = std::mem::zeroed();
+            kepoch_enter(dom(), &mut inside);
             let item = kepoch_work_item_allocate(dom(), Some(nothing), ptr::null_mut());
             kepoch_work_item_schedule(item);
             kepoch_work_item_schedule(item);
@@ -139,8 +156,10 @@ fn every_misuse_kepoch_can_see_fails_fast_naming_the_function() {
         Function::CancelWorkItem,
         Misuse::CancelAfterSchedule,
         "kepoch: kepoch_work_item_cancel: the work item was scheduled",
-        // SAFETY: as above.
+        // SAFETY: as above; inside an epoch, so the item cannot run before the cancel.
         move || unsafe {
+            let mut inside: EpochState = std::mem::zeroed();
+            kepoch_enter(dom(), &mut inside);
             let item = kepoch_work_item_allocate(dom(), Some(nothing), ptr::null_mut());
             kepoch_work_item_schedule(item);
             kepoch_work_item_cancel(item);
@@ -154,6 +173,49 @@ fn every_misuse_kepoch_can_see_fails_fast_naming_the_function() {
         "kepoch: kepoch_synchronize: the pointer is not a live kepoch domain",
         // SAFETY: readable memory of a domain handle's size that is not one.
         move || unsafe { kepoch_synchronize(Box::leak(Box::new([0u64; 64])).as_mut_ptr().cast()) },
+    );
+    expect_fail_fast(
+        &machine,
+        "a NULL epoch state",
+        Function::Enter,
+        Misuse::Null,
+        "kepoch: kepoch_enter: a required pointer is NULL",
+        // SAFETY: a live domain; the NULL is the misuse.
+        move || unsafe { kepoch_enter(dom(), ptr::null_mut()) },
+    );
+    expect_fail_fast(
+        &machine,
+        "a pointer that is not a work item",
+        Function::ScheduleWorkItem,
+        Misuse::NotAWorkItem,
+        "kepoch: kepoch_work_item_schedule: the pointer is not a live work item",
+        // SAFETY: readable memory of a work item's size that is not one.
+        move || unsafe {
+            kepoch_work_item_schedule(Box::leak(Box::new([0u64; 16])).as_mut_ptr().cast())
+        },
+    );
+    let other = move || second as *mut CDomain;
+    expect_fail_fast(
+        &machine,
+        "another domain's block",
+        Function::Free,
+        Misuse::NotKepochMemory,
+        "kepoch: kepoch_free: the pointer was not allocated by kepoch's C API in this domain",
+        // SAFETY: two live domains; the block of one is freed in the other on purpose.
+        move || unsafe { kepoch_free(other(), kepoch_allocate(dom(), 8, 0)) },
+    );
+    expect_fail_fast(
+        &machine,
+        "a state exited in another domain",
+        Function::Exit,
+        Misuse::StateNotEntered,
+        "kepoch: kepoch_exit: the epoch state was not entered in this domain",
+        // SAFETY: as above; the thread stays parked inside the first domain's epoch.
+        move || unsafe {
+            let mut state: EpochState = std::mem::zeroed();
+            kepoch_enter(dom(), &mut state);
+            kepoch_exit(other(), &mut state);
+        },
     );
     expect_fail_fast(
         &machine,
@@ -191,6 +253,22 @@ fn every_misuse_kepoch_can_see_fails_fast_naming_the_function() {
             let mut state: EpochState = std::mem::zeroed();
             kepoch_enter(dom(), &mut state);
             kepoch_enter(dom(), &mut state);
+        },
+    );
+    expect_fail_fast(
+        &machine,
+        "an exit at another IRQL than its enter",
+        Function::Exit,
+        Misuse::IrqlChanged,
+        "kepoch: kepoch_exit: the exit runs at another IRQL than its enter (entered at IRQL 2, exits at 0)",
+        // SAFETY: a live domain; entered at DISPATCH, exited at PASSIVE on purpose (the thread
+        // stays parked inside the epoch, at PASSIVE: only one thread may park at DISPATCH).
+        move || unsafe {
+            let mut state: EpochState = std::mem::zeroed();
+            let previous = kepoch_c_sample_test::kepoch_usage_raise();
+            kepoch_enter(dom(), &mut state);
+            kepoch_c_sample_test::kepoch_usage_lower(previous);
+            kepoch_exit(dom(), &mut state);
         },
     );
     // Last: the thread stays parked at DISPATCH_LEVEL, holding its processor.

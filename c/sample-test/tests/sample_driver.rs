@@ -64,6 +64,10 @@ fn the_c_sample_runs_on_the_emulated_kernel_through_two_hot_adds() {
         c.reads >= before.reads + 4000 && c.writes >= before.writes + 2000
     });
     assert_eq!(after.bad_reads, 0, "a reader saw a freed route: {after:?}");
+    assert!(
+        live_blocks(&machine, b"Samp") > 0,
+        "the published route is a block of the sample's own tag"
+    );
     assert!(after.cache_aligned > 0, "{after:?}");
 
     loaded.unload();

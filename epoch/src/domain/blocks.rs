@@ -141,7 +141,7 @@ impl<P: Platform> Domain<P> {
         // SAFETY: fresh block of `layout`: header at 0, the length after it, the values at
         // `slice_offset`, all in bounds; zero bytes are valid values (`Zeroable`).
         unsafe {
-            header.write(RetireHeader::new(dispose_slice::<T, P>));
+            header.write(RetireHeader::tagged(dispose_slice::<T, P>, tag));
             memory
                 .as_ptr()
                 .add(mem::size_of::<RetireHeader>())
@@ -213,8 +213,6 @@ unsafe fn dispose_slice<T, P: Platform>(header: *mut RetireHeader, domain: *cons
         // `alloc_slice_with` made this block with this layout, so it exists.
         let layout = slice_layout::<T>(len).unwrap_unchecked();
         let domain = &*(domain as *const Domain<P>);
-        domain
-            .platform
-            .free(NonNull::new_unchecked(header.cast()), layout);
+        RetireHeader::free_block(header, layout, &*domain.platform);
     }
 }

@@ -68,9 +68,7 @@ pub(super) unsafe fn dispose_object<T, P: Platform>(header: *mut RetireHeader, d
         let value = header.cast::<u8>().add(value_offset::<T>()).cast::<T>();
         ptr::drop_in_place(value);
         let domain = &*(domain as *const Domain<P>);
-        domain
-            .platform
-            .free(NonNull::new_unchecked(header.cast()), layout);
+        RetireHeader::free_block(header, layout, &*domain.platform);
     }
 }
 
@@ -99,7 +97,7 @@ impl<P: Platform> Domain<P> {
         let header = memory.as_ptr().cast::<RetireHeader>();
         // SAFETY: fresh block of `layout`: header at 0, value at `value_offset`, both in bounds.
         unsafe {
-            header.write(RetireHeader::new(dispose_object::<T, P>));
+            header.write(RetireHeader::tagged(dispose_object::<T, P>, tag));
             Some(NonNull::new_unchecked(
                 memory.as_ptr().add(value_offset::<T>()).cast::<T>(),
             ))

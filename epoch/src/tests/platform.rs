@@ -38,6 +38,8 @@ pub(super) struct State {
     pub(super) delivered: Vec<usize>,
     /// Pool tags of `allocate_tagged` calls, in order.
     pub(super) tags: Vec<PoolTag>,
+    /// The tag of each live block from `allocate_tagged` (its free must name it, as on NT).
+    pub(super) live_tags: BTreeMap<usize, PoolTag>,
     pub(super) logs: Vec<String>,
     /// Processor-change registration exists.
     pub(super) callback_api: bool,
@@ -111,6 +113,21 @@ impl State {
 }
 
 impl TestPlatform {
+    /// Frees a block `allocate` recorded (tagged or not).
+    ///
+    /// # Safety
+    /// `ptr` came from this platform with `layout` and is not used afterwards.
+    unsafe fn free_untagged(&self, ptr: NonNull<u8>, layout: Layout) {
+        let recorded = self.0.lock().unwrap().live.remove(&(ptr.as_ptr() as usize));
+        assert_eq!(
+            recorded,
+            Some(layout),
+            "free of an unknown block or with the wrong layout"
+        );
+        // SAFETY: allocated by `allocate` with this layout.
+        unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) };
+    }
+
     /// A machine of `cpus` running processors in one group (64 per group, as on NT).
     pub(super) fn new(cpus: usize, max_reported: u32) -> Self {
         Self::grouped(cpus, max_reported, 64)
@@ -301,17 +318,39 @@ unsafe impl Platform for TestPlatform {
     }
     fn allocate_tagged(&self, layout: Layout, tag: PoolTag) -> Option<NonNull<u8>> {
         self.0.lock().unwrap().tags.push(tag);
-        self.allocate(layout)
+        let block = self.allocate(layout)?;
+        self.0
+            .lock()
+            .unwrap()
+            .live_tags
+            .insert(block.as_ptr() as usize, tag);
+        Some(block)
     }
-    unsafe fn free(&self, ptr: NonNull<u8>, layout: Layout) {
-        let recorded = self.0.lock().unwrap().live.remove(&(ptr.as_ptr() as usize));
+    unsafe fn free_tagged(&self, ptr: NonNull<u8>, layout: Layout, tag: PoolTag) {
+        let recorded = self
+            .0
+            .lock()
+            .unwrap()
+            .live_tags
+            .remove(&(ptr.as_ptr() as usize));
         assert_eq!(
             recorded,
-            Some(layout),
-            "free of an unknown block or with the wrong layout"
+            Some(tag),
+            "a block freed with another tag than its own"
         );
-        // SAFETY: allocated above with this layout.
-        unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) };
+        // SAFETY: per the caller.
+        unsafe { self.free_untagged(ptr, layout) }
+    }
+    unsafe fn free(&self, ptr: NonNull<u8>, layout: Layout) {
+        let tagged = self
+            .0
+            .lock()
+            .unwrap()
+            .live_tags
+            .contains_key(&(ptr.as_ptr() as usize));
+        assert!(!tagged, "a tagged block freed without its tag");
+        // SAFETY: per the caller.
+        unsafe { self.free_untagged(ptr, layout) }
     }
     unsafe fn message_init(
         &self,

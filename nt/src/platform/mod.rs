@@ -131,6 +131,16 @@ impl NtPlatform {
         })
     }
 
+    /// The pool of a caller's tag: that tag when it is valid for NT (four printable characters,
+    /// NUL-padded; not 0), the domain's otherwise. Allocation and free map a tag the same way (the
+    /// core frees a block whose header says tag 0 with `free`, i.e. the domain's pool).
+    fn pool_tagged(&self, tag: kepoch::platform::PoolTag) -> Pool {
+        match PoolTag::new(tag.0.to_le_bytes()) {
+            Ok(valid) if tag.0 != 0 => Pool::new(valid, &self.routines),
+            _ => self.pool,
+        }
+    }
+
     /// Which optional routines were found.
     pub fn routines(&self) -> &OptionalRoutines {
         &self.routines
@@ -246,6 +256,20 @@ unsafe impl Platform for NtPlatform {
     unsafe fn free(&self, ptr: NonNull<u8>, layout: Layout) {
         // SAFETY: `ptr` came from `allocate(layout)`, i.e. from this pool (caller contract).
         unsafe { self.pool.free(ptr, layout) }
+    }
+
+    fn allocate_tagged(
+        &self,
+        layout: Layout,
+        tag: kepoch::platform::PoolTag,
+    ) -> Option<NonNull<u8>> {
+        self.pool_tagged(tag).allocate(layout)
+    }
+
+    unsafe fn free_tagged(&self, ptr: NonNull<u8>, layout: Layout, tag: kepoch::platform::PoolTag) {
+        // SAFETY: `ptr` came from `allocate_tagged(layout, tag)`, i.e. from the same pool (caller
+        // contract; `pool_tagged` maps a tag to the same pool every time).
+        unsafe { self.pool_tagged(tag).free(ptr, layout) }
     }
 
     unsafe fn message_init(
