@@ -26,11 +26,49 @@ pub fn loaded(v: &Value) -> bool {
     v.get("loaded").and_then(Value::as_bool).unwrap_or(false)
 }
 
-/// The NTSTATUS name in a load error, or the error itself.
+/// The NTSTATUS (`STATUS_…`) or Win32 (`ERROR_…`, what a guest's service start reports) name in a
+/// load error, or the error's first 28 characters (with `…` when cut).
 pub fn short_error(text: &str) -> String {
-    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+    let words = || text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+    words()
         .find(|w| w.starts_with("STATUS_"))
-        .map_or_else(|| text.chars().take(28).collect(), str::to_string)
+        .or_else(|| words().find(|w| w.starts_with("ERROR_") && w.len() > "ERROR_".len()))
+        .map_or_else(
+            || {
+                let mut cut: String = text.chars().take(28).collect();
+                if text.chars().count() > 28 {
+                    cut.push('…');
+                }
+                cut
+            },
+            str::to_string,
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_error;
+
+    #[test]
+    fn a_load_error_shows_its_status_or_win32_name_or_its_cut_start() {
+        assert_eq!(
+            short_error(
+                "eager: KeGetProcessorNumberFromIndex(3) failed with STATUS_INVALID_PARAMETER"
+            ),
+            "STATUS_INVALID_PARAMETER"
+        );
+        assert_eq!(
+            short_error(
+                "refused to load (Win32 50); StartServiceW failed with Win32 error 50 (ERROR_NOT_SUPPORTED)"
+            ),
+            "ERROR_NOT_SUPPORTED"
+        );
+        assert_eq!(
+            short_error("the domain could not be created"),
+            "the domain could not be crea…"
+        );
+        assert_eq!(short_error("short"), "short");
+    }
 }
 
 /// A number as the table prints it: whole numbers without decimals, others with up to one.
