@@ -355,6 +355,14 @@ pub unsafe trait Platform: Send + Sync + 'static {
     /// uses differences of it, to time reclamation cycles.
     fn now_ns(&self) -> u64;
 
+    /// A clock of the current processor's own work in nanoseconds, to time a visit (one DPC): on NT
+    /// [`Platform::now_ns`] (no thread preempts a DPC); a platform whose processors are host threads
+    /// that the host can deschedule counts only the time the thread ran, so that a visit's figure is
+    /// its work, not the host's scheduling. Only differences on one processor are used.
+    fn work_clock_ns(&self) -> u64 {
+        self.now_ns()
+    }
+
     /// Writes one log line (DbgPrintEx in the kernel).
     fn log(&self, level: LogLevel, args: fmt::Arguments<'_>);
 

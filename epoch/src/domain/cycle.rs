@@ -194,7 +194,7 @@ impl<P: Platform> Domain<P> {
             .platform
             .verify_slot_owner("reclamation cycle visit", slot.processor);
         let part = &slot.part;
-        let started_ns = domain.platform.now_ns();
+        let started_ns = domain.platform.work_clock_ns();
         ParticipantCounters::bump(&part.counters.messages);
         let epoch = domain.cycle.epoch.load(Ordering::Acquire);
 
@@ -270,9 +270,10 @@ impl<P: Platform> Domain<P> {
         DomainCounters::add(&self.counters.visits_cut_short, 1);
     }
 
-    /// Records one visit's duration (from `started_ns`) and the items it freed.
+    /// Records one visit's duration (from `started_ns` of [`Platform::work_clock_ns`]) and the
+    /// items it freed.
     fn record_visit(&self, started_ns: u64, frees: u64) {
-        let took = self.platform.now_ns().saturating_sub(started_ns);
+        let took = self.platform.work_clock_ns().saturating_sub(started_ns);
         let mut visits = self.locked(self.visits());
         visits.duration_ns.record(took);
         visits.frees.record(frees);

@@ -45,32 +45,6 @@ pub fn short_error(text: &str) -> String {
         )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::short_error;
-
-    #[test]
-    fn a_load_error_shows_its_status_or_win32_name_or_its_cut_start() {
-        assert_eq!(
-            short_error(
-                "eager: KeGetProcessorNumberFromIndex(3) failed with STATUS_INVALID_PARAMETER"
-            ),
-            "STATUS_INVALID_PARAMETER"
-        );
-        assert_eq!(
-            short_error(
-                "refused to load (Win32 50); StartServiceW failed with Win32 error 50 (ERROR_NOT_SUPPORTED)"
-            ),
-            "ERROR_NOT_SUPPORTED"
-        );
-        assert_eq!(
-            short_error("the domain could not be created"),
-            "the domain could not be crea…"
-        );
-        assert_eq!(short_error("short"), "short");
-    }
-}
-
 /// A number as the table prints it: whole numbers without decimals, others with up to one.
 pub fn fmt_num(v: f64) -> String {
     if (v - v.round()).abs() < 1e-9 || v.abs() >= 100.0 {
@@ -249,4 +223,30 @@ pub fn clip(text: &str, max: usize) -> String {
     }
     let kept: String = one_line.chars().take(max.saturating_sub(3)).collect();
     format!("{kept}...")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_error;
+
+    #[test]
+    fn a_load_error_shows_its_status_or_win32_name_or_its_cut_start() {
+        assert_eq!(
+            short_error(
+                "eager: KeGetProcessorNumberFromIndex(3) failed with STATUS_INVALID_PARAMETER"
+            ),
+            "STATUS_INVALID_PARAMETER"
+        );
+        assert_eq!(
+            short_error(
+                "refused to load (Win32 50); StartServiceW failed with Win32 error 50 (ERROR_NOT_SUPPORTED)"
+            ),
+            "ERROR_NOT_SUPPORTED"
+        );
+        assert_eq!(
+            short_error("the domain could not be created"),
+            "the domain could not be crea…"
+        );
+        assert_eq!(short_error("short"), "short");
+    }
 }

@@ -445,6 +445,16 @@ unsafe impl Platform for SimPlatform {
         }
     }
 
+    fn work_clock_ns(&self) -> u64 {
+        if self.shared.is_parallel() {
+            // The simulated CPU's host thread's CPU time: a visit's work, without the time the host
+            // gave the core to other threads (busy machines, more CPUs than cores).
+            thread_cpu_time_ns()
+        } else {
+            self.now_ns()
+        }
+    }
+
     fn log(&self, level: LogLevel, args: fmt::Arguments<'_>) {
         self.preemption_point();
         self.shared.log_line(level, args.to_string());
@@ -500,4 +510,20 @@ unsafe impl Platform for SimPlatform {
     fn synchronize_called(&self, readers_here: &dyn Fn() -> u64) {
         self.check_wait_outside_epoch(readers_here);
     }
+}
+
+/// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) in nanoseconds.
+fn thread_cpu_time_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write; the clock id is a constant Linux supports.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    if status != 0 {
+        return 0;
+    }
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
 }
