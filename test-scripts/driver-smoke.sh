@@ -52,10 +52,7 @@ trap stop_wine EXIT
 
 echo "== fresh prefix"
 wine_prefix_init "$work"
-mkdir -p "$WINEPREFIX/drive_c/kepoch"
-cp "$sys" "$WINEPREFIX/drive_c/windows/system32/drivers/kepoch.sys"
-cp "$ctl" "$WINEPREFIX/drive_c/kepoch/kepochctl.exe"
-wine_install_std_shim
+wine_install_kepoch "$sys" "$ctl"
 quiet wine sc create kepoch type= kernel start= demand binPath= 'C:\windows\system32\drivers\kepoch.sys'
 params='HKLM\System\CurrentControlSet\Services\kepoch\Parameters'
 

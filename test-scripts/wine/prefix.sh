@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by the Wine tests (driver-smoke.sh, c-sample-smoke.sh, guest-ab-wine.sh): a fresh 64-bit
 # prefix ready to load kernel drivers as services. Defines `quiet` (a command bounded to 120 s, output
-# dropped), `stop_wine`, `wine_prefix_init DIR` and `wine_install_std_shim` (for Rust programs).
+# dropped), `stop_wine`, `wine_prefix_init DIR` and `wine_install_kepoch SYS CTL`.
 #
 # wine_prefix_init exports WINEPREFIX=DIR/prefix (WINEARCH win64, no Mono or Gecko prompt: there is no
 # network), runs wineboot and waits for the prefix's processes to end (the registry is written then),
@@ -31,9 +31,13 @@ wine_prefix_init() {
     stop_wine
 }
 
+# wine_install_kepoch SYS CTL: kepoch.sys into the drivers folder and kepochctl.exe into C:\kepoch.
 # Rust's std imports ProcessPrng from bcryptprimitives.dll (Windows 10+); Wine 8 lacks that DLL, so a
 # stand-in (test-scripts/wine/bcryptprimitives.c) goes into the prefix for kepochctl.exe. Never shipped.
-wine_install_std_shim() {
+wine_install_kepoch() {
+    mkdir -p "$WINEPREFIX/drive_c/kepoch"
+    cp "$1" "$WINEPREFIX/drive_c/windows/system32/drivers/kepoch.sys"
+    cp "$2" "$WINEPREFIX/drive_c/kepoch/kepochctl.exe"
     x86_64-w64-mingw32-gcc -O2 -shared -o "$WINEPREFIX/drive_c/windows/system32/bcryptprimitives.dll" \
         test-scripts/wine/bcryptprimitives.c -ladvapi32
 }

@@ -132,22 +132,29 @@ impl Workload for CrossbeamPin {
     }
 }
 
-/// kepoch enter + alloc + retire + exit, with a reclamation cycle every [`RETIRES_PER_CYCLE`] items
-/// (cycle and frees included in the figure).
+/// kepoch enter + alloc + retire + exit, with a reclamation cycle every `per_cycle` items (cycle and
+/// frees included in the figure).
 pub struct KepochRetire {
     platform: BenchPlatform,
     domain: DomainBox<BenchPlatform>,
     count: u64,
+    per_cycle: u64,
 }
 
 impl KepochRetire {
-    /// A 2-CPU machine, `callback` strategy.
+    /// A 2-CPU machine, `callback` strategy, a cycle every [`RETIRES_PER_CYCLE`] items.
     pub fn new() -> Self {
-        let (platform, domain) = domain(2, 2, Strategy::Callback, true);
+        Self::with(RETIRES_PER_CYCLE, Config::with_strategy(Strategy::Callback))
+    }
+
+    /// A 2-CPU machine with `config`, a cycle every `per_cycle` items.
+    pub fn with(per_cycle: u64, config: Config) -> Self {
+        let (platform, domain) = domain_with(2, 2, config);
         KepochRetire {
             platform,
             domain,
             count: 0,
+            per_cycle,
         }
     }
 }
@@ -166,7 +173,7 @@ impl Workload for KepochRetire {
             let _ = black_box(unsafe { domain.retire(node) });
             drop(guard);
             self.count += 1;
-            if self.count == RETIRES_PER_CYCLE {
+            if self.count == self.per_cycle {
                 self.count = 0;
                 domain.flush();
                 self.platform.pump();

@@ -4,62 +4,25 @@
 //! freed by the next, chained visit) and without the bound (the whole batch freed in one visit:
 //! "before"), against seize and crossbeam-epoch doing the same operations, all in the same rounds.
 
-use crate::common::{domain_with, CpuInstant, Node, SeizeRetire, Workload};
+use crate::common::{CpuInstant, KepochRetire, Node, SeizeRetire, Workload};
 use crate::doc::Row;
 use crate::rounds::{ns, Rounds};
-use kepoch::{Config, DomainBox, Strategy};
-use kepoch_sim::bench::BenchPlatform;
+use kepoch::{Config, Strategy};
 use std::hint::black_box;
 use std::time::Duration;
 
 /// Retirements between two reclamation cycles in the high-rate workloads.
 pub const HIGH_RATE_RETIRES_PER_CYCLE: u64 = 16_384;
 
-/// kepoch's workload with a cycle every `per_cycle` retirements and `max_frees_per_visit`.
-struct KepochHighRate {
-    platform: BenchPlatform,
-    domain: DomainBox<BenchPlatform>,
-    count: u64,
-}
-
-impl KepochHighRate {
-    /// A 2-CPU machine, `callback`, with this bound (0: none).
-    fn new(max_frees_per_visit: u32) -> Self {
-        let config = Config {
+/// kepoch's workload at the high rate with this bound (0: none).
+fn kepoch_high_rate(max_frees_per_visit: u32) -> KepochRetire {
+    KepochRetire::with(
+        HIGH_RATE_RETIRES_PER_CYCLE,
+        Config {
             max_frees_per_visit,
             ..Config::with_strategy(Strategy::Callback)
-        };
-        let (platform, domain) = domain_with(2, 2, config);
-        KepochHighRate {
-            platform,
-            domain,
-            count: 0,
-        }
-    }
-}
-
-impl Workload for KepochHighRate {
-    fn run(&mut self, iters: u64) -> Duration {
-        BenchPlatform::pin_current_thread(0);
-        let domain = black_box(&*self.domain);
-        let start = CpuInstant::now();
-        for _ in 0..iters {
-            let guard = domain.enter();
-            let node = domain
-                .alloc(black_box([0u64; 4] as Node))
-                .expect("allocation");
-            // SAFETY: the node was never published, so no reader can reach it.
-            let _ = black_box(unsafe { domain.retire(node) });
-            drop(guard);
-            self.count += 1;
-            if self.count == HIGH_RATE_RETIRES_PER_CYCLE {
-                self.count = 0;
-                domain.flush();
-                self.platform.pump();
-            }
-        }
-        start.elapsed()
-    }
+        },
+    )
 }
 
 /// crossbeam-epoch `pin()` + `Owned::new` + `defer_destroy` + drop on the default collector.
@@ -85,8 +48,8 @@ pub fn amortized_rows(rounds: usize, iters: u64, rows: &mut Vec<Row>, extra: &mu
     use std::fmt::Write as _;
     let r = Rounds::run(
         &mut [
-            &mut KepochHighRate::new(kepoch::config::DEFAULT_MAX_FREES_PER_VISIT),
-            &mut KepochHighRate::new(0),
+            &mut kepoch_high_rate(kepoch::config::DEFAULT_MAX_FREES_PER_VISIT),
+            &mut kepoch_high_rate(0),
             &mut SeizeRetire::new(),
             &mut CrossbeamRetire,
         ],
