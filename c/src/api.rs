@@ -455,6 +455,7 @@ pub unsafe extern "C" fn kepoch_stats(
     stats: *mut CStats,
     size: usize,
 ) -> i32 {
+    require_at_most_dispatch("kepoch_stats", Function::Other);
     // SAFETY: per the caller.
     let domain = unsafe { CDomain::from_handle(domain, "kepoch_stats", Function::Other) };
     if stats.is_null() || size < core::mem::size_of::<CStats>() {

@@ -34,6 +34,9 @@ pub struct CDomain {
     pool: Pool,
     /// Work items allocated and neither scheduled nor cancelled.
     pub(crate) idle_work_items: AtomicUsize,
+    /// Schedule calls not returned yet: one may still free its item (and so use the domain) after
+    /// the item ran, so a destroy waits for them before the domain goes.
+    pub(crate) schedules_in_flight: AtomicUsize,
 }
 
 /// How to create a C domain.
@@ -84,6 +87,7 @@ impl CDomain {
                 owner: UnsafeCell::new(ManuallyDrop::new(domain)),
                 pool,
                 idle_work_items: AtomicUsize::new(0),
+                schedules_in_flight: AtomicUsize::new(0),
             })
         };
         Ok(handle)
@@ -158,6 +162,13 @@ impl CDomain {
         // SAFETY: live until freed below.
         let this = unsafe { handle.as_ref() };
         this.check_no_idle_work_items(name, address);
+        // A driver that waited for its last callback may destroy while the schedule call that
+        // queued it has not returned yet (it frees the item when the run ended first): short, at
+        // most the end of `schedule_work`. Schedules from callbacks during the drop below are
+        // waited for by the drop itself (their runs finish before it returns).
+        while this.schedules_in_flight.load(Ordering::Acquire) != 0 {
+            core::hint::spin_loop();
+        }
         // SAFETY: the owner cell is touched by nobody else (callbacks reach the domain through
         // `domain`); dropped once: the domain shuts down, running the last work items.
         unsafe { ManuallyDrop::drop(&mut *this.owner.get()) };

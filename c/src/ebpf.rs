@@ -7,7 +7,7 @@ use core::ffi::c_void;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
-use kepoch::platform::{LogLevel, Platform, PoolTag as CoreTag};
+use kepoch::platform::{LogLevel, Platform};
 use kepoch_nt::{log_line, sys};
 
 use crate::api::{tag_of, CConfig};
@@ -331,9 +331,4 @@ pub extern "C" fn ebpf_epoch_is_free_list_empty(cpu_id: u32) -> bool {
         // empty only when nothing is pending anywhere.
         Err(_) => domain.holdback().pending == 0,
     }
-}
-
-/// The core pool tag of the eBPF-compatible domain (for tests that count its blocks).
-pub fn pool_tag() -> CoreTag {
-    CoreTag::from_bytes(EBPF_POOL_TAG)
 }

@@ -140,6 +140,7 @@ pub unsafe fn schedule(item: *mut CWorkItem, name: &str) {
     let this = unsafe { transition(item, IDLE, SCHEDULED, name, Function::ScheduleWorkItem) };
     // SAFETY: a live item's owner is a live domain.
     let owner = unsafe { this.owner.as_ref() };
+    owner.schedules_in_flight.fetch_add(1, Ordering::AcqRel);
     owner.idle_work_items.fetch_sub(1, Ordering::AcqRel);
     // SAFETY: written at allocation, before the check word went live.
     let work = unsafe { this.item.assume_init_ref() };
@@ -150,6 +151,8 @@ pub unsafe fn schedule(item: *mut CWorkItem, name: &str) {
         // SAFETY: the run is over and this call was the last user of the item.
         unsafe { release(item) };
     }
+    // The last use of the domain by this call: a destroy waiting for it may go on.
+    owner.schedules_in_flight.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Cancels and frees an unscheduled item; NULL is ignored. Any IRQL up to DISPATCH_LEVEL.

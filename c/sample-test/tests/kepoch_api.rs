@@ -50,12 +50,15 @@ fn kepoch_h_works_from_c_and_refuses_every_bad_configuration() {
             "no line '{refused}' in {log:?}"
         );
     }
+    // Checked after the unload: a work item released during its own run is freed by the kernel's
+    // work routine once the callback returned (NT does not free a running work item), which the
+    // unload waits for.
+    loaded.unload();
     let tags = machine.pool().live_by_tag;
     assert!(
         tags.iter().all(|(_, blocks)| *blocks == 0),
         "blocks left after destroy: {tags:?}"
     );
-    loaded.unload();
     machine.finish();
 }
 

@@ -133,9 +133,10 @@ impl<P: Platform> Domain<P> {
         init: impl FnOnce(&mut [T]),
     ) -> Option<NonNull<[T]>> {
         let layout = slice_layout::<T>(len)?;
+        // Tag 0 is no tag: the header records 0 and the block is freed with `free`.
         let memory = match tag {
-            Some(tag) => self.platform.allocate_tagged(layout, tag),
-            None => self.platform.allocate(layout),
+            Some(tag) if tag.0 != 0 => self.platform.allocate_tagged(layout, tag),
+            _ => self.platform.allocate(layout),
         }?;
         let header = memory.as_ptr().cast::<RetireHeader>();
         // SAFETY: fresh block of `layout`: header at 0, the length after it, the values at

@@ -90,9 +90,10 @@ impl<P: Platform> Domain<P> {
     /// uninitialised. `None` if the allocation fails or the size overflows.
     pub(super) fn alloc_block<T>(&self, tag: Option<PoolTag>) -> Option<NonNull<T>> {
         let layout = block_layout::<T>()?;
+        // Tag 0 is no tag: the header records 0 and the block is freed with `free`.
         let memory = match tag {
-            Some(tag) => self.platform.allocate_tagged(layout, tag),
-            None => self.platform.allocate(layout),
+            Some(tag) if tag.0 != 0 => self.platform.allocate_tagged(layout, tag),
+            _ => self.platform.allocate(layout),
         }?;
         let header = memory.as_ptr().cast::<RetireHeader>();
         // SAFETY: fresh block of `layout`: header at 0, value at `value_offset`, both in bounds.
