@@ -106,7 +106,7 @@ extern "C"
         uint32_t strategy;            /* KEPOCH_STRATEGY_*; default CALLBACK */
         uint32_t idle_deactivation;   /* 0 or 1: idle processors leave the cycle; default 1 */
         uint32_t cycle_period_us;     /* 100..1000000; default 1000 */
-        uint32_t max_frees_per_visit; /* 0 (no bound) or 16..1000000; default 256 */
+        uint32_t max_frees_per_visit; /* 0 (no bound) or 16..1000000; default 256; a visit also stops after 50 us of work unless 0 */
         uint32_t pool_tag;            /* the domain's tag, 4 printable characters; default 'CpeK' ("KepC") */
         uint32_t dpc_probe_ms;        /* 0: trust DPC delivery; else probe up to this long (<= 60000); default 500 */
         uint32_t reserved;            /* 0 */

@@ -7,7 +7,8 @@ use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 
 use kepoch::config::{
-    MAX_CYCLE_PERIOD_US, MAX_MAX_FREES_PER_VISIT, MIN_CYCLE_PERIOD_US, MIN_MAX_FREES_PER_VISIT,
+    visit_budget_for, MAX_CYCLE_PERIOD_US, MAX_MAX_FREES_PER_VISIT, MIN_CYCLE_PERIOD_US,
+    MIN_MAX_FREES_PER_VISIT,
 };
 use kepoch::platform::{LogLevel, PoolTag as CoreTag, Status};
 use kepoch::{Config, Stats, Strategy};
@@ -32,7 +33,7 @@ pub struct CConfig {
     pub idle_deactivation: u32,
     /// The reclamation timer's period.
     pub cycle_period_us: u32,
-    /// Frees per DPC visit; 0: no bound.
+    /// Frees per DPC visit (a visit also stops after 50 µs of work); 0: no bound of either kind.
     pub max_frees_per_visit: u32,
     /// The domain's pool tag (four printable characters, first in the low byte).
     pub pool_tag: u32,
@@ -99,6 +100,7 @@ impl CConfig {
             idle_deactivation,
             cycle_period_us: self.cycle_period_us,
             max_frees_per_visit: frees,
+            visit_budget_us: visit_budget_for(frees),
             ..Config::default()
         };
         Ok((config, tag))

@@ -77,6 +77,20 @@ pub const DEFAULT_MAX_FREES_PER_VISIT: u32 = 256;
 pub const MIN_MAX_FREES_PER_VISIT: u32 = 16;
 /// Largest accepted `MaxFreesPerVisit` (larger values are clamped down to it).
 pub const MAX_MAX_FREES_PER_VISIT: u32 = 1_000_000;
+/// Default time budget of a visit's free loop: half of Microsoft's 100 µs guidance for a DPC, so
+/// that the visit's other work (the reader scan, forwarding the cycle) fits in the rest. A visit
+/// stops freeing once its work clock says the budget is spent, even below `MaxFreesPerVisit`.
+pub const DEFAULT_VISIT_BUDGET_US: u32 = 50;
+
+/// The visit time budget that goes with a `MaxFreesPerVisit` setting: the default, or none when the
+/// setting is 0 (no bound at all, for measurements). The registry and the C API have one knob.
+pub fn visit_budget_for(max_frees_per_visit: u32) -> u32 {
+    if max_frees_per_visit == 0 {
+        0
+    } else {
+        DEFAULT_VISIT_BUDGET_US
+    }
+}
 
 /// Everything a domain needs to know at load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +108,11 @@ pub struct Config {
     /// asks for another cycle at once), so one DPC's free loop stays short; 0: no bound (for
     /// measuring what the bound buys). Unload frees everything regardless.
     pub max_frees_per_visit: u32,
+    /// A visit stops freeing once it has run this long by [`crate::Platform::work_clock_ns`]
+    /// (checked every few frees) and leaves the rest to the next visit, like the count bound; 0: no
+    /// time bound. The registry has no value of its own for it: `MaxFreesPerVisit = 0` turns both
+    /// bounds off.
+    pub visit_budget_us: u32,
     /// Known bugs to re-introduce (honoured only with the `mutations` feature).
     pub mutations: Mutations,
 }
@@ -106,6 +125,7 @@ impl Default for Config {
             cycle_period_us: DEFAULT_CYCLE_PERIOD_US,
             stall_threshold_cycles: DEFAULT_STALL_THRESHOLD_CYCLES,
             max_frees_per_visit: DEFAULT_MAX_FREES_PER_VISIT,
+            visit_budget_us: DEFAULT_VISIT_BUDGET_US,
             mutations: Mutations::NONE,
         }
     }
@@ -335,11 +355,13 @@ pub fn select_config(input: &RegistryInput) -> (Config, ConfigWarnings) {
         }
     };
 
+    let visit_budget_us = visit_budget_for(max_frees_per_visit);
     let config = Config {
         strategy,
         idle_deactivation,
         cycle_period_us,
         max_frees_per_visit,
+        visit_budget_us,
         ..defaults
     };
     (config, warnings)
@@ -394,6 +416,12 @@ mod tests {
         for (value, used, warning) in cases {
             let (config, warnings) = select_config(&frees(value));
             assert_eq!(config.max_frees_per_visit, used, "{value:?}");
+            let budget = if used == 0 {
+                0
+            } else {
+                DEFAULT_VISIT_BUDGET_US
+            };
+            assert_eq!(config.visit_budget_us, budget, "{value:?}");
             let text = warnings[3].map(|w| std::string::ToString::to_string(&w));
             assert_eq!(text.as_deref(), warning, "{value:?}");
             assert!(warnings[..3].iter().all(Option::is_none));

@@ -170,7 +170,7 @@ pub struct Stats {
     pub replayed_add_complete: u64,
     /// AddFailure notifications at registration (another registrant vetoed a replayed start).
     pub replayed_add_failure: u64,
-    /// Visits that stopped at `max_frees_per_visit` with released items left (freed by the next
+    /// Visits that stopped at `max_frees_per_visit` or at `visit_budget_us` with released items left (freed by the next
     /// visit, of a cycle asked for at once).
     pub visits_cut_short: u64,
     /// Duration of each visit (one DPC on one processor), in nanoseconds.

@@ -37,6 +37,9 @@ impl Cycle {
     }
 }
 
+/// A visit's free loop reads the work clock once per this many frees, to keep to `visit_budget_us`.
+const FREES_PER_CLOCK_CHECK: u64 = 16;
+
 /// Cycles one call of `drive_cycles` may chain before it leaves the next to the timer or a flush.
 const MAX_CHAINED_CYCLES: u32 = 8;
 
@@ -198,10 +201,11 @@ impl<P: Platform> Domain<P> {
         ParticipantCounters::bump(&part.counters.messages);
         let epoch = domain.cycle.epoch.load(Ordering::Acquire);
 
-        // Free what the previous cycle released, at most `max_frees_per_visit` items: the rest
-        // waits for the next visit, and another cycle is asked for at once.
+        // Free what the previous cycle released, at most `max_frees_per_visit` items and for at
+        // most `visit_budget_us`: the rest waits for the next visit, and another cycle is asked for
+        // at once.
         let released = domain.cycle.release_at_start.load(Ordering::Relaxed);
-        let frees = domain.free_released(&part.retired, released, &part.counters.freed);
+        let frees = domain.free_released(&part.retired, released, &part.counters.freed, started_ns);
 
         part.local_epoch.store(epoch, Ordering::Relaxed);
         part.readers.open(epoch);
@@ -229,7 +233,6 @@ impl<P: Platform> Domain<P> {
             }
         }
 
-        domain.record_visit(started_ns, frees);
         match NonNull::new(slot.next_in_cycle.load(Ordering::Relaxed)) {
             // SAFETY: ring members are valid slots with bound messages.
             Some(next) => domain
@@ -237,16 +240,38 @@ impl<P: Platform> Domain<P> {
                 .message_send(unsafe { next.as_ref().message.assume_init_ref() }),
             None => domain.drive_cycles(true),
         }
+        // The whole DPC, the last visit's end of the cycle included. The domain outlives this
+        // call: unload waits for queued and running visits (`flush_messages`) before it frees it.
+        domain.record_visit(started_ns, frees);
     }
 
     /// Disposes of the items of `list` released at `released`, at most `max_frees_per_visit` of
-    /// them (0: all), counting each in `freed`; if released items are left, asks for another cycle
-    /// (the visit that frees them comes with it). Returns how many it freed. At DISPATCH, by the
-    /// list's owner.
-    fn free_released(&self, list: &RetiredList, released: u64, freed: &AtomicU64) -> u64 {
+    /// them (0: all) and only while the visit that began at `started_ns` (work clock) is within
+    /// `visit_budget_us`, counting each in `freed`; if released items are left, asks for another
+    /// cycle (the visit that frees them comes with it). Returns how many it freed. At DISPATCH, by
+    /// the list's owner.
+    fn free_released(
+        &self,
+        list: &RetiredList,
+        released: u64,
+        freed: &AtomicU64,
+        started_ns: u64,
+    ) -> u64 {
         let limit = u64::from(self.config.max_frees_per_visit);
+        let budget_ns = u64::from(self.config.visit_budget_us) * 1_000;
         let mut count = 0;
-        while limit == 0 || count < limit {
+        loop {
+            if limit != 0 && count >= limit {
+                break;
+            }
+            // The clock is read every few frees only: on some platforms it is a system call.
+            if budget_ns != 0
+                && count != 0
+                && count % FREES_PER_CLOCK_CHECK == 0
+                && self.platform.work_clock_ns().saturating_sub(started_ns) >= budget_ns
+            {
+                break;
+            }
             let Some(item) = list.pop_released(released) else {
                 return count;
             };
@@ -260,7 +285,7 @@ impl<P: Platform> Domain<P> {
         count
     }
 
-    /// A visit (or the overflow step) stopped at the bound with a released item stamped `stamp`
+    /// A visit (or the overflow step) stopped at a bound with a released item stamped `stamp`
     /// left: ask for another cycle at once, and keep `freed_through` below the item.
     fn left_released(&self, stamp: u64) {
         self.cycle

@@ -1,19 +1,29 @@
-//! Bounded work per visit: a visit (one DPC) frees at most `max_frees_per_visit` items, asks for
-//! another cycle when released items are left, and records its duration and frees; unload still
-//! frees everything.
+//! Bounded work per visit: a visit (one DPC) frees at most `max_frees_per_visit` items and stops
+//! once `visit_budget_us` of work is spent, asks for another cycle when released items are left,
+//! and records its duration and frees; unload still frees everything.
 
 use super::*;
 use crate::stats::LatencyHistogram;
 
-/// A domain on two processors with `max_frees_per_visit = limit`, and `count` objects retired on
-/// processor 0.
+/// A domain on two processors with `max_frees_per_visit = limit`, no time budget, and `count`
+/// objects retired on processor 0.
 fn retired_burst(
     limit: u32,
+    count: usize,
+) -> (TestPlatform, DomainBox<TestPlatform>, Arc<AtomicUsize>) {
+    retired_burst_with(limit, 0, count)
+}
+
+/// [`retired_burst`] with a time budget of `budget_us` per visit.
+fn retired_burst_with(
+    limit: u32,
+    budget_us: u32,
     count: usize,
 ) -> (TestPlatform, DomainBox<TestPlatform>, Arc<AtomicUsize>) {
     let platform = TestPlatform::new(2, 2);
     let config = Config {
         max_frees_per_visit: limit,
+        visit_budget_us: budget_us,
         ..test_config(Strategy::Lazy)
     };
     let domain = Domain::create(platform.clone(), config).expect("load");
@@ -59,6 +69,34 @@ fn a_visit_frees_at_most_its_bound_and_the_rest_follows_in_chained_cycles() {
     );
     assert_eq!(stats.frees_per_visit.count, stats.visit_ns.count);
     assert!(stats.visit_ns.count > 0 && stats.visit_ns.max_ns > 0);
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0);
+}
+
+/// The test platform's clock advances 1 µs per reading: a visit reads it at its start and after
+/// every 16 frees, so with a 3 µs budget it stops after 48 frees, below its count bound of 1000.
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "hundreds to thousands of retirements: minutes under Miri; the same paths run with few items in the other unit tests"
+)]
+fn a_visit_stops_freeing_when_its_time_budget_is_spent() {
+    let (platform, domain, drops) = retired_burst_with(1000, 3, 200);
+    for _ in 0..20 {
+        platform.tick();
+    }
+    assert_eq!(drops.load(Ordering::SeqCst), 200, "everything is freed");
+    let stats = domain.stats();
+    assert_eq!(
+        largest(&stats.frees_per_visit),
+        48,
+        "the budget, not the count, ended the visits"
+    );
+    assert!(
+        stats.visits_cut_short >= 200 / 48,
+        "{}",
+        stats.visits_cut_short
+    );
     drop(domain);
     assert_eq!(platform.live_allocations(), 0);
 }

@@ -167,7 +167,7 @@ pub const FIGURES: &[Figure] = &[
     ),
     fig(
         "visits_cut_short",
-        "visits cut short at MaxFreesPerVisit (count)",
+        "visits cut short (MaxFreesPerVisit or 50 us) (count)",
         &["visits_cut_short"],
         Sum,
         false,

@@ -156,12 +156,14 @@ fn run_lifetime(
     let running = machine.running_indexes();
     let boot = running[0];
     let defaults = Config::with_strategy(strategy);
+    let max_frees_per_visit = scenario
+        .workload
+        .max_frees_per_visit
+        .unwrap_or(defaults.max_frees_per_visit);
     let config = Config {
         stall_threshold_cycles: LAB_STALL_THRESHOLD_CYCLES,
-        max_frees_per_visit: scenario
-            .workload
-            .max_frees_per_visit
-            .unwrap_or(defaults.max_frees_per_visit),
+        max_frees_per_visit,
+        visit_budget_us: kepoch::config::visit_budget_for(max_frees_per_visit),
         ..defaults
     };
     let bytes_before = machine.alloc_stats().live_bytes;
