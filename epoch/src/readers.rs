@@ -147,7 +147,13 @@ impl ReaderTable {
     #[inline]
     pub(crate) fn open(&self, epoch: u64) {
         let newest = self.newest.load(Ordering::Relaxed) as usize & INDEX_MASK;
-        if self.entries[newest].epoch.load(Ordering::Relaxed) != epoch {
+        let entry = &self.entries[newest];
+        let current = entry.epoch.load(Ordering::Relaxed);
+        if current == UNUSED {
+            // A fresh table (the newest entry is unused only before the first open): its entry 0,
+            // the one `open_slow` would pick, has zero counts. A processor's first join takes this.
+            entry.epoch.store(epoch, Ordering::Relaxed);
+        } else if current != epoch {
             self.open_slow(epoch);
         }
     }
@@ -161,6 +167,13 @@ impl ReaderTable {
         // Full: the newest entry stays; its epoch is not newer than `epoch`.
         if let Some(i) = free {
             let entry = &self.entries[i];
+            if entry.epoch.load(Ordering::Relaxed) == UNUSED {
+                // Never used (only `write_empty` makes an entry unused): its counts are all zero
+                // already, so a first join touches neither the remote line nor the totals.
+                entry.epoch.store(epoch, Ordering::Relaxed);
+                self.newest.store(i as u64, Ordering::Relaxed);
+                return;
+            }
             // No reader holds entry `i` (active == 0 has seen every remote exit), so nobody else
             // writes its counters any more: resetting them is safe.
             owner_add(&self.closed_enters, entry.enters.load(Ordering::Relaxed));

@@ -2,6 +2,7 @@
 //! exits, and the shared overflow slot that makes enter never fail (S2).
 
 use super::*;
+use crate::readers::EntryIndex;
 
 impl<P: Platform> Domain<P> {
     /// Enters an epoch: until the guard drops, nothing retired after this call is freed.
@@ -71,20 +72,23 @@ impl<P: Platform> Domain<P> {
     #[inline(never)]
     fn enter_slow(&self, current: CurrentProcessor, slot: *mut Slot<P>) -> RawGuard {
         let slot = if slot.is_null() {
+            // SAFETY: a published slot (prepared just now or earlier), valid for the domain's life.
             self.prepare_here(current.number)
+                .filter(|&prepared| unsafe { &*prepared }.ready.load(Ordering::Acquire))
         } else {
+            // A routable entry's slot is ready: AddComplete stores `ready` (release) before it makes
+            // the entry routable, a slot prepared ready is published routable, and the lookup
+            // acquires the entry. So a first enter does not load `ready`'s cache line.
             Some(slot)
         };
         if let Some(slot) = slot {
-            // SAFETY: a published slot (prepared just now or earlier), valid for the domain's life.
+            // SAFETY: a published slot, valid for the domain's life.
             let owned = unsafe { &*slot };
-            if owned.ready.load(Ordering::Acquire) {
-                self.platform
-                    .verify_slot_owner("enter (join)", owned.processor);
-                self.ensure_joined(&owned.part);
-                // SAFETY: published and ready, as above.
-                return unsafe { Self::enter_owned(slot, current.index) };
-            }
+            self.platform
+                .verify_slot_owner("enter (join)", owned.processor);
+            self.ensure_joined(&owned.part);
+            // SAFETY: published and ready, as above.
+            return unsafe { Self::enter_owned(slot, current.index) };
         }
         let overflow = self.locked(&self.overflow);
         // Overflow readers take the global epoch itself: they may come from any processor. The cycle
@@ -153,23 +157,30 @@ impl<P: Platform> Domain<P> {
                 part.readers.exit_local(token.entry());
             }
         } else {
-            // SAFETY: per the caller.
-            unsafe { self.exit_elsewhere(token) };
+            // SAFETY: per the caller. The token's parts go in registers: a reference would make the
+            // hot path store the token to the stack on every exit.
+            unsafe { self.exit_elsewhere(token.participant, token.entry(), token.is_overflow()) };
         }
         self.platform.lower_irql(previous);
         self.platform.epoch_exited();
     }
 
-    /// A migrated reader's exit, or an exit of the overflow slot. At DISPATCH.
+    /// A migrated reader's exit, or an exit of the overflow slot (`overflow`), of the reader counted
+    /// in `entry` of `participant`. At DISPATCH.
     ///
     /// # Safety
-    /// As for [`Domain::exit_raw`].
+    /// As for [`Domain::exit_raw`], for the token these parts came from.
     #[cold]
     #[inline(never)]
-    unsafe fn exit_elsewhere(&self, token: &RawGuard) {
-        if token.is_overflow() {
+    unsafe fn exit_elsewhere(
+        &self,
+        participant: *const Participant,
+        entry: EntryIndex,
+        overflow: bool,
+    ) {
+        if overflow {
             let overflow = self.locked(&self.overflow);
-            overflow.readers.exit_local(token.entry());
+            overflow.readers.exit_local(entry);
             return;
         }
         let ordering = if self.mutated(Mutation::RemoteExitRelaxed) {
@@ -178,8 +189,8 @@ impl<P: Platform> Domain<P> {
             Ordering::Release
         };
         // SAFETY: the token points into a live slot (slots with readers are never freed).
-        let part = unsafe { &*token.participant };
-        part.readers.exit_remote(token.entry(), ordering);
+        let part = unsafe { &*participant };
+        part.readers.exit_remote(entry, ordering);
         DomainCounters::add(&self.counters.remote_exits, 1);
     }
 }
