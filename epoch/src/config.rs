@@ -108,7 +108,7 @@ pub struct Config {
     /// asks for another cycle at once), so one DPC's free loop stays short; 0: no bound (for
     /// measuring what the bound buys). Unload frees everything regardless.
     pub max_frees_per_visit: u32,
-    /// A visit stops freeing once it has run this long by [`crate::Platform::work_clock_ns`]
+    /// A visit stops freeing once it has run this long by [`crate::Platform::work_clock`]
     /// (checked every few frees) and leaves the rest to the next visit, like the count bound; 0: no
     /// time bound. The registry has no value of its own for it: `MaxFreesPerVisit = 0` turns both
     /// bounds off.

@@ -199,6 +199,29 @@ pub enum ProcessorChange {
 pub type ProcessorChangeFn =
     unsafe fn(context: *const (), change: ProcessorChange, processor: CurrentProcessor) -> Status;
 
+/// One reading of [`Platform::work_clock`]: wall time and the time the reading thread ran, each in
+/// nanoseconds from an arbitrary origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkInstant {
+    /// Monotonic wall time: counts time the host gave to other threads.
+    pub wall_ns: u64,
+    /// Time the reading thread ran (on NT the wall time): on a virtual machine its accounting can
+    /// run ahead of the wall clock by tens of microseconds between two close readings.
+    pub run_ns: u64,
+}
+
+impl WorkInstant {
+    /// Work done on this processor from `self` to `later`: the lower of the wall time and the run
+    /// time between them. Either alone overstates the work where the host interferes: the wall time
+    /// counts descheduled time, the run time its accounting's jumps. The wall time is never below
+    /// the work; the run time, and so the result, can be while the run-time accounting lags.
+    pub fn work_ns_until(self, later: WorkInstant) -> u64 {
+        let wall = later.wall_ns.saturating_sub(self.wall_ns);
+        let run = later.run_ns.saturating_sub(self.run_ns);
+        wall.min(run)
+    }
+}
+
 /// Services the core needs from its host.
 ///
 /// # Safety
@@ -355,12 +378,17 @@ pub unsafe trait Platform: Send + Sync + 'static {
     /// uses differences of it, to time reclamation cycles.
     fn now_ns(&self) -> u64;
 
-    /// A clock of the current processor's own work in nanoseconds, to time a visit (one DPC): on NT
-    /// [`Platform::now_ns`] (no thread preempts a DPC); a platform whose processors are host threads
-    /// that the host can deschedule counts only the time the thread ran, so that a visit's figure is
-    /// its work, not the host's scheduling. Only differences on one processor are used.
-    fn work_clock_ns(&self) -> u64 {
-        self.now_ns()
+    /// A reading of the current processor's work clock, to time a visit (one DPC) and keep it to its
+    /// budget: on NT [`Platform::now_ns`] on both sides (nothing but interrupts stretches a DPC). A
+    /// platform whose processors are host threads also reads the thread's own run time, so that a
+    /// visit's figure is its work, not the host's scheduling (see [`WorkInstant`]). Only
+    /// differences on one processor are used.
+    fn work_clock(&self) -> WorkInstant {
+        let now = self.now_ns();
+        WorkInstant {
+            wall_ns: now,
+            run_ns: now,
+        }
     }
 
     /// Writes one log line (DbgPrintEx in the kernel).

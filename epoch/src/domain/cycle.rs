@@ -197,7 +197,7 @@ impl<P: Platform> Domain<P> {
             .platform
             .verify_slot_owner("reclamation cycle visit", slot.processor);
         let part = &slot.part;
-        let started_ns = domain.platform.work_clock_ns();
+        let started = domain.platform.work_clock();
         ParticipantCounters::bump(&part.counters.messages);
         let epoch = domain.cycle.epoch.load(Ordering::Acquire);
 
@@ -205,7 +205,7 @@ impl<P: Platform> Domain<P> {
         // most `visit_budget_us`: the rest waits for the next visit, and another cycle is asked for
         // at once.
         let released = domain.cycle.release_at_start.load(Ordering::Relaxed);
-        let frees = domain.free_released(&part.retired, released, &part.counters.freed, started_ns);
+        let frees = domain.free_released(&part.retired, released, &part.counters.freed, started);
 
         part.local_epoch.store(epoch, Ordering::Relaxed);
         part.readers.open(epoch);
@@ -242,11 +242,11 @@ impl<P: Platform> Domain<P> {
         }
         // The whole DPC, the last visit's end of the cycle included. The domain outlives this
         // call: unload waits for queued and running visits (`flush_messages`) before it frees it.
-        domain.record_visit(started_ns, frees);
+        domain.record_visit(started, frees);
     }
 
     /// Disposes of the items of `list` released at `released`, at most `max_frees_per_visit` of
-    /// them (0: all) and only while the visit that began at `started_ns` (work clock) is within
+    /// them (0: all) and only while the visit that began at `started` (work clock) is within
     /// `visit_budget_us`, counting each in `freed`; if released items are left, asks for another
     /// cycle (the visit that frees them comes with it). Returns how many it freed. At DISPATCH, by
     /// the list's owner.
@@ -255,7 +255,7 @@ impl<P: Platform> Domain<P> {
         list: &RetiredList,
         released: u64,
         freed: &AtomicU64,
-        started_ns: u64,
+        started: WorkInstant,
     ) -> u64 {
         let limit = u64::from(self.config.max_frees_per_visit);
         let budget_ns = u64::from(self.config.visit_budget_us) * 1_000;
@@ -268,7 +268,7 @@ impl<P: Platform> Domain<P> {
             if budget_ns != 0
                 && count != 0
                 && count % FREES_PER_CLOCK_CHECK == 0
-                && self.platform.work_clock_ns().saturating_sub(started_ns) >= budget_ns
+                && started.work_ns_until(self.platform.work_clock()) >= budget_ns
             {
                 break;
             }
@@ -295,10 +295,10 @@ impl<P: Platform> Domain<P> {
         DomainCounters::add(&self.counters.visits_cut_short, 1);
     }
 
-    /// Records one visit's duration (from `started_ns` of [`Platform::work_clock_ns`]) and the
+    /// Records one visit's duration (its work since `started`, [`Platform::work_clock`]) and the
     /// items it freed.
-    fn record_visit(&self, started_ns: u64, frees: u64) {
-        let took = self.platform.work_clock_ns().saturating_sub(started_ns);
+    fn record_visit(&self, started: WorkInstant, frees: u64) {
+        let took = started.work_ns_until(self.platform.work_clock());
         let mut visits = self.locked(self.visits());
         visits.duration_ns.record(took);
         visits.frees.record(frees);

@@ -41,7 +41,7 @@ use crate::mutation::Mutation;
 use crate::participant::{Participant, Slot};
 use crate::platform::{
     CurrentProcessor, Handler, IrqlRule, LogLevel, Platform, PoolTag, ProcessorChange,
-    ProcessorNumber, Status,
+    ProcessorNumber, Status, WorkInstant,
 };
 use crate::spin::{SpinGuard, SpinLock};
 use crate::stats::{

@@ -203,3 +203,15 @@ fn a_barrier_waits_for_a_callback_behind_a_backlog_larger_than_the_bound() {
     drop(domain);
     assert_eq!(platform.live_allocations(), 0);
 }
+
+/// A visit's work is the lower of its wall time and its run time: the host's descheduling (wall
+/// time far ahead) and a jump of the run-time accounting (run time ahead) are both left out.
+#[test]
+fn a_visits_work_is_the_lower_of_wall_and_run_time() {
+    use crate::platform::WorkInstant;
+    let at = |wall_ns, run_ns| WorkInstant { wall_ns, run_ns };
+    let start = at(1_000, 500);
+    assert_eq!(start.work_ns_until(at(9_000, 2_500)), 2_000, "descheduled");
+    assert_eq!(start.work_ns_until(at(3_000, 90_500)), 2_000, "run time jumped");
+    assert_eq!(start.work_ns_until(at(500, 400)), 0, "never negative");
+}

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use kepoch::platform::{
     CurrentProcessor, Handler, Irql, IrqlRule, LogLevel, Platform, ProcessorChangeFn,
-    ProcessorNumber, Status,
+    ProcessorNumber, Status, WorkInstant,
 };
 
 use super::report::{CpuStatus, ViolationKind};
@@ -445,14 +445,17 @@ unsafe impl Platform for SimPlatform {
         }
     }
 
-    fn work_clock_ns(&self) -> u64 {
-        if self.shared.is_parallel() {
-            // The simulated CPU's host thread's CPU time: a visit's work, without the time the host
-            // gave the core to other threads (busy machines, more CPUs than cores).
+    fn work_clock(&self) -> WorkInstant {
+        let wall_ns = self.now_ns();
+        // Parallel mode: the simulated CPU's host thread's CPU time too, so that a visit's figure
+        // leaves out the time the host gave the core to other threads (busy machines, more CPUs than
+        // cores). Deterministic mode: simulated time on both sides.
+        let run_ns = if self.shared.is_parallel() {
             thread_cpu_time_ns()
         } else {
-            self.now_ns()
-        }
+            wall_ns
+        };
+        WorkInstant { wall_ns, run_ns }
     }
 
     fn log(&self, level: LogLevel, args: fmt::Arguments<'_>) {
