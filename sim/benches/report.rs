@@ -129,11 +129,23 @@ fn enter_exit_rows(effort: Effort, rows: &mut Vec<Row>, extra: &mut String) -> f
                     ns(r.median_ns(3))
                 ),
                 ratio: vs_memb.to_string(),
-                target: "≤ 2×",
-                pass: vs_memb.median <= 2.0,
-                why_missed: format!(
-                    "liburcu-memb's read side is a thread-local nesting counter; kepoch's enter+exit is {vs_floor} the floor."
-                ),
+                target: "≤ 1.0×",
+                pass: vs_memb.median <= 1.0,
+                why_missed: {
+                    // liburcu-memb's read side stores a copy of the global counter and a nesting
+                    // count, no increment that the next one waits for: about the floor. A counting
+                    // reader cannot be below the floor.
+                    let memb_vs_floor = r.ratio(3, 2);
+                    format!(
+                        "liburcu-memb's read side is a thread-local nesting counter and costs {memb_vs_floor} the floor here; kepoch's enter+exit is {vs_floor} the floor (a thread-local counter increment, {}){}.",
+                        ns(r.median_ns(2)),
+                        if memb_vs_floor.median <= 1.1 {
+                            ", so ≤ 1.0× would take an enter+exit at the floor: a reader counted per processor, as kepoch's are, increments at least one counter that the next enter waits for"
+                        } else {
+                            ""
+                        }
+                    )
+                },
             });
         }
         Some(reason) => {

@@ -38,7 +38,7 @@ impl Cycle {
 }
 
 /// A visit's free loop reads the work clock once per this many frees, to keep to `visit_budget_us`.
-const FREES_PER_CLOCK_CHECK: u64 = 16;
+const FREES_PER_CLOCK_CHECK: u64 = 32;
 
 /// Cycles one call of `drive_cycles` may chain before it leaves the next to the timer or a flush.
 const MAX_CHAINED_CYCLES: u32 = 8;

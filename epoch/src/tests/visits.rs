@@ -74,7 +74,7 @@ fn a_visit_frees_at_most_its_bound_and_the_rest_follows_in_chained_cycles() {
 }
 
 /// The test platform's clock advances 1 µs per reading: a visit reads it at its start and after
-/// every 16 frees, so with a 3 µs budget it stops after 48 frees, below its count bound of 1000.
+/// every 32 frees, so with a 3 µs budget it stops after 96 frees, below its count bound of 1000.
 #[test]
 #[cfg_attr(
     miri,
@@ -89,11 +89,11 @@ fn a_visit_stops_freeing_when_its_time_budget_is_spent() {
     let stats = domain.stats();
     assert_eq!(
         largest(&stats.frees_per_visit),
-        48,
+        96,
         "the budget, not the count, ended the visits"
     );
     assert!(
-        stats.visits_cut_short >= 200 / 48,
+        stats.visits_cut_short >= 200 / 96,
         "{}",
         stats.visits_cut_short
     );
@@ -212,6 +212,10 @@ fn a_visits_work_is_the_lower_of_wall_and_run_time() {
     let at = |wall_ns, run_ns| WorkInstant { wall_ns, run_ns };
     let start = at(1_000, 500);
     assert_eq!(start.work_ns_until(at(9_000, 2_500)), 2_000, "descheduled");
-    assert_eq!(start.work_ns_until(at(3_000, 90_500)), 2_000, "run time jumped");
+    assert_eq!(
+        start.work_ns_until(at(3_000, 90_500)),
+        2_000,
+        "run time jumped"
+    );
     assert_eq!(start.work_ns_until(at(500, 400)), 0, "never negative");
 }
