@@ -141,7 +141,7 @@ pub struct CStats {
     pub work_items_run: u64,
     /// Hot-added processors whose add completed.
     pub hot_add_complete: u64,
-    /// Visits that stopped at `max_frees_per_visit`.
+    /// Visits that stopped at `max_frees_per_visit` or at the 50 µs budget.
     pub visits_cut_short: u64,
 }
 

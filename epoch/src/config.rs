@@ -77,9 +77,11 @@ pub const DEFAULT_MAX_FREES_PER_VISIT: u32 = 256;
 pub const MIN_MAX_FREES_PER_VISIT: u32 = 16;
 /// Largest accepted `MaxFreesPerVisit` (larger values are clamped down to it).
 pub const MAX_MAX_FREES_PER_VISIT: u32 = 1_000_000;
-/// Default time budget of a visit's free loop: half of Microsoft's 100 µs guidance for a DPC, so
-/// that the visit's other work (the reader scan, forwarding the cycle) fits in the rest. A visit
-/// stops freeing once its work clock says the budget is spent, even below `MaxFreesPerVisit`.
+/// Default time budget of a visit's DPC: half of Microsoft's 100 µs guidance for a DPC, so that the
+/// work that is not checked against it (the reader scan, forwarding the cycle, up to 31 frees
+/// between two clock readings) fits in the rest. A visit, and the end of a cycle that frees the
+/// overflow slot's items in the same DPC, stop freeing once the DPC's work clock says the budget is
+/// spent, even below `MaxFreesPerVisit`.
 pub const DEFAULT_VISIT_BUDGET_US: u32 = 50;
 
 /// The visit time budget that goes with a `MaxFreesPerVisit` setting: the default, or none when the
@@ -105,8 +107,10 @@ pub struct Config {
     /// A reader holding back reclamation for this many cycles is reported once as stalled.
     pub stall_threshold_cycles: u64,
     /// A visit frees at most this many released items and leaves the rest to the next visit (it
-    /// asks for another cycle at once), so one DPC's free loop stays short; 0: no bound (for
-    /// measuring what the bound buys). Unload frees everything regardless.
+    /// asks for another cycle at once), so one DPC's free loop stays short; 0: no count bound (for
+    /// measuring what the bound buys; `visit_budget_us` is a separate field here, while the
+    /// registry's and the C API's 0 turn both off, see [`visit_budget_for`]). Unload frees
+    /// everything regardless.
     pub max_frees_per_visit: u32,
     /// A visit stops freeing once it has run this long by [`crate::Platform::work_clock`]
     /// (checked every few frees) and leaves the rest to the next visit, like the count bound; 0: no

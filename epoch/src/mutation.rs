@@ -156,7 +156,8 @@ mutations! {
     /// other phase.
     QueuePhaseNoRecheck = 34, "queue-phase-no-recheck", Logic;
     /// `finish_cycle` publishes `freed_through` as the released epoch the cycle started from even
-    /// when a visit left released items at its `max_frees_per_visit` bound: a grace period reads as
+    /// when a visit left released items at its `max_frees_per_visit` bound or its time budget: a
+    /// grace period reads as
     /// elapsed, and `synchronize` and the barrier return, before those items were disposed of.
     FreedThroughIgnoresLeftovers = 35, "freed-through-ignores-leftovers", Logic;
 }

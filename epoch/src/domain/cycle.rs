@@ -17,8 +17,8 @@ pub(super) struct Cycle {
     /// `now_ns` when the in-flight cycle published its epoch.
     started_ns: AtomicU64,
     /// Oldest stamp of a released item that a visit of the in-flight cycle (or its overflow step)
-    /// left in a list at the `max_frees_per_visit` bound (`u64::MAX`: none): `freed_through` must
-    /// stay below it.
+    /// left in a list at the `max_frees_per_visit` bound or its time budget (`u64::MAX`: none):
+    /// `freed_through` must stay below it.
     leftover_stamp: AtomicU64,
 }
 
@@ -56,23 +56,29 @@ enum CycleStart {
 impl<P: Platform> Domain<P> {
     /// Runs cycles on this processor until one is in flight with messages out, none is requested,
     /// or another processor owns the cycle. `finishing`: the caller ends the cycle in flight (its
-    /// last visit). Iterative, so a flush storm cannot grow the stack (L3). At DISPATCH.
-    pub(super) fn drive_cycles(&self, mut finishing: bool) {
+    /// last visit). `started`: when the caller's DPC began (work clock), for the visit budget;
+    /// `None` (a flush, the timer): when the first cycle to finish here does. Iterative, so a flush
+    /// storm cannot grow the stack (L3). At DISPATCH.
+    pub(super) fn drive_cycles(&self, mut finishing: bool, started: Option<WorkInstant>) {
         let mut chained = 0;
+        let mut started = started;
         loop {
             if finishing {
-                if !self.finish_cycle() {
+                let started = *started.get_or_insert_with(|| self.platform.work_clock());
+                let (again, spent) = self.finish_cycle(started);
+                if !again {
                     return;
                 }
                 // The `recursive-chaining` mutation chains the next cycle by recursion, as the first
                 // version did.
                 if self.mutated(Mutation::RecursiveChaining) {
-                    return self.drive_cycles(false);
+                    return self.drive_cycles(false, Some(started));
                 }
                 // Bounded in time too: a DPC must not run cycles for as long as other processors
-                // keep flushing (DPC watchdog). The request stays for the next timer tick or flush.
+                // keep flushing (DPC watchdog), nor past its budget. The request stays for the next
+                // timer tick or flush.
                 chained += 1;
-                if chained == MAX_CHAINED_CYCLES {
+                if chained == MAX_CHAINED_CYCLES || spent {
                     self.cycle.requested.store(true, Ordering::SeqCst);
                     return;
                 }
@@ -238,7 +244,7 @@ impl<P: Platform> Domain<P> {
             Some(next) => domain
                 .platform
                 .message_send(unsafe { next.as_ref().message.assume_init_ref() }),
-            None => domain.drive_cycles(true),
+            None => domain.drive_cycles(true, Some(started)),
         }
         // The whole DPC, the last visit's end of the cycle included. The domain outlives this
         // call: unload waits for queued and running visits (`flush_messages`) before it frees it.
@@ -258,18 +264,13 @@ impl<P: Platform> Domain<P> {
         started: WorkInstant,
     ) -> u64 {
         let limit = u64::from(self.config.max_frees_per_visit);
-        let budget_ns = u64::from(self.config.visit_budget_us) * 1_000;
         let mut count = 0;
         loop {
             if limit != 0 && count >= limit {
                 break;
             }
             // The clock is read every few frees only: on some platforms it is a system call.
-            if budget_ns != 0
-                && count != 0
-                && count % FREES_PER_CLOCK_CHECK == 0
-                && started.work_ns_until(self.platform.work_clock()) >= budget_ns
-            {
+            if count != 0 && count % FREES_PER_CLOCK_CHECK == 0 && self.budget_spent(started) {
                 break;
             }
             let Some(item) = list.pop_released(released) else {
@@ -283,6 +284,34 @@ impl<P: Platform> Domain<P> {
             self.left_released(stamp);
         }
         count
+    }
+
+    /// Whether the DPC that began at `started` (work clock) has used up `visit_budget_us` (never,
+    /// with no budget).
+    fn budget_spent(&self, started: WorkInstant) -> bool {
+        let budget_ns = u64::from(self.config.visit_budget_us) * 1_000;
+        budget_ns != 0 && started.work_ns_until(self.platform.work_clock()) >= budget_ns
+    }
+
+    /// Moves up to `most` items of the overflow list released at `release` into `batch`, counting
+    /// them as freed. Under the overflow lock. Returns how many it moved.
+    fn take_overflow_released(
+        overflow: &Participant,
+        release: u64,
+        most: u64,
+        batch: &RetiredList,
+    ) -> u64 {
+        let mut taken = 0;
+        while taken < most {
+            let Some(item) = overflow.retired.pop_released(release) else {
+                break;
+            };
+            // SAFETY: the item left the overflow list; the batch owns it now.
+            unsafe { batch.push(item, release) };
+            ParticipantCounters::bump(&overflow.counters.freed);
+            taken += 1;
+        }
+        taken
     }
 
     /// A visit (or the overflow step) stopped at a bound with a released item stamped `stamp`
@@ -343,14 +372,29 @@ impl<P: Platform> Domain<P> {
     }
 
     /// Ends the in-flight cycle: accounts for the overflow slot, publishes the released epoch and
-    /// wakes waiters. Returns whether another cycle was asked for meanwhile. At DISPATCH.
-    fn finish_cycle(&self) -> bool {
+    /// wakes waiters. Returns whether another cycle was asked for meanwhile, and whether the DPC
+    /// that began at `started` (work clock) has spent its budget (read while the cycle is still in
+    /// flight, so that no flush can start another one from inside the reading). At DISPATCH.
+    fn finish_cycle(&self, started: WorkInstant) -> (bool, bool) {
         let epoch = self.cycle.epoch.load(Ordering::Relaxed);
         let mut oldest = self.cycle.oldest.load(Ordering::Relaxed);
         let freed_before = self.cycle.release_at_start.load(Ordering::Relaxed);
 
-        let released_items = RetiredList::new();
+        // The overflow's released items are taken out under the lock in batches of at most
+        // `FREES_PER_CLOCK_CHECK` and disposed of outside it (a drop may retire, which takes the
+        // lock), at most `max_frees_per_visit` of them and within the DPC's budget, as a visit.
+        let limit = u64::from(self.config.max_frees_per_visit);
+        let batch_size = |taken: u64| {
+            if limit == 0 {
+                FREES_PER_CLOCK_CHECK
+            } else {
+                FREES_PER_CLOCK_CHECK.min(limit - taken)
+            }
+        };
+        let batch = RetiredList::new();
         let release;
+        // Items asked for and moved by the last take, and moved in all.
+        let (mut asked, mut last);
         {
             let overflow = self.locked(&self.overflow);
             overflow.local_epoch.store(epoch, Ordering::Relaxed);
@@ -367,22 +411,8 @@ impl<P: Platform> Domain<P> {
             // be counted at an epoch from before it, though nothing it can see is stamped that
             // early (PROTOCOL.md, "The released epoch only grows").
             release = (oldest - 1).max(freed_before);
-            // Take the overflow's released items out under the lock (at most `max_frees_per_visit`,
-            // as a visit would), dispose of them outside it.
-            let limit = u64::from(self.config.max_frees_per_visit);
-            let mut taken = 0;
-            while limit == 0 || taken < limit {
-                let Some(item) = overflow.retired.pop_released(release) else {
-                    break;
-                };
-                // SAFETY: the item left the overflow list; the local list owns it now.
-                unsafe { released_items.push(item, release) };
-                ParticipantCounters::bump(&overflow.counters.freed);
-                taken += 1;
-            }
-            if let Some(stamp) = overflow.retired.oldest_released(release) {
-                self.left_released(stamp);
-            }
+            asked = batch_size(0);
+            last = Self::take_overflow_released(&overflow, release, asked, &batch);
             if overflow_oldest.is_none()
                 && overflow.retired.is_empty()
                 && overflow.participating.load(Ordering::Relaxed)
@@ -390,8 +420,26 @@ impl<P: Platform> Domain<P> {
                 overflow.participating.store(false, Ordering::SeqCst);
             }
         }
-        while let Some(item) = released_items.pop_released(u64::MAX) {
-            self.dispose(item);
+        let mut taken = last;
+        loop {
+            while let Some(item) = batch.pop_released(u64::MAX) {
+                self.dispose(item);
+            }
+            if last < asked {
+                // The list had no more released items (later retirements are stamped above
+                // `release`).
+                break;
+            }
+            let overflow = self.locked(&self.overflow);
+            if (limit != 0 && taken >= limit) || self.budget_spent(started) {
+                if let Some(stamp) = overflow.retired.oldest_released(release) {
+                    self.left_released(stamp);
+                }
+                break;
+            }
+            asked = batch_size(taken);
+            last = Self::take_overflow_released(&overflow, release, asked, &batch);
+            taken += last;
         }
 
         self.released_epoch.store(release, Ordering::Release);
@@ -412,9 +460,10 @@ impl<P: Platform> Domain<P> {
             .now_ns()
             .saturating_sub(self.cycle.started_ns.load(Ordering::Relaxed));
         self.locked(&self.cycle_latency).record(took);
+        let spent = self.budget_spent(started);
         self.cycle.in_flight.store(false, Ordering::SeqCst);
         self.platform.event_signal(self.cycle_done());
-        self.cycle.requested.swap(false, Ordering::SeqCst)
+        (self.cycle.requested.swap(false, Ordering::SeqCst), spent)
     }
 
     /// Asks for a cycle soon without waiting (a flush hint), and restarts the cycle timer if it
@@ -423,7 +472,7 @@ impl<P: Platform> Domain<P> {
         self.wake_timer();
         self.cycle.requested.store(true, Ordering::SeqCst);
         let previous = self.platform.raise_to_dispatch();
-        self.drive_cycles(false);
+        self.drive_cycles(false, None);
         self.platform.lower_irql(previous);
     }
 }

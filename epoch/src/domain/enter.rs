@@ -25,7 +25,8 @@ impl<P: Platform> Domain<P> {
         let current = self.platform.current_processor();
         let slot = self.table.lookup(current.number);
         // SAFETY: a published slot stays valid for the domain's life (rollback only removes slots that
-        // were never ready). A participating slot is ready: only the owner joins, after it saw `ready`
+        // were never ready). A participating slot is ready: only the owner joins, after it found the
+        // slot routable (a routable entry's slot is ready, see `enter_slow`) or prepared it ready
         // (or the slot was created ready and participating, `eager`), and `ready` is never cleared.
         let token = match unsafe { slot.as_ref() } {
             Some(owned) if owned.part.participating.load(Ordering::Relaxed) => {

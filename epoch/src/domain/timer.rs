@@ -37,7 +37,7 @@ impl<P: Platform> Domain<P> {
         let domain = unsafe { &*(context as *const Self) };
         // A cycle with no member sends no message: it only advances the epoch and folds in the
         // overflow slot.
-        domain.drive_cycles(false);
+        domain.drive_cycles(false, None);
         domain.stop_timer_if_idle();
     }
 

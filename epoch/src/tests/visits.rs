@@ -219,3 +219,41 @@ fn a_visits_work_is_the_lower_of_wall_and_run_time() {
     );
     assert_eq!(start.work_ns_until(at(500, 400)), 0, "never negative");
 }
+
+/// The end of a cycle frees the overflow slot's released items in the same DPC: in batches of 32
+/// between two readings of the work clock, within the same budget as a visit. Here every item is
+/// retired on a processor whose slot could not be prepared (the overflow slot); the test clock
+/// advances 1 µs per reading, so with a 3 µs budget the first cycle's end stops after 3 batches.
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "hundreds to thousands of retirements: minutes under Miri; the same paths run with few items in the other unit tests"
+)]
+fn the_overflow_step_keeps_to_the_dpc_budget() {
+    let platform = TestPlatform::new(2, 2);
+    let config = Config {
+        max_frees_per_visit: 1000,
+        visit_budget_us: 3,
+        ..test_config(Strategy::Lazy)
+    };
+    let domain = Domain::create(platform.clone(), config).expect("load");
+    let drops = Arc::new(AtomicUsize::new(0));
+    // The slot's preparation fails and is not retried before the next cycle.
+    platform.0.lock().unwrap().fail_allocations = 1;
+    TestPlatform::on_cpu(1, || {
+        drop(domain.enter());
+        for _ in 0..200 {
+            retire_new(&domain, &drops);
+        }
+    });
+    assert_eq!(domain.stats().fallback_uses, 201, "all on the overflow slot");
+    platform.tick();
+    assert_eq!(drops.load(Ordering::SeqCst), 96, "three batches of 32");
+    assert!(domain.stats().visits_cut_short >= 1);
+    for _ in 0..10 {
+        platform.tick();
+    }
+    assert_eq!(drops.load(Ordering::SeqCst), 200, "the rest follows");
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0);
+}

@@ -14,12 +14,14 @@ use std::time::Duration;
 /// Retirements between two reclamation cycles in the high-rate workloads.
 pub const HIGH_RATE_RETIRES_PER_CYCLE: u64 = 16_384;
 
-/// kepoch's workload at the high rate with this bound (0: none).
+/// kepoch's workload at the high rate with this bound and the time budget that goes with it
+/// (0: neither, the whole batch in one visit).
 fn kepoch_high_rate(max_frees_per_visit: u32) -> KepochRetire {
     KepochRetire::with(
         HIGH_RATE_RETIRES_PER_CYCLE,
         Config {
             max_frees_per_visit,
+            visit_budget_us: kepoch::config::visit_budget_for(max_frees_per_visit),
             ..Config::with_strategy(Strategy::Callback)
         },
     )
