@@ -246,7 +246,11 @@ fn the_overflow_step_keeps_to_the_dpc_budget() {
             retire_new(&domain, &drops);
         }
     });
-    assert_eq!(domain.stats().fallback_uses, 201, "all on the overflow slot");
+    assert_eq!(
+        domain.stats().fallback_uses,
+        201,
+        "all on the overflow slot"
+    );
     platform.tick();
     assert_eq!(drops.load(Ordering::SeqCst), 96, "three batches of 32");
     assert!(domain.stats().visits_cut_short >= 1);
