@@ -112,7 +112,7 @@ pub struct Config {
     /// registry's and the C API's 0 turn both off, see [`visit_budget_for`]). Unload frees
     /// everything regardless.
     pub max_frees_per_visit: u32,
-    /// A visit stops freeing once it has run this long by [`crate::Platform::work_clock`]
+    /// A visit stops freeing once it has run this long by [`crate::platform::Platform::work_clock`]
     /// (checked every few frees) and leaves the rest to the next visit, like the count bound; 0: no
     /// time bound. The registry has no value of its own for it: `MaxFreesPerVisit = 0` turns both
     /// bounds off.
