@@ -91,6 +91,10 @@ fn enter_exit_rows(effort: Effort, rows: &mut Vec<Row>, extra: &mut String) -> f
     let steady = r.median_ns(0);
     let vs_crossbeam = r.ratio(0, 1);
     let vs_floor = r.ratio(0, 2);
+    let kepoch_vs_floor = format!(
+        "kepoch's enter+exit is {vs_floor} the floor (a thread-local counter increment, {})",
+        ns(r.median_ns(2))
+    );
     rows.push(Row {
         figure: "enter+exit, steady state, per CPU",
         kepoch: ns(steady),
@@ -103,8 +107,7 @@ fn enter_exit_rows(effort: Effort, rows: &mut Vec<Row>, extra: &mut String) -> f
             // the floor alone is above half of crossbeam's pin here, no implementation can pass.
             let floor_vs_crossbeam = r.ratio(2, 1);
             format!(
-                "kepoch's enter+exit is {vs_floor} the floor (a thread-local counter increment, {}) in the same rounds; the floor itself is {floor_vs_crossbeam} crossbeam's `pin()` here{}.",
-                ns(r.median_ns(2)),
+                "{kepoch_vs_floor} in the same rounds; the floor itself is {floor_vs_crossbeam} crossbeam's `pin()` here{}.",
                 if floor_vs_crossbeam.median > 0.5 {
                     ", so the ≤ 0.5× target is below the floor on this CPU"
                 } else {
@@ -137,8 +140,7 @@ fn enter_exit_rows(effort: Effort, rows: &mut Vec<Row>, extra: &mut String) -> f
                     // reader cannot be below the floor.
                     let memb_vs_floor = r.ratio(3, 2);
                     format!(
-                        "liburcu-memb's read side is a thread-local nesting counter and costs {memb_vs_floor} the floor here; kepoch's enter+exit is {vs_floor} the floor (a thread-local counter increment, {}){}.",
-                        ns(r.median_ns(2)),
+                        "liburcu-memb's read side is a thread-local nesting counter and costs {memb_vs_floor} the floor here; {kepoch_vs_floor}{}.",
                         if memb_vs_floor.median <= 1.1 {
                             ", so ≤ 1.0× would take an enter+exit at the floor: a reader counted per processor, as kepoch's are, increments at least one counter that the next enter waits for"
                         } else {

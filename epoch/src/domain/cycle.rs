@@ -270,16 +270,8 @@ impl<P: Platform> Domain<P> {
         freed: &AtomicU64,
         started: WorkInstant,
     ) -> u64 {
-        let limit = u64::from(self.config.max_frees_per_visit);
         let mut count = 0;
-        loop {
-            if limit != 0 && count >= limit {
-                break;
-            }
-            // The clock is read every few frees only: on some platforms it is a system call.
-            if count != 0 && count % FREES_PER_CLOCK_CHECK == 0 && self.budget_spent(started) {
-                break;
-            }
+        while self.may_free_more(count, started) {
             let Some(item) = list.pop_released(released) else {
                 return count;
             };
@@ -291,6 +283,18 @@ impl<P: Platform> Domain<P> {
             self.left_released(stamp);
         }
         count
+    }
+
+    /// Whether a DPC that began at `started` (work clock) and freed `count` items so far may free
+    /// another: below `max_frees_per_visit` (0: no bound) and, read every `FREES_PER_CLOCK_CHECK`
+    /// frees, within `visit_budget_us`. The one bound of a visit and of the overflow step.
+    fn may_free_more(&self, count: u64, started: WorkInstant) -> bool {
+        let limit = u64::from(self.config.max_frees_per_visit);
+        if limit != 0 && count >= limit {
+            return false;
+        }
+        // The clock is read every few frees only: on some platforms it is a system call.
+        !(count != 0 && count.is_multiple_of(FREES_PER_CLOCK_CHECK) && self.budget_spent(started))
     }
 
     /// Whether the DPC that began at `started` (work clock) has used up `visit_budget_us` (never,
@@ -438,7 +442,8 @@ impl<P: Platform> Domain<P> {
                 break;
             }
             let overflow = self.locked(&self.overflow);
-            if (limit != 0 && taken >= limit) || self.budget_spent(started) {
+            // `taken` is a whole number of batches here (or the limit): the clock is read.
+            if !self.may_free_more(taken, started) {
                 if let Some(stamp) = overflow.retired.oldest_released(release) {
                     self.left_released(stamp);
                 }

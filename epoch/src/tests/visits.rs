@@ -223,7 +223,8 @@ fn a_visits_work_is_the_lower_of_wall_and_run_time() {
 /// The end of a cycle frees the overflow slot's released items in the same DPC: in batches of 32
 /// between two readings of the work clock, within the same budget as a visit. Here every item is
 /// retired on a processor whose slot could not be prepared (the overflow slot); the test clock
-/// advances 1 µs per reading, so with a 3 µs budget the first cycle's end stops after 3 batches.
+/// advances 1 µs per reading, so with a 3 µs budget the first cycle's end stops after 3 batches,
+/// and `freed_through` stays below the items it left (a grace period is not elapsed).
 #[test]
 #[cfg_attr(
     miri,
@@ -251,13 +252,20 @@ fn the_overflow_step_keeps_to_the_dpc_budget() {
         201,
         "all on the overflow slot"
     );
+    let token = domain.grace_period();
     platform.tick();
     assert_eq!(drops.load(Ordering::SeqCst), 96, "three batches of 32");
     assert!(domain.stats().visits_cut_short >= 1);
     for _ in 0..10 {
+        let dropped = drops.load(Ordering::SeqCst);
+        assert!(
+            !domain.grace_period_elapsed(token) || dropped == 200,
+            "the grace period reads as elapsed with {dropped} of 200 items retired before it disposed of"
+        );
         platform.tick();
     }
     assert_eq!(drops.load(Ordering::SeqCst), 200, "the rest follows");
+    assert!(domain.grace_period_elapsed(token));
     drop(domain);
     assert_eq!(platform.live_allocations(), 0);
 }
