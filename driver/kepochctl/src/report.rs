@@ -9,6 +9,15 @@ use kepoch_report::{
     GuestResult, HotAdd, HotAddReplayed, Latency,
 };
 
+/// Keys of a guest result that are new with driver `Stats` version 5 (a refused round has none of
+/// them; documents of older drivers lack them).
+pub const STATS_V5_KEYS: [&str; 4] = [
+    "hot_add_replayed",
+    "dpc_us",
+    "frees_per_visit",
+    "visits_cut_short",
+];
+
 /// The report result of the running strategy from the driver's counters, read on `guest`.
 pub fn guest_result(stats: &Stats, guest: Guest) -> GuestResult {
     GuestResult {
@@ -252,12 +261,7 @@ mod tests {
         if let Some(results) = value["results"].as_array_mut() {
             for result in results {
                 if let Some(result) = result.as_object_mut() {
-                    for key in [
-                        "hot_add_replayed",
-                        "dpc_us",
-                        "frees_per_visit",
-                        "visits_cut_short",
-                    ] {
+                    for key in STATS_V5_KEYS {
                         result.remove(key);
                     }
                     result.remove("stats_version");

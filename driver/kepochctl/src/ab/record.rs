@@ -5,7 +5,7 @@ use kepoch::Stats;
 use kepoch_report::{AbRecord, Guest, GuestDocument, FIGURES};
 use serde_json::Value;
 
-use crate::report::guest_result;
+use crate::report::{guest_result, STATS_V5_KEYS};
 
 /// The document of a round in which the driver loaded: its statistics, read back after the load.
 /// `strategy` is the one the driver reports; `record.strategy_matches` says whether it is the one
@@ -34,12 +34,7 @@ pub fn refused_document(guest: Guest, mut record: AbRecord, load_error: String) 
         for key in FIGURES {
             result.insert((*key).to_string(), Value::Null);
         }
-        for key in [
-            "hot_add_replayed",
-            "dpc_us",
-            "frees_per_visit",
-            "visits_cut_short",
-        ] {
+        for key in STATS_V5_KEYS {
             result.remove(key);
         }
     }

@@ -25,24 +25,11 @@ pub struct ParamsKey {
 impl ParamsKey {
     /// Opens the key for reading and writing; creates it when missing (`true`: created).
     pub fn open_or_create() -> Result<(ParamsKey, bool), SysError> {
+        if let Some(key) = Self::open(KEY_QUERY_VALUE | KEY_SET_VALUE)? {
+            return Ok((key, false));
+        }
         let path = wide(PATH);
         let mut key: HKEY = std::ptr::null_mut();
-        // SAFETY: NUL-terminated path; `key` receives the handle.
-        let error = unsafe {
-            RegOpenKeyExW(
-                HKEY_LOCAL_MACHINE,
-                path.as_ptr(),
-                0,
-                KEY_QUERY_VALUE | KEY_SET_VALUE,
-                &mut key,
-            )
-        };
-        if error == ERROR_SUCCESS {
-            return Ok((ParamsKey { key }, false));
-        }
-        if error != ERROR_FILE_NOT_FOUND {
-            return Err(SysError::new(format!(r"RegOpenKeyExW(HKLM\{PATH})"), error));
-        }
         let mut disposition = 0u32;
         // SAFETY: NUL-terminated path, no class or security attributes; out pointers are valid.
         let error = unsafe {
@@ -69,18 +56,16 @@ impl ParamsKey {
 
     /// Opens the key for reading only; `None` when it does not exist (nothing is created).
     pub fn open_read() -> Result<Option<ParamsKey>, SysError> {
+        Self::open(KEY_QUERY_VALUE)
+    }
+
+    /// Opens the existing key with `access`; `None` when it does not exist.
+    fn open(access: u32) -> Result<Option<ParamsKey>, SysError> {
         let path = wide(PATH);
         let mut key: HKEY = std::ptr::null_mut();
         // SAFETY: NUL-terminated path; `key` receives the handle.
-        let error = unsafe {
-            RegOpenKeyExW(
-                HKEY_LOCAL_MACHINE,
-                path.as_ptr(),
-                0,
-                KEY_QUERY_VALUE,
-                &mut key,
-            )
-        };
+        let error =
+            unsafe { RegOpenKeyExW(HKEY_LOCAL_MACHINE, path.as_ptr(), 0, access, &mut key) };
         match error {
             ERROR_SUCCESS => Ok(Some(ParamsKey { key })),
             ERROR_FILE_NOT_FOUND => Ok(None),
