@@ -95,8 +95,9 @@ impl CDomain {
 
     /// The domain.
     pub fn domain(&self) -> &Domain<NtPlatform> {
-        // SAFETY: the box in `owner` keeps the domain alive until `destroy` drops it, after which
-        // no caller may use the handle (its contract).
+        // SAFETY: the box in `owner` keeps the domain alive until `destroy` drops it; the drop waits
+        // for the callbacks that still use it (their runs end before it returns), and after it no
+        // caller may use the handle (its contract).
         unsafe { self.domain.as_ref() }
     }
 
@@ -165,9 +166,11 @@ impl CDomain {
         // A driver that waited for its last callback may destroy while the schedule call that
         // queued it has not returned yet (it frees the item when the run ended first): short, at
         // most the end of `schedule_work`. Schedules from callbacks during the drop below are
-        // waited for by the drop itself (their runs finish before it returns).
+        // waited for by the drop itself (their runs finish before it returns). The wait gives the
+        // processor away: the caller may be a lower-priority thread on this one (destroy is at
+        // PASSIVE).
         while this.schedules_in_flight.load(Ordering::Acquire) != 0 {
-            core::hint::spin_loop();
+            kepoch_nt::delay_passive(1);
         }
         // SAFETY: the owner cell is touched by nobody else (callbacks reach the domain through
         // `domain`); dropped once: the domain shuts down, running the last work items.

@@ -81,7 +81,9 @@ pub mod wide;
 pub use lock::PassiveLock;
 pub use log::log_line;
 pub use panic::bug_check_on_panic;
-pub use platform::{performance_counter, DpcDelivery, NtPlatform, Settings, WorkItemOwner};
+pub use platform::{
+    delay_passive, performance_counter, DpcDelivery, NtPlatform, Settings, WorkItemOwner,
+};
 pub use pool::{Pool, PoolTag};
 pub use registry::{read_config, RegistryConfig};
 pub use routines::OptionalRoutines;

@@ -73,13 +73,18 @@ impl<P: Platform> Domain<P> {
     #[inline(never)]
     fn enter_slow(&self, current: CurrentProcessor, slot: *mut Slot<P>) -> RawGuard {
         let slot = if slot.is_null() {
-            // SAFETY: a published slot (prepared just now or earlier), valid for the domain's life.
-            self.prepare_here(current.number)
-                .filter(|&prepared| unsafe { &*prepared }.ready.load(Ordering::Acquire))
+            self.prepare_here(current.number).filter(|&prepared| {
+                // SAFETY: a published slot (prepared just now or earlier), valid for the domain's
+                // life.
+                unsafe { &*prepared }.ready.load(Ordering::Acquire)
+            })
         } else {
             // A routable entry's slot is ready: AddComplete stores `ready` (release) before it makes
             // the entry routable, a slot prepared ready is published routable, and the lookup
-            // acquires the entry. So a first enter does not load `ready`'s cache line.
+            // acquires the entry. So a first enter does not load `ready`'s cache line (debug builds
+            // check the claim).
+            // SAFETY: a published slot, valid for the domain's life.
+            debug_assert!(unsafe { &*slot }.ready.load(Ordering::Acquire));
             Some(slot)
         };
         if let Some(slot) = slot {

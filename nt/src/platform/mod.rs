@@ -39,6 +39,16 @@ pub fn performance_counter() -> (u64, u64) {
     (ticks as u64, frequency as u64)
 }
 
+/// `KeDelayExecutionThread` for `milliseconds` (kernel mode, not alertable): lets other threads,
+/// lower-priority ones on this processor included, run meanwhile. PASSIVE_LEVEL only.
+pub fn delay_passive(milliseconds: u32) {
+    // Relative: negative, in 100 ns units.
+    let interval = -(i64::from(milliseconds) * 10_000);
+    // SAFETY: a kernel-mode, non-alertable delay with a valid relative interval; callers are at
+    // PASSIVE_LEVEL (this function's contract).
+    unsafe { sys::KeDelayExecutionThread(sys::KERNEL_MODE, false, &interval) };
+}
+
 /// What the embedding driver chooses for a domain's platform.
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {

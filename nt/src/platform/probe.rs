@@ -76,10 +76,7 @@ impl ProbeBlock {
             if ran() {
                 break;
             }
-            // 10 ms, relative (negative: 100 ns units from now).
-            let interval: i64 = -100_000;
-            // SAFETY: a kernel-mode, non-alertable delay at PASSIVE_LEVEL with a valid interval.
-            unsafe { sys::KeDelayExecutionThread(sys::KERNEL_MODE, false, &interval) };
+            super::delay_passive(10);
         }
         Some((block, ran()))
     }

@@ -35,8 +35,10 @@ pub struct Fake {
     pub start_hangs: bool,
     /// The driver reports this strategy value whatever it loaded with.
     pub reports: Option<u32>,
-    /// IOCTL_GET_STATS fails.
-    pub read_stats_fails: bool,
+    /// IOCTL_GET_STATS fails once it has succeeded this many times.
+    pub read_stats_fails_after: Option<u32>,
+    /// IOCTL_GET_STATS calls that succeeded.
+    pub stats_reads: u32,
     /// The virtual clock (advanced by `sleep` only).
     pub clock: Duration,
     /// Ctrl-C at this time.
@@ -66,7 +68,8 @@ impl Default for Fake {
             start_error: None,
             start_hangs: false,
             reports: None,
-            read_stats_fails: false,
+            read_stats_fails_after: None,
+            stats_reads: 0,
             clock: Duration::ZERO,
             interrupt_at: None,
             active: 2,
@@ -216,10 +219,11 @@ impl GuestSystem for Fake {
     }
 
     fn read_stats(&mut self) -> Result<Box<Stats>, String> {
-        if self.read_stats_fails {
+        if self.read_stats_fails_after == Some(self.stats_reads) {
             return Err("reading statistics failed: Win32 error 31".into());
         }
         self.running("stats").map_err(|e| e.to_string())?;
+        self.stats_reads += 1;
         let mut stats = Box::new(Stats {
             strategy: self.reports.or(self.loaded_with).unwrap_or(1),
             enters: 100 + u64::from(self.clock.as_millis() as u32),

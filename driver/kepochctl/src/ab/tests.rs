@@ -372,8 +372,9 @@ fn ctrl_c_stops_the_ab_restores_everything_and_leaves_only_whole_files() {
 fn a_failure_in_the_middle_restores_and_keeps_the_finished_rounds() {
     let out = out_dir("midway");
     let mut fake = found();
-    fake.read_stats_fails = true;
-    let (result, _) = ab(&mut fake, &["--rounds", "1", "--seconds", "1"], &out);
+    // The first round's three loads are read; the second round's first is not.
+    fake.read_stats_fails_after = Some(3);
+    let (result, _) = ab(&mut fake, &["--rounds", "2", "--seconds", "1"], &out);
     let e = result.unwrap_err();
     assert_eq!(e.exit, 1);
     assert!(
@@ -382,7 +383,9 @@ fn a_failure_in_the_middle_restores_and_keeps_the_finished_rounds() {
         e.message
     );
     assert_restored(&fake, &found());
-    assert!(listing(&out).is_empty());
+    let kept = listing(&out);
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert!(kept.iter().all(|f| f.starts_with("round-01-")), "{kept:?}");
 }
 
 #[test]
