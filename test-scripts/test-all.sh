@@ -6,48 +6,50 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The driver's ABI test (driver/tests/abi) fails instead of printing SKIPPED when mingw-w64 is missing.
 export KEPOCH_REQUIRE_ABI_TOOLS=1
+# Each section's heading says when it starts, in seconds since the suite began: CI allows 30 minutes.
+section() { echo "== [$SECONDS s] $*"; }
 
-echo "== setup (installs what is missing)"
+section "setup (installs what is missing)"
 bash test-scripts/setup.sh
 
-echo "== cargo fmt --check"
+section "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+section "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p kepoch-sim --all-targets --features mutations -- -D warnings
 cargo clippy -p kepoch-c-sample-test --all-targets --features mutations -- -D warnings
-echo "== cargo doc (every crate, warnings denied; the NT code is documented on its host build)"
+section "cargo doc (every crate, warnings denied; the NT code is documented on its host build)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
-echo "== cargo test"
+section "cargo test"
 cargo test --workspace --release
 cargo test -p kepoch --release --features mutations
 cargo test -p kepoch-sim --release --features mutations
 # The C layer's mutation must be caught by the C sample's readers.
 cargo test -p kepoch-c-sample-test --release --features mutations --test sample_mutation
-echo "== example: four readers and a writer on the user-mode platform for 2 s (retired = freed)"
+section "example: four readers and a writer on the user-mode platform for 2 s (retired = freed)"
 cargo run --release -q -p kepoch --example threads
-echo "== core builds for the kernel target"
+section "core builds for the kernel target"
 cargo build -p kepoch --target x86_64-pc-windows-msvc
-echo "== kepoch-nt, its example driver, the driver and kepochctl (Windows targets)"
+section "kepoch-nt, its example driver, the driver and kepochctl (Windows targets)"
 cargo build --release -p kepoch-nt --target x86_64-pc-windows-msvc
 cargo clippy --target x86_64-pc-windows-msvc -p kepoch-driver -p kepoch-nt --lib --bins --examples -- -D warnings
 cargo clippy --target x86_64-pc-windows-gnu -p kepochctl --all-targets -- -D warnings
 cargo clippy --target x86_64-pc-windows-msvc -p kepoch-c --features staticlib -- -D warnings
-echo "== driver ABI against mingw-w64's DDK headers and import libraries (also part of cargo test)"
+section "driver ABI against mingw-w64's DDK headers and import libraries (also part of cargo test)"
 cargo test --release -q -p kepoch-driver --test abi -- --nocapture
-echo "== Wine smoke test of kepoch.sys"
+section "Wine smoke test of kepoch.sys"
 bash test-scripts/driver-smoke.sh
-echo "== guest A/B under Wine (kepochctl ab against kepoch.sys, then kepoch-sim report)"
+section "guest A/B under Wine (kepochctl ab against kepoch.sys, then kepoch-sim report)"
 bash test-scripts/guest-ab-wine.sh
-echo "== C API: static library, headers (gcc, clang, mingw-w64; C11 and C++17), kepoch_c_sample.sys"
+section "C API: static library, headers (gcc, clang, mingw-w64; C11 and C++17), kepoch_c_sample.sys"
 bash c/build.sh
-echo "== Wine smoke test of the C sample driver"
+section "Wine smoke test of the C sample driver"
 bash test-scripts/c-sample-smoke.sh
-echo "== test-signed package (target/package: signed kepoch.sys and kepochctl.exe, INF, certificate)"
+section "test-signed package (target/package: signed kepoch.sys and kepochctl.exe, INF, certificate)"
 bash test-scripts/package.sh
-echo "== QEMU host script's hot-add path against a real QEMU (no guest)"
+section "QEMU host script's hot-add path against a real QEMU (no guest)"
 bash test-scripts/qemu-hotadd-check.sh
-echo "== Miri on the core's unit tests"
+section "Miri on the core's unit tests"
 if cargo +nightly miri --version >/dev/null 2>&1; then
     # Two seeds of the unit tests (interleavings of the tests' threads differ by seed), the doctests
     # once: three full seeds took 12 of CI's 30 minutes.
@@ -60,18 +62,18 @@ if cargo +nightly miri --version >/dev/null 2>&1; then
 else
     echo "SKIPPED: Miri: the nightly toolchain with the miri component is not installed (.ci/run installs it)"
 fi
-echo "== safety checks (unit, deterministic and controlled-schedule torture, loom)"
+section "safety checks (unit, deterministic and controlled-schedule torture, loom)"
 bash test-scripts/safety-check.sh --quiet
-echo "== a failing controlled-schedule run replays from its printed command"
+section "a failing controlled-schedule run replays from its printed command"
 bash test-scripts/replay-check.sh
-echo "== mutation score (each re-introduced bug, logic or ordering, must be caught)"
+section "mutation score (each re-introduced bug, logic or ordering, must be caught)"
 bash test-scripts/mutation-score.sh
-echo "== torture (the strategies the safety check does not cover, and parallel mode)"
+section "torture (the strategies the safety check does not cover, and parallel mode)"
 sim="cargo run --release -q -p kepoch-sim --"
 $sim torture --quiet --strategy eager --seeds 0..50 --mode deterministic
 $sim torture --quiet --strategy lazy --mode parallel --seconds 20
-echo "== the parallel tortures on a busy machine (2 x nproc busy loops compete for the CPUs)"
+section "the parallel tortures on a busy machine (2 x nproc busy loops compete for the CPUs)"
 bash test-scripts/busy-machine.sh
-echo "== soak (CI length; the README documents the 30-minute run; a progress line every 5 s)"
+section "soak (CI length; the README documents the 30-minute run; a progress line every 5 s)"
 $sim torture --strategy callback --mode parallel --seconds 60 --hot-add-rate 20 --guard-pages
-echo "== all tests passed"
+section "all tests passed"

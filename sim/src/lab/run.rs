@@ -205,7 +205,12 @@ fn run_lifetime(
             domain.synchronize();
         }
     });
-    machine.with_cpu(boot, || drop(lab.domain.write().take()));
+    // Taken out of the lock before it unloads: unload steps the machine, and what the machine runs
+    // may read the domain (a read under this thread's own write lock never returns).
+    machine.with_cpu(boot, || {
+        let domain = lab.domain.write().take();
+        drop(domain);
+    });
     round.leaked += machine.live_allocations().len().saturating_sub(live_before);
     let Some(stats) = end else {
         round.violations.push("domain vanished".into());

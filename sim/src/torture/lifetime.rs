@@ -342,7 +342,12 @@ fn drive_lifetime(
     // destructors retire during unload is counted.
     let retired_before_unload = retired_by_callbacks(&env, &shared);
     env.unloading.store(true, Ordering::Release);
-    machine.with_cpu(boot, || drop(shared.domain.write().take()));
+    // Taken out of the lock before it unloads: unload steps the machine, whose add-window hook
+    // reads the domain (a read under this thread's own write lock never returns).
+    machine.with_cpu(boot, || {
+        let domain = shared.domain.write().take();
+        drop(domain);
+    });
     env.domain.store(ptr::null_mut(), Ordering::Release);
     let unload_retires = retired_by_callbacks(&env, &shared) - retired_before_unload;
 

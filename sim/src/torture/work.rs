@@ -59,16 +59,37 @@ pub(super) struct WorkEnv {
 pub(super) struct Ticket {
     env: *const WorkEnv,
     armed: AtomicBool,
-    /// Times the item was scheduled: tells a barrier whether the schedule it saw is still pending.
+    /// Schedule calls begun: tells a barrier whether the schedule it saw is still pending.
     schedules: AtomicU64,
+    /// Schedule calls that returned `Ok`: a schedule still in its call when a barrier begins is
+    /// not one the barrier must wait for.
+    accepted: AtomicU64,
     depth: u32,
 }
 
 impl Ticket {
-    /// Marks the item scheduled (before the schedule call, which may run it at once).
-    fn arm(&self) {
+    /// Schedules `item`, this ticket's work item. The ticket is armed before the call, which may
+    /// run the item at once, and counted as accepted once the call returned. Returns whether the
+    /// schedule was accepted.
+    fn schedule(&self, domain: &SimDomain, item: &WorkItem<'_, SimPlatform>) -> bool {
         self.schedules.fetch_add(1, Ordering::SeqCst);
         self.armed.store(true, Ordering::SeqCst);
+        if domain.schedule_work(item).is_err() {
+            self.armed.store(false, Ordering::SeqCst);
+            return false;
+        }
+        self.accepted.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
+    /// The schedule a barrier beginning now must see run or cancelled: `Some(its number)` when the
+    /// item is armed and its last schedule call has returned. A schedule still inside its call
+    /// (another thread may be descheduled there for long on a busy machine) began after the
+    /// barrier as far as the barrier can tell, and is left out.
+    fn pending_schedule(&self) -> Option<u64> {
+        let schedules = self.schedules.load(Ordering::SeqCst);
+        let armed = self.armed.load(Ordering::SeqCst);
+        (armed && self.accepted.load(Ordering::SeqCst) == schedules).then_some(schedules)
     }
 }
 
@@ -107,6 +128,7 @@ impl WorkEnv {
             env: self,
             armed: AtomicBool::new(false),
             schedules: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
             depth,
         });
         let address: *const Ticket = &*ticket;
@@ -123,24 +145,21 @@ impl WorkEnv {
         };
         // SAFETY: tickets live as long as the environment, which outlives every callback.
         let ticket = unsafe { &*ticket };
-        ticket.arm();
-        if domain.schedule_work(&item).is_err() {
-            ticket.armed.store(false, Ordering::SeqCst);
+        if !ticket.schedule(domain, &item) {
             self.violation("schedule of a new work item was refused".into());
             return false;
         }
         true
     }
 
-    /// Calls `callback_barrier` and checks that every schedule pending before the call has run or
-    /// was cancelled when it returns.
+    /// Calls `callback_barrier` and checks that every schedule pending before the call (its call
+    /// returned) has run or was cancelled when it returns.
     fn barrier(&self, domain: &SimDomain) {
         let pending: Vec<(*const Ticket, u64)> = self
             .tickets
             .lock()
             .iter()
-            .filter(|t| t.armed.load(Ordering::SeqCst))
-            .map(|t| (&**t as *const Ticket, t.schedules.load(Ordering::SeqCst)))
+            .filter_map(|t| Some((&**t as *const Ticket, t.pending_schedule()?)))
             .collect();
         domain.callback_barrier();
         self.barriers.fetch_add(1, Ordering::Relaxed);
@@ -290,9 +309,7 @@ impl WorkItems {
             0..=4 => {
                 if !ticket.armed.load(Ordering::SeqCst) {
                     // Idle (never scheduled, ran, or cancelled): scheduling must be accepted.
-                    ticket.arm();
-                    if domain.schedule_work(&self.items[k].0).is_err() {
-                        ticket.armed.store(false, Ordering::SeqCst);
+                    if !ticket.schedule(domain, &self.items[k].0) {
                         self.shared.violation(
                             "schedule of an idle work item (never scheduled, run or cancelled) was refused"
                                 .into(),
