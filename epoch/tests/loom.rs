@@ -23,12 +23,17 @@ use std::time::Instant;
 /// Explores `scenario` with loom: preemption bound 2 unless `LOOM_MAX_PREEMPTIONS` says otherwise.
 /// Prints how many executions it explored and how long that took (`--nocapture` shows it).
 fn explore(scenario: fn()) {
+    explore_to(scenario, 2);
+}
+
+/// [`explore`] with preemption bound `bound` unless `LOOM_MAX_PREEMPTIONS` says otherwise.
+fn explore_to(scenario: fn(), bound: usize) {
     static EXECUTIONS: AtomicUsize = AtomicUsize::new(0);
     let mut builder = loom::model::Builder::new();
     // A domain's life (load, prepare, cycles, unload) is thousands of atomic operations.
     builder.max_branches = 1_000_000;
     if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(2);
+        builder.preemption_bound = Some(bound);
     }
     let start = Instant::now();
     EXECUTIONS.store(0, Ordering::Relaxed);
@@ -62,6 +67,13 @@ scenarios::every_scenario!(loom_models);
 #[test]
 fn released_epoch_never_goes_back_while_a_cpu_joins() {
     explore(scenarios::released_epoch_never_goes_back_while_a_cpu_joins);
+}
+
+/// See `scenarios::a_reader_joins_while_a_cycle_publishes`: its window is one preemption deep, and
+/// its three threads at bound 2 take more than ten minutes.
+#[test]
+fn a_reader_joins_while_a_cycle_publishes() {
+    explore_to(scenarios::a_reader_joins_while_a_cycle_publishes, 1);
 }
 
 /// See `model::barrier::a_callback_queued_across_a_barrier_flip_is_found_by_the_next_barrier`.

@@ -240,22 +240,17 @@ impl<P: Platform> Domain<P> {
         }
 
         match NonNull::new(slot.next_in_cycle.load(Ordering::Relaxed)) {
-            Some(next) => {
-                // Recorded before the next visit is queued: once it is, the cycle can end and
-                // unload can go on, and `KeFlushQueuedDpcs` is documented to wait only for DPCs
-                // queued before it is called, not for one still running.
-                domain.record_visit(started, frees);
-                // SAFETY: ring members are valid slots with bound messages.
-                let message = unsafe { next.as_ref().message.assume_init_ref() };
-                domain.platform.message_send(message);
-            }
-            None => {
-                // The last visit's DPC ends the cycle too: its figure includes that. It touches
-                // the domain after the cycle ended, as the end of the cycle itself does.
-                domain.drive_cycles(true, Some(started));
-                domain.record_visit(started, frees);
-            }
+            // SAFETY: ring members are valid slots with bound messages.
+            Some(next) => domain
+                .platform
+                .message_send(unsafe { next.as_ref().message.assume_init_ref() }),
+            None => domain.drive_cycles(true, Some(started)),
         }
+        // The whole DPC, the last visit's end of the cycle included. The domain outlives this
+        // call although the cycle may have ended: unload waits for the messages queued before it
+        // calls `flush_messages`, and this visit's was (Microsoft documents that every DPC queued
+        // before `KeFlushQueuedDpcs` is called has run to completion when it returns).
+        domain.record_visit(started, frees);
     }
 
     /// Disposes of the items of `list` released at `released`, at most `max_frees_per_visit` of

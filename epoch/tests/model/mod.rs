@@ -48,7 +48,7 @@ pub mod scenarios;
 mod world;
 
 pub use machine::{on_cpu, ModelPlatform};
-pub use world::{check_unloaded, retire_fresh_object, Object, World};
+pub use world::{check_unloaded, retire_fresh_object, Gate, Object, World};
 
 /// Processors of the model machine (the reported maximum).
 pub const CPUS: usize = 3;

@@ -10,7 +10,7 @@ pub use super::linked::{
     list_reader_on_a_removed_node_reaches_the_rest,
     list_reader_sees_every_node_during_an_insertion, map_replace_never_hides_the_key,
 };
-use super::{check_unloaded, on_cpu, retire_fresh_object, rt, World};
+use super::{check_unloaded, on_cpu, retire_fresh_object, rt, Gate, World};
 use kepoch::{Domain, Strategy};
 use rt::atomic::Ordering;
 use std::ptr::NonNull;
@@ -183,6 +183,41 @@ pub fn unload_while_a_cycle_is_in_flight() {
     check_unloaded(&platform);
 }
 
+/// The last visit of a cycle chains the next one (a second flush asked for it) while the domain is
+/// dropped on another processor. CPU 1 keeps an item retired in the current epoch, so the chained
+/// cycle has a member and sends it a message. Unload must either see that cycle in flight and wait
+/// for it, or the cycle must see unload and not start: a cycle that starts after unload found
+/// none in flight leaves its message queued while unload releases it. The "DPC" thread starts
+/// delivering before the drop begins, so the window is two preemptions deep.
+pub fn a_chained_cycle_races_unload() {
+    let w = World::new(Strategy::Lazy, 2);
+    w.read(1);
+    let last = w.cell.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    on_cpu(1, || {
+        // SAFETY: unlinked; allocated by this domain.
+        unsafe { w.domain.retire(NonNull::new(last).expect("published")) }.expect("retire");
+        w.domain.flush();
+        w.domain.flush();
+    });
+    let (platform, domain) = std::sync::Arc::try_unwrap(w)
+        .ok()
+        .expect("no other owner")
+        .into_parts();
+    let delivering = std::sync::Arc::new(Gate::new());
+    let dpc = {
+        let platform = platform.clone();
+        let delivering = delivering.clone();
+        rt::thread::spawn(move || {
+            delivering.open();
+            on_cpu(1, || platform.deliver_all());
+        })
+    };
+    delivering.wait();
+    on_cpu(0, || drop(domain));
+    dpc.join().unwrap();
+    check_unloaded(&platform);
+}
+
 /// A work item that retires an object from its callback is scheduled and the domain dropped at
 /// once: unload hands it to a worker thread of its own and waits for it. The worker's last access
 /// to the domain must come before unload can see the work finished (S8), and what the callback
@@ -253,6 +288,38 @@ pub fn reader_joins_after_the_snapshot_then_a_writer_retires() {
     });
     on_cpu(0, || w.domain.flush());
     w.gates[0].open();
+    w.gates[3].wait();
+    w.platform.deliver_all();
+    w.cycle();
+    w.gates[2].open();
+    reader.join().unwrap();
+    writer.join().unwrap();
+    World::finish(w);
+}
+
+/// A reader on CPU 1 joins while CPU 0's cycle publishes its epoch and snapshots the ring (CPU 2
+/// only), and a writer on CPU 2 unlinks and retires the object the reader took. The cycle
+/// publishes before it snapshots: a join the snapshot misses then reads the new epoch, and so does
+/// the writer's stamp, which no cycle releases while the reader is inside. Snapshot first (mutation
+/// `cycle-snapshot-before-publish`), a join between the two steps is missed at the old epoch, and
+/// the writer's stamp can be the old epoch, which the cycle releases: the next cycle frees the
+/// object under the reader. One preemption reaches it (the cycle's, between its two steps); loom
+/// runs it at that bound (`tests/loom.rs`): three threads at bound 2 take more than ten minutes.
+/// Not part of `every_scenario!`.
+#[cfg(loom)]
+pub fn a_reader_joins_while_a_cycle_publishes() {
+    let w = cpu_1_left_and_cpu_2_takes_part();
+    let reader = w.spawn(|w| {
+        w.gates[0].wait();
+        w.read_gated(1, 1, 2);
+    });
+    let writer = w.spawn(|w| {
+        w.gates[1].wait();
+        w.replace(2);
+        w.gates[3].open();
+    });
+    w.gates[0].open();
+    on_cpu(0, || w.domain.flush());
     w.gates[3].wait();
     w.platform.deliver_all();
     w.cycle();
@@ -382,6 +449,7 @@ macro_rules! every_scenario {
             join_races_a_writer_and_a_cycle,
             retirement_stamp_races_a_cycle,
             unload_while_a_cycle_is_in_flight,
+            a_chained_cycle_races_unload,
             work_item_runs_while_the_domain_is_dropped,
             flush_storm_chains_cycles_iteratively,
             reader_joins_after_the_snapshot_then_a_writer_retires,

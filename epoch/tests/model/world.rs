@@ -97,7 +97,7 @@ pub struct Gate(AtomicBool);
 
 impl Gate {
     /// A closed gate.
-    const fn new() -> Self {
+    pub const fn new() -> Self {
         Gate(AtomicBool::new(false))
     }
 
