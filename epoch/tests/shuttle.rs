@@ -15,7 +15,8 @@
 //!
 //! Run: `RUSTFLAGS="--cfg shuttle" cargo test -p kepoch --release --test shuttle`.
 //! Iterations: `KEPOCH_SHUTTLE_ITERATIONS` (torture, default 20000; whether the seeded run finds
-//! `cycle-snapshot-before-publish` depends on the seed, see test-scripts/mutation-score.sh), `KEPOCH_SHUTTLE_DIRECTED` (each
+//! `cycle-snapshot-before-publish` depends on the seed; loom's `a_reader_joins_while_a_cycle_publishes`
+//! finds it every time), `KEPOCH_SHUTTLE_DIRECTED` (each
 //! directed scenario and scheduler, default 2000), PCT depth `KEPOCH_SHUTTLE_PCT_DEPTH` (default 3).
 //! With a re-introduced bug: `KEPOCH_MUTATION=cycle-snapshot-before-publish RUSTFLAGS="--cfg shuttle"
 //! cargo test -p kepoch --release --features mutations --test shuttle`.
