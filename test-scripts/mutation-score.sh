@@ -13,7 +13,6 @@ cd "$(dirname "$0")/.."
 # the score, so that CI still fails on any other survivor. A known survivor that gets caught fails the
 # score too, until it is taken off this list. Empty when every mutation is caught.
 declare -A known_survivors=(
-    [queue-phase-no-recheck]="the window (a visit queues a callback between its read of the barrier generation and its count while a round starts and completes) is reached neither by the barrier torture nor by the shuttle barrier scenarios nor by the loom model a_callback_queued_across_a_barrier_flip_is_found_by_the_next_barrier; the unit platform has no hook between the two steps (no platform call there)"
 )
 
 # The checks of safety-check.sh, cheapest first; each mutation is tried against them in turn until

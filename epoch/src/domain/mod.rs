@@ -199,6 +199,10 @@ impl<P: Platform> Registry<P> {
     }
 }
 
+/// A unit test's code run at a point inside the core ([`Domain`]'s test hooks).
+#[cfg(test)]
+pub(crate) type TestHook = std::boxed::Box<dyn Fn() + Send + Sync>;
+
 /// Per-CPU epoch-based reclamation over a platform `P`. Create with [`Domain::create`].
 #[repr(C, align(64))]
 pub struct Domain<P: Platform> {
@@ -237,6 +241,11 @@ pub struct Domain<P: Platform> {
     /// Times a callback barrier waited for a round (unit tests: where a barrier is).
     #[cfg(test)]
     pub(crate) barrier_round_waits: AtomicU64,
+    /// Unit tests: runs between a queue's read of the barrier generation and its count, where a
+    /// barrier on another processor may start and complete a round (no platform call is there to
+    /// hook).
+    #[cfg(test)]
+    pub(crate) between_phase_read_and_count: std::sync::Mutex<Option<TestHook>>,
     /// Where the cycle timer is (`timer.rs`).
     timer_mode: SpinLock<TimerMode>,
     /// Set while the timer is stopped or stopping for want of work: a retirement that sees it
@@ -340,6 +349,8 @@ impl<P: Platform> Domain<P> {
                 work_rounds_done: AtomicU64::new(0),
                 #[cfg(test)]
                 barrier_round_waits: AtomicU64::new(0),
+                #[cfg(test)]
+                between_phase_read_and_count: std::sync::Mutex::new(None),
                 timer_mode: SpinLock::new(TimerMode::Running),
                 timer_idle: AtomicBool::new(false),
                 sync_waiters: AtomicU64::new(0),

@@ -417,6 +417,13 @@ impl<P: Platform> Domain<P> {
         }
     }
 
+    /// Unit tests: what a barrier on another processor does while nothing of its round is queued:
+    /// starts the next round and completes it. True if it did both.
+    #[cfg(test)]
+    pub(crate) fn run_an_empty_barrier_round(&self) -> bool {
+        self.advance_barrier_round(self.work_phase.load(Ordering::SeqCst) + 1)
+    }
+
     /// Counts a work item about to be queued in the current barrier phase and returns the phase.
     /// The generation is read again after the count: if a round started meanwhile, the count moves
     /// to the new phase. So either the count came before the round's start, and the round's check
@@ -426,6 +433,14 @@ impl<P: Platform> Domain<P> {
         loop {
             let generation = self.work_phase.load(Ordering::SeqCst);
             let phase = (generation & 1) as usize;
+            #[cfg(test)]
+            if let Some(hook) = &*self
+                .between_phase_read_and_count
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+            {
+                hook();
+            }
             self.work_in_phase[phase].fetch_add(1, Ordering::SeqCst);
             if self.mutated(Mutation::QueuePhaseNoRecheck)
                 || self.work_phase.load(Ordering::SeqCst) == generation

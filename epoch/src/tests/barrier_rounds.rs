@@ -1,9 +1,11 @@
 //! Overlapping callback barriers on the single-threaded test platform: a second barrier starts
 //! (nested in the first one's wait, as another thread would) while the first barrier's round is in
-//! progress, and must still wait for its own callback, queued after that round started.
+//! progress, and must still wait for its own callback, queued after that round started; and a
+//! round that runs while a callback is being counted.
 
 use super::*;
 use crate::WorkItem;
+use std::boxed::Box;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 /// What the wait hook has done so far.
@@ -102,6 +104,84 @@ fn a_barrier_started_during_another_barriers_round_waits_for_its_own_callback() 
     );
     assert!(a_ran.load(Ordering::SeqCst) && b_ran.load(Ordering::SeqCst));
     drop((a, b));
+    drop(domain);
+    assert_eq!(platform.live_allocations(), 0);
+}
+
+/// A visit queues callback `a` while, between its read of the barrier generation and its count, a
+/// barrier on another processor starts and completes a round (the test hook
+/// `between_phase_read_and_count` is there). The queue's re-check moves the count to the new
+/// phase, so the next barrier's round waits for `a`. Without it (`queue-phase-no-recheck`) the
+/// count sits in the phase of the round that just completed, which the next round does not drain:
+/// the next barrier returns before `a` has run.
+#[test]
+fn a_round_run_while_a_callback_is_counted_still_leaves_it_to_the_next_barrier() {
+    let (platform, domain) = domain(2, Strategy::Lazy);
+    let ran = Arc::new(AtomicBool::new(false));
+    let a = domain
+        .work_item({
+            let ran = Arc::clone(&ran);
+            move || ran.store(true, Ordering::SeqCst)
+        })
+        .expect("work item");
+    platform.0.lock().unwrap().passive_held = true;
+    let rounds_run = Arc::new(AtomicUsize::new(0));
+    {
+        let rounds_run = Arc::clone(&rounds_run);
+        // The domain outlives the hook: it is removed below, before the domain is dropped.
+        let domain_address = &*domain as *const Domain<TestPlatform> as usize;
+        *domain.between_phase_read_and_count.lock().unwrap() = Some(Box::new(move || {
+            if rounds_run.fetch_add(1, Ordering::SeqCst) == 0 {
+                // SAFETY: alive until the hook is removed, below in the test.
+                let domain = unsafe { &*(domain_address as *const Domain<TestPlatform>) };
+                assert!(
+                    domain.run_an_empty_barrier_round(),
+                    "nothing else is queued"
+                );
+            }
+        }));
+    }
+    domain.schedule_work(&a).expect("schedule a");
+    for _ in 0..20 {
+        if !platform.0.lock().unwrap().passive.is_empty() {
+            break;
+        }
+        platform.fire_timer();
+        platform.run_messages();
+    }
+    *domain.between_phase_read_and_count.lock().unwrap() = None;
+    assert_eq!(platform.0.lock().unwrap().passive.len(), 1, "a is queued");
+    assert!(
+        rounds_run.load(Ordering::SeqCst) >= 1,
+        "the round ran inside the count"
+    );
+
+    // From the barrier's first wait for its round on, waits run the queued work.
+    let release = {
+        let platform = platform.clone();
+        let domain_address = &*domain as *const Domain<TestPlatform> as usize;
+        move || {
+            // SAFETY: the hook is removed below, before the domain is dropped.
+            let domain = unsafe { &*(domain_address as *const Domain<TestPlatform>) };
+            if domain.barrier_round_waits.load(Ordering::SeqCst) > 0 {
+                platform.0.lock().unwrap().passive_held = false;
+            }
+        }
+    };
+    platform.0.lock().unwrap().on_wait = Some(Arc::new(release));
+    domain.callback_barrier();
+    let ran_at_return = ran.load(Ordering::SeqCst);
+    {
+        // Unload may still run it (when the barrier did not wait for it).
+        let mut state = platform.0.lock().unwrap();
+        state.on_wait = None;
+        state.passive_held = false;
+    }
+    assert!(
+        ran_at_return,
+        "the barrier returned before a callback scheduled before it had run"
+    );
+    drop(a);
     drop(domain);
     assert_eq!(platform.live_allocations(), 0);
 }

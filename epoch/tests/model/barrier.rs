@@ -70,8 +70,9 @@ pub fn a_barrier_flips_while_another_threads_callback_is_queued() {
 /// Callbacks run on worker threads of their own, so the callback may not have run when a barrier
 /// looks. The loom model of the barrier: it catches `barrier-without-grace-period`. It was written
 /// for `queue-phase-no-recheck` (the visit reads the phase before the first flip and counts the
-/// callback after that barrier looked), which it does not reach within loom's bound: that mutation
-/// is a known survivor.
+/// callback after that barrier looked), which it does not reach within loom's bound; the unit test
+/// `tests::barrier_rounds::a_round_run_while_a_callback_is_counted_still_leaves_it_to_the_next_barrier`
+/// catches that one.
 #[cfg(loom)]
 pub fn a_callback_queued_across_a_barrier_flip_is_found_by_the_next_barrier() {
     let w = World::new(Strategy::Lazy, 2);
