@@ -199,9 +199,43 @@ impl<P: Platform> Registry<P> {
     }
 }
 
-/// A unit test's code run at a point inside the core ([`Domain`]'s test hooks).
+/// A unit test's code run at one point inside the core. The flag is read first, so that a point
+/// with no hook set takes no lock (a lock would order the threads of every other unit test, which
+/// Miri would then not check); the hook is cloned out of the lock before it runs.
 #[cfg(test)]
-pub(crate) type TestHook = std::boxed::Box<dyn Fn() + Send + Sync>;
+#[derive(Default)]
+pub(crate) struct TestHook {
+    set: AtomicBool,
+    hook: std::sync::Mutex<Option<std::sync::Arc<dyn Fn() + Send + Sync>>>,
+}
+
+#[cfg(test)]
+impl TestHook {
+    /// Sets (or with `None` removes) the code to run.
+    pub(crate) fn set(&self, hook: Option<std::sync::Arc<dyn Fn() + Send + Sync>>) {
+        let mut slot = self
+            .hook
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.set.store(hook.is_some(), Ordering::SeqCst);
+        *slot = hook;
+    }
+
+    /// Runs the hook, if one is set.
+    pub(crate) fn run(&self) {
+        if !self.set.load(Ordering::Relaxed) {
+            return;
+        }
+        let hook = self
+            .hook
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+}
 
 /// Per-CPU epoch-based reclamation over a platform `P`. Create with [`Domain::create`].
 #[repr(C, align(64))]
@@ -245,7 +279,7 @@ pub struct Domain<P: Platform> {
     /// barrier on another processor may start and complete a round (no platform call is there to
     /// hook).
     #[cfg(test)]
-    pub(crate) between_phase_read_and_count: std::sync::Mutex<Option<TestHook>>,
+    pub(crate) between_phase_read_and_count: TestHook,
     /// Where the cycle timer is (`timer.rs`).
     timer_mode: SpinLock<TimerMode>,
     /// Set while the timer is stopped or stopping for want of work: a retirement that sees it
@@ -350,7 +384,7 @@ impl<P: Platform> Domain<P> {
                 #[cfg(test)]
                 barrier_round_waits: AtomicU64::new(0),
                 #[cfg(test)]
-                between_phase_read_and_count: std::sync::Mutex::new(None),
+                between_phase_read_and_count: TestHook::default(),
                 timer_mode: SpinLock::new(TimerMode::Running),
                 timer_idle: AtomicBool::new(false),
                 sync_waiters: AtomicU64::new(0),

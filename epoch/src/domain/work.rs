@@ -434,13 +434,7 @@ impl<P: Platform> Domain<P> {
             let generation = self.work_phase.load(Ordering::SeqCst);
             let phase = (generation & 1) as usize;
             #[cfg(test)]
-            if let Some(hook) = &*self
-                .between_phase_read_and_count
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-            {
-                hook();
-            }
+            self.between_phase_read_and_count.run();
             self.work_in_phase[phase].fetch_add(1, Ordering::SeqCst);
             if self.mutated(Mutation::QueuePhaseNoRecheck)
                 || self.work_phase.load(Ordering::SeqCst) == generation

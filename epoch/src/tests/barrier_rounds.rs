@@ -5,7 +5,6 @@
 
 use super::*;
 use crate::WorkItem;
-use std::boxed::Box;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 /// What the wait hook has done so far.
@@ -130,16 +129,18 @@ fn a_round_run_while_a_callback_is_counted_still_leaves_it_to_the_next_barrier()
         let rounds_run = Arc::clone(&rounds_run);
         // The domain outlives the hook: it is removed below, before the domain is dropped.
         let domain_address = &*domain as *const Domain<TestPlatform> as usize;
-        *domain.between_phase_read_and_count.lock().unwrap() = Some(Box::new(move || {
-            if rounds_run.fetch_add(1, Ordering::SeqCst) == 0 {
-                // SAFETY: alive until the hook is removed, below in the test.
-                let domain = unsafe { &*(domain_address as *const Domain<TestPlatform>) };
-                assert!(
-                    domain.run_an_empty_barrier_round(),
-                    "nothing else is queued"
-                );
-            }
-        }));
+        domain
+            .between_phase_read_and_count
+            .set(Some(Arc::new(move || {
+                if rounds_run.fetch_add(1, Ordering::SeqCst) == 0 {
+                    // SAFETY: alive until the hook is removed, below in the test.
+                    let domain = unsafe { &*(domain_address as *const Domain<TestPlatform>) };
+                    assert!(
+                        domain.run_an_empty_barrier_round(),
+                        "nothing else is queued"
+                    );
+                }
+            })));
     }
     domain.schedule_work(&a).expect("schedule a");
     for _ in 0..20 {
@@ -149,7 +150,7 @@ fn a_round_run_while_a_callback_is_counted_still_leaves_it_to_the_next_barrier()
         platform.fire_timer();
         platform.run_messages();
     }
-    *domain.between_phase_read_and_count.lock().unwrap() = None;
+    domain.between_phase_read_and_count.set(None);
     assert_eq!(platform.0.lock().unwrap().passive.len(), 1, "a is queued");
     assert!(
         rounds_run.load(Ordering::SeqCst) >= 1,

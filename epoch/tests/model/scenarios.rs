@@ -187,8 +187,8 @@ pub fn unload_while_a_cycle_is_in_flight() {
 /// dropped on another processor. CPU 1 keeps an item retired in the current epoch, so the chained
 /// cycle has a member and sends it a message. Unload must either see that cycle in flight and wait
 /// for it, or the cycle must see unload and not start: a cycle that starts after unload found
-/// none in flight leaves its message queued while unload releases it. The "DPC" thread starts
-/// delivering before the drop begins, so the window is two preemptions deep.
+/// none in flight leaves its message queued while unload releases it. The drop begins only once
+/// the "DPC" thread has started (it opens a gate first), so the window is two preemptions deep.
 pub fn a_chained_cycle_races_unload() {
     let w = World::new(Strategy::Lazy, 2);
     w.read(1);

@@ -59,37 +59,55 @@ pub(super) struct WorkEnv {
 pub(super) struct Ticket {
     env: *const WorkEnv,
     armed: AtomicBool,
-    /// Schedule calls begun: tells a barrier whether the schedule it saw is still pending.
-    schedules: AtomicU64,
-    /// Schedule calls that returned `Ok`: a schedule still in its call when a barrier begins is
-    /// not one the barrier must wait for.
-    accepted: AtomicU64,
+    /// Schedule and cancel calls begun, and returned: a barrier is held only to a schedule whose
+    /// call had returned when it began, and not to one a cancel begun since may have withdrawn.
+    calls_begun: AtomicU64,
+    calls_done: AtomicU64,
     depth: u32,
 }
 
 impl Ticket {
-    /// Schedules `item`, this ticket's work item. The ticket is armed before the call, which may
-    /// run the item at once, and counted as accepted once the call returned. Returns whether the
-    /// schedule was accepted.
+    /// Schedules `item`, this ticket's work item; the ticket is armed before the call, which may
+    /// run the item at once. Returns whether the schedule was accepted.
     fn schedule(&self, domain: &SimDomain, item: &WorkItem<'_, SimPlatform>) -> bool {
-        self.schedules.fetch_add(1, Ordering::SeqCst);
+        self.calls_begun.fetch_add(1, Ordering::SeqCst);
         self.armed.store(true, Ordering::SeqCst);
-        if domain.schedule_work(item).is_err() {
+        let accepted = domain.schedule_work(item).is_ok();
+        if !accepted {
             self.armed.store(false, Ordering::SeqCst);
-            return false;
         }
-        self.accepted.fetch_add(1, Ordering::SeqCst);
-        true
+        self.calls_done.fetch_add(1, Ordering::SeqCst);
+        accepted
     }
 
-    /// The schedule a barrier beginning now must see run or cancelled: `Some(its number)` when the
-    /// item is armed and its last schedule call has returned. A schedule still inside its call
-    /// (another thread may be descheduled there for long on a busy machine) began after the
-    /// barrier as far as the barrier can tell, and is left out.
+    /// Cancels `item`, this ticket's work item, and disarms the ticket if that succeeded. Returns
+    /// whether it did, and whether the ticket was still armed then (a cancel that succeeds after
+    /// the item ran is a violation).
+    fn cancel(&self, domain: &SimDomain, item: &WorkItem<'_, SimPlatform>) -> (bool, bool) {
+        self.calls_begun.fetch_add(1, Ordering::SeqCst);
+        let cancelled = domain.cancel_work(item);
+        let was_armed = cancelled && self.armed.swap(false, Ordering::SeqCst);
+        self.calls_done.fetch_add(1, Ordering::SeqCst);
+        (cancelled, was_armed)
+    }
+
+    /// The schedule a barrier beginning now must see run or cancelled: `Some(calls begun)` when the
+    /// item is armed and no schedule or cancel call is in progress. A call in progress (another
+    /// thread may be descheduled inside it for long on a busy machine) began after the barrier as
+    /// far as the barrier can tell, and the ticket is left out. The count is read again last, so
+    /// that the three reads belong to one moment between calls.
     fn pending_schedule(&self) -> Option<u64> {
-        let schedules = self.schedules.load(Ordering::SeqCst);
+        let begun = self.calls_begun.load(Ordering::SeqCst);
         let armed = self.armed.load(Ordering::SeqCst);
-        (armed && self.accepted.load(Ordering::SeqCst) == schedules).then_some(schedules)
+        let done = self.calls_done.load(Ordering::SeqCst);
+        let unchanged = self.calls_begun.load(Ordering::SeqCst) == begun;
+        (armed && done == begun && unchanged).then_some(begun)
+    }
+
+    /// After a barrier: whether the schedule it saw pending (`begun`, from
+    /// [`Ticket::pending_schedule`]) is still pending, with no call on the item since.
+    fn still_pending(&self, begun: u64) -> bool {
+        self.armed.load(Ordering::SeqCst) && self.calls_begun.load(Ordering::SeqCst) == begun
     }
 }
 
@@ -127,8 +145,8 @@ impl WorkEnv {
         let ticket = Box::new(Ticket {
             env: self,
             armed: AtomicBool::new(false),
-            schedules: AtomicU64::new(0),
-            accepted: AtomicU64::new(0),
+            calls_begun: AtomicU64::new(0),
+            calls_done: AtomicU64::new(0),
             depth,
         });
         let address: *const Ticket = &*ticket;
@@ -165,11 +183,9 @@ impl WorkEnv {
         self.barriers.fetch_add(1, Ordering::Relaxed);
         let left = pending
             .iter()
-            .filter(|&&(ticket, schedules)| {
+            .filter(|&&(ticket, begun)| {
                 // SAFETY: tickets live as long as the environment.
-                let ticket = unsafe { &*ticket };
-                ticket.armed.load(Ordering::SeqCst)
-                    && ticket.schedules.load(Ordering::SeqCst) == schedules
+                unsafe { &*ticket }.still_pending(begun)
             })
             .count();
         if left > 0 {
@@ -318,8 +334,9 @@ impl WorkItems {
                 }
             }
             5..=7 => {
-                if domain.cancel_work(&self.items[k].0) {
-                    if !ticket.armed.swap(false, Ordering::SeqCst) {
+                let (cancelled, was_armed) = ticket.cancel(domain, &self.items[k].0);
+                if cancelled {
+                    if !was_armed {
                         self.shared.violation(
                             "cancel succeeded on a work item that had already run".into(),
                         );
