@@ -51,7 +51,7 @@ echo stop_rc=%ERRORLEVEL%
 BAT
 out=$work/c-sample.out
 log=$work/c-sample.log
-WINEDEBUG=+debugstr,err+all,warn+module,-winediag timeout 240 wine cmd /c 'C:\kepoch\case.bat' >"$out" 2>"$log" || true
+wine_batch +debugstr,err+all,warn+module,-winediag 240 'C:\kepoch\case.bat' "$out" "$log"
 stop_wine
 tr -d '\r' <"$out" >"$out.tmp" && mv "$out.tmp" "$out"
 

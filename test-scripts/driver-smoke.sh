@@ -121,7 +121,7 @@ run_case() {
     out=$work/$case.out
     log=$work/$case.log
     local t0=$SECONDS
-    WINEDEBUG=+debugstr,err+all,-winediag timeout 180 wine cmd /c 'C:\kepoch\case.bat' >"$out" 2>"$log" || true
+    wine_batch +debugstr,err+all,-winediag 180 'C:\kepoch\case.bat' "$out" "$log"
     stop_wine
     tr -d '\r' <"$out" >"$out.tmp" && mv "$out.tmp" "$out"
     for json in stats stats-after; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by the Wine tests (driver-smoke.sh, c-sample-smoke.sh, guest-ab-wine.sh): a fresh 64-bit
 # prefix ready to load kernel drivers as services. Defines `quiet` (a command bounded to 120 s, output
-# dropped), `stop_wine`, `wine_prefix_init DIR` and `wine_install_kepoch SYS CTL`.
+# dropped), `stop_wine`, `wine_batch`, `wine_prefix_init DIR` and `wine_install_kepoch SYS CTL`.
 #
 # wine_prefix_init exports WINEPREFIX=DIR/prefix (WINEARCH win64, no Mono or Gecko prompt: there is no
 # network), runs wineboot and waits for the prefix's processes to end (the registry is written then),
@@ -16,6 +16,24 @@ quiet() { timeout 120 "$@" >/dev/null 2>&1; }
 stop_wine() {
     WINEDEBUG=-all timeout 60 wineserver -k >/dev/null 2>&1 || true
     WINEDEBUG=-all timeout 60 wineserver -w >/dev/null 2>&1 || true
+}
+
+# wine_batch DEBUG SECONDS BATCH OUT LOG: runs `wine cmd /c BATCH` with WINEDEBUG=DEBUG, bounded to
+# SECONDS, its stdout in OUT and its stderr in LOG. Wine itself sometimes fails to start one of its
+# processes ("failed to map the shared user data": the fixed address Wine needs was taken in the new
+# process; seen once in CI, services.exe then never started and the batch ran against nothing). Then
+# Wine is stopped and the batch run again, at most three times in all, with a loud RETRY line; any
+# other failure is the test's to judge. Only for batches that may run twice (no state of their own).
+wine_batch() {
+    local debug=$1 limit=$2 batch=$3 out=$4 log=$5 attempt
+    for attempt in 1 2 3; do
+        WINEDEBUG=$debug timeout "$limit" wine cmd /c "$batch" >"$out" 2>"$log" || true
+        if ! grep -a -q "failed to map the shared user data" "$log"; then
+            return 0
+        fi
+        echo "RETRY: Wine failed to start a process (failed to map the shared user data); attempt $attempt of 3 of $batch"
+        stop_wine
+    done
 }
 
 wine_prefix_init() {
