@@ -33,13 +33,7 @@ fn a_barrier_started_during_another_barriers_round_waits_for_its_own_callback() 
     let b = domain.work_item(flag(&b_ran)).expect("work item");
     platform.0.lock().unwrap().passive_held = true;
     domain.schedule_work(&a).expect("schedule a");
-    for _ in 0..20 {
-        if !platform.0.lock().unwrap().passive.is_empty() {
-            break;
-        }
-        platform.fire_timer();
-        platform.run_messages();
-    }
+    run_cycles_until_work_is_queued(&platform);
     assert_eq!(platform.0.lock().unwrap().passive.len(), 1, "a is queued");
 
     let stage = Arc::new(AtomicUsize::new(HOOK_IDLE));
@@ -143,13 +137,7 @@ fn a_round_run_while_a_callback_is_counted_still_leaves_it_to_the_next_barrier()
             })));
     }
     domain.schedule_work(&a).expect("schedule a");
-    for _ in 0..20 {
-        if !platform.0.lock().unwrap().passive.is_empty() {
-            break;
-        }
-        platform.fire_timer();
-        platform.run_messages();
-    }
+    run_cycles_until_work_is_queued(&platform);
     domain.between_phase_read_and_count.set(None);
     assert_eq!(platform.0.lock().unwrap().passive.len(), 1, "a is queued");
     assert!(
@@ -185,4 +173,16 @@ fn a_round_run_while_a_callback_is_counted_still_leaves_it_to_the_next_barrier()
     drop(a);
     drop(domain);
     assert_eq!(platform.live_allocations(), 0);
+}
+
+/// Runs timer cycles and their visits until a scheduled work item is queued (held, not run), at
+/// most 20 times.
+fn run_cycles_until_work_is_queued(platform: &TestPlatform) {
+    for _ in 0..20 {
+        if !platform.0.lock().unwrap().passive.is_empty() {
+            return;
+        }
+        platform.fire_timer();
+        platform.run_messages();
+    }
 }

@@ -155,6 +155,28 @@ pub fn retirement_stamp_races_a_cycle() {
     });
 }
 
+/// Unlinks the world's object and retires it on `cpu`, then flushes twice: a cycle is in flight
+/// (its first message queued) and another one is asked for. Returns the world's parts, for a drop.
+fn retire_the_object_and_ask_for_two_cycles(
+    w: std::sync::Arc<World>,
+    cpu: usize,
+) -> (
+    super::ModelPlatform,
+    kepoch::DomainBox<super::ModelPlatform>,
+) {
+    let last = w.cell.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    on_cpu(cpu, || {
+        // SAFETY: unlinked; allocated by this domain.
+        unsafe { w.domain.retire(NonNull::new(last).expect("published")) }.expect("retire");
+        w.domain.flush();
+        w.domain.flush();
+    });
+    std::sync::Arc::try_unwrap(w)
+        .ok()
+        .expect("no other owner")
+        .into_parts()
+}
+
 /// A cycle over CPUs 1 and 2 is in flight with another one requested when the domain is dropped;
 /// a "DPC" thread runs the visits meanwhile. Unload must wait for the cycle in flight and no cycle
 /// may start after unload saw none in flight: otherwise visits run on (and send messages to) slots
@@ -163,17 +185,7 @@ pub fn unload_while_a_cycle_is_in_flight() {
     let w = World::new(Strategy::Lazy, 3);
     w.read(1);
     w.read(2);
-    let last = w.cell.swap(std::ptr::null_mut(), Ordering::AcqRel);
-    on_cpu(0, || {
-        // SAFETY: unlinked; allocated by this domain.
-        unsafe { w.domain.retire(NonNull::new(last).expect("published")) }.expect("retire");
-        w.domain.flush();
-        w.domain.flush();
-    });
-    let (platform, domain) = std::sync::Arc::try_unwrap(w)
-        .ok()
-        .expect("no other owner")
-        .into_parts();
+    let (platform, domain) = retire_the_object_and_ask_for_two_cycles(w, 0);
     let dpc = {
         let platform = platform.clone();
         rt::thread::spawn(move || on_cpu(0, || platform.deliver_all()))
@@ -192,17 +204,7 @@ pub fn unload_while_a_cycle_is_in_flight() {
 pub fn a_chained_cycle_races_unload() {
     let w = World::new(Strategy::Lazy, 2);
     w.read(1);
-    let last = w.cell.swap(std::ptr::null_mut(), Ordering::AcqRel);
-    on_cpu(1, || {
-        // SAFETY: unlinked; allocated by this domain.
-        unsafe { w.domain.retire(NonNull::new(last).expect("published")) }.expect("retire");
-        w.domain.flush();
-        w.domain.flush();
-    });
-    let (platform, domain) = std::sync::Arc::try_unwrap(w)
-        .ok()
-        .expect("no other owner")
-        .into_parts();
+    let (platform, domain) = retire_the_object_and_ask_for_two_cycles(w, 1);
     let delivering = std::sync::Arc::new(Gate::new());
     let dpc = {
         let platform = platform.clone();
