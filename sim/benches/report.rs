@@ -10,6 +10,8 @@ mod amortized;
 mod common;
 #[path = "report/doc.rs"]
 mod doc;
+#[path = "report/dpc.rs"]
+mod dpc;
 #[path = "report/maps.rs"]
 mod maps;
 #[path = "report/rounds.rs"]
@@ -32,6 +34,8 @@ use std::time::Instant;
 struct Effort {
     rounds: usize,
     scale: u64,
+    /// Rounds of each strategy in the lab's `retire-storm` runs of the DPC row.
+    lab_rounds: u32,
 }
 
 /// Cycle latency and messages with `participating` CPUs on a machine reporting 2048 processors with 64
@@ -297,6 +301,7 @@ fn measure(effort: Effort, extra: &mut String) -> Vec<Row> {
     maps::map_rows(rounds, 100_000 * effort.scale, &mut rows);
     cycle_rows(rounds, &mut rows, extra);
     throughput_row(effort, &mut rows, extra);
+    dpc::dpc_row(effort.lab_rounds, &mut rows, extra);
     rows
 }
 
@@ -441,7 +446,11 @@ inline read side of `_LGPL_SOURCE`, each thread registered; the loops run in a C
 see `sim/benches/urcu/shim.c`), and the floor (a thread-local counter increment). Every loop drops its \
 guard at once, without `black_box` on it. Single-threaded figures are timed in the thread's CPU time \
 (`CLOCK_THREAD_CPUTIME_ID`), so that time descheduled on a busy machine is not counted; the throughput \
-figure is wall time. A ratio is the median of the per-round ratios, with their minimum and maximum.";
+figure is wall time. A ratio is the median of the per-round ratios, with their minimum and maximum. \
+The DPC row is the exception: it runs the lab (`kepoch-sim ab --scenario retire-storm`, parallel mode), whose \
+simulated machine runs each CPU on a host thread, delivers every visit as a DPC at DISPATCH and frees into the \
+checking pool (records, poisoning, quarantine); a visit's figure is the lower of its wall time and its \
+thread's CPU time, and the control is timed by the same rule on a thread of its own during the same runs.";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -456,11 +465,13 @@ fn main() {
         Effort {
             rounds: 31,
             scale: 2,
+            lab_rounds: 3,
         }
     } else {
         Effort {
             rounds: 101,
             scale: 5,
+            lab_rounds: 8,
         }
     };
     let machine = Machine::here();

@@ -34,6 +34,11 @@ impl CpuInstant {
         CpuInstant(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
     }
 
+    /// CPU time the thread had used at `self`, from its start.
+    pub fn since_thread_start(self) -> Duration {
+        self.0
+    }
+
     /// CPU time the calling thread used since `self`.
     pub fn elapsed(self) -> Duration {
         Self::now().0.saturating_sub(self.0)
