@@ -112,9 +112,14 @@ wine_prefix_init "$work"
 wine_install_kepoch "$sys" "$ctl"
 quiet wine sc create kepoch type= kernel start= demand binPath= 'C:\windows\system32\drivers\kepoch.sys'
 params='HKLM\System\CurrentControlSet\Services\kepoch\Parameters'
-# The state the A/B must put back.
-quiet wine reg add "$params" /v ActivationStrategy /t REG_SZ /d keep-me /f
-quiet wine reg add "$params" /v CyclePeriodMicroseconds /t REG_DWORD /d 2000 /f
+# The state the A/B must put back, set before every attempt of the batch (wine_batch runs it again
+# after a Wine start failure), with no output directory yet.
+ab_prepare() {
+    quiet wine reg add "$params" /v ActivationStrategy /t REG_SZ /d keep-me /f
+    quiet wine reg add "$params" /v CyclePeriodMicroseconds /t REG_DWORD /d 2000 /f
+    quiet wine reg delete "$params" /v IdleDeactivation /f || true
+    rm -rf "$WINEPREFIX/drive_c/kepoch/out"
+}
 stop_wine
 
 cat >"$WINEPREFIX/drive_c/kepoch/ab.bat" <<'EOF'
@@ -139,7 +144,7 @@ out=$work/ab.out
 log=$work/ab.log
 echo "== kepochctl ab --rounds $rounds --seconds 2 over lazy, callback, eager (one Wine session)"
 t0=$SECONDS
-WINEDEBUG=+debugstr,err+all,-winediag timeout 900 wine cmd /c 'C:\kepoch\ab.bat' >"$out" 2>"$log" || true
+wine_batch +debugstr,err+all,-winediag 900 'C:\kepoch\ab.bat' "$out" "$log" ab_prepare
 stop_wine
 tr -d '\r' <"$out" >"$out.tmp" && mv "$out.tmp" "$out"
 sed 's/^/   > /' "$out"

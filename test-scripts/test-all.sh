@@ -37,6 +37,8 @@ cargo clippy --target x86_64-pc-windows-gnu -p kepochctl --all-targets -- -D war
 cargo clippy --target x86_64-pc-windows-msvc -p kepoch-c --features staticlib -- -D warnings
 section "driver ABI against mingw-w64's DDK headers and import libraries (also part of cargo test)"
 cargo test --release -q -p kepoch-driver --test abi -- --nocapture
+section "Wine batches run again after a Wine start failure (wine_batch, with stand-ins for Wine)"
+bash test-scripts/wine/batch-retry-check.sh
 section "Wine smoke test of kepoch.sys"
 bash test-scripts/driver-smoke.sh
 section "guest A/B under Wine (kepochctl ab against kepoch.sys, then kepoch-sim report)"

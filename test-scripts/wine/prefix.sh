@@ -18,15 +18,20 @@ stop_wine() {
     WINEDEBUG=-all timeout 60 wineserver -w >/dev/null 2>&1 || true
 }
 
-# wine_batch DEBUG SECONDS BATCH OUT LOG: runs `wine cmd /c BATCH` with WINEDEBUG=DEBUG, bounded to
-# SECONDS, its stdout in OUT and its stderr in LOG. Wine itself sometimes fails to start one of its
-# processes ("failed to map the shared user data": the fixed address Wine needs was taken in the new
-# process; seen once in CI, services.exe then never started and the batch ran against nothing). Then
+# wine_batch DEBUG SECONDS BATCH OUT LOG [PREPARE]: runs `wine cmd /c BATCH` with WINEDEBUG=DEBUG,
+# bounded to SECONDS, its stdout in OUT and its stderr in LOG. Wine itself sometimes fails to start one
+# of its processes ("failed to map the shared user data": the fixed address Wine needs was taken in the
+# new process; seen in CI, services.exe then never started and the batch ran against nothing). Then
 # Wine is stopped and the batch run again, at most three times in all, with a loud RETRY line; any
-# other failure is the test's to judge. Only for batches that may run twice (no state of their own).
+# other failure is the test's to judge. PREPARE, a command, runs before every attempt (Wine stopped
+# after it) and puts back the state the batch starts from; without it the batch must hold no state.
 wine_batch() {
-    local debug=$1 limit=$2 batch=$3 out=$4 log=$5 attempt
+    local debug=$1 limit=$2 batch=$3 out=$4 log=$5 prepare=${6:-} attempt
     for attempt in 1 2 3; do
+        if [ -n "$prepare" ]; then
+            "$prepare"
+            stop_wine
+        fi
         WINEDEBUG=$debug timeout "$limit" wine cmd /c "$batch" >"$out" 2>"$log" || true
         if ! grep -a -q "failed to map the shared user data" "$log"; then
             return 0
