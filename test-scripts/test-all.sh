@@ -18,6 +18,10 @@ section "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p kepoch-sim --all-targets --features mutations -- -D warnings
 cargo clippy -p kepoch-c-sample-test --all-targets --features mutations -- -D warnings
+# The loom and shuttle builds of the core and their models (their own target directories, as
+# safety-check.sh's).
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo clippy -p kepoch --tests --features mutations -- -D warnings
+RUSTFLAGS="--cfg shuttle" CARGO_TARGET_DIR=target/shuttle cargo clippy -p kepoch --tests --features mutations -- -D warnings
 section "cargo doc (every crate, warnings denied; the NT code is documented on its host build)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace
 section "cargo test"

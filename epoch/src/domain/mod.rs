@@ -211,7 +211,8 @@ pub(crate) struct TestHook {
 
 #[cfg(test)]
 impl TestHook {
-    /// Sets (or with `None` removes) the code to run.
+    /// Sets (or with `None` removes) the code to run (the unit tests, which loom builds leave out).
+    #[cfg(not(loom))]
     pub(crate) fn set(&self, hook: Option<std::sync::Arc<dyn Fn() + Send + Sync>>) {
         let mut slot = self
             .hook

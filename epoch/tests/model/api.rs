@@ -52,7 +52,7 @@ fn api_replace(w: &World, atomic: &SharedAtomic, cpu: usize) {
 
 /// Empties and drops the atomic (its last value is retired), then finishes the world.
 fn finish(w: Arc<World>, atomic: SharedAtomic) {
-    let atomic = Arc::try_unwrap(atomic).ok().expect("threads joined");
+    let atomic = Arc::try_unwrap(atomic).unwrap_or_else(|_| panic!("threads joined"));
     on_cpu(0, || drop(atomic.take()));
     drop(atomic);
     World::finish(w);

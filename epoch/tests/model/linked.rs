@@ -30,7 +30,7 @@ fn world_with_list(initial: usize) -> (Arc<World>, SharedList) {
 
 /// Drops the list (freeing what it holds), then finishes the world.
 fn finish_list(w: Arc<World>, list: SharedList) {
-    let list = Arc::try_unwrap(list).ok().expect("threads joined");
+    let list = Arc::try_unwrap(list).unwrap_or_else(|_| panic!("threads joined"));
     on_cpu(0, || drop(list));
     World::finish(w);
 }
@@ -132,7 +132,7 @@ pub fn map_replace_never_hides_the_key() {
     w.cycle();
     w.cycle();
     reader.join().unwrap();
-    let map = Arc::try_unwrap(map).ok().expect("threads joined");
+    let map = Arc::try_unwrap(map).unwrap_or_else(|_| panic!("threads joined"));
     on_cpu(0, || drop(map));
     World::finish(w);
 }
