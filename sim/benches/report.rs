@@ -415,10 +415,12 @@ fn throughput_row(effort: Effort, rows: &mut Vec<Row>, extra: &mut String) {
 }
 
 const RETIRE_MISS: &str = "\
-the retirement path's one locked instruction per item (the double-retire check's `lock cmpxchg`, \
-which on x86-64 is also the stamp's fence FW that PROTOCOL.md needs) and the retire header in front \
-of every block against seize's batched retirement of a plain `Box`. Profile: `perf record` of `cargo bench -p kepoch-sim \
---bench epoch -- --profile-time 4 enter_alloc_retire_exit/kepoch`.";
+kepoch and seize do the same allocator work per item (glibc's `malloc` and `free`, about a third of \
+kepoch's profile); kepoch adds the retire header in front of every block, one locked instruction per \
+retirement (the double-retire check's `lock cmpxchg`, which on x86-64 is also the stamp's fence FW that \
+PROTOCOL.md needs) and, per cycle, the visit's work-clock readings (one per 32 frees). A ratio whose \
+minimum and maximum straddle 1.0× is parity within this machine's spread. Profile: `perf record` of \
+`cargo bench -p kepoch-sim --bench epoch -- --profile-time 4 enter_alloc_retire_exit/kepoch`.";
 
 const JOIN_MISS: &str = "\
 the join's full fence (PROTOCOL.md, \"Joining\"), which a first enter pays once and a steady-state \

@@ -58,8 +58,8 @@ pub fn amortized_rows(rounds: usize, iters: u64, rows: &mut Vec<Row>, extra: &mu
         iters,
         rounds,
     );
-    let why = "the same per-item costs as the low-rate row (the retirement's locked instruction, the retire \
-               header); amortized visits add a chained cycle per 256 frees.";
+    let why = "the same per-item costs as the low-rate row (see there; parity when the ratio's minimum and \
+               maximum straddle 1.0×); amortized visits add a chained cycle per 256 frees.";
     for (peer, name) in [
         (2, "seize `enter` + `Box::new` + `defer_retire` + drop"),
         (
