@@ -119,11 +119,7 @@ impl<'d, K: Hash + Eq, V, P: Platform, const BUCKETS: usize> Map<'d, K, V, P, BU
     }
 
     fn bucket(&self, key: &K) -> &List<'d, Entry<K, V>, P> {
-        let mut hasher = Fnv1a::default();
-        key.hash(&mut hasher);
-        // The remainder is below BUCKETS, which is a usize.
-        let index = (hasher.finish() % BUCKETS as u64) as usize;
-        &self.buckets[index]
+        &self.buckets[bucket_of(key, BUCKETS)]
     }
 }
 
@@ -184,6 +180,19 @@ impl<K, V, P: Platform, const BUCKETS: usize> fmt::Debug for Map<'_, K, V, P, BU
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Map").field("buckets", &BUCKETS).finish()
     }
+}
+
+/// The bucket `key` falls in, in a [`Map`] of `buckets` buckets: the one its lookups walk. Public so
+/// that a driver can check how its keys spread (every lookup in a bucket walks its chain) and a
+/// benchmark can build a peer map of the same shape.
+///
+/// # Panics
+/// If `buckets` is 0.
+pub fn bucket_of<K: Hash + ?Sized>(key: &K, buckets: usize) -> usize {
+    let mut hasher = Fnv1a::default();
+    key.hash(&mut hasher);
+    // The remainder is below `buckets`, which is a usize.
+    (hasher.finish() % buckets as u64) as usize
 }
 
 /// The map's hash: FNV-1a over bytes, and one multiply per whole integer (the common key); the
