@@ -186,6 +186,16 @@ impl<K, V, P: Platform, const BUCKETS: usize> fmt::Debug for Map<'_, K, V, P, BU
 /// that a driver can check how its keys spread (every lookup in a bucket walks its chain) and a
 /// benchmark can build a peer map of the same shape.
 ///
+/// ```
+/// // How 64 handles spread over a 16-bucket map: the longest chain is what a lookup may walk.
+/// let mut chains = [0u32; 16];
+/// for handle in 0u64..64 {
+///     chains[kepoch::map::bucket_of(&handle, 16)] += 1;
+/// }
+/// assert_eq!(chains.iter().sum::<u32>(), 64);
+/// assert!(*chains.iter().max().unwrap() < 16);
+/// ```
+///
 /// # Panics
 /// If `buckets` is 0.
 pub fn bucket_of<K: Hash + ?Sized>(key: &K, buckets: usize) -> usize {
