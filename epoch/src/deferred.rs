@@ -47,11 +47,13 @@ const _: () = assert!(core::mem::size_of::<RetireHeader>() == 32);
 
 impl RetireHeader {
     /// A live header whose block `dispose` disposes of.
+    #[inline]
     pub(crate) fn new(dispose: DisposeFn) -> Self {
         Self::tagged(dispose, None)
     }
 
     /// A live header of a block allocated with `tag` (`None`: the platform's default allocation).
+    #[inline]
     pub(crate) fn tagged(dispose: DisposeFn, tag: Option<PoolTag>) -> Self {
         RetireHeader {
             next: AtomicPtr::new(ptr::null_mut()),
@@ -86,6 +88,7 @@ impl RetireHeader {
     }
 
     /// The epoch the block was retired in.
+    #[inline]
     pub(crate) fn stamp(&self) -> u64 {
         self.stamp.load(Ordering::Relaxed)
     }
@@ -110,11 +113,13 @@ impl RetiredList {
     }
 
     /// Number of items waiting.
+    #[inline]
     pub(crate) fn len(&self) -> u64 {
         self.len.load(Ordering::Relaxed)
     }
 
     /// Whether nothing is waiting.
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -123,6 +128,7 @@ impl RetiredList {
     ///
     /// # Safety
     /// `item` is a valid header not in any list; the caller is the list's owner.
+    #[inline]
     pub(crate) unsafe fn push(&self, item: *mut RetireHeader, stamp: u64) {
         // SAFETY: the caller passes a valid header that nobody else links.
         let header = unsafe { &*item };
@@ -140,6 +146,7 @@ impl RetiredList {
     }
 
     /// The oldest item's stamp if it is at most `released` (a `pop_released` would return it).
+    #[inline]
     pub(crate) fn oldest_released(&self, released: u64) -> Option<u64> {
         let head = self.head.load(Ordering::Relaxed);
         if head.is_null() {
@@ -151,6 +158,7 @@ impl RetiredList {
     }
 
     /// Removes and returns the oldest item if its stamp is at most `released`.
+    #[inline]
     pub(crate) fn pop_released(&self, released: u64) -> Option<*mut RetireHeader> {
         let head = self.head.load(Ordering::Relaxed);
         if head.is_null() {

@@ -160,8 +160,18 @@ impl<P: Platform> Domain<P> {
     /// whose join fence FJ (or the overflow lock) orders its `participating` before this load of
     /// `timer_idle`, and from `flush` and `synchronize`. Any IRQL up to DISPATCH. The
     /// `timer-never-restarts` mutation skips it.
+    #[inline]
     pub(super) fn wake_timer(&self) {
-        if !self.timer_idle.load(Ordering::Relaxed) || self.mutated(Mutation::TimerNeverRestarts) {
+        if self.timer_idle.load(Ordering::Relaxed) {
+            self.restart_idle_timer();
+        }
+    }
+
+    /// [`Domain::wake_timer`] once `timer_idle` was seen set: restarts the timer under its lock.
+    #[cold]
+    #[inline(never)]
+    fn restart_idle_timer(&self) {
+        if self.mutated(Mutation::TimerNeverRestarts) {
             return;
         }
         let mut mode = self.locked(&self.timer_mode);
