@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the kepoch benchmark suite in quick mode (about 40 s of measurement after the build) and
+# Runs the kepoch benchmark suite in quick mode (about 30 s of measurement after the build) and
 # regenerates this CPU vendor's section of BENCHMARKS.md at the repository root, keeping the other
 # vendors' sections: machine, command, every figure with its peers (crossbeam-epoch, seize, liburcu,
 # the floor) measured in the same rounds, the ratio's median and spread, and pass/miss per target.

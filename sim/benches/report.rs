@@ -269,7 +269,7 @@ fn measure(effort: Effort, extra: &mut String) -> Vec<Row> {
         why_missed: "per-CPU state grew with the reported maximum.".into(),
     });
     amortized::amortized_rows(rounds, 100_000 * effort.scale, &mut rows, extra);
-    maps::map_rows(rounds, 100_000 * effort.scale, &mut rows, extra);
+    maps::map_rows(rounds, 100_000 * effort.scale, &mut rows);
     cycles::cycle_rows(rounds, &mut rows, extra);
     throughput_row(effort, &mut rows, extra);
     dpc::dpc_row(effort.lab_rounds, &mut rows, extra);

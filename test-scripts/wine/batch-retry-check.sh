@@ -2,7 +2,8 @@
 # Checks wine_batch (test-scripts/wine/prefix.sh) without Wine: `wine` and `wineserver` are stand-ins
 # that fail to start the way Wine does ("failed to map the shared user data") a given number of times.
 # A batch is run again after each such failure, at most three times in all, with a RETRY line each
-# time; the PREPARE command runs before every attempt; a batch whose Wine started is not run again.
+# time; the PREPARE command runs before every attempt; a batch whose Wine started is not run again;
+# a failing PREPARE fails wine_batch with a FAIL line and runs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=SCRIPTDIR/prefix.sh
@@ -45,5 +46,15 @@ case_of() {
 case_of 0 1 "ran on attempt 1"
 case_of 2 3 "ran on attempt 3"
 case_of 5 3 ""
+
+# A PREPARE that fails on the second attempt: wine_batch stops there, saying so.
+starts_failing=1 attempts=0 prepared=0
+prepare_fails_second() { prepared=$((prepared + 1)); [ "$prepared" -lt 2 ]; }
+status=0
+wine_batch -all 10 'C:\x.bat' "$work/out" "$work/log" prepare_fails_second >"$work/printed" || status=$?
+[ "$status" -eq 1 ] || fail "a failing PREPARE: wine_batch returned $status, expected 1"
+[ "$attempts" -eq 1 ] || fail "a failing PREPARE: $attempts attempt(s) of the batch, expected 1"
+grep -q '^FAIL: prepare_fails_second (before attempt 2' "$work/printed" ||
+    fail "a failing PREPARE: no FAIL line naming it"
 echo "wine_batch: $failures failure(s)"
 [ "$failures" -eq 0 ]

@@ -25,11 +25,12 @@ stop_wine() {
 # Wine is stopped and the batch run again, at most three times in all, with a loud RETRY line; any
 # other failure is the test's to judge. PREPARE, a command, runs before every attempt (Wine stopped
 # after it) and puts back the state the batch starts from; without it the batch must hold no state.
+# A failing PREPARE fails wine_batch (a FAIL line, status 1) without running the batch.
 wine_batch() {
     local debug=$1 limit=$2 batch=$3 out=$4 log=$5 prepare=${6:-} attempt
     for attempt in 1 2 3; do
         if [ -n "$prepare" ]; then
-            "$prepare"
+            "$prepare" || { echo "FAIL: $prepare (before attempt $attempt of $batch) failed"; return 1; }
             stop_wine
         fi
         WINEDEBUG=$debug timeout "$limit" wine cmd /c "$batch" >"$out" 2>"$log" || true
