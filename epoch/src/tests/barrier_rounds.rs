@@ -174,15 +174,3 @@ fn a_round_run_while_a_callback_is_counted_still_leaves_it_to_the_next_barrier()
     drop(domain);
     assert_eq!(platform.live_allocations(), 0);
 }
-
-/// Runs timer cycles and their visits until a scheduled work item is queued (held, not run), at
-/// most 20 times.
-fn run_cycles_until_work_is_queued(platform: &TestPlatform) {
-    for _ in 0..20 {
-        if !platform.0.lock().unwrap().passive.is_empty() {
-            return;
-        }
-        platform.fire_timer();
-        platform.run_messages();
-    }
-}

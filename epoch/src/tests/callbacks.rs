@@ -12,18 +12,6 @@ impl Drop for DropCounted {
     }
 }
 
-/// Fires the timer and delivers messages until a work item is handed to a passive thread (bounded).
-fn until_queued(platform: &TestPlatform) {
-    for _ in 0..20 {
-        if !platform.0.lock().unwrap().passive.is_empty() {
-            return;
-        }
-        platform.fire_timer();
-        platform.run_messages();
-    }
-    panic!("no work item was queued after 20 cycles");
-}
-
 /// A typed closure runs with its own context (no cast), once per schedule, only after the readers
 /// inside at the schedule exited; its context is dropped once, with the item, and nothing leaks.
 #[test]
@@ -104,7 +92,7 @@ fn rescheduling_a_scheduled_item_names_its_state() {
         waiting.to_string(),
         "the work item is already scheduled (waiting for a grace period)"
     );
-    until_queued(&platform);
+    run_cycles_until_work_is_queued(&platform);
     let queued = domain.schedule_work(&item).expect_err("queued");
     assert_eq!(queued, RetireError::AlreadyScheduled(WorkState::Queued));
     assert!(queued
@@ -135,7 +123,7 @@ fn the_callback_barrier_waits_for_every_callback_scheduled_before_it() {
     };
     let queued = domain.work_item(counting()).expect("work item");
     domain.schedule_work(&queued).expect("schedule");
-    until_queued(&platform);
+    run_cycles_until_work_is_queued(&platform);
     let waiting = domain.work_item(counting()).expect("work item");
     let rescheduled = domain.work_item(counting()).expect("work item");
     let cancelled = domain.work_item(counting()).expect("work item");

@@ -69,3 +69,16 @@ pub(super) fn group_table_bytes() -> u64 {
 pub(super) fn slot_bytes() -> u64 {
     core::mem::size_of::<crate::participant::Slot<TestPlatform>>() as u64
 }
+
+/// Fires the timer and delivers messages until a work item is handed to a passive thread (held or
+/// run); panics after 20 cycles without one.
+pub(super) fn run_cycles_until_work_is_queued(platform: &TestPlatform) {
+    for _ in 0..20 {
+        if !platform.0.lock().unwrap().passive.is_empty() {
+            return;
+        }
+        platform.fire_timer();
+        platform.run_messages();
+    }
+    panic!("no work item was queued after 20 cycles");
+}
